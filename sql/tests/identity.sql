@@ -1,0 +1,30 @@
+-- identity per replica identity: DEFAULT (primary key), key change, INDEX, FULL, NOTHING, no key at all.
+-- options: actions=insert,update,delete
+CREATE TABLE pk (id int PRIMARY KEY, v text);
+INSERT INTO pk VALUES (1, 'a');
+UPDATE pk SET v = 'b' WHERE id = 1;
+UPDATE pk SET id = 10 WHERE id = 1;
+DELETE FROM pk WHERE id = 10;
+CREATE TABLE pk2 (a int, b text, v text, PRIMARY KEY (a, b));
+INSERT INTO pk2 VALUES (1, 'x', 'v1');
+UPDATE pk2 SET b = 'y' WHERE a = 1;
+DELETE FROM pk2;
+CREATE TABLE idx (id int PRIMARY KEY, code text NOT NULL, v text);
+CREATE UNIQUE INDEX idx_code ON idx (code);
+ALTER TABLE idx REPLICA IDENTITY USING INDEX idx_code;
+INSERT INTO idx VALUES (1, 'c1', 'v');
+UPDATE idx SET v = 'w';
+UPDATE idx SET code = 'c2';
+DELETE FROM idx;
+CREATE TABLE full_t (id int, v text, n numeric);
+ALTER TABLE full_t REPLICA IDENTITY FULL;
+INSERT INTO full_t VALUES (1, 'a', 1.50);
+UPDATE full_t SET v = 'b';
+DELETE FROM full_t;
+CREATE TABLE nothing_t (id int PRIMARY KEY, v text);
+ALTER TABLE nothing_t REPLICA IDENTITY NOTHING;
+INSERT INTO nothing_t VALUES (1, 'a');
+UPDATE nothing_t SET v = 'b';
+DELETE FROM nothing_t;
+CREATE TABLE nokey (v text);
+INSERT INTO nokey VALUES ('only inserts are decodable');

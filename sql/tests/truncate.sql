@@ -1,0 +1,9 @@
+-- TRUNCATE of one and several tables, CASCADE and RESTART IDENTITY.
+-- options: actions=insert,truncate
+CREATE TABLE a (id serial PRIMARY KEY);
+CREATE TABLE b (id int PRIMARY KEY, a_id int REFERENCES a (id));
+INSERT INTO a DEFAULT VALUES;
+TRUNCATE b;
+TRUNCATE a, b RESTART IDENTITY;
+INSERT INTO a DEFAULT VALUES;
+TRUNCATE a CASCADE;

@@ -36,6 +36,9 @@ pub struct Decoder {
     changes_since_progress: u32,
     /// Whether anything was written for the current transaction.
     pub wrote_in_txn: bool,
+    /// The last commit timestamp written and its JSON text: every change of a
+    /// transaction carries the same one.
+    ts_cache: (i64, Vec<u8>),
 }
 
 /// One row change, as the change callbacks see it.
@@ -83,6 +86,7 @@ impl Decoder {
             unchanged: Vec::new(),
             changes_since_progress: 0,
             wrote_in_txn: false,
+            ts_cache: (i64::MIN, Vec::new()),
         }
     }
 
@@ -164,7 +168,14 @@ impl Decoder {
     fn put_ts(&mut self, ts: Ts) {
         self.out.extend_from_slice(b",\"ts\":");
         match ts {
-            Ts::Commit(t) => timestamp::write_commit_ts(&mut self.out, t),
+            Ts::Commit(t) => {
+                if self.ts_cache.0 != t || self.ts_cache.1.is_empty() {
+                    self.ts_cache.1.clear();
+                    timestamp::write_commit_ts(&mut self.ts_cache.1, t);
+                    self.ts_cache.0 = t;
+                }
+                self.out.extend_from_slice(&self.ts_cache.1);
+            }
             Ts::Unknown => self.out.extend_from_slice(b"null"),
         }
     }

@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# Decoding benchmark: the same WAL decoded by walcast, wal2json (formats 1 and
+# 2), test_decoding and pgoutput, each through pg_recvlogical to /dev/null
+# (over the cluster's Unix socket).
+#
+#   ./scripts/bench-plugin.sh            # sets up, installs walcast, starts a private cluster
+#
+# Environment: BENCH_INSERTS (1000000), BENCH_UPDATES (200000), BENCH_DELETES
+# (200000), BENCH_TXN_ROWS (1000 rows per transaction), BENCH_REPEAT (3; the
+# median is reported).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ -z "${WALCAST_BENCH_INSIDE:-}" ]; then
+  ./scripts/setup.sh
+  ./scripts/install-extension.sh
+  cargo build --release -q -p walcast-cluster
+  export WALCAST_BENCH_INSIDE=1
+  exec ./target/release/walcast-cluster run -- "$0" "$@"
+fi
+
+INSERTS="${BENCH_INSERTS:-1000000}"
+UPDATES="${BENCH_UPDATES:-200000}"
+DELETES="${BENCH_DELETES:-200000}"
+TXN="${BENCH_TXN_ROWS:-1000}"
+REPEAT="${BENCH_REPEAT:-3}"
+RECV="${PG_BINDIR}/pg_recvlogical"
+q() { psql -XqAt -v ON_ERROR_STOP=1 "$@"; }
+
+declare -A OPTS=(
+  [walcast]=""
+  [wal2json_v1]="-o format-version=1 -o include-xids=1 -o include-timestamp=1 -o include-lsn=1"
+  [wal2json_v2]="-o format-version=2 -o include-xids=1 -o include-timestamp=1 -o include-lsn=1"
+  [test_decoding]="-o include-xids=1 -o include-timestamp=1"
+  [pgoutput]="-o proto_version=1 -o publication_names=bench_pub"
+)
+declare -A PLUGIN=([walcast]=walcast [wal2json_v1]=wal2json [wal2json_v2]=wal2json [test_decoding]=test_decoding [pgoutput]=pgoutput)
+ORDER=(walcast wal2json_v1 wal2json_v2 test_decoding pgoutput)
+
+q <<'SQL'
+CREATE TABLE bench (
+  id bigint PRIMARY KEY, name text, email varchar(80), age int, score double precision,
+  balance numeric(12,2), active boolean, created_at timestamptz, tags text[], payload jsonb
+);
+CREATE PUBLICATION bench_pub FOR TABLE bench;
+SQL
+for r in $(seq 1 "$REPEAT"); do
+  for k in "${ORDER[@]}"; do
+    q -c "SELECT 1 FROM pg_create_logical_replication_slot('b_${k}_${r}', '${PLUGIN[$k]}')" >/dev/null
+  done
+done
+
+echo "[bench] generating WAL: ${INSERTS} inserts, ${UPDATES} updates, ${DELETES} deletes in ${TXN}-row transactions" >&2
+q <<SQL
+CREATE PROCEDURE load(n bigint, step bigint) LANGUAGE plpgsql AS \$\$
+BEGIN
+  FOR lo IN 1..n BY step LOOP
+    INSERT INTO bench
+    SELECT g, 'user ' || g, 'user' || g || '@example.com', (g % 90)::int, g / 3.0, (g % 100000) / 100.0,
+           g % 2 = 0, '2026-01-01 00:00:00+00'::timestamptz + g * interval '1 second',
+           ARRAY['a' || (g % 10), 'b'], jsonb_build_object('k', g, 's', 'v' || g)
+      FROM generate_series(lo, least(lo + step - 1, n)) AS g;
+    COMMIT;
+  END LOOP;
+END \$\$;
+CREATE PROCEDURE touch(n bigint, step bigint) LANGUAGE plpgsql AS \$\$
+BEGIN
+  FOR lo IN 1..n BY step LOOP
+    UPDATE bench SET age = age + 1, score = score * 2, active = NOT active WHERE id BETWEEN lo AND least(lo + step - 1, n);
+    COMMIT;
+  END LOOP;
+END \$\$;
+CREATE PROCEDURE remove(n bigint, step bigint) LANGUAGE plpgsql AS \$\$
+BEGIN
+  FOR lo IN 1..n BY step LOOP
+    DELETE FROM bench WHERE id BETWEEN lo AND least(lo + step - 1, n);
+    COMMIT;
+  END LOOP;
+END \$\$;
+CALL load(${INSERTS}, ${TXN});
+CALL touch(${UPDATES}, ${TXN});
+CALL remove(${DELETES}, ${TXN});
+SQL
+END_LSN="$(q -c "SELECT pg_current_wal_lsn()")"
+ROWS=$((INSERTS + UPDATES + DELETES))
+echo "[bench] WAL end ${END_LSN}; decoding ${ROWS} row changes per plugin, ${REPEAT} run(s) each" >&2
+
+declare -A MEDIAN
+for k in "${ORDER[@]}"; do
+  times=()
+  for r in $(seq 1 "$REPEAT"); do
+    start=$(date +%s.%N)
+    # shellcheck disable=SC2086
+    "$RECV" -h "$WALCAST_PG_SOCKET_DIR" -d "$PGDATABASE" -S "b_${k}_${r}" --start --no-loop -f /dev/null -F 0 --endpos="$END_LSN" ${OPTS[$k]}
+    end=$(date +%s.%N)
+    times+=("$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.3f", b - a }')")
+  done
+  MEDIAN[$k]=$(printf '%s\n' "${times[@]}" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+  echo "[bench] ${k}: ${times[*]} s" >&2
+done
+
+echo
+echo "| plugin | options | time (s, median of ${REPEAT}) | row changes/s | vs wal2json v2 | vs pgoutput |"
+echo "|---|---|---|---|---|---|"
+for k in "${ORDER[@]}"; do
+  t=${MEDIAN[$k]}
+  awk -v k="$k" -v o="${OPTS[$k]:-(defaults: lsn, xid, ts)}" -v t="$t" -v rows="$ROWS" \
+      -v w="${MEDIAN[wal2json_v2]}" -v p="${MEDIAN[pgoutput]}" \
+      'BEGIN { gsub(/-o /, "", o); printf "| %s | %s | %.2f | %.0f | %.2fx faster | %.2fx the time |\n", k, o, t, rows / t, w / t, t / p }'
+done

@@ -16,7 +16,10 @@ if [ -z "${WALCAST_BENCH_INSIDE:-}" ]; then
   ./scripts/install-extension.sh
   cargo build --release -q -p walcast-cluster
   export WALCAST_BENCH_INSIDE=1
-  exec ./target/release/walcast-cluster run -- "$0" "$@"
+  # WAL on tmpfs when there is one, so the numbers measure decoding, not the disk.
+  dir_args=()
+  if [ -d /dev/shm ] && [ -w /dev/shm ]; then dir_args=(--dir "/dev/shm/walcast-bench-$$"); fi
+  exec ./target/release/walcast-cluster run "${dir_args[@]}" -- "$0" "$@"
 fi
 
 INSERTS="${BENCH_INSERTS:-1000000}"
@@ -41,7 +44,7 @@ q <<'SQL'
 CREATE TABLE bench (
   id bigint PRIMARY KEY, name text, email varchar(80), age int, score double precision,
   balance numeric(12,2), active boolean, created_at timestamptz, tags text[], payload jsonb
-);
+) WITH (autovacuum_enabled = false);
 CREATE PUBLICATION bench_pub FOR TABLE bench;
 SQL
 for r in $(seq 1 "$REPEAT"); do
@@ -82,21 +85,28 @@ CALL touch(${UPDATES}, ${TXN});
 CALL remove(${DELETES}, ${TXN});
 SQL
 END_LSN="$(q -c "SELECT pg_current_wal_lsn()")"
+q -c "CHECKPOINT"
 ROWS=$((INSERTS + UPDATES + DELETES))
 echo "[bench] WAL end ${END_LSN}; decoding ${ROWS} row changes per plugin, ${REPEAT} run(s) each" >&2
 
-declare -A MEDIAN
-for k in "${ORDER[@]}"; do
-  times=()
-  for r in $(seq 1 "$REPEAT"); do
+declare -A TIMES
+# Rounds in rotating order, so no plugin always runs first or last.
+for r in $(seq 1 "$REPEAT"); do
+  n=${#ORDER[@]}
+  for i in $(seq 0 $((n - 1))); do
+    k=${ORDER[$(((i + r - 1) % n))]}
     start=$(date +%s.%N)
     # shellcheck disable=SC2086
     "$RECV" -h "$WALCAST_PG_SOCKET_DIR" -d "$PGDATABASE" -S "b_${k}_${r}" --start --no-loop -f /dev/null -F 0 --endpos="$END_LSN" ${OPTS[$k]}
     end=$(date +%s.%N)
-    times+=("$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.3f", b - a }')")
+    TIMES[$k]="${TIMES[$k]:-} $(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.3f", b - a }')"
   done
-  MEDIAN[$k]=$(printf '%s\n' "${times[@]}" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
-  echo "[bench] ${k}: ${times[*]} s" >&2
+done
+declare -A MEDIAN
+for k in "${ORDER[@]}"; do
+  # shellcheck disable=SC2086
+  MEDIAN[$k]=$(printf '%s\n' ${TIMES[$k]} | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+  echo "[bench] ${k}:${TIMES[$k]} s" >&2
 done
 
 echo

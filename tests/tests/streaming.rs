@@ -193,7 +193,7 @@ fn a_million_row_transaction_streams_in_blocks_with_bounded_memory() {
     );
     assert!(s.peak_rss_anon_kb > 0, "the walsender's memory was sampled");
     assert!(
-        s.peak_rss_anon_kb < 96 * 1024,
+        s.peak_rss_anon_kb < 32 * 1024,
         "walsender private memory must stay bounded, peak was {} kB",
         s.peak_rss_anon_kb
     );

@@ -1,7 +1,7 @@
 //! `walcast-cluster`: run a command next to a private PostgreSQL cluster.
 //!
 //! ```text
-//! walcast-cluster run [--port N] [--keep] [--set name=value]... -- COMMAND [ARGS...]
+//! walcast-cluster run [--port N] [--dir DIR] [--keep] [--set name=value]... -- COMMAND [ARGS...]
 //! ```
 //!
 //! Starts a cluster (walcast extension created in `postgres`), runs COMMAND
@@ -47,6 +47,7 @@ fn real_main() -> Result<i32> {
                 );
             }
             "--keep" => config.keep = true,
+            "--dir" => config.dir = Some(args.next().context("--dir needs a directory")?.into()),
             "--set" => {
                 let kv = args.next().context("--set needs name=value")?;
                 let (k, v) = kv

@@ -1,0 +1,58 @@
+//! `walcast.doctor()` reports what logical decoding with walcast needs and
+//! says what to change, in plain words.
+
+use walcast_tests::TestDb;
+
+fn doctor(db: &mut TestDb) -> Vec<(String, bool, String, String)> {
+    db.client
+        .query("SELECT item, ok, current_value, advice FROM walcast.doctor()", &[])
+        .expect("walcast.doctor()")
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect()
+}
+
+fn find<'a>(rows: &'a [(String, bool, String, String)], item: &str) -> &'a (String, bool, String, String) {
+    rows.iter().find(|r| r.0 == item).unwrap_or_else(|| panic!("doctor has no {item:?} row: {rows:?}"))
+}
+
+#[test]
+fn doctor_reports_a_ready_cluster_and_what_to_improve() {
+    let mut db = TestDb::new("doctor");
+    let rows = doctor(&mut db);
+    let wal = find(&rows, "wal_level");
+    assert!(wal.1 && wal.2 == "logical", "{wal:?}");
+    assert!(find(&rows, "max_replication_slots").1);
+    assert!(find(&rows, "max_wal_senders").1);
+    assert!(find(&rows, "replication privilege").1);
+    assert!(find(&rows, "ddl capture").1);
+    let has_gate: bool = db
+        .client
+        .query_one("SELECT count(*) = 1 FROM pg_settings WHERE name = 'output_plugin_libraries'", &[])
+        .expect("pg_settings")
+        .get(0);
+    if has_gate {
+        let gate = find(&rows, "output_plugin_libraries");
+        assert!(gate.1 && gate.2.contains("walcast"), "{gate:?}");
+    }
+    // The private clusters keep WAL for slots without limit: doctor says so.
+    let keep = find(&rows, "max_slot_wal_keep_size");
+    assert!(!keep.1 && keep.3.contains("max_slot_wal_keep_size"), "{keep:?}");
+}
+
+#[test]
+fn doctor_explains_disabled_ddl_capture_and_missing_privileges() {
+    let mut db = TestDb::new("doctor_problems");
+    let role = format!("plain_{}", db.name);
+    db.exec("ALTER EVENT TRIGGER walcast_ddl_capture DISABLE");
+    db.exec(&format!("CREATE ROLE {role} LOGIN; GRANT USAGE ON SCHEMA walcast TO {role}; SET ROLE {role}"));
+    let rows = doctor(&mut db);
+    db.exec(&format!(
+        "RESET ROLE; ALTER EVENT TRIGGER walcast_ddl_capture ENABLE; \
+         REVOKE USAGE ON SCHEMA walcast FROM {role}; DROP ROLE {role}"
+    ));
+    let ddl = find(&rows, "ddl capture");
+    assert!(!ddl.1 && ddl.3.contains("ALTER EVENT TRIGGER walcast_ddl_capture ENABLE"), "{ddl:?}");
+    let privilege = find(&rows, "replication privilege");
+    assert!(!privilege.1 && privilege.3.contains(&format!("ALTER ROLE {role} REPLICATION")), "{privilege:?}");
+}

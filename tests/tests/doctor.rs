@@ -5,15 +5,23 @@ use walcast_tests::TestDb;
 
 fn doctor(db: &mut TestDb) -> Vec<(String, bool, String, String)> {
     db.client
-        .query("SELECT item, ok, current_value, advice FROM walcast.doctor()", &[])
+        .query(
+            "SELECT item, ok, current_value, advice FROM walcast.doctor()",
+            &[],
+        )
         .expect("walcast.doctor()")
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
         .collect()
 }
 
-fn find<'a>(rows: &'a [(String, bool, String, String)], item: &str) -> &'a (String, bool, String, String) {
-    rows.iter().find(|r| r.0 == item).unwrap_or_else(|| panic!("doctor has no {item:?} row: {rows:?}"))
+fn find<'a>(
+    rows: &'a [(String, bool, String, String)],
+    item: &str,
+) -> &'a (String, bool, String, String) {
+    rows.iter()
+        .find(|r| r.0 == item)
+        .unwrap_or_else(|| panic!("doctor has no {item:?} row: {rows:?}"))
 }
 
 #[test]
@@ -28,7 +36,10 @@ fn doctor_reports_a_ready_cluster_and_what_to_improve() {
     assert!(find(&rows, "ddl capture").1);
     let has_gate: bool = db
         .client
-        .query_one("SELECT count(*) = 1 FROM pg_settings WHERE name = 'output_plugin_libraries'", &[])
+        .query_one(
+            "SELECT count(*) = 1 FROM pg_settings WHERE name = 'output_plugin_libraries'",
+            &[],
+        )
         .expect("pg_settings")
         .get(0);
     if has_gate {
@@ -37,7 +48,10 @@ fn doctor_reports_a_ready_cluster_and_what_to_improve() {
     }
     // The private clusters keep WAL for slots without limit: doctor says so.
     let keep = find(&rows, "max_slot_wal_keep_size");
-    assert!(!keep.1 && keep.3.contains("max_slot_wal_keep_size"), "{keep:?}");
+    assert!(
+        !keep.1 && keep.3.contains("max_slot_wal_keep_size"),
+        "{keep:?}"
+    );
 }
 
 #[test]
@@ -45,14 +59,28 @@ fn doctor_explains_disabled_ddl_capture_and_missing_privileges() {
     let mut db = TestDb::new("doctor_problems");
     let role = format!("plain_{}", db.name);
     db.exec("ALTER EVENT TRIGGER walcast_ddl_capture DISABLE");
-    db.exec(&format!("CREATE ROLE {role} LOGIN; GRANT USAGE ON SCHEMA walcast TO {role}; SET ROLE {role}"));
+    db.exec(&format!(
+        "CREATE ROLE {role} LOGIN; GRANT USAGE ON SCHEMA walcast TO {role}; SET ROLE {role}"
+    ));
     let rows = doctor(&mut db);
     db.exec(&format!(
         "RESET ROLE; ALTER EVENT TRIGGER walcast_ddl_capture ENABLE; \
          REVOKE USAGE ON SCHEMA walcast FROM {role}; DROP ROLE {role}"
     ));
     let ddl = find(&rows, "ddl capture");
-    assert!(!ddl.1 && ddl.3.contains("ALTER EVENT TRIGGER walcast_ddl_capture ENABLE"), "{ddl:?}");
+    assert!(
+        !ddl.1
+            && ddl
+                .3
+                .contains("ALTER EVENT TRIGGER walcast_ddl_capture ENABLE"),
+        "{ddl:?}"
+    );
     let privilege = find(&rows, "replication privilege");
-    assert!(!privilege.1 && privilege.3.contains(&format!("ALTER ROLE {role} REPLICATION")), "{privilege:?}");
+    assert!(
+        !privilege.1
+            && privilege
+                .3
+                .contains(&format!("ALTER ROLE {role} REPLICATION")),
+        "{privilege:?}"
+    );
 }

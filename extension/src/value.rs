@@ -5,9 +5,12 @@
 //! dates and timestamps in ISO 8601, json verbatim, jsonb in its output form,
 //! arrays and composites as JSON arrays and objects, user types through a cast
 //! to json when one exists, and everything else as its output function's text
-//! in a JSON string. The common built-in types have fast paths below; arrays,
-//! composites and user-defined types (enums included) call `to_json` itself
-//! through an `FmgrInfo` whose expression carries the column type.
+//! in a JSON string. walcast makes the same choices once per column and writes
+//! the common cases directly: numbers, booleans, text, json/jsonb, uuid,
+//! dates and timestamps, bytea, arrays (element by element, any number of
+//! dimensions), enums and other types through their output function.
+//! Composites and user types with a cast to json call `to_json` itself through
+//! an `FmgrInfo` whose expression carries the column type.
 
 use pgrx::pg_sys;
 use std::ffi::CStr;
@@ -62,8 +65,19 @@ pub enum ValueKind {
     Bytea(Fmgr),
     /// Another built-in scalar type: output function text, escaped.
     OutputText(Fmgr),
-    /// Arrays, composites, user-defined types: `to_json` itself.
+    /// Arrays: each element written by its own kind, nested per dimension.
+    Array(Box<ArrayInfo>),
+    /// Composites and user-defined types with a cast to json: `to_json` itself.
     ToJson(Fmgr),
+}
+
+/// How to take an array of one element type apart and write its elements.
+pub struct ArrayInfo {
+    elemtype: pg_sys::Oid,
+    elmlen: i16,
+    elmbyval: bool,
+    elmalign: std::ffi::c_char,
+    elem: ValueKind,
 }
 
 impl ValueKind {
@@ -99,11 +113,29 @@ impl ValueKind {
             _ => {}
         }
         // SAFETY: catalog lookups inside a decoding callback.
-        let is_array = unsafe { pg_sys::get_element_type(base) } != pg_sys::InvalidOid;
+        let elemtype = unsafe { pg_sys::get_element_type(base) };
+        if elemtype != pg_sys::InvalidOid {
+            let (mut elmlen, mut elmbyval, mut elmalign) = (0i16, false, 0 as std::ffi::c_char);
+            // SAFETY: valid out-pointers; catalog lookup.
+            unsafe {
+                pg_sys::get_typlenbyvalalign(elemtype, &mut elmlen, &mut elmbyval, &mut elmalign)
+            };
+            // SAFETY: classifying the element type, same contract as this call.
+            let elem = unsafe { Self::classify(elemtype, -1, collation, mcxt) };
+            return ValueKind::Array(Box::new(ArrayInfo {
+                elemtype,
+                elmlen,
+                elmbyval,
+                elmalign,
+                elem,
+            }));
+        }
         // SAFETY: as above.
         let is_row = unsafe { pg_sys::type_is_rowtype(base) };
-        let user_type = base.to_u32() >= pg_sys::FirstNormalObjectId;
-        if is_array || is_row || user_type {
+        // SAFETY: as above; to_json uses a cast to json of a non-built-in type when there is one.
+        let has_json_cast =
+            base.to_u32() >= pg_sys::FirstNormalObjectId && unsafe { has_cast_to_json(base) };
+        if is_row || has_json_cast {
             // SAFETY: builds a to_json FmgrInfo in mcxt; see to_json_fmgr.
             return ValueKind::ToJson(unsafe { to_json_fmgr(typid, typmod, collation, mcxt) });
         }
@@ -115,6 +147,21 @@ impl ValueKind {
             ValueKind::OutputText(out)
         }
     }
+}
+
+/// Whether `typid` has a function cast to json, which `to_json` would use.
+unsafe fn has_cast_to_json(typid: pg_sys::Oid) -> bool {
+    let mut func = pg_sys::InvalidOid;
+    // SAFETY: catalog lookup with a valid out-pointer.
+    let path = unsafe {
+        pg_sys::find_coercion_pathway(
+            pg_sys::JSONOID,
+            typid,
+            pg_sys::CoercionContext::COERCION_EXPLICIT,
+            &mut func,
+        )
+    };
+    path == pg_sys::CoercionPathType::COERCION_PATH_FUNC && func != pg_sys::InvalidOid
 }
 
 unsafe fn output_fmgr(typid: pg_sys::Oid, mcxt: pg_sys::MemoryContext) -> Fmgr {
@@ -274,6 +321,8 @@ pub unsafe fn write(out: &mut Vec<u8>, kind: &ValueKind, datum: pg_sys::Datum) {
             let s = unsafe { pg_sys::OutputFunctionCall(finfo.ptr(), datum) };
             push_cstr(out, s, false);
         }
+        // SAFETY: datum is an array of the classified element type.
+        ValueKind::Array(info) => unsafe { write_array(out, info, datum) },
         ValueKind::ToJson(finfo) => {
             // SAFETY: finfo is to_json with fn_expr describing the argument type.
             let text = unsafe { pg_sys::FunctionCall1Coll(finfo.ptr(), collation, datum) };
@@ -281,4 +330,75 @@ pub unsafe fn write(out: &mut Vec<u8>, kind: &ValueKind, datum: pg_sys::Datum) {
             out.extend_from_slice(unsafe { varlena_bytes(text) });
         }
     }
+}
+
+/// Appends an array as `to_json` does: nested JSON arrays per dimension,
+/// `null` for NULL elements, `[]` when empty; lower bounds are ignored.
+///
+/// # Safety
+/// `datum` must be a non-null array whose element type is `info.elemtype`.
+unsafe fn write_array(out: &mut Vec<u8>, info: &ArrayInfo, datum: pg_sys::Datum) {
+    // SAFETY: detoasting an array value (compressed or indirect) into the
+    // per-change memory context; the header and dims follow the ArrayType layout.
+    unsafe {
+        let arr = pg_sys::pg_detoast_datum(datum.cast_mut_ptr()) as *mut pg_sys::ArrayType;
+        let ndim = usize::try_from((*arr).ndim).unwrap_or(0);
+        let dims_ptr =
+            (arr as *const u8).add(std::mem::size_of::<pg_sys::ArrayType>()) as *const i32;
+        let dims = std::slice::from_raw_parts(dims_ptr, ndim);
+        if ndim == 0 || dims.iter().any(|&d| d <= 0) {
+            out.extend_from_slice(b"[]");
+            return;
+        }
+        let mut elems: *mut pg_sys::Datum = std::ptr::null_mut();
+        let mut nulls: *mut bool = std::ptr::null_mut();
+        let mut n: std::ffi::c_int = 0;
+        pg_sys::deconstruct_array(
+            arr,
+            info.elemtype,
+            info.elmlen.into(),
+            info.elmbyval,
+            info.elmalign,
+            &mut elems,
+            &mut nulls,
+            &mut n,
+        );
+        let n = usize::try_from(n).unwrap_or(0);
+        let elems = std::slice::from_raw_parts(elems, n);
+        let nulls = std::slice::from_raw_parts(nulls, n);
+        let mut next = 0usize;
+        write_dim(out, info, dims, elems, nulls, &mut next);
+    }
+}
+
+/// One dimension of an array; the innermost writes elements.
+///
+/// # Safety
+/// `elems` and `nulls` come from `deconstruct_array` of an array with `dims`.
+unsafe fn write_dim(
+    out: &mut Vec<u8>,
+    info: &ArrayInfo,
+    dims: &[i32],
+    elems: &[pg_sys::Datum],
+    nulls: &[bool],
+    next: &mut usize,
+) {
+    out.push(b'[');
+    for i in 0..dims[0] {
+        if i > 0 {
+            out.push(b',');
+        }
+        if dims.len() > 1 {
+            // SAFETY: same arrays, one dimension down.
+            unsafe { write_dim(out, info, &dims[1..], elems, nulls, next) };
+        } else {
+            match (elems.get(*next), nulls.get(*next)) {
+                (Some(_), Some(true)) | (None, _) | (_, None) => out.extend_from_slice(b"null"),
+                // SAFETY: a non-null element of the array's element type.
+                (Some(&d), Some(false)) => unsafe { write(out, &info.elem, d) },
+            }
+            *next += 1;
+        }
+    }
+    out.push(b']');
 }

@@ -19,6 +19,10 @@ CREATE DOMAIN posint AS int CHECK (VALUE > 0);
 CREATE DOMAIN short_text AS text;
 CREATE DOMAIN jdom AS jsonb;
 CREATE TYPE pair AS (x int, label text, tags text[]);
+CREATE TYPE mood2 AS ENUM ('low', 'high');
+CREATE FUNCTION mood2_json(mood2) RETURNS json LANGUAGE sql IMMUTABLE
+    AS $$ SELECT json_build_object('mood', $1::text, 'casted', true) $$;
+CREATE CAST (mood2 AS json) WITH FUNCTION mood2_json(mood2);
 "#;
 
 fn columns() -> Vec<(&'static str, &'static str, Gen)> {

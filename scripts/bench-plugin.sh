@@ -29,6 +29,17 @@ TXN="${BENCH_TXN_ROWS:-1000}"
 REPEAT="${BENCH_REPEAT:-3}"
 RECV="${PG_BINDIR}/pg_recvlogical"
 q() { psql -XqAt -v ON_ERROR_STOP=1 "$@"; }
+TCK=$(getconf CLK_TCK)
+# CPU seconds used so far by the server: the postmaster, its children, and
+# the children it has reaped (finished walsenders). Steadier than wall time
+# on a shared machine.
+server_cpu() {
+  local pm
+  pm=$(head -1 "$PGDATA/postmaster.pid")
+  for p in $pm $(ps --ppid "$pm" -o pid=); do
+    awk '{ print $14 + $15 + $16 + $17 }' "/proc/$p/stat" 2>/dev/null || true
+  done | awk -v t="$TCK" '{ s += $1 } END { printf "%.2f", s / t }'
+}
 
 declare -A OPTS=(
   [walcast]=""
@@ -89,32 +100,39 @@ q -c "CHECKPOINT"
 ROWS=$((INSERTS + UPDATES + DELETES))
 echo "[bench] WAL end ${END_LSN}; decoding ${ROWS} row changes per plugin, ${REPEAT} run(s) each" >&2
 
-declare -A TIMES
+declare -A TIMES CPUS
 # Rounds in rotating order, so no plugin always runs first or last.
 for r in $(seq 1 "$REPEAT"); do
   n=${#ORDER[@]}
   for i in $(seq 0 $((n - 1))); do
     k=${ORDER[$(((i + r - 1) % n))]}
+    cpu0=$(server_cpu)
     start=$(date +%s.%N)
     # shellcheck disable=SC2086
     "$RECV" -h "$WALCAST_PG_SOCKET_DIR" -d "$PGDATABASE" -S "b_${k}_${r}" --start --no-loop -f /dev/null -F 0 --endpos="$END_LSN" ${OPTS[$k]}
     end=$(date +%s.%N)
+    sleep 0.2 # let the postmaster reap the walsender
+    cpu1=$(server_cpu)
     TIMES[$k]="${TIMES[$k]:-} $(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.3f", b - a }')"
+    CPUS[$k]="${CPUS[$k]:-} $(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN { printf "%.2f", b - a }')"
   done
 done
-declare -A MEDIAN
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+declare -A MEDIAN CPU
 for k in "${ORDER[@]}"; do
   # shellcheck disable=SC2086
-  MEDIAN[$k]=$(printf '%s\n' ${TIMES[$k]} | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
-  echo "[bench] ${k}:${TIMES[$k]} s" >&2
+  MEDIAN[$k]=$(median ${TIMES[$k]})
+  # shellcheck disable=SC2086
+  CPU[$k]=$(median ${CPUS[$k]})
+  echo "[bench] ${k}: wall${TIMES[$k]} s; server CPU${CPUS[$k]} s" >&2
 done
 
 echo
-echo "| plugin | options | time (s, median of ${REPEAT}) | row changes/s | vs wal2json v2 | vs pgoutput |"
-echo "|---|---|---|---|---|---|"
+echo "| plugin | options | wall time (s, median of ${REPEAT}) | row changes/s | vs wal2json v2 | vs pgoutput | server CPU (s, median) | CPU vs pgoutput |"
+echo "|---|---|---|---|---|---|---|---|"
 for k in "${ORDER[@]}"; do
   t=${MEDIAN[$k]}
   awk -v k="$k" -v o="${OPTS[$k]:-(defaults: lsn, xid, ts)}" -v t="$t" -v rows="$ROWS" \
-      -v w="${MEDIAN[wal2json_v2]}" -v p="${MEDIAN[pgoutput]}" \
-      'BEGIN { gsub(/-o /, "", o); printf "| %s | %s | %.2f | %.0f | %.2fx faster | %.2fx the time |\n", k, o, t, rows / t, w / t, t / p }'
+      -v w="${MEDIAN[wal2json_v2]}" -v p="${MEDIAN[pgoutput]}" -v c="${CPU[$k]}" -v pc="${CPU[pgoutput]}" \
+      'BEGIN { gsub(/-o /, "", o); printf "| %s | %s | %.2f | %.0f | %.2fx faster | %.2fx the time | %.2f | %.2fx |\n", k, o, t, rows / t, w / t, t / p, c, c / pc }'
 done

@@ -178,6 +178,7 @@ impl Cluster {
             ("PGDATABASE".into(), "postgres".into()),
             ("DATABASE_URL".into(), self.url("postgres")),
             ("PG_BINDIR".into(), self.bindir.display().to_string()),
+            ("PGDATA".into(), self.data().display().to_string()),
             (
                 "WALCAST_PG_SOCKET_DIR".into(),
                 self.dir.join("sock").display().to_string(),

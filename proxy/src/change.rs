@@ -1,0 +1,286 @@
+//! One plugin message, parsed once: the header fields a hub and filters need
+//! (action, schema, table, lsn, xid), the raw bytes that are sent to clients
+//! unchanged, and the row values parsed lazily when a filter asks for them.
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+use std::sync::OnceLock;
+use walcast_format::Lsn;
+
+/// The kind of a plugin message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    Insert,
+    Update,
+    Delete,
+    Truncate,
+    Message,
+    Ddl,
+    Begin,
+    Commit,
+    StreamStart,
+    StreamStop,
+    StreamCommit,
+    StreamAbort,
+}
+
+impl Action {
+    fn parse(s: &str) -> Option<Action> {
+        Some(match s {
+            "I" => Action::Insert,
+            "U" => Action::Update,
+            "D" => Action::Delete,
+            "T" => Action::Truncate,
+            "M" => Action::Message,
+            "DDL" => Action::Ddl,
+            "B" => Action::Begin,
+            "C" => Action::Commit,
+            "SS" => Action::StreamStart,
+            "SE" => Action::StreamStop,
+            "SC" => Action::StreamCommit,
+            "SA" => Action::StreamAbort,
+            _ => return None,
+        })
+    }
+
+    /// The label used in metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Action::Insert => "insert",
+            Action::Update => "update",
+            Action::Delete => "delete",
+            Action::Truncate => "truncate",
+            Action::Message => "message",
+            Action::Ddl => "ddl",
+            Action::Begin => "begin",
+            Action::Commit => "commit",
+            Action::StreamStart => "stream_start",
+            Action::StreamStop => "stream_stop",
+            Action::StreamCommit => "stream_commit",
+            Action::StreamAbort => "stream_abort",
+        }
+    }
+}
+
+/// Why plugin bytes could not be understood.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    #[error("plugin message is not a JSON object walcast-proxy understands: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("plugin message has an unknown action {0:?}")]
+    UnknownAction(String),
+    #[error("plugin message has an invalid lsn {0:?}")]
+    BadLsn(String),
+}
+
+#[derive(Deserialize)]
+struct Header<'a> {
+    #[serde(borrow)]
+    action: &'a str,
+    #[serde(default, borrow)]
+    lsn: Option<&'a str>,
+    #[serde(default)]
+    end_lsn: Option<&'a str>,
+    #[serde(default)]
+    xid: Option<u32>,
+    #[serde(default)]
+    schema: Option<String>,
+    #[serde(default)]
+    table: Option<String>,
+    #[serde(default)]
+    tables: Option<Vec<String>>,
+    #[serde(default, borrow)]
+    columns: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    identity: Option<&'a RawValue>,
+}
+
+/// One change, shared by all subscribers.
+#[derive(Debug)]
+pub struct Change {
+    pub action: Action,
+    /// The change's own LSN (`lsn` in the JSON), or the stream position.
+    pub lsn: Lsn,
+    /// For commits: the position after the commit record (what to confirm).
+    pub end_lsn: Option<Lsn>,
+    pub xid: Option<u32>,
+    pub schema: String,
+    pub table: String,
+    /// For truncates: the (schema, table) pairs named.
+    pub truncated: Vec<(String, String)>,
+    /// The plugin's bytes, sent to clients unchanged.
+    pub raw: Bytes,
+    /// Byte ranges of `columns` and `identity` inside `raw`.
+    columns_at: Option<(usize, usize)>,
+    identity_at: Option<(usize, usize)>,
+    row: OnceLock<Option<Map<String, Value>>>,
+}
+
+fn range_in(raw: &[u8], part: &RawValue) -> Option<(usize, usize)> {
+    let start = (part.get().as_ptr() as usize).checked_sub(raw.as_ptr() as usize)?;
+    let end = start + part.get().len();
+    (end <= raw.len()).then_some((start, end))
+}
+
+impl Change {
+    /// Parses the plugin's bytes; `wal_start` is the stream position of the message.
+    pub fn parse(raw: Bytes, wal_start: Lsn) -> Result<Change, ChangeError> {
+        let h: Header = serde_json::from_slice(&raw)?;
+        let action = Action::parse(h.action)
+            .ok_or_else(|| ChangeError::UnknownAction(h.action.to_owned()))?;
+        let parse_lsn = |s: &str| {
+            s.parse::<Lsn>()
+                .map_err(|_| ChangeError::BadLsn(s.to_owned()))
+        };
+        let lsn = match h.lsn {
+            Some(s) => parse_lsn(s)?,
+            None => wal_start,
+        };
+        let end_lsn = h.end_lsn.map(parse_lsn).transpose()?;
+        let truncated = h
+            .tables
+            .unwrap_or_default()
+            .iter()
+            .map(|t| split_qualified(t))
+            .collect();
+        let columns_at = h.columns.and_then(|c| range_in(&raw, c));
+        let identity_at = h.identity.and_then(|c| range_in(&raw, c));
+        Ok(Change {
+            action,
+            lsn,
+            end_lsn,
+            xid: h.xid,
+            schema: h.schema.unwrap_or_default(),
+            table: h.table.unwrap_or_default(),
+            truncated,
+            raw,
+            columns_at,
+            identity_at,
+            row: OnceLock::new(),
+        })
+    }
+
+    /// The row a filter looks at: `columns` for inserts and updates,
+    /// `identity` for deletes; parsed on first use, then kept.
+    pub fn row(&self) -> Option<&Map<String, Value>> {
+        self.row
+            .get_or_init(|| {
+                let at = if self.action == Action::Delete {
+                    self.identity_at
+                } else {
+                    self.columns_at
+                };
+                let (s, e) = at?;
+                match serde_json::from_slice::<Value>(self.raw.get(s..e)?) {
+                    Ok(Value::Object(m)) => Some(m),
+                    _ => None,
+                }
+            })
+            .as_ref()
+    }
+
+    /// True for the row changes clients subscribe to (I, U, D, T).
+    pub fn is_row_change(&self) -> bool {
+        matches!(
+            self.action,
+            Action::Insert | Action::Update | Action::Delete | Action::Truncate
+        )
+    }
+}
+
+/// Splits `schema.table` as the plugin writes it in truncates (each part a
+/// plain or double-quoted identifier).
+pub fn split_qualified(name: &str) -> (String, String) {
+    let mut parts = Vec::new();
+    let mut cur = String::new();
+    let mut chars = name.chars().peekable();
+    let mut quoted = false;
+    while let Some(c) = chars.next() {
+        match (c, quoted) {
+            ('"', false) if cur.is_empty() => quoted = true,
+            ('"', true) => {
+                if chars.peek() == Some(&'"') {
+                    chars.next();
+                    cur.push('"');
+                } else {
+                    quoted = false;
+                }
+            }
+            ('.', false) => parts.push(std::mem::take(&mut cur)),
+            (c, _) => cur.push(c),
+        }
+    }
+    parts.push(cur);
+    if parts.len() >= 2 {
+        let table = parts.pop().unwrap_or_default();
+        (parts.join("."), table)
+    } else {
+        (String::new(), parts.pop().unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_header_and_keeps_raw_bytes() {
+        let raw = Bytes::from_static(
+            br#"{"action":"U","lsn":"0/16B3748","xid":740,"ts":"2026-11-22T05:00:00.123456+00:00","schema":"public","table":"users","columns":{"id":1,"name":"ann"},"identity":{"id":1}}"#,
+        );
+        let c = Change::parse(raw.clone(), Lsn(1)).expect("parse");
+        assert_eq!(c.action, Action::Update);
+        assert_eq!(c.lsn, Lsn(0x16B3748));
+        assert_eq!(c.xid, Some(740));
+        assert_eq!((c.schema.as_str(), c.table.as_str()), ("public", "users"));
+        assert_eq!(c.raw, raw);
+        assert_eq!(
+            c.row().and_then(|r| r.get("name")).and_then(|v| v.as_str()),
+            Some("ann")
+        );
+    }
+
+    #[test]
+    fn deletes_expose_identity_and_truncates_their_tables() {
+        let d = Change::parse(
+            Bytes::from_static(
+                br#"{"action":"D","lsn":"0/1","schema":"s","table":"t","identity":{"id":7}}"#,
+            ),
+            Lsn(0),
+        )
+        .expect("parse");
+        assert_eq!(
+            d.row().and_then(|r| r.get("id")).and_then(|v| v.as_i64()),
+            Some(7)
+        );
+        let t = Change::parse(
+            Bytes::from_static(br#"{"action":"T","lsn":"0/2","tables":["public.a","\"My Schema\".\"Tab.le \"\"x\"\"\""],"cascade":false,"restart_seqs":false}"#),
+            Lsn(0),
+        )
+        .expect("parse");
+        assert_eq!(
+            t.truncated,
+            vec![
+                ("public".into(), "a".into()),
+                ("My Schema".into(), "Tab.le \"x\"".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn commits_carry_end_lsn_and_bad_input_is_an_error() {
+        let c = Change::parse(
+            Bytes::from_static(br#"{"action":"C","xid":5,"lsn":"0/10","ts":"x","end_lsn":"0/20"}"#),
+            Lsn(0),
+        )
+        .expect("parse");
+        assert_eq!(c.end_lsn, Some(Lsn(0x20)));
+        assert!(Change::parse(Bytes::from_static(b"not json"), Lsn(0)).is_err());
+        assert!(Change::parse(Bytes::from_static(br#"{"action":"X"}"#), Lsn(0)).is_err());
+        assert!(
+            Change::parse(Bytes::from_static(br#"{"action":"I","lsn":"zz"}"#), Lsn(0)).is_err()
+        );
+    }
+}

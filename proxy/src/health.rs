@@ -1,0 +1,115 @@
+//! What `GET /healthz` reports: the replication stream's state, its
+//! position and lag, the number of clients and the last error.
+
+use std::sync::Mutex;
+use walcast_format::Lsn;
+
+/// The replication stream's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    Starting,
+    Streaming,
+    /// A transient error: reconnecting with backoff from the confirmed position.
+    Reconnecting,
+    /// A definite error: streaming stopped until the problem is fixed and the proxy restarted.
+    Failed,
+}
+
+#[derive(Debug, Clone)]
+struct Inner {
+    state: State,
+    last_error: Option<String>,
+    confirmed: Lsn,
+    received: Lsn,
+}
+
+/// Shared health record.
+#[derive(Debug)]
+pub struct Health {
+    pub slot: String,
+    inner: Mutex<Inner>,
+}
+
+impl Health {
+    /// A record for `slot`, starting.
+    pub fn new(slot: &str) -> Health {
+        Health {
+            slot: slot.to_owned(),
+            inner: Mutex::new(Inner {
+                state: State::Starting,
+                last_error: None,
+                confirmed: Lsn(0),
+                received: Lsn(0),
+            }),
+        }
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Inner)) {
+        if let Ok(mut i) = self.inner.lock() {
+            f(&mut i);
+        }
+    }
+
+    /// The stream is running.
+    pub fn streaming(&self) {
+        self.update(|i| i.state = State::Streaming);
+    }
+
+    /// A transient error happened; reconnecting.
+    pub fn reconnecting(&self, error: &str) {
+        self.update(|i| {
+            i.state = State::Reconnecting;
+            i.last_error = Some(error.to_owned());
+        });
+    }
+
+    /// A definite error stopped streaming.
+    pub fn failed(&self, error: &str) {
+        self.update(|i| {
+            i.state = State::Failed;
+            i.last_error = Some(error.to_owned());
+        });
+    }
+
+    /// Records positions.
+    pub fn positions(&self, confirmed: Lsn, received: Lsn) {
+        self.update(|i| {
+            i.confirmed = confirmed;
+            i.received = received;
+        });
+    }
+
+    /// The current state.
+    pub fn state(&self) -> State {
+        self.inner
+            .lock()
+            .map(|i| i.state.clone())
+            .unwrap_or(State::Failed)
+    }
+
+    /// The `/healthz` body and whether the proxy is healthy.
+    pub fn report(&self, clients: usize) -> (bool, serde_json::Value) {
+        let i = self.inner.lock().map(|i| i.clone()).unwrap_or(Inner {
+            state: State::Failed,
+            last_error: Some("health record poisoned".into()),
+            confirmed: Lsn(0),
+            received: Lsn(0),
+        });
+        let status = match i.state {
+            State::Starting => "starting",
+            State::Streaming => "ok",
+            State::Reconnecting => "reconnecting",
+            State::Failed => "failed",
+        };
+        let body = serde_json::json!({
+            "status": status,
+            "slot": self.slot,
+            "confirmed_lsn": i.confirmed.to_string(),
+            "received_lsn": i.received.to_string(),
+            "lag_bytes": i.received.0.saturating_sub(i.confirmed.0),
+            "clients": clients,
+            "last_error": i.last_error,
+        });
+        (i.state == State::Streaming, body)
+    }
+}

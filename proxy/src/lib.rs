@@ -1,0 +1,30 @@
+//! walcast-proxy: PostgreSQL change streams over websockets.
+//!
+//! Layout, in the order data flows:
+//!
+//! ```text
+//! WAL -> walcast plugin (JSON bytes) -> walsender
+//!     -> replication/   replication-protocol client (startup, auth, CopyBoth, status updates)
+//!     -> reader.rs      one reader per slot: reconnects, confirms positions, feeds the hub
+//!     -> change.rs      plugin bytes -> Change { action, schema, table, lsn, xid, raw }
+//!     -> hub.rs         many subscribers, indexed by table, bounded queues
+//!     -> query/         the query syntax (insert:users:age.gt.30): parse and match
+//!     -> session.rs     one websocket client's loop (frames are the plugin's bytes)
+//!     -> server.rs      HTTP routes, websocket upgrade, /healthz, /metrics, graceful shutdown
+//! ```
+//!
+//! Beside the flow: `config.rs` (CLI and environment), `health.rs` and
+//! `metrics.rs` (what `/healthz` and `/metrics` report), `catalog.rs` (table
+//! lookups over an ordinary connection).
+
+pub mod catalog;
+pub mod change;
+pub mod config;
+pub mod health;
+pub mod hub;
+pub mod metrics;
+pub mod query;
+pub mod reader;
+pub mod replication;
+pub mod server;
+pub mod session;

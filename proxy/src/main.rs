@@ -1,0 +1,123 @@
+//! `walcast-proxy`: serves websocket change streams (see `--help`).
+
+use clap::Parser;
+use std::str::FromStr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use walcast_format::TablePattern;
+use walcast_proxy::catalog::Catalog;
+use walcast_proxy::config::{Cli, Command};
+use walcast_proxy::health::Health;
+use walcast_proxy::hub::Hub;
+use walcast_proxy::metrics::Metrics;
+use walcast_proxy::reader::{self, ReaderConfig};
+use walcast_proxy::replication::validate_slot_name;
+use walcast_proxy::server::{self, AppState};
+
+fn main() {
+    let _ = dotenvy::dotenv();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        None | Some(Command::Serve) => tokio::runtime::Runtime::new()
+            .map_err(|e| format!("cannot start the runtime: {e}"))
+            .and_then(|rt| rt.block_on(serve(cli.serve))),
+    };
+    if let Err(e) = result {
+        eprintln!("walcast-proxy: {e}");
+        std::process::exit(2);
+    }
+}
+
+async fn serve(args: walcast_proxy::config::ServeArgs) -> Result<(), String> {
+    let url = args
+        .database_url
+        .clone()
+        .ok_or("no database: pass --database-url or set DATABASE_URL (postgres://user@host/db)")?;
+    let database = tokio_postgres::Config::from_str(&url)
+        .map_err(|e| format!("invalid --database-url: {e}"))?;
+    validate_slot_name(&args.slot).map_err(|e| format!("invalid --slot: {e}"))?;
+    let tables = match &args.tables {
+        Some(t) => Some(TablePattern::parse_list(t).map_err(|e| format!("invalid --tables: {e}"))?),
+        None => None,
+    };
+    let metrics = Arc::new(Metrics::default());
+    let health = Arc::new(Health::new(&args.slot));
+    let hub = Hub::new(args.queue_bound, metrics.clone());
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(
+        "walcast-proxy listening on http://{local}/ (slot {})",
+        args.slot
+    );
+    println!("walcast-proxy listening on http://{local}/");
+
+    let reader_cfg = ReaderConfig {
+        database: database.clone(),
+        slot: args.slot.clone(),
+        tables: args.tables.clone(),
+        status_interval: Duration::from_secs(args.status_interval.max(1)),
+    };
+    let reader = tokio::spawn(reader::run(
+        reader_cfg,
+        hub.clone(),
+        metrics.clone(),
+        health.clone(),
+        shutdown_rx.clone(),
+    ));
+    let state = Arc::new(AppState {
+        hub,
+        metrics: metrics.clone(),
+        health,
+        catalog: Catalog::new(database),
+        tokens: args.token.into_iter().filter(|t| !t.is_empty()).collect(),
+        max_clients: args.max_clients,
+        tables,
+        shutdown: shutdown_rx.clone(),
+    });
+    let server = tokio::spawn(server::serve(listener, state, shutdown_rx));
+
+    wait_for_signal().await;
+    tracing::info!("shutting down: closing clients (1001) and the replication stream");
+    let _ = shutdown_tx.send(true);
+    let _ = server.await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while metrics.clients.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), reader).await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

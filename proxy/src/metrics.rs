@@ -1,0 +1,109 @@
+//! Counters and gauges, rendered as Prometheus text on `GET /metrics`.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+/// All of the proxy's metrics.
+#[derive(Default, Debug)]
+pub struct Metrics {
+    pub changes_in: AtomicU64,
+    pub frames_out: AtomicU64,
+    pub inserts: AtomicU64,
+    pub updates: AtomicU64,
+    pub deletes: AtomicU64,
+    pub truncates: AtomicU64,
+    pub clients: AtomicI64,
+    pub clients_disconnected_lagging: AtomicU64,
+    pub unparseable_messages: AtomicU64,
+    pub replication_reconnects: AtomicU64,
+    pub lag_bytes: AtomicU64,
+    pub confirmed_lsn: AtomicU64,
+}
+
+impl Metrics {
+    /// Counts one incoming change by action label.
+    pub fn count_action(&self, label: &str) {
+        let c = match label {
+            "insert" => &self.inserts,
+            "update" => &self.updates,
+            "delete" => &self.deletes,
+            "truncate" => &self.truncates,
+            _ => return,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let g = |v: &AtomicU64| v.load(Ordering::Relaxed);
+        let mut line = |name: &str, kind: &str, help: &str, value: String| {
+            let _ = writeln!(
+                s,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        };
+        line(
+            "walcast_changes_in_total",
+            "counter",
+            "Plugin messages received from PostgreSQL.",
+            g(&self.changes_in).to_string(),
+        );
+        line(
+            "walcast_frames_out_total",
+            "counter",
+            "Websocket frames sent to clients.",
+            g(&self.frames_out).to_string(),
+        );
+        line(
+            "walcast_clients",
+            "gauge",
+            "Connected websocket clients.",
+            self.clients.load(Ordering::Relaxed).to_string(),
+        );
+        line(
+            "walcast_queue_disconnects_total",
+            "counter",
+            "Clients disconnected because their queue was full (they fell behind).",
+            g(&self.clients_disconnected_lagging).to_string(),
+        );
+        line(
+            "walcast_unparseable_messages_total",
+            "counter",
+            "Plugin messages the proxy could not parse (logged, not forwarded).",
+            g(&self.unparseable_messages).to_string(),
+        );
+        line(
+            "walcast_replication_reconnects_total",
+            "counter",
+            "Reconnections of the replication stream after transient errors.",
+            g(&self.replication_reconnects).to_string(),
+        );
+        line(
+            "walcast_replication_lag_bytes",
+            "gauge",
+            "Server WAL end minus the confirmed position.",
+            g(&self.lag_bytes).to_string(),
+        );
+        line(
+            "walcast_confirmed_lsn",
+            "gauge",
+            "The slot position confirmed to PostgreSQL, as a number.",
+            g(&self.confirmed_lsn).to_string(),
+        );
+        let _ = writeln!(
+            s,
+            "# HELP walcast_changes_by_action_total Row changes received, by action.\n\
+             # TYPE walcast_changes_by_action_total counter\n\
+             walcast_changes_by_action_total{{action=\"insert\"}} {}\n\
+             walcast_changes_by_action_total{{action=\"update\"}} {}\n\
+             walcast_changes_by_action_total{{action=\"delete\"}} {}\n\
+             walcast_changes_by_action_total{{action=\"truncate\"}} {}",
+            g(&self.inserts),
+            g(&self.updates),
+            g(&self.deletes),
+            g(&self.truncates)
+        );
+        s
+    }
+}

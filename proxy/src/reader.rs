@@ -1,0 +1,181 @@
+//! One reader per slot: replication stream -> parsed changes -> hub.
+//!
+//! The reader creates the proxy's permanent slot on first start, streams from
+//! its confirmed position, confirms each transaction's end once its changes
+//! are handed to the hub, reconnects with backoff after transient errors and
+//! stops (reporting on `/healthz`, closing clients with the reason) after
+//! definite ones.
+
+use crate::change::{Action, Change};
+use crate::health::Health;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::replication::{ErrorKind, ReplicationClient, ReplicationError};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use walcast_format::Lsn;
+
+/// What the reader needs.
+#[derive(Clone)]
+pub struct ReaderConfig {
+    pub database: tokio_postgres::Config,
+    pub slot: String,
+    /// `schema.table` patterns passed to the plugin as `add-tables`.
+    pub tables: Option<String>,
+    pub status_interval: Duration,
+}
+
+/// What has been handed to the hub, kept across reconnects so that a
+/// reconnect neither skips nor repeats changes.
+#[derive(Debug, Default, Clone, Copy)]
+struct Position {
+    /// End of the last transaction handed over completely (where to resume).
+    committed: Lsn,
+    /// The transaction being handed over and its last change's LSN: after a
+    /// reconnect PostgreSQL sends it again from its start.
+    partial: Option<(u32, Lsn)>,
+}
+
+/// Runs until `shutdown` becomes true or a definite error stops streaming.
+pub async fn run(
+    cfg: ReaderConfig,
+    hub: Hub,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    let mut slot_seen = false;
+    let mut position = Position::default();
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        match stream_once(
+            &cfg,
+            &hub,
+            &metrics,
+            &health,
+            &mut shutdown,
+            &mut slot_seen,
+            &mut position,
+        )
+        .await
+        {
+            Ok(()) => return,
+            Err(e) if e.kind == ErrorKind::Transient => {
+                tracing::warn!(error = %e, "replication interrupted; reconnecting in {backoff:?}");
+                health.reconnecting(&e.message);
+                metrics
+                    .replication_reconnects
+                    .fetch_add(1, Ordering::Relaxed);
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.changed() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "replication stopped");
+                health.failed(&e.message);
+                hub.close_all(&format!("replication stopped: {}", e.message));
+                return;
+            }
+        }
+    }
+}
+
+async fn stream_once(
+    cfg: &ReaderConfig,
+    hub: &Hub,
+    metrics: &Metrics,
+    health: &Health,
+    shutdown: &mut watch::Receiver<bool>,
+    slot_seen: &mut bool,
+    position: &mut Position,
+) -> Result<(), ReplicationError> {
+    let mut client = ReplicationClient::connect(&cfg.database).await?;
+    let _system = client.identify_system().await?;
+    match client.slot(&cfg.slot).await? {
+        None if *slot_seen => return Err(ReplicationError::definite(format!(
+            "the replication slot {} was dropped while the proxy used it; changes since its last \
+                 confirmed position are lost. Restart walcast-proxy to create a new slot",
+            cfg.slot
+        ))),
+        None => {
+            let created = client.create_slot(&cfg.slot, false, false).await?;
+            tracing::info!(slot = %cfg.slot, lsn = %created.consistent_point, "created replication slot");
+        }
+        Some(info) if info.plugin.as_deref() != Some("walcast") => {
+            return Err(ReplicationError::definite(format!(
+                "the slot {} exists but uses the plugin {:?}; choose another --slot name",
+                cfg.slot, info.plugin
+            )))
+        }
+        Some(_) => {}
+    }
+    *slot_seen = true;
+    let mut options: Vec<(&str, &str)> = vec![("include-transaction", "on")];
+    if let Some(t) = &cfg.tables {
+        options.push(("add-tables", t));
+    }
+    // From the end of the last transaction handed over (0/0 on first start:
+    // the slot's confirmed position); PostgreSQL skips what committed before.
+    let mut stream = client
+        .start(&cfg.slot, position.committed, &options, cfg.status_interval)
+        .await?;
+    health.streaming();
+    tracing::info!(slot = %cfg.slot, "streaming changes");
+    let mut backlog_report = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let next = tokio::select! {
+            _ = shutdown.changed() => return Ok(()),
+            _ = backlog_report.tick() => {
+                health.positions(stream.confirmed(), stream.received());
+                metrics.lag_bytes.store(stream.received().0.saturating_sub(stream.confirmed().0), Ordering::Relaxed);
+                continue;
+            }
+            n = stream.next() => n?,
+        };
+        let Some(msg) = next else {
+            return Err(ReplicationError::transient(
+                "PostgreSQL ended the replication stream",
+            ));
+        };
+        metrics.changes_in.fetch_add(1, Ordering::Relaxed);
+        let change = match Change::parse(msg.data, msg.wal_start) {
+            Ok(c) => c,
+            Err(e) => {
+                metrics.unparseable_messages.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, lsn = %msg.wal_start, "skipping a plugin message the proxy cannot parse");
+                continue;
+            }
+        };
+        match change.action {
+            Action::Commit => {
+                // Every change of the transaction is in the clients' queues now.
+                let end = change.end_lsn.unwrap_or(msg.wal_start);
+                stream.confirm(end);
+                position.committed = end;
+                position.partial = None;
+                metrics.confirmed_lsn.store(end.0, Ordering::Relaxed);
+            }
+            _ if change.is_row_change() => {
+                if let (Some((xid, last)), Some(cx)) = (position.partial, change.xid) {
+                    if xid == cx && change.lsn <= last {
+                        // Already handed over before the reconnect.
+                        continue;
+                    }
+                }
+                if let Some(xid) = change.xid {
+                    position.partial = Some((xid, change.lsn));
+                }
+                metrics.count_action(change.action.label());
+                hub.publish(&Arc::new(change));
+            }
+            _ => {}
+        }
+    }
+}

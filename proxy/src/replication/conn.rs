@@ -1,0 +1,355 @@
+//! A PostgreSQL protocol connection in replication mode, on the
+//! `postgres-protocol` crate: startup, authentication (trust, password, md5,
+//! SCRAM-SHA-256), simple queries, and CopyBoth for `START_REPLICATION`.
+
+use super::error::ReplicationError;
+use bytes::{Buf, Bytes, BytesMut};
+use fallible_iterator::FallibleIterator;
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
+use postgres_protocol::message::backend::Message;
+use postgres_protocol::message::frontend;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_postgres::config::{Host, SslMode};
+
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// What arrives from the server.
+pub enum Backend {
+    /// `CopyBothResponse`: the server switched to streaming.
+    CopyBoth,
+    /// Any other message.
+    Message(Message),
+}
+
+/// One connection to PostgreSQL.
+pub struct Connection {
+    stream: Box<dyn Stream>,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+}
+
+/// One row of a simple query's text result.
+pub type Row = Vec<Option<String>>;
+
+fn io_err(e: std::io::Error) -> ReplicationError {
+    ReplicationError::from(e)
+}
+
+impl Connection {
+    /// Connects and authenticates; `replication` adds `replication=database`.
+    pub async fn connect(
+        config: &tokio_postgres::Config,
+        replication: bool,
+    ) -> Result<Connection, ReplicationError> {
+        if config.get_ssl_mode() == SslMode::Require {
+            return Err(ReplicationError::definite(
+                "sslmode=require is not supported by the replication connection yet; \
+                 connect over a trusted network or a local socket with sslmode=disable or prefer",
+            ));
+        }
+        let user = config
+            .get_user()
+            .ok_or_else(|| {
+                ReplicationError::definite(
+                    "the database URL names no user; add user=... or postgres://user@host/db",
+                )
+            })?
+            .to_owned();
+        let dbname = config.get_dbname().unwrap_or(&user).to_owned();
+        let hosts = config.get_hosts();
+        if hosts.is_empty() {
+            return Err(ReplicationError::definite("the database URL names no host"));
+        }
+        let ports = config.get_ports();
+        let mut last = None;
+        for (i, host) in hosts.iter().enumerate() {
+            let port = ports
+                .get(i)
+                .or_else(|| ports.first())
+                .copied()
+                .unwrap_or(5432);
+            let stream: Result<Box<dyn Stream>, std::io::Error> = match host {
+                Host::Tcp(h) => tokio::net::TcpStream::connect((h.as_str(), port))
+                    .await
+                    .map(|s| {
+                        let _ = s.set_nodelay(true);
+                        Box::new(s) as Box<dyn Stream>
+                    }),
+                Host::Unix(dir) => {
+                    tokio::net::UnixStream::connect(dir.join(format!(".s.PGSQL.{port}")))
+                        .await
+                        .map(|s| Box::new(s) as Box<dyn Stream>)
+                }
+            };
+            match stream {
+                Ok(stream) => {
+                    let mut conn = Connection {
+                        stream,
+                        rbuf: BytesMut::with_capacity(64 * 1024),
+                        wbuf: BytesMut::new(),
+                    };
+                    conn.startup(
+                        &user,
+                        &dbname,
+                        config.get_password(),
+                        replication,
+                        config.get_application_name(),
+                    )
+                    .await?;
+                    return Ok(conn);
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last
+            .map(io_err)
+            .unwrap_or_else(|| ReplicationError::transient("no host could be reached")))
+    }
+
+    async fn startup(
+        &mut self,
+        user: &str,
+        dbname: &str,
+        password: Option<&[u8]>,
+        replication: bool,
+        application_name: Option<&str>,
+    ) -> Result<(), ReplicationError> {
+        let mut params = vec![
+            ("user", user),
+            ("database", dbname),
+            (
+                "application_name",
+                application_name.unwrap_or("walcast-proxy"),
+            ),
+            ("client_encoding", "UTF8"),
+        ];
+        if replication {
+            params.push(("replication", "database"));
+        }
+        frontend::startup_message(params.iter().copied(), &mut self.wbuf).map_err(io_err)?;
+        self.flush().await?;
+        let need_password = || {
+            ReplicationError::definite(
+                "the server asks for a password and the database URL has none; add one",
+            )
+        };
+        let mut scram: Option<ScramSha256> = None;
+        loop {
+            match self.read().await? {
+                Backend::Message(Message::AuthenticationOk) => {}
+                Backend::Message(Message::AuthenticationCleartextPassword) => {
+                    let pw = password.ok_or_else(need_password)?;
+                    frontend::password_message(pw, &mut self.wbuf).map_err(io_err)?;
+                    self.flush().await?;
+                }
+                Backend::Message(Message::AuthenticationMd5Password(body)) => {
+                    let pw = password.ok_or_else(need_password)?;
+                    let hash = postgres_protocol::authentication::md5_hash(
+                        user.as_bytes(),
+                        pw,
+                        body.salt(),
+                    );
+                    frontend::password_message(hash.as_bytes(), &mut self.wbuf).map_err(io_err)?;
+                    self.flush().await?;
+                }
+                Backend::Message(Message::AuthenticationSasl(body)) => {
+                    let pw = password.ok_or_else(need_password)?;
+                    let mut has_scram = false;
+                    let mut mechanisms = body.mechanisms();
+                    while let Some(m) = mechanisms.next().map_err(io_err)? {
+                        has_scram |= m == SCRAM_SHA_256;
+                    }
+                    if !has_scram {
+                        return Err(ReplicationError::definite(
+                            "the server offers no SASL mechanism walcast-proxy supports (SCRAM-SHA-256)",
+                        ));
+                    }
+                    let s = ScramSha256::new(pw, ChannelBinding::unsupported());
+                    frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut self.wbuf)
+                        .map_err(io_err)?;
+                    self.flush().await?;
+                    scram = Some(s);
+                }
+                Backend::Message(Message::AuthenticationSaslContinue(body)) => {
+                    let s = scram
+                        .as_mut()
+                        .ok_or_else(|| ReplicationError::definite("unexpected SASL message"))?;
+                    s.update(body.data())
+                        .map_err(|e| ReplicationError::definite(format!("SCRAM failed: {e}")))?;
+                    frontend::sasl_response(s.message(), &mut self.wbuf).map_err(io_err)?;
+                    self.flush().await?;
+                }
+                Backend::Message(Message::AuthenticationSaslFinal(body)) => {
+                    let s = scram
+                        .as_mut()
+                        .ok_or_else(|| ReplicationError::definite("unexpected SASL message"))?;
+                    s.finish(body.data()).map_err(|e| {
+                        ReplicationError::definite(format!(
+                            "the server's SCRAM signature did not verify: {e}"
+                        ))
+                    })?;
+                }
+                Backend::Message(Message::ReadyForQuery(_)) => return Ok(()),
+                Backend::Message(
+                    Message::ParameterStatus(_)
+                    | Message::BackendKeyData(_)
+                    | Message::NoticeResponse(_),
+                ) => {}
+                Backend::Message(Message::ErrorResponse(body)) => return Err(server_error(&body)),
+                Backend::Message(
+                    Message::AuthenticationGss
+                    | Message::AuthenticationKerberosV5
+                    | Message::AuthenticationSspi
+                    | Message::AuthenticationScmCredential,
+                ) => return Err(ReplicationError::definite(
+                    "the server asks for an authentication method walcast-proxy does not support \
+                         (supported: trust, password, md5, scram-sha-256)",
+                )),
+                _ => {
+                    return Err(ReplicationError::transient(
+                        "unexpected message during connection startup",
+                    ))
+                }
+            }
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), ReplicationError> {
+        self.stream.write_all(&self.wbuf).await.map_err(io_err)?;
+        self.stream.flush().await.map_err(io_err)?;
+        self.wbuf.clear();
+        Ok(())
+    }
+
+    /// Reads the next backend message.
+    pub async fn read(&mut self) -> Result<Backend, ReplicationError> {
+        loop {
+            if self.rbuf.len() >= 5 {
+                let len =
+                    u32::from_be_bytes([self.rbuf[1], self.rbuf[2], self.rbuf[3], self.rbuf[4]])
+                        as usize;
+                if len < 4 {
+                    return Err(ReplicationError::transient(
+                        "malformed message from the server",
+                    ));
+                }
+                if self.rbuf.len() > len {
+                    if self.rbuf[0] == b'W' {
+                        self.rbuf.advance(1 + len);
+                        return Ok(Backend::CopyBoth);
+                    }
+                    if let Some(m) = Message::parse(&mut self.rbuf).map_err(io_err)? {
+                        return Ok(Backend::Message(m));
+                    }
+                } else {
+                    self.rbuf.reserve(len + 1 - self.rbuf.len());
+                }
+            }
+            let n = self.stream.read_buf(&mut self.rbuf).await.map_err(io_err)?;
+            if n == 0 {
+                return Err(ReplicationError::transient(
+                    "PostgreSQL closed the connection",
+                ));
+            }
+        }
+    }
+
+    /// Runs a simple query and returns its rows as text.
+    pub async fn simple_query(&mut self, sql: &str) -> Result<Vec<Row>, ReplicationError> {
+        frontend::query(sql, &mut self.wbuf).map_err(io_err)?;
+        self.flush().await?;
+        let mut rows = Vec::new();
+        let mut error = None;
+        loop {
+            match self.read().await? {
+                Backend::Message(Message::DataRow(body)) => {
+                    let buf = body.buffer();
+                    let mut row = Vec::new();
+                    let mut ranges = body.ranges();
+                    while let Some(r) = ranges.next().map_err(io_err)? {
+                        row.push(r.map(|r| String::from_utf8_lossy(&buf[r]).into_owned()));
+                    }
+                    rows.push(row);
+                }
+                Backend::Message(Message::ErrorResponse(body)) => error = Some(server_error(&body)),
+                Backend::Message(Message::ReadyForQuery(_)) => {
+                    return match error {
+                        Some(e) => Err(e),
+                        None => Ok(rows),
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Sends a command that answers with CopyBothResponse (START_REPLICATION).
+    pub async fn start_copy_both(&mut self, sql: &str) -> Result<(), ReplicationError> {
+        frontend::query(sql, &mut self.wbuf).map_err(io_err)?;
+        self.flush().await?;
+        loop {
+            match self.read().await? {
+                Backend::CopyBoth => return Ok(()),
+                Backend::Message(Message::ErrorResponse(body)) => {
+                    let e = server_error(&body);
+                    // Drain to ReadyForQuery so the connection stays usable.
+                    while !matches!(
+                        self.read().await?,
+                        Backend::Message(Message::ReadyForQuery(_))
+                    ) {}
+                    return Err(e);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The next CopyData payload; `None` when the server ended the copy.
+    pub async fn read_copy_data(&mut self) -> Result<Option<Bytes>, ReplicationError> {
+        loop {
+            match self.read().await? {
+                Backend::Message(Message::CopyData(body)) => return Ok(Some(body.into_bytes())),
+                Backend::Message(Message::CopyDone) => return Ok(None),
+                Backend::Message(Message::ErrorResponse(body)) => return Err(server_error(&body)),
+                Backend::Message(Message::NoticeResponse(_) | Message::ParameterStatus(_)) => {}
+                _ => {
+                    return Err(ReplicationError::transient(
+                        "unexpected message while streaming",
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Sends one CopyData message.
+    pub async fn send_copy_data(&mut self, data: &[u8]) -> Result<(), ReplicationError> {
+        frontend::CopyData::new(data)
+            .map_err(io_err)?
+            .write(&mut self.wbuf);
+        self.flush().await
+    }
+
+    /// Ends the copy from our side and closes the connection politely.
+    pub async fn close(mut self) -> Result<(), ReplicationError> {
+        frontend::copy_done(&mut self.wbuf);
+        frontend::terminate(&mut self.wbuf);
+        self.flush().await
+    }
+}
+
+fn server_error(body: &postgres_protocol::message::backend::ErrorResponseBody) -> ReplicationError {
+    let (mut code, mut message, mut detail, mut hint) = (String::new(), String::new(), None, None);
+    let mut fields = body.fields();
+    while let Ok(Some(f)) = fields.next() {
+        let v = String::from_utf8_lossy(f.value_bytes()).into_owned();
+        match f.type_() {
+            b'C' => code = v,
+            b'M' => message = v,
+            b'D' => detail = Some(v),
+            b'H' => hint = Some(v),
+            _ => {}
+        }
+    }
+    ReplicationError::from_server(&code, &message, detail.as_deref(), hint.as_deref())
+}

@@ -1,0 +1,263 @@
+//! HTTP routes on hyper: `GET /ws` (websocket upgrade), `/healthz`,
+//! `/metrics`, `/` (live demo page); bearer tokens; graceful shutdown.
+
+use crate::catalog::Catalog;
+use crate::health::Health;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::query::{self, QueryErrorKind};
+use crate::session;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONNECTION, CONTENT_TYPE, UPGRADE};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::WebSocketStream;
+use walcast_format::TablePattern;
+
+const DEMO_PAGE: &str = include_str!("demo.html");
+
+/// Everything a request handler needs.
+pub struct AppState {
+    pub hub: Hub,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+    pub catalog: Catalog,
+    pub tokens: Vec<String>,
+    pub max_clients: usize,
+    pub tables: Option<Vec<TablePattern>>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+type Resp = Response<Full<Bytes>>;
+
+fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Resp {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+fn json_error(status: StatusCode, message: &str, position: Option<usize>) -> Resp {
+    let body = match position {
+        Some(p) => serde_json::json!({"error": message, "position": p}),
+        None => serde_json::json!({"error": message}),
+    };
+    respond(status, "application/json", body.to_string())
+}
+
+fn query_params(req: &Request<Incoming>) -> HashMap<String, String> {
+    req.uri()
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default()
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn authorized(state: &AppState, req: &Request<Incoming>, params: &HashMap<String, String>) -> bool {
+    if state.tokens.is_empty() {
+        return true;
+    }
+    let header = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    let given = header.or_else(|| params.get("access_token").cloned());
+    given.is_some_and(|g| {
+        state
+            .tokens
+            .iter()
+            .any(|t| constant_time_eq(t.as_bytes(), g.as_bytes()))
+    })
+}
+
+/// Accepts connections until `shutdown` becomes true.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, std::convert::Infallible>(route(req, state).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .with_upgrades();
+            let _ = conn.await;
+        });
+    }
+}
+
+async fn route(req: Request<Incoming>, state: Arc<AppState>) -> Resp {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/") => respond(StatusCode::OK, "text/html; charset=utf-8", DEMO_PAGE),
+        (&Method::GET, "/healthz") => {
+            let (ok, body) = state.health.report(state.hub.len());
+            let status = if ok {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            respond(status, "application/json", body.to_string())
+        }
+        (&Method::GET, "/metrics") => respond(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            state.metrics.render(),
+        ),
+        (&Method::GET, "/ws") => websocket(req, state).await,
+        (_, "/ws" | "/" | "/healthz" | "/metrics") => {
+            json_error(StatusCode::METHOD_NOT_ALLOWED, "use GET", None)
+        }
+        _ => json_error(
+            StatusCode::NOT_FOUND,
+            "no such endpoint (try /ws, /healthz, /metrics or /)",
+            None,
+        ),
+    }
+}
+
+fn table_allowed(state: &AppState, schema: Option<&str>, name: &str) -> bool {
+    match &state.tables {
+        None => true,
+        Some(patterns) => match schema {
+            Some(s) => patterns.iter().any(|p| p.matches(s, name)),
+            None => patterns
+                .iter()
+                .any(|p| p.matches("*", name) || p.as_str().ends_with(&format!(".{name}"))),
+        },
+    }
+}
+
+async fn websocket(mut req: Request<Incoming>, state: Arc<AppState>) -> Resp {
+    if req.uri().query().map(str::len).unwrap_or(0) > query::MAX_QUERY_LEN + 1024 {
+        return json_error(
+            StatusCode::URI_TOO_LONG,
+            "the query string is over 4 KiB",
+            None,
+        );
+    }
+    let params = query_params(&req);
+    if !authorized(&state, &req, &params) {
+        let mut r = json_error(
+            StatusCode::UNAUTHORIZED,
+            "a bearer token is required: Authorization: Bearer <token> or ?access_token=<token>",
+            None,
+        );
+        r.headers_mut()
+            .insert("www-authenticate", HeaderValue::from_static("Bearer"));
+        return r;
+    }
+    let parsed = match params.get("query") {
+        Some(q) => match query::parse(q) {
+            Ok(q) => Some(q),
+            Err(e) => {
+                let status = if e.kind == QueryErrorKind::TooLong {
+                    StatusCode::URI_TOO_LONG
+                } else {
+                    StatusCode::BAD_REQUEST
+                };
+                return json_error(status, &e.message, Some(e.position));
+            }
+        },
+        None => None,
+    };
+    if let Some(q) = &parsed {
+        let (schema, name) = (q.table.schema.as_deref(), q.table.name.as_str());
+        if !table_allowed(&state, schema, name) {
+            return json_error(
+                StatusCode::NOT_FOUND,
+                &format!("unknown table {name:?}"),
+                None,
+            );
+        }
+        match state.catalog.table_exists(schema, name).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return json_error(
+                    StatusCode::NOT_FOUND,
+                    &format!("unknown table {name:?}"),
+                    None,
+                )
+            }
+            Err(e) => return json_error(StatusCode::SERVICE_UNAVAILABLE, &e, None),
+        }
+    }
+    let key = req.headers().get("sec-websocket-key").cloned();
+    let is_upgrade = req
+        .headers()
+        .get(UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let Some(key) = key.filter(|_| is_upgrade) else {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "this endpoint speaks websocket: connect with a websocket client (e.g. new WebSocket('ws://host/ws?query=insert:users'))",
+            None,
+        );
+    };
+    if state.metrics.clients.load(Ordering::Relaxed) as usize >= state.max_clients {
+        return json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many clients; try again later",
+            None,
+        );
+    }
+    let accept = derive_accept_key(key.as_bytes());
+    let upgrade = hyper::upgrade::on(&mut req);
+    let (hub, metrics, shutdown) = (
+        state.hub.clone(),
+        state.metrics.clone(),
+        state.shutdown.clone(),
+    );
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(upgraded) => {
+                let ws =
+                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None)
+                        .await;
+                session::run(ws, hub, parsed, metrics, shutdown).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
+        }
+    });
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert("sec-websocket-accept", v);
+    }
+    r
+}

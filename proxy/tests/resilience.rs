@@ -1,0 +1,148 @@
+//! A client that never reads, a slot dropped by an administrator, and
+//! PostgreSQL restarted under the proxy. This binary has its own cluster,
+//! because it restarts it.
+
+mod support;
+
+use std::time::{Duration, Instant};
+use support::{json, Got, Proxy};
+use walcast_cluster::{Cluster, Config};
+
+fn db(cluster: &Cluster, name: &str) -> postgres::Client {
+    cluster.create_database(name).expect("create database");
+    let mut c =
+        postgres::Client::connect(&cluster.conninfo(name), postgres::NoTls).expect("connect");
+    c.batch_execute("CREATE TABLE users (id int PRIMARY KEY, payload text)")
+        .expect("table");
+    c
+}
+
+#[test]
+fn a_client_that_never_reads_is_disconnected_while_others_keep_up() {
+    let cluster = Cluster::start_with(Config::default()).expect("cluster");
+    let mut sql = db(&cluster, "slow");
+    let proxy = Proxy::start(&cluster, "slow", "slow_proxy", &["--queue-bound", "4096"]);
+    let mut stalled = proxy.ws("insert:users");
+    let mut reader = proxy.ws("insert:users");
+    let rows = 20_000usize;
+    let reading = std::thread::spawn(move || {
+        let start = Instant::now();
+        let got = reader.texts(rows, Duration::from_secs(90));
+        (got.len(), start.elapsed())
+    });
+    for chunk in 0..(rows / 1000) {
+        sql.batch_execute(&format!(
+            "INSERT INTO users SELECT g, repeat('x', 2000) FROM generate_series({}, {}) g",
+            chunk * 1000,
+            chunk * 1000 + 999
+        ))
+        .expect("insert");
+        // Paced, so a client that reads keeps up with its queue bound.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (received, took) = reading.join().expect("reader thread");
+    assert_eq!(received, rows, "the reading client gets every row");
+    assert!(took < Duration::from_secs(90));
+    // The stalled client now drains what its socket held, then finds the close.
+    let mut frames = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let close = loop {
+        match stalled.next() {
+            Some(Got::Text(_)) => frames += 1,
+            Some(Got::Closed(code, reason)) => break (code, reason),
+            None => assert!(
+                Instant::now() < deadline,
+                "no close frame for the stalled client"
+            ),
+        }
+    };
+    assert_eq!(close.0, 1013, "{close:?}");
+    assert!(
+        close.1.contains("too slow") && close.1.contains("4096 changes"),
+        "{close:?}"
+    );
+    assert!(
+        frames < rows,
+        "the stalled client did not get everything ({frames})"
+    );
+    let (_, metrics) = proxy.get("/metrics").expect("metrics");
+    assert!(
+        metrics.contains("walcast_queue_disconnects_total 1"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn postgres_restart_is_survived_without_a_gap_and_a_dropped_slot_is_reported() {
+    let mut cluster = Cluster::start_with(Config::default()).expect("cluster");
+    let _ = db(&cluster, "restart");
+    let proxy = Proxy::start(&cluster, "restart", "restart_proxy", &[]);
+    let mut client = proxy.ws("insert:users");
+    let conninfo = cluster.conninfo("restart");
+    let insert = |from: i32, to: i32| {
+        let mut c = postgres::Client::connect(&conninfo, postgres::NoTls).expect("connect");
+        for i in from..to {
+            c.execute("INSERT INTO users VALUES ($1, 'p')", &[&i])
+                .expect("insert");
+        }
+    };
+    insert(0, 50);
+    let mut got = client.texts(50, Duration::from_secs(10));
+    cluster.restart("fast").expect("restart PostgreSQL");
+    insert(50, 100);
+    proxy.wait_healthy();
+    got.extend(client.texts(50, Duration::from_secs(30)));
+    let ids: Vec<i64> = got
+        .iter()
+        .map(|f| json(f)["columns"]["id"].as_i64().unwrap_or(-1))
+        .collect();
+    let mut unique = ids.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(
+        unique,
+        (0..100).collect::<Vec<i64>>(),
+        "no change lost across the restart"
+    );
+    let (_, metrics) = proxy.get("/metrics").expect("metrics");
+    assert!(
+        !metrics.contains("walcast_replication_reconnects_total 0"),
+        "{metrics}"
+    );
+
+    // An administrator drops the slot: terminate its walsender and drop it
+    // before the proxy takes it again.
+    let mut admin =
+        postgres::Client::connect(&cluster.conninfo("restart"), postgres::NoTls).expect("admin");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let _ = admin.batch_execute(
+            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
+             WHERE slot_name = 'restart_proxy' AND active_pid IS NOT NULL",
+        );
+        if admin
+            .batch_execute("SELECT pg_drop_replication_slot('restart_proxy')")
+            .is_ok()
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "could not drop the slot");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let close = client
+        .close_frame(Duration::from_secs(20))
+        .expect("the client is told");
+    assert_eq!(close.0, 1011, "{close:?}");
+    assert!(
+        close.1.contains("dropped") || close.1.contains("slot"),
+        "{close:?}"
+    );
+    let (status, body) = proxy.get("/healthz").expect("healthz");
+    assert_eq!(status, 503, "{body}");
+    let h = json(&body);
+    assert_eq!(h["status"], "failed");
+    assert!(
+        h["last_error"].as_str().unwrap_or("").contains("dropped"),
+        "{body}"
+    );
+}

@@ -1,0 +1,210 @@
+//! Starting a real walcast-proxy process against a private cluster, plain
+//! HTTP requests, and websocket clients for the end-to-end tests.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::{Message, WebSocket};
+use walcast_cluster::Cluster;
+
+/// A running proxy; killed on drop.
+pub struct Proxy {
+    pub child: Child,
+    pub port: u16,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proxy {
+    /// Starts `walcast-proxy` for database `db` with extra arguments and waits
+    /// until `/healthz` says it is streaming.
+    pub fn start(cluster: &Cluster, db: &str, slot: &str, extra: &[&str]) -> Proxy {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_walcast-proxy"))
+            .args([
+                "--database-url",
+                &cluster.url(db),
+                "--listen",
+                "127.0.0.1:0",
+                "--slot",
+                slot,
+            ])
+            .args(["--status-interval", "1"])
+            .args(extra)
+            .env(
+                "RUST_LOG",
+                std::env::var("WALCAST_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting walcast-proxy");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("reading the listen line");
+        let port: u16 = line
+            .trim()
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.trim_end_matches('/').parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        let proxy = Proxy { child, port };
+        proxy.wait_healthy();
+        proxy
+    }
+
+    /// Waits until `/healthz` answers 200.
+    pub fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok((200, _)) = self.get("/healthz") {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "proxy never became healthy: {:?}",
+                self.get("/healthz")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A plain HTTP GET: (status, body).
+    pub fn get(&self, path_and_query: &str) -> std::io::Result<(u16, String)> {
+        self.request(&format!(
+            "GET {path_and_query} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        ))
+    }
+
+    /// Sends a raw HTTP request: (status, body).
+    pub fn request(&self, raw: &str) -> std::io::Result<(u16, String)> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.write_all(raw.as_bytes())?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf)?;
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        Ok((status, body))
+    }
+
+    /// A websocket client for `/ws?query=...` (the query is URL-encoded here).
+    pub fn ws(&self, query: &str) -> Client {
+        let url = format!("ws://127.0.0.1:{}/ws?query={}", self.port, encode(query));
+        self.ws_url(&url)
+    }
+
+    /// A websocket client for a full URL.
+    pub fn ws_url(&self, url: &str) -> Client {
+        let (ws, _) = tungstenite::connect(url).unwrap_or_else(|e| panic!("websocket {url}: {e}"));
+        if let MaybeTlsStream::Plain(s) = ws.get_ref() {
+            let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+        }
+        Client { ws }
+    }
+}
+
+/// Percent-encodes a query parameter value.
+pub fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A websocket test client.
+pub struct Client {
+    pub ws: WebSocket<MaybeTlsStream<TcpStream>>,
+}
+
+/// What a client received.
+#[derive(Debug, PartialEq)]
+pub enum Got {
+    Text(String),
+    Closed(u16, String),
+}
+
+impl Client {
+    /// Reads frames until `n` text frames arrived or `timeout` passed.
+    pub fn texts(&mut self, n: usize, timeout: Duration) -> Vec<String> {
+        let mut out = Vec::new();
+        let deadline = Instant::now() + timeout;
+        while out.len() < n && Instant::now() < deadline {
+            match self.next() {
+                Some(Got::Text(t)) => out.push(t),
+                Some(Got::Closed(c, r)) => panic!("closed early with {c} {r}"),
+                None => {}
+            }
+        }
+        out
+    }
+
+    /// Asserts that nothing arrives for `quiet`.
+    pub fn expect_silence(&mut self, quiet: Duration) {
+        let deadline = Instant::now() + quiet;
+        while Instant::now() < deadline {
+            if let Some(g) = self.next() {
+                panic!("expected nothing, got {g:?}");
+            }
+        }
+    }
+
+    /// The next frame, or `None` after the read timeout.
+    pub fn next(&mut self) -> Option<Got> {
+        match self.ws.read() {
+            Ok(Message::Text(t)) => Some(Got::Text(t.to_string())),
+            Ok(Message::Close(Some(f))) => Some(Got::Closed(f.code.into(), f.reason.to_string())),
+            Ok(Message::Close(None)) => Some(Got::Closed(1005, String::new())),
+            Ok(_) => None,
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                None
+            }
+            Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
+                Some(Got::Closed(1006, "connection closed".into()))
+            }
+            Err(e) => Some(Got::Closed(1006, e.to_string())),
+        }
+    }
+
+    /// Reads until a close frame arrives (or `timeout`), returning it.
+    pub fn close_frame(&mut self, timeout: Duration) -> Option<(u16, String)> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(Got::Closed(c, r)) = self.next() {
+                return Some((c, r));
+            }
+        }
+        None
+    }
+}
+
+/// Parses a frame as JSON.
+pub fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("frame is not JSON ({e}): {s}"))
+}

@@ -99,11 +99,13 @@ async fn stream_once(
     let mut client = ReplicationClient::connect(&cfg.database).await?;
     let _system = client.identify_system().await?;
     match client.slot(&cfg.slot).await? {
-        None if *slot_seen => return Err(ReplicationError::definite(format!(
+        None if *slot_seen => {
+            return Err(ReplicationError::definite(format!(
             "the replication slot {} was dropped while the proxy used it; changes since its last \
                  confirmed position are lost. Restart walcast-proxy to create a new slot",
             cfg.slot
-        ))),
+        )))
+        }
         None => {
             let created = client.create_slot(&cfg.slot, false, false).await?;
             tracing::info!(slot = %cfg.slot, lsn = %created.consistent_point, "created replication slot");

@@ -1,0 +1,173 @@
+//! The live demo page in headless Chromium: load it, insert a row, see the
+//! row appear in the page's table.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use support::Proxy;
+use walcast_tests::{cluster, TestDb};
+
+struct Browser(Child, std::path::PathBuf);
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        let _ = std::fs::remove_dir_all(&self.1);
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .ok()?;
+    // The devtools server may keep the connection open: take what arrived.
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let out = String::from_utf8_lossy(&buf).into_owned();
+    out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())
+}
+
+struct Page {
+    ws: tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>>,
+    next_id: u64,
+}
+
+impl Page {
+    fn eval(&mut self, expr: &str) -> serde_json::Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        let msg = serde_json::json!({"id": id, "method": "Runtime.evaluate", "params": {"expression": expr, "returnByValue": true}});
+        self.ws
+            .send(tungstenite::Message::Text(msg.to_string().into()))
+            .expect("send CDP command");
+        loop {
+            let m = self.ws.read().expect("read CDP answer");
+            if let tungstenite::Message::Text(t) = m {
+                let v: serde_json::Value = serde_json::from_str(t.as_str()).expect("CDP JSON");
+                if v["id"] == id {
+                    return v["result"]["result"]["value"].clone();
+                }
+            }
+        }
+    }
+
+    fn wait_for(
+        &mut self,
+        expr: &str,
+        want: impl Fn(&serde_json::Value) -> bool,
+        what: &str,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let v = self.eval(expr);
+            if want(&v) {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; last value {v}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+#[test]
+fn demo_page_shows_an_inserted_row() {
+    let mut db = TestDb::new("browser");
+    db.exec("CREATE TABLE users (id int PRIMARY KEY, name text, age int)");
+    let proxy = Proxy::start(cluster(), &db.name, &format!("{}_proxy", db.name), &[]);
+    let dbg = free_port();
+    let profile = std::env::temp_dir().join(format!("walcast-chromium-{}", std::process::id()));
+    let child = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-quic",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!("--remote-debugging-port={dbg}"))
+        .arg(format!("http://127.0.0.1:{}/", proxy.port))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting chromium (installed by scripts/setup.sh)");
+    let mut browser = Browser(child, profile);
+    // Keep reading chromium's log so it never blocks on a full pipe.
+    if let Some(err) = browser.0.stderr.take() {
+        std::thread::spawn(move || for _ in BufReader::new(err).lines() {});
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let ws_url = loop {
+        let last = http_get(dbg, "/json/list");
+        let list = last
+            .clone()
+            .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok());
+        let found = list.as_ref().and_then(|l| l.as_array()).and_then(|pages| {
+            pages
+                .iter()
+                .find(|p| {
+                    p["type"] == "page"
+                        && p["url"]
+                            .as_str()
+                            .is_some_and(|u| u.contains(&proxy.port.to_string()))
+                })
+                .and_then(|p| p["webSocketDebuggerUrl"].as_str().map(str::to_owned))
+        });
+        if let Some(u) = found {
+            break u;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "chromium never showed the demo page: {last:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let (ws, _) = tungstenite::connect(ws_url.as_str()).expect("CDP websocket");
+    let mut page = Page { ws, next_id: 0 };
+
+    page.wait_for(
+        "document.getElementById('status').textContent",
+        |v| {
+            v.as_str()
+                .is_some_and(|s| s.starts_with("subscribed to *:users"))
+        },
+        "the page to subscribe",
+    );
+    db.exec("INSERT INTO users VALUES (42, 'browser-row', 33)");
+    let row = page.wait_for(
+        "Array.from(document.querySelectorAll('#rows tr')).map(r => r.className + '|' + r.textContent).join('\\n')",
+        |v| v.as_str().is_some_and(|s| s.contains("browser-row")),
+        "the inserted row in the table",
+    );
+    let text = row.as_str().unwrap_or("");
+    assert!(
+        text.starts_with("I|I"),
+        "the row is shown as an insert: {text}"
+    );
+    assert!(text.contains("public.users"), "{text}");
+    assert!(text.contains("\"id\":42"), "{text}");
+    drop(browser);
+}

@@ -28,10 +28,17 @@ impl Proxy {
     /// Starts `walcast-proxy` for database `db` with extra arguments and waits
     /// until `/healthz` says it is streaming.
     pub fn start(cluster: &Cluster, db: &str, slot: &str, extra: &[&str]) -> Proxy {
+        let proxy = Proxy::spawn(&cluster.url(db), slot, extra);
+        proxy.wait_healthy();
+        proxy
+    }
+
+    /// Starts `walcast-proxy` for a database URL without waiting for health.
+    pub fn spawn(url: &str, slot: &str, extra: &[&str]) -> Proxy {
         let mut child = Command::new(env!("CARGO_BIN_EXE_walcast-proxy"))
             .args([
                 "--database-url",
-                &cluster.url(db),
+                url,
                 "--listen",
                 "127.0.0.1:0",
                 "--slot",
@@ -57,9 +64,7 @@ impl Proxy {
             .next()
             .and_then(|p| p.trim_end_matches('/').parse().ok())
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
-        let proxy = Proxy { child, port };
-        proxy.wait_healthy();
-        proxy
+        Proxy { child, port }
     }
 
     /// Waits until `/healthz` answers 200.

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 use walcast_format::TablePattern;
 
@@ -243,9 +243,15 @@ async fn websocket(mut req: Request<Incoming>, state: Arc<AppState>) -> Resp {
     tokio::spawn(async move {
         match upgrade.await {
             Ok(upgraded) => {
-                let ws =
-                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None)
-                        .await;
+                // Clients only send small control frames: small read buffers
+                // and a message cap keep memory per client low and bounded.
+                let config = WebSocketConfig::default()
+                    .read_buffer_size(4096)
+                    .write_buffer_size(32 * 1024)
+                    .max_message_size(Some(64 * 1024))
+                    .max_frame_size(Some(64 * 1024));
+                let io = TokioIo::new(upgraded);
+                let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
                 session::run(ws, hub, parsed, metrics, shutdown).await;
             }
             Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),

@@ -20,6 +20,9 @@ use tokio_tungstenite::WebSocketStream;
 
 type Ws = WebSocketStream<TokioIo<Upgraded>>;
 
+/// Frames written before each flush when a client has a backlog.
+const MAX_BATCH: usize = 512;
+
 /// How long a client may take to send its subscription frame.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -94,14 +97,27 @@ pub async fn run(
         tokio::select! {
             change = sub.rx.recv() => match change {
                 Some(change) => {
-                    let text = match Utf8Bytes::try_from(change.raw.clone()) {
-                        Ok(t) => t,
-                        Err(_) => continue,
-                    };
-                    if ws.send(Message::Text(text)).await.is_err() {
+                    // Write everything already queued, then flush once: one
+                    // syscall for a burst instead of one per frame.
+                    let mut batch = vec![change];
+                    while batch.len() < MAX_BATCH {
+                        match sub.rx.try_recv() {
+                            Ok(c) => batch.push(c),
+                            Err(_) => break,
+                        }
+                    }
+                    let mut failed = false;
+                    for change in &batch {
+                        let Ok(text) = Utf8Bytes::try_from(change.raw.clone()) else { continue };
+                        if ws.feed(Message::Text(text)).await.is_err() {
+                            failed = true;
+                            break;
+                        }
+                    }
+                    if failed || ws.flush().await.is_err() {
                         break;
                     }
-                    metrics.frames_out.fetch_add(1, Ordering::Relaxed);
+                    metrics.frames_out.fetch_add(batch.len() as u64, Ordering::Relaxed);
                 }
                 None => {
                     match sub.kick_reason() {

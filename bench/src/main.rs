@@ -1,0 +1,256 @@
+//! `walcast-bench`: load for walcast-proxy.
+//!
+//! Opens K websocket clients with a query, inserts N rows into `bench_events`
+//! in transactions of `--txn-rows` rows (each row carries `clock_timestamp()`
+//! taken at insert), optionally paced to `--rate` rows/s, and reports the
+//! events delivered per second, the insert-to-receive latency (p50/p99, from
+//! the row's timestamp to the moment a client read the frame) and the proxy's
+//! peak RSS.
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use futures_util::StreamExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio_tungstenite::tungstenite::Message;
+
+#[derive(Parser, Debug)]
+#[command(name = "walcast-bench", about = "Load tool for walcast-proxy")]
+struct Args {
+    /// Base URL of the proxy.
+    #[arg(long, default_value = "ws://127.0.0.1:8080")]
+    proxy: String,
+    /// Database to insert into (the proxy must stream it).
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: String,
+    /// Number of websocket clients.
+    #[arg(short = 'k', long, default_value_t = 1)]
+    clients: usize,
+    /// Rows to insert.
+    #[arg(short = 'n', long, default_value_t = 100_000)]
+    rows: u64,
+    /// Rows per transaction.
+    #[arg(long, default_value_t = 1000)]
+    txn_rows: u64,
+    /// Insert rate in rows/s (0: as fast as possible).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Query of every client; `{i}` is replaced by the client's number, `{m}`
+    /// by that number modulo 100 (rows carry `k` = id modulo 100).
+    #[arg(long, default_value = "insert:bench_events")]
+    query: String,
+    /// Events each client is expected to receive (default: all rows).
+    #[arg(long)]
+    expect_per_client: Option<u64>,
+    /// PID of walcast-proxy, to report its peak RSS.
+    #[arg(long)]
+    proxy_pid: Option<u32>,
+    /// Measure latency on every n-th frame of every n-th client (1: all).
+    #[arg(long, default_value_t = 1)]
+    sample: u64,
+    /// Give up waiting for deliveries this many seconds after the last insert.
+    #[arg(long, default_value_t = 60)]
+    timeout: u64,
+}
+
+fn now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// Microseconds since the Unix epoch of the `sent_at` value in a frame.
+fn sent_at_micros(frame: &str) -> Option<i64> {
+    let v: serde_json::Value = serde_json::from_str(frame).ok()?;
+    v.get("columns")?.get("sent_us")?.as_i64()
+}
+
+fn peak_rss_kb(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn current_rss_kb(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn percentile(sorted: &[i64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)] as f64 / 1000.0
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let (db, conn) = tokio_postgres::connect(&args.database_url, tokio_postgres::NoTls)
+        .await
+        .context("connecting to the database")?;
+    tokio::spawn(conn);
+    db.batch_execute(
+        "CREATE TABLE IF NOT EXISTS bench_events (id bigserial PRIMARY KEY, k int, payload text, \
+         sent_us bigint NOT NULL)",
+    )
+    .await?;
+    let expect = args.expect_per_client.unwrap_or(args.rows);
+
+    let received = Arc::new(AtomicU64::new(0));
+    let latencies = Arc::new(Mutex::new(Vec::<i64>::new()));
+    let last_frame = Arc::new(Mutex::new(Instant::now()));
+    let mut tasks = Vec::new();
+    for i in 0..args.clients {
+        let q = args
+            .query
+            .replace("{i}", &i.to_string())
+            .replace("{m}", &(i % 100).to_string());
+        let url = format!(
+            "{}/ws?query={}",
+            args.proxy.trim_end_matches('/'),
+            encode(&q)
+        );
+        let (ws, _) = tokio_tungstenite::connect_async(&url)
+            .await
+            .with_context(|| format!("connecting {url}"))?;
+        let (received, latencies, last_frame) =
+            (received.clone(), latencies.clone(), last_frame.clone());
+        let sample_client = args.sample <= 1 || (i as u64) % args.sample == 0;
+        let sample = args.sample.max(1);
+        tasks.push(tokio::spawn(async move {
+            let (_, mut rx) = ws.split();
+            let mut n = 0u64;
+            let mut local = Vec::new();
+            while n < expect {
+                match rx.next().await {
+                    Some(Ok(Message::Text(t))) => {
+                        n += 1;
+                        received.fetch_add(1, Ordering::Relaxed);
+                        if sample_client && n % sample == 0 {
+                            if let Some(sent) = sent_at_micros(t.as_str()) {
+                                local.push(now_micros() - sent);
+                            }
+                        }
+                    }
+                    Some(Ok(Message::Close(f))) => {
+                        eprintln!("client {i} closed by the proxy: {f:?}");
+                        break;
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => {
+                        eprintln!("client {i}: {e}");
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            if let Ok(mut l) = last_frame.lock() {
+                *l = Instant::now();
+            }
+            if let Ok(mut all) = latencies.lock() {
+                all.extend(local);
+            }
+            n
+        }));
+    }
+    // Let the subscriptions settle.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    if args.rows == 0 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let rss = args.proxy_pid.and_then(current_rss_kb).unwrap_or(0);
+        println!("clients                 {} (idle)", args.clients);
+        println!("proxy RSS               {rss} kB");
+        return Ok(());
+    }
+
+    let start = Instant::now();
+    let mut inserted = 0u64;
+    while inserted < args.rows {
+        let batch = args.txn_rows.min(args.rows - inserted);
+        db.execute(
+            "INSERT INTO bench_events (k, payload, sent_us) \
+             SELECT g % 100, 'payload ' || g, (extract(epoch FROM clock_timestamp()) * 1000000)::bigint \
+             FROM generate_series(1, $1::bigint) AS g",
+            &[&(batch as i64)],
+        )
+        .await?;
+        inserted += batch;
+        if args.rate > 0 {
+            let due = start + Duration::from_secs_f64(inserted as f64 / args.rate as f64);
+            tokio::time::sleep_until(due.into()).await;
+        }
+    }
+    let inserts_done = start.elapsed();
+    let all = futures_util::future::join_all(tasks);
+    let per_client = match tokio::time::timeout(Duration::from_secs(args.timeout), all).await {
+        Ok(r) => r.into_iter().map(|r| r.unwrap_or(0)).collect::<Vec<_>>(),
+        Err(_) => bail!(
+            "timed out: {} of {} events delivered",
+            received.load(Ordering::Relaxed),
+            expect * args.clients as u64
+        ),
+    };
+    let end = last_frame
+        .lock()
+        .map(|l| *l)
+        .unwrap_or_else(|_| Instant::now());
+    let total: u64 = per_client.iter().sum();
+    let elapsed = end.duration_since(start).as_secs_f64();
+    let mut lat = latencies.lock().map(|l| l.clone()).unwrap_or_default();
+    lat.sort_unstable();
+    println!("clients                 {}", args.clients);
+    println!(
+        "rows inserted           {} in {:.2} s",
+        args.rows,
+        inserts_done.as_secs_f64()
+    );
+    println!(
+        "events delivered        {total} (expected {})",
+        expect * args.clients as u64
+    );
+    println!("delivered/s             {:.0}", total as f64 / elapsed);
+    println!(
+        "last delivery after     {:.3} s past the last insert",
+        (end.duration_since(start) - inserts_done.min(end.duration_since(start))).as_secs_f64()
+    );
+    println!(
+        "latency p50 / p99       {:.1} ms / {:.1} ms ({} samples)",
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        lat.len()
+    );
+    if let Some(pid) = args.proxy_pid {
+        println!(
+            "proxy peak RSS          {} kB",
+            peak_rss_kb(pid).unwrap_or(0)
+        );
+    }
+    if total < expect * args.clients as u64 {
+        bail!("not every event was delivered");
+    }
+    Ok(())
+}
+
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

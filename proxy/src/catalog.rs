@@ -1,6 +1,8 @@
 //! Catalog lookups over an ordinary connection: does a subscribed table exist?
 
+use postgres_native_tls::MakeTlsConnector;
 use tokio::sync::Mutex;
+use tokio_postgres::config::SslMode;
 use tokio_postgres::{Client, NoTls};
 
 /// A lazily (re)connected SQL connection for catalog questions.
@@ -22,14 +24,23 @@ impl Catalog {
     pub async fn table_exists(&self, schema: Option<&str>, name: &str) -> Result<bool, String> {
         let mut guard = self.client.lock().await;
         if guard.as_ref().is_none_or(|c| c.is_closed()) {
-            let (client, conn) = self
-                .config
-                .connect(NoTls)
-                .await
-                .map_err(|e| format!("cannot reach PostgreSQL to check the table: {e}"))?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
+            let unreachable = |e: tokio_postgres::Error| {
+                format!("cannot reach PostgreSQL to check the table: {e}")
+            };
+            let client = if self.config.get_ssl_mode() == SslMode::Disable {
+                let (client, conn) = self.config.connect(NoTls).await.map_err(unreachable)?;
+                tokio::spawn(conn);
+                client
+            } else {
+                let tls = crate::replication::tls_connector().map_err(|e| e.message)?;
+                let (client, conn) = self
+                    .config
+                    .connect(MakeTlsConnector::new(tls))
+                    .await
+                    .map_err(unreachable)?;
+                tokio::spawn(conn);
+                client
+            };
             *guard = Some(client);
         }
         let client = guard.as_ref().ok_or("no catalog connection")?;

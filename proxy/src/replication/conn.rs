@@ -42,12 +42,6 @@ impl Connection {
         config: &tokio_postgres::Config,
         replication: bool,
     ) -> Result<Connection, ReplicationError> {
-        if config.get_ssl_mode() == SslMode::Require {
-            return Err(ReplicationError::definite(
-                "sslmode=require is not supported by the replication connection yet; \
-                 connect over a trusted network or a local socket with sslmode=disable or prefer",
-            ));
-        }
         let user = config
             .get_user()
             .ok_or_else(|| {
@@ -70,12 +64,13 @@ impl Connection {
                 .copied()
                 .unwrap_or(5432);
             let stream: Result<Box<dyn Stream>, std::io::Error> = match host {
-                Host::Tcp(h) => tokio::net::TcpStream::connect((h.as_str(), port))
-                    .await
-                    .map(|s| {
+                Host::Tcp(h) => match tokio::net::TcpStream::connect((h.as_str(), port)).await {
+                    Ok(s) => {
                         let _ = s.set_nodelay(true);
-                        Box::new(s) as Box<dyn Stream>
-                    }),
+                        Ok(negotiate_tls(s, h, config.get_ssl_mode()).await?)
+                    }
+                    Err(e) => Err(e),
+                },
                 Host::Unix(dir) => {
                     tokio::net::UnixStream::connect(dir.join(format!(".s.PGSQL.{port}")))
                         .await
@@ -336,6 +331,50 @@ impl Connection {
         frontend::terminate(&mut self.wbuf);
         self.flush().await
     }
+}
+
+/// Asks the server for TLS unless `sslmode=disable`, as libpq does:
+/// `prefer` falls back to plain text when the server declines, `require`
+/// fails. Like libpq without a root certificate, the server's certificate is
+/// not verified (the connection is encrypted, not authenticated).
+async fn negotiate_tls(
+    mut tcp: tokio::net::TcpStream,
+    host: &str,
+    mode: SslMode,
+) -> Result<Box<dyn Stream>, ReplicationError> {
+    if mode == SslMode::Disable {
+        return Ok(Box::new(tcp));
+    }
+    let mut req = BytesMut::new();
+    frontend::ssl_request(&mut req);
+    tcp.write_all(&req).await.map_err(io_err)?;
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).await.map_err(io_err)?;
+    if answer[0] != b'S' {
+        if mode == SslMode::Require {
+            return Err(ReplicationError::definite(
+                "sslmode=require but the server does not accept TLS connections; enable ssl in postgresql.conf",
+            ));
+        }
+        return Ok(Box::new(tcp));
+    }
+    let connector = tls_connector()?;
+    let tls = tokio_native_tls::TlsConnector::from(connector)
+        .connect(host, tcp)
+        .await
+        .map_err(|e| {
+            ReplicationError::transient(format!("TLS handshake with PostgreSQL failed: {e}"))
+        })?;
+    Ok(Box::new(tls))
+}
+
+/// The TLS settings used for connections to PostgreSQL (also by the catalog).
+pub fn tls_connector() -> Result<native_tls::TlsConnector, ReplicationError> {
+    native_tls::TlsConnector::builder()
+        .danger_accept_invalid_certs(true)
+        .danger_accept_invalid_hostnames(true)
+        .build()
+        .map_err(|e| ReplicationError::definite(format!("cannot set up TLS: {e}")))
 }
 
 fn server_error(body: &postgres_protocol::message::backend::ErrorResponseBody) -> ReplicationError {

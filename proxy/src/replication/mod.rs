@@ -12,6 +12,7 @@ mod conn;
 mod error;
 mod stream;
 
+pub use conn::tls_connector;
 pub use error::{ErrorKind, ReplicationError};
 pub use stream::{ReplicationStream, XLogData};
 

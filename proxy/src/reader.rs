@@ -133,7 +133,11 @@ async fn stream_once(
     let mut backlog_report = tokio::time::interval(Duration::from_secs(1));
     loop {
         let next = tokio::select! {
-            _ = shutdown.changed() => return Ok(()),
+            _ = shutdown.changed() => {
+                // Confirm the last position and end the copy cleanly.
+                let _ = tokio::time::timeout(Duration::from_secs(2), stream.close()).await;
+                return Ok(());
+            }
             _ = backlog_report.tick() => {
                 health.positions(stream.confirmed(), stream.received());
                 metrics.lag_bytes.store(stream.received().0.saturating_sub(stream.confirmed().0), Ordering::Relaxed);

@@ -239,3 +239,32 @@ fn health_and_metrics_report_the_stream() {
     assert_eq!(s, 200);
     assert!(page.contains("new WebSocket"));
 }
+
+#[test]
+fn table_allow_list_and_client_limit_are_enforced() {
+    let mut db = TestDb::new("live_limits");
+    db.exec("CREATE TABLE users (id int PRIMARY KEY); CREATE TABLE secret (id int PRIMARY KEY)");
+    let proxy = Proxy::start(
+        cluster(),
+        &db.name,
+        &format!("{}_proxy", db.name),
+        &["--tables", "public.users", "--max-clients", "2"],
+    );
+    let (s, body) = proxy.get("/ws?query=insert:secret").expect("request");
+    assert_eq!(s, 404, "a table outside the allow-list is unknown: {body}");
+    let mut a = proxy.ws("insert:users");
+    let _b = proxy.ws("insert:public.users");
+    std::thread::sleep(Duration::from_millis(200));
+    let refused = tungstenite::connect(format!(
+        "ws://127.0.0.1:{}/ws?query=insert:users",
+        proxy.port
+    ));
+    match refused {
+        Err(tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 503),
+        other => panic!("a third client must get 503, got {:?}", other.map(|_| ())),
+    }
+    db.exec("INSERT INTO secret VALUES (1); INSERT INTO users VALUES (2)");
+    let frames = a.texts(1, WAIT);
+    assert_eq!(ids(&frames), vec![2]);
+    a.expect_silence(Duration::from_millis(300));
+}

@@ -9,7 +9,7 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 
 need_pkgs=()
 for p in "postgresql-${PG_MAJOR}" "postgresql-server-dev-${PG_MAJOR}" libclang-dev \
-         "postgresql-${PG_MAJOR}-wal2json" pkg-config libssl-dev chromium; do
+         "postgresql-${PG_MAJOR}-wal2json" pkg-config libssl-dev openssl chromium; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
     need_pkgs+=("$p")
   fi

@@ -268,3 +268,33 @@ fn table_allow_list_and_client_limit_are_enforced() {
     assert_eq!(ids(&frames), vec![2]);
     a.expect_silence(Duration::from_millis(300));
 }
+
+#[test]
+fn a_restarted_proxy_resumes_from_its_slot() {
+    let mut db = TestDb::new("live_resume");
+    db.exec("CREATE TABLE users (id int PRIMARY KEY)");
+    let slot = format!("{}_proxy", db.name);
+    let mut first = Proxy::start(cluster(), &db.name, &slot, &[]);
+    let mut c = first.ws("insert:users");
+    db.exec("INSERT INTO users SELECT generate_series(0, 9)");
+    assert_eq!(ids(&c.texts(10, WAIT)), (0..10).collect::<Vec<i64>>());
+    // A clean stop confirms the last position to PostgreSQL.
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &first.child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let _ = first.child.wait();
+    // Changes made while no proxy runs are kept by the slot.
+    db.exec("INSERT INTO users SELECT generate_series(10, 14)");
+    let second = Proxy::start(cluster(), &db.name, &slot, &[]);
+    let mut c = second.ws("insert:users");
+    db.exec("INSERT INTO users SELECT generate_series(15, 19)");
+    assert_eq!(ids(&c.texts(5, WAIT)), (15..20).collect::<Vec<i64>>());
+    c.expect_silence(Duration::from_millis(300));
+    // The second proxy started where the first stopped: it decoded the rows
+    // inserted while it was down and after, and none of the first ten again.
+    let (_, metrics) = second.get("/metrics").expect("metrics");
+    let line = "walcast_changes_by_action_total{action=\"insert\"} 10\n";
+    assert!(metrics.contains(line), "{metrics}");
+}

@@ -235,6 +235,9 @@ async fn websocket(mut req: Request<Incoming>, state: Arc<AppState>) -> Resp {
     }
     let accept = derive_accept_key(key.as_bytes());
     let upgrade = hyper::upgrade::on(&mut req);
+    // Subscribe before answering, so every change committed after the client
+    // sees the upgrade reaches it.
+    let sub = parsed.map(|q| state.hub.subscribe(q));
     let (hub, metrics, shutdown) = (
         state.hub.clone(),
         state.metrics.clone(),
@@ -252,7 +255,7 @@ async fn websocket(mut req: Request<Incoming>, state: Arc<AppState>) -> Resp {
                     .max_frame_size(Some(64 * 1024));
                 let io = TokioIo::new(upgraded);
                 let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-                session::run(ws, hub, parsed, metrics, shutdown).await;
+                session::run(ws, hub, sub, metrics, shutdown).await;
             }
             Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
         }

@@ -3,7 +3,7 @@
 //! with a code and reason when it falls behind, the stream stops or the
 //! server shuts down.
 
-use crate::hub::{Hub, Kick};
+use crate::hub::{Hub, Kick, Subscription};
 use crate::metrics::Metrics;
 use crate::query::{self, Query};
 use futures_util::{SinkExt, StreamExt};
@@ -74,17 +74,21 @@ async fn first_frame_query(ws: &mut Ws) -> Result<Query, String> {
 }
 
 /// Serves one client until it leaves, is disconnected or the server stops.
+///
+/// `sub` is the subscription made before the upgrade was answered (query in
+/// the URL), so no change committed after the client saw the upgrade is
+/// missed; without one the client's first frame names the query.
 pub async fn run(
     mut ws: Ws,
     hub: Hub,
-    query: Option<Query>,
+    sub: Option<Subscription>,
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let query = match query {
-        Some(q) => q,
+    let mut sub = match sub {
+        Some(s) => s,
         None => match first_frame_query(&mut ws).await {
-            Ok(q) => q,
+            Ok(q) => hub.subscribe(q),
             Err(reason) => {
                 close(&mut ws, CloseCode::Policy, &reason).await;
                 return;
@@ -92,7 +96,6 @@ pub async fn run(
         },
     };
     metrics.clients.fetch_add(1, Ordering::Relaxed);
-    let mut sub = hub.subscribe(query);
     loop {
         tokio::select! {
             change = sub.rx.recv() => match change {

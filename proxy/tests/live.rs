@@ -136,7 +136,15 @@ fn subscription_may_come_as_the_first_frame() {
         r#"{"subscribe":{"query":"insert:users:name.like.\"a%\""}}"#.into(),
     ))
     .expect("send subscription");
-    std::thread::sleep(Duration::from_millis(300));
+    // Wait until the proxy has the subscription.
+    let deadline = std::time::Instant::now() + WAIT;
+    while json(&proxy.get("/healthz").expect("healthz").1)["clients"] != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the subscription never registered"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     db.exec("INSERT INTO users VALUES (1, 'ann', 1), (2, 'bob', 2), (3, 'abe', 3)");
     assert_eq!(ids(&c.texts(2, WAIT)), vec![1, 3]);
 

@@ -217,14 +217,20 @@ fn an_aborted_streamed_transaction_ends_with_stream_abort() {
         .expect("insert");
     // Roll back once the consumer has seen the transaction streamed, then
     // commit one more row so the stream moves on.
+    let (streamed_tx, streamed_rx) = std::sync::mpsc::channel::<()>();
     let rollback = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(1500));
+        streamed_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the open transaction was never streamed");
         writer.batch_execute("ROLLBACK").expect("rollback");
         writer
             .batch_execute("INSERT INTO t VALUES (0, 'after')")
             .expect("insert after");
     });
     let s = stream_until(&db, &slot, None, |line| {
+        if line.starts_with(r#"{"action":"SE""#) {
+            let _ = streamed_tx.send(());
+        }
         line.contains(r#""columns":{"id":0,"#)
     });
     rollback.join().expect("writer thread");

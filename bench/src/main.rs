@@ -121,7 +121,7 @@ async fn main() -> Result<()> {
         let url = format!(
             "{}/ws?query={}",
             args.proxy.trim_end_matches('/'),
-            encode(&q)
+            form_urlencoded::byte_serialize(q.as_bytes()).collect::<String>()
         );
         let (ws, _) = tokio_tungstenite::connect_async(&url)
             .await
@@ -242,15 +242,4 @@ async fn main() -> Result<()> {
         bail!("not every event was delivered");
     }
     Ok(())
-}
-
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }

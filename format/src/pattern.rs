@@ -101,6 +101,11 @@ impl TablePattern {
             && glob(&self.table, &table.chars().collect::<Vec<_>>())
     }
 
+    /// True when the table part matches `table`, whatever the schema.
+    pub fn matches_table(&self, table: &str) -> bool {
+        glob(&self.table, &table.chars().collect::<Vec<_>>())
+    }
+
     /// The pattern as written.
     pub fn as_str(&self) -> &str {
         &self.source
@@ -191,6 +196,7 @@ mod tests {
         assert!(p.matches("s1", "audit_log"));
         assert!(p.matches("s1", "audit_"));
         assert!(!p.matches("s1", "xaudit_log"));
+        assert!(p.matches_table("audit_x") && !p.matches_table("log"));
         let p = TablePattern::parse("p*b.*").unwrap();
         assert!(p.matches("pub", "anything"));
         assert!(p.matches("pb", "x"));

@@ -181,12 +181,17 @@ impl Change {
             .as_ref()
     }
 
-    /// True for the row changes clients subscribe to (I, U, D, T).
-    pub fn is_row_change(&self) -> bool {
-        matches!(
-            self.action,
-            Action::Insert | Action::Update | Action::Delete | Action::Truncate
-        )
+    /// The action as queries name it, for the row changes clients
+    /// subscribe to (I, U, D, T); `None` for everything else.
+    pub fn row_action(&self) -> Option<crate::query::Action> {
+        use crate::query::Action as Q;
+        Some(match self.action {
+            Action::Insert => Q::Insert,
+            Action::Update => Q::Update,
+            Action::Delete => Q::Delete,
+            Action::Truncate => Q::Truncate,
+            _ => return None,
+        })
     }
 }
 

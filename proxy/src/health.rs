@@ -79,14 +79,6 @@ impl Health {
         });
     }
 
-    /// The current state.
-    pub fn state(&self) -> State {
-        self.inner
-            .lock()
-            .map(|i| i.state.clone())
-            .unwrap_or(State::Failed)
-    }
-
     /// The `/healthz` body and whether the proxy is healthy.
     pub fn report(&self, clients: usize) -> (bool, serde_json::Value) {
         let i = self.inner.lock().map(|i| i.clone()).unwrap_or(Inner {

@@ -4,7 +4,7 @@
 //! Subscribers are indexed by table name, so the cost of a change follows the
 //! clients interested in its table, not all clients.
 
-use crate::change::{Action, Change};
+use crate::change::Change;
 use crate::metrics::Metrics;
 use crate::query::{self, Query, RowView};
 use std::collections::HashMap;
@@ -270,12 +270,8 @@ impl Hub {
     /// Hands a change to every matching subscriber. Subscribers whose queue is
     /// full are disconnected (and told why).
     pub fn publish(&self, change: &Arc<Change>) {
-        let action = match change.action {
-            Action::Insert => query::Action::Insert,
-            Action::Update => query::Action::Update,
-            Action::Delete => query::Action::Delete,
-            Action::Truncate => query::Action::Truncate,
-            _ => return,
+        let Some(action) = change.row_action() else {
+            return;
         };
         let view = RowView {
             action,

@@ -168,7 +168,7 @@ async fn stream_once(
                 position.partial = None;
                 metrics.confirmed_lsn.store(end.0, Ordering::Relaxed);
             }
-            _ if change.is_row_change() => {
+            _ if change.row_action().is_some() => {
                 if let (Some((xid, last)), Some(cx)) = (position.partial, change.xid) {
                     if xid == cx && change.lsn <= last {
                         // Already handed over before the reconnect.

@@ -152,9 +152,8 @@ fn table_allowed(state: &AppState, schema: Option<&str>, name: &str) -> bool {
         None => true,
         Some(patterns) => match schema {
             Some(s) => patterns.iter().any(|p| p.matches(s, name)),
-            None => patterns
-                .iter()
-                .any(|p| p.matches("*", name) || p.as_str().ends_with(&format!(".{name}"))),
+            // A query without schema names the table in any schema.
+            None => patterns.iter().any(|p| p.matches_table(name)),
         },
     }
 }

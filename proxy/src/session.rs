@@ -99,28 +99,27 @@ pub async fn run(
     loop {
         tokio::select! {
             change = sub.rx.recv() => match change {
-                Some(change) => {
+                Some(first) => {
                     // Write everything already queued, then flush once: one
                     // syscall for a burst instead of one per frame.
-                    let mut batch = vec![change];
-                    while batch.len() < MAX_BATCH {
-                        match sub.rx.try_recv() {
-                            Ok(c) => batch.push(c),
-                            Err(_) => break,
+                    let (mut next, mut taken, mut sent, mut failed) = (Some(first), 0, 0u64, false);
+                    while let Some(change) = next.take() {
+                        taken += 1;
+                        if let Ok(text) = Utf8Bytes::try_from(change.raw.clone()) {
+                            if ws.feed(Message::Text(text)).await.is_err() {
+                                failed = true;
+                                break;
+                            }
+                            sent += 1;
                         }
-                    }
-                    let mut failed = false;
-                    for change in &batch {
-                        let Ok(text) = Utf8Bytes::try_from(change.raw.clone()) else { continue };
-                        if ws.feed(Message::Text(text)).await.is_err() {
-                            failed = true;
-                            break;
+                        if taken < MAX_BATCH {
+                            next = sub.rx.try_recv().ok();
                         }
                     }
                     if failed || ws.flush().await.is_err() {
                         break;
                     }
-                    metrics.frames_out.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    metrics.frames_out.fetch_add(sent, Ordering::Relaxed);
                 }
                 None => {
                     match sub.kick_reason() {

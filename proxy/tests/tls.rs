@@ -31,7 +31,12 @@ fn self_signed_cert() -> std::path::PathBuf {
         .expect("running openssl");
     assert!(status.success(), "openssl could not make a certificate");
     let key = dir.join("server.key");
-    let _ = Command::new("chmod").arg("600").arg(&key).status();
+    let chmod = Command::new("chmod")
+        .arg("600")
+        .arg(&key)
+        .status()
+        .expect("chmod");
+    assert!(chmod.success(), "chmod of the key failed");
     // PostgreSQL runs as the OS user walcast when the tests run as root.
     if Command::new("id")
         .arg("-u")
@@ -39,11 +44,13 @@ fn self_signed_cert() -> std::path::PathBuf {
         .map(|o| o.stdout.starts_with(b"0\n"))
         .unwrap_or(false)
     {
-        let _ = Command::new("chown")
+        let chown = Command::new("chown")
             .arg(walcast_cluster::OS_USER)
             .arg(&key)
             .arg(dir.join("server.crt"))
-            .status();
+            .status()
+            .expect("chown");
+        assert!(chown.success(), "chown of the certificate failed");
     }
     dir
 }

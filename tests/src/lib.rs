@@ -10,8 +10,6 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use walcast_cluster::Cluster;
 
-pub use walcast_cluster::wait_for;
-
 /// The cluster of this test binary, started on first use. A test that needs
 /// PostgreSQL fails (never skips) when it cannot start.
 pub fn cluster() -> &'static Cluster {
@@ -106,13 +104,14 @@ impl TestDb {
     }
 }
 
-/// Runs `pg_recvlogical --start` on `slot` until `endpos`.
-pub fn recvlogical(
+/// A `pg_recvlogical --start` command for `slot` in `db` writing to stdout,
+/// stopping at `endpos` when one is given.
+pub fn recvlogical_command(
     db: &str,
     slot: &str,
     options: &[(&str, &str)],
-    endpos: &str,
-) -> Result<Vec<String>> {
+    endpos: Option<&str>,
+) -> Command {
     let c = cluster();
     let mut cmd = Command::new(c.bin("pg_recvlogical"));
     cmd.args([
@@ -126,11 +125,24 @@ pub fn recvlogical(
         "-",
         "-F",
         "0",
-    ])
-    .arg(format!("--endpos={endpos}"));
+    ]);
+    if let Some(endpos) = endpos {
+        cmd.arg(format!("--endpos={endpos}"));
+    }
     for (k, v) in options {
         cmd.arg("-o").arg(format!("{k}={v}"));
     }
+    cmd
+}
+
+/// Runs `pg_recvlogical --start` on `slot` until `endpos`.
+pub fn recvlogical(
+    db: &str,
+    slot: &str,
+    options: &[(&str, &str)],
+    endpos: &str,
+) -> Result<Vec<String>> {
+    let mut cmd = recvlogical_command(db, slot, options, Some(endpos));
     let out = cmd.output().context("running pg_recvlogical")?;
     if !out.status.success() {
         bail!(

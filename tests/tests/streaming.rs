@@ -3,11 +3,11 @@
 //! (commit) or `SA` (abort), and the walsender's memory stays bounded.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use walcast_tests::{cluster, json, TestDb};
+use walcast_tests::{cluster, json, recvlogical_command, TestDb};
 
 /// Private (anonymous) resident memory of a process, in kB.
 fn rss_anon_kb(pid: i32) -> Option<u64> {
@@ -42,24 +42,8 @@ fn stream_until(
     stop: impl Fn(&str) -> bool,
 ) -> Summary {
     let c = cluster();
-    let mut cmd = Command::new(c.bin("pg_recvlogical"));
-    cmd.args([
-        "-d",
-        &c.conninfo(&db.name),
-        "-S",
-        slot,
-        "--start",
-        "--no-loop",
-        "-f",
-        "-",
-        "-F",
-        "0",
-    ]);
-    if let Some(endpos) = endpos {
-        cmd.arg(format!("--endpos={endpos}"));
-    }
-    let mut child = cmd
-        .args(["-o", "stream-changes=on", "-o", "actions=insert"])
+    let options = [("stream-changes", "on"), ("actions", "insert")];
+    let mut child = recvlogical_command(&db.name, slot, &options, endpos)
         .env("PGOPTIONS", "-c logical_decoding_work_mem=64kB")
         .env("PGAPPNAME", slot)
         .stdout(Stdio::piped())

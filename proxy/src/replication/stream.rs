@@ -30,7 +30,6 @@ pub struct ReplicationStream {
     next_status: Instant,
     received: Lsn,
     flushed: Lsn,
-    reported_flush: Lsn,
 }
 
 impl ReplicationStream {
@@ -41,7 +40,6 @@ impl ReplicationStream {
             next_status: Instant::now() + interval,
             received: start,
             flushed: start,
-            reported_flush: start,
         }
     }
 
@@ -116,14 +114,6 @@ impl ReplicationStream {
         }
     }
 
-    /// Sends a status update now when the confirmed position moved since the last one.
-    pub async fn flush_status(&mut self) -> Result<(), ReplicationError> {
-        if self.flushed > self.reported_flush {
-            self.send_status(false).await?;
-        }
-        Ok(())
-    }
-
     /// Sends a standby status update: written = received, flushed = applied = confirmed.
     pub async fn send_status(&mut self, reply_requested: bool) -> Result<(), ReplicationError> {
         let now = SystemTime::now()
@@ -138,7 +128,6 @@ impl ReplicationStream {
         msg.extend_from_slice(&(now - PG_EPOCH_UNIX_USECS).to_be_bytes());
         msg.push(u8::from(reply_requested));
         self.conn.send_copy_data(&msg).await?;
-        self.reported_flush = self.flushed;
         self.next_status = Instant::now() + self.interval;
         Ok(())
     }

@@ -56,3 +56,4 @@ pub unsafe extern "C-unwind" fn _PG_output_plugin_init(cb: *mut pg_sys::OutputPl
 
 pgrx::extension_sql_file!("../../sql/ddl_capture.sql", name = "ddl_capture");
 pgrx::extension_sql_file!("../../sql/doctor.sql", name = "doctor");
+pgrx::extension_sql_file!("../../sql/streams.sql", name = "streams");

@@ -1,49 +1,58 @@
-//! Catalog lookups over an ordinary connection: does a subscribed table exist?
+//! Catalog lookups over an ordinary connection: does a subscribed table
+//! exist, and what are a table's columns and primary key (for snapshot reads).
 
-use postgres_native_tls::MakeTlsConnector;
-use tokio::sync::Mutex;
-use tokio_postgres::config::SslMode;
-use tokio_postgres::{Client, NoTls};
+use crate::sql::SqlPool;
 
-/// A lazily (re)connected SQL connection for catalog questions.
+/// Catalog questions, answered over the SQL pool.
+#[derive(Clone)]
 pub struct Catalog {
-    config: tokio_postgres::Config,
-    client: Mutex<Option<Client>>,
+    pool: SqlPool,
+}
+
+/// A column of a table.
+#[derive(Debug, Clone)]
+pub struct Column {
+    pub name: String,
+    /// `format_type()` of the column's type (safe to use in SQL as written).
+    pub type_sql: String,
+}
+
+/// A table as snapshot reads need it.
+#[derive(Debug, Clone)]
+pub struct TableInfo {
+    pub schema: String,
+    pub name: String,
+    pub columns: Vec<Column>,
+    /// Indexes into `columns` of the primary key, in key order (empty: none).
+    pub primary_key: Vec<usize>,
+}
+
+/// Quotes an identifier as `quote_ident` does, always with double quotes.
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+impl TableInfo {
+    /// `"schema"."name"`.
+    pub fn qualified_sql(&self) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
+    }
+
+    /// The column called `name`.
+    pub fn column(&self, name: &str) -> Option<&Column> {
+        self.columns.iter().find(|c| c.name == name)
+    }
 }
 
 impl Catalog {
-    /// A catalog that connects with `config` on first use.
-    pub fn new(config: tokio_postgres::Config) -> Catalog {
-        Catalog {
-            config,
-            client: Mutex::new(None),
-        }
+    /// A catalog asking over `pool`.
+    pub fn new(pool: SqlPool) -> Catalog {
+        Catalog { pool }
     }
 
     /// Whether `schema.name` (any schema when `None`) is a table or partitioned table.
     pub async fn table_exists(&self, schema: Option<&str>, name: &str) -> Result<bool, String> {
-        let mut guard = self.client.lock().await;
-        if guard.as_ref().is_none_or(|c| c.is_closed()) {
-            let unreachable = |e: tokio_postgres::Error| {
-                format!("cannot reach PostgreSQL to check the table: {e}")
-            };
-            let client = if self.config.get_ssl_mode() == SslMode::Disable {
-                let (client, conn) = self.config.connect(NoTls).await.map_err(unreachable)?;
-                tokio::spawn(conn);
-                client
-            } else {
-                let tls = crate::replication::tls_connector().map_err(|e| e.message)?;
-                let (client, conn) = self
-                    .config
-                    .connect(MakeTlsConnector::new(tls))
-                    .await
-                    .map_err(unreachable)?;
-                tokio::spawn(conn);
-                client
-            };
-            *guard = Some(client);
-        }
-        let client = guard.as_ref().ok_or("no catalog connection")?;
+        let client = self.pool.get().await?;
         let row = client
             .query_one(
                 "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c \
@@ -55,5 +64,61 @@ impl Catalog {
             .await
             .map_err(|e| format!("checking the table failed: {e}"))?;
         Ok(row.get(0))
+    }
+
+    /// The table `schema.name`; without a schema, the one the search path
+    /// finds. `None` when there is no such table.
+    pub async fn table_info(
+        &self,
+        schema: Option<&str>,
+        name: &str,
+    ) -> Result<Option<TableInfo>, String> {
+        let client = self.pool.get().await?;
+        let failed = |e: tokio_postgres::Error| format!("reading the catalog failed: {e}");
+        let rel = client
+            .query_opt(
+                "SELECT c.oid, n.nspname::text, c.relname::text FROM pg_catalog.pg_class c \
+                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.relname = $1 AND c.relkind IN ('r', 'p') \
+                 AND (CASE WHEN $2::text IS NULL THEN pg_catalog.pg_table_is_visible(c.oid) \
+                      ELSE n.nspname = $2 END)",
+                &[&name, &schema],
+            )
+            .await
+            .map_err(failed)?;
+        let Some(rel) = rel else { return Ok(None) };
+        let oid: u32 = rel.get(0);
+        let cols = client
+            .query(
+                "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod), \
+                 COALESCE(array_position(i.indkey::int2[], a.attnum) \
+                          - array_lower(i.indkey::int2[], 1) + 1, 0) \
+                 FROM pg_catalog.pg_attribute a \
+                 LEFT JOIN pg_catalog.pg_index i ON i.indrelid = a.attrelid AND i.indisprimary \
+                 WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped \
+                 ORDER BY a.attnum",
+                &[&oid],
+            )
+            .await
+            .map_err(failed)?;
+        let mut columns = Vec::with_capacity(cols.len());
+        let mut keyed: Vec<(i32, usize)> = Vec::new();
+        for (i, r) in cols.iter().enumerate() {
+            columns.push(Column {
+                name: r.get(0),
+                type_sql: r.get(1),
+            });
+            let pos: i32 = r.get(2);
+            if pos > 0 {
+                keyed.push((pos, i));
+            }
+        }
+        keyed.sort_unstable();
+        Ok(Some(TableInfo {
+            schema: rel.get(1),
+            name: rel.get(2),
+            columns,
+            primary_key: keyed.into_iter().map(|(_, i)| i).collect(),
+        }))
     }
 }

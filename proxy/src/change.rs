@@ -64,6 +64,9 @@ impl Action {
     }
 }
 
+/// The prefix of the proxy's heartbeat messages.
+pub const HEARTBEAT_PREFIX: &str = "walcast.heartbeat";
+
 /// Why plugin bytes could not be understood.
 #[derive(Debug, thiserror::Error)]
 pub enum ChangeError {
@@ -91,6 +94,8 @@ struct Header<'a> {
     table: Option<String>,
     #[serde(default)]
     tables: Option<Vec<String>>,
+    #[serde(default)]
+    prefix: Option<String>,
     #[serde(default, borrow)]
     columns: Option<&'a RawValue>,
     #[serde(default, borrow)]
@@ -110,6 +115,8 @@ pub struct Change {
     pub table: String,
     /// For truncates: the (schema, table) pairs named.
     pub truncated: Vec<(String, String)>,
+    /// For logical messages: the prefix.
+    pub prefix: Option<String>,
     /// The plugin's bytes, sent to clients unchanged.
     pub raw: Bytes,
     /// Byte ranges of `columns` and `identity` inside `raw`.
@@ -155,6 +162,7 @@ impl Change {
             schema: h.schema.unwrap_or_default(),
             table: h.table.unwrap_or_default(),
             truncated,
+            prefix: h.prefix,
             raw,
             columns_at,
             identity_at,
@@ -179,6 +187,29 @@ impl Change {
                 }
             })
             .as_ref()
+    }
+
+    /// Whether `query` selects this change (row changes only).
+    pub fn matched_by(&self, query: &crate::query::Query) -> bool {
+        let Some(action) = self.row_action() else {
+            return false;
+        };
+        query.matches(&crate::query::RowView {
+            action,
+            schema: &self.schema,
+            table: &self.table,
+            truncated: &self.truncated,
+            row: if query.filters.is_empty() {
+                None
+            } else {
+                self.row()
+            },
+        })
+    }
+
+    /// Whether this is a heartbeat the proxy wrote (`walcast.heartbeat`).
+    pub fn is_heartbeat(&self) -> bool {
+        self.action == Action::Message && self.prefix.as_deref() == Some(HEARTBEAT_PREFIX)
     }
 
     /// The action as queries name it, for the row changes clients

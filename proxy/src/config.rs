@@ -64,4 +64,79 @@ pub struct ServeArgs {
     /// Seconds between standby status updates to PostgreSQL.
     #[arg(long, env = "WALCAST_STATUS_INTERVAL", default_value_t = 10)]
     pub status_interval: u64,
+
+    /// Seconds a durable stream's exported snapshot stays readable after
+    /// `/v1/init` (it ends earlier when the stream is first opened).
+    #[arg(long, env = "WALCAST_SNAPSHOT_TTL", default_value_t = 600)]
+    pub snapshot_ttl: u64,
+
+    /// Most rows one `/v1/snapshot/data` request may ask for (`limit`).
+    #[arg(long, env = "WALCAST_SNAPSHOT_PAGE_CAP", default_value_t = 10_000)]
+    pub snapshot_page_cap: u64,
+
+    /// Most bytes of rows one `/v1/snapshot/data` answer may hold; a page
+    /// that would be larger is refused (HTTP 413) so memory stays bounded.
+    #[arg(long, env = "WALCAST_SNAPSHOT_MAX_BYTES", default_value = "64MB", value_parser = parse_bytes)]
+    pub snapshot_max_bytes: u64,
+
+    /// Most WAL a durable stream slot may hold back (bytes; kB, MB, GB
+    /// suffixes allowed). Past it the slot is reported on /healthz and
+    /// /metrics, and dropped with --drop-lagging-streams. Default: no limit.
+    #[arg(long, env = "WALCAST_MAX_SLOT_LAG", value_parser = parse_bytes)]
+    pub max_slot_lag: Option<u64>,
+
+    /// Drop a durable stream slot (with a logged reason) once it is past
+    /// --max-slot-lag and has no consumer connected.
+    #[arg(long, env = "WALCAST_DROP_LAGGING_STREAMS")]
+    pub drop_lagging_streams: bool,
+
+    /// Seconds between checks of the durable stream slots' lag.
+    #[arg(long, env = "WALCAST_LAG_CHECK_INTERVAL", default_value_t = 10)]
+    pub lag_check_interval: u64,
+
+    /// Seconds of silence after which the proxy writes a heartbeat message
+    /// (`pg_logical_emit_message(false, 'walcast.heartbeat', ...)`) so the
+    /// slots of an idle database keep advancing; 0 turns heartbeats off.
+    #[arg(long, env = "WALCAST_HEARTBEAT_INTERVAL", default_value_t = 30)]
+    pub heartbeat_interval: u64,
+}
+
+/// Parses a byte count: `1048576`, `512kB`, `64MB`, `2GB` (powers of 1024).
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a byte count (e.g. 1048576, 512kB, 64MB, 2GB)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" | "k" => 1 << 10,
+        "mb" | "m" => 1 << 20,
+        "gb" | "g" => 1 << 30,
+        "tb" | "t" => 1 << 40,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {s:?} (use kB, MB, GB or TB)"
+            ))
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_bytes;
+
+    #[test]
+    fn byte_counts() {
+        assert_eq!(parse_bytes("1048576"), Ok(1_048_576));
+        assert_eq!(parse_bytes("512kB"), Ok(512 * 1024));
+        assert_eq!(parse_bytes("64MB"), Ok(64 << 20));
+        assert_eq!(parse_bytes("2 GB"), Ok(2 << 30));
+        assert!(parse_bytes("MB").is_err());
+        assert!(parse_bytes("5 parsecs").is_err());
+        assert!(parse_bytes("99999999999TB").is_err());
+    }
 }

@@ -11,11 +11,15 @@
 //!     -> query/         the query syntax (insert:users:age.gt.30): parse and match
 //!     -> session.rs     one websocket client's loop (frames are the plugin's bytes)
 //!     -> server.rs      HTTP routes, websocket upgrade, /healthz, /metrics, graceful shutdown
+//!
+//! WAL -> walcast plugin -> walsender (one per durable stream slot)
+//!     -> streams/       durable streams: slot + snapshot, snapshot pages,
+//!                       one consumer per slot with ACKs, lag guard, heartbeats
 //! ```
 //!
 //! Beside the flow: `config.rs` (CLI and environment), `health.rs` and
-//! `metrics.rs` (what `/healthz` and `/metrics` report), `catalog.rs` (table
-//! lookups over an ordinary connection).
+//! `metrics.rs` (what `/healthz` and `/metrics` report), `sql.rs` (a pool of
+//! ordinary connections), `catalog.rs` (table lookups over it).
 
 pub mod catalog;
 pub mod change;
@@ -28,3 +32,5 @@ pub mod reader;
 pub mod replication;
 pub mod server;
 pub mod session;
+pub mod sql;
+pub mod streams;

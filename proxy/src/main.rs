@@ -15,6 +15,8 @@ use walcast_proxy::metrics::Metrics;
 use walcast_proxy::reader::{self, ReaderConfig};
 use walcast_proxy::replication::validate_slot_name;
 use walcast_proxy::server::{self, AppState};
+use walcast_proxy::sql::SqlPool;
+use walcast_proxy::streams::{self, Streams, StreamsConfig};
 
 fn main() {
     let _ = dotenvy::dotenv();
@@ -77,11 +79,43 @@ async fn serve(args: walcast_proxy::config::ServeArgs) -> Result<(), String> {
         health.clone(),
         shutdown_rx.clone(),
     ));
+    let pool = SqlPool::new(database.clone(), 8);
+    let streams = Arc::new(Streams::new(
+        StreamsConfig {
+            snapshot_ttl: Duration::from_secs(args.snapshot_ttl.max(1)),
+            page_cap: args.snapshot_page_cap.max(1),
+            page_max_bytes: args.snapshot_max_bytes.max(1024),
+            max_lag: args.max_slot_lag,
+            drop_lagging: args.drop_lagging_streams,
+            lag_check_interval: Duration::from_secs(args.lag_check_interval.max(1)),
+            heartbeat: (args.heartbeat_interval > 0)
+                .then(|| Duration::from_secs(args.heartbeat_interval)),
+            status_interval: Duration::from_secs(args.status_interval.max(1)),
+            live_slot: args.slot.clone(),
+            tables: args.tables.clone().zip(tables.clone()),
+        },
+        database.clone(),
+        pool.clone(),
+        metrics.clone(),
+    ));
+    let guard = tokio::spawn(streams::guard::run_lag_guard(
+        streams.clone(),
+        shutdown_rx.clone(),
+    ));
+    let heartbeat = streams.cfg.heartbeat.map(|interval| {
+        tokio::spawn(streams::guard::run_heartbeat(
+            streams.clone(),
+            metrics.clone(),
+            interval,
+            shutdown_rx.clone(),
+        ))
+    });
     let state = Arc::new(AppState {
         hub,
         metrics: metrics.clone(),
         health,
-        catalog: Catalog::new(database),
+        catalog: Catalog::new(pool),
+        streams,
         tokens: args.token.into_iter().filter(|t| !t.is_empty()).collect(),
         max_clients: args.max_clients,
         tables,
@@ -94,10 +128,17 @@ async fn serve(args: walcast_proxy::config::ServeArgs) -> Result<(), String> {
     let _ = shutdown_tx.send(true);
     let _ = server.await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while metrics.clients.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+    while (metrics.clients.load(Ordering::Relaxed) > 0
+        || metrics.stream_consumers.load(Ordering::Relaxed) > 0)
+        && tokio::time::Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), reader).await;
+    guard.abort();
+    if let Some(h) = heartbeat {
+        h.abort();
+    }
     Ok(())
 }
 

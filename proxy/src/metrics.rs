@@ -1,7 +1,9 @@
 //! Counters and gauges, rendered as Prometheus text on `GET /metrics`.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Mutex;
 
 /// All of the proxy's metrics.
 #[derive(Default, Debug)]
@@ -18,9 +20,35 @@ pub struct Metrics {
     pub replication_reconnects: AtomicU64,
     pub lag_bytes: AtomicU64,
     pub confirmed_lsn: AtomicU64,
+    /// Durable stream consumers connected (`/v1/lr/stream`).
+    pub stream_consumers: AtomicI64,
+    /// ACKs accepted from durable stream consumers.
+    pub acks: AtomicU64,
+    /// Heartbeat messages emitted.
+    pub heartbeats: AtomicU64,
+    /// When the last plugin message other than a heartbeat arrived (Unix ms).
+    pub last_activity_ms: AtomicU64,
+    /// Durable stream slots dropped because they passed the lag limit.
+    pub streams_dropped_for_lag: AtomicU64,
+    /// Per durable stream slot: bytes of WAL it holds back, and whether that
+    /// is over the configured limit (refreshed by the lag guard).
+    pub stream_lag: Mutex<BTreeMap<String, (u64, bool)>>,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl Metrics {
+    /// Notes that a change (not a heartbeat) arrived now.
+    pub fn activity(&self) {
+        self.last_activity_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
     /// Counts one incoming change by action label.
     pub fn count_action(&self, label: &str) {
         let c = match label {
@@ -91,6 +119,30 @@ impl Metrics {
             "The slot position confirmed to PostgreSQL, as a number.",
             g(&self.confirmed_lsn).to_string(),
         );
+        line(
+            "walcast_stream_consumers",
+            "gauge",
+            "Connected durable stream consumers.",
+            self.stream_consumers.load(Ordering::Relaxed).to_string(),
+        );
+        line(
+            "walcast_stream_acks_total",
+            "counter",
+            "ACKs accepted from durable stream consumers.",
+            g(&self.acks).to_string(),
+        );
+        line(
+            "walcast_heartbeats_total",
+            "counter",
+            "Heartbeat messages emitted into the WAL while the database was idle.",
+            g(&self.heartbeats).to_string(),
+        );
+        line(
+            "walcast_streams_dropped_for_lag_total",
+            "counter",
+            "Durable stream slots dropped because they held back more WAL than allowed.",
+            g(&self.streams_dropped_for_lag).to_string(),
+        );
         let _ = writeln!(
             s,
             "# HELP walcast_changes_by_action_total Row changes received, by action.\n\
@@ -104,6 +156,28 @@ impl Metrics {
             g(&self.deletes),
             g(&self.truncates)
         );
+        if let Ok(lags) = self.stream_lag.lock() {
+            let _ = writeln!(
+                s,
+                "# HELP walcast_stream_lag_bytes WAL held back by each durable stream slot.\n\
+                 # TYPE walcast_stream_lag_bytes gauge"
+            );
+            for (slot, (lag, _)) in lags.iter() {
+                let _ = writeln!(s, "walcast_stream_lag_bytes{{slot=\"{slot}\"}} {lag}");
+            }
+            let _ = writeln!(
+                s,
+                "# HELP walcast_stream_over_max_lag Whether a durable stream slot is past --max-slot-lag.\n\
+                 # TYPE walcast_stream_over_max_lag gauge"
+            );
+            for (slot, (_, over)) in lags.iter() {
+                let _ = writeln!(
+                    s,
+                    "walcast_stream_over_max_lag{{slot=\"{slot}\"}} {}",
+                    u8::from(*over)
+                );
+            }
+        }
         s
     }
 }

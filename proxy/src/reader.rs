@@ -159,6 +159,9 @@ async fn stream_once(
                 continue;
             }
         };
+        if !change.is_heartbeat() {
+            metrics.activity();
+        }
         match change.action {
             Action::Commit => {
                 // Every change of the transaction is in the clients' queues now.
@@ -180,6 +183,12 @@ async fn stream_once(
                 }
                 metrics.count_action(change.action.label());
                 hub.publish(&Arc::new(change));
+            }
+            // Between transactions: nothing before a heartbeat is left to
+            // hand over, so the slot may advance to it.
+            _ if change.is_heartbeat() && position.partial.is_none() => {
+                stream.confirm(msg.wal_start);
+                position.committed = position.committed.max(msg.wal_start);
             }
             _ => {}
         }

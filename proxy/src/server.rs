@@ -1,5 +1,7 @@
-//! HTTP routes on hyper: `GET /ws` (websocket upgrade), `/healthz`,
-//! `/metrics`, `/` (live demo page); bearer tokens; graceful shutdown.
+//! HTTP routes on hyper: `GET /ws` (websocket upgrade), the durable
+//! stream endpoints under `/v1/` (handled in `streams/http.rs`),
+//! `/healthz`, `/metrics`, `/` (live demo page); bearer tokens; graceful
+//! shutdown.
 
 use crate::catalog::Catalog;
 use crate::health::Health;
@@ -7,6 +9,7 @@ use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::query::{self, QueryErrorKind};
 use crate::session;
+use crate::streams::Streams;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -35,12 +38,17 @@ pub struct AppState {
     pub tokens: Vec<String>,
     pub max_clients: usize,
     pub tables: Option<Vec<TablePattern>>,
+    pub streams: Arc<Streams>,
     pub shutdown: watch::Receiver<bool>,
 }
 
-type Resp = Response<Full<Bytes>>;
+pub(crate) type Resp = Response<Full<Bytes>>;
 
-fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Resp {
+pub(crate) fn respond(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Resp {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
     r.headers_mut()
@@ -48,7 +56,7 @@ fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes
     r
 }
 
-fn json_error(status: StatusCode, message: &str, position: Option<usize>) -> Resp {
+pub(crate) fn json_error(status: StatusCode, message: &str, position: Option<usize>) -> Resp {
     let body = match position {
         Some(p) => serde_json::json!({"error": message, "position": p}),
         None => serde_json::json!({"error": message}),
@@ -56,7 +64,7 @@ fn json_error(status: StatusCode, message: &str, position: Option<usize>) -> Res
     respond(status, "application/json", body.to_string())
 }
 
-fn query_params(req: &Request<Incoming>) -> HashMap<String, String> {
+pub(crate) fn query_params(req: &Request<Incoming>) -> HashMap<String, String> {
     req.uri()
         .query()
         .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
@@ -122,7 +130,15 @@ async fn route(req: Request<Incoming>, state: Arc<AppState>) -> Resp {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/") => respond(StatusCode::OK, "text/html; charset=utf-8", DEMO_PAGE),
         (&Method::GET, "/healthz") => {
-            let (ok, body) = state.health.report(state.hub.len());
+            let (ok, mut body) = state.health.report(state.hub.len());
+            if let Ok(lags) = state.metrics.stream_lag.lock() {
+                let over: Vec<&String> = lags
+                    .iter()
+                    .filter(|(_, (_, over))| *over)
+                    .map(|(slot, _)| slot)
+                    .collect();
+                body["streams_over_max_lag"] = serde_json::json!(over);
+            }
             let status = if ok {
                 StatusCode::OK
             } else {
@@ -139,15 +155,33 @@ async fn route(req: Request<Incoming>, state: Arc<AppState>) -> Resp {
         (_, "/ws" | "/" | "/healthz" | "/metrics") => {
             json_error(StatusCode::METHOD_NOT_ALLOWED, "use GET", None)
         }
+        (_, path) if path.starts_with("/v1/") => {
+            let params = query_params(&req);
+            if !authorized(&state, &req, &params) {
+                return unauthorized();
+            }
+            crate::streams::http::route(req, params, state).await
+        }
         _ => json_error(
             StatusCode::NOT_FOUND,
-            "no such endpoint (try /ws, /healthz, /metrics or /)",
+            "no such endpoint (try /ws, /v1/streams, /healthz, /metrics or /)",
             None,
         ),
     }
 }
 
-fn table_allowed(state: &AppState, schema: Option<&str>, name: &str) -> bool {
+fn unauthorized() -> Resp {
+    let mut r = json_error(
+        StatusCode::UNAUTHORIZED,
+        "a bearer token is required: Authorization: Bearer <token> or ?access_token=<token>",
+        None,
+    );
+    r.headers_mut()
+        .insert("www-authenticate", HeaderValue::from_static("Bearer"));
+    r
+}
+
+pub(crate) fn table_allowed(state: &AppState, schema: Option<&str>, name: &str) -> bool {
     match &state.tables {
         None => true,
         Some(patterns) => match schema {
@@ -168,14 +202,7 @@ async fn websocket(mut req: Request<Incoming>, state: Arc<AppState>) -> Resp {
     }
     let params = query_params(&req);
     if !authorized(&state, &req, &params) {
-        let mut r = json_error(
-            StatusCode::UNAUTHORIZED,
-            "a bearer token is required: Authorization: Bearer <token> or ?access_token=<token>",
-            None,
-        );
-        r.headers_mut()
-            .insert("www-authenticate", HeaderValue::from_static("Bearer"));
-        return r;
+        return unauthorized();
     }
     let parsed = match params.get("query") {
         Some(q) => match query::parse(q) {
@@ -212,28 +239,10 @@ async fn websocket(mut req: Request<Incoming>, state: Arc<AppState>) -> Resp {
             Err(e) => return json_error(StatusCode::SERVICE_UNAVAILABLE, &e, None),
         }
     }
-    let key = req.headers().get("sec-websocket-key").cloned();
-    let is_upgrade = req
-        .headers()
-        .get(UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    let Some(key) = key.filter(|_| is_upgrade) else {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            "this endpoint speaks websocket: connect with a websocket client (e.g. new WebSocket('ws://host/ws?query=insert:users'))",
-            None,
-        );
+    let (accept, upgrade) = match accept_upgrade(&mut req, &state) {
+        Ok(a) => a,
+        Err(r) => return *r,
     };
-    if state.metrics.clients.load(Ordering::Relaxed) as usize >= state.max_clients {
-        return json_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too many clients; try again later",
-            None,
-        );
-    }
-    let accept = derive_accept_key(key.as_bytes());
-    let upgrade = hyper::upgrade::on(&mut req);
     // Subscribe before answering, so every change committed after the client
     // sees the upgrade reaches it.
     let sub = parsed.map(|q| state.hub.subscribe(q));
@@ -245,26 +254,68 @@ async fn websocket(mut req: Request<Incoming>, state: Arc<AppState>) -> Resp {
     tokio::spawn(async move {
         match upgrade.await {
             Ok(upgraded) => {
-                // Clients only send small control frames: small read buffers
-                // and a message cap keep memory per client low and bounded.
-                let config = WebSocketConfig::default()
-                    .read_buffer_size(4096)
-                    .write_buffer_size(32 * 1024)
-                    .max_message_size(Some(64 * 1024))
-                    .max_frame_size(Some(64 * 1024));
-                let io = TokioIo::new(upgraded);
-                let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+                let ws = server_socket(upgraded).await;
                 session::run(ws, hub, sub, metrics, shutdown).await;
             }
             Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
         }
     });
+    switching_protocols(&accept)
+}
+
+/// Checks that `req` is a websocket upgrade the server can take; returns
+/// the accept key and the pending upgrade, or the error response.
+pub(crate) fn accept_upgrade(
+    req: &mut Request<Incoming>,
+    state: &AppState,
+) -> Result<(String, hyper::upgrade::OnUpgrade), Box<Resp>> {
+    let key = req.headers().get("sec-websocket-key").cloned();
+    let is_upgrade = req
+        .headers()
+        .get(UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let Some(key) = key.filter(|_| is_upgrade) else {
+        return Err(Box::new(json_error(
+            StatusCode::BAD_REQUEST,
+            "this endpoint speaks websocket: connect with a websocket client (e.g. new WebSocket('ws://host/ws?query=insert:users'))",
+            None,
+        )));
+    };
+    let clients = state.metrics.clients.load(Ordering::Relaxed)
+        + state.metrics.stream_consumers.load(Ordering::Relaxed);
+    if clients as usize >= state.max_clients {
+        return Err(Box::new(json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many clients; try again later",
+            None,
+        )));
+    }
+    Ok((derive_accept_key(key.as_bytes()), hyper::upgrade::on(req)))
+}
+
+/// The websocket over an upgraded connection. Clients only send small
+/// control frames: small read buffers and a message cap keep memory per
+/// client low and bounded.
+pub(crate) async fn server_socket(
+    upgraded: hyper::upgrade::Upgraded,
+) -> WebSocketStream<TokioIo<hyper::upgrade::Upgraded>> {
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(32 * 1024)
+        .max_message_size(Some(64 * 1024))
+        .max_frame_size(Some(64 * 1024));
+    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await
+}
+
+/// The `101 Switching Protocols` answer.
+pub(crate) fn switching_protocols(accept: &str) -> Resp {
     let mut r = Response::new(Full::new(Bytes::new()));
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = r.headers_mut();
     h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
     h.insert(UPGRADE, HeaderValue::from_static("websocket"));
-    if let Ok(v) = HeaderValue::from_str(&accept) {
+    if let Ok(v) = HeaderValue::from_str(accept) {
         h.insert("sec-websocket-accept", v);
     }
     r

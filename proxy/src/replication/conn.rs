@@ -210,11 +210,20 @@ impl Connection {
         }
     }
 
+    /// Writes the buffered messages. Cancel-safe: what was written is
+    /// removed from the buffer as it goes, so a flush interrupted by a
+    /// `select!` resumes where it stopped instead of writing bytes twice.
     async fn flush(&mut self) -> Result<(), ReplicationError> {
-        self.stream.write_all(&self.wbuf).await.map_err(io_err)?;
-        self.stream.flush().await.map_err(io_err)?;
-        self.wbuf.clear();
-        Ok(())
+        while !self.wbuf.is_empty() {
+            let n = self.stream.write(&self.wbuf).await.map_err(io_err)?;
+            if n == 0 {
+                return Err(ReplicationError::transient(
+                    "PostgreSQL closed the connection",
+                ));
+            }
+            self.wbuf.advance(n);
+        }
+        self.stream.flush().await.map_err(io_err)
     }
 
     /// Reads the next backend message.

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod model;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
@@ -110,6 +112,67 @@ impl Proxy {
         Ok((status, body))
     }
 
+    /// A POST with a JSON body: (status, body).
+    pub fn post(&self, path: &str, body: &str) -> std::io::Result<(u16, String)> {
+        self.request(&format!(
+            "POST {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ))
+    }
+
+    /// A POST returning (status, headers in lower case, body).
+    pub fn post_full(&self, path: &str, body: &str) -> (u16, String, String) {
+        let raw = format!(
+            "POST {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        s.write_all(raw.as_bytes()).expect("write");
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).expect("read");
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        (status, head.to_ascii_lowercase(), body.to_owned())
+    }
+
+    /// A DELETE: (status, body).
+    pub fn delete(&self, path: &str) -> std::io::Result<(u16, String)> {
+        self.request(&format!(
+            "DELETE {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        ))
+    }
+
+    /// Tries a websocket connection: the client, or the HTTP status and body
+    /// of the refusal.
+    pub fn try_ws_url(&self, url: &str) -> Result<Client, (u16, String)> {
+        match tungstenite::connect(url) {
+            Ok((ws, _)) => {
+                if let MaybeTlsStream::Plain(s) = ws.get_ref() {
+                    let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+                }
+                Ok(Client { ws })
+            }
+            Err(tungstenite::Error::Http(r)) => {
+                let body = r
+                    .body()
+                    .as_ref()
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+                    .unwrap_or_default();
+                Err((r.status().as_u16(), body))
+            }
+            Err(e) => Err((0, e.to_string())),
+        }
+    }
+
     /// A websocket client for `/ws?query=...` (the query is URL-encoded here).
     pub fn ws(&self, query: &str) -> Client {
         let url = format!("ws://127.0.0.1:{}/ws?query={}", self.port, encode(query));
@@ -188,6 +251,13 @@ impl Client {
             }
             Err(e) => Some(Got::Closed(1006, e.to_string())),
         }
+    }
+
+    /// Sends a text frame.
+    pub fn send(&mut self, text: &str) {
+        self.ws
+            .send(Message::Text(text.to_owned().into()))
+            .expect("sending a frame");
     }
 
     /// Reads until a close frame arrives (or `timeout`), returning it.

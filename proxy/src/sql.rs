@@ -1,0 +1,110 @@
+//! Ordinary SQL connections to the streamed database (catalog questions,
+//! snapshot reads, heartbeats, slot administration): a small pool, TLS like
+//! the replication connection.
+
+use postgres_native_tls::MakeTlsConnector;
+use std::mem::ManuallyDrop;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_postgres::config::SslMode;
+use tokio_postgres::{Client, NoTls};
+
+/// A pool of at most `max` connections, opened on demand.
+#[derive(Clone)]
+pub struct SqlPool {
+    config: tokio_postgres::Config,
+    idle: Arc<Mutex<Vec<Client>>>,
+    permits: Arc<Semaphore>,
+}
+
+/// A connection taken from the pool; it goes back when dropped (unless closed).
+pub struct Conn {
+    client: ManuallyDrop<Client>,
+    idle: Arc<Mutex<Vec<Client>>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl std::ops::Deref for Conn {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl std::ops::DerefMut for Conn {
+    fn deref_mut(&mut self) -> &mut Client {
+        &mut self.client
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // SAFETY: `drop` runs once and `self.client` is not used after this.
+        let client = unsafe { ManuallyDrop::take(&mut self.client) };
+        if !client.is_closed() {
+            if let Ok(mut idle) = self.idle.lock() {
+                idle.push(client);
+            }
+        }
+    }
+}
+
+impl SqlPool {
+    /// A pool of up to `max` connections made with `config`.
+    pub fn new(config: tokio_postgres::Config, max: usize) -> SqlPool {
+        SqlPool {
+            config,
+            idle: Arc::new(Mutex::new(Vec::new())),
+            permits: Arc::new(Semaphore::new(max.max(1))),
+        }
+    }
+
+    /// The connection settings.
+    pub fn config(&self) -> &tokio_postgres::Config {
+        &self.config
+    }
+
+    /// An idle connection, or a new one; waits while `max` are in use.
+    pub async fn get(&self) -> Result<Conn, String> {
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| "the connection pool is closed".to_owned())?;
+        let reused = loop {
+            let c = self.idle.lock().ok().and_then(|mut idle| idle.pop());
+            match c {
+                Some(c) if c.is_closed() => continue,
+                other => break other,
+            }
+        };
+        let client = match reused {
+            Some(c) => c,
+            None => self.connect().await?,
+        };
+        Ok(Conn {
+            client: ManuallyDrop::new(client),
+            idle: self.idle.clone(),
+            _permit: permit,
+        })
+    }
+
+    async fn connect(&self) -> Result<Client, String> {
+        let unreachable = |e: tokio_postgres::Error| format!("cannot reach PostgreSQL: {e}");
+        if self.config.get_ssl_mode() == SslMode::Disable {
+            let (client, conn) = self.config.connect(NoTls).await.map_err(unreachable)?;
+            tokio::spawn(conn);
+            Ok(client)
+        } else {
+            let tls = crate::replication::tls_connector().map_err(|e| e.message)?;
+            let (client, conn) = self
+                .config
+                .connect(MakeTlsConnector::new(tls))
+                .await
+                .map_err(unreachable)?;
+            tokio::spawn(conn);
+            Ok(client)
+        }
+    }
+}

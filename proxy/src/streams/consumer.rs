@@ -1,0 +1,455 @@
+//! `GET /v1/lr/stream?slotName=...`: one consumer of a durable stream.
+//!
+//! The replication stream is started before the websocket upgrade is
+//! answered (so errors are HTTP statuses), from the slot's confirmed
+//! position. Frames are the plugin's JSON: `B`, the row changes, `DDL`,
+//! messages and `C` (whose `end_lsn` is what a client ACKs). The client
+//! sends `{"lsn":"X/Y"}`; the proxy confirms that position to PostgreSQL,
+//! which may then release the WAL before it, and a later connection resumes
+//! with the first transaction that commits after it.
+//!
+//! There is no queue: the proxy reads from PostgreSQL only as fast as the
+//! client takes frames, so a slow client holds WAL back, never proxy memory.
+
+use super::registry::{ApiError, ConsumerGuard, Streams};
+use crate::change::{Action, Change};
+use crate::metrics::Metrics;
+use crate::query::Query;
+use crate::replication::{ReplicationClient, ReplicationError, ReplicationStream, XLogData};
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use hyper::upgrade::Upgraded;
+use hyper::StatusCode;
+use hyper_util::rt::TokioIo;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
+use walcast_format::{Lsn, TablePattern};
+
+type Ws = WebSocketStream<TokioIo<Upgraded>>;
+
+/// Frames written before each flush when PostgreSQL has more ready.
+const MAX_BATCH: usize = 512;
+
+/// How long to wait for a slot still held by a connection that is going
+/// away (a consumer that just disconnected) before answering 409.
+const RELEASE_WAIT: Duration = Duration::from_secs(5);
+
+/// What the client asked for besides the slot.
+pub struct Options {
+    pub query: Option<Query>,
+    /// Forward the proxy's heartbeat messages (`walcast.heartbeat`).
+    pub heartbeats: bool,
+}
+
+/// A stream started and waiting for its websocket.
+pub struct Opened {
+    slot: String,
+    stream: ReplicationStream,
+    /// The slot's confirmed position when streaming started.
+    start: Lsn,
+    guard: ConsumerGuard,
+    /// The proxy-wide allow-list, checked here when the stream has its own.
+    global_tables: Option<Vec<TablePattern>>,
+}
+
+/// Claims the consumer place of `slot` and starts streaming from it.
+pub async fn open(streams: &Streams, slot: &str) -> Result<Opened, ApiError> {
+    let mut info = streams.require(slot).await?;
+    let guard = streams.claim_consumer(slot)?;
+    let deadline = tokio::time::Instant::now() + RELEASE_WAIT;
+    while info.active && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        info = streams.require(slot).await?;
+    }
+    if info.active {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "{slot} is in use by another connection (walsender pid {}); one consumer per stream at a time",
+                info.active_pid.unwrap_or(0)
+            ),
+        ));
+    }
+    let own = streams.stream_tables(slot).await?;
+    let (tables, global_tables) = match (&own, &streams.cfg.tables) {
+        (Some(own), Some((_, global))) => (Some(own.clone()), Some(global.clone())),
+        (Some(own), None) => (Some(own.clone()), None),
+        (None, Some((text, _))) => (Some(text.clone()), None),
+        (None, None) => (None, None),
+    };
+    let mut options: Vec<(&str, &str)> = vec![("include-transaction", "on"), ("include-lsn", "on")];
+    if let Some(t) = &tables {
+        options.push(("add-tables", t));
+    }
+    let start_failed = |e: ReplicationError| {
+        let status = if e.sqlstate.as_deref() == Some("55006") {
+            StatusCode::CONFLICT
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        ApiError::new(status, format!("cannot start streaming {slot}: {e}"))
+    };
+    let client = ReplicationClient::connect(streams.database())
+        .await
+        .map_err(start_failed)?;
+    // 0/0: PostgreSQL starts at the slot's confirmed position.
+    let stream = client
+        .start(slot, Lsn::INVALID, &options, streams.cfg.status_interval)
+        .await
+        .map_err(start_failed)?;
+    Ok(Opened {
+        slot: slot.to_owned(),
+        stream,
+        start: info.confirmed_lsn.unwrap_or(Lsn::INVALID),
+        guard,
+        global_tables,
+    })
+}
+
+/// A client frame's verdict.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AckOutcome {
+    /// Accepted: confirm this position; reply when asked.
+    Accepted { lsn: Lsn, reply: bool },
+    /// Nothing to do (the same position again).
+    Unchanged,
+    /// Ignored with a warning frame.
+    Warning(String),
+    /// Ignored with an error frame.
+    Error(String),
+}
+
+/// ACK bookkeeping of one connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Acks {
+    /// The last accepted ACK (the slot's position at the start).
+    pub last: Lsn,
+    /// The highest position of any frame handled, sent or filtered out.
+    pub sent: Lsn,
+}
+
+impl Acks {
+    /// Judges a client frame `{"lsn":"X/Y"[,"reply":true]}`.
+    pub fn judge(&self, text: &str) -> AckOutcome {
+        let v: serde_json::Value = match serde_json::from_str(text) {
+            Ok(v) => v,
+            Err(e) => {
+                return AckOutcome::Error(format!("not JSON ({e}); send {{\"lsn\":\"X/Y\"}}"))
+            }
+        };
+        let Some(given) = v.get("lsn") else {
+            return AckOutcome::Error("no \"lsn\": send {\"lsn\":\"X/Y\"} to ACK".into());
+        };
+        let Some(lsn) = given.as_str().and_then(|s| s.parse::<Lsn>().ok()) else {
+            return AckOutcome::Error(format!("{given} is not an LSN (X/Y in hexadecimal)"));
+        };
+        let reply = v.get("reply").and_then(|r| r.as_bool()).unwrap_or(false);
+        if lsn > self.sent {
+            AckOutcome::Error(format!(
+                "ACK {lsn} is ahead of what was sent (up to {}); ignored",
+                self.sent
+            ))
+        } else if lsn < self.last {
+            AckOutcome::Warning(format!(
+                "ACK {lsn} is behind the last ACK {}; ignored",
+                self.last
+            ))
+        } else if lsn == self.last {
+            if reply {
+                AckOutcome::Accepted { lsn, reply }
+            } else {
+                AckOutcome::Unchanged
+            }
+        } else {
+            AckOutcome::Accepted { lsn, reply }
+        }
+    }
+}
+
+async fn close(ws: &mut Ws, code: CloseCode, reason: &str) {
+    let mut r = reason.to_owned();
+    while r.len() > 123 {
+        r.pop();
+    }
+    let _ = ws
+        .send(Message::Close(Some(CloseFrame {
+            code,
+            reason: r.into(),
+        })))
+        .await;
+    let _ = ws.close(None).await;
+}
+
+struct Session {
+    ws: Ws,
+    stream: ReplicationStream,
+    acks: Acks,
+    opts: Options,
+    global_tables: Option<Vec<TablePattern>>,
+    metrics: Arc<Metrics>,
+    slot: String,
+}
+
+/// Why a session ends.
+enum End {
+    Client,
+    Close(CloseCode, String),
+}
+
+impl Session {
+    fn allowed_globally(&self, c: &Change) -> bool {
+        let Some(g) = &self.global_tables else {
+            return true;
+        };
+        match c.action {
+            Action::Insert | Action::Update | Action::Delete => {
+                g.iter().any(|p| p.matches(&c.schema, &c.table))
+            }
+            Action::Truncate => c
+                .truncated
+                .iter()
+                .any(|(s, t)| g.iter().any(|p| p.matches(s, t))),
+            _ => true,
+        }
+    }
+
+    /// Handles one plugin message: forwards it (fed, not flushed) or not.
+    async fn handle(&mut self, msg: XLogData) -> Result<(), End> {
+        self.metrics.changes_in.fetch_add(1, Ordering::Relaxed);
+        let change = match Change::parse(msg.data, msg.wal_start) {
+            Ok(c) => c,
+            Err(e) => {
+                self.metrics
+                    .unparseable_messages
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::error!(slot = %self.slot, error = %e, "skipping a plugin message the proxy cannot parse");
+                return Ok(());
+            }
+        };
+        if !change.is_heartbeat() {
+            self.metrics.activity();
+        }
+        let position = change.end_lsn.unwrap_or(change.lsn).max(msg.wal_start);
+        let forward = match change.action {
+            Action::Begin | Action::Commit => true,
+            Action::Insert | Action::Update | Action::Delete | Action::Truncate => {
+                self.allowed_globally(&change)
+                    && self
+                        .opts
+                        .query
+                        .as_ref()
+                        .is_none_or(|q| change.matched_by(q))
+            }
+            Action::Message if change.is_heartbeat() => {
+                if !self.opts.heartbeats && self.acks.last >= self.acks.sent {
+                    // Everything sent is acknowledged and every transaction
+                    // before the heartbeat was sent: its position is safe to
+                    // confirm, so an idle stream's slot keeps advancing.
+                    self.acks.last = position;
+                    self.stream.confirm(position);
+                }
+                self.opts.heartbeats
+            }
+            Action::Message | Action::Ddl => self.opts.query.is_none(),
+            _ => false,
+        };
+        if position > self.acks.sent {
+            self.acks.sent = position;
+        }
+        if forward {
+            if let Ok(text) = Utf8Bytes::try_from(change.raw.clone()) {
+                self.ws
+                    .feed(Message::Text(text))
+                    .await
+                    .map_err(|_| End::Client)?;
+                self.metrics.frames_out.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    async fn reply(&mut self, body: serde_json::Value) -> Result<(), End> {
+        self.ws
+            .send(Message::Text(body.to_string().into()))
+            .await
+            .map_err(|_| End::Client)
+    }
+
+    /// Handles a frame from the client (an ACK).
+    async fn client_frame(&mut self, text: &str) -> Result<(), End> {
+        match self.acks.judge(text) {
+            AckOutcome::Accepted { lsn, reply } => {
+                self.acks.last = lsn;
+                self.stream.confirm(lsn);
+                self.metrics.acks.fetch_add(1, Ordering::Relaxed);
+                // Tell PostgreSQL now, so the WAL can go and a reconnect
+                // anywhere resumes after this ACK.
+                if let Err(e) = self.stream.send_status(false).await {
+                    return Err(End::Close(
+                        CloseCode::Error,
+                        format!(
+                            "replication interrupted: {e}; reconnect to resume from your last ACK"
+                        ),
+                    ));
+                }
+                if reply {
+                    self.reply(serde_json::json!({"ack": lsn.to_string()}))
+                        .await?;
+                }
+                Ok(())
+            }
+            AckOutcome::Unchanged => Ok(()),
+            AckOutcome::Warning(w) => self.reply(serde_json::json!({ "warning": w })).await,
+            AckOutcome::Error(e) => self.reply(serde_json::json!({ "error": e })).await,
+        }
+    }
+
+    async fn run(
+        &mut self,
+        shutdown: &mut watch::Receiver<bool>,
+        stop: &mut watch::Receiver<Option<String>>,
+    ) -> End {
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return End::Close(CloseCode::Away, "server shutting down; reconnect to resume from your last ACK".into()),
+                changed = stop.changed() => {
+                    let reason = match changed {
+                        Ok(()) => stop.borrow().clone().unwrap_or_default(),
+                        Err(_) => String::new(),
+                    };
+                    return End::Close(CloseCode::Normal, format!("stream deleted {reason}").trim().to_owned());
+                }
+                msg = self.ws.next() => match msg {
+                    Some(Ok(Message::Text(t))) => {
+                        if let Err(end) = self.client_frame(t.as_str()).await {
+                            return end;
+                        }
+                    }
+                    Some(Ok(Message::Binary(_))) => {
+                        if let Err(end) = self.reply(serde_json::json!({"error": "binary frames are not understood; send {\"lsn\":\"X/Y\"} as text"})).await {
+                            return end;
+                        }
+                    }
+                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return End::Client,
+                    Some(Ok(_)) => {}
+                },
+                next = self.stream.next() => {
+                    let mut next = Some(next);
+                    let mut handled = 0;
+                    // Feed what PostgreSQL has ready, then flush once.
+                    while let Some(n) = next.take() {
+                        match n {
+                            Ok(Some(msg)) => {
+                                if let Err(end) = self.handle(msg).await {
+                                    return end;
+                                }
+                                handled += 1;
+                            }
+                            Ok(None) => return End::Close(CloseCode::Error, "PostgreSQL ended the replication stream; reconnect to resume from your last ACK".into()),
+                            Err(e) => return End::Close(CloseCode::Error, format!("replication interrupted: {e}; reconnect to resume from your last ACK")),
+                        }
+                        if handled < MAX_BATCH {
+                            next = self.stream.next().now_or_never();
+                        }
+                    }
+                    if self.ws.flush().await.is_err() {
+                        return End::Client;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Serves one consumer until it leaves, the stream is deleted, replication
+/// fails or the server stops; then confirms the last ACK and ends the
+/// replication connection.
+pub async fn run(
+    ws: Ws,
+    opened: Opened,
+    opts: Options,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let Opened {
+        slot,
+        stream,
+        start,
+        mut guard,
+        global_tables,
+    } = opened;
+    metrics.stream_consumers.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(slot = %slot, from = %start, "durable stream consumer connected");
+    let mut session = Session {
+        ws,
+        stream,
+        acks: Acks {
+            last: start,
+            sent: start,
+        },
+        opts,
+        global_tables,
+        metrics: metrics.clone(),
+        slot: slot.clone(),
+    };
+    let end = session.run(&mut shutdown, &mut guard.stop).await;
+    let Session {
+        mut ws,
+        stream,
+        acks,
+        ..
+    } = session;
+    // Confirm the last ACK and end the copy before the slot is released.
+    let _ = tokio::time::timeout(Duration::from_secs(2), stream.close()).await;
+    if let End::Close(code, reason) = &end {
+        close(&mut ws, *code, reason).await;
+    }
+    tracing::info!(slot = %slot, last_ack = %acks.last, "durable stream consumer left");
+    drop(guard);
+    metrics.stream_consumers.fetch_sub(1, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ack_rules() {
+        let a = Acks {
+            last: Lsn(0x100),
+            sent: Lsn(0x200),
+        };
+        assert_eq!(
+            a.judge(r#"{"lsn":"0/180"}"#),
+            AckOutcome::Accepted {
+                lsn: Lsn(0x180),
+                reply: false
+            }
+        );
+        assert_eq!(
+            a.judge(r#"{"lsn":"0/200","reply":true}"#),
+            AckOutcome::Accepted {
+                lsn: Lsn(0x200),
+                reply: true
+            }
+        );
+        assert_eq!(a.judge(r#"{"lsn":"0/100"}"#), AckOutcome::Unchanged);
+        assert!(matches!(
+            a.judge(r#"{"lsn":"0/80"}"#),
+            AckOutcome::Warning(_)
+        ));
+        assert!(matches!(
+            a.judge(r#"{"lsn":"0/201"}"#),
+            AckOutcome::Error(_)
+        ));
+        assert!(matches!(a.judge(r#"{"lsn":"zz"}"#), AckOutcome::Error(_)));
+        assert!(matches!(a.judge(r#"{"lsn":5}"#), AckOutcome::Error(_)));
+        assert!(matches!(a.judge("{}"), AckOutcome::Error(_)));
+        assert!(matches!(a.judge("nope"), AckOutcome::Error(_)));
+    }
+}

@@ -1,0 +1,267 @@
+//! The `/v1/` endpoints of durable streams (PGDeltaStream-compatible paths):
+//!
+//! | method and path                 | does                                        |
+//! |---------------------------------|---------------------------------------------|
+//! | `GET /v1/init`, `POST /v1/streams` | create a stream: slot + exported snapshot |
+//! | `GET /v1/streams`               | list streams: position, lag, snapshot state |
+//! | `DELETE /v1/streams/{slotName}` | drop a stream                               |
+//! | `POST /v1/snapshot/data`        | one page of a table inside the snapshot     |
+//! | `GET /v1/lr/stream?slotName=`   | websocket: stream, ACK, resume              |
+
+use super::registry::ApiError;
+use super::{consumer, snapshot};
+use crate::query::{self, QueryErrorKind};
+use crate::server::{self, json_error, respond, AppState, Resp};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::header::HeaderValue;
+use hyper::{Method, Request, StatusCode};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Largest request body accepted on `/v1/` (bytes).
+const MAX_BODY: usize = 64 * 1024;
+
+fn error(e: ApiError) -> Resp {
+    json_error(e.status, &e.message, None)
+}
+
+fn json(status: StatusCode, body: serde_json::Value) -> Resp {
+    respond(status, "application/json", body.to_string())
+}
+
+async fn body(req: Request<Incoming>) -> Result<bytes::Bytes, ApiError> {
+    match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body is over {MAX_BODY} bytes"),
+        )),
+        Err(e) => Err(ApiError::bad_request(format!(
+            "could not read the request body: {e}"
+        ))),
+    }
+}
+
+fn unix_seconds(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Routes a `/v1/` request (already authorized).
+pub async fn route(
+    req: Request<Incoming>,
+    params: HashMap<String, String>,
+    state: Arc<AppState>,
+) -> Resp {
+    let path = req.uri().path().to_owned();
+    let result = match (req.method().clone(), path.as_str()) {
+        (Method::GET, "/v1/init") => {
+            create(
+                &state,
+                params.get("name").cloned(),
+                params.get("tables").cloned(),
+            )
+            .await
+        }
+        (Method::POST, "/v1/streams") => match body(req).await {
+            Ok(b) => match parse_create(&b) {
+                Ok((name, tables)) => create(&state, name, tables).await,
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        },
+        (Method::GET, "/v1/streams") => list(&state).await,
+        (Method::DELETE, p) if p.starts_with("/v1/streams/") => {
+            let slot = &p["/v1/streams/".len()..];
+            state
+                .streams
+                .delete(slot, "deleted through the API")
+                .await
+                .map(|()| json(StatusCode::OK, serde_json::json!({ "dropped": slot })))
+        }
+        (Method::POST, "/v1/snapshot/data") => match body(req).await {
+            Ok(b) => snapshot_data(&state, &b).await,
+            Err(e) => Err(e),
+        },
+        (Method::GET, "/v1/lr/stream") => return lr_stream(req, params, state).await,
+        (_, "/v1/init" | "/v1/lr/stream") => {
+            Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "use GET"))
+        }
+        (_, "/v1/snapshot/data") => Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "use POST")),
+        (_, "/v1/streams") => Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "use GET to list or POST to create",
+        )),
+        (_, p) if p.starts_with("/v1/streams/") => {
+            Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "use DELETE"))
+        }
+        _ => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no such endpoint (try /v1/init, /v1/streams, /v1/snapshot/data or /v1/lr/stream)",
+        )),
+    };
+    result.unwrap_or_else(error)
+}
+
+/// `{"name":"orders","tables":"public.orders"}`, both optional; an empty body is `{}`.
+fn parse_create(b: &[u8]) -> Result<(Option<String>, Option<String>), ApiError> {
+    if b.iter().all(u8::is_ascii_whitespace) {
+        return Ok((None, None));
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        #[serde(default)]
+        name: Option<String>,
+        #[serde(default)]
+        tables: Option<TablesField>,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum TablesField {
+        One(String),
+        Many(Vec<String>),
+    }
+    let body: Body = serde_json::from_slice(b)
+        .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))?;
+    let tables = body.tables.map(|t| match t {
+        TablesField::One(s) => s,
+        TablesField::Many(v) => v.join(","),
+    });
+    Ok((body.name, tables))
+}
+
+async fn create(
+    state: &AppState,
+    name: Option<String>,
+    tables: Option<String>,
+) -> Result<Resp, ApiError> {
+    let c = state
+        .streams
+        .create(name.as_deref(), tables.as_deref())
+        .await?;
+    Ok(json(
+        StatusCode::OK,
+        serde_json::json!({
+            "slotName": c.slot,
+            "snapshot": c.snapshot,
+            "lsn": c.lsn.to_string(),
+            "snapshotExpiresAt": unix_seconds(c.snapshot_expires),
+        }),
+    ))
+}
+
+async fn list(state: &AppState) -> Result<Resp, ApiError> {
+    let streams = state.streams.list().await?;
+    let items: Vec<serde_json::Value> = streams
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "slotName": s.slot,
+                "active": s.active,
+                "consumerHere": state.streams.has_consumer(&s.slot),
+                "confirmedLsn": s.confirmed_lsn.map(|l| l.to_string()),
+                "lagBytes": s.lag_bytes,
+                "overMaxLag": state.streams.cfg.max_lag.is_some_and(|m| s.lag_bytes.unwrap_or(0).max(0) as u64 > m),
+                "snapshot": s.snapshot,
+                "snapshotExpiresAt": s.snapshot_expires.map(unix_seconds),
+                "tables": s.tables,
+            })
+        })
+        .collect();
+    Ok(json(
+        StatusCode::OK,
+        serde_json::json!({ "streams": items }),
+    ))
+}
+
+async fn snapshot_data(state: &AppState, b: &[u8]) -> Result<Resp, ApiError> {
+    let req = snapshot::parse_request(b, state.streams.cfg.page_cap)?;
+    let page = snapshot::read_page(&state.streams, &req).await?;
+    let mut r = respond(StatusCode::OK, "application/json", page.body);
+    if let Ok(v) = HeaderValue::from_str(&page.rows.to_string()) {
+        r.headers_mut().insert("x-walcast-rows", v);
+    }
+    if let Some(after) = page.next_after {
+        if let Ok(v) = HeaderValue::from_str(&after) {
+            r.headers_mut().insert("x-walcast-after", v);
+        }
+    }
+    Ok(r)
+}
+
+async fn lr_stream(
+    mut req: Request<Incoming>,
+    params: HashMap<String, String>,
+    state: Arc<AppState>,
+) -> Resp {
+    let Some(slot) = params.get("slotName").cloned() else {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "slotName is required: /v1/lr/stream?slotName=<slot from /v1/init>",
+            None,
+        );
+    };
+    let query = match params.get("query") {
+        Some(q) => match query::parse(q) {
+            Ok(q) => Some(q),
+            Err(e) => {
+                let status = if e.kind == QueryErrorKind::TooLong {
+                    StatusCode::URI_TOO_LONG
+                } else {
+                    StatusCode::BAD_REQUEST
+                };
+                return json_error(status, &e.message, Some(e.position));
+            }
+        },
+        None => None,
+    };
+    let heartbeats = match params.get("heartbeats").map(String::as_str) {
+        None | Some("false") | Some("0") | Some("off") => false,
+        Some("true") | Some("1") | Some("on") => true,
+        Some(other) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                &format!("heartbeats must be true or false (got {other:?})"),
+                None,
+            )
+        }
+    };
+    if let Some(q) = &query {
+        let (schema, name) = (q.table.schema.as_deref(), q.table.name.as_str());
+        let known = server::table_allowed(&state, schema, name)
+            && matches!(state.catalog.table_exists(schema, name).await, Ok(true));
+        if !known {
+            return json_error(
+                StatusCode::NOT_FOUND,
+                &format!("unknown table {name:?}"),
+                None,
+            );
+        }
+    }
+    let (accept, upgrade) = match server::accept_upgrade(&mut req, &state) {
+        Ok(a) => a,
+        Err(r) => return *r,
+    };
+    // Start streaming before answering, so a missing or busy slot is an
+    // HTTP status rather than a closed socket.
+    let opened = match consumer::open(&state.streams, &slot).await {
+        Ok(o) => o,
+        Err(e) => return error(e),
+    };
+    let (metrics, shutdown) = (state.metrics.clone(), state.shutdown.clone());
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(upgraded) => {
+                let ws = server::server_socket(upgraded).await;
+                let opts = consumer::Options { query, heartbeats };
+                consumer::run(ws, opened, opts, metrics, shutdown).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
+        }
+    });
+    server::switching_protocols(&accept)
+}

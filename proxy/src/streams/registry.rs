@@ -1,0 +1,555 @@
+//! The durable streams this proxy knows: creating a slot with an exported
+//! snapshot (held on an idle replication connection until the stream is
+//! opened or the TTL passes), listing and dropping stream slots, and the
+//! one-consumer-per-slot rule.
+
+use super::{is_stream_slot_name, valid_word};
+use crate::catalog::Catalog;
+use crate::metrics::Metrics;
+use crate::replication::ReplicationClient;
+use crate::sql::SqlPool;
+use hyper::StatusCode;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{oneshot, watch};
+use walcast_format::{Lsn, TablePattern};
+
+/// Settings of durable streams.
+#[derive(Debug, Clone)]
+pub struct StreamsConfig {
+    /// How long an exported snapshot stays readable.
+    pub snapshot_ttl: Duration,
+    /// Most rows per snapshot page.
+    pub page_cap: u64,
+    /// Most bytes per snapshot page.
+    pub page_max_bytes: u64,
+    /// Lag limit per slot, in bytes.
+    pub max_lag: Option<u64>,
+    /// Drop slots past the limit (when no consumer is connected).
+    pub drop_lagging: bool,
+    /// How often the lag guard looks.
+    pub lag_check_interval: Duration,
+    /// Silence before a heartbeat; `None`: no heartbeats.
+    pub heartbeat: Option<Duration>,
+    /// Standby status update interval of consumers.
+    pub status_interval: Duration,
+    /// The proxy's live slot (never a durable stream).
+    pub live_slot: String,
+    /// The proxy-wide table allow-list (`--tables`), as given and parsed.
+    pub tables: Option<(String, Vec<TablePattern>)>,
+}
+
+/// An error answered as JSON with an HTTP status.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+    pub fn unavailable(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message)
+    }
+    fn not_found(slot: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no durable stream {slot:?} (see GET /v1/streams)"),
+        )
+    }
+}
+
+/// The state of a stream's exported snapshot.
+enum Snapshot {
+    Held {
+        name: String,
+        expires: SystemTime,
+        release: Option<oneshot::Sender<()>>,
+    },
+    Ended {
+        reason: &'static str,
+    },
+}
+
+struct Consumer {
+    id: u64,
+    stop: watch::Sender<Option<String>>,
+}
+
+#[derive(Default)]
+struct Inner {
+    snapshots: HashMap<String, Snapshot>,
+    consumers: HashMap<String, Consumer>,
+    next_id: u64,
+}
+
+/// What `/v1/init` answers.
+#[derive(Debug, Clone)]
+pub struct Created {
+    pub slot: String,
+    pub snapshot: String,
+    pub lsn: Lsn,
+    pub snapshot_expires: SystemTime,
+}
+
+/// One row of `GET /v1/streams`.
+#[derive(Debug, Clone)]
+pub struct StreamInfo {
+    pub slot: String,
+    pub active: bool,
+    pub active_pid: Option<i32>,
+    pub confirmed_lsn: Option<Lsn>,
+    pub lag_bytes: Option<i64>,
+    /// `"held"` (readable until `snapshot_expires`), `"ended"` with a reason, or `"none"`.
+    pub snapshot: String,
+    pub snapshot_expires: Option<SystemTime>,
+    pub tables: Option<String>,
+}
+
+/// The consumer slot a `/v1/lr/stream` connection holds; released on drop.
+pub struct ConsumerGuard {
+    inner: Arc<Mutex<Inner>>,
+    slot: String,
+    id: u64,
+    /// Becomes `Some(reason)` when the stream is deleted under the consumer.
+    pub stop: watch::Receiver<Option<String>>,
+}
+
+impl Drop for ConsumerGuard {
+    fn drop(&mut self) {
+        if let Ok(mut inner) = self.inner.lock() {
+            if inner.consumers.get(&self.slot).map(|c| c.id) == Some(self.id) {
+                inner.consumers.remove(&self.slot);
+            }
+        }
+    }
+}
+
+/// Words for stream names when the client gives none.
+const WORDS: &[&str] = &[
+    "amber", "birch", "cedar", "delta", "ember", "fjord", "grove", "heron", "iris", "juniper",
+    "kestrel", "lotus", "maple", "nova", "onyx", "pine", "quartz", "raven", "sage", "tide",
+    "umber", "vale", "willow", "yarrow", "zephyr",
+];
+
+fn default_word() -> &'static str {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as usize)
+        .unwrap_or(0);
+    WORDS[(nanos / 1000) % WORDS.len()]
+}
+
+/// The durable streams of one database.
+pub struct Streams {
+    pub cfg: StreamsConfig,
+    pub catalog: Catalog,
+    pub pool: SqlPool,
+    pub metrics: Arc<Metrics>,
+    database: tokio_postgres::Config,
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl Streams {
+    pub fn new(
+        cfg: StreamsConfig,
+        database: tokio_postgres::Config,
+        pool: SqlPool,
+        metrics: Arc<Metrics>,
+    ) -> Streams {
+        Streams {
+            cfg,
+            catalog: Catalog::new(pool.clone()),
+            pool,
+            metrics,
+            database,
+            inner: Arc::new(Mutex::new(Inner::default())),
+        }
+    }
+
+    /// The replication connection settings.
+    pub fn database(&self) -> &tokio_postgres::Config {
+        &self.database
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Inner>, ApiError> {
+        self.inner
+            .lock()
+            .map_err(|_| ApiError::unavailable("internal state poisoned"))
+    }
+
+    /// Creates a stream: a permanent slot `walcast_<word><n>` with an
+    /// exported snapshot kept readable for the TTL.
+    pub async fn create(
+        &self,
+        word: Option<&str>,
+        tables: Option<&str>,
+    ) -> Result<Created, ApiError> {
+        let word = match word {
+            Some(w) if valid_word(w) => w.to_owned(),
+            Some(w) => {
+                return Err(ApiError::bad_request(format!(
+                    "invalid stream name {w:?}: use 1 to 40 lower case letters, with single underscores between words"
+                )))
+            }
+            None => default_word().to_owned(),
+        };
+        if let Some(t) = tables {
+            let patterns = TablePattern::parse_list(t)
+                .map_err(|e| ApiError::bad_request(format!("invalid tables: {e}")))?;
+            if patterns.is_empty() {
+                return Err(ApiError::bad_request("tables is empty"));
+            }
+            if !self.metadata_table().await? {
+                return Err(ApiError::bad_request(
+                    "a table allow-list per stream is kept in walcast.streams: run CREATE EXTENSION walcast in this database first",
+                ));
+            }
+        }
+        let mut client = ReplicationClient::connect(&self.database)
+            .await
+            .map_err(|e| ApiError::unavailable(format!("cannot create the stream: {e}")))?;
+        let mut n = 1u32;
+        let created = loop {
+            let name = format!("walcast_{word}{n}");
+            if client
+                .slot(&name)
+                .await
+                .map_err(|e| ApiError::unavailable(e.message))?
+                .is_some()
+            {
+                n += 1;
+                continue;
+            }
+            match client.create_slot(&name, false, true).await {
+                Ok(c) => break c,
+                // Someone else took the name between the check and the creation.
+                Err(e) if e.sqlstate.as_deref() == Some("42710") => n += 1,
+                Err(e) => {
+                    return Err(ApiError::unavailable(format!(
+                        "cannot create the stream: {e}"
+                    )))
+                }
+            }
+            if n > 10_000 {
+                return Err(ApiError::unavailable(
+                    "no free stream name; drop unused streams",
+                ));
+            }
+        };
+        let Some(snapshot) = created.snapshot.clone() else {
+            return Err(ApiError::unavailable(
+                "PostgreSQL exported no snapshot for the new slot",
+            ));
+        };
+        if let Some(t) = tables {
+            let stored = self
+                .pool
+                .get()
+                .await
+                .map_err(ApiError::unavailable)?
+                .execute(
+                    "INSERT INTO walcast.streams (slot_name, tables) VALUES ($1, $2) \
+                     ON CONFLICT (slot_name) DO UPDATE SET tables = EXCLUDED.tables, created_at = now()",
+                    &[&created.name, &t],
+                )
+                .await;
+            if let Err(e) = stored {
+                let _ = self.drop_slot_sql(&created.name).await;
+                return Err(ApiError::unavailable(format!(
+                    "cannot record the stream's tables in walcast.streams: {e}"
+                )));
+            }
+        }
+        let expires = SystemTime::now() + self.cfg.snapshot_ttl;
+        let (release_tx, release_rx) = oneshot::channel::<()>();
+        self.lock()?.snapshots.insert(
+            created.name.clone(),
+            Snapshot::Held {
+                name: snapshot.clone(),
+                expires,
+                release: Some(release_tx),
+            },
+        );
+        // The snapshot stays valid while this connection is open and idle.
+        let (inner, slot, ttl) = (
+            self.inner.clone(),
+            created.name.clone(),
+            self.cfg.snapshot_ttl,
+        );
+        tokio::spawn(async move {
+            let reason = tokio::select! {
+                _ = tokio::time::sleep(ttl) => "the snapshot's time to live passed",
+                _ = release_rx => "the stream was opened",
+            };
+            drop(client);
+            if let Ok(mut i) = inner.lock() {
+                if let Some(s @ Snapshot::Held { .. }) = i.snapshots.get_mut(&slot) {
+                    *s = Snapshot::Ended { reason };
+                }
+            }
+            tracing::info!(slot = %slot, "snapshot released: {reason}");
+        });
+        tracing::info!(slot = %created.name, lsn = %created.consistent_point, "created durable stream");
+        Ok(Created {
+            slot: created.name,
+            snapshot,
+            lsn: created.consistent_point,
+            snapshot_expires: expires,
+        })
+    }
+
+    /// The snapshot of `slot` if it is still readable (404: no stream; 410: ended).
+    pub async fn snapshot_name(&self, slot: &str) -> Result<String, ApiError> {
+        self.require(slot).await?;
+        match self.lock()?.snapshots.get(slot) {
+            Some(Snapshot::Held { name, .. }) => Ok(name.clone()),
+            Some(Snapshot::Ended { reason }) => Err(ApiError::new(
+                StatusCode::GONE,
+                format!("the snapshot of {slot} is no longer readable: {reason}"),
+            )),
+            None => Err(ApiError::new(
+                StatusCode::GONE,
+                format!("the snapshot of {slot} is no longer readable (the proxy restarted since the stream was created)"),
+            )),
+        }
+    }
+
+    /// Ends a held snapshot (a snapshot read found it invalid).
+    pub fn snapshot_lost(&self, slot: &str) {
+        if let Ok(mut i) = self.inner.lock() {
+            i.snapshots.insert(
+                slot.to_owned(),
+                Snapshot::Ended {
+                    reason: "PostgreSQL no longer knows it",
+                },
+            );
+        }
+    }
+
+    /// Takes the consumer place of `slot` (409 when taken) and ends its
+    /// snapshot: from now on the stream, not the snapshot, is read.
+    pub fn claim_consumer(&self, slot: &str) -> Result<ConsumerGuard, ApiError> {
+        let mut inner = self.lock()?;
+        if inner.consumers.contains_key(slot) {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!("{slot} already has a consumer; one consumer per stream at a time"),
+            ));
+        }
+        inner.next_id += 1;
+        let id = inner.next_id;
+        let (tx, rx) = watch::channel(None);
+        inner
+            .consumers
+            .insert(slot.to_owned(), Consumer { id, stop: tx });
+        if let Some(Snapshot::Held { release, .. }) = inner.snapshots.get_mut(slot) {
+            if let Some(r) = release.take() {
+                let _ = r.send(());
+            }
+        }
+        Ok(ConsumerGuard {
+            inner: self.inner.clone(),
+            slot: slot.to_owned(),
+            id,
+            stop: rx,
+        })
+    }
+
+    /// Whether `slot`'s exported snapshot is still held (being read).
+    pub fn snapshot_held(&self, slot: &str) -> bool {
+        self.inner
+            .lock()
+            .map(|i| matches!(i.snapshots.get(slot), Some(Snapshot::Held { .. })))
+            .unwrap_or(false)
+    }
+
+    /// Whether this proxy serves a consumer of `slot` now.
+    pub fn has_consumer(&self, slot: &str) -> bool {
+        self.inner
+            .lock()
+            .map(|i| i.consumers.contains_key(slot))
+            .unwrap_or(false)
+    }
+
+    async fn metadata_table(&self) -> Result<bool, ApiError> {
+        let c = self.pool.get().await.map_err(ApiError::unavailable)?;
+        let row = c
+            .query_one(
+                "SELECT pg_catalog.to_regclass('walcast.streams') IS NOT NULL",
+                &[],
+            )
+            .await
+            .map_err(|e| ApiError::unavailable(format!("reading the catalog failed: {e}")))?;
+        Ok(row.get(0))
+    }
+
+    /// The table allow-list recorded for `slot` at creation, if any.
+    pub async fn stream_tables(&self, slot: &str) -> Result<Option<String>, ApiError> {
+        if !self.metadata_table().await? {
+            return Ok(None);
+        }
+        let c = self.pool.get().await.map_err(ApiError::unavailable)?;
+        let row = c
+            .query_opt(
+                "SELECT tables FROM walcast.streams WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .map_err(|e| ApiError::unavailable(format!("reading walcast.streams failed: {e}")))?;
+        Ok(row.and_then(|r| r.get(0)))
+    }
+
+    /// Every durable stream slot of this database.
+    pub async fn list(&self) -> Result<Vec<StreamInfo>, ApiError> {
+        let c = self.pool.get().await.map_err(ApiError::unavailable)?;
+        let rows = c
+            .query(
+                "SELECT slot_name::text, active, active_pid, confirmed_flush_lsn::text, \
+                 (pg_catalog.pg_current_wal_lsn() - confirmed_flush_lsn)::int8 \
+                 FROM pg_catalog.pg_replication_slots \
+                 WHERE slot_type = 'logical' AND plugin = 'walcast' \
+                 AND database = pg_catalog.current_database() ORDER BY slot_name",
+                &[],
+            )
+            .await
+            .map_err(|e| ApiError::unavailable(format!("listing slots failed: {e}")))?;
+        drop(c);
+        let tables: HashMap<String, Option<String>> = if self.metadata_table().await? {
+            let c = self.pool.get().await.map_err(ApiError::unavailable)?;
+            c.query("SELECT slot_name::text, tables FROM walcast.streams", &[])
+                .await
+                .map_err(|e| ApiError::unavailable(format!("reading walcast.streams failed: {e}")))?
+                .into_iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect()
+        } else {
+            HashMap::new()
+        };
+        let inner = self.lock()?;
+        let mut out = Vec::new();
+        for r in rows {
+            let slot: String = r.get(0);
+            if !is_stream_slot_name(&slot) || slot == self.cfg.live_slot {
+                continue;
+            }
+            let (snapshot, expires) = match inner.snapshots.get(&slot) {
+                Some(Snapshot::Held { expires, .. }) => ("held".to_owned(), Some(*expires)),
+                Some(Snapshot::Ended { reason }) => (format!("ended: {reason}"), None),
+                None => ("none".to_owned(), None),
+            };
+            out.push(StreamInfo {
+                active: r.get(1),
+                active_pid: r.get(2),
+                confirmed_lsn: r.get::<_, Option<String>>(3).and_then(|l| l.parse().ok()),
+                lag_bytes: r.get(4),
+                snapshot,
+                snapshot_expires: expires,
+                tables: tables.get(&slot).cloned().flatten(),
+                slot,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The stream `slot` (404 when it is not a durable stream of this database).
+    pub async fn require(&self, slot: &str) -> Result<StreamInfo, ApiError> {
+        if !is_stream_slot_name(slot) || slot == self.cfg.live_slot {
+            return Err(ApiError::not_found(slot));
+        }
+        self.list()
+            .await?
+            .into_iter()
+            .find(|s| s.slot == slot)
+            .ok_or_else(|| ApiError::not_found(slot))
+    }
+
+    async fn drop_slot_sql(&self, slot: &str) -> Result<(), ApiError> {
+        let c = self.pool.get().await.map_err(ApiError::unavailable)?;
+        c.execute("SELECT pg_catalog.pg_drop_replication_slot($1)", &[&slot])
+            .await
+            .map_err(|e| {
+                let in_use = e.code() == Some(&tokio_postgres::error::SqlState::OBJECT_IN_USE);
+                let status = if in_use {
+                    StatusCode::CONFLICT
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                let text = e
+                    .as_db_error()
+                    .map(|d| d.message().to_owned())
+                    .unwrap_or_else(|| e.to_string());
+                ApiError::new(status, format!("cannot drop {slot}: {text}"))
+            })?;
+        Ok(())
+    }
+
+    /// Drops the stream: its consumer here is closed (1000, with `reason`),
+    /// its slot and its record are removed. 409 while another connection
+    /// (not this proxy) streams from the slot.
+    pub async fn delete(&self, slot: &str, reason: &str) -> Result<(), ApiError> {
+        let info = self.require(slot).await?;
+        let ours = {
+            let mut inner = self.lock()?;
+            if let Some(Snapshot::Held { release, .. }) = inner.snapshots.get_mut(slot) {
+                if let Some(r) = release.take() {
+                    let _ = r.send(());
+                }
+            }
+            match inner.consumers.get(slot) {
+                Some(c) => {
+                    let _ = c.stop.send(Some(reason.to_owned()));
+                    true
+                }
+                None => false,
+            }
+        };
+        if info.active && !ours {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "{slot} is in use by another connection (walsender pid {}); stop that consumer first",
+                    info.active_pid.unwrap_or(0)
+                ),
+            ));
+        }
+        // The consumer's walsender needs a moment to release the slot.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.drop_slot_sql(slot).await {
+                Ok(()) => break,
+                Err(e)
+                    if e.status == StatusCode::CONFLICT
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.snapshots.remove(slot);
+        }
+        if self.metadata_table().await.unwrap_or(false) {
+            if let Ok(c) = self.pool.get().await {
+                if let Err(e) = c
+                    .execute("DELETE FROM walcast.streams WHERE slot_name = $1", &[&slot])
+                    .await
+                {
+                    tracing::warn!(slot, error = %e, "could not remove the stream's record from walcast.streams");
+                }
+            }
+        }
+        tracing::info!(slot, "dropped durable stream: {reason}");
+        Ok(())
+    }
+}

@@ -1,0 +1,399 @@
+//! `POST /v1/snapshot/data`: one page of a table as it was when the stream's
+//! slot was created, read in `REPEATABLE READ` with `SET TRANSACTION
+//! SNAPSHOT`. Rows are JSON objects with the same value representation as
+//! the stream (`row_to_json`, i.e. `to_json` per column). Paging by
+//! `offset` (compatible) or by `after` (keyset on the primary key, constant
+//! time per page). Table and column names are looked up in the catalog and
+//! quoted; request values only ever travel as bind parameters.
+
+use super::registry::{ApiError, Streams};
+use crate::catalog::{quote_ident, TableInfo};
+use crate::change::split_qualified;
+use futures_util::{pin_mut, TryStreamExt};
+use hyper::StatusCode;
+use serde::Deserialize;
+use serde_json::Value;
+use tokio_postgres::types::ToSql;
+
+/// The request body (PGDeltaStream's, plus `after`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PageRequest {
+    #[serde(rename = "slotName")]
+    pub slot_name: String,
+    pub table: String,
+    #[serde(default)]
+    pub offset: Option<i64>,
+    #[serde(default)]
+    pub limit: Option<i64>,
+    #[serde(default)]
+    pub order_by: Option<OrderBy>,
+    /// Primary key values of the last row of the previous page.
+    #[serde(default)]
+    pub after: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderBy {
+    pub column: String,
+    #[serde(default)]
+    pub order: Option<String>,
+}
+
+/// One page: the JSON array, and the `after` value for the next page.
+pub struct Page {
+    pub body: String,
+    pub rows: usize,
+    /// JSON array of the last row's primary key values (tables with a key).
+    pub next_after: Option<String>,
+}
+
+/// Rows per page when the request names no limit.
+pub const DEFAULT_LIMIT: i64 = 1000;
+
+/// Parses and checks the body; `cap` is the most rows a page may have.
+pub fn parse_request(body: &[u8], cap: u64) -> Result<PageRequest, ApiError> {
+    let req: PageRequest = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))?;
+    if let Some(l) = req.limit {
+        if l < 1 {
+            return Err(ApiError::bad_request(format!(
+                "limit must be at least 1 (got {l})"
+            )));
+        }
+        if l as u64 > cap {
+            return Err(ApiError::bad_request(format!(
+                "limit {l} is over the page cap of {cap} rows"
+            )));
+        }
+    }
+    if let Some(o) = req.offset {
+        if o < 0 {
+            return Err(ApiError::bad_request(format!(
+                "offset must not be negative (got {o})"
+            )));
+        }
+    }
+    if req.after.is_some() && (req.offset.is_some_and(|o| o > 0) || req.order_by.is_some()) {
+        return Err(ApiError::bad_request(
+            "after pages by the primary key: it cannot be combined with offset or order_by",
+        ));
+    }
+    Ok(req)
+}
+
+fn order_word(order: Option<&str>) -> Result<&'static str, ApiError> {
+    match order.map(str::to_ascii_lowercase).as_deref() {
+        None | Some("asc") => Ok("ASC"),
+        Some("desc") => Ok("DESC"),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "order must be \"asc\" or \"desc\" (got {other:?})"
+        ))),
+    }
+}
+
+/// A bind parameter's text for a key value given in JSON.
+fn key_text(v: &Value) -> Result<String, ApiError> {
+    match v {
+        Value::Null => Err(ApiError::bad_request(
+            "after: primary key values are never null",
+        )),
+        Value::String(s) => Ok(s.clone()),
+        other => Ok(other.to_string()),
+    }
+}
+
+/// Builds the page's SQL and its text parameters (limit, offset, key values).
+fn build_sql(
+    table: &TableInfo,
+    req: &PageRequest,
+    limit: i64,
+) -> Result<(String, Vec<String>), ApiError> {
+    let from = table.qualified_sql();
+    let key_cols: Vec<String> = table
+        .primary_key
+        .iter()
+        .map(|&i| format!("t.{}", quote_ident(&table.columns[i].name)))
+        .collect();
+    let mut params = vec![limit.to_string()];
+    let mut sql = format!("SELECT pg_catalog.row_to_json(t)::text FROM {from} AS t");
+    if let Some(after) = &req.after {
+        if key_cols.is_empty() {
+            return Err(ApiError::bad_request(format!(
+                "after pages by the primary key, and {}.{} has none: use offset",
+                table.schema, table.name
+            )));
+        }
+        let values: Vec<&Value> = match after {
+            Value::Array(a) => a.iter().collect(),
+            single => vec![single],
+        };
+        if values.len() != key_cols.len() {
+            return Err(ApiError::bad_request(format!(
+                "after needs {} value(s), the primary key ({}) in order",
+                key_cols.len(),
+                table
+                    .primary_key
+                    .iter()
+                    .map(|&i| table.columns[i].name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        let mut binds = Vec::new();
+        for (v, &i) in values.iter().zip(&table.primary_key) {
+            params.push(key_text(v)?);
+            binds.push(format!(
+                "${}::text::{}",
+                params.len(),
+                table.columns[i].type_sql
+            ));
+        }
+        sql.push_str(&format!(
+            " WHERE ({}) > ({})",
+            key_cols.join(", "),
+            binds.join(", ")
+        ));
+    }
+    let mut order: Vec<String> = Vec::new();
+    if let Some(ob) = &req.order_by {
+        let col = table.column(&ob.column).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "order_by: {}.{} has no column {:?}",
+                table.schema, table.name, ob.column
+            ))
+        })?;
+        order.push(format!(
+            "t.{} {}",
+            quote_ident(&col.name),
+            order_word(ob.order.as_deref())?
+        ));
+    }
+    // The key (or the row's place in the snapshot) makes the order total, so
+    // pages neither overlap nor skip rows.
+    if key_cols.is_empty() {
+        order.push("t.ctid".into());
+    } else {
+        order.extend(key_cols);
+    }
+    sql.push_str(&format!(
+        " ORDER BY {} LIMIT $1::text::int8",
+        order.join(", ")
+    ));
+    if req.after.is_none() {
+        params.push(req.offset.unwrap_or(0).to_string());
+        sql.push_str(&format!(" OFFSET ${}::text::int8", params.len()));
+    }
+    Ok((sql, params))
+}
+
+/// Whether `schema.name` passes an allow-list.
+fn allowed(patterns: &[walcast_format::TablePattern], t: &TableInfo) -> bool {
+    patterns.iter().any(|p| p.matches(&t.schema, &t.name))
+}
+
+/// Reads one page for `req`.
+pub async fn read_page(streams: &Streams, req: &PageRequest) -> Result<Page, ApiError> {
+    let snapshot = streams.snapshot_name(&req.slot_name).await?;
+    let (schema, name) = split_qualified(&req.table);
+    if name.is_empty() {
+        return Err(ApiError::bad_request("table is empty"));
+    }
+    let schema = (!schema.is_empty()).then_some(schema);
+    let table = streams
+        .catalog
+        .table_info(schema.as_deref(), &name)
+        .await
+        .map_err(ApiError::unavailable)?
+        .ok_or_else(|| ApiError::bad_request(format!("unknown table {:?}", req.table)))?;
+    let mut lists = Vec::new();
+    if let Some((_, global)) = &streams.cfg.tables {
+        lists.push(global.clone());
+    }
+    if let Some(own) = streams.stream_tables(&req.slot_name).await? {
+        lists.push(walcast_format::TablePattern::parse_list(&own).unwrap_or_default());
+    }
+    if lists.iter().any(|l| !allowed(l, &table)) {
+        return Err(ApiError::bad_request(format!(
+            "table {:?} is not in this stream's table allow-list",
+            req.table
+        )));
+    }
+    let limit = req
+        .limit
+        .unwrap_or(DEFAULT_LIMIT.min(streams.cfg.page_cap as i64));
+    let (sql, params) = build_sql(&table, req, limit)?;
+
+    let mut conn = streams.pool.get().await.map_err(ApiError::unavailable)?;
+    let tx = conn
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(|e| ApiError::unavailable(format!("snapshot read failed: {e}")))?;
+    if let Err(e) = tx
+        .batch_execute(&format!(
+            "SET TRANSACTION SNAPSHOT '{}'",
+            snapshot.replace('\'', "''")
+        ))
+        .await
+    {
+        streams.snapshot_lost(&req.slot_name);
+        return Err(ApiError::new(
+            StatusCode::GONE,
+            format!(
+                "the snapshot of {} is no longer readable: {}",
+                req.slot_name,
+                e.as_db_error().map(|d| d.message()).unwrap_or("unknown")
+            ),
+        ));
+    }
+    let binds: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+    let rows = tx
+        .query_raw(&sql, binds)
+        .await
+        .map_err(|e| query_error(&e))?;
+    pin_mut!(rows);
+    let mut body = String::from("[");
+    let mut count = 0usize;
+    let mut last = None;
+    while let Some(row) = rows.try_next().await.map_err(|e| query_error(&e))? {
+        let text: &str = row.get(0);
+        if body.len() + text.len() + 2 > streams.cfg.page_max_bytes as usize {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "this page would be over {} bytes after {count} rows; ask for fewer rows (limit)",
+                    streams.cfg.page_max_bytes
+                ),
+            ));
+        }
+        if count > 0 {
+            body.push(',');
+        }
+        body.push_str(text);
+        count += 1;
+        last = Some((body.len() - text.len(), body.len()));
+    }
+    body.push(']');
+    let _ = tx.commit().await;
+    let next_after = match last {
+        Some((s, e)) if !table.primary_key.is_empty() => {
+            match serde_json::from_str::<serde_json::Map<String, Value>>(&body[s..e]) {
+                Ok(row) => {
+                    let keys: Vec<Value> = table
+                        .primary_key
+                        .iter()
+                        .map(|&i| {
+                            row.get(&table.columns[i].name)
+                                .cloned()
+                                .unwrap_or(Value::Null)
+                        })
+                        .collect();
+                    Some(Value::Array(keys).to_string())
+                }
+                Err(_) => None,
+            }
+        }
+        _ => None,
+    };
+    Ok(Page {
+        body,
+        rows: count,
+        next_after,
+    })
+}
+
+fn query_error(e: &tokio_postgres::Error) -> ApiError {
+    match e.as_db_error() {
+        // A key value of the wrong type (22P02 invalid text representation, 22xxx data errors).
+        Some(d) if d.code().code().starts_with("22") => {
+            ApiError::bad_request(format!("after: {}", d.message()))
+        }
+        Some(d) => ApiError::unavailable(format!("snapshot read failed: {}", d.message())),
+        None => ApiError::unavailable(format!("snapshot read failed: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::Column;
+
+    fn table() -> TableInfo {
+        TableInfo {
+            schema: "public".into(),
+            name: "we\"ird".into(),
+            columns: vec![
+                Column {
+                    name: "id".into(),
+                    type_sql: "integer".into(),
+                },
+                Column {
+                    name: "name; DROP TABLE x".into(),
+                    type_sql: "text".into(),
+                },
+            ],
+            primary_key: vec![0],
+        }
+    }
+
+    #[test]
+    fn request_checks() {
+        assert!(parse_request(br#"{"slotName":"s","table":"t"}"#, 10).is_ok());
+        for bad in [
+            &br#"{"slotName":"s","table":"t","limit":-1}"#[..],
+            br#"{"slotName":"s","table":"t","limit":11}"#,
+            br#"{"slotName":"s","table":"t","offset":-5}"#,
+            br#"{"slotName":"s","table":"t","after":[1],"offset":3}"#,
+            br#"{"slotName":"s","table":"t","whatever":1}"#,
+            br#"{"slotName":"s"#,
+            br#"[1]"#,
+        ] {
+            let e = parse_request(bad, 10).expect_err("must be refused");
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{}", e.message);
+        }
+    }
+
+    #[test]
+    fn sql_quotes_names_and_binds_values() {
+        let req = parse_request(
+            br#"{"slotName":"s","table":"t","after":["1') OR true --"]}"#,
+            10,
+        )
+        .unwrap_or_else(|e| panic!("{}", e.message));
+        let (sql, params) =
+            build_sql(&table(), &req, 5).unwrap_or_else(|e| panic!("{}", e.message));
+        assert_eq!(
+            sql,
+            "SELECT pg_catalog.row_to_json(t)::text FROM \"public\".\"we\"\"ird\" AS t \
+             WHERE (t.\"id\") > ($2::text::integer) ORDER BY t.\"id\" LIMIT $1::text::int8"
+        );
+        assert_eq!(params, vec!["5".to_owned(), "1') OR true --".to_owned()]);
+
+        let req = parse_request(
+            br#"{"slotName":"s","table":"t","offset":20,"order_by":{"column":"name; DROP TABLE x","order":"DESC"}}"#,
+            10,
+        )
+        .unwrap_or_else(|e| panic!("{}", e.message));
+        let (sql, params) =
+            build_sql(&table(), &req, 5).unwrap_or_else(|e| panic!("{}", e.message));
+        assert!(sql.ends_with(
+            "ORDER BY t.\"name; DROP TABLE x\" DESC, t.\"id\" LIMIT $1::text::int8 OFFSET $2::text::int8"
+        ));
+        assert_eq!(params, vec!["5".to_owned(), "20".to_owned()]);
+
+        for bad in [
+            &br#"{"slotName":"s","table":"t","order_by":{"column":"id; --"}}"#[..],
+            br#"{"slotName":"s","table":"t","order_by":{"column":"id","order":"asc; DROP"}}"#,
+            br#"{"slotName":"s","table":"t","after":[1,2]}"#,
+            br#"{"slotName":"s","table":"t","after":[null]}"#,
+        ] {
+            let req = parse_request(bad, 10).unwrap_or_else(|e| panic!("{}", e.message));
+            let e = build_sql(&table(), &req, 5).expect_err("must be refused");
+            assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        }
+    }
+}

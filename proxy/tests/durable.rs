@@ -1,0 +1,643 @@
+//! Durable streams end to end: /v1/init, snapshot pages inside the slot's
+//! snapshot, /v1/lr/stream with ACKs and resume, one consumer per slot,
+//! listing and deleting, heartbeats, the lag guard and every bad input.
+
+mod support;
+
+use std::time::{Duration, Instant};
+use support::model::Model;
+use support::{encode, json, Client, Got, Proxy};
+use walcast_tests::{cluster, TestDb};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+fn init(proxy: &Proxy, path: &str) -> serde_json::Value {
+    let (status, body) = proxy.get(path).expect("init");
+    assert_eq!(status, 200, "{body}");
+    json(&body)
+}
+
+fn stream(proxy: &Proxy, slot: &str) -> Client {
+    proxy
+        .try_ws_url(&format!(
+            "ws://127.0.0.1:{}/v1/lr/stream?slotName={slot}",
+            proxy.port
+        ))
+        .unwrap_or_else(|e| panic!("opening the stream {slot}: {e:?}"))
+}
+
+/// The next frame as JSON (panics on close or timeout).
+fn frame(c: &mut Client) -> serde_json::Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match c.next() {
+            Some(Got::Text(t)) => return json(&t),
+            Some(Got::Closed(code, reason)) => panic!("closed: {code} {reason}"),
+            None => assert!(Instant::now() < deadline, "no frame within {WAIT:?}"),
+        }
+    }
+}
+
+/// Reads one whole transaction: (B, changes, C).
+fn transaction(c: &mut Client) -> (serde_json::Value, Vec<serde_json::Value>, serde_json::Value) {
+    let b = frame(c);
+    assert_eq!(b["action"], "B", "a transaction starts with B: {b}");
+    let mut changes = Vec::new();
+    loop {
+        let f = frame(c);
+        if f["action"] == "C" {
+            assert_eq!(f["xid"], b["xid"]);
+            return (b, changes, f);
+        }
+        changes.push(f);
+    }
+}
+
+fn confirmed_flush(db: &mut TestDb, slot: &str) -> String {
+    db.client
+        .query_one(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .expect("slot row")
+        .get(0)
+}
+
+fn setup(name: &str, extra: &[&str]) -> (TestDb, Proxy) {
+    let mut db = TestDb::new(name);
+    db.exec(
+        "CREATE TABLE items (id int PRIMARY KEY, name text, n numeric, at timestamptz); \
+         CREATE TABLE nokey (a int, b text)",
+    );
+    let proxy = Proxy::start(cluster(), &db.name, &format!("{}_proxy", db.name), extra);
+    (db, proxy)
+}
+
+fn read_pages(proxy: &Proxy, slot: &str, limit: usize, keyset: bool) -> Vec<serde_json::Value> {
+    let mut rows = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let body = if keyset {
+            match &after {
+                Some(a) => format!(
+                    r#"{{"slotName":"{slot}","table":"items","limit":{limit},"after":{a}}}"#
+                ),
+                None => format!(r#"{{"slotName":"{slot}","table":"items","limit":{limit}}}"#),
+            }
+        } else {
+            format!(
+                r#"{{"slotName":"{slot}","table":"public.items","offset":{},"limit":{limit},"order_by":{{"column":"name","order":"desc"}}}}"#,
+                rows.len()
+            )
+        };
+        let (status, headers, text) = proxy.post_full("/v1/snapshot/data", &body);
+        assert_eq!(status, 200, "{text}");
+        let page: Vec<serde_json::Value> =
+            serde_json::from_str(&text).expect("page is a JSON array");
+        assert!(page.len() <= limit);
+        assert!(
+            headers.contains(&format!("x-walcast-rows: {}", page.len())),
+            "{headers}"
+        );
+        if page.is_empty() {
+            return rows;
+        }
+        if keyset {
+            let last_id = page[page.len() - 1]["id"].clone();
+            assert!(
+                headers.contains(&format!("x-walcast-after: [{last_id}]")),
+                "{headers}"
+            );
+            after = Some(format!("[{last_id}]"));
+        }
+        rows.extend(page);
+    }
+}
+
+#[test]
+fn snapshot_pages_then_the_stream_reproduce_the_table() {
+    let (mut db, proxy) = setup("durable_snapshot", &[]);
+    db.exec(
+        "INSERT INTO items SELECT g, 'item ' || g, g * 1.5, '2026-01-01'::timestamptz + g * interval '1 minute' \
+         FROM generate_series(1, 2500) g",
+    );
+    let created = init(&proxy, "/v1/init");
+    let slot = created["slotName"].as_str().expect("slotName").to_owned();
+    assert!(slot.starts_with("walcast_"), "{slot}");
+    assert!(created["snapshot"].is_string());
+    let lsn = created["lsn"].as_str().expect("lsn");
+    assert!(lsn.contains('/'));
+
+    // Writes after the slot: they belong to the stream, not the snapshot.
+    db.exec("UPDATE items SET name = 'changed' WHERE id % 7 = 0");
+    db.exec("DELETE FROM items WHERE id % 11 = 0");
+    db.exec("INSERT INTO items SELECT g, 'new ' || g, 0, now() FROM generate_series(2501, 2600) g");
+    db.exec("UPDATE items SET id = id + 10000 WHERE id BETWEEN 100 AND 110");
+
+    // The snapshot shows the table as it was when the slot was created,
+    // whichever way it is paged.
+    let keyset = read_pages(&proxy, &slot, 1000, true);
+    let offset = read_pages(&proxy, &slot, 700, false);
+    assert_eq!(keyset.len(), 2500);
+    assert_eq!(offset.len(), 2500);
+    let mut by_offset: Vec<_> = offset.clone();
+    by_offset.sort_by_key(|r| r["id"].as_i64());
+    assert_eq!(keyset, by_offset, "both pagings read the same rows");
+    assert_eq!(keyset[0]["name"], "item 1");
+    assert_eq!(keyset[0]["at"], "2026-01-01T00:01:00+00:00");
+    assert_eq!(keyset[0]["n"], serde_json::json!(1.5));
+    // Offset pages follow order_by (name descending, then the key).
+    let names: Vec<&str> = offset
+        .iter()
+        .map(|r| r["name"].as_str().unwrap_or(""))
+        .collect();
+    let mut sorted = names.clone();
+    sorted.sort_by(|a, b| b.cmp(a));
+    assert_eq!(names, sorted);
+
+    let mut model = Model::default();
+    for r in keyset {
+        model.put("items", r);
+    }
+    db.exec("INSERT INTO items VALUES (-1, 'marker', 0, now())");
+    let mut c = stream(&proxy, &slot);
+    loop {
+        let (_, changes, _) = transaction(&mut c);
+        let mut done = false;
+        for ch in &changes {
+            model.apply(ch);
+            done |= ch["columns"]["id"] == -1;
+        }
+        if done {
+            break;
+        }
+    }
+    assert_eq!(
+        model.rows("items"),
+        Model::read_table(&mut db.client, "items")
+    );
+
+    // Opening the stream ended the snapshot.
+    let (status, body) = proxy
+        .post(
+            "/v1/snapshot/data",
+            &format!(r#"{{"slotName":"{slot}","table":"items"}}"#),
+        )
+        .expect("post");
+    assert_eq!(status, 410, "{body}");
+    assert!(body.contains("the stream was opened"), "{body}");
+}
+
+#[test]
+fn acks_resume_after_the_last_ack_and_one_consumer_at_a_time() {
+    let (mut db, proxy) = setup("durable_ack", &[]);
+    let (status, body) = proxy
+        .post(
+            "/v1/streams",
+            r#"{"name":"orders","tables":["public.items"]}"#,
+        )
+        .expect("create");
+    assert_eq!(status, 200, "{body}");
+    let slot = json(&body)["slotName"].as_str().expect("slot").to_owned();
+    assert!(slot.starts_with("walcast_orders"), "{slot}");
+
+    let mut c = stream(&proxy, &slot);
+    // A second consumer of the same stream is refused.
+    match proxy.try_ws_url(&format!(
+        "ws://127.0.0.1:{}/v1/lr/stream?slotName={slot}",
+        proxy.port
+    )) {
+        Err((409, body)) => assert!(body.contains("one consumer"), "{body}"),
+        Err(other) => panic!("expected 409, got {other:?}"),
+        Ok(_) => panic!("a second consumer was accepted"),
+    }
+
+    for i in 1..=3 {
+        db.exec(&format!("INSERT INTO items VALUES ({i}, 'x', {i}, now()); INSERT INTO nokey VALUES ({i}, 'not in the allow-list')"));
+    }
+    // Recording the allow-list in walcast.streams was the first transaction
+    // (B and C only: the table is not in the allow-list).
+    let (_, empty, _) = transaction(&mut c);
+    assert!(empty.is_empty(), "{empty:?}");
+    let t1 = transaction(&mut c);
+    let t2 = transaction(&mut c);
+    let t3 = transaction(&mut c);
+    for (t, id) in [(&t1, 1), (&t2, 2), (&t3, 3)] {
+        assert_eq!(t.1.len(), 1, "only the allowed table: {:?}", t.1);
+        assert_eq!(t.1[0]["columns"]["id"], id);
+        assert!(t.1[0]["lsn"].is_string());
+    }
+    let end1 = t1.2["end_lsn"].as_str().expect("end_lsn").to_owned();
+    let end3 = t3.2["end_lsn"].as_str().expect("end_lsn").to_owned();
+
+    c.send(&format!(r#"{{"lsn":"{end1}","reply":true}}"#));
+    assert_eq!(frame(&mut c), serde_json::json!({ "ack": end1 }));
+    assert_eq!(
+        confirmed_flush(&mut db, &slot),
+        end1,
+        "the ACK reached PostgreSQL"
+    );
+
+    // Bad ACKs: an error or warning frame each, and nothing changes.
+    c.send(r#"{"lsn":"FF/0"}"#);
+    assert!(frame(&mut c)["error"]
+        .as_str()
+        .unwrap_or("")
+        .contains("ahead"));
+    c.send(r#"{"lsn":"0/1"}"#);
+    assert!(frame(&mut c)["warning"]
+        .as_str()
+        .unwrap_or("")
+        .contains("behind"));
+    c.send(r#"{"lsn":"yesterday"}"#);
+    assert!(frame(&mut c)["error"]
+        .as_str()
+        .unwrap_or("")
+        .contains("not an LSN"));
+    c.send("not json");
+    assert!(frame(&mut c)["error"].is_string());
+    assert_eq!(confirmed_flush(&mut db, &slot), end1);
+
+    // Listed with its position.
+    let (status, body) = proxy.get("/v1/streams").expect("list");
+    assert_eq!(status, 200);
+    let list = json(&body);
+    let me = list["streams"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["slotName"] == slot.as_str()))
+        .unwrap_or_else(|| panic!("{slot} not listed: {body}"))
+        .clone();
+    assert_eq!(me["active"], true);
+    assert_eq!(me["consumerHere"], true);
+    assert_eq!(me["confirmedLsn"], end1.as_str());
+    assert_eq!(me["tables"], "public.items");
+    assert!(me["lagBytes"].as_i64().unwrap_or(-1) > 0);
+
+    // Reconnect: the stream resumes right after the last ACK.
+    drop(c);
+    let mut c = stream(&proxy, &slot);
+    let again = transaction(&mut c);
+    assert_eq!(
+        again.0["xid"], t2.0["xid"],
+        "resumes with the first unacknowledged transaction"
+    );
+    assert_eq!(again.1, t2.1);
+    let again3 = transaction(&mut c);
+    assert_eq!(again3.1, t3.1);
+    c.send(&format!(r#"{{"lsn":"{end3}","reply":true}}"#));
+    assert_eq!(frame(&mut c), serde_json::json!({ "ack": end3 }));
+
+    // Deleting closes the consumer with a reason and drops the slot.
+    let (status, body) = proxy
+        .delete(&format!("/v1/streams/{slot}"))
+        .expect("delete");
+    assert_eq!(status, 200, "{body}");
+    let (code, reason) = c.close_frame(WAIT).expect("close frame");
+    assert_eq!(code, 1000);
+    assert!(reason.contains("deleted"), "{reason}");
+    let gone: i64 = db
+        .client
+        .query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .expect("count")
+        .get(0);
+    assert_eq!(gone, 0);
+    match proxy.try_ws_url(&format!(
+        "ws://127.0.0.1:{}/v1/lr/stream?slotName={slot}",
+        proxy.port
+    )) {
+        Err((404, _)) => {}
+        other => panic!("expected 404, got {:?}", other.err()),
+    }
+    let (status, _) = proxy
+        .delete(&format!("/v1/streams/{slot}"))
+        .expect("delete");
+    assert_eq!(status, 404);
+}
+
+#[test]
+fn a_query_filters_the_stream_and_filtered_changes_count_as_delivered() {
+    let (mut db, proxy) = setup("durable_query", &[]);
+    let slot = init(&proxy, "/v1/init?name=big")["slotName"]
+        .as_str()
+        .expect("slot")
+        .to_owned();
+    let url = format!(
+        "ws://127.0.0.1:{}/v1/lr/stream?slotName={slot}&query={}",
+        proxy.port,
+        encode("insert:items:n.gt.10")
+    );
+    let mut c = proxy.try_ws_url(&url).expect("stream with a query");
+    db.exec("INSERT INTO items VALUES (1, 'small', 5, now())");
+    db.exec("INSERT INTO items VALUES (2, 'big', 50, now())");
+    let (_, none, c1) = transaction(&mut c);
+    assert!(none.is_empty(), "filtered out: {none:?}");
+    let (_, some, c2) = transaction(&mut c);
+    assert_eq!(some.len(), 1);
+    assert_eq!(some[0]["columns"]["id"], 2);
+    assert!(c1["end_lsn"].as_str() < c2["end_lsn"].as_str() || c1["end_lsn"] != c2["end_lsn"]);
+    // The filtered transaction's position may be acknowledged too.
+    c.send(&format!(
+        r#"{{"lsn":"{}","reply":true}}"#,
+        c2["end_lsn"].as_str().unwrap_or("")
+    ));
+    assert_eq!(frame(&mut c)["ack"], c2["end_lsn"]);
+    // Bad query: 400 with a position, before any upgrade.
+    let bad = format!(
+        "ws://127.0.0.1:{}/v1/lr/stream?slotName={slot}&query={}",
+        proxy.port,
+        encode("insert:items:n.zz.1")
+    );
+    match proxy.try_ws_url(&bad) {
+        Err((400, body)) => assert!(json(&body)["position"].is_number(), "{body}"),
+        other => panic!("expected 400, got {:?}", other.err()),
+    }
+}
+
+#[test]
+fn bad_requests_get_clear_errors() {
+    let (mut db, proxy) = setup("durable_bad", &["--snapshot-page-cap", "100"]);
+    db.exec("INSERT INTO items VALUES (1, 'a', 1, now()); INSERT INTO nokey VALUES (1, 'x')");
+    let slot = init(&proxy, "/v1/init")["slotName"]
+        .as_str()
+        .expect("slot")
+        .to_owned();
+    let post = |body: &str| proxy.post("/v1/snapshot/data", body).expect("post");
+    let cases: Vec<(String, u16, &str)> = vec![
+        ("{not json".into(), 400, "invalid request body"),
+        (
+            format!(r#"{{"slotName":"{slot}","table":"items","limit":-1}}"#),
+            400,
+            "limit",
+        ),
+        (
+            format!(r#"{{"slotName":"{slot}","table":"items","limit":101}}"#),
+            400,
+            "cap",
+        ),
+        (
+            format!(r#"{{"slotName":"{slot}","table":"items","offset":-3}}"#),
+            400,
+            "offset",
+        ),
+        (
+            format!(r#"{{"slotName":"{slot}","table":"items; DROP TABLE items"}}"#),
+            400,
+            "unknown table",
+        ),
+        (
+            format!(
+                r#"{{"slotName":"{slot}","table":"items","order_by":{{"column":"id; DROP TABLE items"}}}}"#
+            ),
+            400,
+            "no column",
+        ),
+        (
+            format!(
+                r#"{{"slotName":"{slot}","table":"items","order_by":{{"column":"id","order":"asc; DROP TABLE items"}}}}"#
+            ),
+            400,
+            "order",
+        ),
+        (
+            format!(r#"{{"slotName":"{slot}","table":"items","after":["1) OR (1=1"]}}"#),
+            400,
+            "after",
+        ),
+        (
+            format!(r#"{{"slotName":"{slot}","table":"nokey","after":[1]}}"#),
+            400,
+            "primary key",
+        ),
+        (
+            format!(r#"{{"slotName":"{slot}","table":"items","after":[1],"offset":5}}"#),
+            400,
+            "after",
+        ),
+        (
+            r#"{"slotName":"walcast_nosuch1","table":"items"}"#.into(),
+            404,
+            "no durable stream",
+        ),
+        (
+            r#"{"slotName":"pg_catalog","table":"items"}"#.into(),
+            404,
+            "no durable stream",
+        ),
+    ];
+    for (body, status, needle) in &cases {
+        let (got, text) = post(body);
+        assert_eq!(got, *status, "{body} -> {text}");
+        assert!(
+            text.contains(needle),
+            "{body} -> {text} (expected {needle:?})"
+        );
+    }
+    // Still intact and readable.
+    let (status, text) = post(&format!(r#"{{"slotName":"{slot}","table":"nokey"}}"#));
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(json(&text), serde_json::json!([{"a": 1, "b": "x"}]));
+    let count: i64 = db
+        .client
+        .query_one("SELECT count(*) FROM items", &[])
+        .expect("count")
+        .get(0);
+    assert_eq!(count, 1);
+
+    // Other endpoints.
+    let (status, body) = proxy
+        .post("/v1/streams", r#"{"name":"Bad Name"}"#)
+        .expect("post");
+    assert_eq!(
+        (status, body.contains("invalid stream name")),
+        (400, true),
+        "{body}"
+    );
+    let (status, _) = proxy.post("/v1/streams", r#"{"nmae":"x"}"#).expect("post");
+    assert_eq!(status, 400);
+    let (status, body) = proxy
+        .post("/v1/streams", r#"{"tables":"public."}"#)
+        .expect("post");
+    assert_eq!(status, 400, "{body}");
+    let big = format!(r#"{{"slotName":"{}","table":"items"}}"#, "x".repeat(70_000));
+    let (status, _) = proxy.post("/v1/snapshot/data", &big).expect("post");
+    assert_eq!(status, 413);
+    let (status, _) = proxy.get("/v1/snapshot/data").expect("get");
+    assert_eq!(status, 405);
+    let (status, _) = proxy.get("/v1/nothing").expect("get");
+    assert_eq!(status, 404);
+    match proxy.try_ws_url(&format!("ws://127.0.0.1:{}/v1/lr/stream", proxy.port)) {
+        Err((400, body)) => assert!(body.contains("slotName"), "{body}"),
+        other => panic!("expected 400, got {:?}", other.err()),
+    }
+    // Never another slot: the proxy's own live slot is not a stream.
+    let live = format!("{}_proxy", db.name);
+    let (status, _) = proxy
+        .delete(&format!("/v1/streams/{live}"))
+        .expect("delete");
+    assert_eq!(status, 404);
+}
+
+#[test]
+fn the_snapshot_expires_after_its_ttl() {
+    let (_db, proxy) = setup("durable_ttl", &["--snapshot-ttl", "1"]);
+    let slot = init(&proxy, "/v1/init")["slotName"]
+        .as_str()
+        .expect("slot")
+        .to_owned();
+    std::thread::sleep(Duration::from_millis(1800));
+    let (status, body) = proxy
+        .post(
+            "/v1/snapshot/data",
+            &format!(r#"{{"slotName":"{slot}","table":"items"}}"#),
+        )
+        .expect("post");
+    assert_eq!(status, 410, "{body}");
+    assert!(body.contains("time to live"), "{body}");
+    let (_, list) = proxy.get("/v1/streams").expect("list");
+    assert!(
+        list.contains("ended: the snapshot's time to live passed"),
+        "{list}"
+    );
+}
+
+#[test]
+fn tokens_guard_the_v1_endpoints() {
+    let (_db, proxy) = setup("durable_auth", &["--token", "s3cret"]);
+    let (status, _) = proxy.get("/v1/streams").expect("get");
+    assert_eq!(status, 401);
+    let (status, _) = proxy.get("/v1/init").expect("get");
+    assert_eq!(status, 401);
+    let (status, body) = proxy.get("/v1/streams?access_token=s3cret").expect("get");
+    assert_eq!(status, 200, "{body}");
+}
+
+#[test]
+fn heartbeats_advance_an_idle_stream_and_the_lag_guard_drops_abandoned_ones() {
+    let (mut db, proxy) = setup(
+        "durable_guard",
+        &[
+            "--heartbeat-interval",
+            "1",
+            "--lag-check-interval",
+            "1",
+            "--max-slot-lag",
+            "4kB",
+            "--drop-lagging-streams",
+        ],
+    );
+    // A stream whose snapshot is still held is never dropped: its client
+    // is reading the snapshot.
+    let watched = init(&proxy, "/v1/init?name=watched")["slotName"]
+        .as_str()
+        .expect("slot")
+        .to_owned();
+    let abandoned = init(&proxy, "/v1/init?name=abandoned")["slotName"]
+        .as_str()
+        .expect("slot")
+        .to_owned();
+    // Opened and left: no consumer, no snapshot; the guard may drop it.
+    drop(stream(&proxy, &abandoned));
+    let mut c = stream(&proxy, &watched);
+    let start = confirmed_flush(&mut db, &watched);
+    // WAL that is not this database's changes: only heartbeats can move the slot.
+    let other = TestDb::new("durable_guard_other");
+    let mut other = other;
+    other.exec("CREATE TABLE filler (x text)");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        other.exec("INSERT INTO filler SELECT repeat('w', 1000) FROM generate_series(1, 20)");
+        std::thread::sleep(Duration::from_millis(300));
+        let now = confirmed_flush(&mut db, &watched);
+        let dropped: i64 = db
+            .client
+            .query_one(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
+                &[&abandoned],
+            )
+            .expect("count")
+            .get(0);
+        if now != start && dropped == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after 30 s: watched slot at {now} (started {start}), abandoned slot present: {}",
+            dropped == 1
+        );
+    }
+    // Heartbeats are not forwarded unless asked.
+    c.expect_silence(Duration::from_millis(300));
+    let (_, metrics) = proxy.get("/metrics").expect("metrics");
+    assert!(
+        metrics.contains("walcast_streams_dropped_for_lag_total 1"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("walcast_heartbeats_total 0"), "{metrics}");
+    assert!(
+        metrics.contains(&format!("walcast_stream_lag_bytes{{slot=\"{watched}\"}}")),
+        "{metrics}"
+    );
+
+    // Asked for, heartbeats arrive as M frames.
+    drop(c);
+    let mut c = proxy
+        .try_ws_url(&format!(
+            "ws://127.0.0.1:{}/v1/lr/stream?slotName={watched}&heartbeats=true",
+            proxy.port
+        ))
+        .expect("stream");
+    let f = frame(&mut c);
+    assert_eq!(f["action"], "M");
+    assert_eq!(f["prefix"], "walcast.heartbeat");
+}
+
+#[test]
+fn a_stream_past_the_lag_limit_with_a_consumer_is_reported_not_dropped() {
+    let (mut db, proxy) = setup(
+        "durable_lagging",
+        &[
+            "--lag-check-interval",
+            "1",
+            "--max-slot-lag",
+            "1kB",
+            "--heartbeat-interval",
+            "0",
+        ],
+    );
+    let slot = init(&proxy, "/v1/init")["slotName"]
+        .as_str()
+        .expect("slot")
+        .to_owned();
+    let _c = stream(&proxy, &slot);
+    db.exec("INSERT INTO items SELECT g, repeat('z', 500), g, now() FROM generate_series(1, 50) g");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, health) = proxy.get("/healthz").expect("health");
+        let h = json(&health);
+        if h["streams_over_max_lag"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|s| s == slot.as_str()))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never reported: {health}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (_, metrics) = proxy.get("/metrics").expect("metrics");
+    assert!(
+        metrics.contains(&format!("walcast_stream_over_max_lag{{slot=\"{slot}\"}} 1")),
+        "{metrics}"
+    );
+    let present: i64 = db
+        .client
+        .query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .expect("count")
+        .get(0);
+    assert_eq!(present, 1, "not dropped without --drop-lagging-streams");
+}

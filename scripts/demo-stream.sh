@@ -4,9 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LISTEN="${WALCAST_LISTEN:-127.0.0.1:8080}"
-psql -XqAt -v ON_ERROR_STOP=1 <<'SQL'
-CREATE TABLE IF NOT EXISTS users (id serial PRIMARY KEY, name text NOT NULL, age int, updated_at timestamptz DEFAULT now());
-SQL
+psql -XqAt -v ON_ERROR_STOP=1 -f scripts/demo.sql
 ./target/release/walcast-proxy --database-url "$DATABASE_URL" --listen "$LISTEN" --slot demo &
 proxy=$!
 trap 'kill $proxy 2>/dev/null; wait $proxy 2>/dev/null; exit 0' INT TERM EXIT

@@ -1,15 +1,25 @@
 #!/usr/bin/env bash
 # Prepare a Debian machine to build and test walcast. Idempotent: every step
 # checks whether its work is already done and skips it.
+# WALCAST_SETUP=build prepares only what building the extension needs (the
+# PostgreSQL server headers, libclang, cargo-pgrx), as Dockerfile.postgres
+# does; the default, WALCAST_SETUP=full, prepares everything the tests use.
 set -euo pipefail
 
 PG_MAJOR="${PG_MAJOR:-15}"
 PGRX_VERSION="0.18.0"
+WALCAST_SETUP="${WALCAST_SETUP:-full}"
 log() { printf '[setup] %s\n' "$*" >&2; }
 
+case "$WALCAST_SETUP" in
+  full) pkgs=("postgresql-${PG_MAJOR}" "postgresql-server-dev-${PG_MAJOR}" libclang-dev
+              "postgresql-${PG_MAJOR}-wal2json" pkg-config libssl-dev openssl chromium) ;;
+  build) pkgs=("postgresql-server-dev-${PG_MAJOR}" libclang-dev) ;;
+  *) log "WALCAST_SETUP must be 'full' or 'build', not '${WALCAST_SETUP}'"; exit 2 ;;
+esac
+
 need_pkgs=()
-for p in "postgresql-${PG_MAJOR}" "postgresql-server-dev-${PG_MAJOR}" libclang-dev \
-         "postgresql-${PG_MAJOR}-wal2json" pkg-config libssl-dev openssl chromium; do
+for p in "${pkgs[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
     need_pkgs+=("$p")
   fi
@@ -41,10 +51,12 @@ else
   cargo pgrx init "--pg${PG_MAJOR}=${PG_CONFIG}"
 fi
 
-for comp in rustfmt clippy; do
-  if ! rustup component list --installed 2>/dev/null | grep -q "^${comp}"; then
-    log "adding rustup component ${comp}"
-    rustup component add "${comp}"
-  fi
-done
+if [ "$WALCAST_SETUP" = full ]; then
+  for comp in rustfmt clippy; do
+    if ! rustup component list --installed 2>/dev/null | grep -q "^${comp}"; then
+      log "adding rustup component ${comp}"
+      rustup component add "${comp}"
+    fi
+  done
+fi
 log "done"

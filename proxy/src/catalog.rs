@@ -20,6 +20,7 @@ pub struct Column {
 /// A table as snapshot reads need it.
 #[derive(Debug, Clone)]
 pub struct TableInfo {
+    pub oid: u32,
     pub schema: String,
     pub name: String,
     pub columns: Vec<Column>,
@@ -115,6 +116,7 @@ impl Catalog {
         }
         keyed.sort_unstable();
         Ok(Some(TableInfo {
+            oid,
             schema: rel.get(1),
             name: rel.get(2),
             columns,

@@ -128,6 +128,8 @@ async fn stream_once(
     let mut stream = client
         .start(&cfg.slot, position.committed, &options, cfg.status_interval)
         .await?;
+    // Between transactions: keepalive positions may be confirmed.
+    stream.set_caught_up(true);
     health.streaming();
     tracing::info!(slot = %cfg.slot, "streaming changes");
     let mut backlog_report = tokio::time::interval(Duration::from_secs(1));
@@ -163,7 +165,9 @@ async fn stream_once(
             metrics.activity();
         }
         match change.action {
+            Action::Begin => stream.set_caught_up(false),
             Action::Commit => {
+                stream.set_caught_up(true);
                 // Every change of the transaction is in the clients' queues now.
                 let end = change.end_lsn.unwrap_or(msg.wal_start);
                 stream.confirm(end);

@@ -481,6 +481,27 @@ fn bad_requests_get_clear_errors() {
 }
 
 #[test]
+fn a_table_truncated_after_the_snapshot_is_refused_not_read_empty() {
+    let (mut db, proxy) = setup("durable_truncated", &[]);
+    db.exec("INSERT INTO items VALUES (1, 'a', 1, now())");
+    let slot = init(&proxy, "/v1/init")["slotName"]
+        .as_str()
+        .expect("slot")
+        .to_owned();
+    let page = format!(r#"{{"slotName":"{slot}","table":"items"}}"#);
+    let (status, body) = proxy.post("/v1/snapshot/data", &page).expect("post");
+    assert_eq!(
+        (status, json(&body)[0]["id"].as_i64()),
+        (200, Some(1)),
+        "{body}"
+    );
+    db.exec("TRUNCATE items");
+    let (status, body) = proxy.post("/v1/snapshot/data", &page).expect("post");
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("truncated or rewritten"), "{body}");
+}
+
+#[test]
 fn the_snapshot_expires_after_its_ttl() {
     let (_db, proxy) = setup("durable_ttl", &["--snapshot-ttl", "1"]);
     let slot = init(&proxy, "/v1/init")["slotName"]

@@ -30,7 +30,16 @@ pub struct ReplicationStream {
     next_status: Instant,
     received: Lsn,
     flushed: Lsn,
+    caught_up: bool,
+    /// When the server last asked for a reply (to notice a shutdown wait).
+    reply_requests: Vec<Instant>,
 }
+
+/// Replies asked for within [`WAIT_WINDOW`] that mean the server is
+/// waiting for positions (a shutting-down walsender pings until the client
+/// confirms everything it sent).
+const WAIT_PINGS: usize = 5;
+const WAIT_WINDOW: Duration = Duration::from_secs(2);
 
 impl ReplicationStream {
     pub(super) fn new(conn: Connection, start: Lsn, interval: Duration) -> Self {
@@ -40,7 +49,18 @@ impl ReplicationStream {
             next_status: Instant::now() + interval,
             received: start,
             flushed: start,
+            caught_up: false,
+            reply_requests: Vec::new(),
         }
+    }
+
+    /// Tells the stream whether everything received so far is processed and
+    /// no transaction is open. While true, a keepalive's position is
+    /// confirmed as it comes (nothing before it is left to process), as
+    /// `pg_recvlogical` does; this lets idle slots advance and lets a
+    /// shutting-down server finish.
+    pub fn set_caught_up(&mut self, yes: bool) {
+        self.caught_up = yes;
     }
 
     /// The position confirmed to the server so far (or about to be).
@@ -100,7 +120,20 @@ impl ReplicationStream {
                     if wal_end > self.received {
                         self.received = wal_end;
                     }
+                    if self.caught_up && wal_end > self.flushed {
+                        self.flushed = wal_end;
+                    }
                     if reply {
+                        let now = Instant::now();
+                        self.reply_requests
+                            .retain(|t| now.duration_since(*t) < WAIT_WINDOW);
+                        self.reply_requests.push(now);
+                        if self.reply_requests.len() >= WAIT_PINGS && self.flushed < wal_end {
+                            return Err(ReplicationError::transient(format!(
+                                "PostgreSQL is waiting for positions up to {wal_end} that are not \
+                                 acknowledged yet (it is shutting down)"
+                            )));
+                        }
                         self.send_status(false).await?;
                     }
                 }

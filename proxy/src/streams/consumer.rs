@@ -193,6 +193,8 @@ struct Session {
     global_tables: Option<Vec<TablePattern>>,
     metrics: Arc<Metrics>,
     slot: String,
+    /// Between a `B` and its `C`.
+    in_txn: bool,
 }
 
 /// Why a session ends.
@@ -246,7 +248,7 @@ impl Session {
                         .is_none_or(|q| change.matched_by(q))
             }
             Action::Message if change.is_heartbeat() => {
-                if !self.opts.heartbeats && self.acks.last >= self.acks.sent {
+                if !self.opts.heartbeats && !self.in_txn && self.acks.last >= self.acks.sent {
                     // Everything sent is acknowledged and every transaction
                     // before the heartbeat was sent: its position is safe to
                     // confirm, so an idle stream's slot keeps advancing.
@@ -261,6 +263,12 @@ impl Session {
         if position > self.acks.sent {
             self.acks.sent = position;
         }
+        match change.action {
+            Action::Begin => self.in_txn = true,
+            Action::Commit => self.in_txn = false,
+            _ => {}
+        }
+        self.update_caught_up();
         if forward {
             if let Ok(text) = Utf8Bytes::try_from(change.raw.clone()) {
                 self.ws
@@ -271,6 +279,12 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// Everything sent is acknowledged and no transaction is open.
+    fn update_caught_up(&mut self) {
+        self.stream
+            .set_caught_up(!self.in_txn && self.acks.last >= self.acks.sent);
     }
 
     async fn reply(&mut self, body: serde_json::Value) -> Result<(), End> {
@@ -286,6 +300,7 @@ impl Session {
             AckOutcome::Accepted { lsn, reply } => {
                 self.acks.last = lsn;
                 self.stream.confirm(lsn);
+                self.update_caught_up();
                 self.metrics.acks.fetch_add(1, Ordering::Relaxed);
                 // Tell PostgreSQL now, so the WAL can go and a reconnect
                 // anywhere resumes after this ACK.
@@ -396,7 +411,9 @@ pub async fn run(
         global_tables,
         metrics: metrics.clone(),
         slot: slot.clone(),
+        in_txn: false,
     };
+    session.update_caught_up();
     let end = session.run(&mut shutdown, &mut guard.stop).await;
     let Session {
         mut ws,

@@ -278,6 +278,30 @@ pub async fn read_page(streams: &Streams, req: &PageRequest) -> Result<Page, Api
         last = Some((body.len() - text.len(), body.len()));
     }
     body.push(']');
+    // TRUNCATE and table rewrites are not MVCC-safe: a snapshot older than
+    // them sees the new, empty file. The catalog row as of the snapshot
+    // names the file the snapshot's rows were in; if it is no longer the
+    // table's file, the rows cannot be read any more.
+    let files = tx
+        .query_one(
+            "SELECT c.relfilenode = pg_catalog.pg_relation_filenode(c.oid) \
+             FROM pg_catalog.pg_class c WHERE c.oid = $1::text::oid",
+            &[&table.oid.to_string()],
+        )
+        .await
+        .map_err(|e| query_error(&e))?;
+    let same_file: Option<bool> = files.get(0);
+    if same_file == Some(false) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "{}.{} was truncated or rewritten after the snapshot was taken (TRUNCATE is not \
+                 MVCC-safe), so its rows as of the snapshot are gone; the stream carries the \
+                 TRUNCATE: apply it, or create a new stream",
+                table.schema, table.name
+            ),
+        ));
+    }
     let _ = tx.commit().await;
     let next_after = match last {
         Some((s, e)) if !table.primary_key.is_empty() => {
@@ -324,6 +348,7 @@ mod tests {
 
     fn table() -> TableInfo {
         TableInfo {
+            oid: 1,
             schema: "public".into(),
             name: "we\"ird".into(),
             columns: vec![

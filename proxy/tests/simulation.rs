@@ -445,12 +445,10 @@ fn random_transactions_survive_kills_and_restarts_without_loss() {
                 let d = work.transaction(&mut rng);
                 log.push(format!("{step}: {d}"));
             }
-            70..=79 => {
-                if consumer.client.take().is_some() {
-                    kills += 1;
-                    log.push(format!("{step}: consumer connection dropped"));
-                    consumer.events.push(format!("{step}: connection dropped"));
-                }
+            70..=79 if consumer.client.take().is_some() => {
+                kills += 1;
+                log.push(format!("{step}: consumer connection dropped"));
+                consumer.events.push(format!("{step}: connection dropped"));
             }
             80..=82 => {
                 let _ = proxy.child.kill();

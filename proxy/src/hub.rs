@@ -22,7 +22,8 @@ pub enum Kick {
 }
 
 struct Subscriber {
-    query: Query,
+    /// `None`: every row change (a WASM filter decides).
+    query: Option<Query>,
     tx: mpsc::Sender<Arc<Change>>,
     kick: Arc<Mutex<Option<Kick>>>,
 }
@@ -32,6 +33,8 @@ struct Subscriber {
 /// the subscribers whose value it carries.
 #[derive(Clone, PartialEq, Eq, Hash)]
 enum IndexKey {
+    /// Subscribers of every change.
+    All,
     Table(String),
     Eq {
         table: String,
@@ -94,7 +97,10 @@ fn number_key(s: &str) -> Option<EqKey> {
 }
 
 /// The index key of a query: its first `eq` filter whose operand is a value.
-fn index_key(q: &Query) -> IndexKey {
+fn index_key(q: &Option<Query>) -> IndexKey {
+    let Some(q) = q else {
+        return IndexKey::All;
+    };
     for f in &q.filters {
         if let (query::Op::Eq, query::Operand::Value(v)) = (&f.op, &f.operand) {
             return IndexKey::Eq {
@@ -230,6 +236,15 @@ impl Hub {
 
     /// Registers a subscriber for `query`.
     pub fn subscribe(&self, query: Query) -> Subscription {
+        self.register(Some(query))
+    }
+
+    /// Registers a subscriber of every row change.
+    pub fn subscribe_all(&self) -> Subscription {
+        self.register(None)
+    }
+
+    fn register(&self, query: Option<Query>) -> Subscription {
         let (tx, rx) = mpsc::channel(self.bound);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let kick = Arc::new(Mutex::new(None));
@@ -290,6 +305,7 @@ impl Hub {
                     for (key, ids) in &r.index {
                         let table = match key {
                             IndexKey::Table(t) | IndexKey::Eq { table: t, .. } => t,
+                            IndexKey::All => continue,
                         };
                         if table == t {
                             candidates.extend(ids);
@@ -299,22 +315,27 @@ impl Hub {
             } else {
                 r.candidates(&change.table, || change.row(), &mut candidates);
             }
+            if let Some(ids) = r.index.get(&IndexKey::All) {
+                candidates.extend(ids);
+            }
             candidates.sort_unstable();
             candidates.dedup();
             for id in candidates {
                 let Some((s, _)) = r.subs.get(&id) else {
                     continue;
                 };
-                if !s.query.wants(action) {
-                    continue;
-                }
-                let needs_row = !s.query.filters.is_empty() && action != query::Action::Truncate;
-                let view = RowView {
-                    row: if needs_row { change.row() } else { None },
-                    ..view
-                };
-                if !s.query.matches(&view) {
-                    continue;
+                if let Some(q) = &s.query {
+                    if !q.wants(action) {
+                        continue;
+                    }
+                    let needs_row = !q.filters.is_empty() && action != query::Action::Truncate;
+                    let view = RowView {
+                        row: if needs_row { change.row() } else { None },
+                        ..view
+                    };
+                    if !q.matches(&view) {
+                        continue;
+                    }
                 }
                 match s.tx.try_send(change.clone()) {
                     Ok(()) => {}

@@ -24,6 +24,7 @@
 pub mod catalog;
 pub mod change;
 pub mod config;
+pub mod filter;
 pub mod health;
 pub mod hub;
 pub mod metrics;

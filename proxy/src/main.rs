@@ -9,6 +9,7 @@ use tokio::sync::watch;
 use walcast_format::TablePattern;
 use walcast_proxy::catalog::Catalog;
 use walcast_proxy::config::{Cli, Command};
+use walcast_proxy::filter::{FilterLimits, Filters};
 use walcast_proxy::health::Health;
 use walcast_proxy::hub::Hub;
 use walcast_proxy::metrics::Metrics;
@@ -110,12 +111,36 @@ async fn serve(args: walcast_proxy::config::ServeArgs) -> Result<(), String> {
             shutdown_rx.clone(),
         ))
     });
+    let filters = Arc::new(
+        Filters::new(
+            FilterLimits {
+                max_module_bytes: args.filter_max_module_size.clamp(1024, 64 << 20) as usize,
+                max_memory_bytes: args.filter_memory.clamp(64 << 10, 4 << 30) as usize,
+                fuel_per_event: args.filter_fuel_per_event.max(1000),
+                fuel_per_byte: args.filter_fuel_per_byte,
+                fuel_per_second: args.filter_fuel_per_second.max(1000),
+                max_errors: args.filter_max_errors.max(1),
+                max_instances: args.filter_max_instances.max(1),
+                ..FilterLimits::default()
+            },
+            args.filter_cache_dir.clone(),
+            metrics.clone(),
+        )
+        .map_err(|e| format!("WASM filters: {e}"))?,
+    );
     let state = Arc::new(AppState {
         hub,
         metrics: metrics.clone(),
         health,
         catalog: Catalog::new(pool),
         streams,
+        filters,
+        filter_upload_tokens: args
+            .filter_upload_token
+            .iter()
+            .filter(|t| !t.is_empty())
+            .cloned()
+            .collect(),
         tokens: args.token.into_iter().filter(|t| !t.is_empty()).collect(),
         max_clients: args.max_clients,
         tables,

@@ -30,6 +30,14 @@ pub struct Metrics {
     pub last_activity_ms: AtomicU64,
     /// Durable stream slots dropped because they passed the lag limit.
     pub streams_dropped_for_lag: AtomicU64,
+    /// Changes given to WASM filters.
+    pub filter_events: AtomicU64,
+    /// Changes a WASM filter failed on.
+    pub filter_errors: AtomicU64,
+    /// Filters detached after repeated failures.
+    pub filters_detached: AtomicU64,
+    /// Filter modules compiled (uploads served from a cache not counted).
+    pub filter_compiles: AtomicU64,
     /// Per durable stream slot: bytes of WAL it holds back, and whether that
     /// is over the configured limit (refreshed by the lag guard).
     pub stream_lag: Mutex<BTreeMap<String, (u64, bool)>>,
@@ -118,6 +126,30 @@ impl Metrics {
             "gauge",
             "The slot position confirmed to PostgreSQL, as a number.",
             g(&self.confirmed_lsn).to_string(),
+        );
+        line(
+            "walcast_filter_events_total",
+            "counter",
+            "Changes given to WASM filters.",
+            g(&self.filter_events).to_string(),
+        );
+        line(
+            "walcast_filter_errors_total",
+            "counter",
+            "Changes a WASM filter failed on (trap, fuel, bad return or output).",
+            g(&self.filter_errors).to_string(),
+        );
+        line(
+            "walcast_filters_detached_total",
+            "counter",
+            "Filters detached after failing too often in a row.",
+            g(&self.filters_detached).to_string(),
+        );
+        line(
+            "walcast_filter_compiles_total",
+            "counter",
+            "Filter modules compiled (cached uploads are not compiled again).",
+            g(&self.filter_compiles).to_string(),
         );
         line(
             "walcast_stream_consumers",

@@ -4,6 +4,7 @@
 //! shutdown.
 
 use crate::catalog::Catalog;
+use crate::filter::Filters;
 use crate::health::Health;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -39,6 +40,9 @@ pub struct AppState {
     pub max_clients: usize,
     pub tables: Option<Vec<TablePattern>>,
     pub streams: Arc<Streams>,
+    pub filters: Arc<Filters>,
+    /// Tokens allowed to upload filters (empty: as for every endpoint).
+    pub filter_upload_tokens: Vec<String>,
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -76,9 +80,11 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 fn authorized(state: &AppState, req: &Request<Incoming>, params: &HashMap<String, String>) -> bool {
-    if state.tokens.is_empty() {
-        return true;
-    }
+    state.tokens.is_empty() || token_in(req, params, &state.tokens)
+}
+
+/// Whether the request carries one of `tokens`.
+fn token_in(req: &Request<Incoming>, params: &HashMap<String, String>, tokens: &[String]) -> bool {
     let header = req
         .headers()
         .get(hyper::header::AUTHORIZATION)
@@ -87,8 +93,7 @@ fn authorized(state: &AppState, req: &Request<Incoming>, params: &HashMap<String
         .map(str::to_owned);
     let given = header.or_else(|| params.get("access_token").cloned());
     given.is_some_and(|g| {
-        state
-            .tokens
+        tokens
             .iter()
             .any(|t| constant_time_eq(t.as_bytes(), g.as_bytes()))
     })
@@ -155,6 +160,26 @@ async fn route(req: Request<Incoming>, state: Arc<AppState>) -> Resp {
         (_, "/ws" | "/" | "/healthz" | "/metrics") => {
             json_error(StatusCode::METHOD_NOT_ALLOWED, "use GET", None)
         }
+        (&Method::POST, "/v1/filters") => {
+            let params = query_params(&req);
+            let allowed = if state.filter_upload_tokens.is_empty() {
+                authorized(&state, &req, &params)
+            } else {
+                token_in(&req, &params, &state.filter_upload_tokens)
+            };
+            if !allowed {
+                let mut r = json_error(
+                    StatusCode::UNAUTHORIZED,
+                    "uploading filters needs a bearer token allowed to upload (--filter-upload-token, or --token when that is not set)",
+                    None,
+                );
+                r.headers_mut()
+                    .insert("www-authenticate", HeaderValue::from_static("Bearer"));
+                return r;
+            }
+            crate::filter::upload::handle(req, state).await
+        }
+        (_, "/v1/filters") => json_error(StatusCode::METHOD_NOT_ALLOWED, "use POST", None),
         (_, path) if path.starts_with("/v1/") => {
             let params = query_params(&req);
             if !authorized(&state, &req, &params) {
@@ -168,6 +193,20 @@ async fn route(req: Request<Incoming>, state: Arc<AppState>) -> Resp {
             None,
         ),
     }
+}
+
+/// The answer when a subscription's filter cannot be used.
+pub(crate) fn filter_refused(code: &str, message: &str) -> Resp {
+    let status = match code {
+        "FILTER_NOT_FOUND" => StatusCode::NOT_FOUND,
+        "INSTANTIATE_FAILED" => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    respond(
+        status,
+        "application/json",
+        serde_json::json!({"error": message, "code": code}).to_string(),
+    )
 }
 
 fn unauthorized() -> Resp {
@@ -239,23 +278,41 @@ async fn websocket(mut req: Request<Incoming>, state: Arc<AppState>) -> Resp {
             Err(e) => return json_error(StatusCode::SERVICE_UNAVAILABLE, &e, None),
         }
     }
+    let filter = match params.get("filter") {
+        None => None,
+        Some(id) => {
+            let config = params
+                .get("config")
+                .map(|c| c.as_bytes().to_vec())
+                .unwrap_or_default();
+            match session::open_filter(&state.filters, id, config) {
+                Ok(f) => Some(f),
+                Err((code, message)) => return filter_refused(code, &message),
+            }
+        }
+    };
     let (accept, upgrade) = match accept_upgrade(&mut req, &state) {
         Ok(a) => a,
         Err(r) => return *r,
     };
     // Subscribe before answering, so every change committed after the client
     // sees the upgrade reaches it.
-    let sub = parsed.map(|q| state.hub.subscribe(q));
-    let (hub, metrics, shutdown) = (
-        state.hub.clone(),
-        state.metrics.clone(),
-        state.shutdown.clone(),
-    );
+    let start = match (parsed, filter) {
+        (Some(q), f) => session::Start::Ready(state.hub.subscribe(q), f.map(Box::new)),
+        (None, Some(f)) => session::Start::Ready(state.hub.subscribe_all(), Some(Box::new(f))),
+        (None, None) => session::Start::FirstFrame,
+    };
+    let ctx = session::Context {
+        hub: state.hub.clone(),
+        filters: state.filters.clone(),
+        metrics: state.metrics.clone(),
+        shutdown: state.shutdown.clone(),
+    };
     tokio::spawn(async move {
         match upgrade.await {
             Ok(upgraded) => {
                 let ws = server_socket(upgraded).await;
-                session::run(ws, hub, sub, metrics, shutdown).await;
+                session::run(ws, start, ctx).await;
             }
             Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
         }

@@ -3,6 +3,8 @@
 //! with a code and reason when it falls behind, the stream stops or the
 //! server shuts down.
 
+use crate::change::Change;
+use crate::filter::{FilterInstance, Filters, Verdict};
 use crate::hub::{Hub, Kick, Subscription};
 use crate::metrics::Metrics;
 use crate::query::{self, Query};
@@ -46,8 +48,25 @@ async fn error_frame(ws: &mut Ws, err: &query::QueryError) {
     let _ = ws.send(Message::Text(body.to_string().into())).await;
 }
 
-/// Reads `{"subscribe":{"query":"..."}}` as the first text frame.
-async fn first_frame_query(ws: &mut Ws) -> Result<Query, String> {
+/// What a first frame asks for.
+struct FirstFrame {
+    query: Option<Query>,
+    filter: Option<(String, Vec<u8>)>,
+}
+
+/// The bytes given to `walcast_init`: a JSON string's content, or the
+/// compact JSON text of any other value.
+pub fn config_bytes(v: &serde_json::Value) -> Vec<u8> {
+    match v {
+        serde_json::Value::String(s) => s.as_bytes().to_vec(),
+        serde_json::Value::Null => Vec::new(),
+        other => other.to_string().into_bytes(),
+    }
+}
+
+/// Reads `{"subscribe":{"query":"...","filter":{"id":"sha256:...","config":...}}}`
+/// as the first text frame.
+async fn first_frame(ws: &mut Ws) -> Result<FirstFrame, String> {
     let msg = tokio::time::timeout(SUBSCRIBE_TIMEOUT, ws.next())
         .await
         .map_err(|_| {
@@ -59,36 +78,161 @@ async fn first_frame_query(ws: &mut Ws) -> Result<Query, String> {
     };
     let v: serde_json::Value = serde_json::from_str(text.as_str())
         .map_err(|e| format!("subscription frame is not JSON: {e}"))?;
-    let q = v
-        .get("subscribe")
-        .and_then(|s| s.get("query"))
-        .and_then(|q| q.as_str())
-        .ok_or_else(|| "subscription frame needs {\"subscribe\":{\"query\":\"...\"}}".to_owned())?;
-    match query::parse(q) {
-        Ok(q) => Ok(q),
-        Err(e) => {
+    let sub = v.get("subscribe");
+    let q = sub.and_then(|s| s.get("query")).and_then(|q| q.as_str());
+    let filter = match sub.and_then(|s| s.get("filter")) {
+        None => None,
+        Some(f) => {
+            let id = f
+                .get("id")
+                .and_then(|i| i.as_str())
+                .ok_or("the filter needs an \"id\" (from POST /v1/filters)")?;
+            let config = f.get("config").map(config_bytes).unwrap_or_default();
+            Some((id.to_owned(), config))
+        }
+    };
+    if q.is_none() && filter.is_none() {
+        return Err(
+            "subscription frame needs {\"subscribe\":{\"query\":\"...\"}} and/or a \"filter\""
+                .into(),
+        );
+    }
+    let query = match q.map(query::parse) {
+        None => None,
+        Some(Ok(q)) => Some(q),
+        Some(Err(e)) => {
             error_frame(ws, &e).await;
-            Err(format!("invalid query: {e}"))
+            return Err(format!("invalid query: {e}"));
+        }
+    };
+    Ok(FirstFrame { query, filter })
+}
+
+/// What a change becomes for one client.
+pub(crate) enum Outcome {
+    Send(Utf8Bytes),
+    Skip,
+    /// A filter error frame, then go on.
+    Report(String),
+    /// A filter error frame, then close 1008 with the reason.
+    Detach(String, String),
+}
+
+/// Runs the client's filter (if any) on a change.
+pub(crate) fn filter_change(
+    filter: Option<&mut FilterInstance>,
+    change: &Change,
+    metrics: &Metrics,
+) -> Outcome {
+    let Some(f) = filter else {
+        return match Utf8Bytes::try_from(change.raw.clone()) {
+            Ok(t) => Outcome::Send(t),
+            Err(_) => Outcome::Skip,
+        };
+    };
+    metrics.filter_events.fetch_add(1, Ordering::Relaxed);
+    let frame = |code: &str, message: &str| {
+        serde_json::json!({
+            "type": "filter_error",
+            "code": code,
+            "message": message,
+            "lsn": change.lsn.to_string(),
+        })
+        .to_string()
+    };
+    match f.run(change) {
+        Verdict::Drop => Outcome::Skip,
+        Verdict::Keep => match Utf8Bytes::try_from(change.raw.clone()) {
+            Ok(t) => Outcome::Send(t),
+            Err(_) => Outcome::Skip,
+        },
+        Verdict::Replace(out) => match String::from_utf8(out) {
+            Ok(s) => Outcome::Send(s.into()),
+            Err(_) => Outcome::Skip,
+        },
+        Verdict::Failed(e) => {
+            metrics.filter_errors.fetch_add(1, Ordering::Relaxed);
+            Outcome::Report(frame(e.code.as_str(), &e.message))
+        }
+        Verdict::Detached(e) => {
+            metrics.filter_errors.fetch_add(1, Ordering::Relaxed);
+            metrics.filters_detached.fetch_add(1, Ordering::Relaxed);
+            Outcome::Detach(frame(e.code.as_str(), &e.message), e.message)
         }
     }
 }
 
+/// Opens a filter for a subscription: `Err((code, message))` when the id
+/// is unknown or the module cannot start with this config.
+pub fn open_filter(
+    filters: &Filters,
+    id: &str,
+    config: Vec<u8>,
+) -> Result<FilterInstance, (&'static str, String)> {
+    let module = filters.get(id).ok_or_else(|| {
+        (
+            "FILTER_NOT_FOUND",
+            format!("no filter {id:?} on this proxy: upload it with POST /v1/filters"),
+        )
+    })?;
+    FilterInstance::new(filters, module, config).map_err(|e| (e.code.as_str(), e.message))
+}
+
+/// How a session starts: subscribed before the upgrade was answered (URL
+/// parameters), or waiting for the client's first frame.
+pub enum Start {
+    Ready(Subscription, Option<Box<FilterInstance>>),
+    FirstFrame,
+}
+
+/// What every session shares.
+#[derive(Clone)]
+pub struct Context {
+    pub hub: Hub,
+    pub filters: Arc<Filters>,
+    pub metrics: Arc<Metrics>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+async fn error_close(ws: &mut Ws, code: &str, message: &str) {
+    let body = serde_json::json!({"error": message, "code": code});
+    let _ = ws.send(Message::Text(body.to_string().into())).await;
+    close(ws, CloseCode::Policy, message).await;
+}
+
 /// Serves one client until it leaves, is disconnected or the server stops.
 ///
-/// `sub` is the subscription made before the upgrade was answered (query in
-/// the URL), so no change committed after the client saw the upgrade is
-/// missed; without one the client's first frame names the query.
-pub async fn run(
-    mut ws: Ws,
-    hub: Hub,
-    sub: Option<Subscription>,
-    metrics: Arc<Metrics>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut sub = match sub {
-        Some(s) => s,
-        None => match first_frame_query(&mut ws).await {
-            Ok(q) => hub.subscribe(q),
+/// With [`Start::Ready`] the subscription was made before the upgrade was
+/// answered (query in the URL), so no change committed after the client saw
+/// the upgrade is missed; otherwise the client's first frame names the
+/// query and/or the filter.
+pub async fn run(mut ws: Ws, start: Start, ctx: Context) {
+    let Context {
+        hub,
+        filters,
+        metrics,
+        mut shutdown,
+    } = ctx;
+    let (mut sub, mut filter) = match start {
+        Start::Ready(s, f) => (s, f.map(|f| *f)),
+        Start::FirstFrame => match first_frame(&mut ws).await {
+            Ok(first) => {
+                let filter = match first.filter {
+                    None => None,
+                    Some((id, config)) => match open_filter(&filters, &id, config) {
+                        Ok(f) => Some(f),
+                        Err((code, message)) => {
+                            error_close(&mut ws, code, &message).await;
+                            return;
+                        }
+                    },
+                };
+                let sub = match first.query {
+                    Some(q) => hub.subscribe(q),
+                    None => hub.subscribe_all(),
+                };
+                (sub, filter)
+            }
             Err(reason) => {
                 close(&mut ws, CloseCode::Policy, &reason).await;
                 return;
@@ -96,19 +240,35 @@ pub async fn run(
         },
     };
     metrics.clients.fetch_add(1, Ordering::Relaxed);
-    loop {
+    'serve: loop {
         tokio::select! {
             change = sub.rx.recv() => match change {
                 Some(first) => {
                     // Write everything already queued, then flush once: one
                     // syscall for a burst instead of one per frame.
-                    let (mut next, mut taken, mut sent, mut failed) = (Some(first), 0, 0u64, false);
+                    let (mut next, mut taken, mut sent) = (Some(first), 0, 0u64);
                     while let Some(change) = next.take() {
                         taken += 1;
-                        if let Ok(text) = Utf8Bytes::try_from(change.raw.clone()) {
+                        if let Some(wait) = filter.as_mut().and_then(|f| f.throttle()) {
+                            // The filter used its CPU budget for this second.
+                            if ws.flush().await.is_err() {
+                                break 'serve;
+                            }
+                            tokio::time::sleep(wait).await;
+                        }
+                        let frame = match filter_change(filter.as_mut(), &change, &metrics) {
+                            Outcome::Send(text) => Some(text),
+                            Outcome::Skip => None,
+                            Outcome::Report(frame) => Some(frame.into()),
+                            Outcome::Detach(frame, reason) => {
+                                let _ = ws.send(Message::Text(frame.into())).await;
+                                close(&mut ws, CloseCode::Policy, &reason).await;
+                                break 'serve;
+                            }
+                        };
+                        if let Some(text) = frame {
                             if ws.feed(Message::Text(text)).await.is_err() {
-                                failed = true;
-                                break;
+                                break 'serve;
                             }
                             sent += 1;
                         }
@@ -116,7 +276,7 @@ pub async fn run(
                             next = sub.rx.try_recv().ok();
                         }
                     }
-                    if failed || ws.flush().await.is_err() {
+                    if ws.flush().await.is_err() {
                         break;
                     }
                     metrics.frames_out.fetch_add(sent, Ordering::Relaxed);

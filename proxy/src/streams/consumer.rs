@@ -16,6 +16,7 @@ use crate::change::{Action, Change};
 use crate::metrics::Metrics;
 use crate::query::Query;
 use crate::replication::{ReplicationClient, ReplicationError, ReplicationStream, XLogData};
+use crate::session::{filter_change, Outcome};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper::StatusCode;
@@ -42,6 +43,8 @@ const RELEASE_WAIT: Duration = Duration::from_secs(5);
 /// What the client asked for besides the slot.
 pub struct Options {
     pub query: Option<Query>,
+    /// A WASM filter, applied after the query.
+    pub filter: Option<crate::filter::FilterInstance>,
     /// Forward the proxy's heartbeat messages (`walcast.heartbeat`).
     pub heartbeats: bool,
 }
@@ -237,15 +240,34 @@ impl Session {
             self.metrics.activity();
         }
         let position = change.end_lsn.unwrap_or(change.lsn).max(msg.wal_start);
+        let mut replaced = None;
         let forward = match change.action {
             Action::Begin | Action::Commit => true,
             Action::Insert | Action::Update | Action::Delete | Action::Truncate => {
-                self.allowed_globally(&change)
+                let selected = self.allowed_globally(&change)
                     && self
                         .opts
                         .query
                         .as_ref()
-                        .is_none_or(|q| change.matched_by(q))
+                        .is_none_or(|q| change.matched_by(q));
+                if selected && self.opts.filter.is_some() {
+                    if let Some(wait) = self.opts.filter.as_mut().and_then(|f| f.throttle()) {
+                        self.ws.flush().await.map_err(|_| End::Client)?;
+                        tokio::time::sleep(wait).await;
+                    }
+                    match filter_change(self.opts.filter.as_mut(), &change, &self.metrics) {
+                        Outcome::Send(text) => replaced = Some(text),
+                        Outcome::Skip => {}
+                        Outcome::Report(frame) => replaced = Some(frame.into()),
+                        Outcome::Detach(frame, reason) => {
+                            let _ = self.ws.send(Message::Text(frame.into())).await;
+                            return Err(End::Close(CloseCode::Policy, reason));
+                        }
+                    }
+                    false
+                } else {
+                    selected
+                }
             }
             Action::Message if change.is_heartbeat() => {
                 if !self.opts.heartbeats && !self.in_txn && self.acks.last >= self.acks.sent {
@@ -269,7 +291,13 @@ impl Session {
             _ => {}
         }
         self.update_caught_up();
-        if forward {
+        if let Some(text) = replaced {
+            self.ws
+                .feed(Message::Text(text))
+                .await
+                .map_err(|_| End::Client)?;
+            self.metrics.frames_out.fetch_add(1, Ordering::Relaxed);
+        } else if forward {
             if let Ok(text) = Utf8Bytes::try_from(change.raw.clone()) {
                 self.ws
                     .feed(Message::Text(text))

@@ -242,6 +242,19 @@ async fn lr_stream(
             );
         }
     }
+    let filter = match params.get("filter") {
+        None => None,
+        Some(id) => {
+            let config = params
+                .get("config")
+                .map(|c| c.as_bytes().to_vec())
+                .unwrap_or_default();
+            match crate::session::open_filter(&state.filters, id, config) {
+                Ok(f) => Some(f),
+                Err((code, message)) => return server::filter_refused(code, &message),
+            }
+        }
+    };
     let (accept, upgrade) = match server::accept_upgrade(&mut req, &state) {
         Ok(a) => a,
         Err(r) => return *r,
@@ -257,7 +270,11 @@ async fn lr_stream(
         match upgrade.await {
             Ok(upgraded) => {
                 let ws = server::server_socket(upgraded).await;
-                let opts = consumer::Options { query, heartbeats };
+                let opts = consumer::Options {
+                    query,
+                    filter,
+                    heartbeats,
+                };
                 consumer::run(ws, opened, opts, metrics, shutdown).await;
             }
             Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),

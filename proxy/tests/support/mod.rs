@@ -121,6 +121,11 @@ impl Proxy {
         ))
     }
 
+    /// A POST of raw bytes: (status, body).
+    pub fn post_bytes(&self, path: &str, content_type: &str, body: &[u8]) -> (u16, String) {
+        post_bytes(self.port, path, content_type, body)
+    }
+
     /// A POST returning (status, headers in lower case, body).
     pub fn post_full(&self, path: &str, body: &str) -> (u16, String, String) {
         let raw = format!(
@@ -187,6 +192,35 @@ impl Proxy {
         }
         Client { ws }
     }
+}
+
+/// A POST of raw bytes to the proxy on `port`: (status, body).
+pub fn post_bytes(port: u16, path: &str, content_type: &str, body: &[u8]) -> (u16, String) {
+    let mut raw = format!(
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+         Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    raw.extend_from_slice(body);
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    // The server may answer (413) before reading everything.
+    let _ = s.write_all(&raw);
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
 }
 
 /// Percent-encodes a query parameter value.

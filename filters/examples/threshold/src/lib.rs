@@ -1,0 +1,64 @@
+//! Keeps the rows of one table whose numeric column is at least a
+//! threshold; drops everything else.
+//!
+//! Config (JSON): `{"table": "orders", "column": "total", "min": 100}`.
+//! Inserts and updates are judged on their new row, deletes on their
+//! identity; a row without the column (or with null) is dropped.
+
+use std::sync::Mutex;
+use walcast_filter::{Event, Object, Verdict};
+
+struct Config {
+    table: String,
+    column: String,
+    min: f64,
+}
+
+static CONFIG: Mutex<Option<Config>> = Mutex::new(None);
+
+fn init(config: &[u8]) -> bool {
+    let Some(o) = Object::new(config) else {
+        return false;
+    };
+    let text = |k: &str| {
+        o.get(k)
+            .and_then(|v| v.as_str())
+            .map(|s| s.chars().collect::<String>())
+    };
+    let (Some(table), Some(column), Some(min)) = (
+        text("table"),
+        text("column"),
+        o.get("min").and_then(|v| v.as_f64()),
+    ) else {
+        return false;
+    };
+    match CONFIG.lock() {
+        Ok(mut c) => {
+            *c = Some(Config { table, column, min });
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+fn filter(e: &Event) -> Verdict {
+    let Ok(guard) = CONFIG.lock() else {
+        return Verdict::Drop;
+    };
+    let Some(c) = guard.as_ref() else {
+        return Verdict::Drop;
+    };
+    if e.table() != c.table {
+        return Verdict::Drop;
+    }
+    match e
+        .row()
+        .and_then(|r| r.get(&c.column))
+        .and_then(|v| v.as_f64())
+    {
+        Some(v) if v >= c.min => Verdict::Keep,
+        _ => Verdict::Drop,
+    }
+}
+
+walcast_filter::export!(filter, init = init);

@@ -1,0 +1,370 @@
+//! Write walcast-proxy WASM filters in safe Rust.
+//!
+//! ```no_run
+//! use walcast_filter::{Action, Event, Verdict};
+//!
+//! fn filter(e: &Event) -> Verdict {
+//!     match (e.action(), e.table()) {
+//!         (Action::Insert, "orders") => Verdict::Keep,
+//!         _ => Verdict::Drop,
+//!     }
+//! }
+//! walcast_filter::export!(filter);
+//! ```
+//!
+//! Build with `cargo build --target wasm32-unknown-unknown --release`
+//! (`crate-type = ["cdylib"]`, `panic = "abort"`) and upload the `.wasm`
+//! with `POST /v1/filters`. The ABI the macro implements is described in
+//! `filters/README.md`; this crate is `no_std` (it uses `alloc` for
+//! [`Verdict::Replace`]), needs no WASI and imports only
+//! `walcast_v1::set_output`.
+
+#![cfg_attr(not(test), no_std)]
+
+extern crate alloc;
+
+pub mod json;
+
+use alloc::vec::Vec;
+pub use json::{Object, Str, Value};
+
+/// The ABI version this crate implements.
+pub const ABI_VERSION: u32 = 1;
+
+/// A change's kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Insert,
+    Update,
+    Delete,
+    Truncate,
+    Message,
+    Ddl,
+    Other(u8),
+}
+
+impl Action {
+    fn from_code(c: u8) -> Action {
+        match c {
+            1 => Action::Insert,
+            2 => Action::Update,
+            3 => Action::Delete,
+            4 => Action::Truncate,
+            5 => Action::Message,
+            6 => Action::Ddl,
+            other => Action::Other(other),
+        }
+    }
+}
+
+/// What to do with an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Not for this client.
+    Drop,
+    /// Deliver the plugin's JSON unchanged.
+    Keep,
+    /// Deliver these bytes instead (UTF-8 text, usually JSON).
+    Replace(Vec<u8>),
+}
+
+/// Header size of the input record.
+const HEADER: usize = 48;
+
+/// One change as the proxy hands it over: a binary header (action, schema,
+/// table, xid, lsn) in front of the plugin's JSON, which is only looked at
+/// when asked for.
+#[derive(Debug, Clone, Copy)]
+pub struct Event<'a> {
+    record: &'a [u8],
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    b.get(at..at + 4)
+        .and_then(|s| s.try_into().ok())
+        .map(u32::from_le_bytes)
+        .unwrap_or(0)
+}
+
+impl<'a> Event<'a> {
+    /// Reads a record; `None` when it is not a version 1 record.
+    pub fn parse(record: &'a [u8]) -> Option<Event<'a>> {
+        if record.len() < HEADER || record[0] != 1 {
+            return None;
+        }
+        let e = Event { record };
+        let end = HEADER + e.schema_len() + e.table_len();
+        let json_end = (u32_at(record, 24) as usize).checked_add(u32_at(record, 28) as usize)?;
+        (end <= record.len() && json_end <= record.len()).then_some(e)
+    }
+
+    fn schema_len(&self) -> usize {
+        u32_at(self.record, 4) as usize
+    }
+
+    fn table_len(&self) -> usize {
+        u32_at(self.record, 8) as usize
+    }
+
+    /// Insert, update, delete, truncate, message or DDL.
+    pub fn action(&self) -> Action {
+        Action::from_code(self.record[1])
+    }
+
+    /// The table's schema (`""` for a truncate, a message or DDL).
+    pub fn schema(&self) -> &'a str {
+        let s = HEADER;
+        core::str::from_utf8(&self.record[s..s + self.schema_len()]).unwrap_or("")
+    }
+
+    /// The table's name (`""` for a truncate, a message or DDL).
+    pub fn table(&self) -> &'a str {
+        let s = HEADER + self.schema_len();
+        core::str::from_utf8(&self.record[s..s + self.table_len()]).unwrap_or("")
+    }
+
+    /// The transaction id, when the plugin wrote one.
+    pub fn xid(&self) -> Option<u32> {
+        Some(u32_at(self.record, 12)).filter(|x| *x != 0)
+    }
+
+    /// The change's LSN as a number (`X/Y` is `X << 32 | Y`).
+    pub fn lsn(&self) -> u64 {
+        self.record
+            .get(16..24)
+            .and_then(|s| s.try_into().ok())
+            .map(u64::from_le_bytes)
+            .unwrap_or(0)
+    }
+
+    /// The plugin's JSON object for this change, as bytes.
+    pub fn json(&self) -> &'a [u8] {
+        let (o, l) = (
+            u32_at(self.record, 24) as usize,
+            u32_at(self.record, 28) as usize,
+        );
+        &self.record[o..o + l]
+    }
+
+    /// The whole JSON object, for keys other than `columns` and `identity`.
+    pub fn object(&self) -> Option<Object<'a>> {
+        Object::new(self.json())
+    }
+
+    fn part(&self, at: usize) -> Option<Object<'a>> {
+        let (o, l) = (u32_at(self.record, at), u32_at(self.record, at + 4));
+        if o == u32::MAX {
+            return None;
+        }
+        let json = self.json();
+        Object::new(json.get(o as usize..o as usize + l as usize)?)
+    }
+
+    /// `columns` (inserts, updates): the new row.
+    pub fn columns(&self) -> Option<Object<'a>> {
+        self.part(32)
+    }
+
+    /// `identity` (updates, deletes): the old key or row.
+    pub fn identity(&self) -> Option<Object<'a>> {
+        self.part(40)
+    }
+
+    /// The row a filter usually looks at: `columns`, or `identity` for a delete.
+    pub fn row(&self) -> Option<Object<'a>> {
+        if self.action() == Action::Delete {
+            self.identity()
+        } else {
+            self.columns()
+        }
+    }
+}
+
+#[doc(hidden)]
+pub mod abi {
+    //! What [`export!`](crate::export) expands to call. Not for direct use.
+    use super::{Event, Verdict};
+    use alloc::vec::Vec;
+    use core::cell::UnsafeCell;
+
+    #[cfg(target_arch = "wasm32")]
+    #[link(wasm_import_module = "walcast_v1")]
+    extern "C" {
+        #[link_name = "set_output"]
+        fn host_set_output(ptr: u32, len: u32) -> i32;
+    }
+
+    /// Outside WebAssembly (unit tests of filters) there is no host.
+    #[cfg(not(target_arch = "wasm32"))]
+    unsafe fn host_set_output(_ptr: u32, _len: u32) -> i32 {
+        -1
+    }
+
+    /// The input buffer the host writes each record into.
+    struct Buffer(UnsafeCell<Vec<u8>>);
+
+    // SAFETY: WebAssembly guests built for wasm32-unknown-unknown are
+    // single-threaded; the buffer is only touched from the exported calls,
+    // which never run concurrently or re-entrantly.
+    unsafe impl Sync for Buffer {}
+
+    static INPUT: Buffer = Buffer(UnsafeCell::new(Vec::new()));
+
+    /// `walcast_alloc`: a buffer of `len` bytes (reused between events).
+    pub fn alloc(len: u32) -> u32 {
+        // SAFETY: single-threaded guest (see `Buffer`); no other reference
+        // to the buffer is alive during this call.
+        let buf = unsafe { &mut *INPUT.0.get() };
+        buf.clear();
+        if buf.try_reserve(len as usize).is_err() {
+            return 0;
+        }
+        buf.resize(len as usize, 0);
+        buf.as_mut_ptr() as usize as u32
+    }
+
+    fn input(ptr: u32, len: u32) -> &'static [u8] {
+        // SAFETY: single-threaded guest; the host wrote `len` bytes at `ptr`,
+        // the buffer `alloc` returned, which stays alive until the next alloc.
+        let buf = unsafe { &*INPUT.0.get() };
+        if buf.as_ptr() as usize as u32 == ptr && buf.len() >= len as usize {
+            &buf[..len as usize]
+        } else {
+            &[]
+        }
+    }
+
+    /// `walcast_filter`: runs `f` on the record and reports its verdict.
+    pub fn filter(ptr: u32, len: u32, f: fn(&Event) -> Verdict) -> i32 {
+        let Some(event) = Event::parse(input(ptr, len)) else {
+            return -1;
+        };
+        match f(&event) {
+            Verdict::Drop => 0,
+            Verdict::Keep => 1,
+            Verdict::Replace(out) => {
+                // SAFETY: the host reads `out.len()` bytes at `out`'s address
+                // during the call; `out` lives until after it returns.
+                let rc = unsafe { host_set_output(out.as_ptr() as usize as u32, out.len() as u32) };
+                if rc == 0 {
+                    2
+                } else {
+                    -2
+                }
+            }
+        }
+    }
+
+    /// `walcast_init`: runs `f` on the subscription's config.
+    pub fn init(ptr: u32, len: u32, f: fn(&[u8]) -> bool) -> i32 {
+        if f(input(ptr, len)) {
+            0
+        } else {
+            -1
+        }
+    }
+}
+
+/// Exports the ABI for a filter function `fn(&Event) -> Verdict`, and
+/// optionally an init function `fn(&[u8]) -> bool` that receives the
+/// subscription's config (return `false` to refuse it).
+#[macro_export]
+macro_rules! export {
+    ($filter:path) => {
+        $crate::export!(@common $filter);
+    };
+    ($filter:path, init = $init:path) => {
+        $crate::export!(@common $filter);
+        #[no_mangle]
+        pub extern "C" fn walcast_init(ptr: u32, len: u32) -> i32 {
+            $crate::abi::init(ptr, len, $init)
+        }
+    };
+    (@common $filter:path) => {
+        #[no_mangle]
+        pub extern "C" fn walcast_abi_v1() {}
+        #[no_mangle]
+        pub extern "C" fn walcast_alloc(len: u32) -> u32 {
+            $crate::abi::alloc(len)
+        }
+        #[no_mangle]
+        pub extern "C" fn walcast_filter(ptr: u32, len: u32) -> i32 {
+            $crate::abi::filter(ptr, len, $filter)
+        }
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A record as the proxy writes it (see proxy/src/filter/record.rs).
+    fn record(
+        action: u8,
+        schema: &str,
+        table: &str,
+        json: &str,
+        cols: Option<(u32, u32)>,
+    ) -> Vec<u8> {
+        let mut r = Vec::new();
+        r.push(1);
+        r.push(action);
+        r.extend_from_slice(&[0, 0]);
+        r.extend_from_slice(&(schema.len() as u32).to_le_bytes());
+        r.extend_from_slice(&(table.len() as u32).to_le_bytes());
+        r.extend_from_slice(&7u32.to_le_bytes());
+        r.extend_from_slice(&0x1_0000_0010u64.to_le_bytes());
+        r.extend_from_slice(&((HEADER + schema.len() + table.len()) as u32).to_le_bytes());
+        r.extend_from_slice(&(json.len() as u32).to_le_bytes());
+        let (co, cl) = cols.unwrap_or((u32::MAX, 0));
+        for v in [co, cl, u32::MAX, 0] {
+            r.extend_from_slice(&v.to_le_bytes());
+        }
+        r.extend_from_slice(schema.as_bytes());
+        r.extend_from_slice(table.as_bytes());
+        r.extend_from_slice(json.as_bytes());
+        r
+    }
+
+    #[test]
+    fn reads_the_header_and_the_row() {
+        let json =
+            r#"{"action":"I","schema":"public","table":"orders","columns":{"id":1,"total":250.5}}"#;
+        let at = json.find(r#"{"id""#).expect("columns") as u32;
+        let r = record(
+            1,
+            "public",
+            "orders",
+            json,
+            Some((at, (json.len() - 1) as u32 - at)),
+        );
+        let e = Event::parse(&r).expect("event");
+        assert_eq!(e.action(), Action::Insert);
+        assert_eq!(e.schema(), "public");
+        assert_eq!(e.table(), "orders");
+        assert_eq!(e.xid(), Some(7));
+        assert_eq!(e.lsn(), 0x1_0000_0010);
+        assert_eq!(e.json(), json.as_bytes());
+        let row = e.row().expect("row");
+        assert_eq!(row.get("total").and_then(|v| v.as_f64()), Some(250.5));
+        assert!(e.identity().is_none());
+        assert_eq!(
+            e.object()
+                .and_then(|o| o.get("action"))
+                .and_then(|v| v.as_str())
+                .and_then(|s| s.as_plain()),
+            Some("I")
+        );
+    }
+
+    #[test]
+    fn rejects_short_or_foreign_records() {
+        assert!(Event::parse(&[1, 2, 3]).is_none());
+        let mut r = record(1, "s", "t", "{}", None);
+        r[0] = 2;
+        assert!(Event::parse(&r).is_none());
+        let mut r = record(1, "s", "t", "{}", None);
+        r[4] = 200;
+        assert!(Event::parse(&r).is_none());
+    }
+}

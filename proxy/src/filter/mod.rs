@@ -1,0 +1,87 @@
+//! Sandboxed WASM filters: a client uploads a module, then subscribes with
+//! it; the module sees each change and drops it, keeps it or replaces it.
+//!
+//! ```text
+//! POST /v1/filters -> registry.rs  size cap, sha256, compile once (blocking
+//!                                  thread, semaphore), check imports/exports,
+//!                                  cache (memory LRU + optional disk)
+//! subscribe        -> instance.rs  one Store per subscription: memory limit,
+//!                                  fuel per event, fuel budget per second,
+//!                                  trap -> error frame + fresh instance,
+//!                                  repeated errors -> detached
+//! each change      -> record.rs    the input record: binary header + JSON
+//! ```
+//!
+//! The ABI (version 1) is documented in `filters/README.md`.
+
+pub mod instance;
+pub mod record;
+pub mod registry;
+pub mod upload;
+
+pub use instance::{FilterInstance, Verdict};
+pub use registry::{FilterLimits, FilterModule, Filters, UploadError};
+
+/// The import module a filter may use.
+pub const IMPORT_MODULE: &str = "walcast_v1";
+/// The ABI marker export.
+pub const ABI_MARKER: &str = "walcast_abi_v1";
+
+/// Why a filter failed on an event (or at init), as clients see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    OutOfFuel,
+    StackOverflow,
+    MemoryLimit,
+    Trap,
+    BadAlloc,
+    BadReturn,
+    BadOutput,
+    OutputTooLarge,
+    NotUtf8,
+    GuestError,
+    InitFailed,
+    Instantiate,
+}
+
+impl ErrorCode {
+    /// The code in `filter_error` frames.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::OutOfFuel => "OUT_OF_FUEL",
+            ErrorCode::StackOverflow => "STACK_OVERFLOW",
+            ErrorCode::MemoryLimit => "MEMORY_LIMIT",
+            ErrorCode::Trap => "TRAP",
+            ErrorCode::BadAlloc => "BAD_ALLOC",
+            ErrorCode::BadReturn => "BAD_RETURN",
+            ErrorCode::BadOutput => "BAD_OUTPUT",
+            ErrorCode::OutputTooLarge => "OUTPUT_TOO_LARGE",
+            ErrorCode::NotUtf8 => "NOT_UTF8",
+            ErrorCode::GuestError => "GUEST_ERROR",
+            ErrorCode::InitFailed => "INIT_FAILED",
+            ErrorCode::Instantiate => "INSTANTIATE_FAILED",
+        }
+    }
+}
+
+/// A filter failure with a human-readable message.
+#[derive(Debug, Clone)]
+pub struct FilterError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl FilterError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> FilterError {
+        FilterError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for FilterError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code.as_str(), self.message)
+    }
+}

@@ -1,0 +1,111 @@
+//! The input record a filter receives for each change (ABI v1, all
+//! integers little-endian):
+//!
+//! | offset | type | field |
+//! |---|---|---|
+//! | 0 | u8 | record version (1) |
+//! | 1 | u8 | action: 1 I, 2 U, 3 D, 4 T, 5 M, 6 DDL, 0 other |
+//! | 2 | u16 | reserved (0) |
+//! | 4 | u32 | schema length |
+//! | 8 | u32 | table length |
+//! | 12 | u32 | xid (0 when none) |
+//! | 16 | u64 | lsn |
+//! | 24 | u32 | JSON offset (from the record start) |
+//! | 28 | u32 | JSON length |
+//! | 32 | u32 | `columns` offset inside the JSON (`u32::MAX`: none) |
+//! | 36 | u32 | `columns` length |
+//! | 40 | u32 | `identity` offset inside the JSON (`u32::MAX`: none) |
+//! | 44 | u32 | `identity` length |
+//! | 48 | | schema bytes, table bytes, JSON bytes |
+
+use crate::change::{Action, Change};
+
+/// Size of the fixed header.
+pub const HEADER_LEN: usize = 48;
+/// The record version written at offset 0.
+pub const RECORD_VERSION: u8 = 1;
+
+/// The action byte of a change.
+pub fn action_code(a: Action) -> u8 {
+    match a {
+        Action::Insert => 1,
+        Action::Update => 2,
+        Action::Delete => 3,
+        Action::Truncate => 4,
+        Action::Message => 5,
+        Action::Ddl => 6,
+        _ => 0,
+    }
+}
+
+/// The record's length for `change`.
+pub fn record_len(change: &Change) -> usize {
+    HEADER_LEN + change.schema.len() + change.table.len() + change.raw.len()
+}
+
+/// Writes the record for `change` into `out` (exactly `record_len` bytes).
+pub fn write_record(change: &Change, out: &mut Vec<u8>) {
+    out.clear();
+    let (schema, table, json) = (
+        change.schema.as_bytes(),
+        change.table.as_bytes(),
+        &change.raw[..],
+    );
+    let json_offset = HEADER_LEN + schema.len() + table.len();
+    let range = |r: Option<(usize, usize)>| match r {
+        Some((s, e)) => (s as u32, (e - s) as u32),
+        None => (u32::MAX, 0),
+    };
+    let (co, cl) = range(change.columns_range());
+    let (io, il) = range(change.identity_range());
+    out.push(RECORD_VERSION);
+    out.push(action_code(change.action));
+    out.extend_from_slice(&0u16.to_le_bytes());
+    out.extend_from_slice(&(schema.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(table.len() as u32).to_le_bytes());
+    out.extend_from_slice(&change.xid.unwrap_or(0).to_le_bytes());
+    out.extend_from_slice(&change.lsn.0.to_le_bytes());
+    out.extend_from_slice(&(json_offset as u32).to_le_bytes());
+    out.extend_from_slice(&(json.len() as u32).to_le_bytes());
+    for v in [co, cl, io, il] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out.extend_from_slice(schema);
+    out.extend_from_slice(table);
+    out.extend_from_slice(json);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use walcast_format::Lsn;
+
+    #[test]
+    fn layout() {
+        let raw = Bytes::from_static(
+            br#"{"action":"I","lsn":"0/10","xid":7,"schema":"public","table":"t","columns":{"id":1}}"#,
+        );
+        let c = Change::parse(raw.clone(), Lsn(0)).expect("parse");
+        let mut out = Vec::new();
+        write_record(&c, &mut out);
+        assert_eq!(out.len(), record_len(&c));
+        let u32_at = |o: usize| u32::from_le_bytes([out[o], out[o + 1], out[o + 2], out[o + 3]]);
+        assert_eq!(out[0], 1);
+        assert_eq!(out[1], 1);
+        assert_eq!(u32_at(4), 6);
+        assert_eq!(u32_at(8), 1);
+        assert_eq!(u32_at(12), 7);
+        assert_eq!(
+            u64::from_le_bytes(out[16..24].try_into().expect("8 bytes")),
+            0x10
+        );
+        let jo = u32_at(24) as usize;
+        assert_eq!(&out[48..54], b"public");
+        assert_eq!(&out[54..55], b"t");
+        assert_eq!(&out[jo..jo + u32_at(28) as usize], &raw[..]);
+        let co = jo + u32_at(32) as usize;
+        assert_eq!(&out[co..co + u32_at(36) as usize], br#"{"id":1}"#);
+        assert_eq!(u32_at(40), u32::MAX);
+    }
+}

@@ -1,0 +1,60 @@
+//! `POST /v1/filters`: the module's bytes (`application/wasm`, or any
+//! body; WebAssembly text is accepted too) -> `{"id":"sha256:...","exports":[...]}`.
+
+use crate::server::{respond, AppState, Resp};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::{Request, StatusCode};
+use std::sync::Arc;
+
+fn refused(status: StatusCode, code: &str, message: &str) -> Resp {
+    respond(
+        status,
+        "application/json",
+        serde_json::json!({"error": message, "code": code}).to_string(),
+    )
+}
+
+/// Handles an upload (already authorized).
+pub async fn handle(req: Request<Incoming>, state: Arc<AppState>) -> Resp {
+    let cap = state.filters.limits.max_module_bytes;
+    let bytes = match Limited::new(req.into_body(), cap).collect().await {
+        Ok(b) => b.to_bytes().to_vec(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return refused(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "MODULE_TOO_LARGE",
+                &format!("the module is over the limit of {cap} bytes"),
+            )
+        }
+        Err(e) => {
+            return refused(
+                StatusCode::BAD_REQUEST,
+                "INVALID_MODULE",
+                &format!("could not read the upload: {e}"),
+            )
+        }
+    };
+    if bytes.is_empty() {
+        return refused(
+            StatusCode::BAD_REQUEST,
+            "INVALID_MODULE",
+            "the body is empty: send the module's bytes",
+        );
+    }
+    match state.filters.upload(bytes).await {
+        Ok(m) => respond(
+            StatusCode::OK,
+            "application/json",
+            serde_json::json!({"id": m.id, "exports": m.exports, "abi": 1}).to_string(),
+        ),
+        Err(e) => {
+            let status = match e.code {
+                "MODULE_TOO_LARGE" => StatusCode::PAYLOAD_TOO_LARGE,
+                "COMPILE_TIMEOUT" => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::UNPROCESSABLE_ENTITY,
+            };
+            refused(status, e.code, &e.message)
+        }
+    }
+}

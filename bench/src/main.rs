@@ -40,6 +40,12 @@ struct Args {
     /// by that number modulo 100 (rows carry `k` = id modulo 100).
     #[arg(long, default_value = "insert:bench_events")]
     query: String,
+    /// Id of an uploaded WASM filter (`sha256:...`) every client subscribes with.
+    #[arg(long)]
+    filter: Option<String>,
+    /// The filter's config; `{i}` and `{m}` are replaced as in --query.
+    #[arg(long, default_value = "")]
+    filter_config: String,
     /// Events each client is expected to receive (default: all rows).
     #[arg(long)]
     expect_per_client: Option<u64>,
@@ -118,11 +124,15 @@ async fn main() -> Result<()> {
             .query
             .replace("{i}", &i.to_string())
             .replace("{m}", &(i % 100).to_string());
-        let url = format!(
-            "{}/ws?query={}",
-            args.proxy.trim_end_matches('/'),
-            form_urlencoded::byte_serialize(q.as_bytes()).collect::<String>()
-        );
+        let enc = |t: &str| form_urlencoded::byte_serialize(t.as_bytes()).collect::<String>();
+        let mut url = format!("{}/ws?query={}", args.proxy.trim_end_matches('/'), enc(&q));
+        if let Some(id) = &args.filter {
+            let config = args
+                .filter_config
+                .replace("{i}", &i.to_string())
+                .replace("{m}", &(i % 100).to_string());
+            url.push_str(&format!("&filter={}&config={}", enc(id), enc(&config)));
+        }
         let (ws, _) = tokio_tungstenite::connect_async(&url)
             .await
             .with_context(|| format!("connecting {url}"))?;

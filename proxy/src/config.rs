@@ -19,6 +19,10 @@ pub struct Cli {
 pub enum Command {
     /// Serve websocket streams (the default).
     Serve,
+    /// Check that the database can be streamed (wal_level, privileges, free
+    /// slots and senders, the walcast plugin installed and allowed, the
+    /// extension) and print what to fix. Exit status 1 when something must be fixed.
+    Doctor,
 }
 
 /// Settings of the server.
@@ -26,35 +30,56 @@ pub enum Command {
 pub struct ServeArgs {
     /// PostgreSQL URL or key=value connection string of the database to stream
     /// (the role needs the REPLICATION attribute).
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    #[arg(long, global = true, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
     /// Address to listen on.
-    #[arg(long, env = "WALCAST_LISTEN", default_value = "127.0.0.1:8080")]
+    #[arg(
+        long,
+        global = true,
+        env = "WALCAST_LISTEN",
+        default_value = "127.0.0.1:8080"
+    )]
     pub listen: SocketAddr,
 
     /// Name of the proxy's permanent replication slot; a restart resumes from it.
-    #[arg(long, env = "WALCAST_SLOT", default_value = "walcast_proxy")]
+    #[arg(
+        long,
+        global = true,
+        env = "WALCAST_SLOT",
+        default_value = "walcast_proxy"
+    )]
     pub slot: String,
 
     /// Only these tables are streamed and may be subscribed to: comma separated
     /// `schema.table` patterns (`*` wildcards). Default: all tables.
-    #[arg(long, env = "WALCAST_TABLES")]
+    #[arg(long, global = true, env = "WALCAST_TABLES")]
     pub tables: Option<String>,
 
     /// Changes queued per client at most; a client that falls further behind
     /// is disconnected (close code 1013) with a reason.
-    #[arg(long, env = "WALCAST_QUEUE_BOUND", default_value_t = 4096)]
+    #[arg(
+        long,
+        global = true,
+        env = "WALCAST_QUEUE_BOUND",
+        default_value_t = 4096
+    )]
     pub queue_bound: usize,
 
     /// Websocket clients served at once; more get HTTP 503.
-    #[arg(long, env = "WALCAST_MAX_CLIENTS", default_value_t = 10_000)]
+    #[arg(
+        long,
+        global = true,
+        env = "WALCAST_MAX_CLIENTS",
+        default_value_t = 10_000
+    )]
     pub max_clients: usize,
 
     /// Bearer token(s) required on /ws and /v1/* (comma separated). Clients send
     /// `Authorization: Bearer <token>` or `?access_token=<token>`. Default: no token.
     #[arg(
         long,
+        global = true,
         env = "WALCAST_TOKEN",
         hide_env_values = true,
         value_delimiter = ','
@@ -62,48 +87,74 @@ pub struct ServeArgs {
     pub token: Vec<String>,
 
     /// Seconds between standby status updates to PostgreSQL.
-    #[arg(long, env = "WALCAST_STATUS_INTERVAL", default_value_t = 10)]
+    #[arg(
+        long,
+        global = true,
+        env = "WALCAST_STATUS_INTERVAL",
+        default_value_t = 10
+    )]
     pub status_interval: u64,
 
     /// Seconds a durable stream's exported snapshot stays readable after
     /// `/v1/init` (it ends earlier when the stream is first opened).
-    #[arg(long, env = "WALCAST_SNAPSHOT_TTL", default_value_t = 600)]
+    #[arg(
+        long,
+        global = true,
+        env = "WALCAST_SNAPSHOT_TTL",
+        default_value_t = 600
+    )]
     pub snapshot_ttl: u64,
 
     /// Most rows one `/v1/snapshot/data` request may ask for (`limit`).
-    #[arg(long, env = "WALCAST_SNAPSHOT_PAGE_CAP", default_value_t = 10_000)]
+    #[arg(
+        long,
+        global = true,
+        env = "WALCAST_SNAPSHOT_PAGE_CAP",
+        default_value_t = 10_000
+    )]
     pub snapshot_page_cap: u64,
 
     /// Most bytes of rows one `/v1/snapshot/data` answer may hold; a page
     /// that would be larger is refused (HTTP 413) so memory stays bounded.
-    #[arg(long, env = "WALCAST_SNAPSHOT_MAX_BYTES", default_value = "64MB", value_parser = parse_bytes)]
+    #[arg(long, global = true, env = "WALCAST_SNAPSHOT_MAX_BYTES", default_value = "64MB", value_parser = parse_bytes)]
     pub snapshot_max_bytes: u64,
 
     /// Most WAL a durable stream slot may hold back (bytes; kB, MB, GB
     /// suffixes allowed). Past it the slot is reported on /healthz and
     /// /metrics, and dropped with --drop-lagging-streams. Default: no limit.
-    #[arg(long, env = "WALCAST_MAX_SLOT_LAG", value_parser = parse_bytes)]
+    #[arg(long, global = true, env = "WALCAST_MAX_SLOT_LAG", value_parser = parse_bytes)]
     pub max_slot_lag: Option<u64>,
 
     /// Drop a durable stream slot (with a logged reason) once it is past
     /// --max-slot-lag and has no consumer connected.
-    #[arg(long, env = "WALCAST_DROP_LAGGING_STREAMS")]
+    #[arg(long, global = true, env = "WALCAST_DROP_LAGGING_STREAMS")]
     pub drop_lagging_streams: bool,
 
     /// Seconds between checks of the durable stream slots' lag.
-    #[arg(long, env = "WALCAST_LAG_CHECK_INTERVAL", default_value_t = 10)]
+    #[arg(
+        long,
+        global = true,
+        env = "WALCAST_LAG_CHECK_INTERVAL",
+        default_value_t = 10
+    )]
     pub lag_check_interval: u64,
 
     /// Seconds of silence after which the proxy writes a heartbeat message
     /// (`pg_logical_emit_message(false, 'walcast.heartbeat', ...)`) so the
     /// slots of an idle database keep advancing; 0 turns heartbeats off.
-    #[arg(long, env = "WALCAST_HEARTBEAT_INTERVAL", default_value_t = 30)]
+    #[arg(
+        long,
+        global = true,
+        env = "WALCAST_HEARTBEAT_INTERVAL",
+        default_value_t = 30
+    )]
     pub heartbeat_interval: u64,
 
     /// Bearer token(s) allowed to upload WASM filters (comma separated).
     /// Default: whoever may use the other endpoints (--token).
     #[arg(
         long,
+        global = true,
         env = "WALCAST_FILTER_UPLOAD_TOKEN",
         hide_env_values = true,
         value_delimiter = ','
@@ -111,42 +162,63 @@ pub struct ServeArgs {
     pub filter_upload_token: Vec<String>,
 
     /// Largest filter module accepted (bytes; kB, MB suffixes allowed).
-    #[arg(long, env = "WALCAST_FILTER_MAX_MODULE_SIZE", default_value = "1MB", value_parser = parse_bytes)]
+    #[arg(long, global = true, env = "WALCAST_FILTER_MAX_MODULE_SIZE", default_value = "1MB", value_parser = parse_bytes)]
     pub filter_max_module_size: u64,
 
     /// Linear memory a filter instance may grow to.
-    #[arg(long, env = "WALCAST_FILTER_MEMORY", default_value = "16MB", value_parser = parse_bytes)]
+    #[arg(long, global = true, env = "WALCAST_FILTER_MEMORY", default_value = "16MB", value_parser = parse_bytes)]
     pub filter_memory: u64,
 
     /// Fuel (about one unit per WebAssembly instruction) a filter may use per
     /// event, plus --filter-fuel-per-byte for each byte of the event.
-    #[arg(long, env = "WALCAST_FILTER_FUEL_PER_EVENT", default_value_t = 200_000)]
+    #[arg(
+        long,
+        global = true,
+        env = "WALCAST_FILTER_FUEL_PER_EVENT",
+        default_value_t = 200_000
+    )]
     pub filter_fuel_per_event: u64,
 
     /// Extra fuel per byte of the event.
-    #[arg(long, env = "WALCAST_FILTER_FUEL_PER_BYTE", default_value_t = 64)]
+    #[arg(
+        long,
+        global = true,
+        env = "WALCAST_FILTER_FUEL_PER_BYTE",
+        default_value_t = 64
+    )]
     pub filter_fuel_per_byte: u64,
 
     /// Fuel one subscription's filter may use per second; past it the
     /// subscription waits (and is closed with 1013 if its queue fills).
     #[arg(
         long,
+        global = true,
         env = "WALCAST_FILTER_FUEL_PER_SECOND",
         default_value_t = 500_000_000
     )]
     pub filter_fuel_per_second: u64,
 
     /// Failures in a row after which a filter is detached (its client closed with 1008).
-    #[arg(long, env = "WALCAST_FILTER_MAX_ERRORS", default_value_t = 10)]
+    #[arg(
+        long,
+        global = true,
+        env = "WALCAST_FILTER_MAX_ERRORS",
+        default_value_t = 10
+    )]
     pub filter_max_errors: u32,
 
     /// Filter instances (subscriptions with a filter) at once.
-    #[arg(long, env = "WALCAST_FILTER_MAX_INSTANCES", default_value_t = 1024)]
+    #[arg(
+        long,
+        global = true,
+        env = "WALCAST_FILTER_MAX_INSTANCES",
+        default_value_t = 1024
+    )]
     pub filter_max_instances: u32,
 
     /// Directory for compiled filters, so a restart does not compile them
     /// again (created private, mode 0700). Default: memory only.
-    #[arg(long, env = "WALCAST_FILTER_CACHE_DIR")]
+    #[arg(long, global = true, env = "WALCAST_FILTER_CACHE_DIR")]
     pub filter_cache_dir: Option<std::path::PathBuf>,
 }
 

@@ -19,11 +19,14 @@
 //!
 //! Beside the flow: `config.rs` (CLI and environment), `health.rs` and
 //! `metrics.rs` (what `/healthz` and `/metrics` report), `sql.rs` (a pool of
-//! ordinary connections), `catalog.rs` (table lookups over it).
+//! ordinary connections), `catalog.rs` (table lookups over it), `doctor.rs`
+//! (`walcast-proxy doctor`), `filter/` (sandboxed WASM filters, applied in
+//! `session.rs` and `streams/consumer.rs`).
 
 pub mod catalog;
 pub mod change;
 pub mod config;
+pub mod doctor;
 pub mod filter;
 pub mod health;
 pub mod hub;

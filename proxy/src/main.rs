@@ -29,10 +29,11 @@ fn main() {
         )
         .init();
     let cli = Cli::parse();
+    let runtime =
+        || tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the runtime: {e}"));
     let result = match cli.command {
-        None | Some(Command::Serve) => tokio::runtime::Runtime::new()
-            .map_err(|e| format!("cannot start the runtime: {e}"))
-            .and_then(|rt| rt.block_on(serve(cli.serve))),
+        None | Some(Command::Serve) => runtime().and_then(|rt| rt.block_on(serve(cli.serve))),
+        Some(Command::Doctor) => runtime().and_then(|rt| rt.block_on(doctor(cli.serve))),
     };
     if let Err(e) = result {
         eprintln!("walcast-proxy: {e}");
@@ -40,13 +41,30 @@ fn main() {
     }
 }
 
-async fn serve(args: walcast_proxy::config::ServeArgs) -> Result<(), String> {
+fn database_config(
+    args: &walcast_proxy::config::ServeArgs,
+) -> Result<tokio_postgres::Config, String> {
     let url = args
         .database_url
         .clone()
         .ok_or("no database: pass --database-url or set DATABASE_URL (postgres://user@host/db)")?;
-    let database = tokio_postgres::Config::from_str(&url)
-        .map_err(|e| format!("invalid --database-url: {e}"))?;
+    tokio_postgres::Config::from_str(&url).map_err(|e| format!("invalid --database-url: {e}"))
+}
+
+async fn doctor(args: walcast_proxy::config::ServeArgs) -> Result<(), String> {
+    let database = database_config(&args)?;
+    let checks = walcast_proxy::doctor::run(&database).await;
+    let (report, ok) = walcast_proxy::doctor::render(&checks);
+    print!("{report}");
+    if ok {
+        Ok(())
+    } else {
+        std::process::exit(1)
+    }
+}
+
+async fn serve(args: walcast_proxy::config::ServeArgs) -> Result<(), String> {
+    let database = database_config(&args)?;
     validate_slot_name(&args.slot).map_err(|e| format!("invalid --slot: {e}"))?;
     let tables = match &args.tables {
         Some(t) => Some(TablePattern::parse_list(t).map_err(|e| format!("invalid --tables: {e}"))?),

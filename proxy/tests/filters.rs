@@ -484,3 +484,32 @@ fn a_durable_stream_can_use_a_filter() {
     assert_eq!(got[1]["columns"]["email"], "***");
     assert_eq!(got[2]["action"], "C");
 }
+
+#[test]
+fn compiled_filters_survive_a_restart_in_the_cache_directory() {
+    let db = TestDb::new("filters_cache");
+    let dir = std::env::temp_dir().join(format!("walcast-filter-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let cache = dir.to_string_lossy().into_owned();
+    let slot = format!("{}_proxy", db.name);
+    let compiles = |proxy: &Proxy| {
+        let (_, metrics) = proxy.get("/metrics").expect("metrics");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("walcast_filter_compiles_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .expect("compiles metric")
+    };
+    let first = Proxy::start(cluster(), &db.name, &slot, &["--filter-cache-dir", &cache]);
+    let id = upload(&first, &example("sample"));
+    assert_eq!(compiles(&first), 1);
+    drop(first);
+    let second = Proxy::start(cluster(), &db.name, &slot, &["--filter-cache-dir", &cache]);
+    assert_eq!(upload(&second, &example("sample")), id);
+    assert_eq!(compiles(&second), 0, "served from the cache directory");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&dir).expect("cache dir").permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o700);
+    let _ = std::fs::remove_dir_all(&dir);
+}

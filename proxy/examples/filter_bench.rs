@@ -1,0 +1,101 @@
+//! Nanoseconds per event of WASM filters in the proxy's runtime: the
+//! example filters (built by scripts/build-filters.sh) run on 1M insert
+//! events of about 330 bytes, one subscription, fuel metering on.
+//!
+//!   cargo run --release -p walcast-proxy --example filter_bench [-- EVENTS]
+
+use bytes::Bytes;
+use std::sync::Arc;
+use std::time::Instant;
+use walcast_format::Lsn;
+use walcast_proxy::change::Change;
+use walcast_proxy::filter::{FilterInstance, FilterLimits, Filters, Verdict};
+use walcast_proxy::metrics::Metrics;
+
+fn event(i: u64) -> Change {
+    let json = format!(
+        r#"{{"action":"I","lsn":"0/{:X}","xid":{},"ts":"2026-11-22T10:00:00.000001+00:00","schema":"public","table":"orders","columns":{{"id":{i},"customer":"customer-{}","email":"user{}@example.com","phone":"+1 555 {:04}","total":{}.25,"status":"paid","note":"{}","created_at":"2026-11-22T10:00:00+00:00"}}}}"#,
+        0x1000 + i * 64,
+        700 + i / 10,
+        i % 977,
+        i % 1000,
+        i % 10000,
+        i % 500,
+        "x".repeat(60)
+    );
+    match Change::parse(Bytes::from(json), Lsn(0)) {
+        Ok(c) => c,
+        Err(e) => panic!("bad event: {e}"),
+    }
+}
+
+fn main() {
+    let n: u64 = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let wasm = |name: &str| {
+        let p = root.join(format!(
+            "filters/target/wasm32-unknown-unknown/release/walcast_filter_{name}.wasm"
+        ));
+        std::fs::read(&p)
+            .unwrap_or_else(|e| panic!("{}: {e} (run ./scripts/build-filters.sh)", p.display()))
+    };
+    let header_only = match std::fs::read(root.join("filters/examples/wat/inserts_only.wat")) {
+        Ok(b) => b,
+        Err(e) => panic!("inserts_only.wat: {e}"),
+    };
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "header only (inserts_only.wat: action byte)",
+            header_only,
+            "",
+        ),
+        (
+            "JSON scanning (threshold: one column of the row)",
+            wasm("threshold"),
+            r#"{"table":"orders","column":"total","min":250}"#,
+        ),
+        (
+            "transform (redact: rewrite email and phone)",
+            wasm("redact"),
+            r#"{"columns":["email","phone"]}"#,
+        ),
+    ];
+    let events: Vec<Change> = (0..1000).map(event).collect();
+    let avg_len = events.iter().map(|e| e.raw.len()).sum::<usize>() / events.len();
+    println!("{n} events of {avg_len} bytes of JSON on average, one subscription");
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => panic!("runtime: {e}"),
+    };
+    let filters = match Filters::new(FilterLimits::default(), None, Arc::new(Metrics::default())) {
+        Ok(f) => Arc::new(f),
+        Err(e) => panic!("{e}"),
+    };
+    for (name, bytes, config) in cases {
+        let module = match rt.block_on(filters.upload(bytes)) {
+            Ok(m) => m,
+            Err(e) => panic!("{name}: {} {}", e.code, e.message),
+        };
+        let mut f = match FilterInstance::new(&filters, module, config.as_bytes().to_vec()) {
+            Ok(f) => f,
+            Err(e) => panic!("{name}: {e}"),
+        };
+        let (mut kept, mut failed) = (0u64, 0u64);
+        let start = Instant::now();
+        for i in 0..n {
+            match f.run(&events[(i % 1000) as usize]) {
+                Verdict::Keep | Verdict::Replace(_) => kept += 1,
+                Verdict::Drop => {}
+                Verdict::Failed(_) | Verdict::Detached(_) => failed += 1,
+            }
+        }
+        let ns = start.elapsed().as_nanos() as f64 / n as f64;
+        println!(
+            "{name}: {ns:.0} ns/event ({kept} delivered, {failed} failed, {:.0} fuel/event)",
+            f.fuel_used as f64 / n as f64
+        );
+    }
+}

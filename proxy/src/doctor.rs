@@ -1,0 +1,275 @@
+//! `walcast-proxy doctor`: checks that a database can be streamed
+//! (wal_level, privileges, free slots and senders, the plugin installed and
+//! allowed, the extension) and says what to fix.
+
+use crate::replication::ReplicationClient;
+use crate::sql::SqlPool;
+use std::time::Duration;
+
+/// How a check came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Ok,
+    /// Works, but worth changing.
+    Warn,
+    /// Streaming will not work until this is fixed.
+    Fix,
+}
+
+/// One line of the report.
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub status: Status,
+    pub item: String,
+    pub detail: String,
+}
+
+fn check(status: Status, item: &str, detail: impl Into<String>) -> Check {
+    Check {
+        status,
+        item: item.to_owned(),
+        detail: detail.into(),
+    }
+}
+
+/// Runs every check against `config`.
+pub async fn run(config: &tokio_postgres::Config) -> Vec<Check> {
+    let mut out = Vec::new();
+    let pool = SqlPool::new(config.clone(), 1);
+    let client = match pool.get().await {
+        Ok(c) => c,
+        Err(e) => {
+            out.push(check(
+                Status::Fix,
+                "connection",
+                format!(
+                    "{e}; check the URL (host, port, user, password, database) and pg_hba.conf"
+                ),
+            ));
+            return out;
+        }
+    };
+    let q = |sql: &'static str| {
+        let c = &client;
+        async move {
+            c.query_one(sql, &[]).await.map_err(|e| {
+                e.as_db_error()
+                    .map(|d| d.message().to_owned())
+                    .unwrap_or_else(|| e.to_string())
+            })
+        }
+    };
+    match q(
+        "SELECT current_setting('server_version_num')::int, current_setting('server_version'), \
+             current_user::text, current_database()::text, pg_encoding_to_char(encoding)::text \
+             FROM pg_database WHERE datname = current_database()",
+    )
+    .await
+    {
+        Ok(r) => {
+            let (num, version, user, db, enc): (i32, String, String, String, String) =
+                (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+            out.push(check(
+                Status::Ok,
+                "connection",
+                format!("{user}@{db}, PostgreSQL {version}"),
+            ));
+            out.push(if num >= 130000 {
+                check(Status::Ok, "server version", version)
+            } else {
+                check(
+                    Status::Fix,
+                    "server version",
+                    format!("{version}: walcast needs PostgreSQL 13 or later"),
+                )
+            });
+            out.push(if enc == "UTF8" {
+                check(Status::Ok, "database encoding", enc)
+            } else {
+                check(
+                    Status::Fix,
+                    "database encoding",
+                    format!("{enc}: walcast streams UTF8 databases only (JSON is UTF-8)"),
+                )
+            });
+        }
+        Err(e) => out.push(check(Status::Fix, "connection", e)),
+    }
+    match q("SELECT current_setting('wal_level')").await {
+        Ok(r) => {
+            let v: String = r.get(0);
+            out.push(if v == "logical" {
+                check(Status::Ok, "wal_level", v)
+            } else {
+                check(
+                    Status::Fix,
+                    "wal_level",
+                    format!(
+                        "{v}: run ALTER SYSTEM SET wal_level = logical; and restart PostgreSQL"
+                    ),
+                )
+            });
+        }
+        Err(e) => out.push(check(Status::Fix, "wal_level", e)),
+    }
+    match q("SELECT rolsuper OR rolreplication FROM pg_roles WHERE rolname = current_user").await {
+        Ok(r) if r.get::<_, bool>(0) => out.push(check(Status::Ok, "replication privilege", "yes")),
+        Ok(_) => out.push(check(
+            Status::Fix,
+            "replication privilege",
+            "this role cannot stream: run ALTER ROLE <role> REPLICATION; as a superuser (and allow it a replication line in pg_hba.conf)",
+        )),
+        Err(e) => out.push(check(Status::Fix, "replication privilege", e)),
+    }
+    match q("SELECT current_setting('max_replication_slots')::int, \
+             (SELECT count(*)::int FROM pg_replication_slots), \
+             current_setting('max_wal_senders')::int, \
+             (SELECT count(*)::int FROM pg_stat_replication)")
+    .await
+    {
+        Ok(r) => {
+            let (slots, used, senders, busy): (i32, i32, i32, i32) =
+                (r.get(0), r.get(1), r.get(2), r.get(3));
+            out.push(if used < slots {
+                check(Status::Ok, "replication slots", format!("{} of {slots} free", slots - used))
+            } else {
+                check(Status::Fix, "replication slots", format!("all {slots} in use: drop unused slots or raise max_replication_slots (restart)"))
+            });
+            out.push(if busy < senders {
+                check(
+                    Status::Ok,
+                    "WAL senders",
+                    format!("{} of {senders} free", senders - busy),
+                )
+            } else {
+                check(
+                    Status::Fix,
+                    "WAL senders",
+                    format!("all {senders} busy: raise max_wal_senders (restart)"),
+                )
+            });
+        }
+        Err(e) => out.push(check(Status::Fix, "replication slots", e)),
+    }
+    if let Ok(r) = q(
+        "SELECT setting FROM pg_settings WHERE name = 'output_plugin_libraries' \
+                      UNION ALL SELECT NULL LIMIT 1",
+    )
+    .await
+    {
+        if let Some(v) = r.get::<_, Option<String>>(0) {
+            let allowed = v
+                .split(',')
+                .any(|p| p.trim().trim_matches('"') == "walcast");
+            out.push(if allowed {
+                check(Status::Ok, "output_plugin_libraries", v)
+            } else {
+                check(
+                    Status::Fix,
+                    "output_plugin_libraries",
+                    format!("{v}: walcast is not allowed; run ALTER SYSTEM SET output_plugin_libraries = 'pgoutput', 'test_decoding', 'walcast'; then restart"),
+                )
+            });
+        }
+    }
+    out.push(plugin_check(config).await);
+    match q("SELECT count(*)::int FROM pg_extension WHERE extname = 'walcast'").await {
+        Ok(r) if r.get::<_, i32>(0) == 1 => out.push(check(Status::Ok, "extension", "walcast is installed in this database")),
+        Ok(_) => out.push(check(
+            Status::Warn,
+            "extension",
+            "not installed in this database: streaming works, but DDL capture, walcast.doctor() and per-stream table lists need CREATE EXTENSION walcast",
+        )),
+        Err(e) => out.push(check(Status::Warn, "extension", e)),
+    }
+    match q("SELECT current_setting('max_slot_wal_keep_size')").await {
+        Ok(r) => {
+            let v: String = r.get(0);
+            out.push(if v == "-1" {
+                check(
+                    Status::Warn,
+                    "max_slot_wal_keep_size",
+                    "unlimited: a slot nobody reads keeps all WAL; consider ALTER SYSTEM SET max_slot_wal_keep_size = '10GB'",
+                )
+            } else {
+                check(Status::Ok, "max_slot_wal_keep_size", v)
+            });
+        }
+        Err(e) => out.push(check(Status::Warn, "max_slot_wal_keep_size", e)),
+    }
+    if let Ok(rows) = client
+        .query(
+            "SELECT slot_name::text, active, \
+             pg_size_pretty(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)), \
+             pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn) > 1073741824 \
+             FROM pg_replication_slots WHERE plugin = 'walcast' AND restart_lsn IS NOT NULL \
+             ORDER BY slot_name",
+            &[],
+        )
+        .await
+    {
+        for r in rows {
+            let (name, active, behind, far): (String, bool, String, bool) =
+                (r.get(0), r.get(1), r.get(2), r.get(3));
+            let item = format!("slot {name}");
+            out.push(if !active && far {
+                check(
+                    Status::Warn,
+                    &item,
+                    format!("inactive and holding {behind} of WAL: resume its consumer or drop it"),
+                )
+            } else {
+                check(
+                    Status::Ok,
+                    &item,
+                    format!(
+                        "{}, {behind} behind",
+                        if active { "active" } else { "inactive" }
+                    ),
+                )
+            });
+        }
+    }
+    out
+}
+
+/// Creates (and drops, by disconnecting) a temporary walcast slot: proves
+/// the plugin is installed and allowed and the role may use it.
+async fn plugin_check(config: &tokio_postgres::Config) -> Check {
+    let name = format!("walcast_doctor_{}", std::process::id());
+    let attempt = async {
+        let mut c = ReplicationClient::connect(config).await?;
+        c.create_slot(&name, true, false).await
+    };
+    match tokio::time::timeout(Duration::from_secs(15), attempt).await {
+        Ok(Ok(_)) => check(Status::Ok, "walcast plugin", "a temporary walcast slot was created and dropped"),
+        Ok(Err(e)) => check(Status::Fix, "walcast plugin", format!("cannot create a walcast slot: {e}")),
+        Err(_) => check(
+            Status::Warn,
+            "walcast plugin",
+            "creating a test slot took over 15 s: PostgreSQL waits for running transactions to end before a slot is ready",
+        ),
+    }
+}
+
+/// The report as text, and whether nothing needs fixing.
+pub fn render(checks: &[Check]) -> (String, bool) {
+    let mut s = String::new();
+    for c in checks {
+        let tag = match c.status {
+            Status::Ok => "ok  ",
+            Status::Warn => "warn",
+            Status::Fix => "FIX ",
+        };
+        s.push_str(&format!("{tag}  {}: {}\n", c.item, c.detail));
+    }
+    let fixes = checks.iter().filter(|c| c.status == Status::Fix).count();
+    if fixes == 0 {
+        s.push_str("walcast can stream this database.\n");
+    } else {
+        s.push_str(&format!(
+            "{fixes} problem(s) to fix before walcast can stream this database.\n"
+        ));
+    }
+    (s, fixes == 0)
+}

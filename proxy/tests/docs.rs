@@ -1,0 +1,217 @@
+//! The documentation says what the code does: JSON examples parse, the
+//! query examples and error positions of docs/query.md are what the parser
+//! says, every flag and metric is documented and every documented one exists.
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use walcast_proxy::metrics::Metrics;
+use walcast_proxy::query;
+use walcast_tests::repo_root;
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(repo_root().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// The fenced blocks of a markdown text with the given info string.
+fn blocks<'a>(md: &'a str, lang: &str) -> Vec<&'a str> {
+    let fence = format!("```{lang}\n");
+    let mut out = Vec::new();
+    let mut rest = md;
+    while let Some(start) = rest.find(&fence) {
+        let body = &rest[start + fence.len()..];
+        let Some(end) = body.find("```") else { break };
+        out.push(&body[..end]);
+        rest = &body[end + 3..];
+    }
+    out
+}
+
+/// The rows of the markdown table that follows `heading_text`, as cells.
+fn table_after(md: &str, marker: &str) -> Vec<Vec<String>> {
+    let at = md.find(marker).unwrap_or_else(|| panic!("no {marker:?}"));
+    md[at..]
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .skip(2)
+        .map(|l| {
+            l.trim_matches('|')
+                .split(" | ")
+                .map(|c| c.trim().to_owned())
+                .collect()
+        })
+        .collect()
+}
+
+fn unquote(cell: &str) -> &str {
+    cell.trim().trim_start_matches('`').trim_end_matches('`')
+}
+
+#[test]
+fn json_examples_parse() {
+    let docs = [
+        "docs/format.md",
+        "docs/proxy.md",
+        "docs/streams.md",
+        "docs/query.md",
+        "filters/README.md",
+        "examples/README.md",
+    ];
+    let mut checked = 0;
+    for path in docs {
+        let md = read(path);
+        for block in blocks(&md, "json") {
+            if serde_json::from_str::<serde_json::Value>(block).is_ok() {
+                checked += 1;
+                continue;
+            }
+            for line in block.lines().filter(|l| !l.trim().is_empty()) {
+                if let Err(e) = serde_json::from_str::<serde_json::Value>(line) {
+                    panic!("{path}: a JSON example does not parse ({e}):\n{line}");
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 20, "only {checked} JSON examples found");
+}
+
+#[test]
+fn query_examples_and_errors_are_what_the_parser_says() {
+    let md = read("docs/query.md");
+    let examples = table_after(&md, "## Examples");
+    assert!(examples.len() >= 10);
+    for row in &examples {
+        let q = unquote(&row[0]);
+        if let Err(e) = query::parse(q) {
+            panic!(
+                "docs/query.md example {q:?} does not parse: {e} at {}",
+                e.position
+            );
+        }
+    }
+    let errors = table_after(&md, "| query | position | because |");
+    assert!(errors.len() >= 5);
+    let mut wrong = Vec::new();
+    for row in &errors {
+        let q = unquote(&row[0]);
+        let position: usize = row[1].parse().expect("position");
+        match query::parse(q) {
+            Ok(_) => wrong.push(format!("{q:?} parses")),
+            Err(e) if e.position != position => wrong.push(format!(
+                "{q:?} fails at {} ({}), not {position}",
+                e.position, e.message
+            )),
+            Err(_) => {}
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "docs/query.md errors table:\n{}",
+        wrong.join("\n")
+    );
+}
+
+#[test]
+fn every_flag_is_documented_and_every_documented_flag_exists() {
+    let help = Command::new(env!("CARGO_BIN_EXE_walcast-proxy"))
+        .arg("--help")
+        .output()
+        .expect("walcast-proxy --help");
+    assert!(help.status.success());
+    let help = String::from_utf8_lossy(&help.stdout).into_owned();
+    let flags = |text: &str| -> BTreeSet<String> {
+        text.split(|c: char| c.is_whitespace() || c == '`' || c == ',' || c == '|')
+            .filter(|w| {
+                w.starts_with("--")
+                    && w.len() > 2
+                    && w[2..].starts_with(|c: char| c.is_ascii_lowercase())
+            })
+            .map(|w| {
+                w.trim_end_matches(['.', ')', ';'])
+                    .split('=')
+                    .next()
+                    .unwrap_or("")
+                    .to_owned()
+            })
+            .collect()
+    };
+    let mut in_help = flags(&help);
+    in_help.remove("--help");
+    in_help.remove("--version");
+    let md = read("docs/proxy.md");
+    let table: BTreeSet<String> = table_after(&md, "| flag | variable | default | meaning |")
+        .iter()
+        .map(|r| unquote(&r[0]).to_owned())
+        .collect();
+    let missing: Vec<_> = in_help.difference(&table).collect();
+    assert!(
+        missing.is_empty(),
+        "flags not in docs/proxy.md: {missing:?}"
+    );
+    let unknown: Vec<_> = table.difference(&in_help).collect();
+    assert!(
+        unknown.is_empty(),
+        "documented flags walcast-proxy does not have: {unknown:?}"
+    );
+    // Each variable named in the table is the flag's environment variable.
+    for row in table_after(&md, "| flag | variable | default | meaning |") {
+        let var = unquote(&row[1]);
+        assert!(
+            help.contains(&format!("env: {var}")),
+            "{var} is not in --help"
+        );
+    }
+    let doctor = Command::new(env!("CARGO_BIN_EXE_walcast-proxy"))
+        .args(["doctor", "--help"])
+        .output()
+        .expect("walcast-proxy doctor --help");
+    assert!(doctor.status.success());
+}
+
+#[test]
+fn every_metric_is_documented_and_every_documented_metric_exists() {
+    let rendered = Metrics::default().render();
+    let names = |text: &str| -> BTreeSet<String> {
+        text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("walcast_") && w.len() > 8)
+            .map(str::to_owned)
+            .collect()
+    };
+    let exported: BTreeSet<String> = rendered
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect();
+    let md = read("docs/proxy.md");
+    let line = md
+        .lines()
+        .find(|l| l.starts_with("| `GET /metrics`"))
+        .expect("metrics row");
+    let documented = names(line);
+    let missing: Vec<_> = exported.difference(&documented).collect();
+    assert!(
+        missing.is_empty(),
+        "metrics not in docs/proxy.md: {missing:?}"
+    );
+    let unknown: Vec<_> = documented.difference(&exported).collect();
+    assert!(
+        unknown.is_empty(),
+        "documented metrics that do not exist: {unknown:?}"
+    );
+    // The metrics named in operations.md exist too.
+    let ops_md = read("docs/operations.md");
+    let monitor = ops_md
+        .split("## What to monitor")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("a monitoring section");
+    let ops = names(monitor);
+    assert!(ops.len() >= 8, "{ops:?}");
+    let unknown: Vec<_> = ops.difference(&exported).collect();
+    assert!(
+        unknown.is_empty(),
+        "docs/operations.md names unknown metrics: {unknown:?}"
+    );
+}

@@ -1,0 +1,68 @@
+//! `walcast-proxy doctor` against real databases: a ready one, a role that
+//! may not stream, and a server that is not there.
+
+use std::process::Command;
+use walcast_tests::{cluster, TestDb};
+
+fn doctor(url: &str) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_walcast-proxy"))
+        .args(["doctor", "--database-url", url])
+        .env_remove("DATABASE_URL")
+        .output()
+        .expect("walcast-proxy doctor");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn a_ready_database_passes_every_check() {
+    let db = TestDb::new("doctor_ready");
+    let (code, text) = doctor(&cluster().url(&db.name));
+    assert_eq!(code, 0, "{text}");
+    for line in [
+        "ok    wal_level: logical",
+        "ok    replication privilege: yes",
+        "ok    database encoding: UTF8",
+        "ok    walcast plugin: a temporary walcast slot was created and dropped",
+        "ok    extension: walcast is installed in this database",
+        "walcast can stream this database.",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    }
+    assert!(!text.contains("FIX"), "{text}");
+}
+
+#[test]
+fn a_role_without_replication_is_told_what_to_fix() {
+    let mut db = TestDb::new("doctor_role");
+    db.exec("DROP ROLE IF EXISTS doctor_plain; CREATE ROLE doctor_plain LOGIN");
+    let url = cluster()
+        .url(&db.name)
+        .replacen("://postgres@", "://doctor_plain@", 1);
+    assert!(url.contains("doctor_plain@"), "{url}");
+    let (code, text) = doctor(&url);
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains("FIX   replication privilege: this role cannot stream: run ALTER ROLE"),
+        "{text}"
+    );
+    assert!(
+        text.contains("FIX   walcast plugin: cannot create a walcast slot"),
+        "{text}"
+    );
+    assert!(text.contains("problem(s) to fix"), "{text}");
+}
+
+#[test]
+fn an_unreachable_server_is_reported() {
+    let (code, text) = doctor("postgres://nobody@127.0.0.1:1/none");
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains("FIX   connection: cannot reach PostgreSQL"),
+        "{text}"
+    );
+}

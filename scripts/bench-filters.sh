@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# WASM filter benchmark (docs/benchmarks.md):
+#  1. ns per event per subscription of the example filters in the proxy's
+#     runtime (proxy/examples/filter_bench.rs);
+#  2. end to end, K=100 clients each with a WASM filter against the same run
+#     with the equivalent query filter (a private cluster, walcast-proxy and
+#     walcast-bench, release builds).
+#
+#   ./scripts/bench-filters.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+. scripts/bench-common.sh
+if [ -z "${WALCAST_BENCH_INSIDE:-}" ]; then
+  ./scripts/setup.sh
+  ./scripts/install-extension.sh
+  ./scripts/build-filters.sh
+  cargo build --release -q -p walcast-cluster -p walcast-proxy -p walcast-bench --example filter_bench
+  echo "== ns per event, one subscription (1M events)"
+  ./target/release/examples/filter_bench 1000000
+fi
+bench_in_cluster "$0" "$@"
+
+BENCH=./target/release/walcast-bench
+bench_proxy 18182 --queue-bound 100000
+id="$(curl -fsS --data-binary @filters/target/wasm32-unknown-unknown/release/walcast_filter_threshold.wasm \
+        -H 'content-type: application/wasm' http://127.0.0.1:18182/v1/filters |
+      python3 -c 'import json, sys; print(json.load(sys.stdin)["id"])')"
+
+echo "== K=100, N=100000, unpaced: query filter insert:bench_events:k.gte.0 (every row passes)"
+"$BENCH" "${P[@]}" -k 100 -n 100000 --query 'insert:bench_events:k.gte.0' --sample 100 || echo "(scenario failed)"
+echo "== K=100, N=100000, unpaced: WASM filter (threshold example: table bench_events, k >= 0)"
+"$BENCH" "${P[@]}" -k 100 -n 100000 --query 'insert:bench_events' --filter "$id" \
+  --filter-config '{"table":"bench_events","column":"k","min":0}' --sample 100 || echo "(scenario failed)"

@@ -37,19 +37,22 @@ fn skip_ws(b: &[u8], mut i: usize) -> usize {
 }
 
 /// The end (exclusive) of the string starting at `i` (at its opening quote).
+#[inline]
 fn string_end(b: &[u8], i: usize) -> Option<usize> {
     let mut j = i + 1;
-    while j < b.len() {
-        match b[j] {
-            b'\\' => j += 2,
-            b'"' => return Some(j + 1),
-            _ => j += 1,
+    loop {
+        // A tight scan for the next quote or backslash.
+        let k = b.get(j..)?.iter().position(|&c| c == b'"' || c == b'\\')?;
+        j += k;
+        if b[j] == b'"' {
+            return Some(j + 1);
         }
+        j += 2;
     }
-    None
 }
 
 /// The end (exclusive) of the value starting at `i`.
+#[inline]
 fn value_end(b: &[u8], i: usize) -> Option<usize> {
     match *b.get(i)? {
         b'"' => string_end(b, i),
@@ -76,12 +79,12 @@ fn value_end(b: &[u8], i: usize) -> Option<usize> {
             None
         }
         _ => {
-            let mut j = i;
-            while j < b.len() && !matches!(b[j], b',' | b'}' | b']' | b' ' | b'\n' | b'\r' | b'\t')
-            {
-                j += 1;
-            }
-            Some(j)
+            let rest = b.get(i..)?;
+            let k = rest
+                .iter()
+                .position(|&c| matches!(c, b',' | b'}' | b']' | b' ' | b'\n' | b'\r' | b'\t'))
+                .unwrap_or(rest.len());
+            Some(i + k)
         }
     }
 }
@@ -102,10 +105,16 @@ fn value_at(b: &[u8], i: usize, end: usize) -> Option<Value<'_>> {
     })
 }
 
+/// Byte equality without the fixed cost of `memcmp` (keys are short).
+#[inline]
+pub(crate) fn bytes_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
+}
+
 /// Compares a raw JSON string (escapes included) with `key`.
 fn key_eq(raw: &[u8], key: &str) -> bool {
-    if !raw.contains(&b'\\') {
-        return raw == key.as_bytes();
+    if !raw.iter().any(|&c| c == b'\\') {
+        return bytes_eq(raw, key.as_bytes());
     }
     let mut decoded = Str { raw }.chars();
     let mut want = key.chars();
@@ -177,11 +186,29 @@ impl<'a> Object<'a> {
         Members { b: self.raw, i: 1 }
     }
 
-    /// The value of `key`, if present.
+    /// The value of `key`, if present: a scan that only decodes the
+    /// value it returns.
     pub fn get(&self, key: &str) -> Option<Value<'a>> {
-        self.members()
-            .find(|m| key_eq(m.key.raw, key))
-            .map(|m| m.value)
+        let b = self.raw;
+        let mut i = 1;
+        loop {
+            i += b.get(i..)?.iter().position(|&c| !matches!(c, b' ' | b'\t' | b'\n' | b'\r' | b','))?;
+            if b[i] != b'"' {
+                return None;
+            }
+            let kend = string_end(b, i)?;
+            let raw_key = &b[i + 1..kend - 1];
+            let hit = bytes_eq(raw_key, key.as_bytes())
+                // Escapes make the raw key longer than the key it spells.
+                || (raw_key.len() > key.len() && key_eq(raw_key, key));
+            i = kend + b.get(kend..)?.iter().position(|&c| c == b':')? + 1;
+            i = skip_ws(b, i);
+            let vend = value_end(b, i)?;
+            if hit {
+                return value_at(b, i, vend);
+            }
+            i = vend;
+        }
     }
 }
 
@@ -190,7 +217,7 @@ impl<'a> Value<'a> {
     /// writes `numeric` NaN and infinities).
     pub fn as_f64(&self) -> Option<f64> {
         match self {
-            Value::Number(n) => n.parse().ok(),
+            Value::Number(n) => fast_f64(n.as_bytes()).or_else(|| n.parse().ok()),
             Value::String(s) => core::str::from_utf8(s.raw).ok()?.parse().ok(),
             _ => None,
         }
@@ -228,6 +255,38 @@ impl<'a> Value<'a> {
     pub fn is_null(&self) -> bool {
         matches!(self, Value::Null)
     }
+}
+
+/// `[-]digits[.digits]` with at most 15 significant digits, exactly (the
+/// mantissa and the power of ten are exact doubles, so one division rounds
+/// correctly); anything else is left to the full parser.
+fn fast_f64(b: &[u8]) -> Option<f64> {
+    const POW10: [f64; 16] = [
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+    ];
+    let (neg, digits) = match b.first()? {
+        b'-' => (true, &b[1..]),
+        _ => (false, b),
+    };
+    let (mut mantissa, mut count, mut scale, mut dot) = (0u64, 0usize, 0usize, false);
+    for &c in digits {
+        match c {
+            b'0'..=b'9' => {
+                mantissa = mantissa * 10 + u64::from(c - b'0');
+                count += 1;
+                if dot {
+                    scale += 1;
+                }
+            }
+            b'.' if !dot => dot = true,
+            _ => return None,
+        }
+    }
+    if count == 0 || count > 15 {
+        return None;
+    }
+    let v = mantissa as f64 / POW10[scale];
+    Some(if neg { -v } else { v })
 }
 
 /// Decoded characters of a JSON string.
@@ -332,6 +391,9 @@ mod tests {
             .is_some_and(|v| v.is_null()));
         assert_eq!(o.get("t").and_then(|v| v.as_bool()), Some(true));
         assert_eq!(o.get("n").and_then(|v| v.as_f64()), Some(-1500.0));
+        for n in ["0", "-0.5", "250.25", "123456789012345", "0.1", "1.7976931348623157e308", "1e-7", "12345678901234567"] {
+            assert_eq!(Value::Number(n).as_f64(), n.parse::<f64>().ok(), "{n}");
+        }
         assert!(o
             .get("u")
             .and_then(|v| v.as_str())

@@ -123,6 +123,13 @@ impl<'a> Event<'a> {
         core::str::from_utf8(&self.record[s..s + self.table_len()]).unwrap_or("")
     }
 
+    /// Whether the change is of table `name` (any schema); cheaper than
+    /// comparing [`Event::table`], which checks the bytes are UTF-8.
+    pub fn is_table(&self, name: &str) -> bool {
+        let s = HEADER + self.schema_len();
+        json::bytes_eq(&self.record[s..s + self.table_len()], name.as_bytes())
+    }
+
     /// The transaction id, when the plugin wrote one.
     pub fn xid(&self) -> Option<u32> {
         Some(u32_at(self.record, 12)).filter(|x| *x != 0)
@@ -210,16 +217,19 @@ pub mod abi {
 
     static INPUT: Buffer = Buffer(UnsafeCell::new(Vec::new()));
 
-    /// `walcast_alloc`: a buffer of `len` bytes (reused between events).
+    /// `walcast_alloc`: a buffer of at least `len` bytes. The host writes
+    /// events into it until it asks again, so it only ever grows.
     pub fn alloc(len: u32) -> u32 {
         // SAFETY: single-threaded guest (see `Buffer`); no other reference
         // to the buffer is alive during this call.
         let buf = unsafe { &mut *INPUT.0.get() };
-        buf.clear();
-        if buf.try_reserve(len as usize).is_err() {
-            return 0;
+        let len = len as usize;
+        if buf.len() < len {
+            if buf.try_reserve(len - buf.len()).is_err() {
+                return 0;
+            }
+            buf.resize(len, 0);
         }
-        buf.resize(len as usize, 0);
         buf.as_mut_ptr() as usize as u32
     }
 
@@ -342,6 +352,7 @@ mod tests {
         assert_eq!(e.action(), Action::Insert);
         assert_eq!(e.schema(), "public");
         assert_eq!(e.table(), "orders");
+        assert!(e.is_table("orders") && !e.is_table("order"));
         assert_eq!(e.xid(), Some(7));
         assert_eq!(e.lsn(), 0x1_0000_0010);
         assert_eq!(e.json(), json.as_bytes());

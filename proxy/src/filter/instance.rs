@@ -30,6 +30,10 @@ struct Live {
     memory: Memory,
     alloc: TypedFunc<u32, u32>,
     filter: TypedFunc<(u32, u32), i32>,
+    /// The event buffer `walcast_alloc` gave: address and size. Events are
+    /// written there while they fit (the ABI lets the host reuse it until
+    /// it calls `walcast_alloc` again).
+    input: Option<(u32, u32)>,
 }
 
 /// A filter bound to one subscription.
@@ -39,7 +43,6 @@ pub struct FilterInstance {
     limits: super::FilterLimits,
     config: Vec<u8>,
     live: Option<Live>,
-    buf: Vec<u8>,
     consecutive_errors: u32,
     window: Instant,
     used_in_window: u64,
@@ -80,7 +83,6 @@ impl FilterInstance {
             limits: filters.limits.clone(),
             config,
             live: None,
-            buf: Vec::new(),
             consecutive_errors: 0,
             window: Instant::now(),
             used_in_window: 0,
@@ -140,15 +142,13 @@ impl FilterInstance {
             memory,
             alloc,
             filter,
+            input: None,
         };
         if self.module.has_init {
             let init = instance
                 .get_typed_func::<(u32, u32), i32>(&mut live.store, "walcast_init")
                 .map_err(|_| missing("walcast_init"))?;
-            let config = std::mem::take(&mut self.config);
-            let placed = place(&mut live, &config);
-            self.config = config;
-            let (ptr, len) = placed?;
+            let (ptr, len) = place(&mut live, &self.config)?;
             let rc = init
                 .call(&mut live.store, (ptr, len))
                 .map_err(|e| classify(&e))?;
@@ -227,10 +227,9 @@ impl FilterInstance {
             host.output = None;
             host.output_error = None;
         }
-        write_record(change, &mut self.buf);
-        let result = place(live, &self.buf).and_then(|(ptr, len)| {
+        let result = place_event(live, change, len).and_then(|ptr| {
             live.filter
-                .call(&mut live.store, (ptr, len))
+                .call(&mut live.store, (ptr, len as u32))
                 .map_err(|e| classify(&e))
         });
         let left = live.store.get_fuel().unwrap_or(0);
@@ -262,10 +261,38 @@ impl FilterInstance {
     }
 }
 
-/// Asks the guest for a buffer and copies `bytes` into it.
-fn place(live: &mut Live, bytes: &[u8]) -> Result<(u32, u32), FilterError> {
-    let len = u32::try_from(bytes.len())
-        .map_err(|_| FilterError::new(ErrorCode::BadAlloc, "event too large for a 32-bit guest"))?;
+/// Writes the record of `change` (`len` bytes) into the guest's event
+/// buffer, asking for a larger one first when it does not fit.
+fn place_event(live: &mut Live, change: &Change, len: usize) -> Result<u32, FilterError> {
+    let fits = live.input.is_some_and(|(_, cap)| len <= cap as usize);
+    if !fits {
+        // Room to spare, so that slightly larger events do not ask again.
+        let want = u32::try_from(len.next_power_of_two().max(1024)).map_err(|_| {
+            FilterError::new(ErrorCode::BadAlloc, "event too large for a 32-bit guest")
+        })?;
+        let ptr = call_alloc(live, want)?;
+        live.input = Some((ptr, want));
+    }
+    let Some((ptr, cap)) = live.input else {
+        return Err(FilterError::new(ErrorCode::BadAlloc, "no event buffer"));
+    };
+    let data = live.memory.data_mut(&mut live.store);
+    let buffer = data
+        .get_mut(ptr as usize..ptr as usize + cap as usize)
+        .ok_or_else(|| out_of_bounds(ptr, cap))?;
+    write_record(change, buffer).ok_or_else(|| out_of_bounds(ptr, cap))?;
+    Ok(ptr)
+}
+
+fn out_of_bounds(ptr: u32, len: u32) -> FilterError {
+    FilterError::new(
+        ErrorCode::BadAlloc,
+        format!("walcast_alloc returned {ptr}, and {len} bytes there are outside the module's memory"),
+    )
+}
+
+/// Calls `walcast_alloc(len)` and checks the buffer lies in the memory.
+fn call_alloc(live: &mut Live, len: u32) -> Result<u32, FilterError> {
     let ptr = live
         .alloc
         .call(&mut live.store, len)
@@ -276,13 +303,21 @@ fn place(live: &mut Live, bytes: &[u8]) -> Result<(u32, u32), FilterError> {
             format!("walcast_alloc refused {len} bytes"),
         ));
     }
+    if ptr as usize + len as usize > live.memory.data_size(&live.store) {
+        return Err(out_of_bounds(ptr, len));
+    }
+    Ok(ptr)
+}
+
+/// Asks the guest for a buffer and copies `bytes` into it (the config).
+/// The event buffer is asked for again afterwards.
+fn place(live: &mut Live, bytes: &[u8]) -> Result<(u32, u32), FilterError> {
+    let len = u32::try_from(bytes.len())
+        .map_err(|_| FilterError::new(ErrorCode::BadAlloc, "config too large for a 32-bit guest"))?;
+    let ptr = call_alloc(live, len)?;
+    live.input = None;
     live.memory
         .write(&mut live.store, ptr as usize, bytes)
-        .map_err(|_| {
-            FilterError::new(
-                ErrorCode::BadAlloc,
-                format!("walcast_alloc returned {ptr}, and {len} bytes there are outside the module's memory"),
-            )
-        })?;
+        .map_err(|_| out_of_bounds(ptr, len))?;
     Ok((ptr, len))
 }

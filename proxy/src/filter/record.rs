@@ -43,14 +43,17 @@ pub fn record_len(change: &Change) -> usize {
     HEADER_LEN + change.schema.len() + change.table.len() + change.raw.len()
 }
 
-/// Writes the record for `change` into `out` (exactly `record_len` bytes).
-pub fn write_record(change: &Change, out: &mut Vec<u8>) {
-    out.clear();
+/// Writes the record for `change` into `out`, which must be at least
+/// `record_len(change)` bytes (the guest's buffer, written in place).
+/// Returns the record's length, or `None` when `out` is too small.
+pub fn write_record(change: &Change, out: &mut [u8]) -> Option<usize> {
     let (schema, table, json) = (
         change.schema.as_bytes(),
         change.table.as_bytes(),
         &change.raw[..],
     );
+    let len = record_len(change);
+    let out = out.get_mut(..len)?;
     let json_offset = HEADER_LEN + schema.len() + table.len();
     let range = |r: Option<(usize, usize)>| match r {
         Some((s, e)) => (s as u32, (e - s) as u32),
@@ -58,21 +61,28 @@ pub fn write_record(change: &Change, out: &mut Vec<u8>) {
     };
     let (co, cl) = range(change.columns_range());
     let (io, il) = range(change.identity_range());
-    out.push(RECORD_VERSION);
-    out.push(action_code(change.action));
-    out.extend_from_slice(&0u16.to_le_bytes());
-    out.extend_from_slice(&(schema.len() as u32).to_le_bytes());
-    out.extend_from_slice(&(table.len() as u32).to_le_bytes());
-    out.extend_from_slice(&change.xid.unwrap_or(0).to_le_bytes());
-    out.extend_from_slice(&change.lsn.0.to_le_bytes());
-    out.extend_from_slice(&(json_offset as u32).to_le_bytes());
-    out.extend_from_slice(&(json.len() as u32).to_le_bytes());
-    for v in [co, cl, io, il] {
-        out.extend_from_slice(&v.to_le_bytes());
+    out[0] = RECORD_VERSION;
+    out[1] = action_code(change.action);
+    out[2..4].copy_from_slice(&0u16.to_le_bytes());
+    let words = [
+        (4, schema.len() as u32),
+        (8, table.len() as u32),
+        (12, change.xid.unwrap_or(0)),
+        (24, json_offset as u32),
+        (28, json.len() as u32),
+        (32, co),
+        (36, cl),
+        (40, io),
+        (44, il),
+    ];
+    for (at, v) in words {
+        out[at..at + 4].copy_from_slice(&v.to_le_bytes());
     }
-    out.extend_from_slice(schema);
-    out.extend_from_slice(table);
-    out.extend_from_slice(json);
+    out[16..24].copy_from_slice(&change.lsn.0.to_le_bytes());
+    out[HEADER_LEN..HEADER_LEN + schema.len()].copy_from_slice(schema);
+    out[HEADER_LEN + schema.len()..json_offset].copy_from_slice(table);
+    out[json_offset..].copy_from_slice(json);
+    Some(len)
 }
 
 #[cfg(test)]
@@ -87,9 +97,9 @@ mod tests {
             br#"{"action":"I","lsn":"0/10","xid":7,"schema":"public","table":"t","columns":{"id":1}}"#,
         );
         let c = Change::parse(raw.clone(), Lsn(0)).expect("parse");
-        let mut out = Vec::new();
-        write_record(&c, &mut out);
-        assert_eq!(out.len(), record_len(&c));
+        let mut out = vec![0xAA; record_len(&c) + 10];
+        assert_eq!(write_record(&c, &mut out), Some(record_len(&c)));
+        assert_eq!(write_record(&c, &mut [0u8; 20]), None);
         let u32_at = |o: usize| u32::from_le_bytes([out[o], out[o + 1], out[o + 2], out[o + 3]]);
         assert_eq!(out[0], 1);
         assert_eq!(out[1], 1);

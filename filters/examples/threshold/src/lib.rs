@@ -48,7 +48,7 @@ fn filter(e: &Event) -> Verdict {
     let Some(c) = guard.as_ref() else {
         return Verdict::Drop;
     };
-    if e.table() != c.table {
+    if !e.is_table(&c.table) {
         return Verdict::Drop;
     }
     match e

@@ -15,7 +15,8 @@ if [ -z "${WALCAST_BENCH_INSIDE:-}" ]; then
   ./scripts/setup.sh
   ./scripts/install-extension.sh
   ./scripts/build-filters.sh
-  cargo build --release -q -p walcast-cluster -p walcast-proxy -p walcast-bench --example filter_bench
+  cargo build --release -q -p walcast-cluster -p walcast-proxy -p walcast-bench --bins
+  cargo build --release -q -p walcast-proxy --example filter_bench
   echo "== ns per event, one subscription (1M events)"
   ./target/release/examples/filter_bench 1000000
 fi

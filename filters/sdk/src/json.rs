@@ -113,7 +113,7 @@ pub(crate) fn bytes_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// Compares a raw JSON string (escapes included) with `key`.
 fn key_eq(raw: &[u8], key: &str) -> bool {
-    if !raw.iter().any(|&c| c == b'\\') {
+    if !raw.contains(&b'\\') {
         return bytes_eq(raw, key.as_bytes());
     }
     let mut decoded = Str { raw }.chars();
@@ -192,7 +192,10 @@ impl<'a> Object<'a> {
         let b = self.raw;
         let mut i = 1;
         loop {
-            i += b.get(i..)?.iter().position(|&c| !matches!(c, b' ' | b'\t' | b'\n' | b'\r' | b','))?;
+            i += b
+                .get(i..)?
+                .iter()
+                .position(|&c| !matches!(c, b' ' | b'\t' | b'\n' | b'\r' | b','))?;
             if b[i] != b'"' {
                 return None;
             }
@@ -391,7 +394,16 @@ mod tests {
             .is_some_and(|v| v.is_null()));
         assert_eq!(o.get("t").and_then(|v| v.as_bool()), Some(true));
         assert_eq!(o.get("n").and_then(|v| v.as_f64()), Some(-1500.0));
-        for n in ["0", "-0.5", "250.25", "123456789012345", "0.1", "1.7976931348623157e308", "1e-7", "12345678901234567"] {
+        for n in [
+            "0",
+            "-0.5",
+            "250.25",
+            "123456789012345",
+            "0.1",
+            "1.7976931348623157e308",
+            "1e-7",
+            "12345678901234567",
+        ] {
             assert_eq!(Value::Number(n).as_f64(), n.parse::<f64>().ok(), "{n}");
         }
         assert!(o

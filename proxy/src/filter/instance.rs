@@ -287,7 +287,9 @@ fn place_event(live: &mut Live, change: &Change, len: usize) -> Result<u32, Filt
 fn out_of_bounds(ptr: u32, len: u32) -> FilterError {
     FilterError::new(
         ErrorCode::BadAlloc,
-        format!("walcast_alloc returned {ptr}, and {len} bytes there are outside the module's memory"),
+        format!(
+            "walcast_alloc returned {ptr}, and {len} bytes there are outside the module's memory"
+        ),
     )
 }
 
@@ -312,8 +314,9 @@ fn call_alloc(live: &mut Live, len: u32) -> Result<u32, FilterError> {
 /// Asks the guest for a buffer and copies `bytes` into it (the config).
 /// The event buffer is asked for again afterwards.
 fn place(live: &mut Live, bytes: &[u8]) -> Result<(u32, u32), FilterError> {
-    let len = u32::try_from(bytes.len())
-        .map_err(|_| FilterError::new(ErrorCode::BadAlloc, "config too large for a 32-bit guest"))?;
+    let len = u32::try_from(bytes.len()).map_err(|_| {
+        FilterError::new(ErrorCode::BadAlloc, "config too large for a 32-bit guest")
+    })?;
     let ptr = call_alloc(live, len)?;
     live.input = None;
     live.memory

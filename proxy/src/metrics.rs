@@ -26,7 +26,7 @@ pub struct Metrics {
     pub acks: AtomicU64,
     /// Heartbeat messages emitted.
     pub heartbeats: AtomicU64,
-    /// When the last plugin message other than a heartbeat arrived (Unix ms).
+    /// When the last transaction arrived (Unix ms); heartbeats do not count.
     pub last_activity_ms: AtomicU64,
     /// Durable stream slots dropped because they passed the lag limit.
     pub streams_dropped_for_lag: AtomicU64,
@@ -52,7 +52,7 @@ pub fn now_ms() -> u64 {
 }
 
 impl Metrics {
-    /// Notes that a change (not a heartbeat) arrived now.
+    /// Notes that a transaction arrived now.
     pub fn activity(&self) {
         self.last_activity_ms.store(now_ms(), Ordering::Relaxed);
     }

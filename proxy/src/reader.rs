@@ -161,12 +161,11 @@ async fn stream_once(
                 continue;
             }
         };
-        if !change.is_heartbeat() {
-            metrics.activity();
-        }
         match change.action {
             Action::Begin => stream.set_caught_up(false),
             Action::Commit => {
+                // Activity is noted once per transaction, not per change.
+                metrics.activity();
                 stream.set_caught_up(true);
                 // Every change of the transaction is in the clients' queues now.
                 let end = change.end_lsn.unwrap_or(msg.wal_start);

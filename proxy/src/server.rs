@@ -4,11 +4,11 @@
 //! shutdown.
 
 use crate::catalog::Catalog;
-use crate::filter::Filters;
+use crate::filter::{FilterInstance, Filters};
 use crate::health::Health;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::query::{self, QueryErrorKind};
+use crate::query::{self, Query, QueryErrorKind};
 use crate::session;
 use crate::streams::Streams;
 use bytes::Bytes;
@@ -196,7 +196,7 @@ async fn route(req: Request<Incoming>, state: Arc<AppState>) -> Resp {
 }
 
 /// The answer when a subscription's filter cannot be used.
-pub(crate) fn filter_refused(code: &str, message: &str) -> Resp {
+fn filter_refused(code: &str, message: &str) -> Resp {
     let status = match code {
         "FILTER_NOT_FOUND" => StatusCode::NOT_FOUND,
         "INSTANTIATE_FAILED" => StatusCode::SERVICE_UNAVAILABLE,
@@ -243,53 +243,9 @@ async fn websocket(mut req: Request<Incoming>, state: Arc<AppState>) -> Resp {
     if !authorized(&state, &req, &params) {
         return unauthorized();
     }
-    let parsed = match params.get("query") {
-        Some(q) => match query::parse(q) {
-            Ok(q) => Some(q),
-            Err(e) => {
-                let status = if e.kind == QueryErrorKind::TooLong {
-                    StatusCode::URI_TOO_LONG
-                } else {
-                    StatusCode::BAD_REQUEST
-                };
-                return json_error(status, &e.message, Some(e.position));
-            }
-        },
-        None => None,
-    };
-    if let Some(q) = &parsed {
-        let (schema, name) = (q.table.schema.as_deref(), q.table.name.as_str());
-        if !table_allowed(&state, schema, name) {
-            return json_error(
-                StatusCode::NOT_FOUND,
-                &format!("unknown table {name:?}"),
-                None,
-            );
-        }
-        match state.catalog.table_exists(schema, name).await {
-            Ok(true) => {}
-            Ok(false) => {
-                return json_error(
-                    StatusCode::NOT_FOUND,
-                    &format!("unknown table {name:?}"),
-                    None,
-                )
-            }
-            Err(e) => return json_error(StatusCode::SERVICE_UNAVAILABLE, &e, None),
-        }
-    }
-    let filter = match params.get("filter") {
-        None => None,
-        Some(id) => {
-            let config = params
-                .get("config")
-                .map(|c| c.as_bytes().to_vec())
-                .unwrap_or_default();
-            match session::open_filter(&state.filters, id, config) {
-                Ok(f) => Some(f),
-                Err((code, message)) => return filter_refused(code, &message),
-            }
-        }
+    let Selection { query, filter } = match selection(&state, &params).await {
+        Ok(s) => s,
+        Err(r) => return *r,
     };
     let (accept, upgrade) = match accept_upgrade(&mut req, &state) {
         Ok(a) => a,
@@ -297,7 +253,7 @@ async fn websocket(mut req: Request<Incoming>, state: Arc<AppState>) -> Resp {
     };
     // Subscribe before answering, so every change committed after the client
     // sees the upgrade reaches it.
-    let start = match (parsed, filter) {
+    let start = match (query, filter) {
         (Some(q), f) => session::Start::Ready(state.hub.subscribe(q), f.map(Box::new)),
         (None, Some(f)) => session::Start::Ready(state.hub.subscribe_all(), Some(Box::new(f))),
         (None, None) => session::Start::FirstFrame,
@@ -318,6 +274,72 @@ async fn websocket(mut req: Request<Incoming>, state: Arc<AppState>) -> Resp {
         }
     });
     switching_protocols(&accept)
+}
+
+/// What a websocket client chose in its URL.
+pub(crate) struct Selection {
+    /// `query=`: parsed, its table known and allowed.
+    pub query: Option<Query>,
+    /// `filter=` (and `config=`): instantiated for this client.
+    pub filter: Option<FilterInstance>,
+}
+
+/// Reads `query`, `filter` and `config` from a websocket URL (`/ws`,
+/// `/v1/lr/stream`); the error response when one is refused.
+pub(crate) async fn selection(
+    state: &AppState,
+    params: &HashMap<String, String>,
+) -> Result<Selection, Box<Resp>> {
+    let query = match params.get("query").map(|q| query::parse(q)) {
+        None => None,
+        Some(Ok(q)) => Some(q),
+        Some(Err(e)) => {
+            let status = if e.kind == QueryErrorKind::TooLong {
+                StatusCode::URI_TOO_LONG
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            return Err(Box::new(json_error(status, &e.message, Some(e.position))));
+        }
+    };
+    if let Some(q) = &query {
+        let (schema, name) = (q.table.schema.as_deref(), q.table.name.as_str());
+        let unknown = || {
+            Box::new(json_error(
+                StatusCode::NOT_FOUND,
+                &format!("unknown table {name:?}"),
+                None,
+            ))
+        };
+        if !table_allowed(state, schema, name) {
+            return Err(unknown());
+        }
+        match state.catalog.table_exists(schema, name).await {
+            Ok(true) => {}
+            Ok(false) => return Err(unknown()),
+            Err(e) => {
+                return Err(Box::new(json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &e,
+                    None,
+                )))
+            }
+        }
+    }
+    let filter = match params.get("filter") {
+        None => None,
+        Some(id) => {
+            let config = params
+                .get("config")
+                .map(|c| c.as_bytes().to_vec())
+                .unwrap_or_default();
+            match session::open_filter(&state.filters, id, config) {
+                Ok(f) => Some(f),
+                Err((code, message)) => return Err(Box::new(filter_refused(code, &message))),
+            }
+        }
+    };
+    Ok(Selection { query, filter })
 }
 
 /// Checks that `req` is a websocket upgrade the server can take; returns

@@ -20,7 +20,8 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
-type Ws = WebSocketStream<TokioIo<Upgraded>>;
+/// A server-side websocket over an upgraded HTTP connection.
+pub(crate) type Ws = WebSocketStream<TokioIo<Upgraded>>;
 
 /// Frames written before each flush when a client has a backlog.
 const MAX_BATCH: usize = 512;
@@ -28,7 +29,8 @@ const MAX_BATCH: usize = 512;
 /// How long a client may take to send its subscription frame.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
 
-async fn close(ws: &mut Ws, code: CloseCode, reason: &str) {
+/// Sends a close frame (reason cut to the protocol's 123 bytes) and closes.
+pub(crate) async fn close(ws: &mut Ws, code: CloseCode, reason: &str) {
     // Close reasons are limited to 123 bytes by the protocol.
     let mut r = reason.to_owned();
     while r.len() > 123 {

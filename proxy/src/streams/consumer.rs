@@ -16,22 +16,16 @@ use crate::change::{Action, Change};
 use crate::metrics::Metrics;
 use crate::query::Query;
 use crate::replication::{ReplicationClient, ReplicationError, ReplicationStream, XLogData};
-use crate::session::{filter_change, Outcome};
+use crate::session::{close, filter_change, Outcome, Ws};
 use futures_util::{FutureExt, SinkExt, StreamExt};
-use hyper::upgrade::Upgraded;
 use hyper::StatusCode;
-use hyper_util::rt::TokioIo;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
-use tokio_tungstenite::WebSocketStream;
 use walcast_format::{Lsn, TablePattern};
-
-type Ws = WebSocketStream<TokioIo<Upgraded>>;
 
 /// Frames written before each flush when PostgreSQL has more ready.
 const MAX_BATCH: usize = 512;
@@ -174,20 +168,6 @@ impl Acks {
     }
 }
 
-async fn close(ws: &mut Ws, code: CloseCode, reason: &str) {
-    let mut r = reason.to_owned();
-    while r.len() > 123 {
-        r.pop();
-    }
-    let _ = ws
-        .send(Message::Close(Some(CloseFrame {
-            code,
-            reason: r.into(),
-        })))
-        .await;
-    let _ = ws.close(None).await;
-}
-
 struct Session {
     ws: Ws,
     stream: ReplicationStream,
@@ -236,9 +216,6 @@ impl Session {
                 return Ok(());
             }
         };
-        if !change.is_heartbeat() {
-            self.metrics.activity();
-        }
         let position = change.end_lsn.unwrap_or(change.lsn).max(msg.wal_start);
         let mut replaced = None;
         let forward = match change.action {
@@ -287,7 +264,10 @@ impl Session {
         }
         match change.action {
             Action::Begin => self.in_txn = true,
-            Action::Commit => self.in_txn = false,
+            Action::Commit => {
+                self.in_txn = false;
+                self.metrics.activity();
+            }
             _ => {}
         }
         self.update_caught_up();

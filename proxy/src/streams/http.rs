@@ -10,7 +10,6 @@
 
 use super::registry::ApiError;
 use super::{consumer, snapshot};
-use crate::query::{self, QueryErrorKind};
 use crate::server::{self, json_error, respond, AppState, Resp};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -205,20 +204,6 @@ async fn lr_stream(
             None,
         );
     };
-    let query = match params.get("query") {
-        Some(q) => match query::parse(q) {
-            Ok(q) => Some(q),
-            Err(e) => {
-                let status = if e.kind == QueryErrorKind::TooLong {
-                    StatusCode::URI_TOO_LONG
-                } else {
-                    StatusCode::BAD_REQUEST
-                };
-                return json_error(status, &e.message, Some(e.position));
-            }
-        },
-        None => None,
-    };
     let heartbeats = match params.get("heartbeats").map(String::as_str) {
         None | Some("false") | Some("0") | Some("off") => false,
         Some("true") | Some("1") | Some("on") => true,
@@ -230,30 +215,9 @@ async fn lr_stream(
             )
         }
     };
-    if let Some(q) = &query {
-        let (schema, name) = (q.table.schema.as_deref(), q.table.name.as_str());
-        let known = server::table_allowed(&state, schema, name)
-            && matches!(state.catalog.table_exists(schema, name).await, Ok(true));
-        if !known {
-            return json_error(
-                StatusCode::NOT_FOUND,
-                &format!("unknown table {name:?}"),
-                None,
-            );
-        }
-    }
-    let filter = match params.get("filter") {
-        None => None,
-        Some(id) => {
-            let config = params
-                .get("config")
-                .map(|c| c.as_bytes().to_vec())
-                .unwrap_or_default();
-            match crate::session::open_filter(&state.filters, id, config) {
-                Ok(f) => Some(f),
-                Err((code, message)) => return server::filter_refused(code, &message),
-            }
-        }
+    let server::Selection { query, filter } = match server::selection(&state, &params).await {
+        Ok(s) => s,
+        Err(r) => return *r,
     };
     let (accept, upgrade) = match server::accept_upgrade(&mut req, &state) {
         Ok(a) => a,

@@ -411,6 +411,12 @@ impl Streams {
 
     /// Every durable stream slot of this database.
     pub async fn list(&self) -> Result<Vec<StreamInfo>, ApiError> {
+        self.slots(None).await
+    }
+
+    /// The stream slots of this database (only `only`, when given). The
+    /// table lists are read for a full listing only.
+    async fn slots(&self, only: Option<&str>) -> Result<Vec<StreamInfo>, ApiError> {
         let c = self.pool.get().await.map_err(ApiError::unavailable)?;
         let rows = c
             .query(
@@ -418,13 +424,16 @@ impl Streams {
                  (pg_catalog.pg_current_wal_lsn() - confirmed_flush_lsn)::int8 \
                  FROM pg_catalog.pg_replication_slots \
                  WHERE slot_type = 'logical' AND plugin = 'walcast' \
-                 AND database = pg_catalog.current_database() ORDER BY slot_name",
-                &[],
+                 AND database = pg_catalog.current_database() \
+                 AND ($1::text IS NULL OR slot_name = $1) ORDER BY slot_name",
+                &[&only],
             )
             .await
             .map_err(|e| ApiError::unavailable(format!("listing slots failed: {e}")))?;
         drop(c);
-        let tables: HashMap<String, Option<String>> = if self.metadata_table().await? {
+        let tables: HashMap<String, Option<String>> = if only.is_none()
+            && self.metadata_table().await?
+        {
             let c = self.pool.get().await.map_err(ApiError::unavailable)?;
             c.query("SELECT slot_name::text, tables FROM walcast.streams", &[])
                 .await
@@ -461,12 +470,14 @@ impl Streams {
         Ok(out)
     }
 
-    /// The stream `slot` (404 when it is not a durable stream of this database).
+    /// The stream `slot` (404 when it is not a durable stream of this
+    /// database); one query, so `tables` is not filled in (see
+    /// [`Streams::stream_tables`]).
     pub async fn require(&self, slot: &str) -> Result<StreamInfo, ApiError> {
         if !is_stream_slot_name(slot) || slot == self.cfg.live_slot {
             return Err(ApiError::not_found(slot));
         }
-        self.list()
+        self.slots(Some(slot))
             .await?
             .into_iter()
             .find(|s| s.slot == slot)

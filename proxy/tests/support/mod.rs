@@ -94,31 +94,13 @@ impl Proxy {
 
     /// Sends a raw HTTP request: (status, body).
     pub fn request(&self, raw: &str) -> std::io::Result<(u16, String)> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        s.write_all(raw.as_bytes())?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf)?;
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        let status = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
-        Ok((status, body))
+        exchange(self.port, raw.as_bytes()).map(|(status, _, body)| (status, body))
     }
 
     /// A POST with a JSON body: (status, body).
     pub fn post(&self, path: &str, body: &str) -> std::io::Result<(u16, String)> {
-        self.request(&format!(
-            "POST {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        ))
+        let (status, _, body) = self.post_full(path, body);
+        Ok((status, body))
     }
 
     /// A POST of raw bytes: (status, body).
@@ -133,20 +115,7 @@ impl Proxy {
              Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(30)))
-            .expect("timeout");
-        s.write_all(raw.as_bytes()).expect("write");
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).expect("read");
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        (status, head.to_ascii_lowercase(), body.to_owned())
+        exchange(self.port, raw.as_bytes()).expect("POST")
     }
 
     /// A DELETE: (status, body).
@@ -203,24 +172,27 @@ pub fn post_bytes(port: u16, path: &str, content_type: &str, body: &[u8]) -> (u1
     )
     .into_bytes();
     raw.extend_from_slice(body);
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(60)))
-        .expect("timeout");
-    // The server may answer (413) before reading everything.
-    let _ = s.write_all(&raw);
+    let (status, _, body) = exchange(port, &raw).expect("POST");
+    (status, body)
+}
+
+/// Sends a raw request to the proxy on `port` and reads the whole answer:
+/// (status, headers in lower case, body). The server may answer (413)
+/// before reading everything, so a failed write is not an error.
+pub fn exchange(port: u16, raw: &[u8]) -> std::io::Result<(u16, String, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let _ = s.write_all(raw);
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf);
     let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    Ok((status, head.to_ascii_lowercase(), body.to_owned()))
 }
 
 /// Percent-encodes a query parameter value.

@@ -57,7 +57,7 @@ pub struct Opened {
 /// Claims the consumer place of `slot` and starts streaming from it.
 pub async fn open(streams: &Streams, slot: &str) -> Result<Opened, ApiError> {
     let mut info = streams.require(slot).await?;
-    let guard = streams.claim_consumer(slot)?;
+    let guard = streams.claim_consumer(slot, RELEASE_WAIT).await?;
     let deadline = tokio::time::Instant::now() + RELEASE_WAIT;
     while info.active && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;

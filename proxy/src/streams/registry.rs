@@ -12,7 +12,7 @@ use hyper::StatusCode;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{oneshot, watch, Notify};
 use walcast_format::{Lsn, TablePattern};
 
 /// Settings of durable streams.
@@ -118,6 +118,7 @@ pub struct StreamInfo {
 /// The consumer slot a `/v1/lr/stream` connection holds; released on drop.
 pub struct ConsumerGuard {
     inner: Arc<Mutex<Inner>>,
+    released: Arc<Notify>,
     slot: String,
     id: u64,
     /// Becomes `Some(reason)` when the stream is deleted under the consumer.
@@ -131,6 +132,7 @@ impl Drop for ConsumerGuard {
                 inner.consumers.remove(&self.slot);
             }
         }
+        self.released.notify_waiters();
     }
 }
 
@@ -157,6 +159,8 @@ pub struct Streams {
     pub metrics: Arc<Metrics>,
     database: tokio_postgres::Config,
     inner: Arc<Mutex<Inner>>,
+    /// Woken whenever a consumer leaves.
+    released: Arc<Notify>,
 }
 
 impl Streams {
@@ -173,6 +177,7 @@ impl Streams {
             metrics,
             database,
             inner: Arc::new(Mutex::new(Inner::default())),
+            released: Arc::new(Notify::new()),
         }
     }
 
@@ -336,15 +341,38 @@ impl Streams {
         }
     }
 
-    /// Takes the consumer place of `slot` (409 when taken) and ends its
-    /// snapshot: from now on the stream, not the snapshot, is read.
-    pub fn claim_consumer(&self, slot: &str) -> Result<ConsumerGuard, ApiError> {
+    /// Takes the consumer place of `slot` and ends its snapshot: from now on
+    /// the stream, not the snapshot, is read. A consumer of this proxy that
+    /// is leaving (its client just went away, its replication connection is
+    /// closing) is waited for up to `wait`, so a client reconnecting at once
+    /// is not refused; a consumer still connected after that gives 409.
+    pub async fn claim_consumer(
+        &self,
+        slot: &str,
+        wait: Duration,
+    ) -> Result<ConsumerGuard, ApiError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Registered before the check, so a release in between wakes us.
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if let Some(guard) = self.try_claim(slot)? {
+                return Ok(guard);
+            }
+            if tokio::time::timeout_at(deadline, released).await.is_err() {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    format!("{slot} already has a consumer; one consumer per stream at a time"),
+                ));
+            }
+        }
+    }
+
+    fn try_claim(&self, slot: &str) -> Result<Option<ConsumerGuard>, ApiError> {
         let mut inner = self.lock()?;
         if inner.consumers.contains_key(slot) {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                format!("{slot} already has a consumer; one consumer per stream at a time"),
-            ));
+            return Ok(None);
         }
         inner.next_id += 1;
         let id = inner.next_id;
@@ -357,12 +385,13 @@ impl Streams {
                 let _ = r.send(());
             }
         }
-        Ok(ConsumerGuard {
+        Ok(Some(ConsumerGuard {
             inner: self.inner.clone(),
+            released: self.released.clone(),
             slot: slot.to_owned(),
             id,
             stop: rx,
-        })
+        }))
     }
 
     /// Whether `slot`'s exported snapshot is still held (being read).

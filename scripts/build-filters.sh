@@ -10,8 +10,9 @@ if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknow
   rustup target add wasm32-unknown-unknown
 fi
 log "building the example filters"
-cargo build --manifest-path filters/Cargo.toml --target wasm32-unknown-unknown --release \
-  -p walcast-filter-threshold -p walcast-filter-redact -p walcast-filter-sample
+# From inside filters/ so that filters/.cargo/config.toml (SIMD) applies.
+(cd filters && cargo build --target wasm32-unknown-unknown --release \
+  -p walcast-filter-threshold -p walcast-filter-redact -p walcast-filter-sample)
 for f in filters/target/wasm32-unknown-unknown/release/walcast_filter_*.wasm; do
   log "$(basename "$f"): $(wc -c <"$f") bytes"
 done

@@ -13,11 +13,12 @@ echo "[test] container files (hadolint, COPY sources, compose)" >&2
 ./scripts/check-docker.sh
 echo "[test] cargo fmt --check" >&2
 cargo fmt --all -- --check
-cargo fmt --manifest-path filters/Cargo.toml --all -- --check
+(cd filters && cargo fmt --all -- --check)
+# The filters workspace has its own settings (filters/.cargo/config.toml).
 echo "[test] cargo clippy" >&2
 cargo clippy --workspace --all-targets -- -D warnings
-cargo clippy --manifest-path filters/Cargo.toml --workspace --all-targets -- -D warnings
-cargo clippy --manifest-path filters/Cargo.toml --workspace --target wasm32-unknown-unknown -- -D warnings
+(cd filters && cargo clippy --workspace --all-targets -- -D warnings)
+(cd filters && cargo clippy --workspace --target wasm32-unknown-unknown -- -D warnings)
 echo "[test] cargo test" >&2
-cargo test --manifest-path filters/Cargo.toml --workspace
+(cd filters && cargo test --workspace)
 cargo test --workspace

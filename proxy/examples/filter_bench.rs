@@ -1,8 +1,9 @@
 //! Nanoseconds per event per subscription of WASM filters in the proxy's
-//! runtime: the example filters (built by scripts/build-filters.sh), each
-//! insert event of about 350 bytes going through 100 subscriptions' own
+//! runtime: the example filters (built by scripts/build-filters.sh), insert
+//! events of about 350 bytes going through 100 subscriptions' own
 //! instances (as the proxy runs them), fuel metering on; EVENTS counts
-//! filter runs (default 1M).
+//! filter runs (default 1M). Each subscription takes its events in bursts,
+//! as a session drains its queue: 64 at a time, then 1 at a time.
 //!
 //!   cargo run --release -p walcast-proxy --example filter_bench [-- EVENTS [CASE]]
 
@@ -16,6 +17,13 @@ use walcast_proxy::metrics::Metrics;
 
 /// Subscriptions each event goes through.
 const SUBSCRIPTIONS: usize = 100;
+
+/// Schedules: (subscriptions, changes each takes from its queue at a time).
+/// 100 x 64 as under load (a session drains its queue in bursts, up to
+/// 512); 100 x 1 as the worst case (every call switches to another
+/// instance, with cold caches); 1 subscription alone as the reference a
+/// single store gives.
+const SCHEDULES: [(usize, usize); 3] = [(SUBSCRIPTIONS, 64), (SUBSCRIPTIONS, 1), (1, 1000)];
 
 fn event(i: u64) -> Change {
     let json = format!(
@@ -71,8 +79,7 @@ fn main() {
     let events: Vec<Change> = (0..1000).map(event).collect();
     let avg_len = events.iter().map(|e| e.raw.len()).sum::<usize>() / events.len();
     println!(
-        "{} events of {avg_len} bytes of JSON on average, each through {SUBSCRIPTIONS} subscriptions' own instances",
-        n / SUBSCRIPTIONS as u64
+        "{n} filter runs per case: events of {avg_len} bytes of JSON on average, each through {SUBSCRIPTIONS} subscriptions' own instances"
     );
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -98,25 +105,36 @@ fn main() {
                 }
             })
             .collect();
-        let (mut kept, mut failed) = (0u64, 0u64);
-        let events_n = n / SUBSCRIPTIONS as u64;
-        let start = Instant::now();
-        for i in 0..events_n {
-            let change = &events[(i % 1000) as usize];
-            for f in subs.iter_mut() {
-                match f.run(change) {
-                    Verdict::Keep | Verdict::Replace(_) => kept += 1,
-                    Verdict::Drop => {}
-                    Verdict::Failed(_) | Verdict::Detached(_) => failed += 1,
+        for (count, burst) in SCHEDULES {
+            let subs = &mut subs[..count];
+            let (mut kept, mut failed) = (0u64, 0u64);
+            let rounds = (n / (count as u64 * burst as u64)).max(1);
+            let start = Instant::now();
+            for r in 0..rounds {
+                // As a session does with its queue: each subscription runs
+                // its filter over the burst of changes waiting for it.
+                let first = (r as usize * burst) % events.len();
+                for f in subs.iter_mut() {
+                    for k in 0..burst {
+                        let change = &events[(first + k) % events.len()];
+                        match f.run(change) {
+                            Verdict::Keep | Verdict::Replace(_) => kept += 1,
+                            Verdict::Drop => {}
+                            Verdict::Failed(_) | Verdict::Detached(_) => failed += 1,
+                        }
+                    }
                 }
             }
+            let runs = rounds * (count * burst) as u64;
+            let ns = start.elapsed().as_nanos() as f64 / runs as f64;
+            let fuel: u64 = subs.iter().map(|f| f.fuel_used).sum();
+            println!(
+                "{name}, {count} x {burst}: {ns:.0} ns/event/subscription ({kept} of {runs} delivered, {failed} failed, {:.0} fuel/event)",
+                fuel as f64 / runs as f64
+            );
+            for f in subs.iter_mut() {
+                f.fuel_used = 0;
+            }
         }
-        let runs = events_n * SUBSCRIPTIONS as u64;
-        let ns = start.elapsed().as_nanos() as f64 / runs as f64;
-        let fuel: u64 = subs.iter().map(|f| f.fuel_used).sum();
-        println!(
-            "{name}: {ns:.0} ns/event/subscription ({kept} of {runs} delivered, {failed} failed, {:.0} fuel/event)",
-            fuel as f64 / runs as f64
-        );
     }
 }

@@ -17,7 +17,7 @@ if [ -z "${WALCAST_BENCH_INSIDE:-}" ]; then
   ./scripts/build-filters.sh
   cargo build --release -q -p walcast-cluster -p walcast-proxy -p walcast-bench --bins
   cargo build --release -q -p walcast-proxy --example filter_bench
-  echo "== ns per event, one subscription (1M events)"
+  echo "== ns per event per subscription (filter_bench, 1M filter runs per case and schedule)"
   ./target/release/examples/filter_bench 1000000
 fi
 bench_in_cluster "$0" "$@"

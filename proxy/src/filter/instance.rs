@@ -166,6 +166,10 @@ impl FilterInstance {
     /// How long to wait before the next event: the subscription used its
     /// fuel budget for this second.
     pub fn throttle(&mut self) -> Option<Duration> {
+        // Under budget: no need to read the clock (this runs per change).
+        if self.used_in_window < self.limits.fuel_per_second {
+            return None;
+        }
         let elapsed = self.window.elapsed();
         if elapsed >= Duration::from_secs(1) {
             self.window = Instant::now();
@@ -222,11 +226,6 @@ impl FilterInstance {
         live.store
             .set_fuel(fuel)
             .map_err(|e| FilterError::new(ErrorCode::Trap, format!("{e:#}")))?;
-        {
-            let host = live.store.data_mut();
-            host.output = None;
-            host.output_error = None;
-        }
         let result = place_event(live, change, len).and_then(|ptr| {
             live.filter
                 .call(&mut live.store, (ptr, len as u32))
@@ -236,12 +235,14 @@ impl FilterInstance {
         let used = fuel.saturating_sub(left);
         self.used_in_window = self.used_in_window.saturating_add(used);
         self.fuel_used = self.fuel_used.saturating_add(used);
-        let rc = result?;
+        // What `set_output` left is taken whatever the result, so that the
+        // next event starts without it.
         let host = live.store.data_mut();
-        match rc {
+        let (output, output_error) = (host.output.take(), host.output_error.take());
+        match result? {
             0 => Ok(Verdict::Drop),
             1 => Ok(Verdict::Keep),
-            2 => match (host.output.take(), host.output_error.take()) {
+            2 => match (output, output_error) {
                 (_, Some(e)) => Err(e),
                 (Some(out), None) => Ok(Verdict::Replace(out)),
                 (None, None) => Err(FilterError::new(
@@ -323,4 +324,65 @@ fn place(live: &mut Live, bytes: &[u8]) -> Result<(u32, u32), FilterError> {
         .write(&mut live.store, ptr as usize, bytes)
         .map_err(|_| out_of_bounds(ptr, len))?;
     Ok((ptr, len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::filter::FilterLimits;
+    use crate::metrics::Metrics;
+    use bytes::Bytes;
+    use walcast_format::Lsn;
+
+    /// Keeps every event after a loop that burns some fuel.
+    const BUSY: &str = r#"(module
+      (memory (export "memory") 1)
+      (func (export "walcast_abi_v1"))
+      (func (export "walcast_alloc") (param i32) (result i32) (i32.const 1024))
+      (func (export "walcast_filter") (param i32 i32) (result i32)
+        (local $n i32)
+        (local.set $n (i32.const 100))
+        (loop $l (local.set $n (i32.sub (local.get $n) (i32.const 1))) (br_if $l (local.get $n)))
+        (i32.const 1)))"#;
+
+    #[test]
+    fn the_fuel_budget_per_second_throttles() {
+        let limits = FilterLimits {
+            fuel_per_second: 10_000,
+            max_instances: 2,
+            ..FilterLimits::default()
+        };
+        let filters = Arc::new(
+            Filters::new(limits, None, Arc::new(Metrics::default())).expect("the engine starts"),
+        );
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let module = rt
+            .block_on(filters.upload(BUSY.as_bytes().to_vec()))
+            .expect("the module uploads");
+        let mut f = FilterInstance::new(&filters, module, Vec::new()).expect("an instance");
+        let change = Change::parse(
+            Bytes::from_static(
+                br#"{"action":"I","schema":"public","table":"t","columns":{"id":1}}"#,
+            ),
+            Lsn(0),
+        )
+        .expect("a change");
+        let mut runs = 0;
+        while f.throttle().is_none() {
+            assert!(matches!(f.run(&change), Verdict::Keep));
+            runs += 1;
+            assert!(runs < 1000, "never throttled");
+        }
+        // About 300 fuel per event: the budget lasts a few dozen events.
+        assert!(runs > 5, "throttled after {runs} events");
+        let wait = f.throttle().expect("still throttled");
+        assert!(wait <= Duration::from_secs(1));
+        // A second later the budget is back.
+        f.window -= Duration::from_secs(2);
+        assert!(f.throttle().is_none());
+        assert_eq!(f.used_in_window, 0);
+    }
 }

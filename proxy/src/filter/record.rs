@@ -61,9 +61,10 @@ pub fn write_record(change: &Change, out: &mut [u8]) -> Option<usize> {
     };
     let (co, cl) = range(change.columns_range());
     let (io, il) = range(change.identity_range());
-    out[0] = RECORD_VERSION;
-    out[1] = action_code(change.action);
-    out[2..4].copy_from_slice(&0u16.to_le_bytes());
+    // The header is built on the stack and written with one copy.
+    let mut header = [0u8; HEADER_LEN];
+    header[0] = RECORD_VERSION;
+    header[1] = action_code(change.action);
     let words = [
         (4, schema.len() as u32),
         (8, table.len() as u32),
@@ -76,9 +77,10 @@ pub fn write_record(change: &Change, out: &mut [u8]) -> Option<usize> {
         (44, il),
     ];
     for (at, v) in words {
-        out[at..at + 4].copy_from_slice(&v.to_le_bytes());
+        header[at..at + 4].copy_from_slice(&v.to_le_bytes());
     }
-    out[16..24].copy_from_slice(&change.lsn.0.to_le_bytes());
+    header[16..24].copy_from_slice(&change.lsn.0.to_le_bytes());
+    out[..HEADER_LEN].copy_from_slice(&header);
     out[HEADER_LEN..HEADER_LEN + schema.len()].copy_from_slice(schema);
     out[HEADER_LEN + schema.len()..json_offset].copy_from_slice(table);
     out[json_offset..].copy_from_slice(json);

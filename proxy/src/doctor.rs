@@ -32,6 +32,21 @@ fn check(status: Status, item: &str, detail: impl Into<String>) -> Check {
     }
 }
 
+/// `Ok` with `ok` when `good`, otherwise `bad` with `advice`.
+fn judge(
+    good: bool,
+    bad: Status,
+    item: &str,
+    ok: impl Into<String>,
+    advice: impl Into<String>,
+) -> Check {
+    if good {
+        check(Status::Ok, item, ok)
+    } else {
+        check(bad, item, advice)
+    }
+}
+
 /// Runs every check against `config`.
 pub async fn run(config: &tokio_postgres::Config) -> Vec<Check> {
     let mut out = Vec::new();
@@ -74,41 +89,31 @@ pub async fn run(config: &tokio_postgres::Config) -> Vec<Check> {
                 "connection",
                 format!("{user}@{db}, PostgreSQL {version}"),
             ));
-            out.push(if num >= 130000 {
-                check(Status::Ok, "server version", version)
-            } else {
-                check(
-                    Status::Fix,
-                    "server version",
-                    format!("{version}: walcast needs PostgreSQL 13 or later"),
-                )
-            });
-            out.push(if enc == "UTF8" {
-                check(Status::Ok, "database encoding", enc)
-            } else {
-                check(
-                    Status::Fix,
-                    "database encoding",
-                    format!("{enc}: walcast streams UTF8 databases only (JSON is UTF-8)"),
-                )
-            });
+            let advice = format!("{version}: walcast needs PostgreSQL 13 or later");
+            out.push(judge(
+                num >= 130000,
+                Status::Fix,
+                "server version",
+                version,
+                advice,
+            ));
+            let advice = format!("{enc}: walcast streams UTF8 databases only (JSON is UTF-8)");
+            out.push(judge(
+                enc == "UTF8",
+                Status::Fix,
+                "database encoding",
+                enc,
+                advice,
+            ));
         }
         Err(e) => out.push(check(Status::Fix, "connection", e)),
     }
     match q("SELECT current_setting('wal_level')").await {
         Ok(r) => {
             let v: String = r.get(0);
-            out.push(if v == "logical" {
-                check(Status::Ok, "wal_level", v)
-            } else {
-                check(
-                    Status::Fix,
-                    "wal_level",
-                    format!(
-                        "{v}: run ALTER SYSTEM SET wal_level = logical; and restart PostgreSQL"
-                    ),
-                )
-            });
+            let advice =
+                format!("{v}: run ALTER SYSTEM SET wal_level = logical; and restart PostgreSQL");
+            out.push(judge(v == "logical", Status::Fix, "wal_level", v, advice));
         }
         Err(e) => out.push(check(Status::Fix, "wal_level", e)),
     }
@@ -130,24 +135,20 @@ pub async fn run(config: &tokio_postgres::Config) -> Vec<Check> {
         Ok(r) => {
             let (slots, used, senders, busy): (i32, i32, i32, i32) =
                 (r.get(0), r.get(1), r.get(2), r.get(3));
-            out.push(if used < slots {
-                check(Status::Ok, "replication slots", format!("{} of {slots} free", slots - used))
-            } else {
-                check(Status::Fix, "replication slots", format!("all {slots} in use: drop unused slots or raise max_replication_slots (restart)"))
-            });
-            out.push(if busy < senders {
-                check(
-                    Status::Ok,
-                    "WAL senders",
-                    format!("{} of {senders} free", senders - busy),
-                )
-            } else {
-                check(
-                    Status::Fix,
-                    "WAL senders",
-                    format!("all {senders} busy: raise max_wal_senders (restart)"),
-                )
-            });
+            out.push(judge(
+                used < slots,
+                Status::Fix,
+                "replication slots",
+                format!("{} of {slots} free", slots - used),
+                format!("all {slots} in use: drop unused slots or raise max_replication_slots (restart)"),
+            ));
+            out.push(judge(
+                busy < senders,
+                Status::Fix,
+                "WAL senders",
+                format!("{} of {senders} free", senders - busy),
+                format!("all {senders} busy: raise max_wal_senders (restart)"),
+            ));
         }
         Err(e) => out.push(check(Status::Fix, "replication slots", e)),
     }
@@ -161,15 +162,14 @@ pub async fn run(config: &tokio_postgres::Config) -> Vec<Check> {
             let allowed = v
                 .split(',')
                 .any(|p| p.trim().trim_matches('"') == "walcast");
-            out.push(if allowed {
-                check(Status::Ok, "output_plugin_libraries", v)
-            } else {
-                check(
-                    Status::Fix,
-                    "output_plugin_libraries",
-                    format!("{v}: walcast is not allowed; run ALTER SYSTEM SET output_plugin_libraries = 'pgoutput', 'test_decoding', 'walcast'; then restart"),
-                )
-            });
+            let advice = format!("{v}: walcast is not allowed; run ALTER SYSTEM SET output_plugin_libraries = 'pgoutput', 'test_decoding', 'walcast'; then restart");
+            out.push(judge(
+                allowed,
+                Status::Fix,
+                "output_plugin_libraries",
+                v,
+                advice,
+            ));
         }
     }
     out.push(plugin_check(config).await);
@@ -185,15 +185,13 @@ pub async fn run(config: &tokio_postgres::Config) -> Vec<Check> {
     match q("SELECT current_setting('max_slot_wal_keep_size')").await {
         Ok(r) => {
             let v: String = r.get(0);
-            out.push(if v == "-1" {
-                check(
-                    Status::Warn,
-                    "max_slot_wal_keep_size",
-                    "unlimited: a slot nobody reads keeps all WAL; consider ALTER SYSTEM SET max_slot_wal_keep_size = '10GB'",
-                )
-            } else {
-                check(Status::Ok, "max_slot_wal_keep_size", v)
-            });
+            out.push(judge(
+                v != "-1",
+                Status::Warn,
+                "max_slot_wal_keep_size",
+                v,
+                "unlimited: a slot nobody reads keeps all WAL; consider ALTER SYSTEM SET max_slot_wal_keep_size = '10GB'",
+            ));
         }
         Err(e) => out.push(check(Status::Warn, "max_slot_wal_keep_size", e)),
     }
@@ -212,22 +210,14 @@ pub async fn run(config: &tokio_postgres::Config) -> Vec<Check> {
             let (name, active, behind, far): (String, bool, String, bool) =
                 (r.get(0), r.get(1), r.get(2), r.get(3));
             let item = format!("slot {name}");
-            out.push(if !active && far {
-                check(
-                    Status::Warn,
-                    &item,
-                    format!("inactive and holding {behind} of WAL: resume its consumer or drop it"),
-                )
-            } else {
-                check(
-                    Status::Ok,
-                    &item,
-                    format!(
-                        "{}, {behind} behind",
-                        if active { "active" } else { "inactive" }
-                    ),
-                )
-            });
+            let state = if active { "active" } else { "inactive" };
+            out.push(judge(
+                active || !far,
+                Status::Warn,
+                &item,
+                format!("{state}, {behind} behind"),
+                format!("inactive and holding {behind} of WAL: resume its consumer or drop it"),
+            ));
         }
     }
     out

@@ -144,15 +144,11 @@ fn every_flag_is_documented_and_every_documented_flag_exists() {
         .iter()
         .map(|r| unquote(&r[0]).to_owned())
         .collect();
-    let missing: Vec<_> = in_help.difference(&table).collect();
-    assert!(
-        missing.is_empty(),
-        "flags not in docs/proxy.md: {missing:?}"
-    );
-    let unknown: Vec<_> = table.difference(&in_help).collect();
-    assert!(
-        unknown.is_empty(),
-        "documented flags walcast-proxy does not have: {unknown:?}"
+    assert_same(
+        &in_help,
+        &table,
+        "flags not in docs/proxy.md",
+        "documented flags walcast-proxy does not have",
     );
     // Each variable named in the table is the flag's environment variable.
     for row in table_after(&md, "| flag | variable | default | meaning |") {
@@ -167,6 +163,14 @@ fn every_flag_is_documented_and_every_documented_flag_exists() {
         .output()
         .expect("walcast-proxy doctor --help");
     assert!(doctor.status.success());
+}
+
+/// Asserts that the code and the docs name the same things.
+fn assert_same(code: &BTreeSet<String>, docs: &BTreeSet<String>, missing: &str, unknown: &str) {
+    let not_documented: Vec<_> = code.difference(docs).collect();
+    assert!(not_documented.is_empty(), "{missing}: {not_documented:?}");
+    let not_in_code: Vec<_> = docs.difference(code).collect();
+    assert!(not_in_code.is_empty(), "{unknown}: {not_in_code:?}");
 }
 
 #[test]
@@ -190,15 +194,11 @@ fn every_metric_is_documented_and_every_documented_metric_exists() {
         .find(|l| l.starts_with("| `GET /metrics`"))
         .expect("metrics row");
     let documented = names(line);
-    let missing: Vec<_> = exported.difference(&documented).collect();
-    assert!(
-        missing.is_empty(),
-        "metrics not in docs/proxy.md: {missing:?}"
-    );
-    let unknown: Vec<_> = documented.difference(&exported).collect();
-    assert!(
-        unknown.is_empty(),
-        "documented metrics that do not exist: {unknown:?}"
+    assert_same(
+        &exported,
+        &documented,
+        "metrics not in docs/proxy.md",
+        "documented metrics that do not exist",
     );
     // The metrics named in operations.md exist too.
     let ops_md = read("docs/operations.md");

@@ -57,8 +57,10 @@ pub struct Opened {
 /// Claims the consumer place of `slot` and starts streaming from it.
 pub async fn open(streams: &Streams, slot: &str) -> Result<Opened, ApiError> {
     let mut info = streams.require(slot).await?;
-    let guard = streams.claim_consumer(slot, RELEASE_WAIT).await?;
+    // One wait for both: this proxy's previous consumer leaving, then
+    // PostgreSQL releasing the slot.
     let deadline = tokio::time::Instant::now() + RELEASE_WAIT;
+    let guard = streams.claim_consumer(slot, deadline).await?;
     while info.active && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
         info = streams.require(slot).await?;

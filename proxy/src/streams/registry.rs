@@ -344,14 +344,13 @@ impl Streams {
     /// Takes the consumer place of `slot` and ends its snapshot: from now on
     /// the stream, not the snapshot, is read. A consumer of this proxy that
     /// is leaving (its client just went away, its replication connection is
-    /// closing) is waited for up to `wait`, so a client reconnecting at once
-    /// is not refused; a consumer still connected after that gives 409.
+    /// closing) is waited for until `deadline`, so a client reconnecting at
+    /// once is not refused; a consumer still connected then gives 409.
     pub async fn claim_consumer(
         &self,
         slot: &str,
-        wait: Duration,
+        deadline: tokio::time::Instant,
     ) -> Result<ConsumerGuard, ApiError> {
-        let deadline = tokio::time::Instant::now() + wait;
         loop {
             // Registered before the check, so a release in between wakes us.
             let released = self.released.notified();

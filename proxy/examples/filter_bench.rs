@@ -5,7 +5,7 @@
 //! filter runs (default 1M). Each subscription takes its events in bursts,
 //! as a session drains its queue: 64 at a time, then 1 at a time.
 //!
-//!   cargo run --release -p walcast-proxy --example filter_bench [-- EVENTS [CASE]]
+//!   cargo run --release -p walcast-proxy --example filter_bench [-- EVENTS [CASE [SCHEDULE]]]
 
 use bytes::Bytes;
 use std::sync::Arc;
@@ -18,12 +18,18 @@ use walcast_proxy::metrics::Metrics;
 /// Subscriptions each event goes through.
 const SUBSCRIPTIONS: usize = 100;
 
-/// Schedules: (subscriptions, changes each takes from its queue at a time).
-/// 100 x 64 as under load (a session drains its queue in bursts, up to
-/// 512); 100 x 1 as the worst case (every call switches to another
-/// instance, with cold caches); 1 subscription alone as the reference a
-/// single store gives.
-const SCHEDULES: [(usize, usize); 3] = [(SUBSCRIPTIONS, 64), (SUBSCRIPTIONS, 1), (1, 1000)];
+/// Schedules: (subscriptions, changes each takes from its queue at a time,
+/// in batches). 100 x 64 in batches as under load (a session drains its
+/// queue in bursts and gives the filter up to 64 changes per call); the
+/// same one call per change (the filters without `walcast_filter_batch`);
+/// 100 x 1 as the worst case (every call switches to another instance,
+/// with cold caches); 1 subscription alone, one call per change.
+const SCHEDULES: [(usize, usize, bool); 4] = [
+    (SUBSCRIPTIONS, 64, true),
+    (SUBSCRIPTIONS, 64, false),
+    (SUBSCRIPTIONS, 1, false),
+    (1, 1000, false),
+];
 
 fn event(i: u64) -> Change {
     let json = format!(
@@ -89,8 +95,10 @@ fn main() {
         Ok(f) => Arc::new(f),
         Err(e) => panic!("{e}"),
     };
-    // An optional second argument picks the cases whose name contains it.
+    // An optional second argument picks the cases whose name contains it,
+    // a third the schedules ("batches", "one call", "100 x 1", ...).
     let only = std::env::args().nth(2).unwrap_or_default();
+    let schedule = std::env::args().nth(3).unwrap_or_default();
     for (name, bytes, config) in cases.into_iter().filter(|c| c.0.contains(&only)) {
         let module = match rt.block_on(filters.upload(bytes)) {
             Ok(m) => m,
@@ -105,7 +113,12 @@ fn main() {
                 }
             })
             .collect();
-        for (count, burst) in SCHEDULES {
+        let mut verdicts = Vec::new();
+        for (count, burst, batched) in SCHEDULES {
+            let how = if batched { "batches" } else { "one call each" };
+            if !format!("{count} x {burst} ({how})").contains(&schedule) {
+                continue;
+            }
             let subs = &mut subs[..count];
             let (mut kept, mut failed) = (0u64, 0u64);
             let rounds = (n / (count as u64 * burst as u64)).max(1);
@@ -113,11 +126,17 @@ fn main() {
             for r in 0..rounds {
                 // As a session does with its queue: each subscription runs
                 // its filter over the burst of changes waiting for it.
-                let first = (r as usize * burst) % events.len();
+                let first = (r as usize * burst) % (events.len() - burst).max(1);
+                let queue = &events[first..first + burst];
                 for f in subs.iter_mut() {
-                    for k in 0..burst {
-                        let change = &events[(first + k) % events.len()];
-                        match f.run(change) {
+                    if batched {
+                        f.run_batch(queue, &mut verdicts);
+                    } else {
+                        verdicts.clear();
+                        verdicts.extend(queue.iter().map(|change| f.run(change)));
+                    }
+                    for v in verdicts.drain(..) {
+                        match v {
                             Verdict::Keep | Verdict::Replace(_) => kept += 1,
                             Verdict::Drop => {}
                             Verdict::Failed(_) | Verdict::Detached(_) => failed += 1,
@@ -129,7 +148,7 @@ fn main() {
             let ns = start.elapsed().as_nanos() as f64 / runs as f64;
             let fuel: u64 = subs.iter().map(|f| f.fuel_used).sum();
             println!(
-                "{name}, {count} x {burst}: {ns:.0} ns/event/subscription ({kept} of {runs} delivered, {failed} failed, {:.0} fuel/event)",
+                "{name}, {count} x {burst} ({how}): {ns:.0} ns/event/subscription ({kept} of {runs} delivered, {failed} failed, {:.0} fuel/event)",
                 fuel as f64 / runs as f64
             );
             for f in subs.iter_mut() {

@@ -4,7 +4,7 @@
 //! server shuts down.
 
 use crate::change::Change;
-use crate::filter::{FilterInstance, Filters, Verdict};
+use crate::filter::{FilterInstance, Filters, Verdict, BATCH_EVENTS};
 use crate::hub::{Hub, Kick, Subscription};
 use crate::metrics::Metrics;
 use crate::query::{self, Query};
@@ -120,18 +120,28 @@ pub(crate) enum Outcome {
     Detach(String, String),
 }
 
+/// A change for a client without a filter.
+fn unfiltered(change: &Change) -> Outcome {
+    match Utf8Bytes::try_from(change.raw.clone()) {
+        Ok(t) => Outcome::Send(t),
+        Err(_) => Outcome::Skip,
+    }
+}
+
 /// Runs the client's filter (if any) on a change.
 pub(crate) fn filter_change(
     filter: Option<&mut FilterInstance>,
     change: &Change,
     metrics: &Metrics,
 ) -> Outcome {
-    let Some(f) = filter else {
-        return match Utf8Bytes::try_from(change.raw.clone()) {
-            Ok(t) => Outcome::Send(t),
-            Err(_) => Outcome::Skip,
-        };
-    };
+    match filter {
+        None => unfiltered(change),
+        Some(f) => outcome(change, f.run(change), metrics),
+    }
+}
+
+/// What the filter's verdict on `change` makes of it.
+fn outcome(change: &Change, verdict: Verdict, metrics: &Metrics) -> Outcome {
     metrics.filter_events.fetch_add(1, Ordering::Relaxed);
     let frame = |code: &str, message: &str| {
         serde_json::json!({
@@ -142,12 +152,9 @@ pub(crate) fn filter_change(
         })
         .to_string()
     };
-    match f.run(change) {
+    match verdict {
         Verdict::Drop => Outcome::Skip,
-        Verdict::Keep => match Utf8Bytes::try_from(change.raw.clone()) {
-            Ok(t) => Outcome::Send(t),
-            Err(_) => Outcome::Skip,
-        },
+        Verdict::Keep => unfiltered(change),
         Verdict::Replace(out) => match String::from_utf8(out) {
             Ok(s) => Outcome::Send(s.into()),
             Err(_) => Outcome::Skip,
@@ -242,40 +249,57 @@ pub async fn run(mut ws: Ws, start: Start, ctx: Context) {
         },
     };
     metrics.clients.fetch_add(1, Ordering::Relaxed);
+    let (mut burst, mut verdicts) = (Vec::with_capacity(MAX_BATCH), Vec::new());
     'serve: loop {
         tokio::select! {
             change = sub.rx.recv() => match change {
                 Some(first) => {
-                    // Write everything already queued, then flush once: one
-                    // syscall for a burst instead of one per frame.
-                    let (mut next, mut taken, mut sent) = (Some(first), 0, 0u64);
-                    while let Some(change) = next.take() {
-                        taken += 1;
-                        if let Some(wait) = filter.as_mut().and_then(|f| f.throttle()) {
-                            // The filter used its CPU budget for this second.
-                            if ws.flush().await.is_err() {
-                                break 'serve;
-                            }
-                            tokio::time::sleep(wait).await;
+                    // Take everything already queued (up to MAX_BATCH),
+                    // write it, then flush once: one syscall for a burst
+                    // instead of one per frame.
+                    burst.clear();
+                    burst.push(first);
+                    while burst.len() < MAX_BATCH {
+                        match sub.rx.try_recv() {
+                            Ok(change) => burst.push(change),
+                            Err(_) => break,
                         }
-                        let frame = match filter_change(filter.as_mut(), &change, &metrics) {
-                            Outcome::Send(text) => Some(text),
-                            Outcome::Skip => None,
-                            Outcome::Report(frame) => Some(frame.into()),
-                            Outcome::Detach(frame, reason) => {
-                                let _ = ws.send(Message::Text(frame.into())).await;
-                                close(&mut ws, CloseCode::Policy, &reason).await;
-                                break 'serve;
+                    }
+                    let mut sent = 0u64;
+                    for chunk in burst.chunks(BATCH_EVENTS) {
+                        if let Some(f) = filter.as_mut() {
+                            if let Some(wait) = f.throttle() {
+                                // The filter used its CPU budget for this second.
+                                if ws.flush().await.is_err() {
+                                    break 'serve;
+                                }
+                                tokio::time::sleep(wait).await;
                             }
-                        };
-                        if let Some(text) = frame {
+                            f.run_batch(chunk, &mut verdicts);
+                        }
+                        let mut judged = verdicts.drain(..);
+                        for change in chunk {
+                            let outcome = match filter {
+                                None => unfiltered(change),
+                                Some(_) => match judged.next() {
+                                    Some(v) => outcome(change, v, &metrics),
+                                    None => break,
+                                },
+                            };
+                            let text = match outcome {
+                                Outcome::Send(text) => text,
+                                Outcome::Skip => continue,
+                                Outcome::Report(frame) => frame.into(),
+                                Outcome::Detach(frame, reason) => {
+                                    let _ = ws.send(Message::Text(frame.into())).await;
+                                    close(&mut ws, CloseCode::Policy, &reason).await;
+                                    break 'serve;
+                                }
+                            };
                             if ws.feed(Message::Text(text)).await.is_err() {
                                 break 'serve;
                             }
                             sent += 1;
-                        }
-                        if taken < MAX_BATCH {
-                            next = sub.rx.try_recv().ok();
                         }
                     }
                     if ws.flush().await.is_err() {

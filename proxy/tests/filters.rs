@@ -263,6 +263,26 @@ fn bad_modules_are_refused_at_upload_with_a_code() {
             422,
             "MISSING_EXPORT",
         ),
+        (
+            "batch entry with the wrong type",
+            br#"(module (memory (export "memory") 1) (func (export "walcast_abi_v1"))
+                (func (export "walcast_alloc") (param i32) (result i32) (i32.const 0))
+                (func (export "walcast_filter") (param i32 i32) (result i32) (i32.const 1))
+                (func (export "walcast_filter_batch") (param i32 i32) (result i32) (i32.const 0)))"#
+                .to_vec(),
+            422,
+            "MISSING_EXPORT",
+        ),
+        (
+            "header-only marker that is not a function",
+            br#"(module (memory (export "memory") 1) (func (export "walcast_abi_v1"))
+                (global (export "walcast_header_only") i32 (i32.const 1))
+                (func (export "walcast_alloc") (param i32) (result i32) (i32.const 0))
+                (func (export "walcast_filter") (param i32 i32) (result i32) (i32.const 1)))"#
+                .to_vec(),
+            422,
+            "MISSING_EXPORT",
+        ),
     ];
     for (what, bytes, status, code) in &cases {
         let (got, got_code, message) = refused(&proxy, bytes);

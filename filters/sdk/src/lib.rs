@@ -95,7 +95,14 @@ impl<'a> Event<'a> {
         let e = Event { record };
         let end = HEADER + e.schema_len() + e.table_len();
         let json_end = (u32_at(record, 24) as usize).checked_add(u32_at(record, 28) as usize)?;
-        (end <= record.len() && json_end <= record.len()).then_some(e)
+        // Only this record (in a batch, others follow it).
+        let record = record.get(..end.max(json_end))?;
+        Some(Event { record })
+    }
+
+    /// The record's length.
+    fn len(&self) -> usize {
+        self.record.len()
     }
 
     fn schema_len(&self) -> usize {
@@ -265,6 +272,70 @@ pub mod abi {
         }
     }
 
+    /// The replacements of the current batch, kept alive until the host
+    /// has read them (it does before its next call).
+    struct Outputs(UnsafeCell<Vec<Vec<u8>>>);
+
+    // SAFETY: as for `Buffer`: single-threaded, never re-entered.
+    unsafe impl Sync for Outputs {}
+
+    static OUTPUTS: Outputs = Outputs(UnsafeCell::new(Vec::new()));
+
+    /// Size of a verdict slot: i32 code, u32 output address, u32 length.
+    const SLOT: usize = 12;
+
+    /// `walcast_filter_batch`: runs `f` on `count` records at 8-byte
+    /// aligned offsets from `ptr`, writing each verdict to its slot at
+    /// `out`. Returns how many verdicts it wrote (the host runs the rest
+    /// one at a time).
+    pub fn filter_batch(ptr: u32, count: u32, out: u32, f: fn(&Event) -> Verdict) -> i32 {
+        // SAFETY: single-threaded guest (see `Buffer`); the host wrote the
+        // records and left the slots in the buffer `alloc` returned, and
+        // no other reference to it is alive during this call.
+        let buf = unsafe { &mut *INPUT.0.get() };
+        // SAFETY: as above; the host reads the outputs before any other
+        // call into the module.
+        let outputs = unsafe { &mut *OUTPUTS.0.get() };
+        outputs.clear();
+        let base = buf.as_ptr() as usize as u32;
+        let slots_at = out.wrapping_sub(base) as usize;
+        let count = count as usize;
+        if ptr != base || slots_at > buf.len() || buf.len() - slots_at < count * SLOT {
+            return 0;
+        }
+        let (records, slots) = buf.split_at_mut(slots_at);
+        let mut at = 0;
+        for (i, slot) in slots.chunks_exact_mut(SLOT).take(count).enumerate() {
+            let Some(event) = records.get(at..).and_then(Event::parse) else {
+                // Not a record: the host runs it alone, where it fails.
+                return i as i32;
+            };
+            let (code, output) = match f(&event) {
+                Verdict::Drop => (0i32, (0, 0)),
+                Verdict::Keep => (1, (0, 0)),
+                Verdict::Replace(bytes) => {
+                    let o = (bytes.as_ptr() as usize as u32, bytes.len() as u32);
+                    outputs.push(bytes);
+                    (2, o)
+                }
+            };
+            slot[..4].copy_from_slice(&code.to_le_bytes());
+            slot[4..8].copy_from_slice(&output.0.to_le_bytes());
+            slot[8..].copy_from_slice(&output.1.to_le_bytes());
+            at = (at + event.len() + 7) & !7;
+        }
+        count as i32
+    }
+
+    /// The input buffer and the batch outputs, for unit tests.
+    #[cfg(test)]
+    pub(crate) fn with_buffers(f: impl FnOnce(&mut [u8], &[Vec<u8>])) {
+        // SAFETY: tests touching the buffers call this between the ABI
+        // functions, never during one; only one test uses them.
+        let (input, outputs) = unsafe { (&mut *INPUT.0.get(), &*OUTPUTS.0.get()) };
+        f(input, outputs)
+    }
+
     /// `walcast_init`: runs `f` on the subscription's config.
     pub fn init(ptr: u32, len: u32, f: fn(&[u8]) -> bool) -> i32 {
         if f(input(ptr, len)) {
@@ -277,18 +348,44 @@ pub mod abi {
 
 /// Exports the ABI for a filter function `fn(&Event) -> Verdict`, and
 /// optionally an init function `fn(&[u8]) -> bool` that receives the
-/// subscription's config (return `false` to refuse it).
+/// subscription's config (return `false` to refuse it). A filter that
+/// reads only the action, schema, table, xid and LSN adds `header_only`:
+/// its events then come without their JSON (`json()` is empty), which
+/// saves copying every change into the module.
+///
+/// ```text
+/// walcast_filter::export!(filter);
+/// walcast_filter::export!(filter, init = init);
+/// walcast_filter::export!(filter, header_only);
+/// walcast_filter::export!(filter, init = init, header_only);
+/// ```
 #[macro_export]
 macro_rules! export {
     ($filter:path) => {
         $crate::export!(@common $filter);
     };
+    ($filter:path, header_only) => {
+        $crate::export!(@common $filter);
+        $crate::export!(@header_only);
+    };
     ($filter:path, init = $init:path) => {
         $crate::export!(@common $filter);
+        $crate::export!(@init $init);
+    };
+    ($filter:path, init = $init:path, header_only) => {
+        $crate::export!(@common $filter);
+        $crate::export!(@init $init);
+        $crate::export!(@header_only);
+    };
+    (@init $init:path) => {
         #[no_mangle]
         pub extern "C" fn walcast_init(ptr: u32, len: u32) -> i32 {
             $crate::abi::init(ptr, len, $init)
         }
+    };
+    (@header_only) => {
+        #[no_mangle]
+        pub extern "C" fn walcast_header_only() {}
     };
     (@common $filter:path) => {
         #[no_mangle]
@@ -300,6 +397,10 @@ macro_rules! export {
         #[no_mangle]
         pub extern "C" fn walcast_filter(ptr: u32, len: u32) -> i32 {
             $crate::abi::filter(ptr, len, $filter)
+        }
+        #[no_mangle]
+        pub extern "C" fn walcast_filter_batch(ptr: u32, count: u32, out: u32) -> i32 {
+            $crate::abi::filter_batch(ptr, count, out, $filter)
         }
     };
 }
@@ -377,5 +478,55 @@ mod tests {
         let mut r = record(1, "s", "t", "{}", None);
         r[4] = 200;
         assert!(Event::parse(&r).is_none());
+    }
+
+    fn keep_orders_upper_tables(e: &Event) -> Verdict {
+        match e.table() {
+            "orders" => Verdict::Keep,
+            "skip" => Verdict::Drop,
+            t => Verdict::Replace(t.to_uppercase().into_bytes()),
+        }
+    }
+
+    #[test]
+    fn a_batch_writes_one_verdict_slot_per_record() {
+        // Records at 8-byte aligned offsets, then the slots, as the host
+        // lays out a batch (proxy/src/filter/instance.rs).
+        let records = [
+            record(1, "public", "orders", r#"{"a":1}"#, None),
+            record(1, "public", "skip", r#"{"a":22}"#, None),
+            record(1, "public", "other", "{}", None),
+        ];
+        let mut layout = Vec::new();
+        for r in &records {
+            layout.resize((layout.len() + 7) & !7, 0);
+            layout.extend_from_slice(r);
+        }
+        layout.resize((layout.len() + 7) & !7, 0);
+        let slots_at = layout.len();
+        let ptr = abi::alloc((slots_at + 12 * 3) as u32);
+        abi::with_buffers(|input, _| input[..slots_at].copy_from_slice(&layout));
+        let out = ptr + slots_at as u32;
+        assert_eq!(abi::filter_batch(ptr, 3, out, keep_orders_upper_tables), 3);
+        abi::with_buffers(|input, outputs| {
+            let word = |k: usize| u32_at(&input[slots_at..], 4 * k);
+            assert_eq!(word(0), 1);
+            assert_eq!(word(3), 0);
+            assert_eq!(word(6), 2);
+            assert_eq!(outputs, &[b"OTHER".to_vec()]);
+            // Addresses are 32-bit in WebAssembly (truncated in this test).
+            assert_eq!(word(7), outputs[0].as_ptr() as usize as u32);
+            assert_eq!(word(8), 5);
+        });
+        // A slot area outside the buffer: nothing judged, the host runs
+        // the records one at a time.
+        assert_eq!(
+            abi::filter_batch(ptr, 3, out + 4096, keep_orders_upper_tables),
+            0
+        );
+        // A broken second record: the first is judged, the rest left.
+        let second = (records[0].len() + 7) & !7;
+        abi::with_buffers(|input, _| input[second] = 9);
+        assert_eq!(abi::filter_batch(ptr, 3, out, keep_orders_upper_tables), 1);
     }
 }

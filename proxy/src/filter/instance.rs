@@ -3,11 +3,17 @@
 //! and the error policy: an event the filter fails on is dropped and the
 //! client gets a `filter_error` frame; the instance is replaced by a fresh
 //! one; after `max_errors` failures in a row the filter is detached.
+//!
+//! A module that exports `walcast_filter_batch` takes up to
+//! [`BATCH_EVENTS`] changes per call (`run_batch`): one entry into the
+//! sandbox and one fuel reset per batch instead of per change. The
+//! verdicts and failures a client sees are those of one call per change.
 
 use super::record::{record_len, write_record};
-use super::registry::{FilterModule, Filters, Host};
+use super::registry::{output_bytes, FilterModule, Filters, Host};
 use super::{ErrorCode, FilterError};
 use crate::change::Change;
+use std::borrow::Borrow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasmtime::{Engine, Memory, Store, StoreLimitsBuilder, Trap, TypedFunc};
@@ -30,6 +36,7 @@ struct Live {
     memory: Memory,
     alloc: TypedFunc<u32, u32>,
     filter: TypedFunc<(u32, u32), i32>,
+    batch: Option<TypedFunc<(u32, u32, u32), i32>>,
     /// The event buffer `walcast_alloc` gave: address and size. Events are
     /// written there while they fit (the ABI lets the host reuse it until
     /// it calls `walcast_alloc` again).
@@ -137,11 +144,20 @@ impl FilterInstance {
         let filter = instance
             .get_typed_func::<(u32, u32), i32>(&mut store, "walcast_filter")
             .map_err(|_| missing("walcast_filter"))?;
+        let batch = match self.module.has_batch {
+            true => Some(
+                instance
+                    .get_typed_func::<(u32, u32, u32), i32>(&mut store, "walcast_filter_batch")
+                    .map_err(|_| missing("walcast_filter_batch"))?,
+            ),
+            false => None,
+        };
         let mut live = Live {
             store,
             memory,
             alloc,
             filter,
+            batch,
             input: None,
         };
         if self.module.has_init {
@@ -187,101 +203,347 @@ impl FilterInstance {
                 self.consecutive_errors = 0;
                 v
             }
-            Err(err) => {
-                self.consecutive_errors += 1;
-                if self.consecutive_errors >= self.limits.max_errors {
-                    self.live = None;
-                    return Verdict::Detached(FilterError::new(
-                        err.code,
-                        format!(
-                            "filter detached after {} failures in a row; the last: {}",
-                            self.consecutive_errors, err.message
-                        ),
-                    ));
+            Err(err) => self.failed(err),
+        }
+    }
+
+    /// Counts a failure: the filter goes on in a fresh instance, or is
+    /// detached after `max_errors` failures in a row.
+    fn failed(&mut self, err: FilterError) -> Verdict {
+        self.consecutive_errors += 1;
+        if self.consecutive_errors >= self.limits.max_errors {
+            self.live = None;
+            return Verdict::Detached(FilterError::new(
+                err.code,
+                format!(
+                    "filter detached after {} failures in a row; the last: {}",
+                    self.consecutive_errors, err.message
+                ),
+            ));
+        }
+        // A fresh instance: whatever state the failure left is gone.
+        if let Err(e) = self.instantiate() {
+            return Verdict::Detached(FilterError::new(
+                e.code,
+                format!("filter detached: it cannot be restarted: {}", e.message),
+            ));
+        }
+        Verdict::Failed(err)
+    }
+
+    /// Runs the filter on `changes` in order, appending one verdict per
+    /// change to `verdicts` (cleared first); after a `Detached` verdict the
+    /// rest are not judged. Batches go through `walcast_filter_batch` when
+    /// the module exports it, each change through `walcast_filter`
+    /// otherwise; either way the verdicts are those of one call per change.
+    pub fn run_batch<C: Borrow<Change>>(&mut self, changes: &[C], verdicts: &mut Vec<Verdict>) {
+        verdicts.clear();
+        let mut rest = changes;
+        while let Some(first) = rest.first() {
+            if !self.module.has_batch || rest.len() == 1 {
+                let v = self.run(first.borrow());
+                let detached = matches!(v, Verdict::Detached(_));
+                verdicts.push(v);
+                if detached {
+                    return;
                 }
-                // A fresh instance: whatever state the failure left is gone.
-                if let Err(e) = self.instantiate() {
-                    return Verdict::Detached(FilterError::new(
-                        e.code,
-                        format!("filter detached: it cannot be restarted: {}", e.message),
-                    ));
+                rest = &rest[1..];
+                continue;
+            }
+            let n = batch_len(rest, self.module.json);
+            let (judged, alone) = self.call_batch(&rest[..n], verdicts);
+            if verdicts
+                .last()
+                .is_some_and(|v| matches!(v, Verdict::Detached(_)))
+            {
+                return;
+            }
+            // What the batch call could not judge (it trapped, or the guest
+            // stopped early) goes one change at a time, exactly as without
+            // batches.
+            let n = judged + alone;
+            for change in &rest[judged..n] {
+                let v = self.run(change.borrow());
+                let detached = matches!(v, Verdict::Detached(_));
+                verdicts.push(v);
+                if detached {
+                    return;
                 }
-                Verdict::Failed(err)
+            }
+            rest = &rest[n..];
+        }
+    }
+
+    /// One `walcast_filter_batch` call over `changes` (at least two).
+    /// Returns how many changes it judged (their verdicts appended) and how
+    /// many after those the caller must run one at a time. A trap judges
+    /// none and leaves them all to run alone: the call's verdicts are
+    /// discarded with its instance, and each change runs again in a fresh
+    /// one, so the failing change is reported as without batches. A change
+    /// the filter fails on ends the call's verdicts: the changes after it
+    /// go on in a fresh instance, as without batches.
+    fn call_batch<C: Borrow<Change>>(
+        &mut self,
+        changes: &[C],
+        verdicts: &mut Vec<Verdict>,
+    ) -> (usize, usize) {
+        if self.live.is_none() {
+            if let Err(e) = self.instantiate() {
+                verdicts.push(self.failed(e));
+                return (1, 0);
             }
         }
+        let (mut fuel, mut records) = (0u64, 0usize);
+        for c in changes {
+            let len = record_len(c.borrow(), self.module.json);
+            records = align8(records) + len;
+            fuel = fuel.saturating_add(self.event_fuel(len));
+        }
+        let slots = align8(records);
+        let count = changes.len();
+        let Some(live) = self.live.as_mut() else {
+            return (0, count);
+        };
+        let Some(batch) = live.batch.clone() else {
+            return (0, count);
+        };
+        let placed = ensure_buffer(live, slots + SLOT_LEN * count).and_then(|(ptr, _)| {
+            write_batch(live, changes, self.module.json, ptr, slots).map(|()| ptr)
+        });
+        let ptr = match placed {
+            Ok(ptr) => ptr,
+            Err(e) => {
+                verdicts.push(self.failed(e));
+                return (1, 0);
+            }
+        };
+        let result = live
+            .store
+            .set_fuel(fuel)
+            .and_then(|()| batch.call(&mut live.store, (ptr, count as u32, ptr + slots as u32)));
+        let left = live.store.get_fuel().unwrap_or(0);
+        // set_output has no part in batches: the output is in the slots.
+        let host = live.store.data_mut();
+        host.output = None;
+        host.output_error = None;
+        self.account(fuel.saturating_sub(left));
+        let returned = match result {
+            Ok(n) => n,
+            Err(_) => {
+                // Whatever the instance did in this call goes with it.
+                self.live = None;
+                return (0, count);
+            }
+        };
+        let judged = match usize::try_from(returned) {
+            Ok(n) if n <= count => n,
+            _ => {
+                let err = FilterError::new(
+                    ErrorCode::BadReturn,
+                    format!("walcast_filter_batch returned {returned} for {count} events; expected the number of verdicts it wrote, 0 to {count}"),
+                );
+                verdicts.push(self.failed(err));
+                return (1, 0);
+            }
+        };
+        let mut failure = None;
+        if let Some(live) = self.live.as_ref() {
+            let data = live.memory.data(&live.store);
+            let at = ptr as usize + slots;
+            let max = self.limits.max_output_bytes;
+            for j in 0..judged {
+                let slot = at + SLOT_LEN * j;
+                // Drop and keep, by far the most common, go straight in.
+                let code = data.get(slot..slot + 4).and_then(|b| b.try_into().ok());
+                match code.map(i32::from_le_bytes) {
+                    Some(0) => verdicts.push(Verdict::Drop),
+                    Some(1) => verdicts.push(Verdict::Keep),
+                    _ => match read_slot(data, slot, max) {
+                        Ok(v) => verdicts.push(v),
+                        Err(e) => {
+                            failure = Some((j, e));
+                            break;
+                        }
+                    },
+                }
+            }
+        }
+        match failure {
+            Some((j, err)) => {
+                verdicts.push(self.failed(err));
+                (j + 1, 0)
+            }
+            None => {
+                if judged > 0 {
+                    self.consecutive_errors = 0;
+                }
+                (judged, count - judged)
+            }
+        }
+    }
+
+    /// The fuel one event of `len` record bytes may use.
+    fn event_fuel(&self, len: usize) -> u64 {
+        self.limits
+            .fuel_per_event
+            .saturating_add(self.limits.fuel_per_byte.saturating_mul(len as u64))
+    }
+
+    fn account(&mut self, used: u64) {
+        self.used_in_window = self.used_in_window.saturating_add(used);
+        self.fuel_used = self.fuel_used.saturating_add(used);
     }
 
     fn call(&mut self, change: &Change) -> Result<Verdict, FilterError> {
         if self.live.is_none() {
             self.instantiate()?;
         }
+        let len = record_len(change, self.module.json);
+        let fuel = self.event_fuel(len);
         let Some(live) = self.live.as_mut() else {
             return Err(FilterError::new(ErrorCode::Instantiate, "no instance"));
         };
-        let len = record_len(change);
-        let fuel = self
-            .limits
-            .fuel_per_event
-            .saturating_add(self.limits.fuel_per_byte.saturating_mul(len as u64));
         live.store
             .set_fuel(fuel)
             .map_err(|e| FilterError::new(ErrorCode::Trap, format!("{e:#}")))?;
-        let result = place_event(live, change, len).and_then(|ptr| {
+        let result = place_event(live, change, self.module.json, len).and_then(|ptr| {
             live.filter
                 .call(&mut live.store, (ptr, len as u32))
                 .map_err(|e| classify(&e))
         });
         let left = live.store.get_fuel().unwrap_or(0);
-        let used = fuel.saturating_sub(left);
-        self.used_in_window = self.used_in_window.saturating_add(used);
-        self.fuel_used = self.fuel_used.saturating_add(used);
         // What `set_output` left is taken whatever the result, so that the
         // next event starts without it.
         let host = live.store.data_mut();
         let (output, output_error) = (host.output.take(), host.output_error.take());
-        match result? {
-            0 => Ok(Verdict::Drop),
-            1 => Ok(Verdict::Keep),
-            2 => match (output, output_error) {
-                (_, Some(e)) => Err(e),
-                (Some(out), None) => Ok(Verdict::Replace(out)),
-                (None, None) => Err(FilterError::new(
-                    ErrorCode::BadOutput,
-                    "walcast_filter returned 2 (replace) without calling set_output",
-                )),
-            },
-            n if n < 0 => Err(FilterError::new(
-                ErrorCode::GuestError,
-                format!("walcast_filter reported error {n}"),
+        self.account(fuel.saturating_sub(left));
+        decode(result?, "walcast_filter", || match (output, output_error) {
+            (_, Some(e)) => Err(e),
+            (Some(out), None) => Ok(out),
+            (None, None) => Err(FilterError::new(
+                ErrorCode::BadOutput,
+                "walcast_filter returned 2 (replace) without calling set_output",
             )),
-            n => Err(FilterError::new(
-                ErrorCode::BadReturn,
-                format!("walcast_filter returned {n}; expected 0 (drop), 1 (keep) or 2 (replace)"),
-            )),
+        })
+    }
+}
+
+/// A verdict code (returned by `walcast_filter`, or in a batch's slot) as
+/// a verdict; `output` gives the replacement for code 2.
+fn decode(
+    code: i32,
+    what: &str,
+    output: impl FnOnce() -> Result<Vec<u8>, FilterError>,
+) -> Result<Verdict, FilterError> {
+    match code {
+        0 => Ok(Verdict::Drop),
+        1 => Ok(Verdict::Keep),
+        2 => output().map(Verdict::Replace),
+        n if n < 0 => Err(FilterError::new(
+            ErrorCode::GuestError,
+            format!("{what} reported error {n}"),
+        )),
+        n => Err(FilterError::new(
+            ErrorCode::BadReturn,
+            format!("{what} returned {n}; expected 0 (drop), 1 (keep) or 2 (replace)"),
+        )),
+    }
+}
+
+/// Most changes in one `walcast_filter_batch` call.
+pub const BATCH_EVENTS: usize = 64;
+/// Most record bytes in one batch (a larger change goes alone).
+const BATCH_BYTES: usize = 256 << 10;
+/// A verdict slot: i32 code, u32 output address, u32 output length.
+const SLOT_LEN: usize = 12;
+
+fn align8(n: usize) -> usize {
+    (n + 7) & !7
+}
+
+/// How many of `changes` (at least one) go in the next batch.
+fn batch_len<C: Borrow<Change>>(changes: &[C], json: bool) -> usize {
+    let mut bytes = 0;
+    let mut n = 0;
+    for c in changes.iter().take(BATCH_EVENTS) {
+        bytes = align8(bytes) + record_len(c.borrow(), json);
+        if n > 0 && bytes > BATCH_BYTES {
+            break;
+        }
+        n += 1;
+    }
+    n.max(1)
+}
+
+/// Writes the records of a batch at 8-byte aligned offsets from `ptr`
+/// (its verdict slots follow at `ptr + slots`).
+fn write_batch<C: Borrow<Change>>(
+    live: &mut Live,
+    changes: &[C],
+    json: bool,
+    ptr: u32,
+    slots: usize,
+) -> Result<(), FilterError> {
+    let cap = slots + SLOT_LEN * changes.len();
+    let data = live.memory.data_mut(&mut live.store);
+    let buffer = data
+        .get_mut(ptr as usize..ptr as usize + cap)
+        .ok_or_else(|| out_of_bounds(ptr, cap as u32))?;
+    let mut at = 0;
+    for c in changes {
+        at = align8(at);
+        let out = buffer
+            .get_mut(at..)
+            .ok_or_else(|| out_of_bounds(ptr, cap as u32))?;
+        at += write_record(c.borrow(), json, out).ok_or_else(|| out_of_bounds(ptr, cap as u32))?;
+    }
+    Ok(())
+}
+
+/// The verdict in the slot at `at`.
+fn read_slot(data: &[u8], at: usize, max_output: usize) -> Result<Verdict, FilterError> {
+    let word = |k: usize| {
+        data.get(at + 4 * k..at + 4 * k + 4)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_le_bytes)
+            .unwrap_or(0)
+    };
+    let (code, ptr, len) = (word(0) as i32, word(1), word(2));
+    decode(code, "walcast_filter_batch", || {
+        output_bytes(data, ptr, len, max_output, "a batch verdict's output").map(<[u8]>::to_vec)
+    })
+}
+
+/// The event buffer, at least `len` bytes: the one `walcast_alloc` gave,
+/// or a larger one asked for.
+fn ensure_buffer(live: &mut Live, len: usize) -> Result<(u32, u32), FilterError> {
+    if let Some((ptr, cap)) = live.input {
+        if len <= cap as usize {
+            return Ok((ptr, cap));
         }
     }
+    // Room to spare, so that slightly larger events do not ask again.
+    let want = u32::try_from(len.next_power_of_two().max(1024))
+        .map_err(|_| FilterError::new(ErrorCode::BadAlloc, "event too large for a 32-bit guest"))?;
+    let ptr = call_alloc(live, want)?;
+    live.input = Some((ptr, want));
+    Ok((ptr, want))
 }
 
 /// Writes the record of `change` (`len` bytes) into the guest's event
 /// buffer, asking for a larger one first when it does not fit.
-fn place_event(live: &mut Live, change: &Change, len: usize) -> Result<u32, FilterError> {
-    let fits = live.input.is_some_and(|(_, cap)| len <= cap as usize);
-    if !fits {
-        // Room to spare, so that slightly larger events do not ask again.
-        let want = u32::try_from(len.next_power_of_two().max(1024)).map_err(|_| {
-            FilterError::new(ErrorCode::BadAlloc, "event too large for a 32-bit guest")
-        })?;
-        let ptr = call_alloc(live, want)?;
-        live.input = Some((ptr, want));
-    }
-    let Some((ptr, cap)) = live.input else {
-        return Err(FilterError::new(ErrorCode::BadAlloc, "no event buffer"));
-    };
+fn place_event(
+    live: &mut Live,
+    change: &Change,
+    json: bool,
+    len: usize,
+) -> Result<u32, FilterError> {
+    let (ptr, cap) = ensure_buffer(live, len)?;
     let data = live.memory.data_mut(&mut live.store);
     let buffer = data
         .get_mut(ptr as usize..ptr as usize + cap as usize)
         .ok_or_else(|| out_of_bounds(ptr, cap))?;
-    write_record(change, buffer).ok_or_else(|| out_of_bounds(ptr, cap))?;
+    write_record(change, json, buffer).ok_or_else(|| out_of_bounds(ptr, cap))?;
     Ok(ptr)
 }
 
@@ -352,17 +614,7 @@ mod tests {
             max_instances: 2,
             ..FilterLimits::default()
         };
-        let filters = Arc::new(
-            Filters::new(limits, None, Arc::new(Metrics::default())).expect("the engine starts"),
-        );
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a runtime");
-        let module = rt
-            .block_on(filters.upload(BUSY.as_bytes().to_vec()))
-            .expect("the module uploads");
-        let mut f = FilterInstance::new(&filters, module, Vec::new()).expect("an instance");
+        let mut f = instance(BUSY, limits);
         let change = Change::parse(
             Bytes::from_static(
                 br#"{"action":"I","schema":"public","table":"t","columns":{"id":1}}"#,
@@ -384,5 +636,178 @@ mod tests {
         f.window -= Duration::from_secs(2);
         assert!(f.throttle().is_none());
         assert_eq!(f.used_in_window, 0);
+    }
+
+    /// Judges by action, one way per call and another per batch, so that a
+    /// test can tell which path gave each verdict: insert keep; update
+    /// replace ("u1" alone, "U!" in a batch); delete trap; truncate guest
+    /// error -7. In a batch, a message stops it early (the rest go alone,
+    /// where a message is kept) and DDL makes it return 999.
+    const BATCHER: &str = r#"(module
+      (import "walcast_v1" "set_output" (func $set_output (param i32 i32) (result i32)))
+      (memory (export "memory") 2)
+      (data (i32.const 16) "U!")
+      (data (i32.const 24) "u1")
+      (func (export "walcast_abi_v1"))
+      (func (export "walcast_alloc") (param i32) (result i32) (i32.const 1024))
+      (func (export "walcast_filter") (param $ptr i32) (param $len i32) (result i32)
+        (local $a i32)
+        (local.set $a (i32.load8_u offset=1 (local.get $ptr)))
+        (if (i32.eq (local.get $a) (i32.const 2))
+          (then (drop (call $set_output (i32.const 24) (i32.const 2))) (return (i32.const 2))))
+        (if (i32.eq (local.get $a) (i32.const 3)) (then unreachable))
+        (if (i32.eq (local.get $a) (i32.const 4)) (then (return (i32.const -7))))
+        (i32.const 1))
+      (func (export "walcast_filter_batch") (param $ptr i32) (param $count i32) (param $out i32) (result i32)
+        (local $i i32) (local $a i32) (local $code i32)
+        (block $done (loop $next
+          (br_if $done (i32.ge_u (local.get $i) (local.get $count)))
+          (local.set $a (i32.load8_u offset=1 (local.get $ptr)))
+          (if (i32.eq (local.get $a) (i32.const 5)) (then (return (local.get $i))))
+          (if (i32.eq (local.get $a) (i32.const 6)) (then (return (i32.const 999))))
+          (if (i32.eq (local.get $a) (i32.const 3)) (then unreachable))
+          (local.set $code (i32.const 1))
+          (if (i32.eq (local.get $a) (i32.const 2))
+            (then (local.set $code (i32.const 2))
+                  (i32.store offset=4 (local.get $out) (i32.const 16))
+                  (i32.store offset=8 (local.get $out) (i32.const 2))))
+          (if (i32.eq (local.get $a) (i32.const 4)) (then (local.set $code (i32.const -7))))
+          (i32.store (local.get $out) (local.get $code))
+          (local.set $ptr (i32.add (local.get $ptr)
+            (i32.and (i32.add (i32.add (i32.load offset=24 (local.get $ptr))
+                                       (i32.load offset=28 (local.get $ptr)))
+                              (i32.const 7))
+                     (i32.const -8))))
+          (local.set $out (i32.add (local.get $out) (i32.const 12)))
+          (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (br $next)))
+        (local.get $count)))"#;
+
+    fn instance(wat: &str, limits: FilterLimits) -> FilterInstance {
+        let filters = Arc::new(
+            Filters::new(limits, None, Arc::new(Metrics::default())).expect("the engine starts"),
+        );
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let module = rt
+            .block_on(filters.upload(wat.as_bytes().to_vec()))
+            .expect("the module uploads");
+        FilterInstance::new(&filters, module, Vec::new()).expect("an instance")
+    }
+
+    fn change(action: &str, i: u32) -> Change {
+        let json = format!(
+            r#"{{"action":"{action}","schema":"public","table":"t{i}","columns":{{"id":{i}}}}}"#
+        );
+        Change::parse(Bytes::from(json), Lsn(0)).expect("a change")
+    }
+
+    /// The verdicts of `actions` through `run_batch`, as short strings.
+    fn batch(f: &mut FilterInstance, actions: &[&str]) -> Vec<String> {
+        let changes: Vec<Change> = actions
+            .iter()
+            .enumerate()
+            .map(|(i, a)| change(a, i as u32))
+            .collect();
+        let mut verdicts = Vec::new();
+        f.run_batch(&changes, &mut verdicts);
+        verdicts
+            .into_iter()
+            .map(|v| match v {
+                Verdict::Drop => "drop".to_owned(),
+                Verdict::Keep => "keep".to_owned(),
+                Verdict::Replace(out) => String::from_utf8_lossy(&out).into_owned(),
+                Verdict::Failed(e) => format!("failed {}", e.code.as_str()),
+                Verdict::Detached(e) => format!("detached {}", e.code.as_str()),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn batches_give_the_verdicts_of_one_call_per_change() {
+        let mut f = instance(BATCHER, FilterLimits::default());
+        // All judged in one batch call.
+        assert_eq!(
+            batch(&mut f, &["I", "U", "I", "U"]),
+            ["keep", "U!", "keep", "U!"]
+        );
+        // One change: one call.
+        assert_eq!(batch(&mut f, &["U"]), ["u1"]);
+        // A trap: the batch's verdicts are discarded and each change runs
+        // alone, in a fresh instance; the trapping one fails as it would.
+        assert_eq!(
+            batch(&mut f, &["U", "D", "U", "I"]),
+            ["u1", "failed TRAP", "u1", "keep"]
+        );
+        // A guest error: the verdicts before it stand; the changes after it
+        // go on in a fresh instance (a batch again).
+        assert_eq!(
+            batch(&mut f, &["I", "T", "U", "U"]),
+            ["keep", "failed GUEST_ERROR", "U!", "U!"]
+        );
+        // Stopping early: the rest goes one change at a time.
+        assert_eq!(batch(&mut f, &["U", "M", "U"]), ["U!", "keep", "u1"]);
+        // A return past the count: the first change fails, the rest go on.
+        assert_eq!(
+            batch(&mut f, &["DDL", "I", "U"]),
+            ["failed BAD_RETURN", "keep", "U!"]
+        );
+    }
+
+    #[test]
+    fn a_batch_stops_at_the_detaching_failure() {
+        let limits = FilterLimits {
+            max_errors: 2,
+            ..FilterLimits::default()
+        };
+        let mut f = instance(BATCHER, limits);
+        assert_eq!(
+            batch(&mut f, &["T", "T", "I", "I"]),
+            ["failed GUEST_ERROR", "detached GUEST_ERROR"]
+        );
+    }
+
+    #[test]
+    fn header_only_filters_get_records_without_the_json() {
+        // Keeps a change when its record has no JSON, alone and in batches.
+        let wat = r#"(module
+          (memory (export "memory") 1)
+          (func (export "walcast_abi_v1"))
+          (func (export "walcast_header_only"))
+          (func (export "walcast_alloc") (param i32) (result i32) (i32.const 1024))
+          (func $judge (param $ptr i32) (result i32)
+            (i32.and (i32.eqz (i32.load offset=28 (local.get $ptr)))
+                     (i32.eq (i32.load offset=32 (local.get $ptr)) (i32.const -1))))
+          (func (export "walcast_filter") (param $ptr i32) (param $len i32) (result i32)
+            (i32.and (call $judge (local.get $ptr))
+                     ;; the record ends after the schema and table
+                     (i32.eq (local.get $len) (i32.add (i32.const 48)
+                       (i32.add (i32.load offset=4 (local.get $ptr)) (i32.load offset=8 (local.get $ptr)))))))
+          (func (export "walcast_filter_batch") (param $ptr i32) (param $count i32) (param $out i32) (result i32)
+            (local $i i32)
+            (block $done (loop $next
+              (br_if $done (i32.ge_u (local.get $i) (local.get $count)))
+              (i32.store (local.get $out) (call $judge (local.get $ptr)))
+              (local.set $ptr (i32.add (local.get $ptr)
+                (i32.and (i32.add (i32.add (i32.load offset=24 (local.get $ptr))
+                                           (i32.load offset=28 (local.get $ptr)))
+                                  (i32.const 7))
+                         (i32.const -8))))
+              (local.set $out (i32.add (local.get $out) (i32.const 12)))
+              (local.set $i (i32.add (local.get $i) (i32.const 1)))
+              (br $next)))
+            (local.get $count)))"#;
+        let mut f = instance(wat, FilterLimits::default());
+        assert_eq!(batch(&mut f, &["I"]), ["keep"]);
+        assert_eq!(batch(&mut f, &["I", "U", "D"]), ["keep", "keep", "keep"]);
+        // The same module without the marker sees the JSON: all dropped.
+        let mut g = instance(
+            &wat.replace(r#"(func (export "walcast_header_only"))"#, ""),
+            FilterLimits::default(),
+        );
+        assert_eq!(batch(&mut g, &["I", "U"]), ["drop", "drop"]);
+        assert_eq!(batch(&mut g, &["I"]), ["drop"]);
     }
 }

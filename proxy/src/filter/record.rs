@@ -17,6 +17,9 @@
 //! | 40 | u32 | `identity` offset inside the JSON (`u32::MAX`: none) |
 //! | 44 | u32 | `identity` length |
 //! | 48 | | schema bytes, table bytes, JSON bytes |
+//!
+//! A module that exports the `walcast_header_only` marker gets records
+//! without the JSON (length 0, no `columns` or `identity`).
 
 use crate::change::{Action, Change};
 
@@ -38,29 +41,28 @@ pub fn action_code(a: Action) -> u8 {
     }
 }
 
-/// The record's length for `change`.
-pub fn record_len(change: &Change) -> usize {
-    HEADER_LEN + change.schema.len() + change.table.len() + change.raw.len()
+/// The record's length for `change`, with or without its JSON.
+pub fn record_len(change: &Change, with_json: bool) -> usize {
+    let json = if with_json { change.raw.len() } else { 0 };
+    HEADER_LEN + change.schema.len() + change.table.len() + json
 }
 
 /// Writes the record for `change` into `out`, which must be at least
-/// `record_len(change)` bytes (the guest's buffer, written in place).
-/// Returns the record's length, or `None` when `out` is too small.
-pub fn write_record(change: &Change, out: &mut [u8]) -> Option<usize> {
-    let (schema, table, json) = (
-        change.schema.as_bytes(),
-        change.table.as_bytes(),
-        &change.raw[..],
-    );
-    let len = record_len(change);
+/// `record_len(change, with_json)` bytes (the guest's buffer, written in
+/// place). Returns the record's length, or `None` when `out` is too small.
+pub fn write_record(change: &Change, with_json: bool, out: &mut [u8]) -> Option<usize> {
+    let (schema, table) = (change.schema.as_bytes(), change.table.as_bytes());
+    let json = if with_json { &change.raw[..] } else { &[] };
+    let len = record_len(change, with_json);
     let out = out.get_mut(..len)?;
     let json_offset = HEADER_LEN + schema.len() + table.len();
     let range = |r: Option<(usize, usize)>| match r {
         Some((s, e)) => (s as u32, (e - s) as u32),
         None => (u32::MAX, 0),
     };
-    let (co, cl) = range(change.columns_range());
-    let (io, il) = range(change.identity_range());
+    let part = |r: Option<(usize, usize)>| range(r.filter(|_| with_json));
+    let (co, cl) = part(change.columns_range());
+    let (io, il) = part(change.identity_range());
     // The header is built on the stack and written with one copy.
     let mut header = [0u8; HEADER_LEN];
     header[0] = RECORD_VERSION;
@@ -99,9 +101,9 @@ mod tests {
             br#"{"action":"I","lsn":"0/10","xid":7,"schema":"public","table":"t","columns":{"id":1}}"#,
         );
         let c = Change::parse(raw.clone(), Lsn(0)).expect("parse");
-        let mut out = vec![0xAA; record_len(&c) + 10];
-        assert_eq!(write_record(&c, &mut out), Some(record_len(&c)));
-        assert_eq!(write_record(&c, &mut [0u8; 20]), None);
+        let mut out = vec![0xAA; record_len(&c, true) + 10];
+        assert_eq!(write_record(&c, true, &mut out), Some(record_len(&c, true)));
+        assert_eq!(write_record(&c, true, &mut [0u8; 20]), None);
         let u32_at = |o: usize| u32::from_le_bytes([out[o], out[o + 1], out[o + 2], out[o + 3]]);
         assert_eq!(out[0], 1);
         assert_eq!(out[1], 1);
@@ -119,5 +121,21 @@ mod tests {
         let co = jo + u32_at(32) as usize;
         assert_eq!(&out[co..co + u32_at(36) as usize], br#"{"id":1}"#);
         assert_eq!(u32_at(40), u32::MAX);
+
+        // Without the JSON: the same header, JSON length 0, no row.
+        let mut short = vec![0xAA; 64];
+        assert_eq!(write_record(&c, false, &mut short), Some(55));
+        assert_eq!(record_len(&c, false), 55);
+        assert_eq!(short[..24], out[..24]);
+        assert_eq!((u32_at_in(&short, 24), u32_at_in(&short, 28)), (55, 0));
+        assert_eq!(
+            (u32_at_in(&short, 32), u32_at_in(&short, 36)),
+            (u32::MAX, 0)
+        );
+        assert_eq!(&short[48..55], b"publict");
+    }
+
+    fn u32_at_in(b: &[u8], o: usize) -> u32 {
+        u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
     }
 }

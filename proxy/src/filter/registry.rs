@@ -3,7 +3,7 @@
 //! behind a semaphore, checked against ABI v1, cached in memory (LRU) and
 //! optionally on disk (artifacts this proxy compiled itself).
 
-use super::{FilterError, ABI_MARKER, IMPORT_MODULE};
+use super::{FilterError, ABI_MARKER, HEADER_ONLY_MARKER, IMPORT_MODULE};
 use crate::filter::ErrorCode;
 use crate::metrics::Metrics;
 use sha2::{Digest, Sha256};
@@ -86,6 +86,11 @@ pub struct FilterModule {
     /// Exported names, sorted.
     pub exports: Vec<String>,
     pub has_init: bool,
+    /// It exports `walcast_filter_batch`: events go in batches.
+    pub has_batch: bool,
+    /// Records carry the JSON (the module does not export the
+    /// `walcast_header_only` marker).
+    pub json: bool,
 }
 
 type Slot = Arc<OnceCell<Result<Arc<FilterModule>, UploadError>>>;
@@ -367,6 +372,18 @@ impl Filters {
         func("walcast_alloc", 1, true)?;
         func("walcast_filter", 2, true)?;
         let has_init = func("walcast_init", 2, false)?;
+        let has_batch = func("walcast_filter_batch", 3, false)?;
+        let header_only = match export(HEADER_ONLY_MARKER) {
+            None => false,
+            Some(ExternType::Func(_)) => true,
+            Some(other) => return Err(UploadError::new(
+                "MISSING_EXPORT",
+                format!(
+                    "{HEADER_ONLY_MARKER} must be a function (a marker, never called), not a {}",
+                    describe(&other)
+                ),
+            )),
+        };
         let pre = self.linker.instantiate_pre(&module).map_err(|e| {
             UploadError::new("INVALID_MODULE", format!("cannot link the module: {e:#}"))
         })?;
@@ -375,6 +392,8 @@ impl Filters {
             pre,
             exports,
             has_init,
+            has_batch,
+            json: !header_only,
         }))
     }
 }
@@ -400,35 +419,54 @@ fn set_output(caller: &mut Caller<'_, Host>, ptr: u32, len: u32) -> i32 {
         return -1;
     };
     let (data, host) = mem.data_and_store_mut(caller);
+    match output_bytes(data, ptr, len, host.max_output, "set_output") {
+        Ok(bytes) => {
+            host.output = Some(bytes.to_vec());
+            host.output_error = None;
+            0
+        }
+        Err(e) => {
+            let rc = match e.code {
+                ErrorCode::OutputTooLarge => -2,
+                ErrorCode::NotUtf8 => -3,
+                _ => -1,
+            };
+            host.output_error = Some(e);
+            rc
+        }
+    }
+}
+
+/// The output a filter gives at `ptr`, `len` (by `set_output` or in a
+/// batch's verdict slot; `what` names which in errors): inside the memory,
+/// at most `max` bytes, UTF-8.
+pub(crate) fn output_bytes<'a>(
+    data: &'a [u8],
+    ptr: u32,
+    len: u32,
+    max: usize,
+    what: &str,
+) -> Result<&'a [u8], FilterError> {
     let (start, end) = (ptr as usize, ptr as usize + len as usize);
     let Some(bytes) = data.get(start..end) else {
-        host.output_error = Some(FilterError::new(
+        return Err(FilterError::new(
             ErrorCode::BadOutput,
-            format!("set_output({ptr}, {len}) is outside the module's memory"),
+            format!("{what}({ptr}, {len}) is outside the module's memory"),
         ));
-        return -1;
     };
-    if bytes.len() > host.max_output {
-        host.output_error = Some(FilterError::new(
+    if bytes.len() > max {
+        return Err(FilterError::new(
             ErrorCode::OutputTooLarge,
-            format!(
-                "set_output of {} bytes; the limit is {}",
-                bytes.len(),
-                host.max_output
-            ),
+            format!("{what} of {} bytes; the limit is {max}", bytes.len()),
         ));
-        return -2;
     }
     if std::str::from_utf8(bytes).is_err() {
-        host.output_error = Some(FilterError::new(
+        return Err(FilterError::new(
             ErrorCode::NotUtf8,
-            "set_output was given bytes that are not UTF-8 (frames are text)",
+            format!("{what} was given bytes that are not UTF-8 (frames are text)"),
         ));
-        return -3;
     }
-    host.output = Some(bytes.to_vec());
-    host.output_error = None;
-    0
+    Ok(bytes)
 }
 
 fn create_private_dir(dir: &PathBuf) -> Result<(), String> {

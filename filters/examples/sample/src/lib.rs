@@ -1,5 +1,6 @@
 //! Keeps one change in every N per table (the first, the N+1st, ...):
-//! a steady sample of a busy stream.
+//! a steady sample of a busy stream. It reads only the table, so it is
+//! exported `header_only`: the proxy does not copy the JSON into it.
 //!
 //! Config (JSON): `{"n": 10}` (default 10).
 
@@ -57,4 +58,4 @@ fn filter(e: &Event) -> Verdict {
     }
 }
 
-walcast_filter::export!(filter, init = init);
+walcast_filter::export!(filter, init = init, header_only);

@@ -123,6 +123,9 @@ pub struct Change {
     columns_at: Option<(usize, usize)>,
     identity_at: Option<(usize, usize)>,
     row: OnceLock<Option<Map<String, Value>>>,
+    /// The head of a WASM filter's input record (filter/record.rs): the
+    /// same for every subscription, so built once.
+    filter_head: OnceLock<Box<[u8]>>,
 }
 
 fn range_in(raw: &[u8], part: &RawValue) -> Option<(usize, usize)> {
@@ -167,6 +170,7 @@ impl Change {
             columns_at,
             identity_at,
             row: OnceLock::new(),
+            filter_head: OnceLock::new(),
         })
     }
 
@@ -197,6 +201,12 @@ impl Change {
     /// Byte range of `identity` inside `raw`.
     pub fn identity_range(&self) -> Option<(usize, usize)> {
         self.identity_at
+    }
+
+    /// The head of a WASM filter's input record, made by `build` the first
+    /// time a subscription's filter needs it (see filter/record.rs).
+    pub fn filter_head(&self, build: impl FnOnce(&Change) -> Box<[u8]>) -> &[u8] {
+        self.filter_head.get_or_init(|| build(self))
     }
 
     /// Whether `query` selects this change (row changes only).

@@ -26,9 +26,9 @@ pub enum Verdict {
     /// Deliver these bytes (UTF-8 checked) instead of the change.
     Replace(Vec<u8>),
     /// The filter failed on this change (dropped); it goes on with a fresh instance.
-    Failed(FilterError),
+    Failed(Box<FilterError>),
     /// The filter failed too often in a row and is detached.
-    Detached(FilterError),
+    Detached(Box<FilterError>),
 }
 
 struct Live {
@@ -213,22 +213,22 @@ impl FilterInstance {
         self.consecutive_errors += 1;
         if self.consecutive_errors >= self.limits.max_errors {
             self.live = None;
-            return Verdict::Detached(FilterError::new(
+            return Verdict::Detached(Box::new(FilterError::new(
                 err.code,
                 format!(
                     "filter detached after {} failures in a row; the last: {}",
                     self.consecutive_errors, err.message
                 ),
-            ));
+            )));
         }
         // A fresh instance: whatever state the failure left is gone.
         if let Err(e) = self.instantiate() {
-            return Verdict::Detached(FilterError::new(
+            return Verdict::Detached(Box::new(FilterError::new(
                 e.code,
                 format!("filter detached: it cannot be restarted: {}", e.message),
-            ));
+            )));
         }
-        Verdict::Failed(err)
+        Verdict::Failed(Box::new(err))
     }
 
     /// Runs the filter on `changes` in order, appending one verdict per
@@ -240,7 +240,11 @@ impl FilterInstance {
         verdicts.clear();
         let mut rest = changes;
         while let Some(first) = rest.first() {
-            if !self.module.has_batch || rest.len() == 1 {
+            let n = match self.module.has_batch {
+                true => batch_len(rest, self.module.json),
+                false => 1,
+            };
+            if n == 1 {
                 let v = self.run(first.borrow());
                 let detached = matches!(v, Verdict::Detached(_));
                 verdicts.push(v);
@@ -250,7 +254,6 @@ impl FilterInstance {
                 rest = &rest[1..];
                 continue;
             }
-            let n = batch_len(rest, self.module.json);
             let (judged, alone) = self.call_batch(&rest[..n], verdicts);
             if verdicts
                 .last()
@@ -723,6 +726,12 @@ mod tests {
                 Verdict::Detached(e) => format!("detached {}", e.code.as_str()),
             })
             .collect()
+    }
+
+    #[test]
+    fn verdicts_are_small() {
+        // Batches push one per change: three words, not five.
+        assert_eq!(std::mem::size_of::<Verdict>(), 24);
     }
 
     #[test]

@@ -44,48 +44,74 @@ pub fn action_code(a: Action) -> u8 {
 /// The record's length for `change`, with or without its JSON.
 pub fn record_len(change: &Change, with_json: bool) -> usize {
     let json = if with_json { change.raw.len() } else { 0 };
-    HEADER_LEN + change.schema.len() + change.table.len() + json
+    head(change).len() + json
 }
 
-/// Writes the record for `change` into `out`, which must be at least
-/// `record_len(change, with_json)` bytes (the guest's buffer, written in
-/// place). Returns the record's length, or `None` when `out` is too small.
-pub fn write_record(change: &Change, with_json: bool, out: &mut [u8]) -> Option<usize> {
+/// The header, schema and table: the same for every subscription, so
+/// built once per change and copied from there.
+fn head(change: &Change) -> &[u8] {
+    change.filter_head(build_head)
+}
+
+fn build_head(change: &Change) -> Box<[u8]> {
     let (schema, table) = (change.schema.as_bytes(), change.table.as_bytes());
-    let json = if with_json { &change.raw[..] } else { &[] };
-    let len = record_len(change, with_json);
-    let out = out.get_mut(..len)?;
     let json_offset = HEADER_LEN + schema.len() + table.len();
     let range = |r: Option<(usize, usize)>| match r {
         Some((s, e)) => (s as u32, (e - s) as u32),
         None => (u32::MAX, 0),
     };
-    let part = |r: Option<(usize, usize)>| range(r.filter(|_| with_json));
-    let (co, cl) = part(change.columns_range());
-    let (io, il) = part(change.identity_range());
-    // The header is built on the stack and written with one copy.
-    let mut header = [0u8; HEADER_LEN];
-    header[0] = RECORD_VERSION;
-    header[1] = action_code(change.action);
+    let (co, cl) = range(change.columns_range());
+    let (io, il) = range(change.identity_range());
+    let mut head = vec![0u8; json_offset];
+    head[0] = RECORD_VERSION;
+    head[1] = action_code(change.action);
     let words = [
         (4, schema.len() as u32),
         (8, table.len() as u32),
         (12, change.xid.unwrap_or(0)),
         (24, json_offset as u32),
-        (28, json.len() as u32),
+        (28, change.raw.len() as u32),
         (32, co),
         (36, cl),
         (40, io),
         (44, il),
     ];
     for (at, v) in words {
-        header[at..at + 4].copy_from_slice(&v.to_le_bytes());
+        head[at..at + 4].copy_from_slice(&v.to_le_bytes());
     }
-    header[16..24].copy_from_slice(&change.lsn.0.to_le_bytes());
-    out[..HEADER_LEN].copy_from_slice(&header);
-    out[HEADER_LEN..HEADER_LEN + schema.len()].copy_from_slice(schema);
-    out[HEADER_LEN + schema.len()..json_offset].copy_from_slice(table);
-    out[json_offset..].copy_from_slice(json);
+    head[16..24].copy_from_slice(&change.lsn.0.to_le_bytes());
+    head[HEADER_LEN..HEADER_LEN + schema.len()].copy_from_slice(schema);
+    head[HEADER_LEN + schema.len()..].copy_from_slice(table);
+    head.into_boxed_slice()
+}
+
+/// Header bytes 28..48 of a record without the JSON: length 0, no
+/// `columns`, no `identity`.
+const NO_JSON: [u8; 20] = {
+    let mut b = [0u8; 20];
+    let mut i = 4;
+    while i < 8 {
+        b[i] = 0xFF;
+        b[i + 8] = 0xFF;
+        i += 1;
+    }
+    b
+};
+
+/// Writes the record for `change` into `out`, which must be at least
+/// `record_len(change, with_json)` bytes (the guest's buffer, written in
+/// place). Returns the record's length, or `None` when `out` is too small.
+pub fn write_record(change: &Change, with_json: bool, out: &mut [u8]) -> Option<usize> {
+    let head = head(change);
+    let json: &[u8] = if with_json { &change.raw } else { &[] };
+    let len = head.len() + json.len();
+    let (h, rest) = out.get_mut(..len)?.split_at_mut(head.len());
+    h.copy_from_slice(head);
+    if with_json {
+        rest.copy_from_slice(json);
+    } else {
+        h[28..48].copy_from_slice(&NO_JSON);
+    }
     Some(len)
 }
 

@@ -376,13 +376,15 @@ impl Filters {
         let header_only = match export(HEADER_ONLY_MARKER) {
             None => false,
             Some(ExternType::Func(_)) => true,
-            Some(other) => return Err(UploadError::new(
-                "MISSING_EXPORT",
-                format!(
+            Some(other) => {
+                return Err(UploadError::new(
+                    "MISSING_EXPORT",
+                    format!(
                     "{HEADER_ONLY_MARKER} must be a function (a marker, never called), not a {}",
                     describe(&other)
                 ),
-            )),
+                ))
+            }
         };
         let pre = self.linker.instantiate_pre(&module).map_err(|e| {
             UploadError::new("INVALID_MODULE", format!("cannot link the module: {e:#}"))

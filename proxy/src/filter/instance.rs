@@ -456,7 +456,7 @@ fn decode(
 /// Most changes in one `walcast_filter_batch` call.
 pub const BATCH_EVENTS: usize = 64;
 /// Most record bytes in one batch (a larger change goes alone).
-const BATCH_BYTES: usize = 256 << 10;
+const BATCH_BYTES: usize = 16 << 10;
 /// A verdict slot: i32 code, u32 output address, u32 output length.
 const SLOT_LEN: usize = 12;
 
@@ -763,6 +763,22 @@ mod tests {
             batch(&mut f, &["DDL", "I", "U"]),
             ["failed BAD_RETURN", "keep", "U!"]
         );
+    }
+
+    #[test]
+    fn the_wat_example_keeps_inserts_alone_and_in_batches() {
+        let wat = include_str!("../../../filters/examples/wat/inserts_only.wat");
+        let mut f = instance(wat, FilterLimits::default());
+        let actions = ["I", "U", "D", "I", "T", "I"];
+        let want = ["keep", "drop", "drop", "keep", "drop", "keep"];
+        assert_eq!(batch(&mut f, &actions), want);
+        for (a, w) in actions.iter().zip(want) {
+            assert_eq!(batch(&mut f, &[a]), [w]);
+        }
+        // Through its batch entry: 5 fuel a call each, more in a batch.
+        let before = f.fuel_used;
+        batch(&mut f, &actions);
+        assert!(f.fuel_used - before > 6 * 5, "the batch loop ran");
     }
 
     #[test]

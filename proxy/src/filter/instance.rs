@@ -245,10 +245,7 @@ impl FilterInstance {
                 false => 1,
             };
             if n == 1 {
-                let v = self.run(first.borrow());
-                let detached = matches!(v, Verdict::Detached(_));
-                verdicts.push(v);
-                if detached {
+                if !self.run_alone(first.borrow(), verdicts) {
                     return;
                 }
                 rest = &rest[1..];
@@ -264,17 +261,22 @@ impl FilterInstance {
             // What the batch call could not judge (it trapped, or the guest
             // stopped early) goes one change at a time, exactly as without
             // batches.
-            let n = judged + alone;
-            for change in &rest[judged..n] {
-                let v = self.run(change.borrow());
-                let detached = matches!(v, Verdict::Detached(_));
-                verdicts.push(v);
-                if detached {
+            for change in &rest[judged..judged + alone] {
+                if !self.run_alone(change.borrow(), verdicts) {
                     return;
                 }
             }
-            rest = &rest[n..];
+            rest = &rest[judged + alone..];
         }
+    }
+
+    /// Runs one change through `walcast_filter`; `false` once the filter
+    /// is detached.
+    fn run_alone(&mut self, change: &Change, verdicts: &mut Vec<Verdict>) -> bool {
+        let v = self.run(change);
+        let detached = matches!(v, Verdict::Detached(_));
+        verdicts.push(v);
+        !detached
     }
 
     /// One `walcast_filter_batch` call over `changes` (at least two).

@@ -249,7 +249,9 @@ pub async fn run(mut ws: Ws, start: Start, ctx: Context) {
         },
     };
     metrics.clients.fetch_add(1, Ordering::Relaxed);
-    let (mut burst, mut verdicts) = (Vec::with_capacity(MAX_BATCH), Vec::new());
+    // Grown by the bursts that come, not reserved up front: idle clients
+    // cost nothing.
+    let (mut burst, mut verdicts) = (Vec::new(), Vec::new());
     'serve: loop {
         tokio::select! {
             change = sub.rx.recv() => match change {

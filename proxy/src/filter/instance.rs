@@ -240,18 +240,15 @@ impl FilterInstance {
         verdicts.clear();
         let mut rest = changes;
         while let Some(first) = rest.first() {
-            let n = match self.module.has_batch {
-                true => batch_len(rest, self.module.json),
-                false => 1,
-            };
-            if n == 1 {
+            let plan = self.plan(rest);
+            if plan.count <= 1 {
                 if !self.run_alone(first.borrow(), verdicts) {
                     return;
                 }
                 rest = &rest[1..];
                 continue;
             }
-            let (judged, alone) = self.call_batch(&rest[..n], verdicts);
+            let (judged, alone) = self.call_batch(&rest[..plan.count], &plan, verdicts);
             if verdicts
                 .last()
                 .is_some_and(|v| matches!(v, Verdict::Detached(_)))
@@ -267,6 +264,32 @@ impl FilterInstance {
                 }
             }
             rest = &rest[judged + alone..];
+        }
+    }
+
+    /// The next batch from `changes`: up to `BATCH_EVENTS` of them and
+    /// `BATCH_BYTES` of records (the first always); one when the module
+    /// has no batch entry.
+    fn plan<C: Borrow<Change>>(&self, changes: &[C]) -> Plan {
+        let most = if self.module.has_batch {
+            BATCH_EVENTS
+        } else {
+            1
+        };
+        let (mut records, mut fuel, mut count) = (0, 0u64, 0);
+        for c in changes.iter().take(most) {
+            let len = record_len(c.borrow(), self.module.json);
+            let end = align8(records) + len;
+            if count > 0 && end > BATCH_BYTES {
+                break;
+            }
+            (records, count) = (end, count + 1);
+            fuel = fuel.saturating_add(self.event_fuel(len));
+        }
+        Plan {
+            count,
+            slots: align8(records),
+            fuel,
         }
     }
 
@@ -290,6 +313,7 @@ impl FilterInstance {
     fn call_batch<C: Borrow<Change>>(
         &mut self,
         changes: &[C],
+        plan: &Plan,
         verdicts: &mut Vec<Verdict>,
     ) -> (usize, usize) {
         if self.live.is_none() {
@@ -298,14 +322,7 @@ impl FilterInstance {
                 return (1, 0);
             }
         }
-        let (mut fuel, mut records) = (0u64, 0usize);
-        for c in changes {
-            let len = record_len(c.borrow(), self.module.json);
-            records = align8(records) + len;
-            fuel = fuel.saturating_add(self.event_fuel(len));
-        }
-        let slots = align8(records);
-        let count = changes.len();
+        let (slots, fuel, count) = (plan.slots, plan.fuel, changes.len());
         let Some(live) = self.live.as_mut() else {
             return (0, count);
         };
@@ -466,18 +483,12 @@ fn align8(n: usize) -> usize {
     (n + 7) & !7
 }
 
-/// How many of `changes` (at least one) go in the next batch.
-fn batch_len<C: Borrow<Change>>(changes: &[C], json: bool) -> usize {
-    let mut bytes = 0;
-    let mut n = 0;
-    for c in changes.iter().take(BATCH_EVENTS) {
-        bytes = align8(bytes) + record_len(c.borrow(), json);
-        if n > 0 && bytes > BATCH_BYTES {
-            break;
-        }
-        n += 1;
-    }
-    n.max(1)
+/// A batch: how many changes, where its verdict slots start (after the
+/// records), the fuel it may use (its changes' together).
+struct Plan {
+    count: usize,
+    slots: usize,
+    fuel: u64,
 }
 
 /// Writes the records of a batch at 8-byte aligned offsets from `ptr`
@@ -648,7 +659,12 @@ mod tests {
     /// replace ("u1" alone, "U!" in a batch); delete trap; truncate guest
     /// error -7. In a batch, a message stops it early (the rest go alone,
     /// where a message is kept) and DDL makes it return 999.
-    const BATCHER: &str = r#"(module
+    fn batcher() -> String {
+        format!("{BATCHER_START}{})", batch_entry(BATCHER_RECORD))
+    }
+
+    /// `batcher()`'s module without its batch entry and closing paren.
+    const BATCHER_START: &str = r#"(module
       (import "walcast_v1" "set_output" (func $set_output (param i32 i32) (result i32)))
       (memory (export "memory") 2)
       (data (i32.const 16) "U!")
@@ -663,11 +679,10 @@ mod tests {
         (if (i32.eq (local.get $a) (i32.const 3)) (then unreachable))
         (if (i32.eq (local.get $a) (i32.const 4)) (then (return (i32.const -7))))
         (i32.const 1))
-      (func (export "walcast_filter_batch") (param $ptr i32) (param $count i32) (param $out i32) (result i32)
-        (local $i i32) (local $a i32) (local $code i32)
-        (block $done (loop $next
-          (br_if $done (i32.ge_u (local.get $i) (local.get $count)))
-          (local.set $a (i32.load8_u offset=1 (local.get $ptr)))
+    "#;
+
+    /// `batcher()`'s judgement of one record in a batch.
+    const BATCHER_RECORD: &str = r#"(local.set $a (i32.load8_u offset=1 (local.get $ptr)))
           (if (i32.eq (local.get $a) (i32.const 5)) (then (return (local.get $i))))
           (if (i32.eq (local.get $a) (i32.const 6)) (then (return (i32.const 999))))
           (if (i32.eq (local.get $a) (i32.const 3)) (then unreachable))
@@ -677,7 +692,18 @@ mod tests {
                   (i32.store offset=4 (local.get $out) (i32.const 16))
                   (i32.store offset=8 (local.get $out) (i32.const 2))))
           (if (i32.eq (local.get $a) (i32.const 4)) (then (local.set $code (i32.const -7))))
-          (i32.store (local.get $out) (local.get $code))
+          (i32.store (local.get $out) (local.get $code))"#;
+
+    /// A `walcast_filter_batch` export that runs `body` on each record
+    /// (at `$ptr`, its slot at `$out`; locals `$a` and `$code` are free),
+    /// then steps to the next record and slot.
+    fn batch_entry(body: &str) -> String {
+        format!(
+            r#"(func (export "walcast_filter_batch") (param $ptr i32) (param $count i32) (param $out i32) (result i32)
+        (local $i i32) (local $a i32) (local $code i32)
+        (block $done (loop $next
+          (br_if $done (i32.ge_u (local.get $i) (local.get $count)))
+          {body}
           (local.set $ptr (i32.add (local.get $ptr)
             (i32.and (i32.add (i32.add (i32.load offset=24 (local.get $ptr))
                                        (i32.load offset=28 (local.get $ptr)))
@@ -686,7 +712,9 @@ mod tests {
           (local.set $out (i32.add (local.get $out) (i32.const 12)))
           (local.set $i (i32.add (local.get $i) (i32.const 1)))
           (br $next)))
-        (local.get $count)))"#;
+        (local.get $count))"#
+        )
+    }
 
     fn instance(wat: &str, limits: FilterLimits) -> FilterInstance {
         let filters = Arc::new(
@@ -738,7 +766,7 @@ mod tests {
 
     #[test]
     fn batches_give_the_verdicts_of_one_call_per_change() {
-        let mut f = instance(BATCHER, FilterLimits::default());
+        let mut f = instance(&batcher(), FilterLimits::default());
         // All judged in one batch call.
         assert_eq!(
             batch(&mut f, &["I", "U", "I", "U"]),
@@ -789,7 +817,7 @@ mod tests {
             max_errors: 2,
             ..FilterLimits::default()
         };
-        let mut f = instance(BATCHER, limits);
+        let mut f = instance(&batcher(), limits);
         assert_eq!(
             batch(&mut f, &["T", "T", "I", "I"]),
             ["failed GUEST_ERROR", "detached GUEST_ERROR"]
@@ -812,21 +840,11 @@ mod tests {
                      ;; the record ends after the schema and table
                      (i32.eq (local.get $len) (i32.add (i32.const 48)
                        (i32.add (i32.load offset=4 (local.get $ptr)) (i32.load offset=8 (local.get $ptr)))))))
-          (func (export "walcast_filter_batch") (param $ptr i32) (param $count i32) (param $out i32) (result i32)
-            (local $i i32)
-            (block $done (loop $next
-              (br_if $done (i32.ge_u (local.get $i) (local.get $count)))
-              (i32.store (local.get $out) (call $judge (local.get $ptr)))
-              (local.set $ptr (i32.add (local.get $ptr)
-                (i32.and (i32.add (i32.add (i32.load offset=24 (local.get $ptr))
-                                           (i32.load offset=28 (local.get $ptr)))
-                                  (i32.const 7))
-                         (i32.const -8))))
-              (local.set $out (i32.add (local.get $out) (i32.const 12)))
-              (local.set $i (i32.add (local.get $i) (i32.const 1)))
-              (br $next)))
-            (local.get $count)))"#;
-        let mut f = instance(wat, FilterLimits::default());
+          "#
+        .to_owned()
+            + &batch_entry("(i32.store (local.get $out) (call $judge (local.get $ptr)))")
+            + ")";
+        let mut f = instance(&wat, FilterLimits::default());
         assert_eq!(batch(&mut f, &["I"]), ["keep"]);
         assert_eq!(batch(&mut f, &["I", "U", "D"]), ["keep", "keep", "keep"]);
         // The same module without the marker sees the JSON: all dropped.

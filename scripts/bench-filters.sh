@@ -23,7 +23,7 @@ fi
 bench_in_cluster "$0" "$@"
 
 BENCH=./target/release/walcast-bench
-bench_proxy 18182 --queue-bound 100000
+bench_proxy 18182
 id="$(curl -fsS --data-binary @filters/target/wasm32-unknown-unknown/release/walcast_filter_threshold.wasm \
         -H 'content-type: application/wasm' http://127.0.0.1:18182/v1/filters |
       python3 -c 'import json, sys; print(json.load(sys.stdin)["id"])')"

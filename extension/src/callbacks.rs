@@ -110,8 +110,17 @@ unsafe extern "C-unwind" fn begin(
     txn: *mut pg_sys::ReorderBufferTXN,
 ) {
     // SAFETY: valid ctx and txn from PostgreSQL.
-    let (d, xid, first_lsn) = unsafe { (decoder(ctx), (*txn).xid.into_inner(), (*txn).first_lsn) };
+    let (d, xid, first_lsn, commit_lsn) = unsafe {
+        (
+            decoder(ctx),
+            (*txn).xid.into_inner(),
+            (*txn).first_lsn,
+            (*txn).final_lsn,
+        )
+    };
     d.wrote_in_txn = false;
+    // A transaction is decoded once it committed: final_lsn is its commit record.
+    d.begin_positions(Some(commit_lsn));
     if d.options.include_transaction {
         d.begin(xid, first_lsn);
         // SAFETY: ctx is the running callback's context.
@@ -160,6 +169,7 @@ unsafe fn row_change(
     // SAFETY: valid ctx, relation and change from PostgreSQL.
     unsafe {
         let d = decoder(ctx);
+        d.next_position(true);
         let tp = (*change).data.tp;
         let c = RowChange {
             action: (*change).action,
@@ -221,6 +231,7 @@ unsafe fn truncate_change(
     // SAFETY: valid pointers from PostgreSQL; relations holds nrelations entries.
     unsafe {
         let d = decoder(ctx);
+        d.next_position(true);
         let t = (*change).data.truncate;
         let lsn = (*change).lsn;
         let n = usize::try_from(nrelations).unwrap_or(0);
@@ -264,6 +275,7 @@ unsafe fn message_change(
     // SAFETY: prefix is NUL-terminated; content has `size` bytes.
     unsafe {
         let d = decoder(ctx);
+        d.next_position(txn.is_some());
         let prefix = CStr::from_ptr(prefix).to_bytes();
         let content: &[u8] = if size == 0 {
             &[]
@@ -327,6 +339,7 @@ mod streaming {
         unsafe {
             let d = decoder(ctx);
             let first = (*txn).txn_flags & pg_sys::RBTXN_IS_STREAMED == 0;
+            d.begin_positions(None);
             d.stream_start((*txn).xid.into_inner(), first);
             d.flush(ctx);
         }

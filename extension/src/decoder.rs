@@ -8,7 +8,7 @@
 use crate::relation::{RelCache, RelInfo};
 use crate::tuple::{self, Deformed, Which};
 use pgrx::pg_sys;
-use walcast_format::{json, timestamp, Lsn, Options};
+use walcast_format::{json, timestamp, Lsn, Options, Position};
 
 /// The prefix of the logical messages written by walcast's DDL event trigger.
 pub const DDL_PREFIX: &str = "walcast.ddl";
@@ -39,6 +39,11 @@ pub struct Decoder {
     /// The last commit timestamp written and its JSON text: every change of a
     /// transaction carries the same one.
     ts_cache: (i64, Vec<u8>),
+    /// With `include-position`: the commit LSN of the transaction being
+    /// decoded and the index its next change gets.
+    txn_pos: Option<(u64, u32)>,
+    /// The position of the change being written.
+    current_pos: Option<Position>,
 }
 
 /// One row change, as the change callbacks see it.
@@ -87,6 +92,8 @@ impl Decoder {
             changes_since_progress: 0,
             wrote_in_txn: false,
             ts_cache: (i64::MIN, Vec::new()),
+            txn_pos: None,
+            current_pos: None,
         }
     }
 
@@ -147,6 +154,35 @@ impl Decoder {
         }
     }
 
+    /// A transaction committed at `commit_lsn` starts (`None`: a streamed
+    /// block, whose commit is not known yet).
+    pub fn begin_positions(&mut self, commit_lsn: Option<u64>) {
+        self.txn_pos = commit_lsn
+            .filter(|_| self.options.include_position)
+            .map(|c| (c, 0));
+    }
+
+    /// A change callback starts: every change of a transaction takes the
+    /// next index, written or not, so positions do not depend on filters.
+    pub fn next_position(&mut self, transactional: bool) {
+        self.current_pos = match (&mut self.txn_pos, transactional) {
+            (Some((commit, index)), true) => {
+                let p = Position::new(Lsn(*commit), *index);
+                *index = index.saturating_add(1);
+                Some(p)
+            }
+            _ => None,
+        };
+    }
+
+    fn put_position(&mut self) {
+        if let Some(p) = self.current_pos {
+            self.out.extend_from_slice(b",\"pos\":\"");
+            p.write_to(&mut self.out);
+            self.out.push(b'"');
+        }
+    }
+
     fn begin_object(&mut self, action: &[u8]) {
         self.out.extend_from_slice(b"{\"action\":\"");
         self.out.extend_from_slice(action);
@@ -192,6 +228,7 @@ impl Decoder {
         if self.options.include_timestamp {
             self.put_ts(ts);
         }
+        self.put_position();
     }
 
     /// Writes an INSERT, UPDATE or DELETE. Returns false when filtered out.
@@ -384,6 +421,9 @@ impl Decoder {
         self.put_lsn(b",\"lsn\":", lsn);
         if let (Some((xid, _)), true) = (txn, self.options.include_xids) {
             self.put_xid(xid);
+        }
+        if txn.is_some() {
+            self.put_position();
         }
         self.out.extend_from_slice(b",\"transactional\":");
         self.out

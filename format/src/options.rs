@@ -84,6 +84,9 @@ pub struct Options {
     pub filter_msg_prefixes: Vec<String>,
     /// `stream-changes` (default off): stream large in-progress transactions (PostgreSQL 14+).
     pub stream_changes: bool,
+    /// `include-position` (default off): `pos` (commit LSN and index in the
+    /// transaction) on every change of a transaction.
+    pub include_position: bool,
 }
 
 impl Default for Options {
@@ -100,6 +103,7 @@ impl Default for Options {
             add_msg_prefixes: None,
             filter_msg_prefixes: Vec::new(),
             stream_changes: false,
+            include_position: false,
         }
     }
 }
@@ -157,6 +161,7 @@ pub const KNOWN: &[&str] = &[
     "add-msg-prefixes",
     "filter-msg-prefixes",
     "stream-changes",
+    "include-position",
 ];
 
 /// Parses a boolean as PostgreSQL does (`on/off/true/false/yes/no/1/0` and
@@ -214,6 +219,7 @@ impl Options {
                 "include-transaction" => o.include_transaction = boolean()?,
                 "include-types" => o.include_types = boolean()?,
                 "stream-changes" => o.stream_changes = boolean()?,
+                "include-position" => o.include_position = boolean()?,
                 "add-tables" => o.add_tables = Some(tables(text()?)?),
                 "filter-tables" => o.filter_tables = tables(text()?)?,
                 "actions" => o.actions = Actions::parse(text()?).map_err(invalid)?,
@@ -221,6 +227,14 @@ impl Options {
                 "filter-msg-prefixes" => o.filter_msg_prefixes = prefixes(text()?)?,
                 other => return Err(OptionError::Unknown(other.to_owned())),
             }
+        }
+        if o.include_position && o.stream_changes {
+            // A streamed change is sent before its commit, whose LSN it would need.
+            return Err(OptionError::Invalid {
+                option: "include-position".into(),
+                value: "on".into(),
+                reason: "cannot be combined with stream-changes: a streamed change's commit position is not known yet".into(),
+            });
         }
         Ok(o)
     }
@@ -294,6 +308,13 @@ mod tests {
         assert!(e.to_string().contains("malformed table pattern"), "{e}");
         let e = parse(&[("add-tables", None)]).unwrap_err();
         assert_eq!(e, OptionError::Missing("add-tables".into()));
+        let e = parse(&[("include-position", None), ("stream-changes", None)]).unwrap_err();
+        assert!(e.to_string().contains("stream-changes"), "{e}");
+        assert!(
+            parse(&[("include-position", None)])
+                .unwrap()
+                .include_position
+        );
     }
 
     #[test]

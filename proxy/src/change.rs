@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use std::sync::OnceLock;
-use walcast_format::Lsn;
+use walcast_format::{Lsn, Position};
 
 /// The kind of a plugin message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -76,6 +76,8 @@ pub enum ChangeError {
     UnknownAction(String),
     #[error("plugin message has an invalid lsn {0:?}")]
     BadLsn(String),
+    #[error("plugin message has an invalid pos {0:?}")]
+    BadPosition(String),
 }
 
 #[derive(Deserialize)]
@@ -86,6 +88,8 @@ struct Header<'a> {
     lsn: Option<&'a str>,
     #[serde(default)]
     end_lsn: Option<&'a str>,
+    #[serde(default)]
+    pos: Option<&'a str>,
     #[serde(default)]
     xid: Option<u32>,
     #[serde(default)]
@@ -110,6 +114,8 @@ pub struct Change {
     pub lsn: Lsn,
     /// For commits: the position after the commit record (what to confirm).
     pub end_lsn: Option<Lsn>,
+    /// The change's position (`pos`, with the plugin's `include-position`).
+    pub pos: Option<Position>,
     pub xid: Option<u32>,
     pub schema: String,
     pub table: String,
@@ -149,6 +155,13 @@ impl Change {
             None => wal_start,
         };
         let end_lsn = h.end_lsn.map(parse_lsn).transpose()?;
+        let pos = h
+            .pos
+            .map(|p| {
+                p.parse::<Position>()
+                    .map_err(|_| ChangeError::BadPosition(p.to_owned()))
+            })
+            .transpose()?;
         let truncated = h
             .tables
             .unwrap_or_default()
@@ -161,6 +174,7 @@ impl Change {
             action,
             lsn,
             end_lsn,
+            pos,
             xid: h.xid,
             schema: h.schema.unwrap_or_default(),
             table: h.table.unwrap_or_default(),
@@ -177,20 +191,26 @@ impl Change {
     /// The row a filter looks at: `columns` for inserts and updates,
     /// `identity` for deletes; parsed on first use, then kept.
     pub fn row(&self) -> Option<&Map<String, Value>> {
-        self.row
-            .get_or_init(|| {
-                let at = if self.action == Action::Delete {
-                    self.identity_at
-                } else {
-                    self.columns_at
-                };
-                let (s, e) = at?;
-                match serde_json::from_slice::<Value>(self.raw.get(s..e)?) {
-                    Ok(Value::Object(m)) => Some(m),
-                    _ => None,
-                }
-            })
-            .as_ref()
+        self.row.get_or_init(|| self.parse_row()).as_ref()
+    }
+
+    fn parse_row(&self) -> Option<Map<String, Value>> {
+        let at = if self.action == Action::Delete {
+            self.identity_at
+        } else {
+            self.columns_at
+        };
+        let (s, e) = at?;
+        match serde_json::from_slice::<Value>(self.raw.get(s..e)?) {
+            Ok(Value::Object(m)) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// Drops the parsed row (it is parsed again when asked for): a change
+    /// kept in the log holds only its JSON.
+    pub fn forget_row(&mut self) {
+        self.row.take();
     }
 
     /// Byte range of `columns` inside `raw`.
@@ -224,6 +244,25 @@ impl Change {
             } else {
                 self.row()
             },
+        })
+    }
+
+    /// Like [`Change::matched_by`], without keeping the parsed row.
+    pub fn matched_by_without_caching(&self, query: &crate::query::Query) -> bool {
+        let Some(action) = self.row_action() else {
+            return false;
+        };
+        let row = if query.filters.is_empty() || !query.wants(action) {
+            None
+        } else {
+            self.parse_row()
+        };
+        query.matches(&crate::query::RowView {
+            action,
+            schema: &self.schema,
+            table: &self.table,
+            truncated: &self.truncated,
+            row: row.as_ref(),
         })
     }
 

@@ -56,15 +56,38 @@ pub struct ServeArgs {
     #[arg(long, global = true, env = "WALCAST_TABLES")]
     pub tables: Option<String>,
 
-    /// Changes queued per client at most; a client that falls further behind
-    /// is disconnected (close code 1013) with a reason.
+    /// Bytes of changes the proxy keeps for its live clients (kB, MB, GB
+    /// suffixes allowed): each change is stored once, however many clients
+    /// read it. A client whose unread changes are dropped to stay within it
+    /// is closed (1013) and may resume from its last position while the log
+    /// still holds what follows it.
+    #[arg(long, global = true, env = "WALCAST_BUFFER_SIZE", default_value = "256MB", value_parser = parse_bytes)]
+    pub buffer_size: u64,
+
+    /// Deprecated and ignored: clients read from the shared change log
+    /// (--buffer-size) instead of per-client queues.
+    #[arg(long, global = true, env = "WALCAST_QUEUE_BOUND", hide = true)]
+    pub queue_bound: Option<usize>,
+
+    /// Seconds between websocket pings; a client that has not answered one
+    /// by the next is closed (1001).
     #[arg(
         long,
         global = true,
-        env = "WALCAST_QUEUE_BOUND",
-        default_value_t = 4096
+        env = "WALCAST_PING_INTERVAL",
+        default_value_t = 15
     )]
-    pub queue_bound: usize,
+    pub ping_interval: u64,
+
+    /// Seconds a live client may take to accept a write while changes wait
+    /// for it; past that it is closed (1013).
+    #[arg(
+        long,
+        global = true,
+        env = "WALCAST_STALL_TIMEOUT",
+        default_value_t = 30
+    )]
+    pub stall_timeout: u64,
 
     /// Websocket clients served at once; more get HTTP 503.
     #[arg(
@@ -189,7 +212,7 @@ pub struct ServeArgs {
     pub filter_fuel_per_byte: u64,
 
     /// Fuel one subscription's filter may use per second; past it the
-    /// subscription waits (and is closed with 1013 if its queue fills).
+    /// subscription waits (and is closed with 1013 if it falls out of the buffer).
     #[arg(
         long,
         global = true,

@@ -1,40 +1,54 @@
-//! The hub: one reader per slot hands each change to the subscribers whose
-//! query matches. Each subscriber has a bounded queue; a subscriber whose
-//! queue is full is disconnected with a reason (never a silent drop).
-//! Subscribers are indexed by table name, so the cost of a change follows the
-//! clients interested in its table, not all clients.
+//! The hub: where changes enter the change log and where clients subscribe.
+//!
+//! A source (the replication reader, `reader.rs`) hands the hub batches of
+//! changes in stream order. The hub stores each change once in the log
+//! (`log.rs`) and, for every *group* of identical queries whose query the
+//! change matches, appends the change's seq to the group's match list.
+//! Groups are indexed by table, and by (table, column, value) for queries
+//! with an `eq` filter, so the cost of a change follows the groups it may
+//! match, not the number of clients. Clients read through cursors
+//! (`cursor.rs`): clients with the same query share one match list, and a
+//! client costs the same however far behind it is. Clients without a query
+//! (a WASM filter decides) read the log itself.
+//!
+//! The hub never waits for a client. Wake-ups go once per batch to the
+//! groups that got changes.
 
 use crate::change::Change;
-use crate::metrics::Metrics;
+use crate::cursor::{Cursor, CursorShared};
+use crate::log::{ChangeLog, Resume};
+use crate::metrics::LogReport;
 use crate::query::{self, Query, RowView};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
+use walcast_format::Position;
 
-/// Why the hub ended a subscription.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Kick {
-    /// The client fell behind its queue bound.
-    Lagging { bound: usize },
-    /// The stream ended for everyone (definite error, shutdown).
-    Closed { reason: String },
+/// A group's match list: the seqs of the log entries its query matched.
+pub(crate) struct Matches {
+    pub seqs: VecDeque<u64>,
+    /// The list holds every match from this seq on (the log's head when the
+    /// group was made); before it, cursors evaluate the query themselves.
+    pub complete_from: u64,
+    /// One past the newest seq trimmed from the list because the log
+    /// dropped it: a cursor before it missed a match.
+    pub lost_upto: u64,
 }
 
-struct Subscriber {
-    /// `None`: every row change (a WASM filter decides).
-    query: Option<Query>,
-    tx: mpsc::Sender<Arc<Change>>,
-    kick: Arc<Mutex<Option<Kick>>>,
+/// Clients with the same query (or, with `query: None`, every row change).
+pub struct Group {
+    pub query: Option<Query>,
+    pub(crate) matches: Mutex<Matches>,
+    /// Woken once per batch that added to this group.
+    pub notify: Notify,
 }
 
-/// Where a subscriber is indexed: under its table, or, when its query has
+/// Where a group is indexed: under its table, or, when its query has
 /// an `eq` filter, under (table, column, value) so that a change only meets
-/// the subscribers whose value it carries.
+/// the groups whose value it carries.
 #[derive(Clone, PartialEq, Eq, Hash)]
 enum IndexKey {
-    /// Subscribers of every change.
-    All,
     Table(String),
     Eq {
         table: String,
@@ -52,7 +66,7 @@ pub enum EqKey {
 }
 
 impl EqKey {
-    /// The key a subscriber is indexed under for an `eq` operand.
+    /// The key a group is indexed under for an `eq` operand.
     fn of_operand(s: &str) -> EqKey {
         if let Some(k) = number_key(s) {
             k
@@ -63,7 +77,7 @@ impl EqKey {
         }
     }
 
-    /// Every key under which a subscriber whose `eq` can match `v` may be
+    /// Every key under which a group whose `eq` can match `v` may be
     /// indexed (a superset is fine: the full query decides).
     fn lookups(v: &serde_json::Value, out: &mut Vec<EqKey>) {
         match v {
@@ -97,10 +111,7 @@ fn number_key(s: &str) -> Option<EqKey> {
 }
 
 /// The index key of a query: its first `eq` filter whose operand is a value.
-fn index_key(q: &Option<Query>) -> IndexKey {
-    let Some(q) = q else {
-        return IndexKey::All;
-    };
+fn index_key(q: &Query) -> IndexKey {
     for f in &q.filters {
         if let (query::Op::Eq, query::Operand::Value(v)) = (&f.op, &f.operand) {
             return IndexKey::Eq {
@@ -114,16 +125,29 @@ fn index_key(q: &Option<Query>) -> IndexKey {
 }
 
 #[derive(Default)]
-struct Registry {
-    subs: HashMap<u64, (Subscriber, IndexKey)>,
+struct Index {
+    /// Group id -> (group, where it is indexed, members).
+    groups: HashMap<u64, (Arc<Group>, IndexKey, usize)>,
+    /// Canonical query -> group id.
+    by_query: HashMap<String, u64>,
     index: HashMap<IndexKey, Vec<u64>>,
-    /// Per table, the columns that some subscriber's `eq` index uses.
+    /// Per table, the columns that some group's `eq` index uses.
     eq_columns: HashMap<String, HashMap<String, usize>>,
+    next_id: u64,
 }
 
-impl Registry {
-    fn insert(&mut self, id: u64, sub: Subscriber) {
-        let key = index_key(&sub.query);
+impl Index {
+    /// The group for `query`, made when missing, with one more member.
+    fn join(&mut self, query: Query, head: u64) -> (u64, Arc<Group>) {
+        // The parsed form is canonical: `INSERT:users` and `insert:users` share.
+        let canonical = format!("{query:?}");
+        if let Some(id) = self.by_query.get(&canonical) {
+            if let Some((g, _, members)) = self.groups.get_mut(id) {
+                *members += 1;
+                return (*id, g.clone());
+            }
+        }
+        let key = index_key(&query);
         if let IndexKey::Eq { table, column, .. } = &key {
             *self
                 .eq_columns
@@ -132,13 +156,38 @@ impl Registry {
                 .entry(column.clone())
                 .or_default() += 1;
         }
+        self.next_id += 1;
+        let id = self.next_id;
+        let group = Arc::new(Group {
+            query: Some(query),
+            matches: Mutex::new(Matches {
+                seqs: VecDeque::new(),
+                complete_from: head,
+                lost_upto: 0,
+            }),
+            notify: Notify::new(),
+        });
         self.index.entry(key.clone()).or_default().push(id);
-        self.subs.insert(id, (sub, key));
+        self.groups.insert(id, (group.clone(), key, 1));
+        self.by_query.insert(canonical, id);
+        (id, group)
     }
 
-    /// Removes a subscriber from the map and the indexes.
-    fn take(&mut self, id: u64) -> Option<Subscriber> {
-        let (s, key) = self.subs.remove(&id)?;
+    /// One member fewer; the group goes with its last member.
+    fn leave(&mut self, id: u64) {
+        let Some((_, _, members)) = self.groups.get_mut(&id) else {
+            return;
+        };
+        *members -= 1;
+        if *members > 0 {
+            return;
+        }
+        let Some((g, key, _)) = self.groups.remove(&id) else {
+            return;
+        };
+        if let Some(q) = &g.query {
+            self.by_query.remove(&format!("{q:?}"));
+        }
         if let Some(ids) = self.index.get_mut(&key) {
             ids.retain(|x| *x != id);
             if ids.is_empty() {
@@ -158,10 +207,9 @@ impl Registry {
                 }
             }
         }
-        Some(s)
     }
 
-    /// Subscribers that may want a change of `table` with `row`.
+    /// Groups that may want a change of `table` with `row`.
     fn candidates<'a>(
         &self,
         table: &str,
@@ -191,193 +239,333 @@ impl Registry {
             }
         }
     }
+
+    /// Groups that may want `change`.
+    fn candidates_of(&self, change: &Change, action: query::Action, out: &mut Vec<u64>) {
+        if action == query::Action::Truncate {
+            // A truncate has no row: every group of a table it names may want it.
+            for (_, t) in &change.truncated {
+                for (key, ids) in &self.index {
+                    let table = match key {
+                        IndexKey::Table(t) | IndexKey::Eq { table: t, .. } => t,
+                    };
+                    if table == t {
+                        out.extend(ids);
+                    }
+                }
+            }
+        } else {
+            self.candidates(&change.table, || change.row(), out);
+        }
+        out.sort_unstable();
+        out.dedup();
+    }
 }
 
-/// Shared fan-out point.
+/// Why a subscription could not start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubscribeError {
+    /// Changes after the requested position are no longer held.
+    Gone { oldest: Option<Position> },
+    /// The stream has not started yet: the log cannot tell what it holds.
+    NotReady,
+    /// The stream stopped for good.
+    Closed(String),
+}
+
+struct Inner {
+    log: ChangeLog,
+    index: RwLock<Index>,
+    /// The group of clients without a query: they read the log itself.
+    all: Arc<Group>,
+    /// Seq after the last change whose matches are all in the lists.
+    published: AtomicU64,
+    /// Every cursor's shared state (for lags), by cursor id.
+    cursors: Mutex<HashMap<u64, Arc<CursorShared>>>,
+    next_cursor: AtomicU64,
+    /// Why the stream stopped for everyone.
+    closed: Mutex<Option<String>>,
+    /// Log evictions at the last sweep of the match lists.
+    swept_at: AtomicU64,
+}
+
+/// Shared entry point of changes and subscriptions.
 #[derive(Clone)]
 pub struct Hub {
-    registry: Arc<RwLock<Registry>>,
-    next_id: Arc<AtomicU64>,
-    bound: usize,
-    metrics: Arc<Metrics>,
+    inner: Arc<Inner>,
 }
 
-/// A client's end of the hub.
-pub struct Subscription {
-    id: u64,
-    pub rx: mpsc::Receiver<Arc<Change>>,
-    kick: Arc<Mutex<Option<Kick>>>,
-    hub: Hub,
+/// Reusable buffers of the source's task.
+#[derive(Default)]
+pub struct PublishScratch {
+    candidates: Vec<u64>,
+    matched: Vec<(usize, Arc<Group>)>,
+    counts: Vec<usize>,
 }
 
-impl Subscription {
-    /// Why the hub ended this subscription, once its queue is closed.
-    pub fn kick_reason(&self) -> Option<Kick> {
-        self.kick.lock().ok().and_then(|k| k.clone())
-    }
-}
-
-impl Drop for Subscription {
-    fn drop(&mut self) {
-        self.hub.remove(self.id);
-    }
-}
+/// Log evictions between sweeps of the match lists.
+const SWEEP_EVERY: u64 = 4096;
 
 impl Hub {
-    /// A hub whose subscribers each queue at most `bound` changes.
-    pub fn new(bound: usize, metrics: Arc<Metrics>) -> Hub {
+    /// A hub whose log holds at most `buffer_bytes`.
+    pub fn new(buffer_bytes: usize) -> Hub {
         Hub {
-            registry: Arc::default(),
-            next_id: Arc::new(AtomicU64::new(1)),
-            bound: bound.max(1),
-            metrics,
+            inner: Arc::new(Inner {
+                log: ChangeLog::new(buffer_bytes),
+                index: RwLock::default(),
+                all: Arc::new(Group {
+                    query: None,
+                    matches: Mutex::new(Matches {
+                        seqs: VecDeque::new(),
+                        complete_from: 0,
+                        lost_upto: 0,
+                    }),
+                    notify: Notify::new(),
+                }),
+                published: AtomicU64::new(0),
+                cursors: Mutex::default(),
+                next_cursor: AtomicU64::new(1),
+                closed: Mutex::new(None),
+                swept_at: AtomicU64::new(0),
+            }),
         }
     }
 
-    /// Registers a subscriber for `query`.
-    pub fn subscribe(&self, query: Query) -> Subscription {
-        self.register(Some(query))
+    /// The change log.
+    pub fn log(&self) -> &ChangeLog {
+        &self.inner.log
     }
 
-    /// Registers a subscriber of every row change.
-    pub fn subscribe_all(&self) -> Subscription {
-        self.register(None)
+    /// Seq after the last change whose matches are all published.
+    pub(crate) fn published(&self) -> u64 {
+        self.inner.published.load(Ordering::Acquire)
     }
 
-    fn register(&self, query: Option<Query>) -> Subscription {
-        let (tx, rx) = mpsc::channel(self.bound);
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let kick = Arc::new(Mutex::new(None));
-        if let Ok(mut r) = self.registry.write() {
-            r.insert(
-                id,
-                Subscriber {
-                    query,
-                    tx,
-                    kick: kick.clone(),
-                },
-            );
+    /// The stream starts at `floor` (see [`ChangeLog::set_floor`]).
+    pub fn stream_starts_at(&self, floor: Position) {
+        self.inner.log.set_floor(floor);
+    }
+
+    /// The newest position in the log.
+    pub fn last_position(&self) -> Option<Position> {
+        self.inner.log.last_position()
+    }
+
+    /// Stores a batch of row changes (stream order, each with its position)
+    /// and wakes the clients that match them.
+    pub fn publish(&self, batch: Vec<Change>, scratch: &mut PublishScratch) {
+        if batch.is_empty() {
+            return;
         }
-        Subscription {
+        let Ok(index) = self.inner.index.read() else {
+            return;
+        };
+        let PublishScratch {
+            candidates,
+            matched,
+            counts,
+        } = scratch;
+        matched.clear();
+        counts.clear();
+        let mut batch = batch;
+        for (i, change) in batch.iter_mut().enumerate() {
+            let mut n = 0;
+            if let Some(action) = change.row_action() {
+                candidates.clear();
+                index.candidates_of(change, action, candidates);
+                for id in candidates.iter() {
+                    let Some((g, _, _)) = index.groups.get(id) else {
+                        continue;
+                    };
+                    if g.query.as_ref().is_some_and(|q| wants(q, change, action)) {
+                        matched.push((i, g.clone()));
+                        n += 1;
+                    }
+                }
+            }
+            counts.push(n);
+            // The parsed row was for matching; the log keeps only the JSON.
+            change.forget_row();
+        }
+        let entries = batch.into_iter().zip(counts.iter()).filter_map(|(c, n)| {
+            let pos = c.pos?;
+            Some((Arc::new(c), pos, *n))
+        });
+        let first = self.inner.log.append(entries);
+        for (i, g) in matched.iter() {
+            if let Ok(mut m) = g.matches.lock() {
+                m.seqs.push_back(first + *i as u64);
+            }
+        }
+        self.inner
+            .published
+            .store(self.inner.log.next_seq(), Ordering::Release);
+        // Wake each group once, after all of its pushes.
+        matched.sort_unstable_by_key(|(_, g)| Arc::as_ptr(g));
+        matched.dedup_by_key(|(_, g)| Arc::as_ptr(g));
+        for (_, g) in matched.drain(..) {
+            g.notify.notify_waiters();
+        }
+        self.inner.all.notify.notify_waiters();
+        self.sweep(&index);
+    }
+
+    /// Drops match-list entries of changes the log no longer holds.
+    fn sweep(&self, index: &Index) {
+        let stats = self.inner.log.stats();
+        let last = self.inner.swept_at.load(Ordering::Relaxed);
+        if stats.evicted < last + SWEEP_EVERY {
+            return;
+        }
+        self.inner.swept_at.store(stats.evicted, Ordering::Relaxed);
+        for (g, _, _) in index.groups.values() {
+            if let Ok(mut m) = g.matches.lock() {
+                trim(&mut m, stats.first_seq);
+            }
+        }
+    }
+
+    /// A cursor for `query` (`None`: every row change) starting after
+    /// `after`, or at the newest change when `after` is `None`.
+    pub fn subscribe(
+        &self,
+        query: Option<Query>,
+        after: Option<Position>,
+    ) -> Result<Cursor, SubscribeError> {
+        if let Some(reason) = self.closed_reason() {
+            return Err(SubscribeError::Closed(reason));
+        }
+        let Ok(mut index) = self.inner.index.write() else {
+            return Err(SubscribeError::NotReady);
+        };
+        // No batch is being published while the index is held for writing.
+        let head = self.inner.log.next_seq();
+        let start = match after {
+            None => head,
+            Some(p) => match self.inner.log.resume(p) {
+                Resume::From(seq) => seq,
+                Resume::Gone { oldest } => return Err(SubscribeError::Gone { oldest }),
+                Resume::NotReady => return Err(SubscribeError::NotReady),
+            },
+        };
+        let (group_id, group) = match query {
+            Some(q) => {
+                let (id, g) = index.join(q, head);
+                (Some(id), g)
+            }
+            None => (None, self.inner.all.clone()),
+        };
+        drop(index);
+        let scan_until = group
+            .matches
+            .lock()
+            .map(|m| m.complete_from.max(start))
+            .unwrap_or(start);
+        let id = self.inner.next_cursor.fetch_add(1, Ordering::Relaxed);
+        let shared = Arc::new(CursorShared::new(start, group.clone()));
+        if let Ok(mut c) = self.inner.cursors.lock() {
+            c.insert(id, shared.clone());
+        }
+        Ok(Cursor::new(
+            self.clone(),
             id,
-            rx,
-            kick,
-            hub: self.clone(),
+            group_id,
+            group,
+            start,
+            scan_until,
+            after,
+            shared,
+        ))
+    }
+
+    /// A cursor ends (called by `Cursor::drop`).
+    pub(crate) fn leave(&self, cursor: u64, group: Option<u64>) {
+        if let Ok(mut c) = self.inner.cursors.lock() {
+            c.remove(&cursor);
+        }
+        if let Some(g) = group {
+            if let Ok(mut index) = self.inner.index.write() {
+                index.leave(g);
+            }
         }
     }
 
-    fn remove(&self, id: u64) {
-        if let Ok(mut r) = self.registry.write() {
-            r.take(id);
-        }
-    }
-
-    /// Number of subscribers.
+    /// Number of cursors (clients reading the log).
     pub fn len(&self) -> usize {
-        self.registry.read().map(|r| r.subs.len()).unwrap_or(0)
+        self.inner.cursors.lock().map(|c| c.len()).unwrap_or(0)
     }
 
-    /// True when nobody is subscribed.
+    /// True when nobody reads the log.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Hands a change to every matching subscriber. Subscribers whose queue is
-    /// full are disconnected (and told why).
-    pub fn publish(&self, change: &Arc<Change>) {
-        let Some(action) = change.row_action() else {
-            return;
-        };
-        let view = RowView {
-            action,
-            schema: &change.schema,
-            table: &change.table,
-            truncated: &change.truncated,
-            row: None,
-        };
-        let mut lagging = Vec::new();
-        {
-            let Ok(r) = self.registry.read() else { return };
-            let mut candidates: Vec<u64> = Vec::new();
-            if action == query::Action::Truncate {
-                // A truncate has no row: every subscriber of the table may want it.
-                for (_, t) in &change.truncated {
-                    for (key, ids) in &r.index {
-                        let table = match key {
-                            IndexKey::Table(t) | IndexKey::Eq { table: t, .. } => t,
-                            IndexKey::All => continue,
-                        };
-                        if table == t {
-                            candidates.extend(ids);
-                        }
-                    }
-                }
-            } else {
-                r.candidates(&change.table, || change.row(), &mut candidates);
-            }
-            if let Some(ids) = r.index.get(&IndexKey::All) {
-                candidates.extend(ids);
-            }
-            candidates.sort_unstable();
-            candidates.dedup();
-            for id in candidates {
-                let Some((s, _)) = r.subs.get(&id) else {
-                    continue;
-                };
-                if let Some(q) = &s.query {
-                    if !q.wants(action) {
-                        continue;
-                    }
-                    let needs_row = !q.filters.is_empty() && action != query::Action::Truncate;
-                    let view = RowView {
-                        row: if needs_row { change.row() } else { None },
-                        ..view
-                    };
-                    if !q.matches(&view) {
-                        continue;
-                    }
-                }
-                match s.tx.try_send(change.clone()) {
-                    Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(_)) => lagging.push(id),
-                    Err(mpsc::error::TrySendError::Closed(_)) => {}
-                }
-            }
-        }
-        for id in lagging {
-            self.kick(id, Kick::Lagging { bound: self.bound });
-            self.metrics
-                .clients_disconnected_lagging
-                .fetch_add(1, Ordering::Relaxed);
-        }
+    /// Number of match groups (distinct queries).
+    pub fn groups(&self) -> usize {
+        self.inner.index.read().map(|i| i.groups.len()).unwrap_or(0)
     }
 
-    fn kick(&self, id: u64, why: Kick) {
-        let sub = self.registry.write().ok().and_then(|mut r| r.take(id));
-        if let Some(s) = sub {
-            if let Ok(mut k) = s.kick.lock() {
-                *k = Some(why);
-            }
-            // Dropping the sender closes the client's queue.
-        }
-    }
-
-    /// Ends every subscription with `reason`.
+    /// Ends every subscription with `reason` (the stream stopped for good).
     pub fn close_all(&self, reason: &str) {
-        let ids: Vec<u64> = self
-            .registry
-            .read()
-            .map(|r| r.subs.keys().copied().collect())
-            .unwrap_or_default();
-        for id in ids {
-            self.kick(
-                id,
-                Kick::Closed {
-                    reason: reason.to_owned(),
-                },
-            );
+        if let Ok(mut c) = self.inner.closed.lock() {
+            *c = Some(reason.to_owned());
+        }
+        self.inner.all.notify.notify_waiters();
+        if let Ok(index) = self.inner.index.read() {
+            for (g, _, _) in index.groups.values() {
+                g.notify.notify_waiters();
+            }
         }
     }
+
+    /// Why the stream stopped for everyone, once it did.
+    pub fn closed_reason(&self) -> Option<String> {
+        self.inner.closed.lock().ok().and_then(|c| c.clone())
+    }
+
+    /// The log's sizes, every cursor's backlog in changes waiting for it,
+    /// and the number of groups.
+    pub fn report(&self) -> LogReport {
+        let stats = self.inner.log.stats();
+        let published = self.published();
+        let cursors: Vec<Arc<CursorShared>> = self
+            .inner
+            .cursors
+            .lock()
+            .map(|c| c.values().cloned().collect())
+            .unwrap_or_default();
+        LogReport {
+            stats,
+            waiting: cursors.iter().map(|c| c.waiting(published)).collect(),
+            groups: self.groups(),
+        }
+    }
+}
+
+/// Drops the seqs the log no longer holds from the front of a match list.
+pub(crate) fn trim(m: &mut Matches, first_seq: u64) {
+    while let Some(&s) = m.seqs.front() {
+        if s >= first_seq {
+            break;
+        }
+        m.seqs.pop_front();
+        m.lost_upto = m.lost_upto.max(s + 1);
+    }
+}
+
+/// Whether `query` selects `change` (its row parsed at most once).
+fn wants(q: &Query, change: &Change, action: query::Action) -> bool {
+    if !q.wants(action) {
+        return false;
+    }
+    let needs_row = !q.filters.is_empty() && action != query::Action::Truncate;
+    q.matches(&RowView {
+        action,
+        schema: &change.schema,
+        table: &change.table,
+        truncated: &change.truncated,
+        row: if needs_row { change.row() } else { None },
+    })
 }
 
 #[cfg(test)]
@@ -386,11 +574,12 @@ mod tests {
     use bytes::Bytes;
     use walcast_format::Lsn;
 
-    fn change(columns: &str) -> Arc<Change> {
+    fn change(n: u32, columns: &str) -> Change {
         let raw = format!(
-            r#"{{"action":"I","lsn":"0/1","schema":"public","table":"t","columns":{columns}}}"#
+            r#"{{"action":"I","lsn":"0/1","pos":"{}","schema":"public","table":"t","columns":{columns}}}"#,
+            Position::new(Lsn(u64::from(n) + 1), 0)
         );
-        Arc::new(Change::parse(Bytes::from(raw), Lsn(1)).expect("change"))
+        Change::parse(Bytes::from(raw), Lsn(1)).expect("change")
     }
 
     #[test]
@@ -406,6 +595,7 @@ mod tests {
             "insert:t:c.eq.abc:a.gt.1",
             "insert:t:a.neq.5",
             "insert:t",
+            "INSERT:t",
             "insert:other:a.eq.5",
             "insert:t:a.eq.9007199254740993",
         ];
@@ -419,44 +609,40 @@ mod tests {
             r#"{"a":9007199254740992}"#,
             r#"{"a":[5],"c":{"k":1}}"#,
         ];
-        let metrics = Arc::new(Metrics::default());
-        let hub = Hub::new(64, metrics);
-        let mut subs: Vec<(Query, Subscription)> = queries
+        let hub = Hub::new(1 << 20);
+        hub.stream_starts_at(Position::default());
+        let mut subs: Vec<(Query, Cursor)> = queries
             .iter()
             .map(|q| {
                 let parsed = query::parse(q).expect("query");
-                (parsed.clone(), hub.subscribe(parsed))
+                let c = hub
+                    .subscribe(Some(parsed.clone()), None)
+                    .expect("subscribe");
+                (parsed, c)
             })
             .collect();
-        for row in rows {
-            let c = change(row);
-            hub.publish(&c);
-            for (q, s) in subs.iter_mut() {
+        // Identical queries share a group (`INSERT:t` and `insert:t`; `a.eq."5"`
+        // and `a.eq.5` parse the same).
+        assert_eq!(hub.groups(), queries.len() - 2, "{:?}", queries);
+        let mut scratch = PublishScratch::default();
+        let mut got = Vec::new();
+        for (n, row) in rows.iter().enumerate() {
+            let c = change(n as u32, row);
+            let view_row = c.row().cloned();
+            hub.publish(vec![change(n as u32, row)], &mut scratch);
+            for (q, cur) in subs.iter_mut() {
                 let view = RowView {
                     action: query::Action::Insert,
                     schema: "public",
                     table: "t",
                     truncated: &[],
-                    row: c.row(),
+                    row: view_row.as_ref(),
                 };
                 let want = q.matches(&view);
-                let got = s.rx.try_recv().is_ok();
-                assert_eq!(got, want, "query {q:?} on row {row}");
+                got.clear();
+                cur.fill(64, &mut got).expect("fill");
+                assert_eq!(got.len(), usize::from(want), "query {q:?} on row {row}");
             }
         }
-    }
-
-    #[test]
-    fn a_full_queue_disconnects_with_the_bound_as_reason() {
-        let hub = Hub::new(2, Arc::new(Metrics::default()));
-        let mut s = hub.subscribe(query::parse("insert:t").expect("query"));
-        for _ in 0..3 {
-            hub.publish(&change(r#"{"a":1}"#));
-        }
-        assert!(s.rx.try_recv().is_ok());
-        assert!(s.rx.try_recv().is_ok());
-        assert!(s.rx.try_recv().is_err());
-        assert_eq!(s.kick_reason(), Some(Kick::Lagging { bound: 2 }));
-        assert!(hub.is_empty());
     }
 }

@@ -5,11 +5,16 @@
 //! ```text
 //! WAL -> walcast plugin (JSON bytes) -> walsender
 //!     -> replication/   replication-protocol client (startup, auth, CopyBoth, status updates)
-//!     -> reader.rs      one reader per slot: reconnects, confirms positions, feeds the hub
-//!     -> change.rs      plugin bytes -> Change { action, schema, table, lsn, xid, raw }
-//!     -> hub.rs         many subscribers, indexed by table, bounded queues
+//!     -> reader.rs      the source: one reader on the proxy's slot, reconnects,
+//!                       confirms positions, hands the hub batches of changes
+//!     -> change.rs      plugin bytes -> Change { action, schema, table, lsn, pos, raw }
+//!     -> hub.rs         where changes enter: each stored once in the log, its seq
+//!                       added to the match list of every query group it matches
+//!     -> log.rs         the change log: changes in stream order, byte-bounded
 //!     -> query/         the query syntax (insert:users:age.gt.30): parse and match
-//!     -> session.rs     one websocket client's loop (frames are the plugin's bytes)
+//!     -> cursor.rs      what a client has read: its next seq and its group
+//!     -> session.rs     one websocket client's loop (frames are the plugin's bytes),
+//!                       pings, stall and fell-behind closes
 //!     -> server.rs      HTTP routes, websocket upgrade, /healthz, /metrics, graceful shutdown
 //!
 //! WAL -> walcast plugin -> walsender (one per durable stream slot)
@@ -26,10 +31,12 @@
 pub mod catalog;
 pub mod change;
 pub mod config;
+pub mod cursor;
 pub mod doctor;
 pub mod filter;
 pub mod health;
 pub mod hub;
+pub mod log;
 pub mod metrics;
 pub mod query;
 pub mod reader;

@@ -16,6 +16,7 @@ use walcast_proxy::metrics::Metrics;
 use walcast_proxy::reader::{self, ReaderConfig};
 use walcast_proxy::replication::validate_slot_name;
 use walcast_proxy::server::{self, AppState};
+use walcast_proxy::session::Liveness;
 use walcast_proxy::sql::SqlPool;
 use walcast_proxy::streams::{self, Streams, StreamsConfig};
 
@@ -72,7 +73,14 @@ async fn serve(args: walcast_proxy::config::ServeArgs) -> Result<(), String> {
     };
     let metrics = Arc::new(Metrics::default());
     let health = Arc::new(Health::new(&args.slot));
-    let hub = Hub::new(args.queue_bound, metrics.clone());
+    if args.queue_bound.is_some() {
+        tracing::warn!("--queue-bound (WALCAST_QUEUE_BOUND) is deprecated and ignored: clients read from the shared change log, bounded by --buffer-size");
+    }
+    let hub = Hub::new(
+        usize::try_from(args.buffer_size)
+            .unwrap_or(usize::MAX)
+            .max(1 << 20),
+    );
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -161,6 +169,10 @@ async fn serve(args: walcast_proxy::config::ServeArgs) -> Result<(), String> {
             .collect(),
         tokens: args.token.into_iter().filter(|t| !t.is_empty()).collect(),
         max_clients: args.max_clients,
+        liveness: Liveness {
+            ping_interval: Duration::from_secs(args.ping_interval.max(1)),
+            stall_timeout: Duration::from_secs(args.stall_timeout.max(1)),
+        },
         tables,
         shutdown: shutdown_rx.clone(),
     });

@@ -15,7 +15,12 @@ pub struct Metrics {
     pub deletes: AtomicU64,
     pub truncates: AtomicU64,
     pub clients: AtomicI64,
-    pub clients_disconnected_lagging: AtomicU64,
+    /// Clients closed because the log dropped changes they had not read.
+    pub closed_fell_behind: AtomicU64,
+    /// Clients closed because they took no write for the stall timeout.
+    pub closed_stalled: AtomicU64,
+    /// Clients closed because they did not answer a ping.
+    pub closed_ping_timeout: AtomicU64,
     pub unparseable_messages: AtomicU64,
     pub replication_reconnects: AtomicU64,
     pub lag_bytes: AtomicU64,
@@ -43,6 +48,25 @@ pub struct Metrics {
     pub stream_lag: Mutex<BTreeMap<String, (u64, bool)>>,
 }
 
+/// Why the server closed a live client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The log dropped changes the client had not read.
+    FellBehind,
+    /// The client took no write for the stall timeout.
+    Stalled,
+    /// The client did not answer a ping.
+    PingTimeout,
+}
+
+/// The change log and its readers, as `/metrics` shows them.
+pub struct LogReport {
+    pub stats: crate::log::LogStats,
+    /// Changes waiting for each client.
+    pub waiting: Vec<u64>,
+    pub groups: usize,
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -57,6 +81,16 @@ impl Metrics {
         self.last_activity_ms.store(now_ms(), Ordering::Relaxed);
     }
 
+    /// Counts a client closed by the server.
+    pub fn count_close(&self, why: CloseReason) {
+        let c = match why {
+            CloseReason::FellBehind => &self.closed_fell_behind,
+            CloseReason::Stalled => &self.closed_stalled,
+            CloseReason::PingTimeout => &self.closed_ping_timeout,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts one incoming change by action label.
     pub fn count_action(&self, label: &str) {
         let c = match label {
@@ -69,9 +103,21 @@ impl Metrics {
         c.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The Prometheus text exposition.
-    pub fn render(&self) -> String {
+    /// The Prometheus text exposition, with the change log's gauges.
+    pub fn render(&self, log: &LogReport) -> String {
         let mut s = String::new();
+        render_log(&mut s, log);
+        let _ = writeln!(
+            s,
+            "# HELP walcast_clients_closed_total Live clients the server closed, by reason.\n\
+             # TYPE walcast_clients_closed_total counter\n\
+             walcast_clients_closed_total{{reason=\"fell_behind\"}} {}\n\
+             walcast_clients_closed_total{{reason=\"stalled\"}} {}\n\
+             walcast_clients_closed_total{{reason=\"ping_timeout\"}} {}",
+            self.closed_fell_behind.load(Ordering::Relaxed),
+            self.closed_stalled.load(Ordering::Relaxed),
+            self.closed_ping_timeout.load(Ordering::Relaxed),
+        );
         let g = |v: &AtomicU64| v.load(Ordering::Relaxed);
         let mut line = |name: &str, kind: &str, help: &str, value: String| {
             let _ = writeln!(
@@ -96,12 +142,6 @@ impl Metrics {
             "gauge",
             "Connected websocket clients.",
             self.clients.load(Ordering::Relaxed).to_string(),
-        );
-        line(
-            "walcast_queue_disconnects_total",
-            "counter",
-            "Clients disconnected because their queue was full (they fell behind).",
-            g(&self.clients_disconnected_lagging).to_string(),
         );
         line(
             "walcast_unparseable_messages_total",
@@ -211,5 +251,82 @@ impl Metrics {
             }
         }
         s
+    }
+}
+
+/// Lag buckets of `walcast_clients_by_lag`: (label, lowest lag in it).
+const LAG_BUCKETS: [(&str, u64); 4] = [
+    ("0", 0),
+    ("1-999", 1),
+    ("1000-99999", 1000),
+    ("100000+", 100_000),
+];
+
+fn render_log(s: &mut String, log: &LogReport) {
+    let st = &log.stats;
+    let mut gauge = |name: &str, kind: &str, help: &str, value: u64| {
+        let _ = writeln!(
+            s,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    };
+    gauge(
+        "walcast_buffer_bytes",
+        "gauge",
+        "Bytes the change log holds (JSON plus per-change and match-list overhead).",
+        st.bytes as u64,
+    );
+    gauge(
+        "walcast_buffer_max_bytes",
+        "gauge",
+        "The change log's bound (--buffer-size).",
+        st.max_bytes as u64,
+    );
+    gauge(
+        "walcast_buffer_changes",
+        "gauge",
+        "Changes the change log holds.",
+        st.changes as u64,
+    );
+    gauge(
+        "walcast_buffer_evicted_total",
+        "counter",
+        "Changes dropped from the change log to stay within its bound.",
+        st.evicted,
+    );
+    gauge(
+        "walcast_buffer_oldest_commit_lsn",
+        "gauge",
+        "Commit LSN (as a number) of the oldest change the log holds; 0 when empty.",
+        st.oldest.map(|p| p.commit.0).unwrap_or(0),
+    );
+    gauge(
+        "walcast_match_groups",
+        "gauge",
+        "Distinct queries of connected clients (clients with the same query share a match list).",
+        log.groups as u64,
+    );
+    gauge(
+        "walcast_slowest_client_changes_waiting",
+        "gauge",
+        "Changes waiting for the slowest live client.",
+        log.waiting.iter().copied().max().unwrap_or(0),
+    );
+    let _ = writeln!(
+        s,
+        "# HELP walcast_clients_by_lag Live clients by changes waiting for them.\n\
+         # TYPE walcast_clients_by_lag gauge"
+    );
+    for (i, (label, low)) in LAG_BUCKETS.iter().enumerate() {
+        let high = LAG_BUCKETS.get(i + 1).map(|b| b.1).unwrap_or(u64::MAX);
+        let n = log
+            .waiting
+            .iter()
+            .filter(|w| **w >= *low && **w < high)
+            .count();
+        let _ = writeln!(
+            s,
+            "walcast_clients_by_lag{{changes_waiting=\"{label}\"}} {n}"
+        );
     }
 }

@@ -1,21 +1,26 @@
-//! One reader per slot: replication stream -> parsed changes -> hub.
+//! The live stream's source: one replication connection on the proxy's slot
+//! -> parsed changes -> the hub (and so the change log).
 //!
 //! The reader creates the proxy's permanent slot on first start, streams from
-//! its confirmed position, confirms each transaction's end once its changes
-//! are handed to the hub, reconnects with backoff after transient errors and
-//! stops (reporting on `/healthz`, closing clients with the reason) after
-//! definite ones.
+//! its confirmed position with the plugin's `include-position`, hands the
+//! hub row changes in batches (at most [`BATCH`], and at every commit),
+//! confirms each transaction's end once its changes are in the log,
+//! reconnects with backoff after transient errors and stops (reporting on
+//! `/healthz`, closing clients with the reason) after definite ones.
 
 use crate::change::{Action, Change};
 use crate::health::Health;
-use crate::hub::Hub;
+use crate::hub::{Hub, PublishScratch};
 use crate::metrics::Metrics;
 use crate::replication::{ErrorKind, ReplicationClient, ReplicationError};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-use walcast_format::Lsn;
+use walcast_format::{Lsn, Position};
+
+/// Row changes handed to the hub at once at most.
+pub const BATCH: usize = 256;
 
 /// What the reader needs.
 #[derive(Clone)]
@@ -30,12 +35,13 @@ pub struct ReaderConfig {
 /// What has been handed to the hub, kept across reconnects so that a
 /// reconnect neither skips nor repeats changes.
 #[derive(Debug, Default, Clone, Copy)]
-struct Position {
+struct Handed {
     /// End of the last transaction handed over completely (where to resume).
     committed: Lsn,
-    /// The transaction being handed over and its last change's LSN: after a
-    /// reconnect PostgreSQL sends it again from its start.
-    partial: Option<(u32, Lsn)>,
+    /// Inside a transaction: after a reconnect PostgreSQL sends it again
+    /// from its start, and the changes already in the log are skipped by
+    /// their positions.
+    in_txn: bool,
 }
 
 /// Runs until `shutdown` becomes true or a definite error stops streaming.
@@ -48,7 +54,7 @@ pub async fn run(
 ) {
     let mut backoff = Duration::from_millis(100);
     let mut slot_seen = false;
-    let mut position = Position::default();
+    let mut position = Handed::default();
     loop {
         if *shutdown.borrow() {
             return;
@@ -94,11 +100,11 @@ async fn stream_once(
     health: &Health,
     shutdown: &mut watch::Receiver<bool>,
     slot_seen: &mut bool,
-    position: &mut Position,
+    position: &mut Handed,
 ) -> Result<(), ReplicationError> {
     let mut client = ReplicationClient::connect(&cfg.database).await?;
     let _system = client.identify_system().await?;
-    match client.slot(&cfg.slot).await? {
+    let slot_start = match client.slot(&cfg.slot).await? {
         None if *slot_seen => {
             return Err(ReplicationError::definite(format!(
             "the replication slot {} was dropped while the proxy used it; changes since its last \
@@ -109,6 +115,7 @@ async fn stream_once(
         None => {
             let created = client.create_slot(&cfg.slot, false, false).await?;
             tracing::info!(slot = %cfg.slot, lsn = %created.consistent_point, "created replication slot");
+            created.consistent_point
         }
         Some(info) if info.plugin.as_deref() != Some("walcast") => {
             return Err(ReplicationError::definite(format!(
@@ -116,10 +123,11 @@ async fn stream_once(
                 cfg.slot, info.plugin
             )))
         }
-        Some(_) => {}
-    }
+        Some(info) => info.confirmed_flush.unwrap_or(Lsn::INVALID),
+    };
     *slot_seen = true;
-    let mut options: Vec<(&str, &str)> = vec![("include-transaction", "on")];
+    let mut options: Vec<(&str, &str)> =
+        vec![("include-transaction", "on"), ("include-position", "on")];
     if let Some(t) = &cfg.tables {
         options.push(("add-tables", t));
     }
@@ -128,11 +136,19 @@ async fn stream_once(
     let mut stream = client
         .start(&cfg.slot, position.committed, &options, cfg.status_interval)
         .await?;
+    // Every transaction committed from here on will come (PostgreSQL
+    // decodes those whose commit is at or after the start).
+    hub.stream_starts_at(Position::new(position.committed.max(slot_start), 0));
     // Between transactions: keepalive positions may be confirmed.
     stream.set_caught_up(true);
     health.streaming();
     tracing::info!(slot = %cfg.slot, "streaming changes");
     let mut backlog_report = tokio::time::interval(Duration::from_secs(1));
+    let mut batch: Vec<Change> = Vec::with_capacity(BATCH);
+    let mut scratch = PublishScratch::default();
+    // Changes at or before this are in the log already (a reconnect inside
+    // a transaction sends it again from its start).
+    let mut last = hub.last_position();
     loop {
         let next = tokio::select! {
             _ = shutdown.changed() => {
@@ -162,34 +178,45 @@ async fn stream_once(
             }
         };
         match change.action {
-            Action::Begin => stream.set_caught_up(false),
+            Action::Begin => {
+                stream.set_caught_up(false);
+                position.in_txn = true;
+            }
             Action::Commit => {
+                hub.publish(std::mem::take(&mut batch), &mut scratch);
                 // Activity is noted once per transaction, not per change.
                 metrics.activity();
                 stream.set_caught_up(true);
-                // Every change of the transaction is in the clients' queues now.
+                // Every change of the transaction is in the log now.
                 let end = change.end_lsn.unwrap_or(msg.wal_start);
                 stream.confirm(end);
                 position.committed = end;
-                position.partial = None;
+                position.in_txn = false;
                 metrics.confirmed_lsn.store(end.0, Ordering::Relaxed);
             }
             _ if change.row_action().is_some() => {
-                if let (Some((xid, last)), Some(cx)) = (position.partial, change.xid) {
-                    if xid == cx && change.lsn <= last {
-                        // Already handed over before the reconnect.
-                        continue;
-                    }
+                let Some(pos) = change.pos else {
+                    return Err(ReplicationError::definite(
+                        "the walcast plugin on the server wrote a change without \"pos\": \
+                         install the walcast extension of the same version as walcast-proxy",
+                    ));
+                };
+                if last.is_some_and(|l| pos <= l) {
+                    continue;
                 }
-                if let Some(xid) = change.xid {
-                    position.partial = Some((xid, change.lsn));
-                }
+                last = Some(pos);
                 metrics.count_action(change.action.label());
-                hub.publish(&Arc::new(change));
+                batch.push(change);
+                if batch.len() >= BATCH {
+                    hub.publish(
+                        std::mem::replace(&mut batch, Vec::with_capacity(BATCH)),
+                        &mut scratch,
+                    );
+                }
             }
             // Between transactions: nothing before a heartbeat is left to
             // hand over, so the slot may advance to it.
-            _ if change.is_heartbeat() && position.partial.is_none() => {
+            _ if change.is_heartbeat() && !position.in_txn => {
                 stream.confirm(msg.wal_start);
                 position.committed = position.committed.max(msg.wal_start);
             }

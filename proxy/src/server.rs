@@ -6,7 +6,7 @@
 use crate::catalog::Catalog;
 use crate::filter::{FilterInstance, Filters};
 use crate::health::Health;
-use crate::hub::Hub;
+use crate::hub::{Hub, SubscribeError};
 use crate::metrics::Metrics;
 use crate::query::{self, Query, QueryErrorKind};
 use crate::session;
@@ -26,7 +26,7 @@ use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
-use walcast_format::TablePattern;
+use walcast_format::{Position, TablePattern};
 
 const DEMO_PAGE: &str = include_str!("demo.html");
 
@@ -38,6 +38,8 @@ pub struct AppState {
     pub catalog: Catalog,
     pub tokens: Vec<String>,
     pub max_clients: usize,
+    /// Pings and stall timeout of live clients.
+    pub liveness: session::Liveness,
     pub tables: Option<Vec<TablePattern>>,
     pub streams: Arc<Streams>,
     pub filters: Arc<Filters>,
@@ -136,6 +138,16 @@ async fn route(req: Request<Incoming>, state: Arc<AppState>) -> Resp {
         (&Method::GET, "/") => respond(StatusCode::OK, "text/html; charset=utf-8", DEMO_PAGE),
         (&Method::GET, "/healthz") => {
             let (ok, mut body) = state.health.report(state.hub.len());
+            let log = state.hub.report();
+            body["buffer"] = serde_json::json!({
+                "bytes": log.stats.bytes,
+                "max_bytes": log.stats.max_bytes,
+                "changes": log.stats.changes,
+                "oldest": log.stats.oldest.map(|p| p.to_string()),
+                "newest": log.stats.newest.map(|p| p.to_string()),
+            });
+            body["slowest_client_changes_waiting"] =
+                serde_json::json!(log.waiting.iter().copied().max().unwrap_or(0));
             if let Ok(lags) = state.metrics.stream_lag.lock() {
                 let over: Vec<&String> = lags
                     .iter()
@@ -154,7 +166,7 @@ async fn route(req: Request<Incoming>, state: Arc<AppState>) -> Resp {
         (&Method::GET, "/metrics") => respond(
             StatusCode::OK,
             "text/plain; version=0.0.4",
-            state.metrics.render(),
+            state.metrics.render(&state.hub.report()),
         ),
         (&Method::GET, "/ws") => websocket(req, state).await,
         (_, "/ws" | "/" | "/healthz" | "/metrics") => {
@@ -247,21 +259,37 @@ async fn websocket(mut req: Request<Incoming>, state: Arc<AppState>) -> Resp {
         Ok(s) => s,
         Err(r) => return *r,
     };
+    let after = match params.get("after").map(|a| a.parse::<Position>()) {
+        None => None,
+        Some(Ok(p)) => Some(p),
+        Some(Err(e)) => return json_error(StatusCode::BAD_REQUEST, &format!("after: {e}"), None),
+    };
+    if after.is_some() && query.is_none() && filter.is_none() {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "after needs query= or filter= in the URL (or send it in the subscription frame)",
+            None,
+        );
+    }
     let (accept, upgrade) = match accept_upgrade(&mut req, &state) {
         Ok(a) => a,
         Err(r) => return *r,
     };
     // Subscribe before answering, so every change committed after the client
     // sees the upgrade reaches it.
-    let start = match (query, filter) {
-        (Some(q), f) => session::Start::Ready(state.hub.subscribe(q), f.map(Box::new)),
-        (None, Some(f)) => session::Start::Ready(state.hub.subscribe_all(), Some(Box::new(f))),
-        (None, None) => session::Start::FirstFrame,
+    let start = if query.is_none() && filter.is_none() {
+        session::Start::FirstFrame
+    } else {
+        match state.hub.subscribe(query, after) {
+            Ok(cursor) => session::Start::Ready(cursor, filter.map(Box::new)),
+            Err(e) => return subscribe_refused(e),
+        }
     };
     let ctx = session::Context {
         hub: state.hub.clone(),
         filters: state.filters.clone(),
         metrics: state.metrics.clone(),
+        liveness: state.liveness,
         shutdown: state.shutdown.clone(),
     };
     tokio::spawn(async move {
@@ -274,6 +302,35 @@ async fn websocket(mut req: Request<Incoming>, state: Arc<AppState>) -> Resp {
         }
     });
     switching_protocols(&accept)
+}
+
+/// The answer when the hub refuses a subscription.
+fn subscribe_refused(e: SubscribeError) -> Resp {
+    match e {
+        SubscribeError::Gone { oldest } => respond(
+            StatusCode::GONE,
+            "application/json",
+            serde_json::json!({
+                "error": session::gone_message(oldest),
+                "code": "POSITION_GONE",
+                "oldest": oldest.map(|p| p.to_string()),
+            })
+            .to_string(),
+        ),
+        SubscribeError::NotReady => {
+            let mut r = json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the change stream has not started yet; retry in a moment",
+                None,
+            );
+            r.headers_mut()
+                .insert("retry-after", HeaderValue::from_static("1"));
+            r
+        }
+        SubscribeError::Closed(reason) => {
+            json_error(StatusCode::SERVICE_UNAVAILABLE, &reason, None)
+        }
+    }
 }
 
 /// What a websocket client chose in its URL.

@@ -1,12 +1,15 @@
-//! One websocket client's loop: receive its subscription, forward the
-//! matching changes as text frames (the plugin's bytes unchanged), and close
-//! with a code and reason when it falls behind, the stream stops or the
-//! server shuts down.
+//! One websocket client's loop: receive its subscription, read the change
+//! log through its cursor and forward what it gets as text frames (the
+//! plugin's bytes unchanged), ping the client, and close with a code and
+//! reason when it falls out of the log, stops reading, stops answering
+//! pings, the stream stops or the server shuts down.
 
 use crate::change::Change;
+use crate::cursor::{Cursor, Stop};
 use crate::filter::{FilterInstance, Filters, Verdict, BATCH_EVENTS};
-use crate::hub::{Hub, Kick, Subscription};
-use crate::metrics::Metrics;
+use crate::hub::{Hub, SubscribeError};
+use crate::log::Entry;
+use crate::metrics::{CloseReason, Metrics};
 use crate::query::{self, Query};
 use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
@@ -19,12 +22,16 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
+use walcast_format::Position;
 
 /// A server-side websocket over an upgraded HTTP connection.
 pub(crate) type Ws = WebSocketStream<TokioIo<Upgraded>>;
 
 /// Frames written before each flush when a client has a backlog.
 const MAX_BATCH: usize = 512;
+
+/// How long a close frame may take to leave before the connection is dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long a client may take to send its subscription frame.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -36,13 +43,17 @@ pub(crate) async fn close(ws: &mut Ws, code: CloseCode, reason: &str) {
     while r.len() > 123 {
         r.pop();
     }
-    let _ = ws
-        .send(Message::Close(Some(CloseFrame {
-            code,
-            reason: r.into(),
-        })))
-        .await;
-    let _ = ws.close(None).await;
+    // A client that reads nothing would hold this forever: bounded.
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        let _ = ws
+            .send(Message::Close(Some(CloseFrame {
+                code,
+                reason: r.into(),
+            })))
+            .await;
+        let _ = ws.close(None).await;
+    })
+    .await;
 }
 
 async fn error_frame(ws: &mut Ws, err: &query::QueryError) {
@@ -54,6 +65,7 @@ async fn error_frame(ws: &mut Ws, err: &query::QueryError) {
 struct FirstFrame {
     query: Option<Query>,
     filter: Option<(String, Vec<u8>)>,
+    after: Option<Position>,
 }
 
 /// The bytes given to `walcast_init`: a JSON string's content, or the
@@ -66,7 +78,7 @@ pub fn config_bytes(v: &serde_json::Value) -> Vec<u8> {
     }
 }
 
-/// Reads `{"subscribe":{"query":"...","filter":{"id":"sha256:...","config":...}}}`
+/// Reads `{"subscribe":{"query":"...","filter":{"id":"sha256:...","config":...},"after":"..."}}`
 /// as the first text frame.
 async fn first_frame(ws: &mut Ws) -> Result<FirstFrame, String> {
     let msg = tokio::time::timeout(SUBSCRIBE_TIMEOUT, ws.next())
@@ -93,6 +105,16 @@ async fn first_frame(ws: &mut Ws) -> Result<FirstFrame, String> {
             Some((id.to_owned(), config))
         }
     };
+    let after = match sub.and_then(|s| s.get("after")) {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(p)) => Some(
+            p.parse::<Position>()
+                .map_err(|e| format!("\"after\": {e}"))?,
+        ),
+        Some(_) => {
+            return Err("\"after\" must be a position string (the \"pos\" of a change)".into())
+        }
+    };
     if q.is_none() && filter.is_none() {
         return Err(
             "subscription frame needs {\"subscribe\":{\"query\":\"...\"}} and/or a \"filter\""
@@ -107,7 +129,11 @@ async fn first_frame(ws: &mut Ws) -> Result<FirstFrame, String> {
             return Err(format!("invalid query: {e}"));
         }
     };
-    Ok(FirstFrame { query, filter })
+    Ok(FirstFrame {
+        query,
+        filter,
+        after,
+    })
 }
 
 /// What a change becomes for one client.
@@ -149,6 +175,7 @@ fn outcome(change: &Change, verdict: Verdict, metrics: &Metrics) -> Outcome {
             "code": code,
             "message": message,
             "lsn": change.lsn.to_string(),
+            "pos": change.pos.map(|p| p.to_string()),
         })
         .to_string()
     };
@@ -190,8 +217,18 @@ pub fn open_filter(
 /// How a session starts: subscribed before the upgrade was answered (URL
 /// parameters), or waiting for the client's first frame.
 pub enum Start {
-    Ready(Subscription, Option<Box<FilterInstance>>),
+    Ready(Cursor, Option<Box<FilterInstance>>),
     FirstFrame,
+}
+
+/// How the server watches a client's liveness.
+#[derive(Debug, Clone, Copy)]
+pub struct Liveness {
+    /// A ping goes out this often; no answer by the next one closes the client.
+    pub ping_interval: Duration,
+    /// A client that takes this long to take one write while changes wait
+    /// for it is closed.
+    pub stall_timeout: Duration,
 }
 
 /// What every session shares.
@@ -200,6 +237,7 @@ pub struct Context {
     pub hub: Hub,
     pub filters: Arc<Filters>,
     pub metrics: Arc<Metrics>,
+    pub liveness: Liveness,
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -209,26 +247,76 @@ async fn error_close(ws: &mut Ws, code: &str, message: &str) {
     close(ws, CloseCode::Policy, message).await;
 }
 
+/// The error frame and close of a subscription the hub refused.
+async fn refused(ws: &mut Ws, err: SubscribeError) {
+    match err {
+        SubscribeError::Gone { oldest } => {
+            let message = gone_message(oldest);
+            let body = serde_json::json!({
+                "error": message,
+                "code": "POSITION_GONE",
+                "oldest": oldest.map(|p| p.to_string()),
+            });
+            let _ = ws.send(Message::Text(body.to_string().into())).await;
+            close(ws, CloseCode::Policy, "position no longer held: re-sync").await;
+        }
+        SubscribeError::NotReady => {
+            error_close(
+                ws,
+                "NOT_READY",
+                "the change stream has not started yet; retry in a moment",
+            )
+            .await
+        }
+        SubscribeError::Closed(reason) => close(ws, CloseCode::Error, &reason).await,
+    }
+}
+
+/// Why a resume position cannot be served.
+pub fn gone_message(oldest: Option<Position>) -> String {
+    match oldest {
+        Some(o) => format!("changes after this position are no longer held (the oldest held is {o}): re-sync, then subscribe without \"after\""),
+        None => "changes after this position are no longer held (this proxy started after it): re-sync, then subscribe without \"after\"".to_owned(),
+    }
+}
+
+/// How a session ended.
+enum End {
+    /// The client left, or its connection failed.
+    Gone,
+    /// Close with this code and reason.
+    Close(CloseCode, String),
+    /// The client could not take a write for the stall timeout.
+    Stalled,
+}
+
+/// Runs a websocket write, ending the session when the client takes longer
+/// than the stall timeout.
+async fn within<F>(stall: Duration, write: F) -> Result<(), End>
+where
+    F: std::future::Future<Output = Result<(), tokio_tungstenite::tungstenite::Error>>,
+{
+    match tokio::time::timeout(stall, write).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(End::Gone),
+        Err(_) => Err(End::Stalled),
+    }
+}
+
 /// Serves one client until it leaves, is disconnected or the server stops.
 ///
-/// With [`Start::Ready`] the subscription was made before the upgrade was
+/// With [`Start::Ready`] the cursor was made before the upgrade was
 /// answered (query in the URL), so no change committed after the client saw
 /// the upgrade is missed; otherwise the client's first frame names the
-/// query and/or the filter.
+/// query, the filter and where to resume.
 pub async fn run(mut ws: Ws, start: Start, ctx: Context) {
-    let Context {
-        hub,
-        filters,
-        metrics,
-        mut shutdown,
-    } = ctx;
-    let (mut sub, mut filter) = match start {
-        Start::Ready(s, f) => (s, f.map(|f| *f)),
+    let (cursor, filter) = match start {
+        Start::Ready(c, f) => (c, f.map(|f| *f)),
         Start::FirstFrame => match first_frame(&mut ws).await {
             Ok(first) => {
                 let filter = match first.filter {
                     None => None,
-                    Some((id, config)) => match open_filter(&filters, &id, config) {
+                    Some((id, config)) => match open_filter(&ctx.filters, &id, config) {
                         Ok(f) => Some(f),
                         Err((code, message)) => {
                             error_close(&mut ws, code, &message).await;
@@ -236,11 +324,13 @@ pub async fn run(mut ws: Ws, start: Start, ctx: Context) {
                         }
                     },
                 };
-                let sub = match first.query {
-                    Some(q) => hub.subscribe(q),
-                    None => hub.subscribe_all(),
-                };
-                (sub, filter)
+                match ctx.hub.subscribe(first.query, first.after) {
+                    Ok(c) => (c, filter),
+                    Err(e) => {
+                        refused(&mut ws, e).await;
+                        return;
+                    }
+                }
             }
             Err(reason) => {
                 close(&mut ws, CloseCode::Policy, &reason).await;
@@ -248,88 +338,149 @@ pub async fn run(mut ws: Ws, start: Start, ctx: Context) {
             }
         },
     };
-    metrics.clients.fetch_add(1, Ordering::Relaxed);
-    // Grown by the bursts that come, not reserved up front: idle clients
-    // cost nothing.
-    let (mut burst, mut verdicts) = (Vec::new(), Vec::new());
-    'serve: loop {
-        tokio::select! {
-            change = sub.rx.recv() => match change {
-                Some(first) => {
-                    // Take everything already queued (up to MAX_BATCH),
-                    // write it, then flush once: one syscall for a burst
-                    // instead of one per frame.
-                    burst.clear();
-                    burst.push(first);
-                    while burst.len() < MAX_BATCH {
-                        match sub.rx.try_recv() {
-                            Ok(change) => burst.push(change),
-                            Err(_) => break,
-                        }
-                    }
-                    let mut sent = 0u64;
-                    for chunk in burst.chunks(BATCH_EVENTS) {
-                        if let Some(f) = filter.as_mut() {
-                            if let Some(wait) = f.throttle() {
-                                // The filter used its CPU budget for this second.
-                                if ws.flush().await.is_err() {
-                                    break 'serve;
-                                }
-                                tokio::time::sleep(wait).await;
-                            }
-                            f.run_batch(chunk, &mut verdicts);
-                        }
-                        let mut judged = verdicts.drain(..);
-                        for change in chunk {
-                            let outcome = match filter {
-                                None => unfiltered(change),
-                                Some(_) => match judged.next() {
-                                    Some(v) => outcome(change, v, &metrics),
-                                    None => break,
-                                },
-                            };
-                            let text = match outcome {
-                                Outcome::Send(text) => text,
-                                Outcome::Skip => continue,
-                                Outcome::Report(frame) => frame.into(),
-                                Outcome::Detach(frame, reason) => {
-                                    let _ = ws.send(Message::Text(frame.into())).await;
-                                    close(&mut ws, CloseCode::Policy, &reason).await;
-                                    break 'serve;
-                                }
-                            };
-                            if ws.feed(Message::Text(text)).await.is_err() {
-                                break 'serve;
-                            }
-                            sent += 1;
-                        }
-                    }
-                    if ws.flush().await.is_err() {
-                        break;
-                    }
-                    metrics.frames_out.fetch_add(sent, Ordering::Relaxed);
-                }
-                None => {
-                    match sub.kick_reason() {
-                        Some(Kick::Lagging { bound }) => {
-                            let reason = format!("too slow: {bound} changes were waiting for this client (the queue bound); reconnect");
-                            close(&mut ws, CloseCode::Again, &reason).await;
-                        }
-                        Some(Kick::Closed { reason }) => close(&mut ws, CloseCode::Error, &reason).await,
-                        None => close(&mut ws, CloseCode::Away, "stream ended").await,
-                    }
-                    break;
-                }
-            },
-            msg = ws.next() => match msg {
-                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
-                Some(Ok(_)) => {}
-            },
-            _ = shutdown.changed() => {
-                close(&mut ws, CloseCode::Away, "server shutting down").await;
-                break;
-            }
+    ctx.metrics.clients.fetch_add(1, Ordering::Relaxed);
+    let end = serve(&mut ws, cursor, filter, &ctx).await;
+    let stall = ctx.liveness.stall_timeout;
+    match end {
+        End::Gone => {}
+        End::Close(code, reason) => close(&mut ws, code, &reason).await,
+        End::Stalled => {
+            ctx.metrics.count_close(CloseReason::Stalled);
+            let reason = format!(
+                "stalled: read nothing for {} s while changes waited; reconnect with after",
+                stall.as_secs_f64().round()
+            );
+            close(&mut ws, CloseCode::Again, &reason).await;
         }
     }
-    metrics.clients.fetch_sub(1, Ordering::Relaxed);
+    ctx.metrics.clients.fetch_sub(1, Ordering::Relaxed);
+}
+
+async fn serve(
+    ws: &mut Ws,
+    mut cursor: Cursor,
+    mut filter: Option<FilterInstance>,
+    ctx: &Context,
+) -> End {
+    let Liveness {
+        ping_interval,
+        stall_timeout,
+    } = ctx.liveness;
+    let metrics = &ctx.metrics;
+    let mut shutdown = ctx.shutdown.clone();
+    let mut ping =
+        tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut awaiting_pong = false;
+    // Grown by the bursts that come, not reserved up front: idle clients
+    // cost nothing.
+    let (mut burst, mut verdicts): (Vec<Entry>, Vec<Verdict>) = (Vec::new(), Vec::new());
+    let group = cursor.group();
+    loop {
+        // Cancel safe: dropping it only stops waiting.
+        let notified = group.notify.notified();
+        tokio::pin!(notified);
+        if burst.is_empty() {
+            // Armed before reading, so a batch published meanwhile wakes it.
+            notified.as_mut().enable();
+            match cursor.fill(MAX_BATCH, &mut burst) {
+                Ok(()) => {}
+                Err(Stop::FellBehind { behind_changes }) => {
+                    metrics.count_close(CloseReason::FellBehind);
+                    return End::Close(CloseCode::Again, fell_behind(&ctx.hub, behind_changes));
+                }
+                Err(Stop::Closed(reason)) => return End::Close(CloseCode::Error, reason),
+            }
+        }
+        let have = !burst.is_empty();
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => {
+                return End::Close(CloseCode::Away, "server shutting down".into());
+            }
+            msg = ws.next() => match msg {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return End::Gone,
+                // Any frame (a pong above all) shows the client is there.
+                Some(Ok(_)) => awaiting_pong = false,
+            },
+            _ = ping.tick() => {
+                if awaiting_pong {
+                    metrics.count_close(CloseReason::PingTimeout);
+                    return End::Close(
+                        CloseCode::Away,
+                        format!("no answer to a ping within {} s", ping_interval.as_secs_f64().round()),
+                    );
+                }
+                awaiting_pong = true;
+                if let Err(e) = within(stall_timeout, ws.send(Message::Ping(Default::default()))).await {
+                    return e;
+                }
+            }
+            _ = std::future::ready(()), if have => {
+                if let Err(e) = write_burst(ws, &burst, filter.as_mut(), &mut verdicts, metrics, stall_timeout).await {
+                    return e;
+                }
+                burst.clear();
+            }
+            _ = &mut notified, if !have => {}
+        }
+    }
+}
+
+/// The close reason of a client that fell out of the log.
+fn fell_behind(hub: &Hub, behind_changes: u64) -> String {
+    let st = hub.log().stats();
+    format!(
+        "fell behind: {behind_changes} changes behind, the buffer holds {} changes ({:.1} of {:.1} MB); reconnect with after",
+        st.changes,
+        st.bytes as f64 / 1048576.0,
+        st.max_bytes as f64 / 1048576.0,
+    )
+}
+
+/// Writes a burst (filtered when the client has a filter), then flushes once.
+async fn write_burst(
+    ws: &mut Ws,
+    burst: &[Entry],
+    mut filter: Option<&mut FilterInstance>,
+    verdicts: &mut Vec<Verdict>,
+    metrics: &Metrics,
+    stall: Duration,
+) -> Result<(), End> {
+    let mut sent = 0u64;
+    for chunk in burst.chunks(BATCH_EVENTS) {
+        if let Some(f) = filter.as_deref_mut() {
+            if let Some(wait) = f.throttle() {
+                // The filter used its CPU budget for this second.
+                within(stall, ws.flush()).await?;
+                tokio::time::sleep(wait).await;
+            }
+            f.run_batch(chunk, verdicts);
+        }
+        let mut judged = verdicts.drain(..);
+        for entry in chunk {
+            let change = &*entry.change;
+            let outcome = match filter {
+                None => unfiltered(change),
+                Some(_) => match judged.next() {
+                    Some(v) => outcome(change, v, metrics),
+                    None => break,
+                },
+            };
+            let text = match outcome {
+                Outcome::Send(text) => text,
+                Outcome::Skip => continue,
+                Outcome::Report(frame) => frame.into(),
+                Outcome::Detach(frame, reason) => {
+                    within(stall, ws.send(Message::Text(frame.into()))).await?;
+                    return Err(End::Close(CloseCode::Policy, reason));
+                }
+            };
+            within(stall, ws.feed(Message::Text(text))).await?;
+            sent += 1;
+        }
+    }
+    within(stall, ws.flush()).await?;
+    metrics.frames_out.fetch_add(sent, Ordering::Relaxed);
+    Ok(())
 }

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::process::Command;
+use walcast_proxy::hub::Hub;
 use walcast_proxy::metrics::Metrics;
 use walcast_proxy::query;
 use walcast_tests::repo_root;
@@ -175,7 +176,7 @@ fn assert_same(code: &BTreeSet<String>, docs: &BTreeSet<String>, missing: &str, 
 
 #[test]
 fn every_metric_is_documented_and_every_documented_metric_exists() {
-    let rendered = Metrics::default().render();
+    let rendered = Metrics::default().render(&Hub::new(1 << 20).report());
     let names = |text: &str| -> BTreeSet<String> {
         text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
             .filter(|w| w.starts_with("walcast_") && w.len() > 8)

@@ -40,6 +40,10 @@ fn unknown_options_and_invalid_values_are_errors_naming_them() {
             &[("stream-changes", "sometimes")],
             "option \"stream-changes\"",
         ),
+        (
+            &[("include-position", "on"), ("stream-changes", "on")],
+            "cannot be combined with stream-changes",
+        ),
     ];
     for (options, fragment) in cases {
         let msg = error_of(&mut db, &slot, options);

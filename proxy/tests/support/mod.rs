@@ -259,6 +259,17 @@ impl Client {
         }
     }
 
+    /// The next frame within `timeout`.
+    pub fn next_within(&mut self, timeout: Duration) -> Option<Got> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(g) = self.next() {
+                return Some(g);
+            }
+        }
+        None
+    }
+
     /// Sends a text frame.
     pub fn send(&mut self, text: &str) {
         self.ws

@@ -1,0 +1,225 @@
+//! A client's cursor into the change log: the next seq it reads and the
+//! group whose match list it follows. A cursor costs the same whether its
+//! client is 1 or 100,000 changes behind.
+//!
+//! Three ways to read, chosen per call:
+//!
+//! - no query (a WASM filter decides): every change of the log in order;
+//! - a query, before the group's match list starts (a client resuming from
+//!   a position older than its group): the cursor evaluates its query on
+//!   the log entries itself, a bounded number per call;
+//! - a query, within the match list: the seqs in the list, looked up in the
+//!   log.
+//!
+//! A cursor falls behind when a change it still had to read was dropped
+//! from the log; matches of other queries do not count.
+
+use crate::hub::{Group, Hub};
+use crate::log::{Entry, Missing};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use walcast_format::Position;
+
+/// Log entries a cursor evaluates itself per call at most.
+const SCAN_BUDGET: u64 = 4096;
+
+/// Why a cursor cannot go on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stop {
+    /// A change the cursor still had to read was dropped from the log.
+    FellBehind {
+        /// Changes of the log between the cursor and the newest one.
+        behind_changes: u64,
+    },
+    /// The stream stopped for everyone.
+    Closed(String),
+}
+
+/// What the hub's metrics see of a cursor.
+pub struct CursorShared {
+    next: AtomicU64,
+    scan_until: AtomicU64,
+    group: Arc<Group>,
+}
+
+impl CursorShared {
+    pub(crate) fn new(start: u64, group: Arc<Group>) -> CursorShared {
+        CursorShared {
+            next: AtomicU64::new(start),
+            scan_until: AtomicU64::new(start),
+            group,
+        }
+    }
+
+    /// Changes waiting for this cursor (an upper bound while it evaluates
+    /// its query itself).
+    pub fn waiting(&self, published: u64) -> u64 {
+        let next = self.next.load(Ordering::Relaxed);
+        if self.group.query.is_none() {
+            return published.saturating_sub(next);
+        }
+        let scan_until = self.scan_until.load(Ordering::Relaxed);
+        let scanning = scan_until.saturating_sub(next);
+        let from = next.max(scan_until);
+        let listed = self
+            .group
+            .matches
+            .lock()
+            .map(|m| {
+                let i = m.seqs.partition_point(|s| *s < from);
+                (m.seqs.len() - i) as u64
+            })
+            .unwrap_or(0);
+        scanning + listed
+    }
+}
+
+/// One client's read position.
+pub struct Cursor {
+    hub: Hub,
+    id: u64,
+    group_id: Option<u64>,
+    group: Arc<Group>,
+    next: u64,
+    scan_until: u64,
+    /// Entries at or before this position are skipped (a resume from a
+    /// position the log has not reached yet).
+    after: Option<Position>,
+    shared: Arc<CursorShared>,
+    seqs: Vec<u64>,
+    scanned: Vec<Entry>,
+}
+
+impl Cursor {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        hub: Hub,
+        id: u64,
+        group_id: Option<u64>,
+        group: Arc<Group>,
+        start: u64,
+        scan_until: u64,
+        after: Option<Position>,
+        shared: Arc<CursorShared>,
+    ) -> Cursor {
+        shared.scan_until.store(scan_until, Ordering::Relaxed);
+        Cursor {
+            hub,
+            id,
+            group_id,
+            group,
+            next: start,
+            scan_until,
+            after,
+            shared,
+            seqs: Vec::new(),
+            scanned: Vec::new(),
+        }
+    }
+
+    /// What to wait on for new changes: `group().notify.notified()`,
+    /// enabled before [`Cursor::fill`] and awaited only if that found nothing.
+    pub fn group(&self) -> Arc<Group> {
+        self.group.clone()
+    }
+
+    /// The next seq this cursor reads.
+    pub fn next_seq(&self) -> u64 {
+        self.next
+    }
+
+    /// Appends up to `max` entries for this client to `out` (none when it
+    /// is caught up).
+    pub fn fill(&mut self, max: usize, out: &mut Vec<Entry>) -> Result<(), Stop> {
+        if let Some(reason) = self.hub.closed_reason() {
+            return Err(Stop::Closed(reason));
+        }
+        let start = out.len();
+        let result = match self.group.query.clone() {
+            None => self.read_all(max, out),
+            Some(q) => self.read_matching(&q, max, out),
+        };
+        if let Some(after) = self.after {
+            let i = start;
+            while i < out.len() {
+                if out[i].pos <= after {
+                    out.remove(i);
+                } else {
+                    // Positions only grow: nothing later is at or before it.
+                    self.after = None;
+                    break;
+                }
+            }
+        }
+        self.shared.next.store(self.next, Ordering::Relaxed);
+        result.map_err(|Missing::Evicted { behind_changes }| Stop::FellBehind { behind_changes })
+    }
+
+    fn read_all(&mut self, max: usize, out: &mut Vec<Entry>) -> Result<(), Missing> {
+        self.next = self.hub.log().read(self.next, max, out)?;
+        Ok(())
+    }
+
+    fn read_matching(
+        &mut self,
+        q: &crate::query::Query,
+        max: usize,
+        out: &mut Vec<Entry>,
+    ) -> Result<(), Missing> {
+        let start = out.len();
+        let mut budget = SCAN_BUDGET;
+        while self.next < self.scan_until && out.len() - start < max && budget > 0 {
+            let n = (self.scan_until - self.next).min(256).min(budget) as usize;
+            self.scanned.clear();
+            let end = self.hub.log().read(self.next, n, &mut self.scanned)?;
+            if end == self.next {
+                break;
+            }
+            budget -= end - self.next;
+            self.next = end;
+            out.extend(
+                self.scanned
+                    .drain(..)
+                    .filter(|e| e.change.matched_by_without_caching(q)),
+            );
+        }
+        if self.next < self.scan_until || out.len() - start >= max {
+            return Ok(());
+        }
+        // Every match before `published` is in the list once it is read.
+        let published = self.hub.published();
+        let room = max - (out.len() - start);
+        {
+            let Ok(m) = self.group.matches.lock() else {
+                return Ok(());
+            };
+            if self.next < m.lost_upto {
+                return Err(Missing::Evicted {
+                    behind_changes: published.saturating_sub(self.next),
+                });
+            }
+            let i = m.seqs.partition_point(|s| *s < self.next);
+            self.seqs.clear();
+            self.seqs.extend(m.seqs.range(i..).take(room));
+        }
+        let before = out.len();
+        self.hub.log().read_seqs(self.seqs.iter().copied(), out)?;
+        let read = out.len() - before;
+        if read == self.seqs.len() && read < room {
+            // Caught up with the list.
+            self.next = self.next.max(published);
+            if let Some(last) = self.seqs.last() {
+                self.next = self.next.max(last + 1);
+            }
+        } else if read > 0 {
+            self.next = self.seqs[read - 1] + 1;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Cursor {
+    fn drop(&mut self) {
+        self.hub.leave(self.id, self.group_id);
+    }
+}

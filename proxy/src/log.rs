@@ -1,0 +1,333 @@
+//! The change log: every change the proxy serves, stored once, in stream
+//! order, bounded by bytes.
+//!
+//! Each change gets a sequence number (`seq`, local to this process) and
+//! carries its stream position (`pos`, the plugin's commit LSN and index,
+//! the same in every process). Clients read the log through cursors
+//! (`cursor.rs`); nobody ever waits for a client: when the log is over its
+//! byte bound, the oldest changes go, and a cursor that still pointed at
+//! them learns that it fell behind.
+//!
+//! The log also knows from where it is complete (`floor`): every change
+//! positioned after the floor is in the log or still to come. A client that
+//! resumes after a position below the floor may have missed changes.
+
+use crate::change::Change;
+use std::collections::VecDeque;
+use std::sync::{Arc, RwLock};
+use walcast_format::Position;
+
+/// Bytes a change costs beyond its JSON: the `Change` struct and its
+/// allocation, its log slot, its schema and table names, the protocol
+/// header kept with its bytes and the filter record head.
+pub const ENTRY_OVERHEAD: usize =
+    std::mem::size_of::<Change>() + std::mem::size_of::<Entry>() + 160;
+/// Bytes one match-list entry costs (a `seq` in a group's list).
+pub const MATCH_COST: usize = 8;
+
+/// A change in the log.
+#[derive(Clone)]
+pub struct Entry {
+    pub change: Arc<Change>,
+    pub pos: Position,
+    /// Bytes appended before this change (for lags in bytes).
+    pub offset: u64,
+    /// What this entry counts against the bound.
+    cost: usize,
+}
+
+impl std::borrow::Borrow<Change> for Entry {
+    fn borrow(&self) -> &Change {
+        &self.change
+    }
+}
+
+/// Where a resume request stands against the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resume {
+    /// Every change after the position is in the log from `seq` on.
+    From(u64),
+    /// Changes after the position may be gone; `oldest` is the oldest held.
+    Gone { oldest: Option<Position> },
+    /// The log does not know yet from where it is complete (no stream yet).
+    NotReady,
+}
+
+/// What a cursor gets when it asks for `seq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Missing {
+    /// `seq` was dropped: the cursor fell out of what the log retains.
+    Evicted {
+        /// Changes between the cursor and the newest change.
+        behind_changes: u64,
+    },
+}
+
+struct State {
+    entries: VecDeque<Entry>,
+    /// Seq of `entries[0]`.
+    first_seq: u64,
+    bytes: usize,
+    /// Bytes ever appended (offset of the next change).
+    offset: u64,
+    /// Positions after this are all in the log or still to come.
+    floor: Option<Position>,
+    /// The newest position appended.
+    last: Option<Position>,
+    /// Changes and bytes dropped since the start.
+    evicted: u64,
+}
+
+/// The shared log.
+pub struct ChangeLog {
+    state: RwLock<State>,
+    max_bytes: usize,
+}
+
+/// A snapshot of the log's size, for metrics and health.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LogStats {
+    pub changes: usize,
+    pub bytes: usize,
+    pub max_bytes: usize,
+    pub first_seq: u64,
+    pub next_seq: u64,
+    pub oldest: Option<Position>,
+    pub newest: Option<Position>,
+    pub head_offset: u64,
+    pub evicted: u64,
+}
+
+impl ChangeLog {
+    /// An empty log holding at most `max_bytes` (JSON plus per-change overhead).
+    pub fn new(max_bytes: usize) -> ChangeLog {
+        ChangeLog {
+            state: RwLock::new(State {
+                entries: VecDeque::new(),
+                first_seq: 0,
+                bytes: 0,
+                offset: 0,
+                floor: None,
+                last: None,
+                evicted: 0,
+            }),
+            max_bytes: max_bytes.max(1),
+        }
+    }
+
+    /// The byte bound.
+    pub fn max_bytes(&self) -> usize {
+        self.max_bytes
+    }
+
+    /// The stream starts (or restarts) at `floor`: every change positioned
+    /// after it is still to come. Only ever moves forward.
+    pub fn set_floor(&self, floor: Position) {
+        if let Ok(mut s) = self.state.write() {
+            if s.entries.is_empty() && s.floor.is_none_or(|f| f < floor) {
+                s.floor = Some(floor);
+            }
+        }
+    }
+
+    /// The newest position appended.
+    pub fn last_position(&self) -> Option<Position> {
+        self.state.read().ok().and_then(|s| s.last)
+    }
+
+    /// Seq the next appended change gets.
+    pub fn next_seq(&self) -> u64 {
+        self.state
+            .read()
+            .map(|s| s.first_seq + s.entries.len() as u64)
+            .unwrap_or(0)
+    }
+
+    /// Appends changes (in stream order) with the number of match-list
+    /// entries each got, then drops the oldest while over the bound.
+    /// Returns the seq of the first appended change.
+    pub fn append(&self, changes: impl Iterator<Item = (Arc<Change>, Position, usize)>) -> u64 {
+        let Ok(mut s) = self.state.write() else {
+            return 0;
+        };
+        let first = s.first_seq + s.entries.len() as u64;
+        for (change, pos, matches) in changes {
+            let cost = change.raw.len() + ENTRY_OVERHEAD + matches * MATCH_COST;
+            let offset = s.offset;
+            s.offset += change.raw.len() as u64;
+            s.bytes += cost;
+            s.last = Some(pos);
+            s.entries.push_back(Entry {
+                change,
+                pos,
+                offset,
+                cost,
+            });
+        }
+        while s.bytes > self.max_bytes {
+            let Some(e) = s.entries.pop_front() else {
+                break;
+            };
+            s.bytes -= e.cost;
+            s.first_seq += 1;
+            s.evicted += 1;
+            s.floor = Some(e.pos);
+        }
+        first
+    }
+
+    /// Copies entries from `seq` on (at most `max`) into `out`; `Err` when
+    /// `seq` was dropped. Returns the seq after the last one copied.
+    pub fn read(&self, seq: u64, max: usize, out: &mut Vec<Entry>) -> Result<u64, Missing> {
+        let Ok(s) = self.state.read() else {
+            return Ok(seq);
+        };
+        let start = s.check(seq)?;
+        let end = (start + max).min(s.entries.len());
+        out.extend(s.entries.range(start..end).cloned());
+        Ok(s.first_seq + end as u64)
+    }
+
+    /// Copies the entries with the given seqs (ascending) into `out`, up to
+    /// the first one not appended yet; `Err` when the first was dropped.
+    pub fn read_seqs(
+        &self,
+        seqs: impl Iterator<Item = u64>,
+        out: &mut Vec<Entry>,
+    ) -> Result<(), Missing> {
+        let Ok(s) = self.state.read() else {
+            return Ok(());
+        };
+        for seq in seqs {
+            let i = s.check(seq)?;
+            match s.entries.get(i) {
+                Some(e) => out.push(e.clone()),
+                None => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// Where a client resuming after `after` starts.
+    pub fn resume(&self, after: Position) -> Resume {
+        let Ok(s) = self.state.read() else {
+            return Resume::NotReady;
+        };
+        let Some(floor) = s.floor else {
+            return Resume::NotReady;
+        };
+        if after < floor {
+            return Resume::Gone {
+                oldest: s.entries.front().map(|e| e.pos),
+            };
+        }
+        let i = s.entries.partition_point(|e| e.pos <= after);
+        Resume::From(s.first_seq + i as u64)
+    }
+
+    /// Bytes of JSON between `seq` and the newest change (0 when caught up).
+    pub fn bytes_behind(&self, seq: u64) -> u64 {
+        let Ok(s) = self.state.read() else { return 0 };
+        let at = seq.saturating_sub(s.first_seq) as usize;
+        match s.entries.get(at) {
+            Some(e) => s.offset - e.offset,
+            None if seq < s.first_seq => s.offset,
+            None => 0,
+        }
+    }
+
+    /// Sizes and positions.
+    pub fn stats(&self) -> LogStats {
+        let Ok(s) = self.state.read() else {
+            return LogStats::default();
+        };
+        LogStats {
+            changes: s.entries.len(),
+            bytes: s.bytes,
+            max_bytes: self.max_bytes,
+            first_seq: s.first_seq,
+            next_seq: s.first_seq + s.entries.len() as u64,
+            oldest: s.entries.front().map(|e| e.pos),
+            newest: s.last,
+            head_offset: s.offset,
+            evicted: s.evicted,
+        }
+    }
+}
+
+impl State {
+    /// The index of `seq` in `entries` (may be one past the end).
+    fn check(&self, seq: u64) -> Result<usize, Missing> {
+        if seq < self.first_seq {
+            let next = self.first_seq + self.entries.len() as u64;
+            return Err(Missing::Evicted {
+                behind_changes: next - seq,
+            });
+        }
+        Ok((seq - self.first_seq) as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use walcast_format::Lsn;
+
+    fn change(i: u32, size: usize) -> (Arc<Change>, Position, usize) {
+        let pad = "x".repeat(size);
+        let raw = format!(
+            r#"{{"action":"I","lsn":"0/1","schema":"public","table":"t","columns":{{"i":{i},"p":"{pad}"}}}}"#
+        );
+        let c = Change::parse(Bytes::from(raw), Lsn(1)).expect("change");
+        (Arc::new(c), Position::new(Lsn(100 + u64::from(i)), 0), 0)
+    }
+
+    #[test]
+    fn the_oldest_changes_go_when_over_the_bound_and_readers_learn_it() {
+        let one = change(0, 100).0.raw.len() + ENTRY_OVERHEAD;
+        let log = ChangeLog::new(one * 3);
+        log.set_floor(Position::new(Lsn(50), 0));
+        assert_eq!(log.append((0..5).map(|i| change(i, 100))), 0);
+        let st = log.stats();
+        assert_eq!((st.changes, st.first_seq, st.next_seq), (3, 2, 5));
+        let mut out = Vec::new();
+        assert_eq!(
+            log.read(1, 10, &mut out),
+            Err(Missing::Evicted { behind_changes: 4 })
+        );
+        assert_eq!(log.read(2, 2, &mut out), Ok(4));
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].pos, Position::new(Lsn(102), 0));
+        // Resuming: after a dropped change is gone, after the floor is fine.
+        assert_eq!(
+            log.resume(Position::new(Lsn(100), 0)),
+            Resume::Gone {
+                oldest: Some(Position::new(Lsn(102), 0))
+            }
+        );
+        assert_eq!(log.resume(Position::new(Lsn(101), 0)), Resume::From(2));
+        assert_eq!(log.resume(Position::new(Lsn(103), 0)), Resume::From(4));
+        assert_eq!(log.resume(Position::new(Lsn(999), 0)), Resume::From(5));
+        assert_eq!(log.bytes_behind(5), 0);
+        assert!(log.bytes_behind(4) > 100);
+    }
+
+    #[test]
+    fn resume_needs_a_floor_and_respects_it() {
+        let log = ChangeLog::new(1 << 20);
+        assert_eq!(log.resume(Position::default()), Resume::NotReady);
+        log.set_floor(Position::new(Lsn(100), 0));
+        assert_eq!(
+            log.resume(Position::new(Lsn(99), 5)),
+            Resume::Gone { oldest: None }
+        );
+        assert_eq!(log.resume(Position::new(Lsn(100), 0)), Resume::From(0));
+        log.append((1..3).map(|i| change(i, 10)));
+        assert_eq!(log.resume(Position::new(Lsn(101), 0)), Resume::From(1));
+        let mut out = Vec::new();
+        log.read_seqs([1, 2, 7].into_iter(), &mut out)
+            .expect("read");
+        assert_eq!(out.len(), 1, "seq 2 is not appended yet");
+    }
+}

@@ -1,0 +1,380 @@
+//! Live delivery through the change log: a client that reads gets
+//! everything however big the burst, a client that stops reading or
+//! answering pings is closed with a reason, one that falls out of the
+//! buffer is told so, and a client that reconnects with `after` resumes
+//! without a gap or a duplicate (also through a query and a WASM filter).
+//! Real cluster, real proxy process, real websocket clients.
+
+mod support;
+
+use std::time::{Duration, Instant};
+use support::{encode, json, Client, Got, Proxy};
+use walcast_tests::{cluster, repo_root, TestDb};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn setup(name: &str, extra: &[&str]) -> (TestDb, Proxy) {
+    let mut db = TestDb::new(name);
+    db.exec("CREATE TABLE items (id int PRIMARY KEY, kind text, payload text)");
+    let proxy = Proxy::start(cluster(), &db.name, &format!("{}_proxy", db.name), extra);
+    (db, proxy)
+}
+
+fn ws(proxy: &Proxy, params: &str) -> Client {
+    proxy
+        .try_ws_url(&format!("ws://127.0.0.1:{}/ws?{params}", proxy.port))
+        .unwrap_or_else(|e| panic!("/ws?{params}: {e:?}"))
+}
+
+fn id_and_pos(frame: &str) -> (i64, String) {
+    let v = json(frame);
+    let id = v["columns"]["id"].as_i64().expect("columns.id");
+    let pos = v["pos"].as_str().expect("pos").to_owned();
+    (id, pos)
+}
+
+/// A value from `/proc/<pid>/status` in kB.
+fn proc_kb(pid: u32, key: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
+}
+
+/// The value of a metric line `name value`.
+fn metric(proxy: &Proxy, name: &str) -> u64 {
+    let (_, body) = proxy.get("/metrics").expect("metrics");
+    body.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name} in {body}"))
+}
+
+fn wait_for_metric(proxy: &Proxy, name: &str, want: u64, within: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        if metric(proxy, name) >= want {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < within,
+            "{name} did not reach {want} within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_throttled_reader_gets_a_whole_bulk_transaction_and_a_stalled_client_is_closed() {
+    let (mut db, proxy) = setup("bulk", &["--stall-timeout", "5"]);
+    let pid = proxy.child.id();
+    // Opened first, never read: its socket fills, then it stalls.
+    let stalled = ws(&proxy, &format!("query={}", encode("insert:items")));
+    let mut reader = ws(&proxy, &format!("query={}", encode("insert:items")));
+    let rows = 200_000usize;
+    let reading = std::thread::spawn(move || {
+        // About 20,000 frames per second, in order.
+        let start = Instant::now();
+        let mut last_id = 0i64;
+        let mut got = 0usize;
+        let deadline = start + Duration::from_secs(120);
+        while got < rows && Instant::now() < deadline {
+            match reader.next() {
+                Some(Got::Text(t)) => {
+                    let (id, _) = id_and_pos(&t);
+                    assert_eq!(id, last_id + 1, "frames arrive in order, none missing");
+                    last_id = id;
+                    got += 1;
+                    if got % 1000 == 0 {
+                        let due = start + Duration::from_secs_f64(got as f64 / 20_000.0);
+                        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                            std::thread::sleep(wait);
+                        }
+                    }
+                }
+                Some(Got::Closed(code, reason)) => panic!("reader closed: {code} {reason}"),
+                None => {}
+            }
+        }
+        (got, start.elapsed())
+    });
+    // 200,000 rows of about 500 bytes in one transaction.
+    db.exec(&format!(
+        "INSERT INTO items SELECT g, 'bulk', repeat('x', 480) FROM generate_series(1, {rows}) g"
+    ));
+    let (got, took) = reading.join().expect("reader thread");
+    assert_eq!(got, rows, "the reading client got every row (in {took:?})");
+    // The stalled client was closed for not reading (1013 stalled).
+    wait_for_metric(
+        &proxy,
+        "walcast_clients_closed_total{reason=\"stalled\"}",
+        1,
+        Duration::from_secs(30),
+    );
+    assert_eq!(
+        metric(
+            &proxy,
+            "walcast_clients_closed_total{reason=\"fell_behind\"}"
+        ),
+        0
+    );
+    drop(stalled);
+    // Peak memory stayed under the buffer (256 MB) + 64 MB.
+    let peak_mb = proc_kb(pid, "VmHWM:") / 1024;
+    eprintln!("proxy peak RSS {peak_mb} MB for {rows} rows in one transaction");
+    assert!(peak_mb < 256 + 64, "peak RSS {peak_mb} MB");
+}
+
+#[test]
+fn a_reader_slower_than_the_buffer_holds_is_closed_with_the_reason() {
+    let (mut db, proxy) = setup("slow_reader", &["--buffer-size", "1MB"]);
+    let mut slow = ws(&proxy, &format!("query={}", encode("insert:items")));
+    // 20 MB of changes: more than the buffer (1 MB) and the sockets hold.
+    let rows = 20_000;
+    db.exec(&format!(
+        "INSERT INTO items SELECT g, 'a', repeat('y', 1000) FROM generate_series(1, {rows}) g"
+    ));
+    // The client reads nothing until the proxy has it all, then reads what
+    // its socket holds and finds the close.
+    wait_for_metric(
+        &proxy,
+        "walcast_changes_by_action_total{action=\"insert\"}",
+        rows as u64,
+        WAIT,
+    );
+    let mut frames = 0;
+    let deadline = Instant::now() + WAIT;
+    let (code, reason) = loop {
+        match slow.next() {
+            Some(Got::Text(_)) => frames += 1,
+            Some(Got::Closed(c, r)) => break (c, r),
+            None => assert!(Instant::now() < deadline, "the slow client was not closed"),
+        }
+    };
+    assert_eq!(code, 1013, "{reason}");
+    assert!(
+        reason.starts_with("fell behind: ") && reason.contains("the buffer holds"),
+        "{reason}"
+    );
+    assert!(frames < rows, "{frames}");
+    assert_eq!(
+        metric(
+            &proxy,
+            "walcast_clients_closed_total{reason=\"fell_behind\"}"
+        ),
+        1
+    );
+    assert!(metric(&proxy, "walcast_buffer_evicted_total") > 0);
+}
+
+/// Reads `n` frames, then drops the connection; returns their ids and the
+/// last position.
+fn read_then_drop(mut c: Client, n: usize) -> (Vec<i64>, String) {
+    let got = c.texts(n, WAIT);
+    assert_eq!(got.len(), n);
+    let parsed: Vec<(i64, String)> = got.iter().map(|t| id_and_pos(t)).collect();
+    let last = parsed.last().map(|p| p.1.clone()).expect("a frame");
+    (parsed.into_iter().map(|p| p.0).collect(), last)
+}
+
+#[test]
+fn a_client_resumes_with_after_without_a_gap_or_a_duplicate() {
+    let (mut db, proxy) = setup("resume", &[]);
+    let wat = std::fs::read(repo_root().join("filters/examples/wat/inserts_only.wat"))
+        .expect("the WAT example");
+    let (status, body) = proxy.post_bytes("/v1/filters", "application/wasm", &wat);
+    assert_eq!(status, 200, "{body}");
+    let filter = json(&body)["id"].as_str().expect("id").to_owned();
+    let subscriptions = [
+        format!("query={}", encode("insert:items")),
+        format!("query={}", encode("insert:items:kind.eq.even")),
+        format!("filter={filter}"),
+    ];
+    let clients: Vec<Client> = subscriptions.iter().map(|s| ws(&proxy, s)).collect();
+    // 1000 rows in one transaction; every other one is "even".
+    db.exec(
+        "INSERT INTO items SELECT g, CASE WHEN g % 2 = 0 THEN 'even' ELSE 'odd' END, 'p' \
+         FROM generate_series(1, 1000) g",
+    );
+    let expected: [Vec<i64>; 3] = [
+        (1..=1000).collect(),
+        (1..=1000).filter(|i| i % 2 == 0).collect(),
+        (1..=1000).collect(),
+    ];
+    // Each is dropped mid-burst.
+    let mut resume_at = Vec::new();
+    for (client, all) in clients.into_iter().zip(&expected) {
+        let (first, after) = read_then_drop(client, 150);
+        assert_eq!(first, all[..150]);
+        resume_at.push(after);
+    }
+    // More changes while they are away: an update (not an insert) and an odd row.
+    db.exec(
+        "UPDATE items SET payload = 'q' WHERE id = 1; INSERT INTO items VALUES (1001, 'odd', 'x')",
+    );
+    let mut again = Vec::new();
+    for ((sub, after), all) in subscriptions.iter().zip(&resume_at).zip(&expected) {
+        let mut c = ws(&proxy, &format!("{sub}&after={after}"));
+        let mut want = all[150..].to_vec();
+        if !sub.contains("even") {
+            want.push(1001);
+        }
+        let rest = c.texts(want.len(), WAIT);
+        let ids: Vec<i64> = rest.iter().map(|t| id_and_pos(t).0).collect();
+        assert_eq!(ids, want, "{sub}: exactly the rest");
+        c.expect_silence(Duration::from_millis(300));
+        again.push(c);
+    }
+    // Then the live stream.
+    db.exec("INSERT INTO items VALUES (1002, 'even', 'live')");
+    for (c, sub) in again.iter_mut().zip(&subscriptions) {
+        let live = c.texts(1, WAIT);
+        assert_eq!(id_and_pos(&live[0]).0, 1002, "{sub}");
+    }
+    // The first frame may carry `after` too.
+    let mut first_frame = ws(&proxy, "");
+    let mut probe = ws(&proxy, &format!("query={}", encode("insert:items")));
+    db.exec("INSERT INTO items VALUES (200001, 'odd', 'a'), (200002, 'odd', 'b')");
+    let two = probe.texts(2, WAIT);
+    let (_, pos) = id_and_pos(&two[0]);
+    first_frame.send(&format!(
+        r#"{{"subscribe":{{"query":"insert:items","after":"{pos}"}}}}"#
+    ));
+    let got = first_frame.texts(1, WAIT);
+    assert_eq!(id_and_pos(&got[0]).0, 200002);
+    first_frame.expect_silence(Duration::from_millis(300));
+}
+
+#[test]
+fn a_position_older_than_the_buffer_gets_410_with_the_oldest_held() {
+    let (mut db, proxy) = setup("gone", &["--buffer-size", "1MB"]);
+    let mut probe = ws(&proxy, &format!("query={}", encode("insert:items")));
+    db.exec("INSERT INTO items VALUES (1, 'a', 'first')");
+    let (_, first) = id_and_pos(&probe.texts(1, WAIT)[0]);
+    drop(probe);
+    db.exec("INSERT INTO items SELECT g, 'a', repeat('z', 900) FROM generate_series(2, 4001) g");
+    // All of it in (and the first ones dropped from the 1 MB buffer).
+    wait_for_metric(
+        &proxy,
+        "walcast_changes_by_action_total{action=\"insert\"}",
+        4001,
+        WAIT,
+    );
+    assert!(metric(&proxy, "walcast_buffer_evicted_total") > 0);
+    let url = format!(
+        "ws://127.0.0.1:{}/ws?query={}&after={first}",
+        proxy.port,
+        encode("insert:items")
+    );
+    let (status, body) = match proxy.try_ws_url(&url) {
+        Ok(_) => panic!("a position the buffer dropped was accepted"),
+        Err(e) => e,
+    };
+    assert_eq!(status, 410, "{body}");
+    let v = json(&body);
+    assert_eq!(v["code"], "POSITION_GONE");
+    let oldest = v["oldest"].as_str().expect("oldest");
+    assert!(oldest > first.as_str(), "{oldest} vs {first}");
+    assert!(
+        v["error"].as_str().expect("error").contains("re-sync"),
+        "{v}"
+    );
+    // The same through the first frame: an error frame, then 1008.
+    let mut c = ws(&proxy, "");
+    c.send(&format!(
+        r#"{{"subscribe":{{"query":"insert:items","after":"{first}"}}}}"#
+    ));
+    match c.next_within(WAIT) {
+        Some(Got::Text(t)) => {
+            let v = json(&t);
+            assert_eq!(v["code"], "POSITION_GONE", "{t}");
+            assert_eq!(v["oldest"].as_str(), Some(oldest));
+        }
+        other => panic!("expected an error frame, got {other:?}"),
+    }
+    assert_eq!(c.close_frame(WAIT).map(|c| c.0), Some(1008));
+    // A position that does not parse is a 400.
+    let bad = format!(
+        "ws://127.0.0.1:{}/ws?query={}&after=0/16B3748",
+        proxy.port,
+        encode("insert:items")
+    );
+    let (status, body) = proxy.try_ws_url(&bad).err().expect("refused");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("invalid position"), "{body}");
+}
+
+#[test]
+fn a_client_that_stops_answering_pings_is_closed_within_two_intervals() {
+    let (mut db, proxy) = setup("pings", &["--ping-interval", "1"]);
+    // This one reads (and so answers pings: tungstenite replies while reading).
+    let mut alive = ws(&proxy, &format!("query={}", encode("insert:items")));
+    // This one never reads, so it never answers.
+    let silent = ws(&proxy, &format!("query={}", encode("insert:items")));
+    let start = Instant::now();
+    let took = {
+        let deadline = start + Duration::from_secs(10);
+        loop {
+            assert!(alive.next().is_none(), "nothing to receive yet");
+            if metric(
+                &proxy,
+                "walcast_clients_closed_total{reason=\"ping_timeout\"}",
+            ) >= 1
+            {
+                break start.elapsed();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the silent client was not closed"
+            );
+        }
+    };
+    assert!(took <= Duration::from_millis(2500), "closed after {took:?}");
+    // The client that answers is still served.
+    db.exec("INSERT INTO items VALUES (1, 'a', 'still here')");
+    assert_eq!(alive.texts(1, WAIT).len(), 1);
+    assert_eq!(
+        metric(
+            &proxy,
+            "walcast_clients_closed_total{reason=\"ping_timeout\"}"
+        ),
+        1
+    );
+    // The silent one finds pings, then the close with its reason.
+    let mut silent = silent;
+    let (code, reason) = silent.close_frame(WAIT).expect("a close frame");
+    assert_eq!(code, 1001, "{reason}");
+    assert!(reason.contains("no answer to a ping"), "{reason}");
+}
+
+#[test]
+fn ten_thousand_idle_clients_stay_small() {
+    let (mut db, proxy) = setup("idle", &["--max-clients", "10000"]);
+    let pid = proxy.child.id();
+    let before_kb = proc_kb(pid, "VmRSS:");
+    let n = 10_000;
+    let mut clients = Vec::with_capacity(n);
+    for i in 0..n {
+        // A thousand different queries: groups are shared by identical ones.
+        let q = encode(&format!("insert:items:id.eq.{}", i % 1000));
+        clients.push(ws(&proxy, &format!("query={q}")));
+    }
+    wait_for_metric(&proxy, "walcast_clients", n as u64, WAIT);
+    let rss_mb = proc_kb(pid, "VmRSS:") / 1024;
+    eprintln!(
+        "proxy RSS with {n} idle clients: {rss_mb} MB (before: {} MB)",
+        before_kb / 1024
+    );
+    assert!(rss_mb < 150, "RSS {rss_mb} MB with {n} idle clients");
+    assert_eq!(metric(&proxy, "walcast_match_groups"), 1000);
+    // They are live: the ones whose query matches get the change.
+    db.exec("INSERT INTO items VALUES (7, 'a', 'x')");
+    for i in [7usize, 1007, 9007] {
+        let got = clients[i].texts(1, WAIT);
+        assert_eq!(id_and_pos(&got[0]).0, 7);
+    }
+    clients[8].expect_silence(Duration::from_millis(200));
+}

@@ -2,9 +2,10 @@
 #
 # bench_in_cluster SCRIPT ARGS...: outside a cluster, re-runs SCRIPT inside a
 #   private one (on tmpfs when /dev/shm is writable) and does not return.
-# bench_proxy PORT ARGS...: starts the release walcast-proxy on PORT with
-#   ARGS, waits until it streams, and sets PROXY_PID and P (the walcast-bench
-#   arguments naming it); the proxy is stopped on exit.
+# bench_proxy PORT ARGS...: starts the release walcast-proxy (or the binary
+#   named by WALCAST_PROXY_BIN, to compare builds) on PORT with ARGS, waits
+#   until it streams, and sets PROXY_PID and P (the walcast-bench arguments
+#   naming it); the proxy is stopped on exit.
 
 bench_in_cluster() {
   [ -n "${WALCAST_BENCH_INSIDE:-}" ] && return 0
@@ -18,7 +19,7 @@ bench_proxy() {
   local port="$1"; shift
   ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
   psql -XqAt -c "CREATE TABLE IF NOT EXISTS bench_events (id bigserial PRIMARY KEY, k int, payload text, sent_us bigint NOT NULL)"
-  ./target/release/walcast-proxy --database-url "$DATABASE_URL" --listen "127.0.0.1:${port}" --slot bench \
+  "${WALCAST_PROXY_BIN:-./target/release/walcast-proxy}" --database-url "$DATABASE_URL" --listen "127.0.0.1:${port}" --slot bench \
     --max-clients 20000 "$@" >/dev/null 2>"/tmp/walcast-bench-proxy-${port}.log" &
   PROXY_PID=$!
   trap 'kill $PROXY_PID 2>/dev/null || true' EXIT

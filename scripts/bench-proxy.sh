@@ -3,6 +3,9 @@
 # walcast-bench in the scenarios of docs/benchmarks.md.
 #
 #   ./scripts/bench-proxy.sh
+#
+# K1_RUNS (default 10) and K100_RUNS (default 3) repeat the unpaced K=1 and
+# K=100 scenarios; WALCAST_PROXY_BIN runs another walcast-proxy binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,10 +20,16 @@ bench_in_cluster "$0" "$@"
 BENCH=./target/release/walcast-bench
 bench_proxy 18181
 
-echo "== K=1, N=100000, unpaced"
-"$BENCH" "${P[@]}" -k 1 -n 100000 || echo "(scenario failed)"
+for run in $(seq 1 "${K1_RUNS:-10}"); do
+  echo "== K=1, N=100000, unpaced (run $run)"
+  "$BENCH" "${P[@]}" -k 1 -n 100000 || echo "(scenario failed)"
+done
 echo "== K=1, N=100000, paced at 10000 rows/s"
 "$BENCH" "${P[@]}" -k 1 -n 100000 --rate 10000 || echo "(scenario failed)"
+for run in $(seq 1 "${K100_RUNS:-3}"); do
+  echo "== K=100, N=100000, unfiltered, unpaced (run $run)"
+  "$BENCH" "${P[@]}" -k 100 -n 100000 --sample 100 || echo "(scenario failed)"
+done
 echo "== K=100, N=200000, unfiltered, paced at 20000 rows/s (2M events/s offered)"
 "$BENCH" "${P[@]}" -k 100 -n 200000 --rate 20000 --sample 100 || echo "(scenario failed)"
 echo "== K=1000, N=100000, each client filtered to 1% (k.eq.{i mod 100}), paced at 10000 rows/s"

@@ -121,6 +121,7 @@ unsafe extern "C-unwind" fn begin(
     d.wrote_in_txn = false;
     // A transaction is decoded once it committed: final_lsn is its commit record.
     d.begin_positions(Some(commit_lsn));
+    d.set_batching(true);
     if d.options.include_transaction {
         d.begin(xid, first_lsn);
         // SAFETY: ctx is the running callback's context.
@@ -140,6 +141,8 @@ unsafe extern "C-unwind" fn commit(
     let skipped = !d.wrote_in_txn && !d.options.include_transaction;
     // SAFETY: as above.
     unsafe { update_progress(ctx, skipped) };
+    // The transaction's objects still waiting go out now, together with its C.
+    d.set_batching(false);
     if d.options.include_transaction {
         // SAFETY: as above.
         unsafe {
@@ -153,6 +156,9 @@ unsafe extern "C-unwind" fn commit(
         };
         // SAFETY: as above.
         unsafe { d.flush(ctx) };
+    } else {
+        // SAFETY: as above.
+        unsafe { d.flush_batch(ctx) };
     }
 }
 
@@ -340,6 +346,7 @@ mod streaming {
             let d = decoder(ctx);
             let first = (*txn).txn_flags & pg_sys::RBTXN_IS_STREAMED == 0;
             d.begin_positions(None);
+            d.flush_batch(ctx);
             d.stream_start((*txn).xid.into_inner(), first);
             d.flush(ctx);
         }

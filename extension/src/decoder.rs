@@ -14,6 +14,10 @@ use walcast_format::{json, timestamp, Lsn, Options, Position};
 pub const DDL_PREFIX: &str = "walcast.ddl";
 /// Buffers larger than this after a change are released instead of kept.
 const KEEP_BUFFER_BYTES: usize = 1 << 20;
+/// Separates the objects of one message with `batch-bytes` (ASCII RS, as in
+/// RFC 7464 JSON text sequences). It never occurs in walcast's JSON: strings
+/// escape control characters and `json` values may hold only JSON whitespace.
+pub const RECORD_SEPARATOR: u8 = 0x1E;
 /// Report progress to the walsender every this many changes.
 const PROGRESS_EVERY: u32 = 100;
 
@@ -44,6 +48,8 @@ pub struct Decoder {
     txn_pos: Option<(u64, u32)>,
     /// The position of the change being written.
     current_pos: Option<Position>,
+    /// Inside a transaction with `batch-bytes`: objects wait in `out`.
+    batching: bool,
 }
 
 /// One row change, as the change callbacks see it.
@@ -94,6 +100,7 @@ impl Decoder {
             ts_cache: (i64::MIN, Vec::new()),
             txn_pos: None,
             current_pos: None,
+            batching: false,
         }
     }
 
@@ -118,11 +125,45 @@ impl Decoder {
         r
     }
 
-    /// Hands the JSON in `out` to the walsender as one message.
+    /// An object is complete in `out`. Inside a transaction with
+    /// `batch-bytes`, it waits for more (separated by [`RECORD_SEPARATOR`])
+    /// until the batch is that large; otherwise `out` goes to the walsender
+    /// as one message.
     ///
     /// # Safety
     /// `ctx` must be the decoding context of the running callback.
     pub unsafe fn flush(&mut self, ctx: *mut pg_sys::LogicalDecodingContext) {
+        self.wrote_in_txn = true;
+        if self.batching && self.out.len() < self.options.batch_bytes {
+            self.out.push(RECORD_SEPARATOR);
+            return;
+        }
+        // SAFETY: ctx is valid per the contract.
+        unsafe { self.write(ctx) };
+    }
+
+    /// Starts (`true`) or ends batching of a transaction's objects.
+    pub fn set_batching(&mut self, on: bool) {
+        self.batching = on && self.options.batch_bytes > 0;
+    }
+
+    /// Ends batching and writes the objects still waiting, if any.
+    ///
+    /// # Safety
+    /// `ctx` must be the decoding context of the running callback.
+    pub unsafe fn flush_batch(&mut self, ctx: *mut pg_sys::LogicalDecodingContext) {
+        self.batching = false;
+        if self.out.last() == Some(&RECORD_SEPARATOR) {
+            self.out.pop();
+        }
+        if !self.out.is_empty() {
+            // SAFETY: ctx is valid per the contract.
+            unsafe { self.write(ctx) };
+        }
+    }
+
+    /// Hands `out` to the walsender as one message.
+    unsafe fn write(&mut self, ctx: *mut pg_sys::LogicalDecodingContext) {
         // SAFETY: the standard write protocol of an output plugin callback.
         unsafe {
             pg_sys::OutputPluginPrepareWrite(ctx, true);
@@ -133,7 +174,6 @@ impl Decoder {
             );
             pg_sys::OutputPluginWrite(ctx, true);
         }
-        self.wrote_in_txn = true;
         self.out.clear();
         if self.out.capacity() > KEEP_BUFFER_BYTES {
             self.out = Vec::with_capacity(8192);

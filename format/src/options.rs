@@ -87,6 +87,10 @@ pub struct Options {
     /// `include-position` (default off): `pos` (commit LSN and index in the
     /// transaction) on every change of a transaction.
     pub include_position: bool,
+    /// `batch-bytes` (default 0: one object per message): a transaction's
+    /// objects are written in messages of about this many bytes, separated
+    /// by the ASCII record separator (0x1E).
+    pub batch_bytes: usize,
 }
 
 impl Default for Options {
@@ -104,6 +108,7 @@ impl Default for Options {
             filter_msg_prefixes: Vec::new(),
             stream_changes: false,
             include_position: false,
+            batch_bytes: 0,
         }
     }
 }
@@ -148,6 +153,9 @@ impl fmt::Display for OptionError {
 
 impl std::error::Error for OptionError {}
 
+/// The largest `batch-bytes`.
+pub const MAX_BATCH_BYTES: usize = 1 << 20;
+
 /// Every option name, for error messages and docs.
 pub const KNOWN: &[&str] = &[
     "include-lsn",
@@ -162,6 +170,7 @@ pub const KNOWN: &[&str] = &[
     "filter-msg-prefixes",
     "stream-changes",
     "include-position",
+    "batch-bytes",
 ];
 
 /// Parses a boolean as PostgreSQL does (`on/off/true/false/yes/no/1/0` and
@@ -220,6 +229,18 @@ impl Options {
                 "include-types" => o.include_types = boolean()?,
                 "stream-changes" => o.stream_changes = boolean()?,
                 "include-position" => o.include_position = boolean()?,
+                "batch-bytes" => {
+                    o.batch_bytes = text()?
+                        .trim()
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|n| *n <= MAX_BATCH_BYTES)
+                        .ok_or_else(|| {
+                            invalid(format!(
+                                "expected a number of bytes from 0 to {MAX_BATCH_BYTES}"
+                            ))
+                        })?
+                }
                 "add-tables" => o.add_tables = Some(tables(text()?)?),
                 "filter-tables" => o.filter_tables = tables(text()?)?,
                 "actions" => o.actions = Actions::parse(text()?).map_err(invalid)?,

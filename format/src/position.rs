@@ -74,18 +74,31 @@ impl FromStr for Position {
     fn from_str(s: &str) -> Result<Position, ParsePositionError> {
         let err = || ParsePositionError(s.to_owned());
         let (commit, index) = s.split_once(':').ok_or_else(err)?;
-        let hex = |t: &str, max: usize| {
-            (!t.is_empty() && t.len() <= max && t.bytes().all(|b| b.is_ascii_hexdigit()))
-                .then(|| u64::from_str_radix(t, 16).ok())
-                .flatten()
-        };
-        let commit = hex(commit, 16).ok_or_else(err)?;
-        let index = hex(index, 8).ok_or_else(err)?;
+        let commit = parse_hex(commit.as_bytes(), 16).ok_or_else(err)?;
+        let index = parse_hex(index.as_bytes(), 8).ok_or_else(err)?;
         Ok(Position {
             commit: Lsn(commit),
             index: u32::try_from(index).map_err(|_| err())?,
         })
     }
+}
+
+/// 1 to `max` hexadecimal digits (either case).
+fn parse_hex(digits: &[u8], max: usize) -> Option<u64> {
+    if digits.is_empty() || digits.len() > max {
+        return None;
+    }
+    let mut v = 0u64;
+    for &d in digits {
+        let n = match d {
+            b'0'..=b'9' => d - b'0',
+            b'A'..=b'F' => d - b'A' + 10,
+            b'a'..=b'f' => d - b'a' + 10,
+            _ => return None,
+        };
+        v = (v << 4) | u64::from(n);
+    }
+    Some(v)
 }
 
 #[cfg(test)]

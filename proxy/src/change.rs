@@ -7,6 +7,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use std::sync::OnceLock;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 use walcast_format::{Lsn, Position};
 
 /// The kind of a plugin message.
@@ -78,6 +79,8 @@ pub enum ChangeError {
     BadLsn(String),
     #[error("plugin message has an invalid pos {0:?}")]
     BadPosition(String),
+    #[error("plugin message is not UTF-8")]
+    NotUtf8,
 }
 
 #[derive(Deserialize)]
@@ -125,6 +128,8 @@ pub struct Change {
     pub prefix: Option<String>,
     /// The plugin's bytes, sent to clients unchanged.
     pub raw: Bytes,
+    /// The same bytes as websocket text (checked to be UTF-8 once).
+    pub text: Utf8Bytes,
     /// Byte ranges of `columns` and `identity` inside `raw`.
     columns_at: Option<(usize, usize)>,
     identity_at: Option<(usize, usize)>,
@@ -168,6 +173,7 @@ impl Change {
             .iter()
             .map(|t| split_qualified(t))
             .collect();
+        let text = Utf8Bytes::try_from(raw.clone()).map_err(|_| ChangeError::NotUtf8)?;
         let columns_at = h.columns.and_then(|c| range_in(&raw, c));
         let identity_at = h.identity.and_then(|c| range_in(&raw, c));
         Ok(Change {
@@ -181,6 +187,7 @@ impl Change {
             truncated,
             prefix: h.prefix,
             raw,
+            text,
             columns_at,
             identity_at,
             row: OnceLock::new(),

@@ -13,6 +13,7 @@ use crate::health::Health;
 use crate::hub::{Hub, PublishScratch};
 use crate::metrics::Metrics;
 use crate::replication::{ErrorKind, ReplicationClient, ReplicationError};
+use bytes::Bytes;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +22,13 @@ use walcast_format::{Lsn, Position};
 
 /// Row changes handed to the hub at once at most.
 pub const BATCH: usize = 256;
+
+/// The plugin's `batch-bytes`: fewer, larger messages from the walsender
+/// (one send per batch instead of one per change).
+const PLUGIN_BATCH_BYTES: &str = "16384";
+
+/// What the plugin puts between the objects of one message.
+const RECORD_SEPARATOR: u8 = 0x1E;
 
 /// What the reader needs.
 #[derive(Clone)]
@@ -126,8 +134,11 @@ async fn stream_once(
         Some(info) => info.confirmed_flush.unwrap_or(Lsn::INVALID),
     };
     *slot_seen = true;
-    let mut options: Vec<(&str, &str)> =
-        vec![("include-transaction", "on"), ("include-position", "on")];
+    let mut options: Vec<(&str, &str)> = vec![
+        ("include-transaction", "on"),
+        ("include-position", "on"),
+        ("batch-bytes", PLUGIN_BATCH_BYTES),
+    ];
     if let Some(t) = &cfg.tables {
         options.push(("add-tables", t));
     }
@@ -168,59 +179,98 @@ async fn stream_once(
                 "PostgreSQL ended the replication stream",
             ));
         };
-        metrics.changes_in.fetch_add(1, Ordering::Relaxed);
-        let change = match Change::parse(msg.data, msg.wal_start) {
-            Ok(c) => c,
-            Err(e) => {
-                metrics.unparseable_messages.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(error = %e, lsn = %msg.wal_start, "skipping a plugin message the proxy cannot parse");
-                continue;
-            }
-        };
-        match change.action {
-            Action::Begin => {
-                stream.set_caught_up(false);
-                position.in_txn = true;
-            }
-            Action::Commit => {
-                hub.publish(std::mem::take(&mut batch), &mut scratch);
-                // Activity is noted once per transaction, not per change.
-                metrics.activity();
-                stream.set_caught_up(true);
-                // Every change of the transaction is in the log now.
-                let end = change.end_lsn.unwrap_or(msg.wal_start);
-                stream.confirm(end);
-                position.committed = end;
-                position.in_txn = false;
-                metrics.confirmed_lsn.store(end.0, Ordering::Relaxed);
-            }
-            _ if change.row_action().is_some() => {
-                let Some(pos) = change.pos else {
-                    return Err(ReplicationError::definite(
-                        "the walcast plugin on the server wrote a change without \"pos\": \
-                         install the walcast extension of the same version as walcast-proxy",
-                    ));
-                };
-                if last.is_some_and(|l| pos <= l) {
+        // With batch-bytes a message holds several objects.
+        for part in objects(&msg.data) {
+            metrics.changes_in.fetch_add(1, Ordering::Relaxed);
+            let change = match Change::parse(part, msg.wal_start) {
+                Ok(c) => c,
+                Err(e) => {
+                    metrics.unparseable_messages.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(error = %e, lsn = %msg.wal_start, "skipping a plugin message the proxy cannot parse");
                     continue;
                 }
-                last = Some(pos);
-                metrics.count_action(change.action.label());
-                batch.push(change);
-                if batch.len() >= BATCH {
-                    hub.publish(
-                        std::mem::replace(&mut batch, Vec::with_capacity(BATCH)),
-                        &mut scratch,
-                    );
+            };
+            match change.action {
+                Action::Begin => {
+                    stream.set_caught_up(false);
+                    position.in_txn = true;
                 }
+                Action::Commit => {
+                    hub.publish(std::mem::take(&mut batch), &mut scratch);
+                    // Activity is noted once per transaction, not per change.
+                    metrics.activity();
+                    stream.set_caught_up(true);
+                    // Every change of the transaction is in the log now.
+                    let end = change.end_lsn.unwrap_or(msg.wal_start);
+                    stream.confirm(end);
+                    position.committed = end;
+                    position.in_txn = false;
+                    metrics.confirmed_lsn.store(end.0, Ordering::Relaxed);
+                }
+                _ if change.row_action().is_some() => {
+                    let Some(pos) = change.pos else {
+                        return Err(ReplicationError::definite(
+                            "the walcast plugin on the server wrote a change without \"pos\": \
+                             install the walcast extension of the same version as walcast-proxy",
+                        ));
+                    };
+                    if last.is_some_and(|l| pos <= l) {
+                        continue;
+                    }
+                    last = Some(pos);
+                    metrics.count_action(change.action.label());
+                    batch.push(change);
+                    if batch.len() >= BATCH {
+                        hub.publish(
+                            std::mem::replace(&mut batch, Vec::with_capacity(BATCH)),
+                            &mut scratch,
+                        );
+                    }
+                }
+                // Between transactions: nothing before a heartbeat is left to
+                // hand over, so the slot may advance to it.
+                _ if change.is_heartbeat() && !position.in_txn => {
+                    stream.confirm(msg.wal_start);
+                    position.committed = position.committed.max(msg.wal_start);
+                }
+                _ => {}
             }
-            // Between transactions: nothing before a heartbeat is left to
-            // hand over, so the slot may advance to it.
-            _ if change.is_heartbeat() && !position.in_txn => {
-                stream.confirm(msg.wal_start);
-                position.committed = position.committed.max(msg.wal_start);
-            }
-            _ => {}
         }
+    }
+}
+
+/// The objects of one plugin message, split at the record separator that
+/// `batch-bytes` puts between them.
+fn objects(data: &Bytes) -> impl Iterator<Item = Bytes> + '_ {
+    let mut start = 0;
+    std::iter::from_fn(move || {
+        if start > data.len() {
+            return None;
+        }
+        let end = memchr::memchr(RECORD_SEPARATOR, &data[start..])
+            .map(|i| start + i)
+            .unwrap_or(data.len());
+        let part = data.slice(start..end);
+        start = end + 1;
+        Some(part)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_split_at_record_separators() {
+        let split = |b: &'static [u8]| -> Vec<Bytes> { objects(&Bytes::from_static(b)).collect() };
+        assert_eq!(split(b"{\"a\":1}"), vec![Bytes::from_static(b"{\"a\":1}")]);
+        assert_eq!(
+            split(b"{}\x1e{\"b\":\"x\ny\"}\x1e[]"),
+            vec![
+                Bytes::from_static(b"{}"),
+                Bytes::from_static(b"{\"b\":\"x\ny\"}"),
+                Bytes::from_static(b"[]")
+            ]
+        );
     }
 }

@@ -148,10 +148,7 @@ pub(crate) enum Outcome {
 
 /// A change for a client without a filter.
 fn unfiltered(change: &Change) -> Outcome {
-    match Utf8Bytes::try_from(change.raw.clone()) {
-        Ok(t) => Outcome::Send(t),
-        Err(_) => Outcome::Skip,
-    }
+    Outcome::Send(change.text.clone())
 }
 
 /// Runs the client's filter (if any) on a change.

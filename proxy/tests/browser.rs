@@ -169,5 +169,25 @@ fn demo_page_shows_an_inserted_row() {
     );
     assert!(text.contains("public.users"), "{text}");
     assert!(text.contains("\"id\":42"), "{text}");
+
+    // The connection drops; a row committed while it is away arrives after
+    // the page reconnects with `after`, and nothing is shown twice.
+    page.eval("socket.close()");
+    db.exec("INSERT INTO users VALUES (43, 'while-away', 34)");
+    let rows = page.wait_for(
+        "Array.from(document.querySelectorAll('#rows tr')).map(r => r.textContent).join('\\n')",
+        |v| v.as_str().is_some_and(|s| s.contains("while-away")),
+        "the row committed while the page was disconnected",
+    );
+    let text = rows.as_str().unwrap_or("");
+    assert_eq!(text.matches("browser-row").count(), 1, "{text}");
+    assert_eq!(text.matches("while-away").count(), 1, "{text}");
+    let status = page.eval("document.getElementById('status').textContent");
+    assert!(
+        status
+            .as_str()
+            .is_some_and(|s| s.starts_with("subscribed to")),
+        "{status}"
+    );
     drop(browser);
 }

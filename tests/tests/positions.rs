@@ -103,3 +103,38 @@ fn every_change_carries_its_commit_lsn_and_index() {
     assert_eq!(plain.len(), 1);
     assert!(json(&plain[0]).get("pos").is_none(), "{plain:?}");
 }
+
+#[test]
+fn batch_bytes_packs_the_same_objects_into_fewer_messages() {
+    let mut db = TestDb::new("batches");
+    let plain = db.slot("plain");
+    let packed = db.slot("packed");
+    db.exec("CREATE TABLE t (id int PRIMARY KEY, v text)");
+    db.exec("INSERT INTO t SELECT g, repeat('v', 50) FROM generate_series(1, 100) g");
+    db.exec(
+        "BEGIN; UPDATE t SET v = 'w' WHERE id <= 10; \
+         SELECT pg_logical_emit_message(true, 'app', E'line\\none'); COMMIT",
+    );
+    db.exec("INSERT INTO t VALUES (1000, '{\"json\":\n1}')");
+    let options = [("include-transaction", "on"), ("include-position", "on")];
+    let one_each = db.changes(&plain, &options);
+    let mut with_batches = options.to_vec();
+    with_batches.push(("batch-bytes", "1000"));
+    let messages = db.changes(&packed, &with_batches);
+    assert!(
+        messages.len() * 4 < one_each.len(),
+        "{} messages for {} objects",
+        messages.len(),
+        one_each.len()
+    );
+    let split: Vec<String> = messages
+        .iter()
+        .flat_map(|m| m.split('\u{1e}').map(str::to_owned).collect::<Vec<_>>())
+        .collect();
+    assert_eq!(split, one_each);
+    // No message is much larger than asked (one object over the size at most).
+    assert!(
+        messages.iter().all(|m| m.len() < 1000 + 400),
+        "{messages:?}"
+    );
+}

@@ -22,6 +22,9 @@ pub enum Backend {
     Message(Message),
 }
 
+/// Bytes read from the server at a time at least.
+const READ_CHUNK: usize = 64 << 10;
+
 /// One connection to PostgreSQL.
 pub struct Connection {
     stream: Box<dyn Stream>,
@@ -249,6 +252,11 @@ impl Connection {
                 } else {
                     self.rbuf.reserve(len + 1 - self.rbuf.len());
                 }
+            }
+            // Read in large pieces: messages handed out keep their piece
+            // alive, so a small spare room would mean small reads and copies.
+            if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 8 {
+                self.rbuf.reserve(READ_CHUNK);
             }
             let n = self.stream.read_buf(&mut self.rbuf).await.map_err(io_err)?;
             if n == 0 {

@@ -148,7 +148,10 @@ fn range_in(raw: &[u8], part: &RawValue) -> Option<(usize, usize)> {
 impl Change {
     /// Parses the plugin's bytes; `wal_start` is the stream position of the message.
     pub fn parse(raw: Bytes, wal_start: Lsn) -> Result<Change, ChangeError> {
-        let h: Header = serde_json::from_slice(&raw)?;
+        // Checked as UTF-8 once: the JSON parser then does not check its
+        // strings again, and every client's frame reuses it.
+        let text = Utf8Bytes::try_from(raw.clone()).map_err(|_| ChangeError::NotUtf8)?;
+        let h: Header = serde_json::from_str(text.as_str())?;
         let action = Action::parse(h.action)
             .ok_or_else(|| ChangeError::UnknownAction(h.action.to_owned()))?;
         let parse_lsn = |s: &str| {
@@ -173,7 +176,6 @@ impl Change {
             .iter()
             .map(|t| split_qualified(t))
             .collect();
-        let text = Utf8Bytes::try_from(raw.clone()).map_err(|_| ChangeError::NotUtf8)?;
         let columns_at = h.columns.and_then(|c| range_in(&raw, c));
         let identity_at = h.identity.and_then(|c| range_in(&raw, c));
         Ok(Change {

@@ -20,10 +20,11 @@ use walcast_format::Position;
 /// Bytes a change costs beyond its JSON: the `Change` struct and its
 /// allocation, its log slot, its schema and table names, its share of the
 /// protocol framing and read buffers kept with its bytes, and the filter
-/// record head. Measured: a full log of 250-byte changes took about this
+/// record head (the slot twice: the ring grows by doubling). Measured: a
+/// full log of 250-byte changes took about this
 /// much per change in RSS (docs/benchmarks.md).
 pub const ENTRY_OVERHEAD: usize =
-    std::mem::size_of::<Change>() + std::mem::size_of::<Entry>() + 256;
+    std::mem::size_of::<Change>() + 2 * std::mem::size_of::<Entry>() + 256;
 /// Bytes one match-list entry costs (a `seq` in a group's list).
 pub const MATCH_COST: usize = 8;
 

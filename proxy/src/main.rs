@@ -20,13 +20,23 @@ use walcast_proxy::session::Liveness;
 use walcast_proxy::sql::SqlPool;
 use walcast_proxy::streams::{self, Streams, StreamsConfig};
 
-/// mimalloc keeps the change log's memory bounded: with glibc's per-thread
-/// arenas, changes allocated by the reader and freed by other threads left
-/// the process 50% above the log's size (measured in docs/benchmarks.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+/// One malloc arena keeps the change log's memory bounded: with glibc's
+/// per-thread arenas, changes allocated by the reader and freed by other
+/// threads left the process 50% above the log's size (docs/benchmarks.md).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn one_malloc_arena() {
+    // SAFETY: mallopt only changes the allocator's settings; it runs before
+    // any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn one_malloc_arena() {}
 
 fn main() {
+    one_malloc_arena();
     let _ = dotenvy::dotenv();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

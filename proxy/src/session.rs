@@ -309,14 +309,14 @@ where
 pub async fn run(mut ws: Ws, start: Start, ctx: Context) {
     let (cursor, filter) = match start {
         Start::Ready(c, f) => (c, f.map(|f| *f)),
-        Start::FirstFrame => match first_frame(&mut ws).await {
+        Start::FirstFrame => match Box::pin(first_frame(&mut ws)).await {
             Ok(first) => {
                 let filter = match first.filter {
                     None => None,
                     Some((id, config)) => match open_filter(&ctx.filters, &id, config) {
                         Ok(f) => Some(f),
                         Err((code, message)) => {
-                            error_close(&mut ws, code, &message).await;
+                            Box::pin(error_close(&mut ws, code, &message)).await;
                             return;
                         }
                     },
@@ -324,30 +324,32 @@ pub async fn run(mut ws: Ws, start: Start, ctx: Context) {
                 match ctx.hub.subscribe(first.query, first.after) {
                     Ok(c) => (c, filter),
                     Err(e) => {
-                        refused(&mut ws, e).await;
+                        Box::pin(refused(&mut ws, e)).await;
                         return;
                     }
                 }
             }
             Err(reason) => {
-                close(&mut ws, CloseCode::Policy, &reason).await;
+                Box::pin(close(&mut ws, CloseCode::Policy, &reason)).await;
                 return;
             }
         },
     };
     ctx.metrics.clients.fetch_add(1, Ordering::Relaxed);
+    // The helpers above and below are boxed: a waiting client's task holds
+    // only the state of the loop it is in (10,000 idle clients: docs/benchmarks.md).
     let end = serve(&mut ws, cursor, filter, &ctx).await;
     let stall = ctx.liveness.stall_timeout;
     match end {
         End::Gone => {}
-        End::Close(code, reason) => close(&mut ws, code, &reason).await,
+        End::Close(code, reason) => Box::pin(close(&mut ws, code, &reason)).await,
         End::Stalled => {
             ctx.metrics.count_close(CloseReason::Stalled);
             let reason = format!(
                 "stalled: read nothing for {} s while changes waited; reconnect with after",
                 stall.as_secs_f64().round()
             );
-            close(&mut ws, CloseCode::Again, &reason).await;
+            Box::pin(close(&mut ws, CloseCode::Again, &reason)).await;
         }
     }
     ctx.metrics.clients.fetch_sub(1, Ordering::Relaxed);
@@ -409,12 +411,14 @@ async fn serve(
                     );
                 }
                 awaiting_pong = true;
-                if let Err(e) = within(stall_timeout, ws.send(Message::Ping(Default::default()))).await {
+                if let Err(e) = Box::pin(within(stall_timeout, ws.send(Message::Ping(Default::default())))).await {
                     return e;
                 }
             }
             _ = std::future::ready(()), if have => {
-                if let Err(e) = write_burst(ws, &burst, filter.as_mut(), &mut verdicts, metrics, stall_timeout).await {
+                // Boxed: an idle client's task does not carry the writer's state.
+                let write = Box::pin(write_burst(ws, &burst, filter.as_mut(), &mut verdicts, metrics, stall_timeout));
+                if let Err(e) = write.await {
                     return e;
                 }
                 burst.clear();

@@ -23,7 +23,7 @@ pub enum Backend {
 }
 
 /// Bytes read from the server at a time at least.
-const READ_CHUNK: usize = 64 << 10;
+const READ_CHUNK: usize = 256 << 10;
 
 /// One connection to PostgreSQL.
 pub struct Connection {

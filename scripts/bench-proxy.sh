@@ -20,19 +20,30 @@ bench_in_cluster "$0" "$@"
 BENCH=./target/release/walcast-bench
 bench_proxy 18181
 
+# A failed scenario is reported and the others still run; the script then
+# exits with status 1.
+failed=0
+scenario() {
+  "$BENCH" "${P[@]}" "$@" || { echo "(scenario failed)"; failed=$((failed + 1)); }
+}
+
 for run in $(seq 1 "${K1_RUNS:-10}"); do
   echo "== K=1, N=100000, unpaced (run $run)"
-  "$BENCH" "${P[@]}" -k 1 -n 100000 || echo "(scenario failed)"
+  scenario -k 1 -n 100000
 done
 echo "== K=1, N=100000, paced at 10000 rows/s"
-"$BENCH" "${P[@]}" -k 1 -n 100000 --rate 10000 || echo "(scenario failed)"
+scenario -k 1 -n 100000 --rate 10000
 for run in $(seq 1 "${K100_RUNS:-3}"); do
   echo "== K=100, N=100000, unfiltered, unpaced (run $run)"
-  "$BENCH" "${P[@]}" -k 100 -n 100000 --sample 100 || echo "(scenario failed)"
+  scenario -k 100 -n 100000 --sample 100
 done
 echo "== K=100, N=200000, unfiltered, paced at 20000 rows/s (2M events/s offered)"
-"$BENCH" "${P[@]}" -k 100 -n 200000 --rate 20000 --sample 100 || echo "(scenario failed)"
+scenario -k 100 -n 200000 --rate 20000 --sample 100
 echo "== K=1000, N=100000, each client filtered to 1% (k.eq.{i mod 100}), paced at 10000 rows/s"
-"$BENCH" "${P[@]}" -k 1000 -n 100000 --rate 10000 --query 'insert:bench_events:k.eq.{m}' --expect-per-client 1000 --sample 10 || echo "(scenario failed)"
+scenario -k 1000 -n 100000 --rate 10000 --query 'insert:bench_events:k.eq.{m}' --expect-per-client 1000 --sample 10
 echo "== K=1000 idle clients"
-"$BENCH" "${P[@]}" -k 1000 -n 0
+scenario -k 1000 -n 0
+if ((failed)); then
+  echo "[bench] ${failed} scenario(s) failed" >&2
+  exit 1
+fi

@@ -6,6 +6,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 use std::sync::OnceLock;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use walcast_format::{Lsn, Position};
@@ -240,38 +241,38 @@ impl Change {
 
     /// Whether `query` selects this change (row changes only).
     pub fn matched_by(&self, query: &crate::query::Query) -> bool {
-        let Some(action) = self.row_action() else {
-            return false;
-        };
-        query.matches(&crate::query::RowView {
-            action,
-            schema: &self.schema,
-            table: &self.table,
-            truncated: &self.truncated,
-            row: if query.filters.is_empty() {
-                None
-            } else {
-                self.row()
-            },
-        })
+        self.matched_with(query, |c| c.row().map(Cow::Borrowed))
     }
 
     /// Like [`Change::matched_by`], without keeping the parsed row.
     pub fn matched_by_without_caching(&self, query: &crate::query::Query) -> bool {
+        self.matched_with(query, |c| c.parse_row().map(Cow::Owned))
+    }
+
+    /// Whether `query` selects this change; `row` gives the row, asked for
+    /// only when a filter needs it.
+    fn matched_with<'a>(
+        &'a self,
+        query: &crate::query::Query,
+        row: impl FnOnce(&'a Change) -> Option<Cow<'a, Map<String, Value>>>,
+    ) -> bool {
         let Some(action) = self.row_action() else {
             return false;
         };
-        let row = if query.filters.is_empty() || !query.wants(action) {
+        if !query.wants(action) {
+            return false;
+        }
+        let row = if query.filters.is_empty() || action == crate::query::Action::Truncate {
             None
         } else {
-            self.parse_row()
+            row(self)
         };
         query.matches(&crate::query::RowView {
             action,
             schema: &self.schema,
             table: &self.table,
             truncated: &self.truncated,
-            row: row.as_ref(),
+            row: row.as_deref(),
         })
     }
 

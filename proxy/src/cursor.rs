@@ -123,11 +123,6 @@ impl Cursor {
         self.group.clone()
     }
 
-    /// The next seq this cursor reads.
-    pub fn next_seq(&self) -> u64 {
-        self.next
-    }
-
     /// Appends up to `max` entries for this client to `out` (none when it
     /// is caught up).
     pub fn fill(&mut self, max: usize, out: &mut Vec<Entry>) -> Result<(), Stop> {
@@ -135,20 +130,17 @@ impl Cursor {
             return Err(Stop::Closed(reason));
         }
         let start = out.len();
-        let result = match self.group.query.clone() {
+        let group = self.group.clone();
+        let result = match &group.query {
             None => self.read_all(max, out),
-            Some(q) => self.read_matching(&q, max, out),
+            Some(q) => self.read_matching(q, max, out),
         };
         if let Some(after) = self.after {
-            let i = start;
-            while i < out.len() {
-                if out[i].pos <= after {
-                    out.remove(i);
-                } else {
-                    // Positions only grow: nothing later is at or before it.
-                    self.after = None;
-                    break;
-                }
+            // Positions only grow: once one is past `after`, all later are.
+            let skip = out[start..].iter().take_while(|e| e.pos <= after).count();
+            out.drain(start..start + skip);
+            if out.len() > start {
+                self.after = None;
             }
         }
         self.shared.next.store(self.next, Ordering::Relaxed);

@@ -18,9 +18,9 @@ use crate::change::Change;
 use crate::cursor::{Cursor, CursorShared};
 use crate::log::{ChangeLog, Resume};
 use crate::metrics::LogReport;
-use crate::query::{self, Query, RowView};
+use crate::query::{self, Query};
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::Notify;
 use walcast_format::Position;
@@ -285,6 +285,8 @@ struct Inner {
     next_cursor: AtomicU64,
     /// Why the stream stopped for everyone.
     closed: Mutex<Option<String>>,
+    /// Whether `closed` is set: read on every cursor read without the lock.
+    is_closed: AtomicBool,
     /// Log evictions at the last sweep of the match lists.
     swept_at: AtomicU64,
 }
@@ -326,6 +328,7 @@ impl Hub {
                 cursors: Mutex::default(),
                 next_cursor: AtomicU64::new(1),
                 closed: Mutex::new(None),
+                is_closed: AtomicBool::new(false),
                 swept_at: AtomicU64::new(0),
             }),
         }
@@ -377,7 +380,7 @@ impl Hub {
                     let Some((g, _, _)) = index.groups.get(id) else {
                         continue;
                     };
-                    if g.query.as_ref().is_some_and(|q| wants(q, change, action)) {
+                    if g.query.as_ref().is_some_and(|q| change.matched_by(q)) {
                         matched.push((i, g.clone()));
                         n += 1;
                     }
@@ -510,6 +513,7 @@ impl Hub {
         if let Ok(mut c) = self.inner.closed.lock() {
             *c = Some(reason.to_owned());
         }
+        self.inner.is_closed.store(true, Ordering::Release);
         self.inner.all.notify.notify_waiters();
         if let Ok(index) = self.inner.index.read() {
             for (g, _, _) in index.groups.values() {
@@ -520,6 +524,9 @@ impl Hub {
 
     /// Why the stream stopped for everyone, once it did.
     pub fn closed_reason(&self) -> Option<String> {
+        if !self.inner.is_closed.load(Ordering::Acquire) {
+            return None;
+        }
         self.inner.closed.lock().ok().and_then(|c| c.clone())
     }
 
@@ -553,24 +560,10 @@ pub(crate) fn trim(m: &mut Matches, first_seq: u64) {
     }
 }
 
-/// Whether `query` selects `change` (its row parsed at most once).
-fn wants(q: &Query, change: &Change, action: query::Action) -> bool {
-    if !q.wants(action) {
-        return false;
-    }
-    let needs_row = !q.filters.is_empty() && action != query::Action::Truncate;
-    q.matches(&RowView {
-        action,
-        schema: &change.schema,
-        table: &change.table,
-        truncated: &change.truncated,
-        row: if needs_row { change.row() } else { None },
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::query::RowView;
     use bytes::Bytes;
     use walcast_format::Lsn;
 

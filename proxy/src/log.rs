@@ -33,8 +33,6 @@ pub const MATCH_COST: usize = 8;
 pub struct Entry {
     pub change: Arc<Change>,
     pub pos: Position,
-    /// Bytes appended before this change (for lags in bytes).
-    pub offset: u64,
     /// What this entry counts against the bound.
     cost: usize,
 }
@@ -71,8 +69,6 @@ struct State {
     /// Seq of `entries[0]`.
     first_seq: u64,
     bytes: usize,
-    /// Bytes ever appended (offset of the next change).
-    offset: u64,
     /// Positions after this are all in the log or still to come.
     floor: Option<Position>,
     /// The newest position appended.
@@ -97,7 +93,6 @@ pub struct LogStats {
     pub next_seq: u64,
     pub oldest: Option<Position>,
     pub newest: Option<Position>,
-    pub head_offset: u64,
     pub evicted: u64,
 }
 
@@ -109,7 +104,6 @@ impl ChangeLog {
                 entries: VecDeque::new(),
                 first_seq: 0,
                 bytes: 0,
-                offset: 0,
                 floor: None,
                 last: None,
                 evicted: 0,
@@ -156,16 +150,9 @@ impl ChangeLog {
         let first = s.first_seq + s.entries.len() as u64;
         for (change, pos, matches) in changes {
             let cost = change.raw.len() + ENTRY_OVERHEAD + matches * MATCH_COST;
-            let offset = s.offset;
-            s.offset += change.raw.len() as u64;
             s.bytes += cost;
             s.last = Some(pos);
-            s.entries.push_back(Entry {
-                change,
-                pos,
-                offset,
-                cost,
-            });
+            s.entries.push_back(Entry { change, pos, cost });
         }
         while s.bytes > self.max_bytes {
             let Some(e) = s.entries.pop_front() else {
@@ -228,17 +215,6 @@ impl ChangeLog {
         Resume::From(s.first_seq + i as u64)
     }
 
-    /// Bytes of JSON between `seq` and the newest change (0 when caught up).
-    pub fn bytes_behind(&self, seq: u64) -> u64 {
-        let Ok(s) = self.state.read() else { return 0 };
-        let at = seq.saturating_sub(s.first_seq) as usize;
-        match s.entries.get(at) {
-            Some(e) => s.offset - e.offset,
-            None if seq < s.first_seq => s.offset,
-            None => 0,
-        }
-    }
-
     /// Sizes and positions.
     pub fn stats(&self) -> LogStats {
         let Ok(s) = self.state.read() else {
@@ -252,7 +228,6 @@ impl ChangeLog {
             next_seq: s.first_seq + s.entries.len() as u64,
             oldest: s.entries.front().map(|e| e.pos),
             newest: s.last,
-            head_offset: s.offset,
             evicted: s.evicted,
         }
     }
@@ -312,8 +287,6 @@ mod tests {
         assert_eq!(log.resume(Position::new(Lsn(101), 0)), Resume::From(2));
         assert_eq!(log.resume(Position::new(Lsn(103), 0)), Resume::From(4));
         assert_eq!(log.resume(Position::new(Lsn(999), 0)), Resume::From(5));
-        assert_eq!(log.bytes_behind(5), 0);
-        assert!(log.bytes_behind(4) > 100);
     }
 
     #[test]

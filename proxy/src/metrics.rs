@@ -120,10 +120,7 @@ impl Metrics {
         );
         let g = |v: &AtomicU64| v.load(Ordering::Relaxed);
         let mut line = |name: &str, kind: &str, help: &str, value: String| {
-            let _ = writeln!(
-                s,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
+            metric(&mut s, name, kind, help, value)
         };
         line(
             "walcast_changes_in_total",
@@ -254,6 +251,14 @@ impl Metrics {
     }
 }
 
+/// Writes one metric with its HELP and TYPE lines.
+fn metric(s: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+    let _ = writeln!(
+        s,
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+    );
+}
+
 /// Lag buckets of `walcast_clients_by_lag`: (label, lowest lag in it).
 const LAG_BUCKETS: [(&str, u64); 4] = [
     ("0", 0),
@@ -264,12 +269,8 @@ const LAG_BUCKETS: [(&str, u64); 4] = [
 
 fn render_log(s: &mut String, log: &LogReport) {
     let st = &log.stats;
-    let mut gauge = |name: &str, kind: &str, help: &str, value: u64| {
-        let _ = writeln!(
-            s,
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-        );
-    };
+    let mut gauge =
+        |name: &str, kind: &str, help: &str, value: u64| metric(s, name, kind, help, value);
     gauge(
         "walcast_buffer_bytes",
         "gauge",

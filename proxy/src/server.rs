@@ -310,19 +310,10 @@ fn subscribe_refused(e: SubscribeError) -> Resp {
         SubscribeError::Gone { oldest } => respond(
             StatusCode::GONE,
             "application/json",
-            serde_json::json!({
-                "error": session::gone_message(oldest),
-                "code": "POSITION_GONE",
-                "oldest": oldest.map(|p| p.to_string()),
-            })
-            .to_string(),
+            session::gone_body(oldest),
         ),
         SubscribeError::NotReady => {
-            let mut r = json_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the change stream has not started yet; retry in a moment",
-                None,
-            );
+            let mut r = json_error(StatusCode::SERVICE_UNAVAILABLE, session::NOT_READY, None);
             r.headers_mut()
                 .insert("retry-after", HeaderValue::from_static("1"));
             r

@@ -248,33 +248,30 @@ async fn error_close(ws: &mut Ws, code: &str, message: &str) {
 async fn refused(ws: &mut Ws, err: SubscribeError) {
     match err {
         SubscribeError::Gone { oldest } => {
-            let message = gone_message(oldest);
-            let body = serde_json::json!({
-                "error": message,
-                "code": "POSITION_GONE",
-                "oldest": oldest.map(|p| p.to_string()),
-            });
-            let _ = ws.send(Message::Text(body.to_string().into())).await;
+            let _ = ws.send(Message::Text(gone_body(oldest).into())).await;
             close(ws, CloseCode::Policy, "position no longer held: re-sync").await;
         }
-        SubscribeError::NotReady => {
-            error_close(
-                ws,
-                "NOT_READY",
-                "the change stream has not started yet; retry in a moment",
-            )
-            .await
-        }
+        SubscribeError::NotReady => error_close(ws, "NOT_READY", NOT_READY).await,
         SubscribeError::Closed(reason) => close(ws, CloseCode::Error, &reason).await,
     }
 }
 
-/// Why a resume position cannot be served.
-pub fn gone_message(oldest: Option<Position>) -> String {
-    match oldest {
+/// Why a subscription cannot start before the stream has.
+pub const NOT_READY: &str = "the change stream has not started yet; retry in a moment";
+
+/// `{"error","code":"POSITION_GONE","oldest"}`: a resume position is no
+/// longer held (the body of HTTP 410, or a first frame's error frame).
+pub fn gone_body(oldest: Option<Position>) -> String {
+    let message = match oldest {
         Some(o) => format!("changes after this position are no longer held (the oldest held is {o}): re-sync, then subscribe without \"after\""),
         None => "changes after this position are no longer held (this proxy started after it): re-sync, then subscribe without \"after\"".to_owned(),
-    }
+    };
+    serde_json::json!({
+        "error": message,
+        "code": "POSITION_GONE",
+        "oldest": oldest.map(|p| p.to_string()),
+    })
+    .to_string()
 }
 
 /// How a session ended.

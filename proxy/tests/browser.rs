@@ -88,6 +88,9 @@ impl Page {
     }
 }
 
+/// The table's rows as text, one per line: `action class|cells`.
+const ROWS: &str = "Array.from(document.querySelectorAll('#rows tr')).map(r => r.className + '|' + r.textContent).join('\\n')";
+
 #[test]
 fn demo_page_shows_an_inserted_row() {
     let mut db = TestDb::new("browser");
@@ -158,7 +161,7 @@ fn demo_page_shows_an_inserted_row() {
     );
     db.exec("INSERT INTO users VALUES (42, 'browser-row', 33)");
     let row = page.wait_for(
-        "Array.from(document.querySelectorAll('#rows tr')).map(r => r.className + '|' + r.textContent).join('\\n')",
+        ROWS,
         |v| v.as_str().is_some_and(|s| s.contains("browser-row")),
         "the inserted row in the table",
     );
@@ -175,7 +178,7 @@ fn demo_page_shows_an_inserted_row() {
     page.eval("socket.close()");
     db.exec("INSERT INTO users VALUES (43, 'while-away', 34)");
     let rows = page.wait_for(
-        "Array.from(document.querySelectorAll('#rows tr')).map(r => r.textContent).join('\\n')",
+        ROWS,
         |v| v.as_str().is_some_and(|s| s.contains("while-away")),
         "the row committed while the page was disconnected",
     );

@@ -20,12 +20,6 @@ fn setup(name: &str, extra: &[&str]) -> (TestDb, Proxy) {
     (db, proxy)
 }
 
-fn ws(proxy: &Proxy, params: &str) -> Client {
-    proxy
-        .try_ws_url(&format!("ws://127.0.0.1:{}/ws?{params}", proxy.port))
-        .unwrap_or_else(|e| panic!("/ws?{params}: {e:?}"))
-}
-
 fn id_and_pos(frame: &str) -> (i64, String) {
     let v = json(frame);
     let id = v["columns"]["id"].as_i64().expect("columns.id");
@@ -72,8 +66,8 @@ fn a_throttled_reader_gets_a_whole_bulk_transaction_and_a_stalled_client_is_clos
     let (mut db, proxy) = setup("bulk", &["--stall-timeout", "5"]);
     let pid = proxy.child.id();
     // Opened first, never read: its socket fills, then it stalls.
-    let stalled = ws(&proxy, &format!("query={}", encode("insert:items")));
-    let mut reader = ws(&proxy, &format!("query={}", encode("insert:items")));
+    let stalled = proxy.ws_params(&format!("query={}", encode("insert:items")));
+    let mut reader = proxy.ws_params(&format!("query={}", encode("insert:items")));
     let rows = 200_000usize;
     let reading = std::thread::spawn(move || {
         // About 20,000 frames per second, in order.
@@ -131,7 +125,7 @@ fn a_throttled_reader_gets_a_whole_bulk_transaction_and_a_stalled_client_is_clos
 #[test]
 fn a_reader_slower_than_the_buffer_holds_is_closed_with_the_reason() {
     let (mut db, proxy) = setup("slow_reader", &["--buffer-size", "1MB"]);
-    let mut slow = ws(&proxy, &format!("query={}", encode("insert:items")));
+    let mut slow = proxy.ws_params(&format!("query={}", encode("insert:items")));
     // 20 MB of changes: more than the buffer (1 MB) and the sockets hold.
     let rows = 20_000;
     db.exec(&format!(
@@ -193,7 +187,7 @@ fn a_client_resumes_with_after_without_a_gap_or_a_duplicate() {
         format!("query={}", encode("insert:items:kind.eq.even")),
         format!("filter={filter}"),
     ];
-    let clients: Vec<Client> = subscriptions.iter().map(|s| ws(&proxy, s)).collect();
+    let clients: Vec<Client> = subscriptions.iter().map(|s| proxy.ws_params(s)).collect();
     // 1000 rows in one transaction; every other one is "even".
     db.exec(
         "INSERT INTO items SELECT g, CASE WHEN g % 2 = 0 THEN 'even' ELSE 'odd' END, 'p' \
@@ -217,7 +211,7 @@ fn a_client_resumes_with_after_without_a_gap_or_a_duplicate() {
     );
     let mut again = Vec::new();
     for ((sub, after), all) in subscriptions.iter().zip(&resume_at).zip(&expected) {
-        let mut c = ws(&proxy, &format!("{sub}&after={after}"));
+        let mut c = proxy.ws_params(&format!("{sub}&after={after}"));
         let mut want = all[150..].to_vec();
         if !sub.contains("even") {
             want.push(1001);
@@ -235,8 +229,8 @@ fn a_client_resumes_with_after_without_a_gap_or_a_duplicate() {
         assert_eq!(id_and_pos(&live[0]).0, 1002, "{sub}");
     }
     // The first frame may carry `after` too.
-    let mut first_frame = ws(&proxy, "");
-    let mut probe = ws(&proxy, &format!("query={}", encode("insert:items")));
+    let mut first_frame = proxy.ws_params("");
+    let mut probe = proxy.ws_params(&format!("query={}", encode("insert:items")));
     db.exec("INSERT INTO items VALUES (200001, 'odd', 'a'), (200002, 'odd', 'b')");
     let two = probe.texts(2, WAIT);
     let (_, pos) = id_and_pos(&two[0]);
@@ -251,7 +245,7 @@ fn a_client_resumes_with_after_without_a_gap_or_a_duplicate() {
 #[test]
 fn a_position_older_than_the_buffer_gets_410_with_the_oldest_held() {
     let (mut db, proxy) = setup("gone", &["--buffer-size", "1MB"]);
-    let mut probe = ws(&proxy, &format!("query={}", encode("insert:items")));
+    let mut probe = proxy.ws_params(&format!("query={}", encode("insert:items")));
     db.exec("INSERT INTO items VALUES (1, 'a', 'first')");
     let (_, first) = id_and_pos(&probe.texts(1, WAIT)[0]);
     drop(probe);
@@ -283,7 +277,7 @@ fn a_position_older_than_the_buffer_gets_410_with_the_oldest_held() {
         "{v}"
     );
     // The same through the first frame: an error frame, then 1008.
-    let mut c = ws(&proxy, "");
+    let mut c = proxy.ws_params("");
     c.send(&format!(
         r#"{{"subscribe":{{"query":"insert:items","after":"{first}"}}}}"#
     ));
@@ -311,9 +305,9 @@ fn a_position_older_than_the_buffer_gets_410_with_the_oldest_held() {
 fn a_client_that_stops_answering_pings_is_closed_within_two_intervals() {
     let (mut db, proxy) = setup("pings", &["--ping-interval", "1"]);
     // This one reads (and so answers pings: tungstenite replies while reading).
-    let mut alive = ws(&proxy, &format!("query={}", encode("insert:items")));
+    let mut alive = proxy.ws_params(&format!("query={}", encode("insert:items")));
     // This one never reads, so it never answers.
-    let silent = ws(&proxy, &format!("query={}", encode("insert:items")));
+    let silent = proxy.ws_params(&format!("query={}", encode("insert:items")));
     let start = Instant::now();
     let took = {
         let deadline = start + Duration::from_secs(10);
@@ -360,7 +354,7 @@ fn ten_thousand_idle_clients_stay_small() {
     for i in 0..n {
         // A thousand different queries: groups are shared by identical ones.
         let q = encode(&format!("insert:items:id.eq.{}", i % 1000));
-        clients.push(ws(&proxy, &format!("query={q}")));
+        clients.push(proxy.ws_params(&format!("query={q}")));
     }
     wait_for_metric(&proxy, "walcast_clients", n as u64, WAIT);
     let rss_mb = proc_kb(pid, "VmRSS:") / 1024;

@@ -75,12 +75,6 @@ fn setup(name: &str, extra: &[&str]) -> (TestDb, Proxy) {
     (db, proxy)
 }
 
-fn ws(proxy: &Proxy, params: &str) -> Client {
-    proxy
-        .try_ws_url(&format!("ws://127.0.0.1:{}/ws?{params}", proxy.port))
-        .unwrap_or_else(|e| panic!("/ws?{params}: {e:?}"))
-}
-
 fn frames(c: &mut Client, n: usize) -> Vec<serde_json::Value> {
     let got = c.texts(n, WAIT);
     assert_eq!(got.len(), n, "expected {n} frames, got {got:?}");
@@ -101,26 +95,21 @@ fn example_filters_keep_redact_and_sample() {
     assert_eq!(upload(&proxy, &example("threshold")), threshold);
 
     let config = encode(r#"{"table":"orders","column":"total","min":100}"#);
-    let mut big = ws(&proxy, &format!("filter={threshold}&config={config}"));
+    let mut big = proxy.ws_params(&format!("filter={threshold}&config={config}"));
     // Query and filter compose: the query first.
-    let mut big_updates = ws(
-        &proxy,
-        &format!(
-            "query={}&filter={threshold}&config={config}",
-            encode("update:orders")
-        ),
-    );
+    let mut big_updates = proxy.ws_params(&format!(
+        "query={}&filter={threshold}&config={config}",
+        encode("update:orders")
+    ));
     let mut pii = proxy
         .try_ws_url(&format!("ws://127.0.0.1:{}/ws", proxy.port))
         .expect("ws");
     pii.send(&format!(
         r#"{{"subscribe":{{"query":"*:people","filter":{{"id":"{redact}","config":{{"columns":["email","phone"],"mask":"<hidden>"}}}}}}}}"#
     ));
-    let mut every_third = ws(
-        &proxy,
-        &format!("filter={sample}&config={}", encode(r#"{"n":3}"#)),
-    );
-    let mut inserts = ws(&proxy, &format!("filter={inserts_only}"));
+    let mut every_third =
+        proxy.ws_params(&format!("filter={sample}&config={}", encode(r#"{"n":3}"#)));
+    let mut inserts = proxy.ws_params(&format!("filter={inserts_only}"));
     std::thread::sleep(Duration::from_millis(300));
 
     db.exec("INSERT INTO orders VALUES (1, 50, 'small'), (2, 150, 'big'), (3, 100, 'edge')");
@@ -316,7 +305,7 @@ fn bad_modules_are_refused_at_upload_with_a_code() {
         other => panic!("expected 400, got {:?}", other.err()),
     }
     // Still serving.
-    let _c = ws(&proxy, &format!("filter={id}"));
+    let _c = proxy.ws_params(&format!("filter={id}"));
     let (status, _) = proxy.get("/healthz").expect("health");
     assert_eq!(status, 200);
 }
@@ -368,10 +357,7 @@ fn misbehaving_filters_are_reported_to_their_client_and_others_are_served() {
         clients.push((
             *what,
             *code,
-            ws(
-                &proxy,
-                &format!("filter={id}&query={}", encode("insert:orders")),
-            ),
+            proxy.ws_params(&format!("filter={id}&query={}", encode("insert:orders"))),
         ));
     }
     let good = upload(
@@ -383,10 +369,7 @@ fn misbehaving_filters_are_reported_to_their_client_and_others_are_served() {
             r#"(data (i32.const 16) "{\"ok\":\"yes\"}")"#,
         ),
     );
-    let mut replaced = ws(
-        &proxy,
-        &format!("filter={good}&query={}", encode("insert:orders")),
-    );
+    let mut replaced = proxy.ws_params(&format!("filter={good}&query={}", encode("insert:orders")));
     let mut plain = proxy.ws("insert:orders");
     std::thread::sleep(Duration::from_millis(300));
 

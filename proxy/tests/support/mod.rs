@@ -153,6 +153,12 @@ impl Proxy {
         self.ws_url(&url)
     }
 
+    /// A websocket client for `/ws?<params>` (already URL-encoded).
+    pub fn ws_params(&self, params: &str) -> Client {
+        self.try_ws_url(&format!("ws://127.0.0.1:{}/ws?{params}", self.port))
+            .unwrap_or_else(|e| panic!("/ws?{params}: {e:?}"))
+    }
+
     /// A websocket client for a full URL.
     pub fn ws_url(&self, url: &str) -> Client {
         let (ws, _) = tungstenite::connect(url).unwrap_or_else(|e| panic!("websocket {url}: {e}"));

@@ -98,6 +98,63 @@ pub struct ServeArgs {
     )]
     pub max_clients: usize,
 
+    /// Open client connections at once (HTTP and websocket); more are closed
+    /// at once. Default: what the descriptor limit leaves room for (the limit
+    /// minus an eighth, 64 to 1024, kept for PostgreSQL, filters and logs).
+    #[arg(long, global = true, env = "WALCAST_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+
+    /// Open connections from one client address; more are closed at once.
+    /// 0: no cap (the default, since clients behind a reverse proxy or a NAT
+    /// share one address). Set it when browsers connect directly.
+    #[arg(
+        long,
+        global = true,
+        env = "WALCAST_MAX_CONNECTIONS_PER_ADDRESS",
+        default_value_t = 0
+    )]
+    pub max_connections_per_address: usize,
+
+    /// Websocket handshakes in flight: upgrade requests being checked and
+    /// upgraded clients that have not sent their subscription yet. More get
+    /// HTTP 503 with Retry-After.
+    #[arg(
+        long,
+        global = true,
+        env = "WALCAST_MAX_HANDSHAKES",
+        default_value_t = 512
+    )]
+    pub max_handshakes: usize,
+
+    /// Seconds a client may take to send a request's head; also the longest
+    /// a keep-alive connection may sit idle between requests.
+    #[arg(
+        long,
+        global = true,
+        env = "WALCAST_HEADER_TIMEOUT",
+        default_value_t = 10
+    )]
+    pub header_timeout: u64,
+
+    /// Seconds a client may take to send a request's body (HTTP 408 after).
+    #[arg(
+        long,
+        global = true,
+        env = "WALCAST_BODY_TIMEOUT",
+        default_value_t = 30
+    )]
+    pub body_timeout: u64,
+
+    /// Seconds from a websocket upgrade request until the websocket is open
+    /// and, for clients that subscribe in their first frame, that frame arrived.
+    #[arg(
+        long,
+        global = true,
+        env = "WALCAST_HANDSHAKE_TIMEOUT",
+        default_value_t = 10
+    )]
+    pub handshake_timeout: u64,
+
     /// Bearer token(s) required on /ws and /v1/* (comma separated). Clients send
     /// `Authorization: Bearer <token>` or `?access_token=<token>`. Default: no token.
     #[arg(

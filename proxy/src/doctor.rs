@@ -242,6 +242,40 @@ async fn plugin_check(config: &tokio_postgres::Config) -> Check {
     }
 }
 
+/// The descriptor limit, raised as `serve` raises it, against the
+/// connections it must serve (`--max-connections`, or what the limit leaves
+/// room for) and `--max-clients`.
+pub fn descriptors_check(max_connections: Option<usize>, max_clients: usize) -> Check {
+    let item = "descriptor limit";
+    let limit = match crate::descriptors::raise() {
+        Ok(l) => l,
+        Err(e) => return check(Status::Warn, item, format!("cannot read it: {e}")),
+    };
+    let room = crate::descriptors::connections_for(limit.soft);
+    let max_connections = max_connections.unwrap_or(room);
+    if let Some(why) = crate::descriptors::too_low(&limit, max_connections, max_clients) {
+        return check(Status::Warn, item, why);
+    }
+    if max_connections > room {
+        return check(
+            Status::Warn,
+            item,
+            format!(
+                "{} open files leave room for {room} connections, fewer than --max-connections ({max_connections}): raise the limit",
+                limit.soft
+            ),
+        );
+    }
+    check(
+        Status::Ok,
+        item,
+        format!(
+            "{} open files (hard limit {}): room for {room} connections, --max-clients is {max_clients}",
+            limit.soft, limit.hard
+        ),
+    )
+}
+
 /// The report as text, and whether nothing needs fixing.
 pub fn render(checks: &[Check]) -> (String, bool) {
     let mut s = String::new();

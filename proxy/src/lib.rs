@@ -16,6 +16,8 @@
 //!     -> session.rs     one websocket client's loop (frames are the plugin's bytes),
 //!                       pings, stall and fell-behind closes
 //!     -> server.rs      HTTP routes, websocket upgrade, /healthz, /metrics, graceful shutdown
+//!     <- listener.rs    where connections enter: accept loop, connection and
+//!                       handshake caps (`descriptors.rs`: the descriptor limit)
 //!
 //! WAL -> walcast plugin -> walsender (one per durable stream slot)
 //!     -> streams/       durable streams: slot + snapshot, snapshot pages,
@@ -23,7 +25,8 @@
 //! ```
 //!
 //! Beside the flow: `config.rs` (CLI and environment), `health.rs` and
-//! `metrics.rs` (what `/healthz` and `/metrics` report), `sql.rs` (a pool of
+//! `metrics.rs` (what `/healthz` and `/metrics` report), `throttle.rs`
+//! (log lines a client can repeat, written once per interval), `sql.rs` (a pool of
 //! ordinary connections), `catalog.rs` (table lookups over it), `doctor.rs`
 //! (`walcast-proxy doctor`), `filter/` (sandboxed WASM filters, applied in
 //! `session.rs` and `streams/consumer.rs`).
@@ -32,10 +35,12 @@ pub mod catalog;
 pub mod change;
 pub mod config;
 pub mod cursor;
+pub mod descriptors;
 pub mod doctor;
 pub mod filter;
 pub mod health;
 pub mod hub;
+pub mod listener;
 pub mod log;
 pub mod metrics;
 pub mod query;
@@ -45,3 +50,4 @@ pub mod server;
 pub mod session;
 pub mod sql;
 pub mod streams;
+pub mod throttle;

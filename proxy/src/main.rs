@@ -9,13 +9,15 @@ use tokio::sync::watch;
 use walcast_format::TablePattern;
 use walcast_proxy::catalog::Catalog;
 use walcast_proxy::config::{Cli, Command};
+use walcast_proxy::descriptors;
 use walcast_proxy::filter::{FilterLimits, Filters};
 use walcast_proxy::health::Health;
 use walcast_proxy::hub::Hub;
+use walcast_proxy::listener::{Connections, Limits};
 use walcast_proxy::metrics::Metrics;
 use walcast_proxy::reader::{self, ReaderConfig};
 use walcast_proxy::replication::validate_slot_name;
-use walcast_proxy::server::{self, AppState};
+use walcast_proxy::server::{self, AppState, Timeouts};
 use walcast_proxy::session::Liveness;
 use walcast_proxy::sql::SqlPool;
 use walcast_proxy::streams::{self, Streams, StreamsConfig};
@@ -70,13 +72,74 @@ fn database_config(
 
 async fn doctor(args: walcast_proxy::config::ServeArgs) -> Result<(), String> {
     let database = database_config(&args)?;
-    let checks = walcast_proxy::doctor::run(&database).await;
+    let mut checks = walcast_proxy::doctor::run(&database).await;
+    checks.push(walcast_proxy::doctor::descriptors_check(
+        args.max_connections,
+        args.max_clients,
+    ));
     let (report, ok) = walcast_proxy::doctor::render(&checks);
     print!("{report}");
     if ok {
         Ok(())
     } else {
         std::process::exit(1)
+    }
+}
+
+/// The descriptor limit (raised to the hard limit) and the connection caps.
+struct FrontDoor {
+    limit: descriptors::Limit,
+    limits: Limits,
+    /// Why the limit cannot serve --max-clients, if so.
+    warning: Option<String>,
+}
+
+fn front_door(args: &walcast_proxy::config::ServeArgs) -> FrontDoor {
+    let limit = match descriptors::raise() {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read or raise the descriptor limit; assuming 1024");
+            descriptors::Limit {
+                soft: 1024,
+                hard: 1024,
+                raised_from: None,
+            }
+        }
+    };
+    let room = descriptors::connections_for(limit.soft);
+    match limit.raised_from {
+        Some(from) => tracing::info!(
+            soft = limit.soft,
+            hard = limit.hard,
+            "raised the descriptor limit from {from} to the hard limit"
+        ),
+        None => tracing::info!(soft = limit.soft, hard = limit.hard, "descriptor limit"),
+    }
+    let max_connections = match args.max_connections {
+        Some(m) => {
+            if m > room {
+                tracing::warn!(
+                    "--max-connections {m} is more than the descriptor limit ({}) leaves room for ({room}): \
+                     when descriptors run out, new connections wait",
+                    limit.soft
+                );
+            }
+            m.max(1)
+        }
+        None => room.max(1),
+    };
+    let warning = descriptors::too_low(&limit, max_connections, args.max_clients);
+    if let Some(w) = &warning {
+        tracing::warn!("{w}");
+    }
+    FrontDoor {
+        limit,
+        limits: Limits {
+            max_connections,
+            max_per_address: args.max_connections_per_address,
+            max_handshakes: args.max_handshakes.max(1),
+        },
+        warning,
     }
 }
 
@@ -88,6 +151,11 @@ async fn serve(args: walcast_proxy::config::ServeArgs) -> Result<(), String> {
         None => None,
     };
     let metrics = Arc::new(Metrics::default());
+    let front = front_door(&args);
+    metrics
+        .connections
+        .descriptor_limit
+        .store(front.limit.soft, Ordering::Relaxed);
     let health = Arc::new(Health::new(&args.slot));
     if args.queue_bound.is_some() {
         tracing::warn!("--queue-bound (WALCAST_QUEUE_BOUND) is deprecated and ignored: clients read from the shared change log, bounded by --buffer-size");
@@ -99,8 +167,7 @@ async fn serve(args: walcast_proxy::config::ServeArgs) -> Result<(), String> {
     );
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
+    let listener = walcast_proxy::listener::bind(args.listen)
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(
@@ -188,9 +255,17 @@ async fn serve(args: walcast_proxy::config::ServeArgs) -> Result<(), String> {
         liveness: Liveness {
             ping_interval: Duration::from_secs(args.ping_interval.max(1)),
             stall_timeout: Duration::from_secs(args.stall_timeout.max(1)),
+            handshake_timeout: Duration::from_secs(args.handshake_timeout.max(1)),
         },
         tables,
         shutdown: shutdown_rx.clone(),
+        connections: Connections::new(front.limits, metrics.clone()),
+        timeouts: Timeouts {
+            header: Duration::from_secs(args.header_timeout.max(1)),
+            body: Duration::from_secs(args.body_timeout.max(1)),
+            handshake: Duration::from_secs(args.handshake_timeout.max(1)),
+        },
+        descriptor_warning: front.warning,
     });
     let server = tokio::spawn(server::serve(listener, state, shutdown_rx));
 

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 /// All of the proxy's metrics.
@@ -46,6 +46,41 @@ pub struct Metrics {
     /// Per durable stream slot: bytes of WAL it holds back, and whether that
     /// is over the configured limit (refreshed by the lag guard).
     pub stream_lag: Mutex<BTreeMap<String, (u64, bool)>>,
+    /// Connections before HTTP: caps, accept errors, timeouts.
+    pub connections: ConnectionMetrics,
+}
+
+/// What happens to connections before and around HTTP (`listener.rs`, `server.rs`).
+#[derive(Default, Debug)]
+pub struct ConnectionMetrics {
+    /// Open connections (HTTP, and websockets they became).
+    pub open: AtomicUsize,
+    /// `--max-connections`.
+    pub max: AtomicU64,
+    /// Websocket handshakes in flight.
+    pub handshakes: AtomicUsize,
+    /// Connections closed at once: `--max-connections` were open.
+    pub refused_total: AtomicU64,
+    /// Connections closed at once: their address held `--max-connections-per-address`.
+    pub refused_address: AtomicU64,
+    /// Upgrades answered 503: `--max-handshakes` were in flight.
+    pub refused_handshakes: AtomicU64,
+    /// Upgrades answered 503: `--max-clients` were connected.
+    pub refused_clients: AtomicU64,
+    /// Accepts that failed for lack of descriptors or memory.
+    pub accept_errors_resources: AtomicU64,
+    /// Accepts that failed otherwise (one connection's problem).
+    pub accept_errors_other: AtomicU64,
+    /// Connections closed for not sending a request head in `--header-timeout`
+    /// (slow headers, or idle between keep-alive requests).
+    pub timed_out_header: AtomicU64,
+    /// Requests answered 408 for not sending their body in `--body-timeout`.
+    pub timed_out_body: AtomicU64,
+    /// Websockets closed for not completing the upgrade or sending their
+    /// subscription in `--handshake-timeout`.
+    pub timed_out_handshake: AtomicU64,
+    /// The soft descriptor limit in force.
+    pub descriptor_limit: AtomicU64,
 }
 
 /// Why the server closed a live client.
@@ -107,6 +142,7 @@ impl Metrics {
     pub fn render(&self, log: &LogReport) -> String {
         let mut s = String::new();
         render_log(&mut s, log);
+        render_connections(&mut s, &self.connections);
         let _ = writeln!(
             s,
             "# HELP walcast_clients_closed_total Live clients the server closed, by reason.\n\
@@ -256,6 +292,78 @@ fn metric(s: &mut String, name: &str, kind: &str, help: &str, value: impl std::f
     let _ = writeln!(
         s,
         "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+    );
+}
+
+fn render_connections(s: &mut String, c: &ConnectionMetrics) {
+    let g = |v: &AtomicU64| v.load(Ordering::Relaxed);
+    metric(
+        s,
+        "walcast_connections_open",
+        "gauge",
+        "Open client connections (HTTP, and the websockets they became).",
+        c.open.load(Ordering::Relaxed),
+    );
+    metric(
+        s,
+        "walcast_connections_max",
+        "gauge",
+        "The cap on open connections (--max-connections).",
+        g(&c.max),
+    );
+    metric(
+        s,
+        "walcast_websocket_handshakes",
+        "gauge",
+        "Websocket handshakes in flight (upgrades being checked, subscriptions not yet sent).",
+        c.handshakes.load(Ordering::Relaxed),
+    );
+    metric(
+        s,
+        "walcast_descriptor_limit",
+        "gauge",
+        "The process's soft limit on open files, after raising it to the hard limit.",
+        g(&c.descriptor_limit),
+    );
+    metric(
+        s,
+        "walcast_log_lines_suppressed_total",
+        "counter",
+        "Repeated log lines left out (each call site logs at most once per 10 s, with a count).",
+        crate::throttle::SUPPRESSED.load(Ordering::Relaxed),
+    );
+    let _ = writeln!(
+        s,
+        "# HELP walcast_connections_refused_total Connections closed at once and upgrades answered 503, by the cap that was full.\n\
+         # TYPE walcast_connections_refused_total counter\n\
+         walcast_connections_refused_total{{reason=\"max_connections\"}} {}\n\
+         walcast_connections_refused_total{{reason=\"per_address\"}} {}\n\
+         walcast_connections_refused_total{{reason=\"handshakes\"}} {}\n\
+         walcast_connections_refused_total{{reason=\"max_clients\"}} {}",
+        g(&c.refused_total),
+        g(&c.refused_address),
+        g(&c.refused_handshakes),
+        g(&c.refused_clients),
+    );
+    let _ = writeln!(
+        s,
+        "# HELP walcast_accept_errors_total Failed accepts: out of descriptors or memory (the loop pauses), or one connection's error.\n\
+         # TYPE walcast_accept_errors_total counter\n\
+         walcast_accept_errors_total{{kind=\"resources\"}} {}\n\
+         walcast_accept_errors_total{{kind=\"other\"}} {}",
+        g(&c.accept_errors_resources),
+        g(&c.accept_errors_other),
+    );
+    let _ = writeln!(
+        s,
+        "# HELP walcast_connections_timed_out_total Connections cut off for being too slow, by phase.\n\
+         # TYPE walcast_connections_timed_out_total counter\n\
+         walcast_connections_timed_out_total{{phase=\"header\"}} {}\n\
+         walcast_connections_timed_out_total{{phase=\"body\"}} {}\n\
+         walcast_connections_timed_out_total{{phase=\"handshake\"}} {}",
+        g(&c.timed_out_header),
+        g(&c.timed_out_body),
+        g(&c.timed_out_handshake),
     );
 }
 

@@ -186,7 +186,7 @@ async fn stream_once(
                 Ok(c) => c,
                 Err(e) => {
                     metrics.unparseable_messages.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(error = %e, lsn = %msg.wal_start, "skipping a plugin message the proxy cannot parse");
+                    crate::limited!(error, error = %e, lsn = %msg.wal_start, "skipping a plugin message the proxy cannot parse");
                     continue;
                 }
             };

@@ -1,12 +1,15 @@
 //! HTTP routes on hyper: `GET /ws` (websocket upgrade), the durable
 //! stream endpoints under `/v1/` (handled in `streams/http.rs`),
 //! `/healthz`, `/metrics`, `/` (live demo page); bearer tokens; graceful
-//! shutdown.
+//! shutdown. Each connection admitted by `listener.rs` is served here with
+//! the header timeout; bodies are read with the body timeout, websocket
+//! upgrades with the handshake timeout.
 
 use crate::catalog::Catalog;
 use crate::filter::{FilterInstance, Filters};
 use crate::health::Health;
 use crate::hub::{Hub, SubscribeError};
+use crate::listener::{self, Connections, Handshake, Slot};
 use crate::metrics::Metrics;
 use crate::query::{self, Query, QueryErrorKind};
 use crate::session;
@@ -17,10 +20,12 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONNECTION, CONTENT_TYPE, UPGRADE};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -46,6 +51,23 @@ pub struct AppState {
     /// Tokens allowed to upload filters (empty: as for every endpoint).
     pub filter_upload_tokens: Vec<String>,
     pub shutdown: watch::Receiver<bool>,
+    /// Open connections and their caps.
+    pub connections: Arc<Connections>,
+    pub timeouts: Timeouts,
+    /// Why the descriptor limit cannot serve `--max-clients`, if so.
+    pub descriptor_warning: Option<String>,
+}
+
+/// How long a client may take over each step of a request.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// Sending a request head; also idle between keep-alive requests.
+    pub header: Duration,
+    /// Sending a request body.
+    pub body: Duration,
+    /// From a websocket upgrade request to an open websocket (and, for a
+    /// first-frame subscription, to that frame).
+    pub handshake: Duration,
 }
 
 pub(crate) type Resp = Response<Full<Bytes>>;
@@ -101,36 +123,47 @@ fn token_in(req: &Request<Incoming>, params: &HashMap<String, String>, tokens: &
     })
 }
 
-/// Accepts connections until `shutdown` becomes true.
-pub async fn serve(
-    listener: TcpListener,
-    state: Arc<AppState>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => return,
-        };
+/// Serves HTTP on the connections `listener.rs` admits until `shutdown`
+/// becomes true.
+pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: watch::Receiver<bool>) {
+    let conns = state.connections.clone();
+    listener::run(listener, conns, shutdown, move |stream, addr, slot| {
         let _ = stream.set_nodelay(true);
+        tokio::spawn(connection(stream, addr.ip(), slot, state.clone()));
+    })
+    .await;
+}
+
+/// The client's address, on every request.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClientAddr(pub IpAddr);
+
+/// One HTTP/1.1 connection, its requests and its upgrade. A client that
+/// takes longer than the header timeout to send a request head (the first,
+/// or the next on a keep-alive connection) is disconnected. `slot` is held
+/// until the connection ends (an upgraded websocket takes its own).
+async fn connection(stream: tokio::net::TcpStream, addr: IpAddr, slot: Slot, state: Arc<AppState>) {
+    let metrics = state.metrics.clone();
+    let header_timeout = state.timeouts.header;
+    let svc = service_fn(move |mut req: Request<Incoming>| {
+        req.extensions_mut().insert(ClientAddr(addr));
         let state = state.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, std::convert::Infallible>(route(req, state).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .with_upgrades();
-            let _ = conn.await;
-        });
+        async move { Ok::<_, std::convert::Infallible>(route(req, state).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .serve_connection(TokioIo::new(stream), svc)
+        .with_upgrades();
+    if let Err(e) = conn.await {
+        if e.is_timeout() {
+            metrics
+                .connections
+                .timed_out_header
+                .fetch_add(1, Ordering::Relaxed);
+        }
     }
+    drop(slot);
 }
 
 async fn route(req: Request<Incoming>, state: Arc<AppState>) -> Resp {
@@ -148,6 +181,13 @@ async fn route(req: Request<Incoming>, state: Arc<AppState>) -> Resp {
             });
             body["slowest_client_changes_waiting"] =
                 serde_json::json!(log.waiting.iter().copied().max().unwrap_or(0));
+            let c = &state.metrics.connections;
+            body["connections"] = serde_json::json!({
+                "open": c.open.load(Ordering::Relaxed),
+                "max": state.connections.limits.max_connections,
+                "descriptor_limit": c.descriptor_limit.load(Ordering::Relaxed),
+                "descriptor_warning": state.descriptor_warning,
+            });
             if let Ok(lags) = state.metrics.stream_lag.lock() {
                 let over: Vec<&String> = lags
                     .iter()
@@ -255,6 +295,9 @@ async fn websocket(mut req: Request<Incoming>, state: Arc<AppState>) -> Resp {
     if !authorized(&state, &req, &params) {
         return unauthorized();
     }
+    let Some(handshake) = state.connections.begin_handshake() else {
+        return too_many_handshakes();
+    };
     let Selection { query, filter } = match selection(&state, &params).await {
         Ok(s) => s,
         Err(r) => return *r,
@@ -271,7 +314,7 @@ async fn websocket(mut req: Request<Incoming>, state: Arc<AppState>) -> Resp {
             None,
         );
     }
-    let (accept, upgrade) = match accept_upgrade(&mut req, &state) {
+    let upgrade = match accept_upgrade(&mut req, &state, handshake) {
         Ok(a) => a,
         Err(r) => return *r,
     };
@@ -292,16 +335,25 @@ async fn websocket(mut req: Request<Incoming>, state: Arc<AppState>) -> Resp {
         liveness: state.liveness,
         shutdown: state.shutdown.clone(),
     };
+    let response = switching_protocols(&upgrade.accept);
     tokio::spawn(async move {
-        match upgrade.await {
-            Ok(upgraded) => {
-                let ws = server_socket(upgraded).await;
-                session::run(ws, start, ctx).await;
-            }
-            Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
+        if let Some(open) = upgrade.open().await {
+            session::run(open, start, ctx).await;
         }
     });
-    switching_protocols(&accept)
+    response
+}
+
+/// The answer when `--max-handshakes` upgrades are in flight.
+pub(crate) fn too_many_handshakes() -> Resp {
+    let mut r = json_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "too many websocket handshakes in progress; retry in a moment",
+        None,
+    );
+    r.headers_mut()
+        .insert("retry-after", HeaderValue::from_static("1"));
+    r
 }
 
 /// The answer when the hub refuses a subscription.
@@ -390,12 +442,58 @@ pub(crate) async fn selection(
     Ok(Selection { query, filter })
 }
 
+/// An accepted websocket upgrade, until the connection is handed over.
+pub(crate) struct Upgrade {
+    /// The `Sec-WebSocket-Accept` value of the 101 answer.
+    pub accept: String,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    slot: Option<Slot>,
+    handshake: Handshake,
+    timeout: Duration,
+    metrics: Arc<Metrics>,
+}
+
+/// An open websocket and what it holds: its connection's slot, and the
+/// handshake until its subscription is made.
+pub(crate) struct Opened {
+    pub ws: session::Ws,
+    pub slot: Option<Slot>,
+    pub handshake: Handshake,
+}
+
+impl Upgrade {
+    /// The websocket, once the 101 answer is out; `None` when the client
+    /// left or took longer than the handshake timeout.
+    pub async fn open(self) -> Option<Opened> {
+        let timeout = self.timeout;
+        match tokio::time::timeout(timeout, self.on_upgrade).await {
+            Ok(Ok(upgraded)) => Some(Opened {
+                ws: server_socket(upgraded).await,
+                slot: self.slot,
+                handshake: self.handshake,
+            }),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "websocket upgrade failed");
+                None
+            }
+            Err(_) => {
+                self.metrics
+                    .connections
+                    .timed_out_handshake
+                    .fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+}
+
 /// Checks that `req` is a websocket upgrade the server can take; returns
-/// the accept key and the pending upgrade, or the error response.
+/// the pending upgrade, or the error response.
 pub(crate) fn accept_upgrade(
     req: &mut Request<Incoming>,
     state: &AppState,
-) -> Result<(String, hyper::upgrade::OnUpgrade), Box<Resp>> {
+    handshake: Handshake,
+) -> Result<Upgrade, Box<Resp>> {
     let key = req.headers().get("sec-websocket-key").cloned();
     let is_upgrade = req
         .headers()
@@ -412,23 +510,99 @@ pub(crate) fn accept_upgrade(
     let clients = state.metrics.clients.load(Ordering::Relaxed)
         + state.metrics.stream_consumers.load(Ordering::Relaxed);
     if clients as usize >= state.max_clients {
-        return Err(Box::new(json_error(
+        state
+            .metrics
+            .connections
+            .refused_clients
+            .fetch_add(1, Ordering::Relaxed);
+        let mut r = json_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "too many clients; try again later",
             None,
-        )));
+        );
+        r.headers_mut()
+            .insert("retry-after", HeaderValue::from_static("5"));
+        return Err(Box::new(r));
     }
-    Ok((derive_accept_key(key.as_bytes()), hyper::upgrade::on(req)))
+    Ok(Upgrade {
+        accept: derive_accept_key(key.as_bytes()),
+        on_upgrade: hyper::upgrade::on(&mut *req),
+        slot: req
+            .extensions()
+            .get::<ClientAddr>()
+            .map(|a| state.connections.hold(a.0)),
+        handshake,
+        timeout: state.timeouts.handshake,
+        metrics: state.metrics.clone(),
+    })
+}
+
+/// Why a request body could not be read.
+pub(crate) enum BodyError {
+    /// Over `cap` bytes.
+    TooLarge(usize),
+    /// Not all sent within the body timeout.
+    TimedOut(Duration),
+    /// The connection failed or the framing was invalid.
+    Broken(String),
+}
+
+impl BodyError {
+    /// The HTTP status that answers it.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            BodyError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            BodyError::TimedOut(_) => StatusCode::REQUEST_TIMEOUT,
+            BodyError::Broken(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BodyError::TooLarge(cap) => write!(f, "the request body is over {cap} bytes"),
+            BodyError::TimedOut(t) => write!(
+                f,
+                "the request body did not arrive within {} s",
+                t.as_secs_f64()
+            ),
+            BodyError::Broken(e) => write!(f, "could not read the request body: {e}"),
+        }
+    }
+}
+
+/// Reads a request body of at most `cap` bytes within the body timeout.
+pub(crate) async fn read_body(
+    req: Request<Incoming>,
+    cap: usize,
+    state: &AppState,
+) -> Result<Bytes, BodyError> {
+    let timeout = state.timeouts.body;
+    let read = http_body_util::BodyExt::collect(http_body_util::Limited::new(req.into_body(), cap));
+    match tokio::time::timeout(timeout, read).await {
+        Ok(Ok(b)) => Ok(b.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(BodyError::TooLarge(cap)),
+        Ok(Err(e)) => Err(BodyError::Broken(e.to_string())),
+        Err(_) => {
+            state
+                .metrics
+                .connections
+                .timed_out_body
+                .fetch_add(1, Ordering::Relaxed);
+            Err(BodyError::TimedOut(timeout))
+        }
+    }
 }
 
 /// The websocket over an upgraded connection. Clients only send small
-/// control frames: small read buffers and a message cap keep memory per
-/// client low and bounded.
-pub(crate) async fn server_socket(
-    upgraded: hyper::upgrade::Upgraded,
-) -> WebSocketStream<TokioIo<hyper::upgrade::Upgraded>> {
+/// frames (pongs, ACKs, a subscription): a 1 KiB read buffer (it grows for
+/// a larger frame) and a message cap keep memory per client low and
+/// bounded; 4 KiB cost 3 KB more per idle client, and left the heap
+/// fragmented (docs/benchmarks.md).
+async fn server_socket(upgraded: hyper::upgrade::Upgraded) -> session::Ws {
     let config = WebSocketConfig::default()
-        .read_buffer_size(4096)
+        .read_buffer_size(1024)
         .write_buffer_size(32 * 1024)
         .max_message_size(Some(64 * 1024))
         .max_frame_size(Some(64 * 1024));

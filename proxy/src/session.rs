@@ -11,6 +11,7 @@ use crate::hub::{Hub, SubscribeError};
 use crate::log::Entry;
 use crate::metrics::{CloseReason, Metrics};
 use crate::query::{self, Query};
+use crate::server::Opened;
 use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
@@ -32,9 +33,6 @@ const MAX_BATCH: usize = 512;
 
 /// How long a close frame may take to leave before the connection is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// How long a client may take to send its subscription frame.
-const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Sends a close frame (reason cut to the protocol's 123 bytes) and closes.
 pub(crate) async fn close(ws: &mut Ws, code: CloseCode, reason: &str) {
@@ -80,12 +78,18 @@ pub fn config_bytes(v: &serde_json::Value) -> Vec<u8> {
 
 /// Reads `{"subscribe":{"query":"...","filter":{"id":"sha256:...","config":...},"after":"..."}}`
 /// as the first text frame.
-async fn first_frame(ws: &mut Ws) -> Result<FirstFrame, String> {
-    let msg = tokio::time::timeout(SUBSCRIBE_TIMEOUT, ws.next())
-        .await
-        .map_err(|_| {
-            "no subscription within 10 s: send {\"subscribe\":{\"query\":\"...\"}} first".to_owned()
-        })?;
+async fn first_frame(ws: &mut Ws, ctx: &Context) -> Result<FirstFrame, String> {
+    let within = ctx.liveness.handshake_timeout;
+    let Ok(msg) = tokio::time::timeout(within, ws.next()).await else {
+        ctx.metrics
+            .connections
+            .timed_out_handshake
+            .fetch_add(1, Ordering::Relaxed);
+        return Err(format!(
+            "no subscription within {} s: send {{\"subscribe\":{{\"query\":\"...\"}}}} first",
+            within.as_secs_f64()
+        ));
+    };
     let text = match msg {
         Some(Ok(Message::Text(t))) => t,
         _ => return Err("expected a text frame {\"subscribe\":{\"query\":\"...\"}}".into()),
@@ -226,6 +230,8 @@ pub struct Liveness {
     /// A client that takes this long to take one write while changes wait
     /// for it is closed.
     pub stall_timeout: Duration,
+    /// A client that subscribes in its first frame must send it this soon.
+    pub handshake_timeout: Duration,
 }
 
 /// What every session shares.
@@ -303,10 +309,17 @@ where
 /// answered (query in the URL), so no change committed after the client saw
 /// the upgrade is missed; otherwise the client's first frame names the
 /// query, the filter and where to resume.
-pub async fn run(mut ws: Ws, start: Start, ctx: Context) {
+pub(crate) async fn run(open: Opened, start: Start, ctx: Context) {
+    // The slot is held until the session ends; the handshake until the
+    // subscription is made.
+    let Opened {
+        mut ws,
+        slot: _slot,
+        handshake,
+    } = open;
     let (cursor, filter) = match start {
         Start::Ready(c, f) => (c, f.map(|f| *f)),
-        Start::FirstFrame => match Box::pin(first_frame(&mut ws)).await {
+        Start::FirstFrame => match Box::pin(first_frame(&mut ws, &ctx)).await {
             Ok(first) => {
                 let filter = match first.filter {
                     None => None,
@@ -332,6 +345,7 @@ pub async fn run(mut ws: Ws, start: Start, ctx: Context) {
             }
         },
     };
+    drop(handshake);
     ctx.metrics.clients.fetch_add(1, Ordering::Relaxed);
     // The helpers above and below are boxed: a waiting client's task holds
     // only the state of the loop it is in (10,000 idle clients: docs/benchmarks.md).
@@ -361,6 +375,7 @@ async fn serve(
     let Liveness {
         ping_interval,
         stall_timeout,
+        ..
     } = ctx.liveness;
     let metrics = &ctx.metrics;
     let mut shutdown = ctx.shutdown.clone();
@@ -481,4 +496,12 @@ async fn write_burst(
     within(stall, ws.flush()).await?;
     metrics.frames_out.fetch_add(sent, Ordering::Relaxed);
     Ok(())
+}
+#[cfg(test)]
+mod size_probe {
+    #[test]
+    fn sizes() {
+        eprintln!("Ws {}", std::mem::size_of::<super::Ws>());
+        eprintln!("Opened {}", std::mem::size_of::<crate::server::Opened>());
+    }
 }

@@ -1,12 +1,28 @@
 //! `walcast-proxy doctor` against real databases: a ready one, a role that
-//! may not stream, and a server that is not there.
+//! may not stream, and a server that is not there; and the descriptor limit
+//! against `--max-clients`.
 
 use std::process::Command;
 use walcast_tests::{cluster, TestDb};
 
 fn doctor(url: &str) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_walcast-proxy"))
+    doctor_with(url, None, &[])
+}
+
+/// Runs the doctor, under a descriptor limit when `nofile` is given.
+fn doctor_with(url: &str, nofile: Option<u64>, extra: &[&str]) -> (i32, String) {
+    let bin = env!("CARGO_BIN_EXE_walcast-proxy");
+    let mut cmd = match nofile {
+        None => Command::new(bin),
+        Some(n) => {
+            let mut c = Command::new("/bin/sh");
+            c.args(["-c", &format!("ulimit -n {n} && exec \"$0\" \"$@\""), bin]);
+            c
+        }
+    };
+    let out = cmd
         .args(["doctor", "--database-url", url])
+        .args(extra)
         .env_remove("DATABASE_URL")
         .output()
         .expect("walcast-proxy doctor");
@@ -63,6 +79,24 @@ fn an_unreachable_server_is_reported() {
     assert_eq!(code, 1, "{text}");
     assert!(
         text.contains("FIX   connection: cannot reach PostgreSQL"),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_descriptor_limit_is_checked_against_max_clients() {
+    let db = TestDb::new("doctor_descriptors");
+    let url = cluster().url(&db.name);
+    let (code, text) = doctor_with(&url, Some(1024), &["--max-clients", "500"]);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("ok    descriptor limit: 1024 open files (hard limit 1024): room for 896 connections, --max-clients is 500"),
+        "{text}"
+    );
+    let (code, text) = doctor_with(&url, Some(1024), &[]);
+    assert_eq!(code, 0, "a low limit is a warning: {text}");
+    assert!(
+        text.contains("warn  descriptor limit: the descriptor limit (1024 open files) leaves room for 896 connections, fewer than --max-clients (10000): raise it to at least 11024"),
         "{text}"
     );
 }

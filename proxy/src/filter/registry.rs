@@ -290,7 +290,7 @@ impl Filters {
                 match unsafe { Module::deserialize_file(&self.engine, &path) } {
                     Ok(module) => return self.check(id, module),
                     Err(e) => {
-                        tracing::warn!(path = %path.display(), error = %e, "ignoring an unusable cached filter artifact");
+                        crate::limited!(warn, path = %path.display(), error = %e, "ignoring an unusable cached filter artifact");
                         let _ = std::fs::remove_file(&path);
                     }
                 }
@@ -306,7 +306,7 @@ impl Filters {
         let checked = self.check(id.clone(), module.clone())?;
         if let Some(path) = self.artifact_path(&id) {
             if let Err(e) = store_artifact(&module, &path) {
-                tracing::warn!(path = %path.display(), error = %e, "could not cache the compiled filter");
+                crate::limited!(warn, path = %path.display(), error = %e, "could not cache the compiled filter");
             }
         }
         Ok(checked)

@@ -1,8 +1,7 @@
 //! `POST /v1/filters`: the module's bytes (`application/wasm`, or any
 //! body; WebAssembly text is accepted too) -> `{"id":"sha256:...","exports":[...]}`.
 
-use crate::server::{respond, AppState, Resp};
-use http_body_util::{BodyExt, Limited};
+use crate::server::{respond, AppState, BodyError, Resp};
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 use std::sync::Arc;
@@ -18,21 +17,21 @@ fn refused(status: StatusCode, code: &str, message: &str) -> Resp {
 /// Handles an upload (already authorized).
 pub async fn handle(req: Request<Incoming>, state: Arc<AppState>) -> Resp {
     let cap = state.filters.limits.max_module_bytes;
-    let bytes = match Limited::new(req.into_body(), cap).collect().await {
-        Ok(b) => b.to_bytes().to_vec(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+    let bytes = match crate::server::read_body(req, cap, &state).await {
+        Ok(b) => b.to_vec(),
+        Err(e @ BodyError::TooLarge(_)) => {
             return refused(
-                StatusCode::PAYLOAD_TOO_LARGE,
+                e.status(),
                 "MODULE_TOO_LARGE",
                 &format!("the module is over the limit of {cap} bytes"),
             )
         }
         Err(e) => {
-            return refused(
-                StatusCode::BAD_REQUEST,
-                "INVALID_MODULE",
-                &format!("could not read the upload: {e}"),
-            )
+            let code = match e {
+                BodyError::TimedOut(_) => "REQUEST_TIMEOUT",
+                _ => "INVALID_MODULE",
+            };
+            return refused(e.status(), code, &e.to_string());
         }
     };
     if bytes.is_empty() {

@@ -214,7 +214,7 @@ impl Session {
                 self.metrics
                     .unparseable_messages
                     .fetch_add(1, Ordering::Relaxed);
-                tracing::error!(slot = %self.slot, error = %e, "skipping a plugin message the proxy cannot parse");
+                crate::limited!(error, slot = %self.slot, error = %e, "skipping a plugin message the proxy cannot parse");
                 return Ok(());
             }
         };
@@ -409,7 +409,7 @@ pub async fn run(
         global_tables,
     } = opened;
     metrics.stream_consumers.fetch_add(1, Ordering::Relaxed);
-    tracing::info!(slot = %slot, from = %start, "durable stream consumer connected");
+    crate::limited!(info, slot = %slot, from = %start, "durable stream consumer connected");
     let mut session = Session {
         ws,
         stream,
@@ -436,7 +436,7 @@ pub async fn run(
     if let End::Close(code, reason) = &end {
         close(&mut ws, *code, reason).await;
     }
-    tracing::info!(slot = %slot, last_ack = %acks.last, "durable stream consumer left");
+    crate::limited!(info, slot = %slot, last_ack = %acks.last, "durable stream consumer left");
     drop(guard);
     metrics.stream_consumers.fetch_sub(1, Ordering::Relaxed);
 }

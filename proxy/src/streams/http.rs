@@ -11,7 +11,6 @@
 use super::registry::ApiError;
 use super::{consumer, snapshot};
 use crate::server::{self, json_error, respond, AppState, Resp};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::HeaderValue;
 use hyper::{Method, Request, StatusCode};
@@ -30,17 +29,10 @@ fn json(status: StatusCode, body: serde_json::Value) -> Resp {
     respond(status, "application/json", body.to_string())
 }
 
-async fn body(req: Request<Incoming>) -> Result<bytes::Bytes, ApiError> {
-    match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(b) => Ok(b.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the request body is over {MAX_BODY} bytes"),
-        )),
-        Err(e) => Err(ApiError::bad_request(format!(
-            "could not read the request body: {e}"
-        ))),
-    }
+async fn body(req: Request<Incoming>, state: &AppState) -> Result<bytes::Bytes, ApiError> {
+    server::read_body(req, MAX_BODY, state)
+        .await
+        .map_err(|e| ApiError::new(e.status(), e.to_string()))
 }
 
 fn unix_seconds(t: SystemTime) -> u64 {
@@ -65,7 +57,7 @@ pub async fn route(
             )
             .await
         }
-        (Method::POST, "/v1/streams") => match body(req).await {
+        (Method::POST, "/v1/streams") => match body(req, &state).await {
             Ok(b) => match parse_create(&b) {
                 Ok((name, tables)) => create(&state, name, tables).await,
                 Err(e) => Err(e),
@@ -81,7 +73,7 @@ pub async fn route(
                 .await
                 .map(|()| json(StatusCode::OK, serde_json::json!({ "dropped": slot })))
         }
-        (Method::POST, "/v1/snapshot/data") => match body(req).await {
+        (Method::POST, "/v1/snapshot/data") => match body(req, &state).await {
             Ok(b) => snapshot_data(&state, &b).await,
             Err(e) => Err(e),
         },
@@ -215,11 +207,14 @@ async fn lr_stream(
             )
         }
     };
+    let Some(handshake) = state.connections.begin_handshake() else {
+        return server::too_many_handshakes();
+    };
     let server::Selection { query, filter } = match server::selection(&state, &params).await {
         Ok(s) => s,
         Err(r) => return *r,
     };
-    let (accept, upgrade) = match server::accept_upgrade(&mut req, &state) {
+    let upgrade = match server::accept_upgrade(&mut req, &state, handshake) {
         Ok(a) => a,
         Err(r) => return *r,
     };
@@ -230,19 +225,25 @@ async fn lr_stream(
         Err(e) => return error(e),
     };
     let (metrics, shutdown) = (state.metrics.clone(), state.shutdown.clone());
+    let response = server::switching_protocols(&upgrade.accept);
     tokio::spawn(async move {
-        match upgrade.await {
-            Ok(upgraded) => {
-                let ws = server::server_socket(upgraded).await;
-                let opts = consumer::Options {
-                    query,
-                    filter,
-                    heartbeats,
-                };
-                consumer::run(ws, opened, opts, metrics, shutdown).await;
-            }
-            Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
+        // The slot stays held while the consumer runs; the handshake ends
+        // with the upgrade (there is no subscription frame).
+        if let Some(server::Opened {
+            ws,
+            slot,
+            handshake,
+        }) = upgrade.open().await
+        {
+            drop(handshake);
+            let opts = consumer::Options {
+                query,
+                filter,
+                heartbeats,
+            };
+            consumer::run(ws, opened, opts, metrics, shutdown).await;
+            drop(slot);
         }
     });
-    server::switching_protocols(&accept)
+    response
 }

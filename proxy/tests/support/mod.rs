@@ -13,6 +13,17 @@ use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Message, WebSocket};
 use walcast_cluster::Cluster;
 
+/// How to start a proxy, beyond its arguments.
+#[derive(Default)]
+pub struct Launch {
+    /// Run it with this descriptor limit (soft and hard).
+    pub nofile: Option<u64>,
+    /// Where its log goes (default: the test's stderr).
+    pub stderr: Option<std::fs::File>,
+    /// Its RUST_LOG (default: WALCAST_TEST_LOG, or warn).
+    pub log: Option<&'static str>,
+}
+
 /// A running proxy; killed on drop.
 pub struct Proxy {
     pub child: Child,
@@ -37,24 +48,44 @@ impl Proxy {
 
     /// Starts `walcast-proxy` for a database URL without waiting for health.
     pub fn spawn(url: &str, slot: &str, extra: &[&str]) -> Proxy {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_walcast-proxy"))
-            .args([
-                "--database-url",
-                url,
-                "--listen",
-                "127.0.0.1:0",
-                "--slot",
-                slot,
-            ])
-            .args(["--status-interval", "1"])
-            .args(extra)
-            .env(
-                "RUST_LOG",
-                std::env::var("WALCAST_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("starting walcast-proxy");
+        Proxy::launch(url, slot, extra, Launch::default())
+    }
+
+    /// Starts `walcast-proxy` as `how` says, without waiting for health.
+    pub fn launch(url: &str, slot: &str, extra: &[&str], how: Launch) -> Proxy {
+        let bin = env!("CARGO_BIN_EXE_walcast-proxy");
+        let mut cmd = match how.nofile {
+            None => Command::new(bin),
+            Some(n) => {
+                // The shell lowers the descriptor limit (soft and hard) and
+                // becomes the proxy.
+                let mut c = Command::new("/bin/sh");
+                c.args(["-c", &format!("ulimit -n {n} && exec \"$0\" \"$@\""), bin]);
+                c
+            }
+        };
+        cmd.args([
+            "--database-url",
+            url,
+            "--listen",
+            "127.0.0.1:0",
+            "--slot",
+            slot,
+        ])
+        .args(["--status-interval", "1"])
+        .args(extra)
+        .env(
+            "RUST_LOG",
+            how.log
+                .map(str::to_owned)
+                .or_else(|| std::env::var("WALCAST_TEST_LOG").ok())
+                .unwrap_or_else(|| "warn".into()),
+        )
+        .stdout(Stdio::piped());
+        if let Some(f) = how.stderr {
+            cmd.stderr(f);
+        }
+        let mut child = cmd.spawn().expect("starting walcast-proxy");
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
         BufReader::new(stdout)

@@ -1,0 +1,312 @@
+//! Accepting TCP connections, before any HTTP: the accept loop, which
+//! pauses when descriptors run out instead of spinning; the caps on open
+//! connections (in total and per client address), over which a connection
+//! is closed at once; and the cap on websocket handshakes in flight.
+//!
+//! An admitted connection holds a [`Slot`] until it closes; a websocket
+//! takes a slot of its own when its connection is upgraded (the HTTP
+//! connection's is released as it hands the socket over).
+
+use crate::metrics::Metrics;
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+
+/// The caps.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Open connections in total.
+    pub max_connections: usize,
+    /// Open connections from one client address; 0: no cap.
+    pub max_per_address: usize,
+    /// Websocket handshakes in flight: upgrade requests being checked, and
+    /// upgraded clients that have not sent their subscription yet.
+    pub max_handshakes: usize,
+}
+
+/// First pause after an accept failed for lack of descriptors or memory.
+const FIRST_PAUSE: Duration = Duration::from_millis(10);
+/// Longest pause: how late a freed descriptor may be noticed.
+const LONGEST_PAUSE: Duration = Duration::from_millis(100);
+
+/// The open connections and the caps on them.
+pub struct Connections {
+    pub limits: Limits,
+    per_address: Mutex<HashMap<IpAddr, usize>>,
+    handshakes: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
+}
+
+/// One admitted connection; released when dropped.
+pub struct Slot {
+    conns: Arc<Connections>,
+    addr: IpAddr,
+}
+
+/// Why a connection was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// `--max-connections` are open.
+    Total,
+    /// `--max-connections-per-address` are open from this address.
+    Address,
+}
+
+/// A websocket handshake in flight; ends when dropped.
+pub struct Handshake {
+    _permit: OwnedSemaphorePermit,
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for Handshake {
+    fn drop(&mut self) {
+        self.metrics
+            .connections
+            .handshakes
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Connections {
+    pub fn new(limits: Limits, metrics: Arc<Metrics>) -> Arc<Connections> {
+        let c = &metrics.connections;
+        c.max
+            .store(limits.max_connections as u64, Ordering::Relaxed);
+        Arc::new(Connections {
+            limits,
+            per_address: Mutex::new(HashMap::new()),
+            handshakes: Arc::new(Semaphore::new(limits.max_handshakes.max(1))),
+            metrics,
+        })
+    }
+
+    /// Admits a connection from `addr`, or says why not (and counts it).
+    pub fn admit(self: &Arc<Self>, addr: IpAddr) -> Result<Slot, Refusal> {
+        let c = &self.metrics.connections;
+        let open = c.open.fetch_add(1, Ordering::Relaxed);
+        if open >= self.limits.max_connections {
+            c.open.fetch_sub(1, Ordering::Relaxed);
+            c.refused_total.fetch_add(1, Ordering::Relaxed);
+            return Err(Refusal::Total);
+        }
+        if self.limits.max_per_address > 0 {
+            let admitted = match self.per_address.lock() {
+                Ok(mut map) => {
+                    let n = map.entry(addr).or_insert(0);
+                    let fits = *n < self.limits.max_per_address;
+                    if fits {
+                        *n += 1;
+                    }
+                    fits
+                }
+                // A panic while holding the map: admit, uncounted per address.
+                Err(_) => true,
+            };
+            if !admitted {
+                c.open.fetch_sub(1, Ordering::Relaxed);
+                c.refused_address.fetch_add(1, Ordering::Relaxed);
+                return Err(Refusal::Address);
+            }
+        }
+        Ok(Slot {
+            conns: self.clone(),
+            addr,
+        })
+    }
+
+    /// A slot for a connection already admitted that changes hands (an
+    /// upgraded websocket): counted, never refused.
+    pub fn hold(self: &Arc<Self>, addr: IpAddr) -> Slot {
+        self.metrics
+            .connections
+            .open
+            .fetch_add(1, Ordering::Relaxed);
+        if self.limits.max_per_address > 0 {
+            if let Ok(mut map) = self.per_address.lock() {
+                *map.entry(addr).or_insert(0) += 1;
+            }
+        }
+        Slot {
+            conns: self.clone(),
+            addr,
+        }
+    }
+
+    /// Starts a websocket handshake, unless `max_handshakes` are in flight.
+    pub fn begin_handshake(&self) -> Option<Handshake> {
+        let permit = self.handshakes.clone().try_acquire_owned().ok();
+        let c = &self.metrics.connections;
+        match permit {
+            Some(p) => {
+                c.handshakes.fetch_add(1, Ordering::Relaxed);
+                Some(Handshake {
+                    _permit: p,
+                    metrics: self.metrics.clone(),
+                })
+            }
+            None => {
+                c.refused_handshakes.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let conns = &self.conns;
+        conns
+            .metrics
+            .connections
+            .open
+            .fetch_sub(1, Ordering::Relaxed);
+        if conns.limits.max_per_address > 0 {
+            if let Ok(mut map) = conns.per_address.lock() {
+                if let Some(n) = map.get_mut(&self.addr) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        map.remove(&self.addr);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Connections the kernel completes and queues before the proxy accepts
+/// them (capped by `net.core.somaxconn`). Tokio's default, 128, dropped the
+/// SYNs of a burst of reconnecting clients (a one-second retry each).
+const BACKLOG: u32 = 4096;
+
+/// Listens on `addr` with a backlog for bursts of connections.
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
+/// Whether an accept error means the process is out of descriptors or
+/// memory (pause), rather than one failed connection (go on).
+fn out_of_resources(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// Accepts connections until `shutdown` becomes true, handing each admitted
+/// one to `serve` with its slot. Refused connections are closed at once.
+pub async fn run<F>(
+    listener: TcpListener,
+    conns: Arc<Connections>,
+    mut shutdown: watch::Receiver<bool>,
+    serve: F,
+) where
+    F: Fn(TcpStream, SocketAddr, Slot),
+{
+    let metrics = conns.metrics.clone();
+    let mut pause = FIRST_PAUSE;
+    loop {
+        let (stream, addr) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => {
+                    pause = FIRST_PAUSE;
+                    a
+                }
+                Err(e) if out_of_resources(&e) => {
+                    metrics.connections.accept_errors_resources.fetch_add(1, Ordering::Relaxed);
+                    crate::limited!(warn, error = %e, "cannot accept connections: out of file descriptors or memory; pausing (raise the descriptor limit or lower --max-connections)");
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                    pause = (pause * 2).min(LONGEST_PAUSE);
+                    continue;
+                }
+                Err(e) => {
+                    metrics.connections.accept_errors_other.fetch_add(1, Ordering::Relaxed);
+                    crate::limited!(warn, error = %e, "accept failed");
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        match conns.admit(addr.ip()) {
+            Ok(slot) => serve(stream, addr, slot),
+            Err(Refusal::Total) => {
+                crate::limited!(
+                    warn,
+                    max = conns.limits.max_connections,
+                    "refusing connections: --max-connections are open"
+                );
+            }
+            Err(Refusal::Address) => {
+                crate::limited!(warn, address = %addr.ip(), max = conns.limits.max_per_address, "refusing connections from an address that holds --max-connections-per-address");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn conns(max: usize, per: usize) -> Arc<Connections> {
+        Connections::new(
+            Limits {
+                max_connections: max,
+                max_per_address: per,
+                max_handshakes: 2,
+            },
+            Arc::new(Metrics::default()),
+        )
+    }
+
+    #[test]
+    fn caps_in_total_and_per_address() {
+        let c = conns(3, 2);
+        let a = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+        let b = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
+        let a1 = c.admit(a).expect("a1");
+        let a2 = c.admit(a).expect("a2");
+        assert_eq!(c.admit(a).err(), Some(Refusal::Address));
+        let b1 = c.admit(b).expect("b1");
+        assert_eq!(c.admit(b).err(), Some(Refusal::Total));
+        drop(a1);
+        let a3 = c.admit(a).expect("a freed one");
+        // A websocket taking over a connection is counted, not refused.
+        let ws = c.hold(a);
+        assert_eq!(c.admit(a).err(), Some(Refusal::Total));
+        drop(ws);
+        let m = &c.metrics.connections;
+        assert_eq!(m.open.load(Ordering::Relaxed), 3);
+        assert_eq!(m.refused_total.load(Ordering::Relaxed), 2);
+        assert_eq!(m.refused_address.load(Ordering::Relaxed), 1);
+        drop((a2, a3, b1));
+        assert_eq!(m.open.load(Ordering::Relaxed), 0);
+        assert!(c.per_address.lock().map(|m| m.is_empty()).unwrap_or(false));
+    }
+
+    #[test]
+    fn handshakes_in_flight() {
+        let c = conns(10, 0);
+        let h1 = c.begin_handshake().expect("h1");
+        let _h2 = c.begin_handshake().expect("h2");
+        assert!(c.begin_handshake().is_none());
+        drop(h1);
+        assert!(c.begin_handshake().is_some());
+        let m = &c.metrics.connections;
+        assert_eq!(m.refused_handshakes.load(Ordering::Relaxed), 1);
+    }
+}

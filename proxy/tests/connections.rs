@@ -1,0 +1,502 @@
+//! Connections before and around HTTP, against a real proxy process with
+//! real sockets: slow senders are cut off (request head, keep-alive idle,
+//! body, websocket handshake), descriptor exhaustion neither spins nor
+//! floods the log and the proxy recovers once the header timeout frees
+//! descriptors, and the caps (per client address, handshakes in flight)
+//! refuse only what is over them.
+
+mod support;
+
+use socket2::{Domain, SockAddr, Socket, Type};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+use support::{json, Got, Launch, Proxy};
+use tungstenite::Message;
+use walcast_tests::{cluster, TestDb};
+
+fn launch(name: &str, extra: &[&str], how: Launch) -> (TestDb, Proxy) {
+    let mut db = TestDb::new(name);
+    db.exec("CREATE TABLE items (id int PRIMARY KEY, kind text)");
+    let proxy = Proxy::launch(
+        &cluster().url(&db.name),
+        &format!("{}_proxy", db.name),
+        extra,
+        how,
+    );
+    proxy.wait_healthy();
+    (db, proxy)
+}
+
+/// A connection that sends part of a request head and nothing more.
+fn half_open(port: u16) -> TcpStream {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    // The server may have closed it already (over a cap): that is for the caller to see.
+    let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n");
+    s
+}
+
+/// Whether the server closed `s` (end of stream or reset), without waiting.
+fn is_closed(s: &mut TcpStream) -> bool {
+    let _ = s.set_nonblocking(true);
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
+/// How long until the server closes `s`, if it does within `max`.
+fn closed_within(s: &mut TcpStream, max: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < max {
+        if is_closed(s) {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// Waits until the server closed every one of `conns`, or `max` passed;
+/// returns how many are still open.
+fn wait_all_closed(conns: &mut Vec<TcpStream>, max: Duration) -> usize {
+    let start = Instant::now();
+    loop {
+        conns.retain_mut(|s| !is_closed(s));
+        if conns.is_empty() || start.elapsed() > max {
+            return conns.len();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// CPU seconds (user + system) the process has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("proc stat");
+    let after = &stat[stat.rfind(')').expect("comm") + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line; Linux counts them
+    // in USER_HZ, 100 per second.
+    let ticks: u64 =
+        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    ticks as f64 / 100.0
+}
+
+/// A metric's value, by its full name with labels.
+fn metric(proxy: &Proxy, series: &str) -> u64 {
+    let (_, body) = proxy.get("/metrics").expect("metrics");
+    body.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in {body}"))
+}
+
+/// `GET /healthz` from a fresh connection: status (0 when closed unanswered).
+fn healthz(port: u16, within: Duration) -> u16 {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return 0;
+    };
+    let _ = s.set_read_timeout(Some(within));
+    let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+fn log_file(name: &str) -> (std::fs::File, std::path::PathBuf) {
+    let path = std::env::temp_dir().join(format!("walcast-{name}-{}.log", std::process::id()));
+    let f = std::fs::File::create(&path).expect("log file");
+    (f, path)
+}
+
+fn log_lines(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .expect("log")
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn slow_senders_are_cut_off() {
+    let (_db, proxy) = launch(
+        "conn_slow",
+        &[
+            "--header-timeout",
+            "1",
+            "--body-timeout",
+            "1",
+            "--handshake-timeout",
+            "1",
+        ],
+        Launch::default(),
+    );
+    let port = proxy.port;
+    let window = |what: &str, took: Option<Duration>| {
+        let took = took.unwrap_or_else(|| panic!("{what}: still open after 5 s"));
+        assert!(
+            took >= Duration::from_millis(800) && took < Duration::from_secs(3),
+            "{what}: closed after {took:?}, not about 1 s"
+        );
+    };
+
+    // A request head that never ends.
+    let mut s = half_open(port);
+    window(
+        "partial head",
+        closed_within(&mut s, Duration::from_secs(5)),
+    );
+
+    // A websocket upgrade request that never ends.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.write_all(b"GET /ws?query=insert:items HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n")
+        .expect("write");
+    window(
+        "partial upgrade",
+        closed_within(&mut s, Duration::from_secs(5)),
+    );
+
+    // A keep-alive connection left idle after its answer.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    s.set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).expect("an answer");
+    assert_eq!(&head, b"HTTP/1.1 200");
+    window(
+        "idle keep-alive",
+        closed_within(&mut s, Duration::from_secs(5)),
+    );
+
+    // A body that stops halfway: 408 Request Timeout.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.write_all(
+        b"POST /v1/streams HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"name\":",
+    )
+    .expect("write");
+    let start = Instant::now();
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("did not arrive within 1 s"), "{answer}");
+    window("slow body", Some(start.elapsed()));
+
+    // A websocket that never sends its subscription.
+    let mut ws = proxy.ws_url(&format!("ws://127.0.0.1:{port}/ws"));
+    let start = Instant::now();
+    let mut got = None;
+    while got.is_none() && start.elapsed() < Duration::from_secs(5) {
+        got = ws.next();
+    }
+    match got {
+        Some(Got::Closed(code, reason)) => {
+            assert_eq!(code, 1008, "{reason}");
+            assert!(reason.contains("no subscription within 1 s"), "{reason}");
+        }
+        other => panic!("expected a close, got {other:?}"),
+    }
+    window("no subscription", Some(start.elapsed()));
+
+    assert!(
+        metric(
+            &proxy,
+            "walcast_connections_timed_out_total{phase=\"header\"}"
+        ) >= 3
+    );
+    assert_eq!(
+        metric(
+            &proxy,
+            "walcast_connections_timed_out_total{phase=\"body\"}"
+        ),
+        1
+    );
+    assert_eq!(
+        metric(
+            &proxy,
+            "walcast_connections_timed_out_total{phase=\"handshake\"}"
+        ),
+        1
+    );
+}
+
+/// Twice as many half-open connections as descriptors: while they are
+/// held the proxy uses little CPU and logs little; once the header timeout
+/// has closed them, a fresh connection is served at once.
+fn exhaust(name: &str, extra: &[&str]) -> (Proxy, Vec<String>, ExhaustFigures) {
+    const LIMIT: u64 = 256;
+    let (log, path) = log_file(name);
+    let mut args = vec!["--header-timeout", "4"];
+    args.extend_from_slice(extra);
+    let (_db, proxy) = launch(
+        name,
+        &args,
+        Launch {
+            nofile: Some(LIMIT),
+            stderr: Some(log),
+            log: Some("info"),
+        },
+    );
+    let pid = proxy.child.id();
+    let (_, health) = proxy.get("/healthz").expect("healthz");
+    let health = json(&health);
+    assert_eq!(health["connections"]["descriptor_limit"], LIMIT, "{health}");
+    assert!(
+        health["connections"]["descriptor_warning"]
+            .as_str()
+            .is_some_and(|w| w.contains("--max-clients")),
+        "{health}"
+    );
+
+    let flood_start = Instant::now();
+    let mut slowest = Duration::ZERO;
+    let mut conns: Vec<TcpStream> = (0..2 * LIMIT)
+        .map(|_| {
+            let t = Instant::now();
+            let c = half_open(proxy.port);
+            slowest = slowest.max(t.elapsed());
+            c
+        })
+        .collect();
+    let flood = flood_start.elapsed();
+    // A dropped SYN costs a one-second retry: the listen backlog must take the burst.
+    assert!(
+        slowest < Duration::from_millis(500),
+        "a connect took {slowest:?}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let cpu_before = cpu_seconds(pid);
+    let measured = Instant::now();
+    std::thread::sleep(Duration::from_secs(1));
+    let cpu_while_held = (cpu_seconds(pid) - cpu_before) / measured.elapsed().as_secs_f64();
+    let held = conns
+        .iter_mut()
+        .map(|s| !is_closed(s))
+        .filter(|open| *open)
+        .count();
+
+    let left = wait_all_closed(&mut conns, Duration::from_secs(40));
+    assert_eq!(
+        left, 0,
+        "{left} half-open connections are still held after 40 s"
+    );
+    let all_closed = flood_start.elapsed();
+    let asked = Instant::now();
+    let status = healthz(proxy.port, Duration::from_secs(1));
+    let answered = asked.elapsed();
+    assert_eq!(status, 200, "/healthz after the flood");
+    assert!(
+        answered < Duration::from_secs(1),
+        "/healthz took {answered:?}"
+    );
+    let lines = log_lines(&path);
+    let _ = std::fs::remove_file(&path);
+    let figures = ExhaustFigures { held, all_closed };
+    eprintln!(
+        "{name}: {} connections opened in {flood:?}, {held} held, CPU {:.1}% of a core while held, all closed after {all_closed:?}, \
+         /healthz answered in {answered:?}, {} log lines",
+        2 * LIMIT,
+        cpu_while_held * 100.0,
+        lines.len()
+    );
+    assert!(
+        cpu_while_held < 0.1,
+        "the proxy used {:.0}% of a core while descriptors were held",
+        cpu_while_held * 100.0
+    );
+    assert!(
+        lines.len() < 100,
+        "{} log lines:\n{}",
+        lines.len(),
+        lines.join("\n")
+    );
+    (proxy, lines, figures)
+}
+
+struct ExhaustFigures {
+    /// Connections the proxy still held after the flood.
+    held: usize,
+    /// From the flood until the proxy had closed every connection.
+    all_closed: Duration,
+}
+
+#[test]
+fn descriptor_exhaustion_is_capped_below_the_limit() {
+    // Default --max-connections: the limit (256) less 64 kept for the rest.
+    let (proxy, _lines, f) = exhaust("conn_capped", &[]);
+    assert_eq!(metric(&proxy, "walcast_connections_max"), 192);
+    assert!(f.held <= 192, "{} held", f.held);
+    let refused = metric(
+        &proxy,
+        "walcast_connections_refused_total{reason=\"max_connections\"}",
+    );
+    assert!(refused >= 512 - 192, "{refused} refused");
+    assert!(
+        metric(
+            &proxy,
+            "walcast_connections_timed_out_total{phase=\"header\"}"
+        ) >= f.held as u64
+    );
+    // Nothing ran out: the cap kept descriptors for everything else.
+    assert_eq!(
+        metric(&proxy, "walcast_accept_errors_total{kind=\"resources\"}"),
+        0
+    );
+    assert!(f.all_closed < Duration::from_secs(8), "{:?}", f.all_closed);
+}
+
+#[test]
+fn descriptor_exhaustion_pauses_accepting() {
+    // A cap above what the limit allows: descriptors do run out.
+    let (proxy, lines, f) = exhaust("conn_exhausted", &["--max-connections", "100000"]);
+    assert!(metric(&proxy, "walcast_accept_errors_total{kind=\"resources\"}") >= 1);
+    let warned: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("out of file descriptors"))
+        .collect();
+    assert!(
+        !warned.is_empty() && warned.len() <= 3,
+        "the pause should be logged once per 10 s: {warned:?}"
+    );
+    assert!(f.held > 100, "only {} held", f.held);
+    assert!(f.all_closed < Duration::from_secs(25), "{:?}", f.all_closed);
+}
+
+/// A connection to the proxy from another loopback address.
+fn connect_from(local: &str, port: u16) -> TcpStream {
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    let local: SocketAddr = format!("{local}:0").parse().expect("address");
+    socket.bind(&SockAddr::from(local)).expect("bind");
+    let remote: SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
+    socket.connect(&SockAddr::from(remote)).expect("connect");
+    socket.into()
+}
+
+fn healthz_on(mut s: TcpStream) -> u16 {
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn one_address_over_its_cap_is_refused_while_another_is_served() {
+    let (_db, proxy) = launch(
+        "conn_per_address",
+        &[
+            "--max-connections-per-address",
+            "4",
+            "--header-timeout",
+            "60",
+        ],
+        Launch::default(),
+    );
+    let port = proxy.port;
+    let mut held: Vec<TcpStream> = (0..4).map(|_| connect_from("127.0.0.1", port)).collect();
+    for s in &mut held {
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            .expect("write");
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        healthz_on(connect_from("127.0.0.1", port)),
+        0,
+        "a fifth connection from 127.0.0.1"
+    );
+    assert_eq!(
+        healthz_on(connect_from("127.0.0.2", port)),
+        200,
+        "another address"
+    );
+    assert!(
+        held.iter_mut().all(|s| !is_closed(s)),
+        "the four held ones stay open"
+    );
+    // One leaves: its address may connect again.
+    held.pop();
+    let start = Instant::now();
+    while healthz_on(connect_from("127.0.0.1", port)) != 200 {
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "127.0.0.1 was not served again"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let refused = healthz_on_metrics(port);
+    assert!(refused >= 1, "{refused}");
+}
+
+fn healthz_on_metrics(port: u16) -> u64 {
+    let mut s = connect_from("127.0.0.3", port);
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("write");
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body.lines()
+        .find_map(|l| l.strip_prefix("walcast_connections_refused_total{reason=\"per_address\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no per-address refusals in {body}"))
+}
+
+#[test]
+fn handshakes_in_flight_are_capped() {
+    let (_db, proxy) = launch(
+        "conn_handshakes",
+        &["--max-handshakes", "1"],
+        Launch::default(),
+    );
+    let url = format!("ws://127.0.0.1:{}/ws", proxy.port);
+    // Upgraded, subscription not sent yet: the one handshake in flight.
+    let mut first = proxy.ws_url(&url);
+    match proxy.try_ws_url(&url) {
+        Err((503, body)) => assert!(body.contains("handshakes"), "{body}"),
+        Err(e) => panic!("expected 503, got {e:?}"),
+        Ok(_) => panic!("a second handshake was let in"),
+    }
+    assert_eq!(metric(&proxy, "walcast_websocket_handshakes"), 1);
+    first
+        .ws
+        .send(Message::Text(
+            r#"{"subscribe":{"query":"insert:items"}}"#.into(),
+        ))
+        .expect("subscribe");
+    let start = Instant::now();
+    let second = loop {
+        match proxy.try_ws_url(&format!("{url}?query=insert:items")) {
+            Ok(c) => break c,
+            Err((503, _)) if start.elapsed() < Duration::from_secs(3) => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => panic!("the handshake was not freed: {e:?}"),
+        }
+    };
+    assert!(
+        metric(
+            &proxy,
+            "walcast_connections_refused_total{reason=\"handshakes\"}"
+        ) >= 1
+    );
+    assert_eq!(metric(&proxy, "walcast_websocket_handshakes"), 0);
+    drop((first, second));
+}

@@ -497,11 +497,3 @@ async fn write_burst(
     metrics.frames_out.fetch_add(sent, Ordering::Relaxed);
     Ok(())
 }
-#[cfg(test)]
-mod size_probe {
-    #[test]
-    fn sizes() {
-        eprintln!("Ws {}", std::mem::size_of::<super::Ws>());
-        eprintln!("Opened {}", std::mem::size_of::<crate::server::Opened>());
-    }
-}

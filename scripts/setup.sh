@@ -18,6 +18,7 @@ case "$WALCAST_SETUP" in
   *) log "WALCAST_SETUP must be 'full' or 'build', not '${WALCAST_SETUP}'"; exit 2 ;;
 esac
 
+SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 need_pkgs=()
 for p in "${pkgs[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
@@ -26,7 +27,6 @@ for p in "${pkgs[@]}"; do
 done
 if ((${#need_pkgs[@]})); then
   log "installing Debian packages: ${need_pkgs[*]}"
-  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}"
 else
@@ -43,12 +43,43 @@ else
   cargo install cargo-pgrx --version "${PGRX_VERSION}" --locked
 fi
 
+# PostgreSQL 16, 17 and 18 (the full setup builds and tests on every major).
+# shellcheck source=scripts/postgresql-majors.sh
+source "$(dirname "$0")/postgresql-majors.sh"
+majors=("${PG_MAJOR}")
+if [ "$WALCAST_SETUP" = full ]; then
+  majors=("${WALCAST_PG_MAJORS[@]}")
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    log "installing python3-pip (to download the PostgreSQL 16-18 builds)"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends python3-pip
+  fi
+  for m in "${WALCAST_PG_MAJORS[@]}"; do
+    [ "$m" = 15 ] && continue
+    if [ -x "/usr/lib/postgresql/${m}/bin/pg_config" ]; then
+      log "PostgreSQL ${m} present in /usr/lib/postgresql/${m}"
+    elif pg_major_installed "$m"; then
+      log "PostgreSQL ${m} present in ${WALCAST_PG_PREFIX}/postgresql-${m}"
+    else
+      log "installing PostgreSQL ${m} into ${WALCAST_PG_PREFIX}/postgresql-${m}"
+      install_pg_major "$m"
+    fi
+  done
+fi
+
 PGRX_HOME="${PGRX_HOME:-$HOME/.pgrx}"
-if grep -qs "^pg${PG_MAJOR} *= *\"${PG_CONFIG}\"" "$PGRX_HOME/config.toml"; then
-  log "pgrx already initialised for pg${PG_MAJOR}"
+init_args=()
+missing=0
+for m in "${majors[@]}"; do
+  if [ "$m" = "$PG_MAJOR" ]; then cfg="$PG_CONFIG"; else cfg="$(pg_config_for "$m")"; fi
+  init_args+=("--pg${m}=${cfg}")
+  grep -qs "^pg${m} *= *\"${cfg}\"" "$PGRX_HOME/config.toml" || missing=1
+done
+if [ "$missing" = 0 ]; then
+  log "pgrx already initialised for pg${majors[*]}"
 else
-  log "cargo pgrx init --pg${PG_MAJOR}=${PG_CONFIG}"
-  cargo pgrx init "--pg${PG_MAJOR}=${PG_CONFIG}"
+  log "cargo pgrx init ${init_args[*]}"
+  cargo pgrx init "${init_args[@]}"
 fi
 
 if [ "$WALCAST_SETUP" = full ]; then

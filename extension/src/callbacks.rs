@@ -15,16 +15,13 @@ pub fn register(cb: &mut pg_sys::OutputPluginCallbacks) {
     cb.commit_cb = Some(commit);
     cb.message_cb = Some(message);
     cb.shutdown_cb = Some(shutdown);
-    #[cfg(not(feature = "pg13"))]
-    {
-        cb.stream_start_cb = Some(stream_start);
-        cb.stream_stop_cb = Some(stream_stop);
-        cb.stream_abort_cb = Some(stream_abort);
-        cb.stream_commit_cb = Some(stream_commit);
-        cb.stream_change_cb = Some(stream_change);
-        cb.stream_message_cb = Some(stream_message);
-        cb.stream_truncate_cb = Some(stream_truncate);
-    }
+    cb.stream_start_cb = Some(stream_start);
+    cb.stream_stop_cb = Some(stream_stop);
+    cb.stream_abort_cb = Some(stream_abort);
+    cb.stream_commit_cb = Some(stream_commit);
+    cb.stream_change_cb = Some(stream_change);
+    cb.stream_message_cb = Some(stream_message);
+    cb.stream_truncate_cb = Some(stream_truncate);
 }
 
 /// The decoder stored in the decoding context.
@@ -37,16 +34,9 @@ unsafe fn decoder<'a>(ctx: *mut pg_sys::LogicalDecodingContext) -> &'a mut Decod
     unsafe { &mut *((*ctx).output_plugin_private as *mut Decoder) }
 }
 
-#[cfg(not(feature = "pg13"))]
 unsafe fn commit_time(txn: *mut pg_sys::ReorderBufferTXN) -> i64 {
     // SAFETY: txn is valid; in a committed transaction the union holds commit_time.
     unsafe { (*txn).xact_time.commit_time }
-}
-
-#[cfg(feature = "pg13")]
-unsafe fn commit_time(txn: *mut pg_sys::ReorderBufferTXN) -> i64 {
-    // SAFETY: txn is valid.
-    unsafe { (*txn).commit_time }
 }
 
 /// Drops the decoder when PostgreSQL deletes the decoding context's memory
@@ -83,10 +73,7 @@ unsafe extern "C-unwind" fn startup(
         let options = crate::options::parse((*ctx).output_plugin_options);
         (*opt).output_type = pg_sys::OutputPluginOutputType::OUTPUT_PLUGIN_TEXTUAL_OUTPUT;
         (*opt).receive_rewrites = false;
-        #[cfg(not(feature = "pg13"))]
-        {
-            (*ctx).streaming = (*ctx).streaming && options.stream_changes;
-        }
+        (*ctx).streaming = (*ctx).streaming && options.stream_changes;
         let decoder = Box::into_raw(Box::new(Decoder::new(options, (*ctx).context)));
         (*ctx).output_plugin_private = decoder.cast();
         let cb = pg_sys::MemoryContextAlloc(
@@ -192,7 +179,7 @@ unsafe fn row_change(
     }
 }
 
-#[cfg(not(feature = "pg17"))]
+#[cfg(any(feature = "pg15", feature = "pg16"))]
 unsafe fn heap_tuple(buf: *mut pg_sys::ReorderBufferTupleBuf) -> pg_sys::HeapTuple {
     if buf.is_null() {
         std::ptr::null_mut()
@@ -202,7 +189,7 @@ unsafe fn heap_tuple(buf: *mut pg_sys::ReorderBufferTupleBuf) -> pg_sys::HeapTup
     }
 }
 
-#[cfg(feature = "pg17")]
+#[cfg(any(feature = "pg17", feature = "pg18"))]
 unsafe fn heap_tuple(t: pg_sys::HeapTuple) -> pg_sys::HeapTuple {
     t
 }
@@ -311,9 +298,8 @@ unsafe extern "C-unwind" fn message(
     unsafe { message_change(ctx, lsn, t, prefix, size, content) }
 }
 
-#[cfg(not(feature = "pg13"))]
 mod streaming {
-    //! Callbacks for in-progress transactions (`stream-changes`, PostgreSQL 14+).
+    //! Callbacks for in-progress transactions (`stream-changes`).
     //! Changes inside an `SS`..`SE` block belong to a transaction that has not
     //! committed yet: consumers hold them until `SC` and discard them on `SA`.
 
@@ -454,5 +440,4 @@ mod streaming {
         unsafe { message_change(ctx, lsn, t, prefix, size, content) }
     }
 }
-#[cfg(not(feature = "pg13"))]
 use streaming::*;

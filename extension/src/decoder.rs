@@ -553,20 +553,11 @@ impl Ddl {
     }
 }
 
-/// `OutputPluginUpdateProgress` across PostgreSQL versions.
+/// `OutputPluginUpdateProgress` (PostgreSQL 15+ signature).
 ///
 /// # Safety
 /// `ctx` must be the decoding context of the running callback.
 pub unsafe fn update_progress(ctx: *mut pg_sys::LogicalDecodingContext, skipped_xact: bool) {
-    #[cfg(any(feature = "pg15", feature = "pg16", feature = "pg17"))]
     // SAFETY: valid ctx per the contract.
-    unsafe {
-        pg_sys::OutputPluginUpdateProgress(ctx, skipped_xact)
-    };
-    #[cfg(any(feature = "pg13", feature = "pg14"))]
-    {
-        let _ = skipped_xact;
-        // SAFETY: valid ctx per the contract.
-        unsafe { pg_sys::OutputPluginUpdateProgress(ctx) };
-    }
+    unsafe { pg_sys::OutputPluginUpdateProgress(ctx, skipped_xact) };
 }

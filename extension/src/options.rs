@@ -41,7 +41,6 @@ pub unsafe fn parse(list: *mut pg_sys::List) -> Options {
     }
 }
 
-#[cfg(any(feature = "pg15", feature = "pg16", feature = "pg17"))]
 unsafe fn def_string(arg: *mut pg_sys::Node) -> Option<String> {
     if arg.is_null() {
         return None;
@@ -49,21 +48,6 @@ unsafe fn def_string(arg: *mut pg_sys::Node) -> Option<String> {
     // SAFETY: option values are String nodes (T_String) in PostgreSQL 15+.
     let sval = unsafe { (*(arg as *mut pg_sys::String)).sval };
     // SAFETY: sval is NUL-terminated.
-    (!sval.is_null()).then(|| {
-        unsafe { CStr::from_ptr(sval) }
-            .to_string_lossy()
-            .into_owned()
-    })
-}
-
-#[cfg(any(feature = "pg13", feature = "pg14"))]
-unsafe fn def_string(arg: *mut pg_sys::Node) -> Option<String> {
-    if arg.is_null() {
-        return None;
-    }
-    // SAFETY: before PostgreSQL 15 option values are Value nodes holding a string.
-    let sval = unsafe { (*(arg as *mut pg_sys::Value)).val.str_ };
-    // SAFETY: the string is NUL-terminated.
     (!sval.is_null()).then(|| {
         unsafe { CStr::from_ptr(sval) }
             .to_string_lossy()

@@ -200,7 +200,7 @@ impl RelInfo {
             );
             let desc = (*rel).rd_att;
             let natts = (*desc).natts as usize;
-            let attrs = (*desc).attrs.as_slice(natts);
+            let attrs = attributes(desc);
             let mut columns = Vec::with_capacity(natts);
             let mut types = options.include_types.then(|| b",\"types\":{".to_vec());
             let mut first_type = true;
@@ -266,4 +266,26 @@ impl RelInfo {
             }
         }
     }
+}
+
+/// The attributes of a tuple descriptor, in column order.
+///
+/// # Safety
+/// `desc` must be a valid tuple descriptor that outlives `'a`.
+unsafe fn attributes<'a>(desc: pg_sys::TupleDesc) -> &'a [pg_sys::FormData_pg_attribute] {
+    // SAFETY: desc is valid per the contract.
+    let natts = unsafe { (*desc).natts } as usize;
+    #[cfg(any(feature = "pg15", feature = "pg16", feature = "pg17"))]
+    // SAFETY: before PostgreSQL 18 the attributes are the descriptor's
+    // trailing array of natts entries.
+    let attrs = unsafe { (*desc).attrs.as_slice(natts) };
+    #[cfg(feature = "pg18")]
+    let attrs = if natts == 0 {
+        &[]
+    } else {
+        // SAFETY: PostgreSQL 18 keeps the natts attributes in one array after
+        // the compact ones; TupleDescAttr(desc, 0) points at its first entry.
+        unsafe { std::slice::from_raw_parts(pg_sys::TupleDescAttr(desc, 0), natts) }
+    };
+    attrs
 }

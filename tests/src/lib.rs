@@ -11,12 +11,29 @@ use std::sync::OnceLock;
 use walcast_cluster::Cluster;
 
 /// The cluster of this test binary, started on first use. A test that needs
-/// PostgreSQL fails (never skips) when it cannot start.
+/// PostgreSQL fails (never skips) when it cannot start, or when it is not
+/// the major `WALCAST_PG_MAJOR` names (set by `scripts/test.sh` for each
+/// major it tests, so a misconfigured run cannot test another major).
 pub fn cluster() -> &'static Cluster {
     static CLUSTER: OnceLock<Cluster> = OnceLock::new();
-    CLUSTER.get_or_init(|| match Cluster::start() {
-        Ok(c) => c,
-        Err(e) => panic!("cannot start a private PostgreSQL cluster: {e:#}"),
+    CLUSTER.get_or_init(|| {
+        let c = match Cluster::start() {
+            Ok(c) => c,
+            Err(e) => panic!("cannot start a private PostgreSQL cluster: {e:#}"),
+        };
+        if let Ok(want) = std::env::var("WALCAST_PG_MAJOR") {
+            let num = c
+                .psql("postgres", "SHOW server_version_num")
+                .unwrap_or_else(|e| panic!("reading the server version: {e:#}"));
+            let major = num.trim().parse::<u32>().map(|n| n / 10_000).ok();
+            assert_eq!(
+                major.map(|m| m.to_string()),
+                Some(want.clone()),
+                "WALCAST_PG_MAJOR is {want} but the cluster runs server_version_num {}",
+                num.trim()
+            );
+        }
+        c
     })
 }
 

@@ -132,10 +132,7 @@ impl Filter {
             (Op::Gt, Operand::Value(s)) => compare(v, s).is_some_and(Ordering::is_gt),
             (Op::Gte, Operand::Value(s)) => compare(v, s).is_some_and(Ordering::is_ge),
             (Op::In, Operand::List(items)) => items.iter().any(|s| equals(v, s)),
-            (Op::Like, Operand::Value(p)) => text(v).is_some_and(|t| like(&t, p)),
-            (Op::ILike, Operand::Value(p)) => {
-                text(v).is_some_and(|t| like(&t.to_lowercase(), &p.to_lowercase()))
-            }
+            (Op::Like | Op::ILike, Operand::Pattern(p)) => text(v).is_some_and(|t| p.matches(&t)),
             _ => false,
         }
     }
@@ -221,71 +218,6 @@ fn text(v: &Value) -> Option<Cow<'_, str>> {
         Value::Number(n) => Some(Cow::Owned(n.to_string())),
         Value::Array(_) | Value::Object(_) => serde_json::to_string(v).ok().map(Cow::Owned),
     }
-}
-
-/// One element of a LIKE pattern.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Token {
-    /// A character that must match itself.
-    Char(char),
-    /// `_`: any one character.
-    One,
-    /// `%`: any run of characters, the empty one included.
-    Any,
-}
-
-fn tokens(pattern: &str) -> Vec<Token> {
-    let mut out = Vec::with_capacity(pattern.len());
-    let mut chars = pattern.chars();
-    while let Some(c) = chars.next() {
-        out.push(match c {
-            '%' => Token::Any,
-            '_' => Token::One,
-            // A lone trailing backslash (the parser rejects it) matches itself.
-            '\\' => Token::Char(chars.next().unwrap_or('\\')),
-            c => Token::Char(c),
-        });
-    }
-    out
-}
-
-/// SQL LIKE: `%` any run, `_` one character, `\` escapes the next character.
-fn like(text: &str, pattern: &str) -> bool {
-    let pattern = tokens(pattern);
-    let first = |at: usize| text.get(at..).and_then(|s| s.chars().next());
-    // `p` indexes the pattern, `t` is a byte offset into the text. `retry` is
-    // where to resume after a mismatch: just past the last `%`, with that `%`
-    // swallowing one more character of the text.
-    let (mut p, mut t) = (0, 0);
-    let mut retry: Option<(usize, usize)> = None;
-    while let Some(c) = first(t) {
-        match pattern.get(p) {
-            Some(Token::Any) => {
-                p += 1;
-                retry = Some((p, t));
-                continue;
-            }
-            Some(Token::One) => {
-                p += 1;
-                t += c.len_utf8();
-                continue;
-            }
-            Some(Token::Char(k)) if *k == c => {
-                p += 1;
-                t += c.len_utf8();
-                continue;
-            }
-            _ => {}
-        }
-        let Some((rp, rt)) = retry else { return false };
-        let next = rt + first(rt).map_or(1, char::len_utf8);
-        retry = Some((rp, next));
-        p = rp;
-        t = next;
-    }
-    pattern
-        .get(p..)
-        .is_some_and(|rest| rest.iter().all(|k| *k == Token::Any))
 }
 
 #[cfg(test)]

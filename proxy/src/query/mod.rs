@@ -74,6 +74,7 @@
 //! row makes every filter false.
 
 mod eval;
+pub mod like;
 mod parser;
 
 pub use eval::{Action, RowView};

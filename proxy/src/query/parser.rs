@@ -135,8 +135,10 @@ impl fmt::Display for Op {
 /// What a filter compares a column with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Operand {
-    /// One value, unquoted (every operator but `in` and `is`).
+    /// One value, unquoted (every operator but `in`, `is`, `like` and `ilike`).
     Value(String),
+    /// A `like` or `ilike` pattern, compiled.
+    Pattern(super::like::Like),
     /// The values of an `in` list, unquoted; never empty.
     List(Vec<String>),
     /// `is.null`.
@@ -703,6 +705,10 @@ fn operand(op: Op, value: String, at: usize) -> Result<Operand, QueryError> {
                 _ as \\%, \\_)"
             ),
         )),
+        Op::Like | Op::ILike => Ok(Operand::Pattern(super::like::Like::new(
+            &value,
+            op == Op::ILike,
+        ))),
         _ => Ok(Operand::Value(value)),
     }
 }
@@ -742,6 +748,10 @@ mod tests {
 
     fn list(items: &[&str]) -> Operand {
         Operand::List(items.iter().map(|s| (*s).to_owned()).collect())
+    }
+
+    fn pattern(p: &str, fold_case: bool) -> Operand {
+        Operand::Pattern(super::super::like::Like::new(p, fold_case))
     }
 
     fn filter(column: &str, op: Op, operand: Operand) -> Filter {
@@ -813,7 +823,7 @@ mod tests {
             q.filters,
             vec![
                 filter("age", Op::Gt, value("30")),
-                filter("name", Op::Like, value("A%"))
+                filter("name", Op::Like, pattern("A%", false))
             ]
         );
     }
@@ -846,7 +856,11 @@ mod tests {
             ("ilike", Op::ILike),
         ] {
             let f = only_filter(&format!("*:t:c.{name}.1"));
-            assert_eq!(f, filter("c", op, value("1")));
+            let want = match op {
+                Op::Like | Op::ILike => pattern("1", op == Op::ILike),
+                _ => value("1"),
+            };
+            assert_eq!(f, filter("c", op, want));
             assert_eq!(op.to_string(), name.to_ascii_lowercase());
         }
     }
@@ -896,7 +910,7 @@ mod tests {
         // A backslash before anything else is kept, so LIKE escapes need no doubling.
         assert_eq!(
             only_filter(r#"*:t:note.like."50\%""#),
-            filter("note", Op::Like, value(r"50\%"))
+            filter("note", Op::Like, pattern(r"50\%", false))
         );
         let q = ok(r#"*:t:a.eq."x:y":b.eq.z"#);
         assert_eq!(q.filters.len(), 2);

@@ -6,6 +6,9 @@
 #   named by WALCAST_PROXY_BIN, to compare builds) on PORT with ARGS, waits
 #   until it streams, and sets PROXY_PID and P (the walcast-bench arguments
 #   naming it); the proxy is stopped on exit.
+# scenario ARGS...: runs walcast-bench with P and ARGS; a failure is reported
+#   and counted, and the other scenarios still run.
+# scenarios_done: exits with status 1 when a scenario failed.
 
 bench_in_cluster() {
   [ -n "${WALCAST_BENCH_INSIDE:-}" ] && return 0
@@ -28,4 +31,16 @@ bench_proxy() {
     sleep 0.1
   done
   P=(--proxy "ws://127.0.0.1:${port}" --proxy-pid "$PROXY_PID")
+}
+
+BENCH_FAILED=0
+scenario() {
+  ./target/release/walcast-bench "${P[@]}" "$@" || { echo "(scenario failed)"; BENCH_FAILED=$((BENCH_FAILED + 1)); }
+}
+
+scenarios_done() {
+  if ((BENCH_FAILED)); then
+    echo "[bench] ${BENCH_FAILED} scenario(s) failed" >&2
+    exit 1
+  fi
 }

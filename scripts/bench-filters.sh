@@ -22,14 +22,14 @@ if [ -z "${WALCAST_BENCH_INSIDE:-}" ]; then
 fi
 bench_in_cluster "$0" "$@"
 
-BENCH=./target/release/walcast-bench
 bench_proxy 18182
 id="$(curl -fsS --data-binary @filters/target/wasm32-unknown-unknown/release/walcast_filter_threshold.wasm \
         -H 'content-type: application/wasm' http://127.0.0.1:18182/v1/filters |
       python3 -c 'import json, sys; print(json.load(sys.stdin)["id"])')"
 
 echo "== K=100, N=100000, unpaced: query filter insert:bench_events:k.gte.0 (every row passes)"
-"$BENCH" "${P[@]}" -k 100 -n 100000 --query 'insert:bench_events:k.gte.0' --sample 100 || echo "(scenario failed)"
+scenario -k 100 -n 100000 --query 'insert:bench_events:k.gte.0' --sample 100
 echo "== K=100, N=100000, unpaced: WASM filter (threshold example: table bench_events, k >= 0)"
-"$BENCH" "${P[@]}" -k 100 -n 100000 --query 'insert:bench_events' --filter "$id" \
-  --filter-config '{"table":"bench_events","column":"k","min":0}' --sample 100 || echo "(scenario failed)"
+scenario -k 100 -n 100000 --query 'insert:bench_events' --filter "$id" \
+  --filter-config '{"table":"bench_events","column":"k","min":0}' --sample 100
+scenarios_done

@@ -17,15 +17,10 @@ if [ -z "${WALCAST_BENCH_INSIDE:-}" ]; then
 fi
 bench_in_cluster "$0" "$@"
 
-BENCH=./target/release/walcast-bench
 bench_proxy 18181
 
 # A failed scenario is reported and the others still run; the script then
-# exits with status 1.
-failed=0
-scenario() {
-  "$BENCH" "${P[@]}" "$@" || { echo "(scenario failed)"; failed=$((failed + 1)); }
-}
+# exits with status 1 (scenario, scenarios_done: bench-common.sh).
 
 for run in $(seq 1 "${K1_RUNS:-10}"); do
   echo "== K=1, N=100000, unpaced (run $run)"
@@ -43,7 +38,4 @@ echo "== K=1000, N=100000, each client filtered to 1% (k.eq.{i mod 100}), paced 
 scenario -k 1000 -n 100000 --rate 10000 --query 'insert:bench_events:k.eq.{m}' --expect-per-client 1000 --sample 10
 echo "== K=1000 idle clients"
 scenario -k 1000 -n 0
-if ((failed)); then
-  echo "[bench] ${failed} scenario(s) failed" >&2
-  exit 1
-fi
+scenarios_done

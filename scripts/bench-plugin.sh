@@ -6,7 +6,7 @@
 #   ./scripts/bench-plugin.sh [MAJOR]    # sets up, installs walcast, starts a private cluster
 #
 # MAJOR: the PostgreSQL major (15, the default, 16, 17 or 18). wal2json is
-# measured where it is installed (Debian's postgresql-15-wal2json).
+# measured on 15 (Debian's postgresql-15-wal2json; missing, the script fails).
 #
 # Environment: BENCH_INSERTS (1000000), BENCH_UPDATES (200000), BENCH_DELETES
 # (200000), BENCH_TXN_ROWS (1000 rows per transaction), BENCH_REPEAT (3; the
@@ -54,9 +54,15 @@ declare -A OPTS=(
 )
 declare -A PLUGIN=([walcast]=walcast [wal2json_v1]=wal2json [wal2json_v2]=wal2json [test_decoding]=test_decoding [pgoutput]=pgoutput)
 ORDER=(walcast wal2json_v1 wal2json_v2 test_decoding pgoutput)
-if [ ! -f "$("${PG_CONFIG:-pg_config}" --pkglibdir)/wal2json.so" ]; then
-  echo "[bench] wal2json is not installed for this PostgreSQL: measured without it" >&2
+# wal2json: on 15, setup.sh installs postgresql-15-wal2json and its absence is
+# an error; there is no wal2json build for the 16-18 binaries.
+major="$("${PG_CONFIG:-pg_config}" --version | sed -E 's/^PostgreSQL ([0-9]+).*/\1/')"
+if [ "$major" != 15 ]; then
+  echo "[bench] PostgreSQL ${major}: no wal2json build for it, measured without wal2json" >&2
   ORDER=(walcast test_decoding pgoutput)
+elif [ ! -f "$("${PG_CONFIG:-pg_config}" --pkglibdir)/wal2json.so" ]; then
+  echo "[bench] wal2json is missing for PostgreSQL 15: run ./scripts/setup.sh" >&2
+  exit 1
 fi
 echo "[bench] $(q -c "SELECT version()")" >&2
 

@@ -344,16 +344,20 @@ async fn websocket(mut req: Request<Incoming>, state: Arc<AppState>) -> Resp {
     response
 }
 
+/// HTTP 503 with a JSON error and `Retry-After: <seconds>`.
+fn unavailable(message: &str, retry_after: &'static str) -> Resp {
+    let mut r = json_error(StatusCode::SERVICE_UNAVAILABLE, message, None);
+    r.headers_mut()
+        .insert("retry-after", HeaderValue::from_static(retry_after));
+    r
+}
+
 /// The answer when `--max-handshakes` upgrades are in flight.
 pub(crate) fn too_many_handshakes() -> Resp {
-    let mut r = json_error(
-        StatusCode::SERVICE_UNAVAILABLE,
+    unavailable(
         "too many websocket handshakes in progress; retry in a moment",
-        None,
-    );
-    r.headers_mut()
-        .insert("retry-after", HeaderValue::from_static("1"));
-    r
+        "1",
+    )
 }
 
 /// The answer when the hub refuses a subscription.
@@ -364,12 +368,7 @@ fn subscribe_refused(e: SubscribeError) -> Resp {
             "application/json",
             session::gone_body(oldest),
         ),
-        SubscribeError::NotReady => {
-            let mut r = json_error(StatusCode::SERVICE_UNAVAILABLE, session::NOT_READY, None);
-            r.headers_mut()
-                .insert("retry-after", HeaderValue::from_static("1"));
-            r
-        }
+        SubscribeError::NotReady => unavailable(session::NOT_READY, "1"),
         SubscribeError::Closed(reason) => {
             json_error(StatusCode::SERVICE_UNAVAILABLE, &reason, None)
         }
@@ -515,14 +514,10 @@ pub(crate) fn accept_upgrade(
             .connections
             .refused_clients
             .fetch_add(1, Ordering::Relaxed);
-        let mut r = json_error(
-            StatusCode::SERVICE_UNAVAILABLE,
+        return Err(Box::new(unavailable(
             "too many clients; try again later",
-            None,
-        );
-        r.headers_mut()
-            .insert("retry-after", HeaderValue::from_static("5"));
-        return Err(Box::new(r));
+            "5",
+        )));
     }
     Ok(Upgrade {
         accept: derive_accept_key(key.as_bytes()),

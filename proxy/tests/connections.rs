@@ -15,6 +15,9 @@ use support::{json, Got, Launch, Proxy};
 use tungstenite::Message;
 use walcast_tests::{cluster, TestDb};
 
+/// How long a slow sender is watched for being cut off (the timeouts are 1 s).
+const CUT_OFF_WITHIN: Duration = Duration::from_secs(5);
+
 fn launch(name: &str, extra: &[&str], how: Launch) -> (TestDb, Proxy) {
     let mut db = TestDb::new(name);
     db.exec("CREATE TABLE items (id int PRIMARY KEY, kind text)");
@@ -87,29 +90,30 @@ fn cpu_seconds(pid: u32) -> f64 {
     ticks as f64 / 100.0
 }
 
-/// A metric's value, by its full name with labels.
-fn metric(proxy: &Proxy, series: &str) -> u64 {
-    let (_, body) = proxy.get("/metrics").expect("metrics");
-    body.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in {body}"))
+/// A GET of `path` on the connection `s`: (status, whole answer); status 0
+/// when the server closed it unanswered or did not answer `within`.
+fn get_on(mut s: TcpStream, path: &str, within: Duration) -> (u16, String) {
+    let _ = s.set_read_timeout(Some(within));
+    let _ = s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+    );
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let answer = String::from_utf8_lossy(&buf).into_owned();
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, answer)
 }
 
 /// `GET /healthz` from a fresh connection: status (0 when closed unanswered).
 fn healthz(port: u16, within: Duration) -> u16 {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return 0;
-    };
-    let _ = s.set_read_timeout(Some(within));
-    let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf);
-    String::from_utf8_lossy(&buf)
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
+    match TcpStream::connect(("127.0.0.1", port)) {
+        Ok(s) => get_on(s, "/healthz", within).0,
+        Err(_) => 0,
+    }
 }
 
 fn log_file(name: &str) -> (std::fs::File, std::path::PathBuf) {
@@ -151,19 +155,13 @@ fn slow_senders_are_cut_off() {
 
     // A request head that never ends.
     let mut s = half_open(port);
-    window(
-        "partial head",
-        closed_within(&mut s, Duration::from_secs(5)),
-    );
+    window("partial head", closed_within(&mut s, CUT_OFF_WITHIN));
 
     // A websocket upgrade request that never ends.
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     s.write_all(b"GET /ws?query=insert:items HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n")
         .expect("write");
-    window(
-        "partial upgrade",
-        closed_within(&mut s, Duration::from_secs(5)),
-    );
+    window("partial upgrade", closed_within(&mut s, CUT_OFF_WITHIN));
 
     // A keep-alive connection left idle after its answer.
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
@@ -174,10 +172,7 @@ fn slow_senders_are_cut_off() {
     let mut head = [0u8; 12];
     s.read_exact(&mut head).expect("an answer");
     assert_eq!(&head, b"HTTP/1.1 200");
-    window(
-        "idle keep-alive",
-        closed_within(&mut s, Duration::from_secs(5)),
-    );
+    window("idle keep-alive", closed_within(&mut s, CUT_OFF_WITHIN));
 
     // A body that stops halfway: 408 Request Timeout.
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
@@ -199,7 +194,7 @@ fn slow_senders_are_cut_off() {
     let mut ws = proxy.ws_url(&format!("ws://127.0.0.1:{port}/ws"));
     let start = Instant::now();
     let mut got = None;
-    while got.is_none() && start.elapsed() < Duration::from_secs(5) {
+    while got.is_none() && start.elapsed() < CUT_OFF_WITHIN {
         got = ws.next();
     }
     match got {
@@ -211,24 +206,13 @@ fn slow_senders_are_cut_off() {
     }
     window("no subscription", Some(start.elapsed()));
 
-    assert!(
-        metric(
-            &proxy,
-            "walcast_connections_timed_out_total{phase=\"header\"}"
-        ) >= 3
-    );
+    assert!(proxy.metric("walcast_connections_timed_out_total{phase=\"header\"}") >= 3);
     assert_eq!(
-        metric(
-            &proxy,
-            "walcast_connections_timed_out_total{phase=\"body\"}"
-        ),
+        proxy.metric("walcast_connections_timed_out_total{phase=\"body\"}"),
         1
     );
     assert_eq!(
-        metric(
-            &proxy,
-            "walcast_connections_timed_out_total{phase=\"handshake\"}"
-        ),
+        proxy.metric("walcast_connections_timed_out_total{phase=\"handshake\"}"),
         1
     );
 }
@@ -337,22 +321,14 @@ struct ExhaustFigures {
 fn descriptor_exhaustion_is_capped_below_the_limit() {
     // Default --max-connections: the limit (256) less 64 kept for the rest.
     let (proxy, _lines, f) = exhaust("conn_capped", &[]);
-    assert_eq!(metric(&proxy, "walcast_connections_max"), 192);
+    assert_eq!(proxy.metric("walcast_connections_max"), 192);
     assert!(f.held <= 192, "{} held", f.held);
-    let refused = metric(
-        &proxy,
-        "walcast_connections_refused_total{reason=\"max_connections\"}",
-    );
+    let refused = proxy.metric("walcast_connections_refused_total{reason=\"max_connections\"}");
     assert!(refused >= 512 - 192, "{refused} refused");
-    assert!(
-        metric(
-            &proxy,
-            "walcast_connections_timed_out_total{phase=\"header\"}"
-        ) >= f.held as u64
-    );
+    assert!(proxy.metric("walcast_connections_timed_out_total{phase=\"header\"}") >= f.held as u64);
     // Nothing ran out: the cap kept descriptors for everything else.
     assert_eq!(
-        metric(&proxy, "walcast_accept_errors_total{kind=\"resources\"}"),
+        proxy.metric("walcast_accept_errors_total{kind=\"resources\"}"),
         0
     );
     assert!(f.all_closed < Duration::from_secs(8), "{:?}", f.all_closed);
@@ -362,7 +338,7 @@ fn descriptor_exhaustion_is_capped_below_the_limit() {
 fn descriptor_exhaustion_pauses_accepting() {
     // A cap above what the limit allows: descriptors do run out.
     let (proxy, lines, f) = exhaust("conn_exhausted", &["--max-connections", "100000"]);
-    assert!(metric(&proxy, "walcast_accept_errors_total{kind=\"resources\"}") >= 1);
+    assert!(proxy.metric("walcast_accept_errors_total{kind=\"resources\"}") >= 1);
     let warned: Vec<&String> = lines
         .iter()
         .filter(|l| l.contains("out of file descriptors"))
@@ -385,17 +361,8 @@ fn connect_from(local: &str, port: u16) -> TcpStream {
     socket.into()
 }
 
-fn healthz_on(mut s: TcpStream) -> u16 {
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf);
-    String::from_utf8_lossy(&buf)
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
+fn healthz_on(s: TcpStream) -> u16 {
+    get_on(s, "/healthz", Duration::from_secs(5)).0
 }
 
 #[test]
@@ -441,22 +408,19 @@ fn one_address_over_its_cap_is_refused_while_another_is_served() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let refused = healthz_on_metrics(port);
+    let refused = per_address_refusals(port);
     assert!(refused >= 1, "{refused}");
 }
 
-fn healthz_on_metrics(port: u16) -> u64 {
-    let mut s = connect_from("127.0.0.3", port);
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .expect("write");
-    let mut body = String::new();
-    let _ = s.read_to_string(&mut body);
-    body.lines()
-        .find_map(|l| l.strip_prefix("walcast_connections_refused_total{reason=\"per_address\"} "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no per-address refusals in {body}"))
+/// Per-address refusals, read from a third address.
+fn per_address_refusals(port: u16) -> u64 {
+    let (_, body) = get_on(
+        connect_from("127.0.0.3", port),
+        "/metrics",
+        Duration::from_secs(5),
+    );
+    let series = "walcast_connections_refused_total{reason=\"per_address\"}";
+    support::metric_value(&body, series).unwrap_or_else(|| panic!("no {series} in {body}"))
 }
 
 #[test]
@@ -474,7 +438,7 @@ fn handshakes_in_flight_are_capped() {
         Err(e) => panic!("expected 503, got {e:?}"),
         Ok(_) => panic!("a second handshake was let in"),
     }
-    assert_eq!(metric(&proxy, "walcast_websocket_handshakes"), 1);
+    assert_eq!(proxy.metric("walcast_websocket_handshakes"), 1);
     first
         .ws
         .send(Message::Text(
@@ -491,12 +455,7 @@ fn handshakes_in_flight_are_capped() {
             Err(e) => panic!("the handshake was not freed: {e:?}"),
         }
     };
-    assert!(
-        metric(
-            &proxy,
-            "walcast_connections_refused_total{reason=\"handshakes\"}"
-        ) >= 1
-    );
-    assert_eq!(metric(&proxy, "walcast_websocket_handshakes"), 0);
+    assert!(proxy.metric("walcast_connections_refused_total{reason=\"handshakes\"}") >= 1);
+    assert_eq!(proxy.metric("walcast_websocket_handshakes"), 0);
     drop((first, second));
 }

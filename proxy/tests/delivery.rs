@@ -38,19 +38,10 @@ fn proc_kb(pid: u32, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
 }
 
-/// The value of a metric line `name value`.
-fn metric(proxy: &Proxy, name: &str) -> u64 {
-    let (_, body) = proxy.get("/metrics").expect("metrics");
-    body.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no metric {name} in {body}"))
-}
-
 fn wait_for_metric(proxy: &Proxy, name: &str, want: u64, within: Duration) -> Duration {
     let start = Instant::now();
     loop {
-        if metric(proxy, name) >= want {
+        if proxy.metric(name) >= want {
             return start.elapsed();
         }
         assert!(
@@ -109,10 +100,7 @@ fn a_throttled_reader_gets_a_whole_bulk_transaction_and_a_stalled_client_is_clos
         Duration::from_secs(30),
     );
     assert_eq!(
-        metric(
-            &proxy,
-            "walcast_clients_closed_total{reason=\"fell_behind\"}"
-        ),
+        proxy.metric("walcast_clients_closed_total{reason=\"fell_behind\"}"),
         0
     );
     drop(stalled);
@@ -155,13 +143,10 @@ fn a_reader_slower_than_the_buffer_holds_is_closed_with_the_reason() {
     );
     assert!(frames < rows, "{frames}");
     assert_eq!(
-        metric(
-            &proxy,
-            "walcast_clients_closed_total{reason=\"fell_behind\"}"
-        ),
+        proxy.metric("walcast_clients_closed_total{reason=\"fell_behind\"}"),
         1
     );
-    assert!(metric(&proxy, "walcast_buffer_evicted_total") > 0);
+    assert!(proxy.metric("walcast_buffer_evicted_total") > 0);
 }
 
 /// Reads `n` frames, then drops the connection; returns their ids and the
@@ -257,7 +242,7 @@ fn a_position_older_than_the_buffer_gets_410_with_the_oldest_held() {
         4001,
         WAIT,
     );
-    assert!(metric(&proxy, "walcast_buffer_evicted_total") > 0);
+    assert!(proxy.metric("walcast_buffer_evicted_total") > 0);
     let url = format!(
         "ws://127.0.0.1:{}/ws?query={}&after={first}",
         proxy.port,
@@ -313,11 +298,7 @@ fn a_client_that_stops_answering_pings_is_closed_within_two_intervals() {
         let deadline = start + Duration::from_secs(10);
         loop {
             assert!(alive.next().is_none(), "nothing to receive yet");
-            if metric(
-                &proxy,
-                "walcast_clients_closed_total{reason=\"ping_timeout\"}",
-            ) >= 1
-            {
+            if proxy.metric("walcast_clients_closed_total{reason=\"ping_timeout\"}") >= 1 {
                 break start.elapsed();
             }
             assert!(
@@ -331,10 +312,7 @@ fn a_client_that_stops_answering_pings_is_closed_within_two_intervals() {
     db.exec("INSERT INTO items VALUES (1, 'a', 'still here')");
     assert_eq!(alive.texts(1, WAIT).len(), 1);
     assert_eq!(
-        metric(
-            &proxy,
-            "walcast_clients_closed_total{reason=\"ping_timeout\"}"
-        ),
+        proxy.metric("walcast_clients_closed_total{reason=\"ping_timeout\"}"),
         1
     );
     // The silent one finds pings, then the close with its reason.
@@ -363,7 +341,7 @@ fn ten_thousand_idle_clients_stay_small() {
         before_kb / 1024
     );
     assert!(rss_mb < 150, "RSS {rss_mb} MB with {n} idle clients");
-    assert_eq!(metric(&proxy, "walcast_match_groups"), 1000);
+    assert_eq!(proxy.metric("walcast_match_groups"), 1000);
     // They are live: the ones whose query matches get the change.
     db.exec("INSERT INTO items VALUES (7, 'a', 'x')");
     for i in [7usize, 1007, 9007] {

@@ -2,7 +2,8 @@
 //! may not stream, and a server that is not there; and the descriptor limit
 //! against `--max-clients`.
 
-use std::process::Command;
+mod support;
+
 use walcast_tests::{cluster, TestDb};
 
 fn doctor(url: &str) -> (i32, String) {
@@ -11,16 +12,7 @@ fn doctor(url: &str) -> (i32, String) {
 
 /// Runs the doctor, under a descriptor limit when `nofile` is given.
 fn doctor_with(url: &str, nofile: Option<u64>, extra: &[&str]) -> (i32, String) {
-    let bin = env!("CARGO_BIN_EXE_walcast-proxy");
-    let mut cmd = match nofile {
-        None => Command::new(bin),
-        Some(n) => {
-            let mut c = Command::new("/bin/sh");
-            c.args(["-c", &format!("ulimit -n {n} && exec \"$0\" \"$@\""), bin]);
-            c
-        }
-    };
-    let out = cmd
+    let out = support::proxy_command(nofile)
         .args(["doctor", "--database-url", url])
         .args(extra)
         .env_remove("DATABASE_URL")

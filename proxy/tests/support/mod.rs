@@ -13,6 +13,27 @@ use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Message, WebSocket};
 use walcast_cluster::Cluster;
 
+/// A command running `walcast-proxy`, under a descriptor limit (soft and
+/// hard) when `nofile` is given: a shell lowers it and becomes the proxy.
+pub fn proxy_command(nofile: Option<u64>) -> Command {
+    let bin = env!("CARGO_BIN_EXE_walcast-proxy");
+    match nofile {
+        None => Command::new(bin),
+        Some(n) => {
+            let mut c = Command::new("/bin/sh");
+            c.args(["-c", &format!("ulimit -n {n} && exec \"$0\" \"$@\""), bin]);
+            c
+        }
+    }
+}
+
+/// The value of the series `name` (with its labels) in a `/metrics` body.
+pub fn metric_value(body: &str, name: &str) -> Option<u64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// How to start a proxy, beyond its arguments.
 #[derive(Default)]
 pub struct Launch {
@@ -53,17 +74,7 @@ impl Proxy {
 
     /// Starts `walcast-proxy` as `how` says, without waiting for health.
     pub fn launch(url: &str, slot: &str, extra: &[&str], how: Launch) -> Proxy {
-        let bin = env!("CARGO_BIN_EXE_walcast-proxy");
-        let mut cmd = match how.nofile {
-            None => Command::new(bin),
-            Some(n) => {
-                // The shell lowers the descriptor limit (soft and hard) and
-                // becomes the proxy.
-                let mut c = Command::new("/bin/sh");
-                c.args(["-c", &format!("ulimit -n {n} && exec \"$0\" \"$@\""), bin]);
-                c
-            }
-        };
+        let mut cmd = proxy_command(how.nofile);
         cmd.args([
             "--database-url",
             url,
@@ -114,6 +125,12 @@ impl Proxy {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The value of a `/metrics` series, by its name with labels.
+    pub fn metric(&self, name: &str) -> u64 {
+        let (_, body) = self.get("/metrics").expect("metrics");
+        metric_value(&body, name).unwrap_or_else(|| panic!("no metric {name} in {body}"))
     }
 
     /// A plain HTTP GET: (status, body).

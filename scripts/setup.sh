@@ -8,6 +8,7 @@ set -euo pipefail
 
 PG_MAJOR="${PG_MAJOR:-15}"
 PGRX_VERSION="0.18.0"
+CARGO_FUZZ_VERSION="0.13.2"
 WALCAST_SETUP="${WALCAST_SETUP:-full}"
 log() { printf '[setup] %s\n' "$*" >&2; }
 
@@ -83,6 +84,19 @@ else
 fi
 
 if [ "$WALCAST_SETUP" = full ]; then
+  # Fuzzing (scripts/fuzz.sh): the nightly toolchain and cargo-fuzz.
+  if cargo +nightly --version >/dev/null 2>&1; then
+    log "nightly toolchain present"
+  else
+    log "installing the nightly toolchain (for cargo-fuzz)"
+    rustup toolchain install nightly --profile minimal
+  fi
+  if cargo +nightly fuzz --version 2>/dev/null | grep -q " ${CARGO_FUZZ_VERSION}\$"; then
+    log "cargo-fuzz ${CARGO_FUZZ_VERSION} present"
+  else
+    log "installing cargo-fuzz ${CARGO_FUZZ_VERSION}"
+    cargo install cargo-fuzz --version "${CARGO_FUZZ_VERSION}" --locked
+  fi
   for comp in rustfmt clippy; do
     if ! rustup component list --installed 2>/dev/null | grep -q "^${comp}"; then
       log "adding rustup component ${comp}"

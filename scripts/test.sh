@@ -4,7 +4,8 @@
 # unit tests and the end-to-end tests against private PostgreSQL clusters
 # (they include the example filters and the client examples), on PostgreSQL
 # 15; then the plugin's end-to-end tests on 16, 17 and 18, and the proxy's on
-# 18. Fails when any of them fails.
+# 18; then every fuzz target for 30 s (scripts/fuzz.sh). Fails when any of
+# them fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
@@ -15,6 +16,7 @@ echo "[test] container files (hadolint, COPY sources, compose)" >&2
 echo "[test] cargo fmt --check" >&2
 cargo fmt --all -- --check
 (cd filters && cargo fmt --all -- --check)
+(cd fuzz && cargo fmt --all -- --check)
 # The filters workspace has its own settings (filters/.cargo/config.toml).
 echo "[test] cargo clippy" >&2
 cargo clippy --workspace --all-targets -- -D warnings
@@ -37,3 +39,5 @@ for major in 16 17 18; do
     WALCAST_PG_MAJOR="$major" PG_CONFIG="$pg_config" cargo test -p walcast-proxy
   fi
 done
+echo "[test] fuzzing: every target for 30 s" >&2
+./scripts/fuzz.sh all 30

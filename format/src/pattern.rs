@@ -115,9 +115,18 @@ impl TablePattern {
 /// Splits a comma-separated list, keeping `\` escapes in the items so that
 /// they can be parsed further. Empty items are an error.
 pub fn split_list(src: &str) -> Result<Vec<String>, &'static str> {
+    // Whitespace around an item is dropped, but not an escaped one: each
+    // item remembers where its last escape ends.
     let mut items = Vec::new();
     let mut cur = String::new();
+    let mut escaped_to = 0;
     let mut chars = src.chars();
+    let finish = |cur: &mut String, escaped_to: &mut usize| {
+        let item = std::mem::take(cur);
+        let keep = std::mem::take(escaped_to);
+        let end = item[keep..].trim_end().len() + keep;
+        item[..end].trim_start().to_owned()
+    };
     while let Some(c) = chars.next() {
         match c {
             '\\' => {
@@ -126,13 +135,13 @@ pub fn split_list(src: &str) -> Result<Vec<String>, &'static str> {
                     Some(e) => cur.push(e),
                     None => return Err("ends with an unfinished '\\' escape"),
                 }
+                escaped_to = cur.len();
             }
-            ',' => items.push(std::mem::take(&mut cur)),
+            ',' => items.push(finish(&mut cur, &mut escaped_to)),
             c => cur.push(c),
         }
     }
-    items.push(cur);
-    let items: Vec<String> = items.into_iter().map(|s| s.trim().to_owned()).collect();
+    items.push(finish(&mut cur, &mut escaped_to));
     if items.iter().any(|s| s.is_empty()) {
         return Err("the list has an empty item");
     }
@@ -228,5 +237,17 @@ mod tests {
         }
         assert!(TablePattern::parse_list("a.b,,c.d").is_err());
         assert!(TablePattern::parse_list("").is_err());
+    }
+
+    #[test]
+    fn escaped_whitespace_at_an_items_edges_is_kept() {
+        // Found by fuzzing: the escaped trailing space was trimmed, leaving
+        // an unfinished escape.
+        let list = TablePattern::parse_list(" s.t\\  , \\ x.y\\\u{b}").unwrap();
+        assert!(list[0].matches("s", "t "));
+        assert!(!list[0].matches("s", "t"));
+        assert!(list[1].matches(" x", "y\u{b}"));
+        let list = TablePattern::parse_list("\u{b}a.b ,c.d\t").unwrap();
+        assert!(list[0].matches("a", "b") && list[1].matches("c", "d"));
     }
 }

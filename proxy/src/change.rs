@@ -249,6 +249,34 @@ impl Change {
         self.matched_with(query, |c| c.parse_row().map(Cow::Owned))
     }
 
+    /// [`Change::matched_by`] within `budget` (see
+    /// [`crate::query::Query::matches_within`]): `None` when the query's
+    /// filters would cost more than that on this change.
+    pub fn matched_within(&self, query: &crate::query::Query, budget: usize) -> Option<bool> {
+        let Some(action) = self.row_action() else {
+            return Some(false);
+        };
+        if !query.wants(action) {
+            return Some(false);
+        }
+        let row = if query.filters.is_empty() || action == crate::query::Action::Truncate {
+            None
+        } else {
+            self.row()
+        };
+        query.matches_within(
+            &crate::query::RowView {
+                action,
+                schema: &self.schema,
+                table: &self.table,
+                truncated: &self.truncated,
+                row,
+            },
+            self.raw.len(),
+            budget,
+        )
+    }
+
     /// Whether `query` selects this change; `row` gives the row, asked for
     /// only when a filter needs it.
     fn matched_with<'a>(

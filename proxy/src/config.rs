@@ -64,6 +64,18 @@ pub struct ServeArgs {
     #[arg(long, global = true, env = "WALCAST_BUFFER_SIZE", default_value = "256MB", value_parser = parse_bytes)]
     pub buffer_size: u64,
 
+    /// Milliseconds per second of matching each live client may use on its
+    /// own task: the matches too costly for the shared reader (a `like`
+    /// on a large text value) and its scans when it resumes. A client past
+    /// it waits for the next second; it slows only itself.
+    #[arg(
+        long,
+        global = true,
+        env = "WALCAST_MATCH_BUDGET_MS",
+        default_value_t = 50
+    )]
+    pub match_budget_ms: u64,
+
     /// Deprecated and ignored: clients read from the shared change log
     /// (--buffer-size) instead of per-client queues.
     #[arg(long, global = true, env = "WALCAST_QUEUE_BOUND", hide = true)]

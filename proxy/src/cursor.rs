@@ -13,15 +13,92 @@
 //!
 //! A cursor falls behind when a change it still had to read was dropped
 //! from the log; matches of other queries do not count.
+//!
+//! The matching a cursor does itself (its scans, and the matches the hub
+//! deferred because they cost too much for the hub, see
+//! [`crate::hub::HUB_MATCH_COST`]) runs on the client's task and is timed:
+//! at most [`SLICE`] per call, and at most the hub's match budget per
+//! second. Past the budget the client waits ([`Cursor::throttle`]), so a
+//! client with costly filters slows itself, never the hub or other clients;
+//! if it waits long enough to fall out of the log, it is closed like any
+//! client that fell behind.
 
-use crate::hub::{Group, Hub};
+use crate::hub::{listed, Group, Hub};
 use crate::log::{Entry, Missing};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use walcast_format::Position;
 
 /// Log entries a cursor evaluates itself per call at most.
 const SCAN_BUDGET: u64 = 4096;
+
+/// Matching time per call at most: a call that reaches it returns what it
+/// has, and the client's task yields before the next.
+pub const SLICE: Duration = Duration::from_millis(2);
+
+/// The matching time a cursor used: per call, and per one-second window.
+struct MatchClock {
+    per_second: Duration,
+    window: Instant,
+    used: Duration,
+    /// Time used in the current call.
+    call: Duration,
+    /// When to call again, if the last call stopped early: its slice or
+    /// the window's budget ran out.
+    stopped: Option<Instant>,
+    /// The last call stopped because the window's budget ran out.
+    over_budget: bool,
+}
+
+impl MatchClock {
+    fn new(per_second: Duration) -> MatchClock {
+        MatchClock {
+            per_second,
+            window: Instant::now(),
+            used: Duration::ZERO,
+            call: Duration::ZERO,
+            stopped: None,
+            over_budget: false,
+        }
+    }
+
+    fn start_call(&mut self) {
+        self.call = Duration::ZERO;
+        self.stopped = None;
+        self.over_budget = false;
+    }
+
+    /// Whether there is time for one more evaluation; records why not.
+    fn has_time(&mut self) -> bool {
+        if self.used >= self.per_second {
+            let now = Instant::now();
+            if now.duration_since(self.window) >= Duration::from_secs(1) {
+                self.window = now;
+                self.used = Duration::ZERO;
+            } else {
+                self.stopped = Some(self.window + Duration::from_secs(1));
+                self.over_budget = true;
+                return false;
+            }
+        }
+        if self.call >= SLICE {
+            self.stopped = Some(Instant::now());
+            return false;
+        }
+        true
+    }
+
+    /// Runs `f`, counting its time.
+    fn time<T>(&mut self, f: impl FnOnce() -> T) -> T {
+        let t = Instant::now();
+        let out = f();
+        let took = t.elapsed();
+        self.used += took;
+        self.call += took;
+        out
+    }
+}
 
 /// Why a cursor cannot go on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,7 +143,7 @@ impl CursorShared {
             .matches
             .lock()
             .map(|m| {
-                let i = m.seqs.partition_point(|s| *s < from);
+                let i = m.index_of(from);
                 (m.seqs.len() - i) as u64
             })
             .unwrap_or(0);
@@ -88,6 +165,7 @@ pub struct Cursor {
     shared: Arc<CursorShared>,
     seqs: Vec<u64>,
     scanned: Vec<Entry>,
+    clock: MatchClock,
 }
 
 impl Cursor {
@@ -104,7 +182,6 @@ impl Cursor {
     ) -> Cursor {
         shared.scan_until.store(scan_until, Ordering::Relaxed);
         Cursor {
-            hub,
             id,
             group_id,
             group,
@@ -114,7 +191,16 @@ impl Cursor {
             shared,
             seqs: Vec::new(),
             scanned: Vec::new(),
+            clock: MatchClock::new(hub.match_budget()),
+            hub,
         }
+    }
+
+    /// When the last [`Cursor::fill`] stopped because its matching time ran
+    /// out: the instant to call it again (now, after a yield, when only the
+    /// call's slice ran out). `None` when it stopped for another reason.
+    pub fn throttle(&self) -> Option<Instant> {
+        self.clock.stopped
     }
 
     /// What to wait on for new changes: `group().notify.notified()`,
@@ -130,6 +216,7 @@ impl Cursor {
             return Err(Stop::Closed(reason));
         }
         let start = out.len();
+        self.clock.start_call();
         let group = self.group.clone();
         let result = match &group.query {
             None => self.read_all(max, out),
@@ -142,6 +229,12 @@ impl Cursor {
             if out.len() > start {
                 self.after = None;
             }
+        }
+        if self.clock.over_budget {
+            self.hub
+                .match_counters()
+                .throttled
+                .fetch_add(1, Ordering::Relaxed);
         }
         self.shared.next.store(self.next, Ordering::Relaxed);
         result.map_err(|Missing::Evicted { behind_changes }| Stop::FellBehind { behind_changes })
@@ -167,13 +260,22 @@ impl Cursor {
             if end == self.next {
                 break;
             }
-            budget -= end - self.next;
-            self.next = end;
-            out.extend(
-                self.scanned
-                    .drain(..)
-                    .filter(|e| e.change.matched_by_without_caching(q)),
-            );
+            // Entries are consecutive from `next`; stop at one there is no
+            // time for, and read it again on the next call.
+            for e in self.scanned.drain(..) {
+                if !self.clock.has_time() {
+                    break;
+                }
+                if self.clock.time(|| e.change.matched_by_without_caching(q)) {
+                    out.push(e);
+                }
+                self.next += 1;
+                budget = budget.saturating_sub(1);
+            }
+            if self.clock.stopped.is_some() {
+                break;
+            }
+            debug_assert_eq!(self.next, end);
         }
         if self.next < self.scan_until || out.len() - start >= max {
             return Ok(());
@@ -190,21 +292,45 @@ impl Cursor {
                     behind_changes: published.saturating_sub(self.next),
                 });
             }
-            let i = m.seqs.partition_point(|s| *s < self.next);
+            let i = m.index_of(self.next);
             self.seqs.clear();
             self.seqs.extend(m.seqs.range(i..).take(room));
         }
         let before = out.len();
-        self.hub.log().read_seqs(self.seqs.iter().copied(), out)?;
+        self.hub
+            .log()
+            .read_seqs(self.seqs.iter().map(|code| listed(*code).0), out)?;
         let read = out.len() - before;
-        if read == self.seqs.len() && read < room {
+        // Matches the hub deferred: evaluated here, within the clock.
+        let mut consumed = read;
+        if self.seqs[..read].iter().any(|code| listed(*code).1) {
+            let mut kept = before;
+            for j in 0..read {
+                let keep = if listed(self.seqs[j]).1 {
+                    if !self.clock.has_time() {
+                        consumed = j;
+                        break;
+                    }
+                    let change = &out[before + j].change;
+                    self.clock.time(|| change.matched_by_without_caching(q))
+                } else {
+                    true
+                };
+                if keep {
+                    out.swap(kept, before + j);
+                    kept += 1;
+                }
+            }
+            out.truncate(kept);
+        }
+        if consumed == read && read == self.seqs.len() && read < room {
             // Caught up with the list.
             self.next = self.next.max(published);
-            if let Some(last) = self.seqs.last() {
-                self.next = self.next.max(last + 1);
+            if let Some(&last) = self.seqs.last() {
+                self.next = self.next.max(listed(last).0 + 1);
             }
-        } else if read > 0 {
-            self.next = self.seqs[read - 1] + 1;
+        } else if consumed > 0 {
+            self.next = listed(self.seqs[consumed - 1]).0 + 1;
         }
         Ok(())
     }

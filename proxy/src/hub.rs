@@ -25,8 +25,17 @@ use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::Notify;
 use walcast_format::Position;
 
+/// Matching work the hub does for one group on one change at most, in the
+/// units of [`query::Filter::cost`] (bytes scanned): about 30 µs. A change
+/// whose filters would take more (a `like` on a large text value) is listed
+/// as *deferred*: the group's cursors evaluate it on their own tasks,
+/// within their time budget (`cursor.rs`), and the hub goes on.
+pub const HUB_MATCH_COST: usize = 64 << 10;
+
 /// A group's match list: the seqs of the log entries its query matched.
 pub(crate) struct Matches {
+    /// Each match as `seq << 1 | deferred` (in seq order): deferred ones
+    /// were not decided by the hub and the cursor evaluates them.
     pub seqs: VecDeque<u64>,
     /// The list holds every match from this seq on (the log's head when the
     /// group was made); before it, cursors evaluate the query themselves.
@@ -34,6 +43,22 @@ pub(crate) struct Matches {
     /// One past the newest seq trimmed from the list because the log
     /// dropped it: a cursor before it missed a match.
     pub lost_upto: u64,
+}
+
+impl Matches {
+    fn push(&mut self, seq: u64, deferred: bool) {
+        self.seqs.push_back(seq << 1 | u64::from(deferred));
+    }
+
+    /// The index of the first listed match at or after `seq`.
+    pub(crate) fn index_of(&self, seq: u64) -> usize {
+        self.seqs.partition_point(|s| s >> 1 < seq)
+    }
+}
+
+/// A listed match: its seq, and whether the cursor must evaluate it.
+pub(crate) fn listed(code: u64) -> (u64, bool) {
+    (code >> 1, code & 1 == 1)
 }
 
 /// Clients with the same query (or, with `query: None`, every row change).
@@ -289,6 +314,21 @@ struct Inner {
     is_closed: AtomicBool,
     /// Log evictions at the last sweep of the match lists.
     swept_at: AtomicU64,
+    counters: Arc<MatchCounters>,
+    /// Matching time per second each cursor may use, in nanoseconds.
+    match_budget_ns: AtomicU64,
+}
+
+/// The default of [`Hub::set_match_budget`]: 50 ms per second (5% of a core).
+pub const DEFAULT_MATCH_BUDGET: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// What deferred matching did (reported in `/metrics`).
+#[derive(Default, Debug)]
+pub struct MatchCounters {
+    /// Matches the hub left to the clients' cursors (too costly for it).
+    pub deferred: AtomicU64,
+    /// Times a cursor paused because its client used its matching time.
+    pub throttled: AtomicU64,
 }
 
 /// Shared entry point of changes and subscriptions.
@@ -301,7 +341,7 @@ pub struct Hub {
 #[derive(Default)]
 pub struct PublishScratch {
     candidates: Vec<u64>,
-    matched: Vec<(usize, Arc<Group>)>,
+    matched: Vec<(usize, Arc<Group>, bool)>,
     counts: Vec<usize>,
 }
 
@@ -330,6 +370,8 @@ impl Hub {
                 closed: Mutex::new(None),
                 is_closed: AtomicBool::new(false),
                 swept_at: AtomicU64::new(0),
+                counters: Arc::default(),
+                match_budget_ns: AtomicU64::new(DEFAULT_MATCH_BUDGET.as_nanos() as u64),
             }),
         }
     }
@@ -337,6 +379,23 @@ impl Hub {
     /// The change log.
     pub fn log(&self) -> &ChangeLog {
         &self.inner.log
+    }
+
+    /// The matching time per second each client's cursor may use for the
+    /// matches the hub deferred and for its own scans (a resume from before
+    /// its group started); past it the client waits for the next second.
+    pub fn set_match_budget(&self, per_second: std::time::Duration) {
+        let ns = u64::try_from(per_second.as_nanos()).unwrap_or(u64::MAX);
+        self.inner.match_budget_ns.store(ns, Ordering::Relaxed);
+    }
+
+    pub(crate) fn match_budget(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(self.inner.match_budget_ns.load(Ordering::Relaxed))
+    }
+
+    /// What deferred matching did.
+    pub fn match_counters(&self) -> Arc<MatchCounters> {
+        self.inner.counters.clone()
     }
 
     /// Seq after the last change whose matches are all published.
@@ -371,6 +430,7 @@ impl Hub {
         matched.clear();
         counts.clear();
         let mut batch = batch;
+        let mut deferred_count = 0;
         for (i, change) in batch.iter_mut().enumerate() {
             let mut n = 0;
             if let Some(action) = change.row_action() {
@@ -380,10 +440,15 @@ impl Hub {
                     let Some((g, _, _)) = index.groups.get(id) else {
                         continue;
                     };
-                    if g.query.as_ref().is_some_and(|q| change.matched_by(q)) {
-                        matched.push((i, g.clone()));
-                        n += 1;
-                    }
+                    let Some(q) = &g.query else { continue };
+                    let deferred = match change.matched_within(q, HUB_MATCH_COST) {
+                        Some(false) => continue,
+                        Some(true) => false,
+                        None => true,
+                    };
+                    deferred_count += u64::from(deferred);
+                    matched.push((i, g.clone(), deferred));
+                    n += 1;
                 }
             }
             counts.push(n);
@@ -395,18 +460,24 @@ impl Hub {
             Some((Arc::new(c), pos, *n))
         });
         let first = self.inner.log.append(entries);
-        for (i, g) in matched.iter() {
+        for (i, g, deferred) in matched.iter() {
             if let Ok(mut m) = g.matches.lock() {
-                m.seqs.push_back(first + *i as u64);
+                m.push(first + *i as u64, *deferred);
             }
+        }
+        if deferred_count > 0 {
+            self.inner
+                .counters
+                .deferred
+                .fetch_add(deferred_count, Ordering::Relaxed);
         }
         self.inner
             .published
             .store(self.inner.log.next_seq(), Ordering::Release);
         // Wake each group once, after all of its pushes.
-        matched.sort_unstable_by_key(|(_, g)| Arc::as_ptr(g));
-        matched.dedup_by_key(|(_, g)| Arc::as_ptr(g));
-        for (_, g) in matched.drain(..) {
+        matched.sort_unstable_by_key(|(_, g, _)| Arc::as_ptr(g));
+        matched.dedup_by_key(|(_, g, _)| Arc::as_ptr(g));
+        for (_, g, _) in matched.drain(..) {
             g.notify.notify_waiters();
         }
         self.inner.all.notify.notify_waiters();
@@ -545,13 +616,16 @@ impl Hub {
             stats,
             waiting: cursors.iter().map(|c| c.waiting(published)).collect(),
             groups: self.groups(),
+            match_deferred: self.inner.counters.deferred.load(Ordering::Relaxed),
+            match_throttled: self.inner.counters.throttled.load(Ordering::Relaxed),
         }
     }
 }
 
 /// Drops the seqs the log no longer holds from the front of a match list.
 pub(crate) fn trim(m: &mut Matches, first_seq: u64) {
-    while let Some(&s) = m.seqs.front() {
+    while let Some(&code) = m.seqs.front() {
+        let (s, _) = listed(code);
         if s >= first_seq {
             break;
         }
@@ -637,5 +711,70 @@ mod tests {
                 assert_eq!(got.len(), usize::from(want), "query {q:?} on row {row}");
             }
         }
+    }
+
+    #[test]
+    fn costly_matches_are_deferred_to_the_cursor_and_decided_there() {
+        let hub = Hub::new(64 << 20);
+        hub.stream_starts_at(Position::default());
+        let q = query::parse(r#"insert:t:s.like."%a_c%""#).expect("query");
+        let mut cursor = hub.subscribe(Some(q), None).expect("subscribe");
+        let big = "x".repeat(HUB_MATCH_COST);
+        let rows = [
+            format!(r#"{{"s":"{big}abc"}}"#),
+            format!(r#"{{"s":"{big}"}}"#),
+            r#"{"s":"abc"}"#.to_owned(),
+            r#"{"s":"abd"}"#.to_owned(),
+        ];
+        let mut scratch = PublishScratch::default();
+        for (n, row) in rows.iter().enumerate() {
+            hub.publish(vec![change(n as u32, row)], &mut scratch);
+        }
+        // The two large rows were left to the cursor; the small ones decided.
+        assert_eq!(hub.report().match_deferred, 2);
+        // Filled in calls of at most one time slice each.
+        let mut got = Vec::new();
+        loop {
+            cursor.fill(64, &mut got).expect("fill");
+            match cursor.throttle() {
+                None => break,
+                Some(at) => {
+                    std::thread::sleep(at.saturating_duration_since(std::time::Instant::now()))
+                }
+            }
+        }
+        let sizes: Vec<usize> = got.iter().map(|e| e.change.raw.len()).collect();
+        assert_eq!(got.len(), 2, "{sizes:?}");
+        assert!(got[0].change.raw.len() > HUB_MATCH_COST);
+        assert!(got[1].change.raw.len() < 200);
+    }
+
+    #[test]
+    fn a_cursor_past_its_matching_budget_waits_and_then_goes_on() {
+        let hub = Hub::new(256 << 20);
+        hub.stream_starts_at(Position::default());
+        hub.set_match_budget(std::time::Duration::from_micros(1));
+        let q = query::parse(r#"insert:t:s.ilike."%a_c%""#).expect("query");
+        let mut cursor = hub.subscribe(Some(q), None).expect("subscribe");
+        let row = format!(r#"{{"s":"{}ABC"}}"#, "x".repeat(1 << 20));
+        let mut scratch = PublishScratch::default();
+        for n in 0..3 {
+            hub.publish(vec![change(n, &row)], &mut scratch);
+        }
+        let mut got = Vec::new();
+        let mut waits = 0;
+        let started = std::time::Instant::now();
+        while got.len() < 3 {
+            cursor.fill(64, &mut got).expect("fill");
+            if let Some(at) = cursor.throttle() {
+                waits += 1;
+                std::thread::sleep(at.saturating_duration_since(std::time::Instant::now()));
+            }
+            assert!(started.elapsed() < std::time::Duration::from_secs(30));
+        }
+        // One evaluation per one-second window, each over the budget.
+        assert!(waits >= 2, "{waits}");
+        assert!(hub.report().match_throttled >= 2);
+        assert!(started.elapsed() >= std::time::Duration::from_secs(2));
     }
 }

@@ -165,6 +165,9 @@ async fn serve(args: walcast_proxy::config::ServeArgs) -> Result<(), String> {
             .unwrap_or(usize::MAX)
             .max(1 << 20),
     );
+    hub.set_match_budget(std::time::Duration::from_millis(
+        args.match_budget_ms.max(1),
+    ));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
     let listener = walcast_proxy::listener::bind(args.listen)

@@ -100,6 +100,10 @@ pub struct LogReport {
     /// Changes waiting for each client.
     pub waiting: Vec<u64>,
     pub groups: usize,
+    /// Matches the hub deferred to clients' cursors, in all.
+    pub match_deferred: u64,
+    /// Times a client waited because it used its matching time.
+    pub match_throttled: u64,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -414,6 +418,18 @@ fn render_log(s: &mut String, log: &LogReport) {
         "gauge",
         "Distinct queries of connected clients (clients with the same query share a match list).",
         log.groups as u64,
+    );
+    gauge(
+        "walcast_match_deferred_total",
+        "counter",
+        "Matches too costly for the shared reader, evaluated by the clients' own tasks instead.",
+        log.match_deferred,
+    );
+    gauge(
+        "walcast_match_throttled_total",
+        "counter",
+        "Times a live client waited because it used its matching time (--match-budget-ms).",
+        log.match_throttled,
     );
     gauge(
         "walcast_slowest_client_changes_waiting",

@@ -324,7 +324,7 @@ async fn websocket(mut req: Request<Incoming>, state: Arc<AppState>) -> Resp {
         session::Start::FirstFrame
     } else {
         match state.hub.subscribe(query, after) {
-            Ok(cursor) => session::Start::Ready(cursor, filter.map(Box::new)),
+            Ok(cursor) => session::Start::Ready(Box::new(cursor), filter.map(Box::new)),
             Err(e) => return subscribe_refused(e),
         }
     };

@@ -60,10 +60,21 @@ async fn error_frame(ws: &mut Ws, err: &query::QueryError) {
 }
 
 /// What a first frame asks for.
-struct FirstFrame {
-    query: Option<Query>,
-    filter: Option<(String, Vec<u8>)>,
-    after: Option<Position>,
+#[derive(Debug)]
+pub struct FirstFrame {
+    pub query: Option<Query>,
+    /// The filter's id and the bytes given to its `walcast_init`.
+    pub filter: Option<(String, Vec<u8>)>,
+    pub after: Option<Position>,
+}
+
+/// Why a first frame was refused.
+#[derive(Debug)]
+pub enum FirstFrameError {
+    /// The query does not parse: an error frame with its position, then a close.
+    Query(query::QueryError),
+    /// Anything else: the close reason.
+    Invalid(String),
 }
 
 /// The bytes given to `walcast_init`: a JSON string's content, or the
@@ -94,17 +105,29 @@ async fn first_frame(ws: &mut Ws, ctx: &Context) -> Result<FirstFrame, String> {
         Some(Ok(Message::Text(t))) => t,
         _ => return Err("expected a text frame {\"subscribe\":{\"query\":\"...\"}}".into()),
     };
-    let v: serde_json::Value = serde_json::from_str(text.as_str())
-        .map_err(|e| format!("subscription frame is not JSON: {e}"))?;
+    match parse_first_frame(text.as_str()) {
+        Ok(first) => Ok(first),
+        Err(FirstFrameError::Invalid(reason)) => Err(reason),
+        Err(FirstFrameError::Query(e)) => {
+            error_frame(ws, &e).await;
+            Err(format!("invalid query: {e}"))
+        }
+    }
+}
+
+/// Parses a first frame's text.
+pub fn parse_first_frame(text: &str) -> Result<FirstFrame, FirstFrameError> {
+    use FirstFrameError::Invalid;
+    let v: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| Invalid(format!("subscription frame is not JSON: {e}")))?;
     let sub = v.get("subscribe");
     let q = sub.and_then(|s| s.get("query")).and_then(|q| q.as_str());
     let filter = match sub.and_then(|s| s.get("filter")) {
         None => None,
         Some(f) => {
-            let id = f
-                .get("id")
-                .and_then(|i| i.as_str())
-                .ok_or("the filter needs an \"id\" (from POST /v1/filters)")?;
+            let id = f.get("id").and_then(|i| i.as_str()).ok_or_else(|| {
+                Invalid("the filter needs an \"id\" (from POST /v1/filters)".into())
+            })?;
             let config = f.get("config").map(config_bytes).unwrap_or_default();
             Some((id.to_owned(), config))
         }
@@ -113,25 +136,24 @@ async fn first_frame(ws: &mut Ws, ctx: &Context) -> Result<FirstFrame, String> {
         None | Some(serde_json::Value::Null) => None,
         Some(serde_json::Value::String(p)) => Some(
             p.parse::<Position>()
-                .map_err(|e| format!("\"after\": {e}"))?,
+                .map_err(|e| Invalid(format!("\"after\": {e}")))?,
         ),
         Some(_) => {
-            return Err("\"after\" must be a position string (the \"pos\" of a change)".into())
+            return Err(Invalid(
+                "\"after\" must be a position string (the \"pos\" of a change)".into(),
+            ))
         }
     };
     if q.is_none() && filter.is_none() {
-        return Err(
+        return Err(Invalid(
             "subscription frame needs {\"subscribe\":{\"query\":\"...\"}} and/or a \"filter\""
                 .into(),
-        );
+        ));
     }
     let query = match q.map(query::parse) {
         None => None,
         Some(Ok(q)) => Some(q),
-        Some(Err(e)) => {
-            error_frame(ws, &e).await;
-            return Err(format!("invalid query: {e}"));
-        }
+        Some(Err(e)) => return Err(FirstFrameError::Query(e)),
     };
     Ok(FirstFrame {
         query,
@@ -218,7 +240,7 @@ pub fn open_filter(
 /// How a session starts: subscribed before the upgrade was answered (URL
 /// parameters), or waiting for the client's first frame.
 pub enum Start {
-    Ready(Cursor, Option<Box<FilterInstance>>),
+    Ready(Box<Cursor>, Option<Box<FilterInstance>>),
     FirstFrame,
 }
 
@@ -318,7 +340,7 @@ pub(crate) async fn run(open: Opened, start: Start, ctx: Context) {
         handshake,
     } = open;
     let (cursor, filter) = match start {
-        Start::Ready(c, f) => (c, f.map(|f| *f)),
+        Start::Ready(c, f) => (*c, f.map(|f| *f)),
         Start::FirstFrame => match Box::pin(first_frame(&mut ws, &ctx)).await {
             Ok(first) => {
                 let filter = match first.filter {
@@ -404,6 +426,8 @@ async fn serve(
             }
         }
         let have = !burst.is_empty();
+        // The cursor used its matching time: new changes cannot help until then.
+        let paused = if have { None } else { cursor.throttle() };
         tokio::select! {
             biased;
             _ = shutdown.changed() => {
@@ -435,7 +459,8 @@ async fn serve(
                 }
                 burst.clear();
             }
-            _ = &mut notified, if !have => {}
+            _ = tokio::time::sleep_until(paused.unwrap_or_else(std::time::Instant::now).into()), if paused.is_some() => {}
+            _ = &mut notified, if !have && paused.is_none() => {}
         }
     }
 }

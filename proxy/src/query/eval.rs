@@ -1,7 +1,8 @@
 //! Evaluation: does one change match a [`Query`]?
 
+use super::num::Num;
 use super::parser::{ActionSet, Filter, Op, Operand, Query};
-use serde_json::{Map, Number, Value};
+use serde_json::{Map, Value};
 use std::borrow::Cow;
 use std::cmp::Ordering;
 
@@ -78,6 +79,45 @@ impl Query {
             && self.filters.iter().all(|f| f.holds(change.row))
     }
 
+    /// [`Query::matches`] within a bound on the work: filters whose
+    /// [`Filter::cost`] would take the total past `budget` are not
+    /// evaluated, and the answer is `None` (undecided) when one of them
+    /// was needed. A filter that fails within the budget still gives
+    /// `Some(false)`. `text_bound` is the most bytes any value's text can
+    /// have (the change's JSON length).
+    pub fn matches_within(
+        &self,
+        change: &RowView<'_>,
+        text_bound: usize,
+        budget: usize,
+    ) -> Option<bool> {
+        if !self.wants(change.action) {
+            return Some(false);
+        }
+        if change.action == Action::Truncate || self.filters.is_empty() {
+            return Some(self.matches(change));
+        }
+        if !self.matches_table(change.schema, change.table) {
+            return Some(false);
+        }
+        let Some(row) = change.row else {
+            return Some(false);
+        };
+        let (mut spent, mut undecided) = (0usize, false);
+        for f in &self.filters {
+            let cost = f.cost(row, text_bound);
+            if cost > budget - spent {
+                undecided = true;
+                continue;
+            }
+            spent += cost;
+            if !f.holds(Some(row)) {
+                return Some(false);
+            }
+        }
+        (!undecided).then_some(true)
+    }
+
     /// True when the table part matches schema.table (no schema in the query: any schema).
     ///
     /// Names compare exactly, case included.
@@ -136,48 +176,26 @@ impl Filter {
             _ => false,
         }
     }
-}
 
-/// A number for comparisons: integers exactly, everything else as a finite `f64`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(super) enum Num {
-    Int(i128),
-    Float(f64),
-}
-
-impl Num {
-    /// `s` as a number, if it is an integer or a finite float.
-    pub(super) fn parse(s: &str) -> Option<Num> {
-        if let Ok(i) = s.parse::<i128>() {
-            return Some(Num::Int(i));
-        }
-        s.parse::<f64>()
-            .ok()
-            .filter(|f| f.is_finite())
-            .map(Num::Float)
-    }
-
-    fn of_json(n: &Number) -> Option<Num> {
-        if let Some(i) = n.as_i64() {
-            Some(Num::Int(i.into()))
-        } else if let Some(u) = n.as_u64() {
-            Some(Num::Int(u.into()))
-        } else {
-            n.as_f64().filter(|f| f.is_finite()).map(Num::Float)
-        }
-    }
-
-    fn as_f64(self) -> f64 {
-        match self {
-            Num::Int(i) => i as f64,
-            Num::Float(f) => f,
-        }
-    }
-
-    fn compare(self, other: Num) -> Option<Ordering> {
-        match (self, other) {
-            (Num::Int(a), Num::Int(b)) => Some(a.cmp(&b)),
-            _ => self.as_f64().partial_cmp(&other.as_f64()),
+    /// An estimate of the work [`Filter::holds`] does on `row`, in bytes
+    /// scanned (times a pattern's words of state), for the filters whose
+    /// work grows with the value: `like` and `ilike` (the value's text),
+    /// and `lt`, `lte`, `gt`, `gte` on a string (read as a number). Every
+    /// other filter costs at most its operand's length, counted as 0.
+    /// `text_bound` stands for the text length of an array or object.
+    pub fn cost(&self, row: &Map<String, Value>, text_bound: usize) -> usize {
+        let Some(v) = row.get(&self.column) else {
+            return 0;
+        };
+        let len = match v {
+            Value::String(s) => s.len(),
+            Value::Array(_) | Value::Object(_) => text_bound,
+            _ => return 0,
+        };
+        match (self.op, &self.operand) {
+            (Op::Like | Op::ILike, Operand::Pattern(p)) => len.saturating_mul(p.work_per_byte()),
+            (Op::Lt | Op::Lte | Op::Gt | Op::Gte, _) if v.is_string() => len,
+            _ => 0,
         }
     }
 }
@@ -194,8 +212,30 @@ fn equals(v: &Value, s: &str) -> bool {
             _ => false,
         },
         Value::String(t) => t == s,
-        Value::Array(_) | Value::Object(_) => serde_json::to_string(v).is_ok_and(|j| j == s),
+        Value::Array(_) | Value::Object(_) => json_text_is(v, s),
     }
+}
+
+/// Whether `v`'s compact JSON text is `s`, written only as far as it agrees
+/// with `s`: the work is bounded by `s`, not by the value.
+fn json_text_is(v: &Value, s: &str) -> bool {
+    struct Compare<'a>(&'a [u8]);
+    impl std::io::Write for Compare<'_> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            match self.0.strip_prefix(buf) {
+                Some(rest) => {
+                    self.0 = rest;
+                    Ok(buf.len())
+                }
+                None => Err(std::io::ErrorKind::InvalidData.into()),
+            }
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut rest = Compare(s.as_bytes());
+    serde_json::to_writer(&mut rest, v).is_ok() && rest.0.is_empty()
 }
 
 /// The numeric order of a JSON number or numeric string against the operand.

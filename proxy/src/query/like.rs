@@ -144,6 +144,14 @@ impl Like {
         }
     }
 
+    /// Work per byte of text, for [`crate::query::Filter::cost`]: one for the
+    /// substring searches, plus a word of state per 64 characters of each
+    /// piece with `_`, plus one for lowercasing (`ilike`).
+    pub fn work_per_byte(&self) -> usize {
+        let words: usize = self.pieces.iter().map(|p| p.any.len()).sum();
+        1 + words + usize::from(self.fold_case)
+    }
+
     /// Whether `text` matches the whole pattern.
     pub fn matches(&self, text: &str) -> bool {
         if self.fold_case {

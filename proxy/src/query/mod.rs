@@ -75,6 +75,7 @@
 
 mod eval;
 pub mod like;
+mod num;
 mod parser;
 
 pub use eval::{Action, RowView};

@@ -1,7 +1,7 @@
 //! The query parser: query text to [`Query`], or a [`QueryError`] that says
 //! what is wrong, where, and how to fix it.
 
-use super::eval::Num;
+use super::num::Num;
 use std::fmt;
 use std::str::FromStr;
 

@@ -98,7 +98,7 @@ pub async fn route(
 }
 
 /// `{"name":"orders","tables":"public.orders"}`, both optional; an empty body is `{}`.
-fn parse_create(b: &[u8]) -> Result<(Option<String>, Option<String>), ApiError> {
+pub fn parse_create(b: &[u8]) -> Result<(Option<String>, Option<String>), ApiError> {
     if b.iter().all(u8::is_ascii_whitespace) {
         return Ok((None, None));
     }

@@ -7,8 +7,10 @@
 #
 #   ./scripts/bench-hostile.sh
 #
-# RUNS (default 3) pairs of runs per scenario; WALCAST_PROXY_BIN runs
-# another walcast-proxy binary (to compare builds).
+# RUNS (default 3) pairs of runs per scenario (PACED_ONLY=1: only the
+# paced one); HOSTILE (default "--like 4
+# --fuel 2 --idle 2 --churn 2") the hostile clients (walcast-hostile --help);
+# WALCAST_PROXY_BIN runs another walcast-proxy binary (to compare builds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,8 +27,8 @@ psql -XqAt -c "CREATE TABLE IF NOT EXISTS hostile_docs (id bigserial PRIMARY KEY
 
 HOSTILE_PID=""
 hostile_start() {
-  ./target/release/walcast-hostile --proxy ws://127.0.0.1:18183 \
-    --like 4 --fuel 2 --idle 2 --churn 2 &
+  # shellcheck disable=SC2086
+  ./target/release/walcast-hostile --proxy ws://127.0.0.1:18183 ${HOSTILE:---like 4 --fuel 2 --idle 2 --churn 2} &
   HOSTILE_PID=$!
   # Let the large values and the hostile subscriptions get going.
   sleep 5
@@ -37,19 +39,21 @@ hostile_stop() {
 }
 trap 'hostile_stop; kill $PROXY_PID 2>/dev/null || true' EXIT
 
+# One scenario alone, then beside the hostile clients.
+pair() {
+  local name="$1"; shift
+  echo "== run $run: K=100, N=100000, $name, alone"
+  scenario -k 100 -n 100000 "$@"
+  echo "== run $run: K=100, N=100000, $name, with hostile clients (${HOSTILE:-default})"
+  hostile_start
+  scenario -k 100 -n 100000 "$@"
+  hostile_stop
+}
+
+# PACED_ONLY=1 skips the unpaced scenario.
 for run in $(seq 1 "${RUNS:-3}"); do
-  echo "== run $run: K=100, N=100000, paced at 10000 rows/s, alone"
-  scenario -k 100 -n 100000 --rate 10000 --sample 10
-  echo "== run $run: K=100, N=100000, paced at 10000 rows/s, with 10 hostile clients"
-  hostile_start
-  scenario -k 100 -n 100000 --rate 10000 --sample 10
-  hostile_stop
-  echo "== run $run: K=100, N=100000, unpaced, alone"
-  scenario -k 100 -n 100000 --sample 100
-  echo "== run $run: K=100, N=100000, unpaced, with 10 hostile clients"
-  hostile_start
-  scenario -k 100 -n 100000 --sample 100
-  hostile_stop
+  pair "paced at 10000 rows/s" --rate 10000 --sample 10
+  [ -n "${PACED_ONLY:-}" ] || pair "unpaced" --sample 100
 done
 echo "== the proxy's matching counters"
 curl -fsS http://127.0.0.1:18183/metrics | grep -E '^walcast_(match_deferred_total|match_throttled_total|filter_errors_total|filters_detached_total|clients_closed_total)' || true

@@ -9,7 +9,7 @@
   (func (export "walcast_alloc") (param i32) (result i32) i32.const 1024)
   (func (export "walcast_filter") (param i32 i32) (result i32)
     (local $n i32)
-    (local.set $n (i32.const 45000))
+    (local.set $n (i32.const 30000))
     (loop $spin
       (local.set $n (i32.sub (local.get $n) (i32.const 1)))
       (br_if $spin (local.get $n)))

@@ -286,7 +286,7 @@ pub struct ServeArgs {
         long,
         global = true,
         env = "WALCAST_FILTER_FUEL_PER_SECOND",
-        default_value_t = 500_000_000
+        default_value_t = 100_000_000
     )]
     pub filter_fuel_per_second: u64,
 

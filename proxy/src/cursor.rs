@@ -312,7 +312,9 @@ impl Cursor {
                         break;
                     }
                     let change = &out[before + j].change;
-                    self.clock.time(|| change.matched_by_without_caching(q))
+                    self.clock.time(|| {
+                        crate::blocking::off_workers(|| change.matched_by_without_caching(q))
+                    })
                 } else {
                     true
                 };

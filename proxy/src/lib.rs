@@ -25,12 +25,14 @@
 //! ```
 //!
 //! Beside the flow: `config.rs` (CLI and environment), `health.rs` and
-//! `metrics.rs` (what `/healthz` and `/metrics` report), `throttle.rs`
+//! `metrics.rs` (what `/healthz` and `/metrics` report), `blocking.rs` (long
+//! work moved off the async workers), `throttle.rs`
 //! (log lines a client can repeat, written once per interval), `sql.rs` (a pool of
 //! ordinary connections), `catalog.rs` (table lookups over it), `doctor.rs`
 //! (`walcast-proxy doctor`), `filter/` (sandboxed WASM filters, applied in
 //! `session.rs` and `streams/consumer.rs`).
 
+pub mod blocking;
 pub mod catalog;
 pub mod change;
 pub mod config;

@@ -138,8 +138,10 @@ async fn main() -> Result<()> {
         .await
         .context("connecting to the database")?;
     tokio::spawn(conn);
-    db.batch_execute("CREATE TABLE IF NOT EXISTS hostile_docs (id bigserial PRIMARY KEY, body text)")
-        .await?;
+    db.batch_execute(
+        "CREATE TABLE IF NOT EXISTS hostile_docs (id bigserial PRIMARY KEY, body text)",
+    )
+    .await?;
     let http_base = args.proxy.replacen("ws://", "http://", 1);
     let http_base = http_base.trim_end_matches('/').to_owned();
     let mut tasks = Vec::new();
@@ -185,7 +187,11 @@ async fn main() -> Result<()> {
         let id = upload(&http_base, &args.burn_filter).await?;
         let enc: String = form_urlencoded::byte_serialize(id.as_bytes()).collect();
         for _ in 0..args.fuel {
-            let url = ws_url(&args.proxy, "insert:bench_events", &format!("&filter={enc}"));
+            let url = ws_url(
+                &args.proxy,
+                "insert:bench_events",
+                &format!("&filter={enc}"),
+            );
             let counts = counts.clone();
             tasks.push(tokio::spawn(async move {
                 loop {

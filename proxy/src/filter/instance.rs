@@ -55,7 +55,13 @@ pub struct FilterInstance {
     used_in_window: u64,
     /// Fuel used in all, for metrics and benchmarks.
     pub fuel_used: u64,
+    /// Fuel per change of the last [`FilterInstance::run_batch`].
+    recent_fuel_per_event: u64,
 }
+
+/// Fuel per change above which a filter counts as costly (some 10 µs or
+/// more per change): its batches run off the async workers.
+const COSTLY_FUEL_PER_EVENT: u64 = 20_000;
 
 fn classify(e: &wasmtime::Error) -> FilterError {
     let text = format!("{e:#}");
@@ -94,6 +100,7 @@ impl FilterInstance {
             window: Instant::now(),
             used_in_window: 0,
             fuel_used: 0,
+            recent_fuel_per_event: 0,
         };
         f.instantiate()?;
         Ok(f)
@@ -237,6 +244,22 @@ impl FilterInstance {
     /// the module exports it, each change through `walcast_filter`
     /// otherwise; either way the verdicts are those of one call per change.
     pub fn run_batch<C: Borrow<Change>>(&mut self, changes: &[C], verdicts: &mut Vec<Verdict>) {
+        let before = self.fuel_used;
+        if self.costly() {
+            crate::blocking::off_workers(|| self.judge_batch(changes, verdicts));
+        } else {
+            self.judge_batch(changes, verdicts);
+        }
+        let events = (verdicts.len() as u64).max(1);
+        self.recent_fuel_per_event = self.fuel_used.saturating_sub(before) / events;
+    }
+
+    /// Whether the last batch used more than [`COSTLY_FUEL_PER_EVENT`] per change.
+    pub fn costly(&self) -> bool {
+        self.recent_fuel_per_event > COSTLY_FUEL_PER_EVENT
+    }
+
+    fn judge_batch<C: Borrow<Change>>(&mut self, changes: &[C], verdicts: &mut Vec<Verdict>) {
         verdicts.clear();
         let mut rest = changes;
         while let Some(first) = rest.first() {

@@ -41,7 +41,7 @@ impl Default for FilterLimits {
             fuel_per_event: 200_000,
             fuel_per_byte: 64,
             init_fuel: 10_000_000,
-            fuel_per_second: 500_000_000,
+            fuel_per_second: 100_000_000,
             max_output_bytes: 1 << 20,
             max_errors: 10,
             max_instances: 1024,

@@ -518,7 +518,9 @@ async fn write_burst(
             sent += 1;
         }
     }
-    within(stall, ws.flush()).await?;
+    // Counted before the flush that lets the client see them, so that a
+    // client never sees a frame /metrics does not count yet.
     metrics.frames_out.fetch_add(sent, Ordering::Relaxed);
+    within(stall, ws.flush()).await?;
     Ok(())
 }

@@ -55,7 +55,8 @@ pub struct FilterInstance {
     used_in_window: u64,
     /// Fuel used in all, for metrics and benchmarks.
     pub fuel_used: u64,
-    /// Fuel per change of the last [`FilterInstance::run_batch`].
+    /// Fuel per change of the last [`FilterInstance::run_batch`] or
+    /// [`FilterInstance::run`].
     recent_fuel_per_event: u64,
 }
 
@@ -203,8 +204,20 @@ impl FilterInstance {
             .then(|| Duration::from_secs(1) - elapsed)
     }
 
-    /// Runs the filter on one change.
+    /// Runs the filter on one change (off the async workers when the
+    /// filter is costly, see [`FilterInstance::costly`]).
     pub fn run(&mut self, change: &Change) -> Verdict {
+        let before = self.fuel_used;
+        let v = if self.costly() {
+            crate::blocking::off_workers(|| self.judge(change))
+        } else {
+            self.judge(change)
+        };
+        self.recent_fuel_per_event = self.fuel_used.saturating_sub(before);
+        v
+    }
+
+    fn judge(&mut self, change: &Change) -> Verdict {
         match self.call(change) {
             Ok(v) => {
                 self.consecutive_errors = 0;
@@ -254,7 +267,7 @@ impl FilterInstance {
         self.recent_fuel_per_event = self.fuel_used.saturating_sub(before) / events;
     }
 
-    /// Whether the last batch used more than [`COSTLY_FUEL_PER_EVENT`] per change.
+    /// Whether the last batch or call used more than [`COSTLY_FUEL_PER_EVENT`] per change.
     pub fn costly(&self) -> bool {
         self.recent_fuel_per_event > COSTLY_FUEL_PER_EVENT
     }
@@ -319,7 +332,7 @@ impl FilterInstance {
     /// Runs one change through `walcast_filter`; `false` once the filter
     /// is detached.
     fn run_alone(&mut self, change: &Change, verdicts: &mut Vec<Verdict>) -> bool {
-        let v = self.run(change);
+        let v = self.judge(change);
         let detached = matches!(v, Verdict::Detached(_));
         verdicts.push(v);
         !detached

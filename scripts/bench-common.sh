@@ -1,5 +1,7 @@
 # Shared by the bench-*.sh scripts (sourced, not run).
 #
+# bench_prepare: outside a cluster, sets the machine up, installs the
+#   extension and builds the release binaries the benchmarks run.
 # bench_in_cluster SCRIPT ARGS...: outside a cluster, re-runs SCRIPT inside a
 #   private one (on tmpfs when /dev/shm is writable) and does not return.
 # bench_proxy PORT ARGS...: starts the release walcast-proxy (or the binary
@@ -9,6 +11,13 @@
 # scenario ARGS...: runs walcast-bench with P and ARGS; a failure is reported
 #   and counted, and the other scenarios still run.
 # scenarios_done: exits with status 1 when a scenario failed.
+
+bench_prepare() {
+  [ -n "${WALCAST_BENCH_INSIDE:-}" ] && return 0
+  ./scripts/setup.sh
+  ./scripts/install-extension.sh
+  cargo build --release -q -p walcast-cluster -p walcast-proxy -p walcast-bench --bins
+}
 
 bench_in_cluster() {
   [ -n "${WALCAST_BENCH_INSIDE:-}" ] && return 0

@@ -11,11 +11,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 . scripts/bench-common.sh
+bench_prepare
 if [ -z "${WALCAST_BENCH_INSIDE:-}" ]; then
-  ./scripts/setup.sh
-  ./scripts/install-extension.sh
   ./scripts/build-filters.sh
-  cargo build --release -q -p walcast-cluster -p walcast-proxy -p walcast-bench --bins
   cargo build --release -q -p walcast-proxy --example filter_bench
   echo "== ns per event per subscription (filter_bench, 1M filter runs per case and schedule)"
   ./target/release/examples/filter_bench 1000000

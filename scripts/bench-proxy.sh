@@ -10,11 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 . scripts/bench-common.sh
-if [ -z "${WALCAST_BENCH_INSIDE:-}" ]; then
-  ./scripts/setup.sh
-  ./scripts/install-extension.sh
-  cargo build --release -q -p walcast-cluster -p walcast-proxy -p walcast-bench
-fi
+bench_prepare
 bench_in_cluster "$0" "$@"
 
 bench_proxy 18181

@@ -241,61 +241,57 @@ impl Change {
 
     /// Whether `query` selects this change (row changes only).
     pub fn matched_by(&self, query: &crate::query::Query) -> bool {
-        self.matched_with(query, |c| c.row().map(Cow::Borrowed))
+        self.matched_with(
+            query,
+            |c| c.row().map(Cow::Borrowed),
+            false,
+            |v| query.matches(v),
+        )
     }
 
     /// Like [`Change::matched_by`], without keeping the parsed row.
     pub fn matched_by_without_caching(&self, query: &crate::query::Query) -> bool {
-        self.matched_with(query, |c| c.parse_row().map(Cow::Owned))
+        self.matched_with(
+            query,
+            |c| c.parse_row().map(Cow::Owned),
+            false,
+            |v| query.matches(v),
+        )
     }
 
     /// [`Change::matched_by`] within `budget` (see
     /// [`crate::query::Query::matches_within`]): `None` when the query's
     /// filters would cost more than that on this change.
     pub fn matched_within(&self, query: &crate::query::Query, budget: usize) -> Option<bool> {
-        let Some(action) = self.row_action() else {
-            return Some(false);
-        };
-        if !query.wants(action) {
-            return Some(false);
-        }
-        let row = if query.filters.is_empty() || action == crate::query::Action::Truncate {
-            None
-        } else {
-            self.row()
-        };
-        query.matches_within(
-            &crate::query::RowView {
-                action,
-                schema: &self.schema,
-                table: &self.table,
-                truncated: &self.truncated,
-                row,
-            },
-            self.raw.len(),
-            budget,
+        self.matched_with(
+            query,
+            |c| c.row().map(Cow::Borrowed),
+            Some(false),
+            |v| query.matches_within(v, self.raw.len(), budget),
         )
     }
 
-    /// Whether `query` selects this change; `row` gives the row, asked for
-    /// only when a filter needs it.
-    fn matched_with<'a>(
+    /// `decide` on what `query` sees of this change (`no` for a change it
+    /// cannot want); `row` gives the row, asked for only when a filter needs it.
+    fn matched_with<'a, R>(
         &'a self,
         query: &crate::query::Query,
         row: impl FnOnce(&'a Change) -> Option<Cow<'a, Map<String, Value>>>,
-    ) -> bool {
+        no: R,
+        decide: impl FnOnce(&crate::query::RowView<'_>) -> R,
+    ) -> R {
         let Some(action) = self.row_action() else {
-            return false;
+            return no;
         };
         if !query.wants(action) {
-            return false;
+            return no;
         }
         let row = if query.filters.is_empty() || action == crate::query::Action::Truncate {
             None
         } else {
             row(self)
         };
-        query.matches(&crate::query::RowView {
+        decide(&crate::query::RowView {
             action,
             schema: &self.schema,
             table: &self.table,

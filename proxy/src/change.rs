@@ -204,6 +204,15 @@ impl Change {
         self.row.get_or_init(|| self.parse_row()).as_ref()
     }
 
+    /// The row as [`Change::row`] gives it, without keeping it when it
+    /// was not parsed yet (a change in the log is shared and keeps no row).
+    pub fn row_uncached(&self) -> Option<Cow<'_, Map<String, Value>>> {
+        match self.row.get() {
+            Some(row) => row.as_ref().map(Cow::Borrowed),
+            None => self.parse_row().map(Cow::Owned),
+        }
+    }
+
     fn parse_row(&self) -> Option<Map<String, Value>> {
         let at = if self.action == Action::Delete {
             self.identity_at

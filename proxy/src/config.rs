@@ -178,6 +178,39 @@ pub struct ServeArgs {
     )]
     pub token: Vec<String>,
 
+    /// HS256 secret of user JWTs (at least 32 bytes). A JWT's `walcast`
+    /// claim says what its user may read (docs/security.md).
+    #[arg(
+        long,
+        global = true,
+        env = "WALCAST_JWT_SECRET",
+        hide_env_values = true
+    )]
+    pub jwt_secret: Option<String>,
+
+    /// PEM file with the RSA (RS256) or EC (ES256) public key of user JWTs.
+    #[arg(long, global = true, env = "WALCAST_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<std::path::PathBuf>,
+
+    /// JSON Web Key Set file with the keys of user JWTs (a token's `kid`
+    /// picks its key).
+    #[arg(long, global = true, env = "WALCAST_JWKS_FILE")]
+    pub jwks_file: Option<std::path::PathBuf>,
+
+    /// Accepted `aud` values of user JWTs (comma separated); a token
+    /// without one of them is refused. Default: `aud` is not checked.
+    #[arg(
+        long,
+        global = true,
+        env = "WALCAST_JWT_AUDIENCE",
+        value_delimiter = ','
+    )]
+    pub jwt_audience: Vec<String>,
+
+    /// Seconds of clock difference allowed on a JWT's `exp` and `nbf`.
+    #[arg(long, global = true, env = "WALCAST_JWT_LEEWAY", default_value_t = 30)]
+    pub jwt_leeway: u64,
+
     /// Seconds between standby status updates to PostgreSQL.
     #[arg(
         long,

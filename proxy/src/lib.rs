@@ -16,6 +16,8 @@
 //!     -> session.rs     one websocket client's loop (frames are the plugin's bytes),
 //!                       pings, stall and fell-behind closes
 //!     -> server.rs      HTTP routes, websocket upgrade, /healthz, /metrics, graceful shutdown
+//!     -> auth/          who may read what: static tokens, JWTs and their walcast
+//!                       claim (tables, actions, row filters), token refresh
 //!     <- listener.rs    where connections enter: accept loop, connection and
 //!                       handshake caps (`descriptors.rs`: the descriptor limit)
 //!
@@ -32,6 +34,7 @@
 //! (`walcast-proxy doctor`), `filter/` (sandboxed WASM filters, applied in
 //! `session.rs` and `streams/consumer.rs`).
 
+pub mod auth;
 pub mod blocking;
 pub mod catalog;
 pub mod change;

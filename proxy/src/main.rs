@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use walcast_format::TablePattern;
+use walcast_proxy::auth::{jwt, Auth};
 use walcast_proxy::catalog::Catalog;
 use walcast_proxy::config::{Cli, Command};
 use walcast_proxy::descriptors;
@@ -143,6 +144,24 @@ fn front_door(args: &walcast_proxy::config::ServeArgs) -> FrontDoor {
     }
 }
 
+/// The credentials: static tokens and the keys of user JWTs.
+fn auth(args: &walcast_proxy::config::ServeArgs) -> Result<Auth, String> {
+    let nonempty =
+        |v: &[String]| -> Vec<String> { v.iter().filter(|t| !t.is_empty()).cloned().collect() };
+    let verifier = jwt::Verifier::new(&jwt::KeySources {
+        secret: args.jwt_secret.clone().filter(|s| !s.is_empty()),
+        public_key: args.jwt_public_key.clone(),
+        jwks: args.jwks_file.clone(),
+        audience: nonempty(&args.jwt_audience),
+        leeway: args.jwt_leeway,
+    })?;
+    Ok(Auth::new(
+        nonempty(&args.token),
+        nonempty(&args.filter_upload_token),
+        verifier,
+    ))
+}
+
 async fn serve(args: walcast_proxy::config::ServeArgs) -> Result<(), String> {
     let database = database_config(&args)?;
     validate_slot_name(&args.slot).map_err(|e| format!("invalid --slot: {e}"))?;
@@ -150,6 +169,7 @@ async fn serve(args: walcast_proxy::config::ServeArgs) -> Result<(), String> {
         Some(t) => Some(TablePattern::parse_list(t).map_err(|e| format!("invalid --tables: {e}"))?),
         None => None,
     };
+    let auth = Arc::new(auth(&args)?);
     let metrics = Arc::new(Metrics::default());
     let front = front_door(&args);
     metrics
@@ -247,20 +267,14 @@ async fn serve(args: walcast_proxy::config::ServeArgs) -> Result<(), String> {
         catalog: Catalog::new(pool),
         streams,
         filters,
-        filter_upload_tokens: args
-            .filter_upload_token
-            .iter()
-            .filter(|t| !t.is_empty())
-            .cloned()
-            .collect(),
-        tokens: args.token.into_iter().filter(|t| !t.is_empty()).collect(),
+        auth,
         max_clients: args.max_clients,
         liveness: Liveness {
             ping_interval: Duration::from_secs(args.ping_interval.max(1)),
             stall_timeout: Duration::from_secs(args.stall_timeout.max(1)),
             handshake_timeout: Duration::from_secs(args.handshake_timeout.max(1)),
         },
-        tables,
+        tables: tables.map(Arc::new),
         shutdown: shutdown_rx.clone(),
         connections: Connections::new(front.limits, metrics.clone()),
         timeouts: Timeouts {

@@ -21,6 +21,7 @@ pub struct Metrics {
     pub closed_stalled: AtomicU64,
     /// Clients closed because they did not answer a ping.
     pub closed_ping_timeout: AtomicU64,
+    pub closed_token_expired: AtomicU64,
     pub unparseable_messages: AtomicU64,
     pub replication_reconnects: AtomicU64,
     pub lag_bytes: AtomicU64,
@@ -92,6 +93,8 @@ pub enum CloseReason {
     Stalled,
     /// The client did not answer a ping.
     PingTimeout,
+    /// The client's token expired and was not refreshed.
+    TokenExpired,
 }
 
 /// The change log and its readers, as `/metrics` shows them.
@@ -126,6 +129,7 @@ impl Metrics {
             CloseReason::FellBehind => &self.closed_fell_behind,
             CloseReason::Stalled => &self.closed_stalled,
             CloseReason::PingTimeout => &self.closed_ping_timeout,
+            CloseReason::TokenExpired => &self.closed_token_expired,
         };
         c.fetch_add(1, Ordering::Relaxed);
     }
@@ -153,10 +157,12 @@ impl Metrics {
              # TYPE walcast_clients_closed_total counter\n\
              walcast_clients_closed_total{{reason=\"fell_behind\"}} {}\n\
              walcast_clients_closed_total{{reason=\"stalled\"}} {}\n\
-             walcast_clients_closed_total{{reason=\"ping_timeout\"}} {}",
+             walcast_clients_closed_total{{reason=\"ping_timeout\"}} {}\n\
+             walcast_clients_closed_total{{reason=\"token_expired\"}} {}",
             self.closed_fell_behind.load(Ordering::Relaxed),
             self.closed_stalled.load(Ordering::Relaxed),
             self.closed_ping_timeout.load(Ordering::Relaxed),
+            self.closed_token_expired.load(Ordering::Relaxed),
         );
         let g = |v: &AtomicU64| v.load(Ordering::Relaxed);
         let mut line = |name: &str, kind: &str, help: &str, value: String| {

@@ -5,6 +5,7 @@
 //! the header timeout; bodies are read with the body timeout, websocket
 //! upgrades with the handshake timeout.
 
+use crate::auth::{self, Auth, Denied, Grant, UploadDenied};
 use crate::catalog::Catalog;
 use crate::filter::{FilterInstance, Filters};
 use crate::health::Health;
@@ -41,15 +42,14 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
     pub catalog: Catalog,
-    pub tokens: Vec<String>,
+    /// Tokens and what they grant.
+    pub auth: Arc<Auth>,
     pub max_clients: usize,
     /// Pings and stall timeout of live clients.
     pub liveness: session::Liveness,
-    pub tables: Option<Vec<TablePattern>>,
+    pub tables: Option<Arc<Vec<TablePattern>>>,
     pub streams: Arc<Streams>,
     pub filters: Arc<Filters>,
-    /// Tokens allowed to upload filters (empty: as for every endpoint).
-    pub filter_upload_tokens: Vec<String>,
     pub shutdown: watch::Receiver<bool>,
     /// Open connections and their caps.
     pub connections: Arc<Connections>,
@@ -99,28 +99,16 @@ pub(crate) fn query_params(req: &Request<Incoming>) -> HashMap<String, String> {
         .unwrap_or_default()
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-fn authorized(state: &AppState, req: &Request<Incoming>, params: &HashMap<String, String>) -> bool {
-    state.tokens.is_empty() || token_in(req, params, &state.tokens)
-}
-
-/// Whether the request carries one of `tokens`.
-fn token_in(req: &Request<Incoming>, params: &HashMap<String, String>, tokens: &[String]) -> bool {
-    let header = req
-        .headers()
-        .get(hyper::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_owned);
-    let given = header.or_else(|| params.get("access_token").cloned());
-    given.is_some_and(|g| {
-        tokens
-            .iter()
-            .any(|t| constant_time_eq(t.as_bytes(), g.as_bytes()))
-    })
+/// What the request's credential grants, or the 401 answer.
+fn grant(
+    state: &AppState,
+    req: &Request<Incoming>,
+    params: &HashMap<String, String>,
+) -> Result<Grant, Box<Resp>> {
+    state
+        .auth
+        .check(Auth::credential(req.headers(), params))
+        .map_err(|e| Box::new(unauthorized(&e)))
 }
 
 /// Serves HTTP on the connections `listener.rs` admits until `shutdown`
@@ -214,30 +202,27 @@ async fn route(req: Request<Incoming>, state: Arc<AppState>) -> Resp {
         }
         (&Method::POST, "/v1/filters") => {
             let params = query_params(&req);
-            let allowed = if state.filter_upload_tokens.is_empty() {
-                authorized(&state, &req, &params)
-            } else {
-                token_in(&req, &params, &state.filter_upload_tokens)
-            };
-            if !allowed {
-                let mut r = json_error(
-                    StatusCode::UNAUTHORIZED,
-                    "uploading filters needs a bearer token allowed to upload (--filter-upload-token, or --token when that is not set)",
+            match state.auth.check_upload(Auth::credential(req.headers(), &params)) {
+                Ok(()) => crate::filter::upload::handle(req, state).await,
+                Err(UploadDenied::NoUploadToken) => unauthorized(&Denied::Invalid(
+                    "uploading filters needs a bearer token allowed to upload (--filter-upload-token, or --token when that is not set, or a JWT whose walcast claim has \"filters\": true)".into(),
+                )),
+                Err(UploadDenied::Invalid(why)) => unauthorized(&Denied::Invalid(why)),
+                Err(UploadDenied::NotAllowed) => json_error(
+                    StatusCode::FORBIDDEN,
+                    "this token does not allow uploading filters (its walcast claim has no \"filters\": true)",
                     None,
-                );
-                r.headers_mut()
-                    .insert("www-authenticate", HeaderValue::from_static("Bearer"));
-                return r;
+                ),
             }
-            crate::filter::upload::handle(req, state).await
         }
         (_, "/v1/filters") => json_error(StatusCode::METHOD_NOT_ALLOWED, "use POST", None),
         (_, path) if path.starts_with("/v1/") => {
             let params = query_params(&req);
-            if !authorized(&state, &req, &params) {
-                return unauthorized();
-            }
-            crate::streams::http::route(req, params, state).await
+            let grant = match grant(&state, &req, &params) {
+                Ok(g) => g,
+                Err(r) => return *r,
+            };
+            crate::streams::http::route(req, params, state, grant).await
         }
         _ => json_error(
             StatusCode::NOT_FOUND,
@@ -261,26 +246,11 @@ fn filter_refused(code: &str, message: &str) -> Resp {
     )
 }
 
-fn unauthorized() -> Resp {
-    let mut r = json_error(
-        StatusCode::UNAUTHORIZED,
-        "a bearer token is required: Authorization: Bearer <token> or ?access_token=<token>",
-        None,
-    );
+fn unauthorized(why: &Denied) -> Resp {
+    let mut r = json_error(StatusCode::UNAUTHORIZED, &why.to_string(), None);
     r.headers_mut()
         .insert("www-authenticate", HeaderValue::from_static("Bearer"));
     r
-}
-
-pub(crate) fn table_allowed(state: &AppState, schema: Option<&str>, name: &str) -> bool {
-    match &state.tables {
-        None => true,
-        Some(patterns) => match schema {
-            Some(s) => patterns.iter().any(|p| p.matches(s, name)),
-            // A query without schema names the table in any schema.
-            None => patterns.iter().any(|p| p.matches_table(name)),
-        },
-    }
 }
 
 async fn websocket(mut req: Request<Incoming>, state: Arc<AppState>) -> Resp {
@@ -292,13 +262,14 @@ async fn websocket(mut req: Request<Incoming>, state: Arc<AppState>) -> Resp {
         );
     }
     let params = query_params(&req);
-    if !authorized(&state, &req, &params) {
-        return unauthorized();
-    }
+    let grant = match grant(&state, &req, &params) {
+        Ok(g) => g,
+        Err(r) => return *r,
+    };
     let Some(handshake) = state.connections.begin_handshake() else {
         return too_many_handshakes();
     };
-    let Selection { query, filter } = match selection(&state, &params).await {
+    let Selection { query, filter } = match selection(&state, &params, &grant).await {
         Ok(s) => s,
         Err(r) => return *r,
     };
@@ -334,11 +305,17 @@ async fn websocket(mut req: Request<Incoming>, state: Arc<AppState>) -> Resp {
         metrics: state.metrics.clone(),
         liveness: state.liveness,
         shutdown: state.shutdown.clone(),
+        catalog: state.catalog.clone(),
+        tables: state.tables.clone(),
+    };
+    let access = auth::Session {
+        auth: state.auth.clone(),
+        grant,
     };
     let response = switching_protocols(&upgrade.accept);
     tokio::spawn(async move {
         if let Some(open) = upgrade.open().await {
-            session::run(open, start, ctx).await;
+            session::run(open, start, ctx, access).await;
         }
     });
     response
@@ -388,6 +365,7 @@ pub(crate) struct Selection {
 pub(crate) async fn selection(
     state: &AppState,
     params: &HashMap<String, String>,
+    grant: &Grant,
 ) -> Result<Selection, Box<Resp>> {
     let query = match params.get("query").map(|q| query::parse(q)) {
         None => None,
@@ -401,30 +379,19 @@ pub(crate) async fn selection(
             return Err(Box::new(json_error(status, &e.message, Some(e.position))));
         }
     };
-    if let Some(q) = &query {
-        let (schema, name) = (q.table.schema.as_deref(), q.table.name.as_str());
-        let unknown = || {
-            Box::new(json_error(
-                StatusCode::NOT_FOUND,
-                &format!("unknown table {name:?}"),
-                None,
-            ))
-        };
-        if !table_allowed(state, schema, name) {
-            return Err(unknown());
-        }
-        match state.catalog.table_exists(schema, name).await {
-            Ok(true) => {}
-            Ok(false) => return Err(unknown()),
-            Err(e) => {
-                return Err(Box::new(json_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &e,
-                    None,
-                )))
-            }
-        }
-    }
+    let query = match query {
+        None => None,
+        Some(q) => Some(
+            auth::admit_query(
+                &state.catalog,
+                state.tables.as_deref().map(|t| t.as_slice()),
+                grant,
+                q,
+            )
+            .await
+            .map_err(|e| Box::new(json_error(e.status(), &e.to_string(), None)))?,
+        ),
+    };
     let filter = match params.get("filter") {
         None => None,
         Some(id) => {

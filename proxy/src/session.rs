@@ -4,6 +4,7 @@
 //! reason when it falls out of the log, stops reading, stops answering
 //! pings, the stream stops or the server shuts down.
 
+use crate::auth;
 use crate::change::Change;
 use crate::cursor::{Cursor, Stop};
 use crate::filter::{FilterInstance, Filters, Verdict, BATCH_EVENTS};
@@ -264,6 +265,9 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub liveness: Liveness,
     pub shutdown: watch::Receiver<bool>,
+    /// For first-frame queries: does the table exist, may the client have it.
+    pub catalog: crate::catalog::Catalog,
+    pub tables: Option<Arc<Vec<walcast_format::TablePattern>>>,
 }
 
 async fn error_close(ws: &mut Ws, code: &str, message: &str) {
@@ -310,6 +314,8 @@ enum End {
     Close(CloseCode, String),
     /// The client could not take a write for the stall timeout.
     Stalled,
+    /// The client's token expired and no new one came.
+    Expired,
 }
 
 /// Runs a websocket write, ending the session when the client takes longer
@@ -331,7 +337,7 @@ where
 /// answered (query in the URL), so no change committed after the client saw
 /// the upgrade is missed; otherwise the client's first frame names the
 /// query, the filter and where to resume.
-pub(crate) async fn run(open: Opened, start: Start, ctx: Context) {
+pub(crate) async fn run(open: Opened, start: Start, ctx: Context, mut access: auth::Session) {
     // The slot is held until the session ends; the handshake until the
     // subscription is made.
     let Opened {
@@ -353,7 +359,25 @@ pub(crate) async fn run(open: Opened, start: Start, ctx: Context) {
                         }
                     },
                 };
-                match ctx.hub.subscribe(first.query, first.after) {
+                let query = match first.query {
+                    None => None,
+                    Some(q) => {
+                        let tables = ctx.tables.as_deref().map(|t| t.as_slice());
+                        match auth::admit_query(&ctx.catalog, tables, &access.grant, q).await {
+                            Ok(q) => Some(q),
+                            Err(e) => {
+                                let code = match e {
+                                    auth::Refused::UnknownTable(_) => "UNKNOWN_TABLE",
+                                    auth::Refused::Forbidden(_) => "FORBIDDEN",
+                                    auth::Refused::Unavailable(_) => "UNAVAILABLE",
+                                };
+                                Box::pin(error_close(&mut ws, code, &e.to_string())).await;
+                                return;
+                            }
+                        }
+                    }
+                };
+                match ctx.hub.subscribe(query, first.after) {
                     Ok(c) => (c, filter),
                     Err(e) => {
                         Box::pin(refused(&mut ws, e)).await;
@@ -371,11 +395,15 @@ pub(crate) async fn run(open: Opened, start: Start, ctx: Context) {
     ctx.metrics.clients.fetch_add(1, Ordering::Relaxed);
     // The helpers above and below are boxed: a waiting client's task holds
     // only the state of the loop it is in (10,000 idle clients: docs/benchmarks.md).
-    let end = serve(&mut ws, cursor, filter, &ctx).await;
+    let end = serve(&mut ws, cursor, filter, &ctx, &mut access).await;
     let stall = ctx.liveness.stall_timeout;
     match end {
         End::Gone => {}
         End::Close(code, reason) => Box::pin(close(&mut ws, code, &reason)).await,
+        End::Expired => {
+            ctx.metrics.count_close(CloseReason::TokenExpired);
+            Box::pin(close(&mut ws, CloseCode::Policy, "token expired")).await;
+        }
         End::Stalled => {
             ctx.metrics.count_close(CloseReason::Stalled);
             let reason = format!(
@@ -393,6 +421,7 @@ async fn serve(
     mut cursor: Cursor,
     mut filter: Option<FilterInstance>,
     ctx: &Context,
+    access: &mut auth::Session,
 ) -> End {
     let Liveness {
         ping_interval,
@@ -409,6 +438,13 @@ async fn serve(
     // cost nothing.
     let (mut burst, mut verdicts): (Vec<Entry>, Vec<Verdict>) = (Vec::new(), Vec::new());
     let group = cursor.group();
+    // A subscription without a query reads every change: the user's rules
+    // decide what its filter (or the client) sees. A query was narrowed by
+    // them already.
+    let limits = match group.query {
+        None => access.grant.read_limits().cloned(),
+        Some(_) => None,
+    };
     loop {
         // Cancel safe: dropping it only stops waiting.
         let notified = group.notify.notified();
@@ -424,8 +460,12 @@ async fn serve(
                 }
                 Err(Stop::Closed(reason)) => return End::Close(CloseCode::Error, reason),
             }
+            if let Some(rules) = &limits {
+                burst.retain(|e| rules.admits(&e.change));
+            }
         }
         let have = !burst.is_empty();
+        let expiry = access.deadline();
         // The cursor used its matching time: new changes cannot help until then.
         let paused = if have { None } else { cursor.throttle() };
         tokio::select! {
@@ -435,9 +475,24 @@ async fn serve(
             }
             msg = ws.next() => match msg {
                 None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return End::Gone,
+                Some(Ok(Message::Text(t))) => {
+                    awaiting_pong = false;
+                    match access.on_frame(t.as_str()) {
+                        None => {}
+                        Some(Ok(reply)) => {
+                            if let Err(e) = Box::pin(within(stall_timeout, ws.send(Message::Text(reply.into())))).await {
+                                return e;
+                            }
+                        }
+                        Some(Err(reason)) => return End::Close(CloseCode::Policy, reason),
+                    }
+                }
                 // Any frame (a pong above all) shows the client is there.
                 Some(Ok(_)) => awaiting_pong = false,
             },
+            _ = tokio::time::sleep_until(expiry.unwrap_or_else(tokio::time::Instant::now)), if expiry.is_some() => {
+                return End::Expired;
+            }
             _ = ping.tick() => {
                 if awaiting_pong {
                     metrics.count_close(CloseReason::PingTimeout);

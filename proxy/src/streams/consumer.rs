@@ -41,6 +41,9 @@ pub struct Options {
     pub filter: Option<crate::filter::FilterInstance>,
     /// Forward the proxy's heartbeat messages (`walcast.heartbeat`).
     pub heartbeats: bool,
+    /// The client's grant: its rules apply to every change before the
+    /// query and the filter; it expires unless refreshed.
+    pub access: crate::auth::Session,
 }
 
 /// A stream started and waiting for its websocket.
@@ -226,6 +229,12 @@ impl Session {
                 let selected = self.allowed_globally(&change)
                     && self
                         .opts
+                        .access
+                        .grant
+                        .read_limits()
+                        .is_none_or(|r| r.admits(&change))
+                    && self
+                        .opts
                         .query
                         .as_ref()
                         .is_none_or(|q| change.matched_by(q));
@@ -258,7 +267,10 @@ impl Session {
                 }
                 self.opts.heartbeats
             }
-            Action::Message | Action::Ddl => self.opts.query.is_none(),
+            // Messages and DDL are not rows a user's rules could limit.
+            Action::Message | Action::Ddl => {
+                self.opts.query.is_none() && self.opts.access.grant.read_limits().is_none()
+            }
             _ => false,
         };
         if position > self.acks.sent {
@@ -306,6 +318,17 @@ impl Session {
 
     /// Handles a frame from the client (an ACK).
     async fn client_frame(&mut self, text: &str) -> Result<(), End> {
+        match self.opts.access.on_frame(text) {
+            None => {}
+            Some(Ok(reply)) => {
+                return self
+                    .ws
+                    .send(Message::Text(reply.into()))
+                    .await
+                    .map_err(|_| End::Client)
+            }
+            Some(Err(reason)) => return Err(End::Close(CloseCode::Policy, reason)),
+        }
         match self.acks.judge(text) {
             AckOutcome::Accepted { lsn, reply } => {
                 self.acks.last = lsn;
@@ -340,8 +363,13 @@ impl Session {
         stop: &mut watch::Receiver<Option<String>>,
     ) -> End {
         loop {
+            let expiry = self.opts.access.deadline();
             tokio::select! {
                 _ = shutdown.changed() => return End::Close(CloseCode::Away, "server shutting down; reconnect to resume from your last ACK".into()),
+                _ = tokio::time::sleep_until(expiry.unwrap_or_else(tokio::time::Instant::now)), if expiry.is_some() => {
+                    self.metrics.count_close(crate::metrics::CloseReason::TokenExpired);
+                    return End::Close(CloseCode::Policy, "token expired".into());
+                }
                 changed = stop.changed() => {
                     let reason = match changed {
                         Ok(()) => stop.borrow().clone().unwrap_or_default(),

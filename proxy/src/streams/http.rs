@@ -10,6 +10,7 @@
 
 use super::registry::ApiError;
 use super::{consumer, snapshot};
+use crate::auth::Grant;
 use crate::server::{self, json_error, respond, AppState, Resp};
 use hyper::body::Incoming;
 use hyper::header::HeaderValue;
@@ -41,17 +42,20 @@ fn unix_seconds(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-/// Routes a `/v1/` request (already authorized).
+/// Routes a `/v1/` request (already authenticated: `grant` is what its
+/// credential allows).
 pub async fn route(
     req: Request<Incoming>,
     params: HashMap<String, String>,
     state: Arc<AppState>,
+    grant: Grant,
 ) -> Resp {
     let path = req.uri().path().to_owned();
     let result = match (req.method().clone(), path.as_str()) {
         (Method::GET, "/v1/init") => {
             create(
                 &state,
+                &grant,
                 params.get("name").cloned(),
                 params.get("tables").cloned(),
             )
@@ -59,7 +63,7 @@ pub async fn route(
         }
         (Method::POST, "/v1/streams") => match body(req, &state).await {
             Ok(b) => match parse_create(&b) {
-                Ok((name, tables)) => create(&state, name, tables).await,
+                Ok((name, tables)) => create(&state, &grant, name, tables).await,
                 Err(e) => Err(e),
             },
             Err(e) => Err(e),
@@ -74,10 +78,10 @@ pub async fn route(
                 .map(|()| json(StatusCode::OK, serde_json::json!({ "dropped": slot })))
         }
         (Method::POST, "/v1/snapshot/data") => match body(req, &state).await {
-            Ok(b) => snapshot_data(&state, &b).await,
+            Ok(b) => snapshot_data(&state, &grant, &b).await,
             Err(e) => Err(e),
         },
-        (Method::GET, "/v1/lr/stream") => return lr_stream(req, params, state).await,
+        (Method::GET, "/v1/lr/stream") => return lr_stream(req, params, state, grant).await,
         (_, "/v1/init" | "/v1/lr/stream") => {
             Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "use GET"))
         }
@@ -125,11 +129,59 @@ pub fn parse_create(b: &[u8]) -> Result<(Option<String>, Option<String>), ApiErr
     Ok((body.name, tables))
 }
 
+/// The tables of a stream a user creates: within the user's `tables`
+/// claim (their patterns when the request names none; otherwise each
+/// requested pattern must be one of theirs, or a table they may read).
+fn stream_tables(grant: &Grant, tables: Option<String>) -> Result<Option<String>, ApiError> {
+    let Some(allowed) = grant.read_limits().and_then(|r| r.tables.as_ref()) else {
+        return Ok(tables);
+    };
+    let Some(asked) = tables else {
+        if allowed.is_empty() {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "this token allows no tables",
+            ));
+        }
+        let list: Vec<&str> = allowed.iter().map(|p| p.as_str()).collect();
+        return Ok(Some(list.join(",")));
+    };
+    let patterns = walcast_format::TablePattern::parse_list(&asked)
+        .map_err(|e| ApiError::bad_request(format!("invalid tables: {e}")))?;
+    for p in &patterns {
+        let own = allowed.iter().any(|a| a.as_str() == p.as_str());
+        // A single table, named plainly as schema.table.
+        let text = p.as_str();
+        let concrete = !text.contains(['*', '\\', '"'])
+            && text
+                .split_once('.')
+                .filter(|(_, n)| !n.contains('.'))
+                .is_some_and(|(s, n)| allowed.iter().any(|a| a.matches(s, n)));
+        if !own && !concrete {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "this token does not allow the tables {:?} (it allows {})",
+                    p.as_str(),
+                    allowed
+                        .iter()
+                        .map(|a| a.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(Some(asked))
+}
+
 async fn create(
     state: &AppState,
+    grant: &Grant,
     name: Option<String>,
     tables: Option<String>,
 ) -> Result<Resp, ApiError> {
+    let tables = stream_tables(grant, tables)?;
     let c = state
         .streams
         .create(name.as_deref(), tables.as_deref())
@@ -169,9 +221,9 @@ async fn list(state: &AppState) -> Result<Resp, ApiError> {
     ))
 }
 
-async fn snapshot_data(state: &AppState, b: &[u8]) -> Result<Resp, ApiError> {
+async fn snapshot_data(state: &AppState, grant: &Grant, b: &[u8]) -> Result<Resp, ApiError> {
     let req = snapshot::parse_request(b, state.streams.cfg.page_cap)?;
-    let page = snapshot::read_page(&state.streams, &req).await?;
+    let page = snapshot::read_page(&state.streams, &req, grant.read_limits().map(|r| &**r)).await?;
     let mut r = respond(StatusCode::OK, "application/json", page.body);
     if let Ok(v) = HeaderValue::from_str(&page.rows.to_string()) {
         r.headers_mut().insert("x-walcast-rows", v);
@@ -188,6 +240,7 @@ async fn lr_stream(
     mut req: Request<Incoming>,
     params: HashMap<String, String>,
     state: Arc<AppState>,
+    grant: Grant,
 ) -> Resp {
     let Some(slot) = params.get("slotName").cloned() else {
         return json_error(
@@ -210,7 +263,8 @@ async fn lr_stream(
     let Some(handshake) = state.connections.begin_handshake() else {
         return server::too_many_handshakes();
     };
-    let server::Selection { query, filter } = match server::selection(&state, &params).await {
+    let server::Selection { query, filter } = match server::selection(&state, &params, &grant).await
+    {
         Ok(s) => s,
         Err(r) => return *r,
     };
@@ -225,6 +279,10 @@ async fn lr_stream(
         Err(e) => return error(e),
     };
     let (metrics, shutdown) = (state.metrics.clone(), state.shutdown.clone());
+    let access = crate::auth::Session {
+        auth: state.auth.clone(),
+        grant,
+    };
     let response = server::switching_protocols(&upgrade.accept);
     tokio::spawn(async move {
         // The slot stays held while the consumer runs; the handshake ends
@@ -240,6 +298,7 @@ async fn lr_stream(
                 query,
                 filter,
                 heartbeats,
+                access,
             };
             consumer::run(ws, opened, opts, metrics, shutdown).await;
             drop(slot);

@@ -7,6 +7,7 @@
 //! quoted; request values only ever travel as bind parameters.
 
 use super::registry::{ApiError, Streams};
+use crate::auth::Rules;
 use crate::catalog::{quote_ident, TableInfo};
 use crate::change::split_qualified;
 use futures_util::{pin_mut, TryStreamExt};
@@ -109,6 +110,7 @@ fn build_sql(
     table: &TableInfo,
     req: &PageRequest,
     limit: i64,
+    rules: Option<&Rules>,
 ) -> Result<(String, Vec<String>), ApiError> {
     let from = table.qualified_sql();
     let key_cols: Vec<String> = table
@@ -118,6 +120,11 @@ fn build_sql(
         .collect();
     let mut params = vec![limit.to_string()];
     let mut sql = format!("SELECT pg_catalog.row_to_json(t)::text FROM {from} AS t");
+    let mut conditions = Vec::new();
+    if let Some(rules) = rules {
+        let column_type = |name: &str| table.column(name).map(|c| c.type_sql.clone());
+        conditions.extend(rules.sql_condition(column_type, &mut params));
+    }
     if let Some(after) = &req.after {
         if key_cols.is_empty() {
             return Err(ApiError::bad_request(format!(
@@ -150,11 +157,14 @@ fn build_sql(
                 table.columns[i].type_sql
             ));
         }
-        sql.push_str(&format!(
-            " WHERE ({}) > ({})",
+        conditions.push(format!(
+            "({}) > ({})",
             key_cols.join(", "),
             binds.join(", ")
         ));
+    }
+    if !conditions.is_empty() {
+        sql.push_str(&format!(" WHERE {}", conditions.join(" AND ")));
     }
     let mut order: Vec<String> = Vec::new();
     if let Some(ob) = &req.order_by {
@@ -193,8 +203,12 @@ fn allowed(patterns: &[walcast_format::TablePattern], t: &TableInfo) -> bool {
     patterns.iter().any(|p| p.matches(&t.schema, &t.name))
 }
 
-/// Reads one page for `req`.
-pub async fn read_page(streams: &Streams, req: &PageRequest) -> Result<Page, ApiError> {
+/// Reads one page for `req`; `rules` are the user's limits (tables, rows).
+pub async fn read_page(
+    streams: &Streams,
+    req: &PageRequest,
+    rules: Option<&Rules>,
+) -> Result<Page, ApiError> {
     let snapshot = streams.snapshot_name(&req.slot_name).await?;
     let (schema, name) = split_qualified(&req.table);
     if name.is_empty() {
@@ -220,10 +234,16 @@ pub async fn read_page(streams: &Streams, req: &PageRequest) -> Result<Page, Api
             req.table
         )));
     }
+    if rules.is_some_and(|r| !r.table_allowed(&table.schema, &table.name)) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("this token does not allow the table {:?}", req.table),
+        ));
+    }
     let limit = req
         .limit
         .unwrap_or(DEFAULT_LIMIT.min(streams.cfg.page_cap as i64));
-    let (sql, params) = build_sql(&table, req, limit)?;
+    let (sql, params) = build_sql(&table, req, limit, rules)?;
 
     let mut conn = streams.pool.get().await.map_err(ApiError::unavailable)?;
     let tx = conn
@@ -333,9 +353,10 @@ pub async fn read_page(streams: &Streams, req: &PageRequest) -> Result<Page, Api
 fn query_error(e: &tokio_postgres::Error) -> ApiError {
     match e.as_db_error() {
         // A key value of the wrong type (22P02 invalid text representation, 22xxx data errors).
-        Some(d) if d.code().code().starts_with("22") => {
-            ApiError::bad_request(format!("after: {}", d.message()))
-        }
+        Some(d) if d.code().code().starts_with("22") => ApiError::bad_request(format!(
+            "a value does not fit its column (in after, or in the token's row_filter): {}",
+            d.message()
+        )),
         Some(d) => ApiError::unavailable(format!("snapshot read failed: {}", d.message())),
         None => ApiError::unavailable(format!("snapshot read failed: {e}")),
     }
@@ -390,7 +411,7 @@ mod tests {
         )
         .unwrap_or_else(|e| panic!("{}", e.message));
         let (sql, params) =
-            build_sql(&table(), &req, 5).unwrap_or_else(|e| panic!("{}", e.message));
+            build_sql(&table(), &req, 5, None).unwrap_or_else(|e| panic!("{}", e.message));
         assert_eq!(
             sql,
             "SELECT pg_catalog.row_to_json(t)::text FROM \"public\".\"we\"\"ird\" AS t \
@@ -404,7 +425,7 @@ mod tests {
         )
         .unwrap_or_else(|e| panic!("{}", e.message));
         let (sql, params) =
-            build_sql(&table(), &req, 5).unwrap_or_else(|e| panic!("{}", e.message));
+            build_sql(&table(), &req, 5, None).unwrap_or_else(|e| panic!("{}", e.message));
         assert!(sql.ends_with(
             "ORDER BY t.\"name; DROP TABLE x\" DESC, t.\"id\" LIMIT $1::text::int8 OFFSET $2::text::int8"
         ));
@@ -417,7 +438,7 @@ mod tests {
             br#"{"slotName":"s","table":"t","after":[null]}"#,
         ] {
             let req = parse_request(bad, 10).unwrap_or_else(|e| panic!("{}", e.message));
-            let e = build_sql(&table(), &req, 5).expect_err("must be refused");
+            let e = build_sql(&table(), &req, 5, None).expect_err("must be refused");
             assert_eq!(e.status, StatusCode::BAD_REQUEST);
         }
     }

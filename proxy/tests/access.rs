@@ -1,0 +1,480 @@
+//! Per-user access end to end: JWTs signed with keys the test makes (HS256
+//! secret, RS256 PEM, a JWKS), refused tokens of every kind, a token for
+//! one table asking for another, row filters applied to live, WASM-filtered
+//! and durable streams and to snapshot pages while another user on the
+//! same table gets their own rows, token refresh on an open socket and the
+//! close at `exp`.
+
+mod support;
+
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use support::{encode as url, json, Client, Got, Proxy};
+use walcast_tests::{cluster, repo_root, TestDb};
+
+const WAIT: Duration = Duration::from_secs(10);
+const SECRET: &str = "test-secret-of-at-least-thirty-two-bytes";
+const ADMIN: &str = "admin-token";
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn hs256(claims: serde_json::Value) -> String {
+    encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .expect("signing")
+}
+
+/// A token for `walcast` claims, valid for `secs`.
+fn user(walcast: serde_json::Value, secs: u64) -> String {
+    hs256(serde_json::json!({"sub": "u", "exp": now() + secs, "walcast": walcast}))
+}
+
+/// An RSA key pair made with openssl: (private PEM, public key file).
+fn rsa_keys() -> (Vec<u8>, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("walcast-jwt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("key dir");
+    let private = dir.join("private.pem");
+    let public = dir.join("public.pem");
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let (p, q) = (private.to_string_lossy(), public.to_string_lossy());
+    run(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-out",
+        &p,
+    ]);
+    run(&["pkey", "-in", &p, "-pubout", "-out", &q]);
+    (std::fs::read(&private).expect("private key"), public)
+}
+
+fn setup(name: &str, extra: &[&str]) -> (TestDb, Proxy) {
+    let mut db = TestDb::new(name);
+    db.exec(
+        "CREATE TABLE orders (id int PRIMARY KEY, tenant_id int, item text); \
+         CREATE TABLE secrets (id int PRIMARY KEY, tenant_id int)",
+    );
+    let mut args = vec![
+        "--jwt-secret",
+        SECRET,
+        "--token",
+        ADMIN,
+        "--jwt-leeway",
+        "0",
+    ];
+    args.extend_from_slice(extra);
+    let proxy = Proxy::start(cluster(), &db.name, &format!("{}_proxy", db.name), &args);
+    (db, proxy)
+}
+
+fn ws(proxy: &Proxy, token: &str, params: &str) -> Result<Client, (u16, String)> {
+    proxy.try_ws_url(&format!(
+        "ws://127.0.0.1:{}/ws?access_token={}&{params}",
+        proxy.port,
+        url(token)
+    ))
+}
+
+fn ws_ok(proxy: &Proxy, token: &str, params: &str) -> Client {
+    ws(proxy, token, params).unwrap_or_else(|e| panic!("/ws?{params}: {e:?}"))
+}
+
+fn status(proxy: &Proxy, token: &str, params: &str) -> (u16, String) {
+    match ws(proxy, token, params) {
+        Ok(_) => (101, String::new()),
+        Err(e) => e,
+    }
+}
+
+/// (id, tenant_id) of each change's row: `columns`, or `identity` for a delete.
+fn tenant_ids(frames: &[String]) -> Vec<(i64, i64)> {
+    frames
+        .iter()
+        .map(|f| {
+            let v = json(f);
+            let row = if v["action"] == "D" {
+                &v["identity"]
+            } else {
+                &v["columns"]
+            };
+            (
+                row["id"].as_i64().unwrap_or(-1),
+                row["tenant_id"].as_i64().unwrap_or(-1),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn tokens_are_verified_and_every_bad_one_is_refused() {
+    let (private, public) = rsa_keys();
+    let jwks = std::env::temp_dir().join(format!("walcast-jwks-{}.json", std::process::id()));
+    let oct = "a-jwks-secret-of-at-least-thirty-two-bytes";
+    std::fs::write(
+        &jwks,
+        serde_json::json!({"keys": [{"kty": "oct", "kid": "k1", "alg": "HS256",
+            "k": base64url(oct.as_bytes())}]})
+        .to_string(),
+    )
+    .expect("jwks");
+    let (_db, proxy) = setup(
+        "access_tokens",
+        &[
+            "--jwt-public-key",
+            &public.to_string_lossy(),
+            "--jwks-file",
+            &jwks.to_string_lossy(),
+            "--jwt-audience",
+            "walcast",
+        ],
+    );
+    let claims = |extra: serde_json::Value| {
+        let mut c =
+            serde_json::json!({"sub": "ann", "exp": now() + 60, "aud": "walcast", "walcast": {}});
+        if let (Some(c), Some(e)) = (c.as_object_mut(), extra.as_object()) {
+            for (k, v) in e {
+                c.insert(k.clone(), v.clone());
+            }
+        }
+        c
+    };
+    let q = "query=insert:orders";
+    // HS256, RS256 and a JWKS key by kid; the static token still works.
+    assert_eq!(
+        status(&proxy, &hs256(claims(serde_json::json!({}))), q).0,
+        101
+    );
+    let rs = encode(
+        &Header::new(Algorithm::RS256),
+        &claims(serde_json::json!({})),
+        &EncodingKey::from_rsa_pem(&private).expect("RSA key"),
+    )
+    .expect("RS256");
+    assert_eq!(status(&proxy, &rs, q).0, 101);
+    let mut kid = Header::new(Algorithm::HS256);
+    kid.kid = Some("k1".into());
+    let by_kid = encode(
+        &kid,
+        &claims(serde_json::json!({})),
+        &EncodingKey::from_secret(oct.as_bytes()),
+    )
+    .expect("kid");
+    assert_eq!(status(&proxy, &by_kid, q).0, 101);
+    assert_eq!(status(&proxy, ADMIN, q).0, 101);
+
+    let refused = |token: &str, why: &str| {
+        let (code, body) = status(&proxy, token, q);
+        assert_eq!(code, 401, "{why}: {body}");
+        assert!(
+            json(&body)["error"]
+                .as_str()
+                .is_some_and(|e| e.contains(why)),
+            "{why}: {body}"
+        );
+    };
+    refused(
+        &hs256(claims(serde_json::json!({"exp": now() - 5}))),
+        "expired",
+    );
+    refused(
+        &hs256(claims(serde_json::json!({"nbf": now() + 60}))),
+        "not valid yet",
+    );
+    refused(
+        &hs256(claims(serde_json::json!({"aud": "other"}))),
+        "another audience",
+    );
+    refused(
+        &encode(
+            &Header::new(Algorithm::HS256),
+            &claims(serde_json::json!({})),
+            &EncodingKey::from_secret(b"another-secret-of-thirty-two-bytes!!"),
+        )
+        .expect("sign"),
+        "signature",
+    );
+    // alg none: the header says so and there is no signature.
+    let body = rs.split('.').nth(1).expect("payload");
+    refused(
+        &format!("{}.{body}.", base64url(br#"{"alg":"none","typ":"JWT"}"#)),
+        "none",
+    );
+    // RS256 header, signed with the public key as an HMAC secret.
+    let confused = encode(
+        &Header::new(Algorithm::HS256),
+        &claims(serde_json::json!({})),
+        &EncodingKey::from_secret(&std::fs::read(&public).expect("public key")),
+    )
+    .expect("sign");
+    refused(&confused, "signature");
+    let mut no_claim = claims(serde_json::json!({}));
+    if let Some(o) = no_claim.as_object_mut() {
+        o.remove("walcast");
+    }
+    refused(&hs256(no_claim), "no \"walcast\" claim");
+    refused(
+        &hs256(claims(
+            serde_json::json!({"walcast": {"row_filters": "x.eq.1"}}),
+        )),
+        "unknown field",
+    );
+    refused("not-a-token", "not valid");
+    let (code, _) = status(&proxy, "", q);
+    assert_eq!(code, 401);
+}
+
+#[test]
+fn a_token_for_one_table_cannot_read_another() {
+    let (mut db, proxy) = setup("access_tables", &[]);
+    let t = user(
+        serde_json::json!({"tables": "public.orders", "actions": ["insert"]}),
+        60,
+    );
+    let (code, body) = status(&proxy, &t, "query=insert:public.secrets");
+    assert_eq!(code, 403, "{body}");
+    assert_eq!(status(&proxy, &t, "query=delete:public.orders").0, 403);
+    // In the first frame: an error frame, then 1008.
+    let mut c = ws_ok(&proxy, &t, "");
+    c.send(r#"{"subscribe":{"query":"insert:secrets"}}"#);
+    match c.next_within(WAIT) {
+        Some(Got::Text(f)) => assert_eq!(json(&f)["code"], "FORBIDDEN", "{f}"),
+        other => panic!("expected an error frame, got {other:?}"),
+    }
+    assert_eq!(c.close_frame(WAIT).map(|c| c.0), Some(1008));
+    // Without a schema, the table is the one the search path finds; `*`
+    // is cut to the allowed actions.
+    let mut orders = ws_ok(&proxy, &t, "query=*:orders");
+    // A WASM filter over every table sees only the allowed ones.
+    let filter = upload_inserts_only(&proxy);
+    let mut filtered = ws_ok(&proxy, &t, &format!("filter={filter}"));
+    db.exec(
+        "INSERT INTO secrets VALUES (1, 1); INSERT INTO orders VALUES (1, 1, 'a'); \
+         UPDATE orders SET item = 'b'; DELETE FROM orders",
+    );
+    for c in [&mut orders, &mut filtered] {
+        let frames = c.texts(1, WAIT);
+        assert_eq!(tenant_ids(&frames), [(1, 1)]);
+        assert_eq!(json(&frames[0])["table"], "orders");
+        c.expect_silence(Duration::from_millis(500));
+    }
+    // Snapshots and durable streams: the same tables.
+    let admin_init = proxy
+        .get(&format!("/v1/init?access_token={ADMIN}"))
+        .expect("init");
+    assert_eq!(admin_init.0, 200, "{}", admin_init.1);
+    let slot = json(&admin_init.1)["slotName"]
+        .as_str()
+        .expect("slot")
+        .to_owned();
+    let page = |table: &str| {
+        proxy.post_full(
+            &format!("/v1/snapshot/data?access_token={}", url(&t)),
+            &format!(r#"{{"slotName":"{slot}","table":"{table}"}}"#),
+        )
+    };
+    assert_eq!(page("secrets").0, 403);
+    assert_eq!(page("orders").0, 200);
+    let (code, body) = proxy
+        .get(&format!(
+            "/v1/init?access_token={}&tables=public.secrets",
+            url(&t)
+        ))
+        .expect("init");
+    assert_eq!(code, 403, "{body}");
+    // A stream created by the user gets the user's tables.
+    let (code, body) = proxy
+        .get(&format!("/v1/init?access_token={}", url(&t)))
+        .expect("init");
+    assert_eq!(code, 200, "{body}");
+    let (_, list) = proxy
+        .get(&format!("/v1/streams?access_token={ADMIN}"))
+        .expect("list");
+    let own = json(&body)["slotName"].clone();
+    let listed = json(&list)["streams"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["slotName"] == own).cloned())
+        .expect("the user's stream is listed");
+    assert_eq!(listed["tables"], "public.orders", "{listed}");
+}
+
+fn upload_inserts_only(proxy: &Proxy) -> String {
+    let bytes =
+        std::fs::read(repo_root().join("filters/examples/wat/inserts_only.wat")).expect("wat");
+    let (code, body) = proxy.post_bytes(
+        &format!("/v1/filters?access_token={ADMIN}"),
+        "application/wasm",
+        &bytes,
+    );
+    assert_eq!(code, 200, "{body}");
+    json(&body)["id"].as_str().expect("id").to_owned()
+}
+
+#[test]
+fn row_filters_give_each_user_only_their_rows_everywhere() {
+    let (mut db, proxy) = setup("access_rows", &[]);
+    // Deletes carry the replica identity: FULL puts tenant_id in it, so
+    // the row filter can pass a user's deletes.
+    db.exec(
+        "ALTER TABLE orders REPLICA IDENTITY FULL; \
+         INSERT INTO orders SELECT g, g % 2 + 1, 'old' FROM generate_series(1, 10) g",
+    );
+    let token = |tenant: i64| {
+        user(
+            serde_json::json!({"tables": ["public.orders"], "row_filter": format!("tenant_id.eq.{tenant}")}),
+            120,
+        )
+    };
+    let (one, two) = (token(1), token(2));
+    // A user's token may not upload filters unless its claim says so.
+    let (code, _) = proxy.post_bytes(
+        &format!("/v1/filters?access_token={}", url(&one)),
+        "application/wasm",
+        b"\0asm",
+    );
+    assert_eq!(code, 403);
+    let filter = upload_inserts_only(&proxy);
+
+    let created = proxy
+        .get(&format!("/v1/init?access_token={}", url(&one)))
+        .expect("init");
+    assert_eq!(created.0, 200, "{}", created.1);
+    let slot = json(&created.1)["slotName"]
+        .as_str()
+        .expect("slot")
+        .to_owned();
+    // Snapshot pages: only the user's rows, paged by key.
+    for (t, tenant) in [(&one, 1), (&two, 2)] {
+        let (code, _, body) = proxy.post_full(
+            &format!("/v1/snapshot/data?access_token={}", url(t)),
+            &format!(r#"{{"slotName":"{slot}","table":"orders","limit":3}}"#),
+        );
+        assert_eq!(code, 200, "{body}");
+        let rows: Vec<serde_json::Value> = serde_json::from_str(&body).expect("rows");
+        assert_eq!(rows.len(), 3);
+        assert!(rows.iter().all(|r| r["tenant_id"] == tenant), "{body}");
+    }
+
+    let mut live = [
+        ws_ok(&proxy, &one, "query=*:orders"),
+        ws_ok(&proxy, &two, "query=*:orders"),
+    ];
+    let mut filtered = [
+        ws_ok(&proxy, &one, &format!("filter={filter}")),
+        ws_ok(&proxy, &two, &format!("filter={filter}")),
+    ];
+    let mut durable = proxy
+        .try_ws_url(&format!(
+            "ws://127.0.0.1:{}/v1/lr/stream?slotName={slot}&access_token={}",
+            proxy.port,
+            url(&one)
+        ))
+        .unwrap_or_else(|e| panic!("stream: {e:?}"));
+    db.exec(
+        "INSERT INTO orders VALUES (11, 1, 'new'), (12, 2, 'new'); \
+         UPDATE orders SET item = 'changed' WHERE id IN (1, 2); \
+         DELETE FROM orders WHERE id IN (3, 4)",
+    );
+    for (i, c) in live.iter_mut().enumerate() {
+        let tenant = i as i64 + 1;
+        let frames = c.texts(3, WAIT);
+        let got = tenant_ids(&frames);
+        let want = if tenant == 1 {
+            [(11, 1), (2, 1), (4, 1)]
+        } else {
+            [(12, 2), (1, 2), (3, 2)]
+        };
+        assert_eq!(got, want, "tenant {tenant}");
+        c.expect_silence(Duration::from_millis(300));
+    }
+    for (i, c) in filtered.iter_mut().enumerate() {
+        let tenant = i as i64 + 1;
+        let frames = c.texts(1, WAIT);
+        assert_eq!(tenant_ids(&frames), [(10 + tenant, tenant)]);
+        c.expect_silence(Duration::from_millis(300));
+    }
+    let mut rows = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while rows.len() < 3 && Instant::now() < deadline {
+        if let Some(Got::Text(t)) = durable.next() {
+            if ["I", "U", "D"].contains(&json(&t)["action"].as_str().unwrap_or_default()) {
+                rows.extend(tenant_ids(&[t]));
+            }
+        }
+    }
+    assert_eq!(rows, [(11, 1), (2, 1), (4, 1)]);
+}
+
+#[test]
+fn a_token_is_refreshed_on_the_socket_or_the_socket_closes_at_exp() {
+    let (mut db, proxy) = setup("access_expiry", &[]);
+    let claim = serde_json::json!({"tables": "public.orders"});
+    let mut refreshed = ws_ok(&proxy, &user(claim.clone(), 3), "query=insert:orders");
+    let mut lapsing = ws_ok(&proxy, &user(claim.clone(), 3), "query=insert:orders");
+    let mut changed = ws_ok(&proxy, &user(claim.clone(), 60), "query=insert:orders");
+    refreshed.send(&serde_json::json!({"access_token": user(claim.clone(), 120)}).to_string());
+    match refreshed.next_within(WAIT) {
+        Some(Got::Text(f)) => {
+            let v = json(&f);
+            assert_eq!(v["type"], "token", "{f}");
+            assert!(
+                v["expires_at"].as_u64().is_some_and(|e| e > now() + 60),
+                "{f}"
+            );
+        }
+        other => panic!("expected the refresh answer, got {other:?}"),
+    }
+    // Other claims: refused, and the socket closes.
+    changed
+        .send(&serde_json::json!({"access_token": user(serde_json::json!({}), 120)}).to_string());
+    let (code, reason) = changed.close_frame(WAIT).expect("close");
+    assert_eq!(code, 1008);
+    assert!(reason.contains("refresh refused"), "{reason}");
+
+    let (code, reason) = lapsing.close_frame(WAIT).expect("close at exp");
+    assert_eq!((code, reason.as_str()), (1008, "token expired"));
+    db.exec("INSERT INTO orders VALUES (1, 1, 'a')");
+    assert_eq!(refreshed.texts(1, WAIT).len(), 1);
+    assert_eq!(
+        proxy.metric("walcast_clients_closed_total{reason=\"token_expired\"}"),
+        1
+    );
+}
+
+fn base64url(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..=chunk.len() {
+            out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
+}

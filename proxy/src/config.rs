@@ -211,6 +211,18 @@ pub struct ServeArgs {
     #[arg(long, global = true, env = "WALCAST_JWT_LEEWAY", default_value_t = 30)]
     pub jwt_leeway: u64,
 
+    /// Web origins allowed to use /ws and /v1/* from a browser (comma
+    /// separated, `https://app.example.com`; `*` for any). Others get 403,
+    /// preflights included. Default: any origin without tokens, only the
+    /// proxy's own with --token or a JWT key.
+    #[arg(
+        long,
+        global = true,
+        env = "WALCAST_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub allowed_origins: Vec<String>,
+
     /// Seconds between standby status updates to PostgreSQL.
     #[arg(
         long,

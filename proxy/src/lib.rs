@@ -16,6 +16,7 @@
 //!     -> session.rs     one websocket client's loop (frames are the plugin's bytes),
 //!                       pings, stall and fell-behind closes
 //!     -> server.rs      HTTP routes, websocket upgrade, /healthz, /metrics, graceful shutdown
+//!     -> origin.rs      which web origins may call it (CORS, websocket Origin)
 //!     -> auth/          who may read what: static tokens, JWTs and their walcast
 //!                       claim (tables, actions, row filters), token refresh
 //!     <- listener.rs    where connections enter: accept loop, connection and
@@ -48,6 +49,7 @@ pub mod hub;
 pub mod listener;
 pub mod log;
 pub mod metrics;
+pub mod origin;
 pub mod query;
 pub mod reader;
 pub mod replication;

@@ -267,6 +267,7 @@ async fn serve(args: walcast_proxy::config::ServeArgs) -> Result<(), String> {
         catalog: Catalog::new(pool),
         streams,
         filters,
+        origins: walcast_proxy::origin::Origins::new(&args.allowed_origins, auth.required()),
         auth,
         max_clients: args.max_clients,
         liveness: Liveness {

@@ -12,6 +12,7 @@ use crate::health::Health;
 use crate::hub::{Hub, SubscribeError};
 use crate::listener::{self, Connections, Handshake, Slot};
 use crate::metrics::Metrics;
+use crate::origin;
 use crate::query::{self, Query, QueryErrorKind};
 use crate::session;
 use crate::streams::Streams;
@@ -44,6 +45,8 @@ pub struct AppState {
     pub catalog: Catalog,
     /// Tokens and what they grant.
     pub auth: Arc<Auth>,
+    /// Web origins allowed to call `/ws` and `/v1/*` from a browser.
+    pub origins: crate::origin::Origins,
     pub max_clients: usize,
     /// Pings and stall timeout of live clients.
     pub liveness: session::Liveness,
@@ -136,7 +139,7 @@ async fn connection(stream: tokio::net::TcpStream, addr: IpAddr, slot: Slot, sta
     let svc = service_fn(move |mut req: Request<Incoming>| {
         req.extensions_mut().insert(ClientAddr(addr));
         let state = state.clone();
-        async move { Ok::<_, std::convert::Infallible>(route(req, state).await) }
+        async move { Ok::<_, std::convert::Infallible>(front(req, state).await) }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -152,6 +155,32 @@ async fn connection(stream: tokio::net::TcpStream, addr: IpAddr, slot: Slot, sta
         }
     }
     drop(slot);
+}
+
+/// Checks a browser's origin on `/ws` and `/v1/*` (preflights included),
+/// then routes.
+async fn front(req: Request<Incoming>, state: Arc<AppState>) -> Resp {
+    let path = req.uri().path();
+    if !(path == "/ws" || path.starts_with("/v1/")) {
+        return route(req, state).await;
+    }
+    match state.origins.judge(req.headers()) {
+        origin::Verdict::NoOrigin => route(req, state).await,
+        origin::Verdict::Refused(why) => json_error(StatusCode::FORBIDDEN, &why, None),
+        origin::Verdict::Allowed(o) => {
+            let is_preflight = req.method() == Method::OPTIONS
+                && req.headers().contains_key("access-control-request-method");
+            if is_preflight {
+                let mut r = Response::new(Full::new(Bytes::new()));
+                *r.status_mut() = StatusCode::NO_CONTENT;
+                origin::preflight(r.headers_mut(), o);
+                return r;
+            }
+            let mut r = route(req, state).await;
+            origin::decorate(r.headers_mut(), o);
+            r
+        }
+    }
 }
 
 async fn route(req: Request<Incoming>, state: Arc<AppState>) -> Resp {

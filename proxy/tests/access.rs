@@ -478,3 +478,108 @@ fn base64url(bytes: &[u8]) -> String {
     }
     out
 }
+
+/// A websocket upgrade from a browser page on `origin`: the status.
+fn upgrade_from(proxy: &Proxy, origin: &str, token: &str) -> u16 {
+    use tungstenite::client::IntoClientRequest;
+    let url = format!(
+        "ws://127.0.0.1:{}/ws?query=insert:orders&access_token={}",
+        proxy.port,
+        url(token)
+    );
+    let mut req = url.into_client_request().expect("request");
+    req.headers_mut()
+        .insert("origin", origin.parse().expect("origin header"));
+    match tungstenite::connect(req) {
+        Ok(_) => 101,
+        Err(tungstenite::Error::Http(r)) => r.status().as_u16(),
+        Err(e) => panic!("upgrade: {e}"),
+    }
+}
+
+#[test]
+fn browsers_from_other_origins_are_refused_and_preflights_answered() {
+    let (_db, proxy) = setup(
+        "access_origins",
+        &["--allowed-origins", "https://app.example.com"],
+    );
+    let preflight = |origin: &str| {
+        support::exchange(
+            proxy.port,
+            format!(
+                "OPTIONS /v1/snapshot/data HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nOrigin: {origin}\r\n\
+                 Access-Control-Request-Method: POST\r\n\
+                 Access-Control-Request-Headers: authorization, content-type\r\nConnection: close\r\n\r\n",
+                proxy.port
+            )
+            .as_bytes(),
+        )
+        .expect("preflight")
+    };
+    let (code, headers, _) = preflight("https://app.example.com");
+    assert_eq!(code, 204);
+    assert!(
+        headers.contains("access-control-allow-origin: https://app.example.com"),
+        "{headers}"
+    );
+    // (exchange gives the head in lower case)
+    assert!(
+        headers.contains("access-control-allow-methods: get, post, delete, options"),
+        "{headers}"
+    );
+    assert!(
+        headers.contains("access-control-allow-headers: authorization, content-type"),
+        "{headers}"
+    );
+    let (code, headers, body) = preflight("https://evil.example.com");
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        !headers.contains("access-control-allow-origin"),
+        "{headers}"
+    );
+
+    // An allowed origin's request gets the CORS headers; others nothing but 403.
+    let get = |origin: &str| {
+        support::exchange(
+            proxy.port,
+            format!(
+                "GET /v1/streams HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nOrigin: {origin}\r\n\
+                 Authorization: Bearer {ADMIN}\r\nConnection: close\r\n\r\n",
+                proxy.port
+            )
+            .as_bytes(),
+        )
+        .expect("get")
+    };
+    let (code, headers, _) = get("https://app.example.com");
+    assert_eq!(code, 200);
+    assert!(
+        headers.contains("access-control-allow-origin: https://app.example.com"),
+        "{headers}"
+    );
+    assert!(headers.contains("x-walcast-after"), "{headers}");
+    assert_eq!(get("https://evil.example.com").0, 403);
+    // The proxy's own origin (the demo page) is always allowed.
+    assert_eq!(get(&format!("http://127.0.0.1:{}", proxy.port)).0, 200);
+
+    // Websocket upgrades: Origin checked before anything else.
+    assert_eq!(upgrade_from(&proxy, "https://app.example.com", ADMIN), 101);
+    assert_eq!(upgrade_from(&proxy, "https://evil.example.com", ADMIN), 403);
+    assert_eq!(
+        upgrade_from(&proxy, &format!("http://127.0.0.1:{}", proxy.port), ADMIN),
+        101
+    );
+}
+
+#[test]
+fn without_allowed_origins_only_the_same_origin_may_use_a_proxy_with_tokens() {
+    let (_db, proxy) = setup("access_same_origin", &[]);
+    assert_eq!(
+        upgrade_from(&proxy, "https://elsewhere.example.com", ADMIN),
+        403
+    );
+    assert_eq!(
+        upgrade_from(&proxy, &format!("http://127.0.0.1:{}", proxy.port), ADMIN),
+        101
+    );
+}

@@ -72,7 +72,7 @@ impl Origins {
         let allowed = match self {
             Origins::Any => true,
             Origins::SameOrigin => same(),
-            Origins::List(list) => list.iter().any(|o| *o == text) || same(),
+            Origins::List(list) => list.contains(&text) || same(),
         };
         if allowed {
             Verdict::Allowed(origin.clone())

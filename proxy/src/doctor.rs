@@ -48,7 +48,7 @@ fn judge(
 }
 
 /// Runs every check against `config`.
-pub async fn run(config: &tokio_postgres::Config) -> Vec<Check> {
+pub async fn run(config: &crate::database::Database) -> Vec<Check> {
     let mut out = Vec::new();
     let pool = SqlPool::new(config.clone(), 1);
     let client = match pool.get().await {
@@ -225,7 +225,7 @@ pub async fn run(config: &tokio_postgres::Config) -> Vec<Check> {
 
 /// Creates (and drops, by disconnecting) a temporary walcast slot: proves
 /// the plugin is installed and allowed and the role may use it.
-async fn plugin_check(config: &tokio_postgres::Config) -> Check {
+async fn plugin_check(config: &crate::database::Database) -> Check {
     let name = format!("walcast_doctor_{}", std::process::id());
     let attempt = async {
         let mut c = ReplicationClient::connect(config).await?;

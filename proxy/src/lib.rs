@@ -30,7 +30,7 @@
 //! Beside the flow: `config.rs` (CLI and environment), `health.rs` and
 //! `metrics.rs` (what `/healthz` and `/metrics` report), `blocking.rs` (long
 //! work moved off the async workers), `throttle.rs`
-//! (log lines a client can repeat, written once per interval), `sql.rs` (a pool of
+//! (log lines a client can repeat, written once per interval), `database.rs` (the database URL, TLS as `sslmode` says), `sql.rs` (a pool of
 //! ordinary connections), `catalog.rs` (table lookups over it), `doctor.rs`
 //! (`walcast-proxy doctor`), `filter/` (sandboxed WASM filters, applied in
 //! `session.rs` and `streams/consumer.rs`).
@@ -41,6 +41,7 @@ pub mod catalog;
 pub mod change;
 pub mod config;
 pub mod cursor;
+pub mod database;
 pub mod descriptors;
 pub mod doctor;
 pub mod filter;

@@ -1,7 +1,6 @@
 //! `walcast-proxy`: serves websocket change streams (see `--help`).
 
 use clap::Parser;
-use std::str::FromStr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,12 +62,13 @@ fn main() {
 
 fn database_config(
     args: &walcast_proxy::config::ServeArgs,
-) -> Result<tokio_postgres::Config, String> {
+) -> Result<walcast_proxy::database::Database, String> {
     let url = args
         .database_url
         .clone()
         .ok_or("no database: pass --database-url or set DATABASE_URL (postgres://user@host/db)")?;
-    tokio_postgres::Config::from_str(&url).map_err(|e| format!("invalid --database-url: {e}"))
+    walcast_proxy::database::Database::parse(&url)
+        .map_err(|e| format!("invalid --database-url: {e}"))
 }
 
 async fn doctor(args: walcast_proxy::config::ServeArgs) -> Result<(), String> {

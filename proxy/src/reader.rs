@@ -33,7 +33,7 @@ const RECORD_SEPARATOR: u8 = 0x1E;
 /// What the reader needs.
 #[derive(Clone)]
 pub struct ReaderConfig {
-    pub database: tokio_postgres::Config,
+    pub database: crate::database::Database,
     pub slot: String,
     /// `schema.table` patterns passed to the plugin as `add-tables`.
     pub tables: Option<String>,

@@ -6,13 +6,12 @@ use postgres_native_tls::MakeTlsConnector;
 use std::mem::ManuallyDrop;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_postgres::config::SslMode;
 use tokio_postgres::{Client, NoTls};
 
 /// A pool of at most `max` connections, opened on demand.
 #[derive(Clone)]
 pub struct SqlPool {
-    config: tokio_postgres::Config,
+    database: crate::database::Database,
     idle: Arc<Mutex<Vec<Client>>>,
     permits: Arc<Semaphore>,
 }
@@ -50,18 +49,18 @@ impl Drop for Conn {
 }
 
 impl SqlPool {
-    /// A pool of up to `max` connections made with `config`.
-    pub fn new(config: tokio_postgres::Config, max: usize) -> SqlPool {
+    /// A pool of up to `max` connections to `database`.
+    pub fn new(database: crate::database::Database, max: usize) -> SqlPool {
         SqlPool {
-            config,
+            database,
             idle: Arc::new(Mutex::new(Vec::new())),
             permits: Arc::new(Semaphore::new(max.max(1))),
         }
     }
 
     /// The connection settings.
-    pub fn config(&self) -> &tokio_postgres::Config {
-        &self.config
+    pub fn database(&self) -> &crate::database::Database {
+        &self.database
     }
 
     /// An idle connection, or a new one; waits while `max` are in use.
@@ -91,15 +90,18 @@ impl SqlPool {
     }
 
     async fn connect(&self) -> Result<Client, String> {
-        let unreachable = |e: tokio_postgres::Error| format!("cannot reach PostgreSQL: {e}");
-        if self.config.get_ssl_mode() == SslMode::Disable {
-            let (client, conn) = self.config.connect(NoTls).await.map_err(unreachable)?;
+        let unreachable = |e: tokio_postgres::Error| match std::error::Error::source(&e) {
+            Some(cause) => format!("cannot reach PostgreSQL: {e}: {cause}"),
+            None => format!("cannot reach PostgreSQL: {e}"),
+        };
+        let config = &self.database.config;
+        if !self.database.tls.wanted() {
+            let (client, conn) = config.connect(NoTls).await.map_err(unreachable)?;
             tokio::spawn(conn);
             Ok(client)
         } else {
-            let tls = crate::replication::tls_connector().map_err(|e| e.message)?;
-            let (client, conn) = self
-                .config
+            let tls = self.database.tls.connector()?;
+            let (client, conn) = config
                 .connect(MakeTlsConnector::new(tls))
                 .await
                 .map_err(unreachable)?;

@@ -119,3 +119,194 @@ fn sslmode_require_streams_over_tls_and_plain_text_is_refused() {
     }
     let _ = std::fs::remove_dir_all(certs);
 }
+
+/// A test CA, a server certificate it signed for `localhost` only, and a
+/// second CA that signed nothing: the directory holding them.
+fn test_ca() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("walcast-ca-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("cert dir");
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("running openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    for (name, cn) in [("ca", "walcast test CA"), ("other", "another CA")] {
+        run(&[
+            "req",
+            "-x509",
+            "-new",
+            "-nodes",
+            "-newkey",
+            "rsa:2048",
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={cn}"),
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.crt"),
+        ]);
+    }
+    run(&[
+        "req",
+        "-new",
+        "-nodes",
+        "-newkey",
+        "rsa:2048",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=DNS:localhost\n").expect("ext");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "server.crt",
+    ]);
+    let key = dir.join("server.key");
+    for args in [vec!["600"], vec!["a+rx"]] {
+        let target = if args[0] == "600" {
+            key.clone()
+        } else {
+            dir.clone()
+        };
+        let ok = Command::new("chmod")
+            .args(&args)
+            .arg(&target)
+            .status()
+            .expect("chmod");
+        assert!(ok.success());
+    }
+    if Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0\n"))
+        .unwrap_or(false)
+    {
+        let chown = Command::new("chown")
+            .arg(walcast_cluster::OS_USER)
+            .arg(&key)
+            .arg(dir.join("server.crt"))
+            .status()
+            .expect("chown");
+        assert!(chown.success(), "chown of the certificate failed");
+    }
+    dir
+}
+
+/// Waits until the proxy's /healthz reports an error containing `needle`.
+fn reports(proxy: &Proxy, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok((_, body)) = proxy.get("/healthz") {
+            if json(&body)["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains(needle))
+            {
+                return body;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no error with {needle:?} in /healthz: {:?}",
+            proxy.get("/healthz")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn verify_full_checks_the_ca_and_the_host_name() {
+    let certs = test_ca();
+    let mut config = Config::default();
+    config.settings.push(("ssl".into(), "on".into()));
+    for (k, f) in [
+        ("ssl_cert_file", "server.crt"),
+        ("ssl_key_file", "server.key"),
+    ] {
+        config
+            .settings
+            .push((k.into(), format!("'{}'", certs.join(f).display())));
+    }
+    let cluster = Cluster::start_with(config).expect("cluster with ssl");
+    cluster.create_database("verifydb").expect("database");
+    cluster
+        .psql("verifydb", "CREATE TABLE users (id int PRIMARY KEY)")
+        .expect("table");
+    cluster
+        .set_hba(
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostssl replication all 127.0.0.1/32 trust\n\
+             hostssl all all ::1/128 trust\nhostssl replication all ::1/128 trust\n",
+        )
+        .expect("hostssl only");
+    let port = cluster.port();
+    let ca = certs.join("ca.crt");
+    let url = |host: &str, mode: &str, root: &std::path::Path| {
+        format!(
+            "postgres://postgres@{host}:{port}/verifydb?sslmode={mode}&sslrootcert={}",
+            root.display()
+        )
+    };
+
+    // The right CA and host name: streams (replication and catalog).
+    let good = Proxy::spawn(&url("localhost", "verify-full", &ca), "verify_good", &[]);
+    good.wait_healthy();
+    let mut c = good.ws("insert:users");
+    cluster
+        .psql("verifydb", "INSERT INTO users VALUES (1)")
+        .expect("insert");
+    assert_eq!(c.texts(1, Duration::from_secs(10)).len(), 1);
+
+    // The certificate names localhost, not 127.0.0.1: verify-full refuses,
+    // verify-ca (no host name check) accepts.
+    let wrong_host = Proxy::spawn(&url("127.0.0.1", "verify-full", &ca), "verify_host", &[]);
+    let body = reports(&wrong_host, "certificate verify failed");
+    assert!(body.contains("verify-full"), "{body}");
+    let ca_only = Proxy::spawn(&url("127.0.0.1", "verify-ca", &ca), "verify_ca", &[]);
+    ca_only.wait_healthy();
+
+    // A CA that did not sign the server's certificate.
+    let unknown = Proxy::spawn(
+        &url("localhost", "verify-full", &certs.join("other.crt")),
+        "verify_unknown",
+        &[],
+    );
+    reports(&unknown, "certificate verify failed");
+    // verify-full without a CA file: refused at start with what to add.
+    let out = support::proxy_command(None)
+        .args([
+            "--database-url",
+            &format!("postgres://postgres@localhost:{port}/verifydb?sslmode=verify-full"),
+        ])
+        .env("HOME", &certs)
+        .output()
+        .expect("running the proxy");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("sslrootcert"), "{err}");
+    drop((good, wrong_host, ca_only, unknown));
+    let _ = std::fs::remove_dir_all(certs);
+}

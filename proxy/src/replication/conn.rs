@@ -9,7 +9,7 @@ use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::config::Host;
 
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
@@ -42,9 +42,10 @@ fn io_err(e: std::io::Error) -> ReplicationError {
 impl Connection {
     /// Connects and authenticates; `replication` adds `replication=database`.
     pub async fn connect(
-        config: &tokio_postgres::Config,
+        database: &crate::database::Database,
         replication: bool,
     ) -> Result<Connection, ReplicationError> {
+        let config = &database.config;
         let user = config
             .get_user()
             .ok_or_else(|| {
@@ -70,7 +71,7 @@ impl Connection {
                 Host::Tcp(h) => match tokio::net::TcpStream::connect((h.as_str(), port)).await {
                     Ok(s) => {
                         let _ = s.set_nodelay(true);
-                        Ok(negotiate_tls(s, h, config.get_ssl_mode()).await?)
+                        Ok(negotiate_tls(s, h, &database.tls).await?)
                     }
                     Err(e) => Err(e),
                 },
@@ -351,15 +352,14 @@ impl Connection {
 }
 
 /// Asks the server for TLS unless `sslmode=disable`, as libpq does:
-/// `prefer` falls back to plain text when the server declines, `require`
-/// fails. Like libpq without a root certificate, the server's certificate is
-/// not verified (the connection is encrypted, not authenticated).
+/// `prefer` falls back to plain text when the server declines, stricter
+/// modes fail; the certificate is checked as `database.rs` says.
 async fn negotiate_tls(
     mut tcp: tokio::net::TcpStream,
     host: &str,
-    mode: SslMode,
+    tls: &crate::database::Tls,
 ) -> Result<Box<dyn Stream>, ReplicationError> {
-    if mode == SslMode::Disable {
+    if !tls.wanted() {
         return Ok(Box::new(tcp));
     }
     let mut req = BytesMut::new();
@@ -368,30 +368,19 @@ async fn negotiate_tls(
     let mut answer = [0u8; 1];
     tcp.read_exact(&mut answer).await.map_err(io_err)?;
     if answer[0] != b'S' {
-        if mode == SslMode::Require {
+        if tls.required() {
             return Err(ReplicationError::definite(
-                "sslmode=require but the server does not accept TLS connections; enable ssl in postgresql.conf",
+                "the sslmode needs TLS but the server does not accept TLS connections; enable ssl in postgresql.conf",
             ));
         }
         return Ok(Box::new(tcp));
     }
-    let connector = tls_connector()?;
-    let tls = tokio_native_tls::TlsConnector::from(connector)
+    let connector = tls.connector().map_err(ReplicationError::definite)?;
+    let stream = tokio_native_tls::TlsConnector::from(connector)
         .connect(host, tcp)
         .await
-        .map_err(|e| {
-            ReplicationError::transient(format!("TLS handshake with PostgreSQL failed: {e}"))
-        })?;
-    Ok(Box::new(tls))
-}
-
-/// The TLS settings used for connections to PostgreSQL (also by the catalog).
-pub fn tls_connector() -> Result<native_tls::TlsConnector, ReplicationError> {
-    native_tls::TlsConnector::builder()
-        .danger_accept_invalid_certs(true)
-        .danger_accept_invalid_hostnames(true)
-        .build()
-        .map_err(|e| ReplicationError::definite(format!("cannot set up TLS: {e}")))
+        .map_err(|e| ReplicationError::transient(tls.explain(&e.to_string())))?;
+    Ok(Box::new(stream))
 }
 
 fn server_error(body: &postgres_protocol::message::backend::ErrorResponseBody) -> ReplicationError {

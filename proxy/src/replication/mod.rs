@@ -12,7 +12,6 @@ mod conn;
 mod error;
 mod stream;
 
-pub use conn::tls_connector;
 pub use error::{ErrorKind, ReplicationError};
 pub use stream::{ReplicationStream, XLogData};
 
@@ -73,7 +72,7 @@ pub struct ReplicationClient {
 
 impl ReplicationClient {
     /// Connects in `replication=database` mode.
-    pub async fn connect(config: &tokio_postgres::Config) -> Result<Self, ReplicationError> {
+    pub async fn connect(config: &crate::database::Database) -> Result<Self, ReplicationError> {
         Ok(ReplicationClient {
             conn: Connection::connect(config, true).await?,
         })

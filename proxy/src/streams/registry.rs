@@ -157,7 +157,7 @@ pub struct Streams {
     pub catalog: Catalog,
     pub pool: SqlPool,
     pub metrics: Arc<Metrics>,
-    database: tokio_postgres::Config,
+    database: crate::database::Database,
     inner: Arc<Mutex<Inner>>,
     /// Woken whenever a consumer leaves.
     released: Arc<Notify>,
@@ -166,7 +166,7 @@ pub struct Streams {
 impl Streams {
     pub fn new(
         cfg: StreamsConfig,
-        database: tokio_postgres::Config,
+        database: crate::database::Database,
         pool: SqlPool,
         metrics: Arc<Metrics>,
     ) -> Streams {
@@ -182,7 +182,7 @@ impl Streams {
     }
 
     /// The replication connection settings.
-    pub fn database(&self) -> &tokio_postgres::Config {
+    pub fn database(&self) -> &crate::database::Database {
         &self.database
     }
 

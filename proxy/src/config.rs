@@ -223,6 +223,15 @@ pub struct ServeArgs {
     )]
     pub allowed_origins: Vec<String>,
 
+    /// PEM certificate chain to serve HTTPS and WSS with (with --tls-key);
+    /// read again on SIGHUP. Default: plain HTTP.
+    #[arg(long, global = true, env = "WALCAST_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, global = true, env = "WALCAST_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+
     /// Seconds between standby status updates to PostgreSQL.
     #[arg(
         long,

@@ -19,6 +19,7 @@
 //!     -> origin.rs      which web origins may call it (CORS, websocket Origin)
 //!     -> auth/          who may read what: static tokens, JWTs and their walcast
 //!                       claim (tables, actions, row filters), token refresh
+//!     <- https.rs       HTTPS/WSS when --tls-cert is set (reloaded on SIGHUP)
 //!     <- listener.rs    where connections enter: accept loop, connection and
 //!                       handshake caps (`descriptors.rs`: the descriptor limit)
 //!
@@ -46,6 +47,7 @@ pub mod descriptors;
 pub mod doctor;
 pub mod filter;
 pub mod health;
+pub mod https;
 pub mod hub;
 pub mod listener;
 pub mod log;

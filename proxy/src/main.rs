@@ -190,14 +190,23 @@ async fn serve(args: walcast_proxy::config::ServeArgs) -> Result<(), String> {
     ));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let tls = Arc::new(walcast_proxy::https::Tls::load(cert.clone(), key.clone())?);
+            tokio::spawn(walcast_proxy::https::reload_on_sighup(tls.clone()));
+            Some(tls)
+        }
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let listener = walcast_proxy::listener::bind(args.listen)
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(
-        "walcast-proxy listening on http://{local}/ (slot {})",
+        "walcast-proxy listening on {scheme}://{local}/ (slot {})",
         args.slot
     );
-    println!("walcast-proxy listening on http://{local}/");
+    println!("walcast-proxy listening on {scheme}://{local}/");
 
     let reader_cfg = ReaderConfig {
         database: database.clone(),
@@ -285,7 +294,7 @@ async fn serve(args: walcast_proxy::config::ServeArgs) -> Result<(), String> {
         },
         descriptor_warning: front.warning,
     });
-    let server = tokio::spawn(server::serve(listener, state, shutdown_rx));
+    let server = tokio::spawn(server::serve(listener, state, shutdown_rx, tls.clone()));
 
     wait_for_signal().await;
     tracing::info!("shutting down: closing clients (1001) and the replication stream");

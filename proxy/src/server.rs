@@ -114,13 +114,42 @@ fn grant(
         .map_err(|e| Box::new(unauthorized(&e)))
 }
 
-/// Serves HTTP on the connections `listener.rs` admits until `shutdown`
-/// becomes true.
-pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: watch::Receiver<bool>) {
+/// Serves HTTP (HTTPS with `tls`) on the connections `listener.rs` admits
+/// until `shutdown` becomes true.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: watch::Receiver<bool>,
+    tls: Option<Arc<crate::https::Tls>>,
+) {
     let conns = state.connections.clone();
     listener::run(listener, conns, shutdown, move |stream, addr, slot| {
         let _ = stream.set_nodelay(true);
-        tokio::spawn(connection(stream, addr.ip(), slot, state.clone()));
+        let state = state.clone();
+        match tls.as_ref().and_then(|t| t.acceptor()) {
+            None => {
+                tokio::spawn(connection(stream, addr.ip(), slot, state));
+            }
+            Some(acceptor) => {
+                tokio::spawn(async move {
+                    // The TLS handshake is part of sending the request head.
+                    let header = state.timeouts.header;
+                    match tokio::time::timeout(header, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => connection(tls, addr.ip(), slot, state).await,
+                        Ok(Err(e)) => {
+                            crate::limited!(debug, error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            state
+                                .metrics
+                                .connections
+                                .timed_out_header
+                                .fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        }
     })
     .await;
 }
@@ -133,7 +162,10 @@ pub(crate) struct ClientAddr(pub IpAddr);
 /// takes longer than the header timeout to send a request head (the first,
 /// or the next on a keep-alive connection) is disconnected. `slot` is held
 /// until the connection ends (an upgraded websocket takes its own).
-async fn connection(stream: tokio::net::TcpStream, addr: IpAddr, slot: Slot, state: Arc<AppState>) {
+async fn connection<S>(stream: S, addr: IpAddr, slot: Slot, state: Arc<AppState>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let metrics = state.metrics.clone();
     let header_timeout = state.timeouts.header;
     let svc = service_fn(move |mut req: Request<Incoming>| {

@@ -122,8 +122,8 @@ fn sslmode_require_streams_over_tls_and_plain_text_is_refused() {
 
 /// A test CA, a server certificate it signed for `localhost` only, and a
 /// second CA that signed nothing: the directory holding them.
-fn test_ca() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("walcast-ca-{}", std::process::id()));
+fn test_ca(label: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("walcast-ca-{label}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("cert dir");
     let run = |args: &[&str]| {
         let out = Command::new("openssl")
@@ -240,7 +240,7 @@ fn reports(proxy: &Proxy, needle: &str) -> String {
 
 #[test]
 fn verify_full_checks_the_ca_and_the_host_name() {
-    let certs = test_ca();
+    let certs = test_ca("verify");
     let mut config = Config::default();
     config.settings.push(("ssl".into(), "on".into()));
     for (k, f) in [
@@ -308,5 +308,157 @@ fn verify_full_checks_the_ca_and_the_host_name() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("sslrootcert"), "{err}");
     drop((good, wrong_host, ca_only, unknown));
+    let _ = std::fs::remove_dir_all(certs);
+}
+
+/// An HTTPS connection to the proxy on `port` that trusts only `ca`.
+fn tls_connect(port: u16, ca: &std::path::Path) -> native_tls::TlsStream<std::net::TcpStream> {
+    let ca = native_tls::Certificate::from_pem(&std::fs::read(ca).expect("CA file")).expect("CA");
+    let connector = native_tls::TlsConnector::builder()
+        .add_root_certificate(ca)
+        .disable_built_in_roots(true)
+        .build()
+        .expect("TLS client");
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    connector
+        .connect("localhost", tcp)
+        .expect("TLS handshake with the proxy")
+}
+
+/// The DER of the certificate the proxy serves now.
+fn served_cert(port: u16, ca: &std::path::Path) -> Vec<u8> {
+    let s = tls_connect(port, ca);
+    s.peer_certificate()
+        .expect("peer certificate")
+        .expect("a certificate")
+        .to_der()
+        .expect("DER")
+}
+
+fn file_cert(path: &std::path::Path) -> Vec<u8> {
+    native_tls::Certificate::from_pem(&std::fs::read(path).expect("cert"))
+        .expect("PEM")
+        .to_der()
+        .expect("DER")
+}
+
+#[test]
+fn https_and_wss_are_served_and_the_certificate_reloads_on_sighup() {
+    use std::io::{Read, Write};
+    let certs = test_ca("serve");
+    let mut db = walcast_tests::TestDb::new("https");
+    db.exec("CREATE TABLE users (id int PRIMARY KEY)");
+    let (cert, key) = (certs.join("server.crt"), certs.join("server.key"));
+    let proxy = Proxy::spawn(
+        &walcast_tests::cluster().url(&db.name),
+        "https_proxy",
+        &[
+            "--tls-cert",
+            &cert.to_string_lossy(),
+            "--tls-key",
+            &key.to_string_lossy(),
+        ],
+    );
+    let ca = certs.join("ca.crt");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut s = tls_connect(proxy.port, &ca);
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .expect("request");
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        if answer.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never healthy over HTTPS: {answer}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Plain HTTP on the TLS port gets no answer.
+    assert!(proxy.get("/healthz").map(|(c, _)| c != 200).unwrap_or(true));
+
+    let stream = tls_connect(proxy.port, &ca);
+    let (mut ws, _) = tungstenite::client(
+        format!("wss://localhost:{}/ws?query=insert:users", proxy.port),
+        stream,
+    )
+    .expect("wss upgrade");
+    db.exec("INSERT INTO users VALUES (1)");
+    let frame = ws.read().expect("a frame over WSS");
+    assert_eq!(json(frame.to_text().expect("text"))["columns"]["id"], 1);
+
+    // A renewed certificate (same CA, new key): served after SIGHUP.
+    assert_eq!(served_cert(proxy.port, &ca), file_cert(&cert));
+    let old = file_cert(&cert);
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-new",
+            "-nodes",
+            "-newkey",
+            "rsa:2048",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .args(["-keyout", "server.key", "-out", "server.csr"])
+        .current_dir(&certs)
+        .output()
+        .expect("openssl");
+    assert!(out.status.success());
+    let out = Command::new("openssl")
+        .args([
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+        ])
+        .args([
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "server.crt",
+        ])
+        .current_dir(&certs)
+        .output()
+        .expect("openssl");
+    assert!(out.status.success());
+    let hup = || {
+        let ok = Command::new("kill")
+            .args(["-HUP", &proxy.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(ok.success());
+    };
+    hup();
+    let renewed = file_cert(&cert);
+    assert_ne!(renewed, old);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while served_cert(proxy.port, &ca) != renewed {
+        assert!(
+            Instant::now() < deadline,
+            "the renewed certificate is not served"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A reload that fails keeps the certificate that works.
+    std::fs::write(&cert, "not a certificate").expect("write");
+    hup();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(served_cert(proxy.port, &ca), renewed);
+    // The open websocket was never affected.
+    db.exec("INSERT INTO users VALUES (2)");
+    let frame = ws.read().expect("a frame over WSS");
+    assert_eq!(json(frame.to_text().expect("text"))["columns"]["id"], 2);
     let _ = std::fs::remove_dir_all(certs);
 }

@@ -1,23 +1,82 @@
 //! What clients send: a websocket's first frame (`{"subscribe":...}`), a
-//! durable stream's ACK frames, and the bodies of `POST /v1/init` and
+//! durable stream's ACK frames, token refresh frames, bearer tokens (JWTs
+//! and their `walcast` claim), and the bodies of `POST /v1/init` and
 //! `POST /v1/snapshot/data`.
 //!
 //! Invariants: nothing panics; what is accepted keeps the rules the docs
 //! give (an ACK lies between the last ACK and what was sent; a page's
-//! limit is within the cap, its offset not negative, `after` alone).
+//! limit is within the cap, its offset not negative, `after` alone; only
+//! the static token or a JWT signed with the secret is accepted; a claim's
+//! row filter as SQL binds exactly the parameters it names).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use std::sync::OnceLock;
 use walcast_format::Lsn;
+use walcast_proxy::auth::{jwt, refresh_frame, rules, Auth, Rules};
 use walcast_proxy::session::{parse_first_frame, FirstFrameError};
 use walcast_proxy::streams::consumer::{AckOutcome, Acks};
 use walcast_proxy::streams::http::parse_create;
 use walcast_proxy::streams::snapshot::parse_request;
 
+/// The secret of the seed tokens (fuzz/corpus/frames/jwt-*).
+const SECRET: &str = "walcast-fuzz-secret-0123456789abcdef";
+const STATIC: &str = "fuzz-static-token";
+
+fn auth() -> &'static Auth {
+    static AUTH: OnceLock<Auth> = OnceLock::new();
+    AUTH.get_or_init(|| {
+        let keys = jwt::KeySources {
+            secret: Some(SECRET.into()),
+            ..jwt::KeySources::default()
+        };
+        let verifier = jwt::Verifier::new(&keys).ok().flatten();
+        Auth::new(vec![STATIC.into()], Vec::new(), verifier)
+    })
+}
+
+fn tokens(text: &str) {
+    let _ = refresh_frame(text);
+    for candidate in [
+        Some(text),
+        refresh_frame(text).and_then(Result::ok).as_deref(),
+    ] {
+        let Some(token) = candidate else { continue };
+        if let Ok(grant) = auth().check(Some(token)) {
+            // Only the static token or a verified JWT (three parts) passes.
+            assert!(token == STATIC || token.matches('.').count() == 2);
+            if let Some(rules) = &grant.rules {
+                claim_sql(rules);
+            }
+        }
+    }
+    if let Ok(claim) = serde_json::from_str::<rules::Claim>(text) {
+        if let Ok(rules) = Rules::from_claim(claim) {
+            claim_sql(&rules);
+        }
+    }
+}
+
+/// The row filter's SQL names each bind parameter it appends.
+fn claim_sql(rules: &Rules) {
+    let mut params = Vec::new();
+    let sql = rules.sql_condition(|c| (!c.is_empty()).then(|| "text".to_owned()), &mut params);
+    match sql {
+        None => assert!(params.is_empty() && rules.row_filter.is_empty()),
+        Some(sql) => {
+            for n in 1..=params.len() {
+                assert!(sql.contains(&format!("${n}::")), "{sql} lacks ${n}");
+            }
+            assert!(!sql.contains(&format!("${}::", params.len() + 1)));
+        }
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
+    tokens(text);
     match parse_first_frame(text) {
         Ok(first) => assert!(first.query.is_some() || first.filter.is_some()),
         Err(FirstFrameError::Query(e)) => assert!(e.position <= text.len()),

@@ -15,7 +15,8 @@
 //!     -> cursor.rs      what a client has read: its next seq and its group
 //!     -> session.rs     one websocket client's loop (frames are the plugin's bytes),
 //!                       pings, stall and fell-behind closes
-//!     -> server.rs      HTTP routes, websocket upgrade, /healthz, /metrics, graceful shutdown
+//!     -> http/          HTTP on axum: routes and their layers, the websocket upgrade,
+//!                       /healthz, /metrics
 //!     -> origin.rs      which web origins may call it (CORS, websocket Origin)
 //!     -> auth/          who may read what: static tokens, JWTs and their walcast
 //!                       claim (tables, actions, row filters), token refresh
@@ -47,6 +48,7 @@ pub mod descriptors;
 pub mod doctor;
 pub mod filter;
 pub mod health;
+pub mod http;
 pub mod https;
 pub mod hub;
 pub mod listener;
@@ -56,7 +58,6 @@ pub mod origin;
 pub mod query;
 pub mod reader;
 pub mod replication;
-pub mod server;
 pub mod session;
 pub mod sql;
 pub mod streams;

@@ -12,12 +12,12 @@ use walcast_proxy::config::{Cli, Command};
 use walcast_proxy::descriptors;
 use walcast_proxy::filter::{FilterLimits, Filters};
 use walcast_proxy::health::Health;
+use walcast_proxy::http::{self, AppState, Timeouts};
 use walcast_proxy::hub::Hub;
 use walcast_proxy::listener::{Connections, Limits};
 use walcast_proxy::metrics::Metrics;
 use walcast_proxy::reader::{self, ReaderConfig};
 use walcast_proxy::replication::validate_slot_name;
-use walcast_proxy::server::{self, AppState, Timeouts};
 use walcast_proxy::session::Liveness;
 use walcast_proxy::sql::SqlPool;
 use walcast_proxy::streams::{self, Streams, StreamsConfig};
@@ -294,7 +294,7 @@ async fn serve(args: walcast_proxy::config::ServeArgs) -> Result<(), String> {
         },
         descriptor_warning: front.warning,
     });
-    let server = tokio::spawn(server::serve(listener, state, shutdown_rx, tls.clone()));
+    let server = tokio::spawn(http::serve(listener, state, shutdown_rx, tls.clone()));
 
     wait_for_signal().await;
     tracing::info!("shutting down: closing clients (1001) and the replication stream");

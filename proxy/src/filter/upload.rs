@@ -1,9 +1,9 @@
 //! `POST /v1/filters`: the module's bytes (`application/wasm`, or any
 //! body; WebAssembly text is accepted too) -> `{"id":"sha256:...","exports":[...]}`.
 
-use crate::server::{respond, AppState, BodyError, Resp};
-use hyper::body::Incoming;
-use hyper::{Request, StatusCode};
+use crate::http::{read_body, respond, AppState, BodyError, Resp};
+use axum::extract::{Request, State};
+use hyper::StatusCode;
 use std::sync::Arc;
 
 fn refused(status: StatusCode, code: &str, message: &str) -> Resp {
@@ -14,10 +14,10 @@ fn refused(status: StatusCode, code: &str, message: &str) -> Resp {
     )
 }
 
-/// Handles an upload (already authorized).
-pub async fn handle(req: Request<Incoming>, state: Arc<AppState>) -> Resp {
+/// Handles an upload (the router's layer checked the credential).
+pub async fn upload(State(state): State<Arc<AppState>>, req: Request) -> Resp {
     let cap = state.filters.limits.max_module_bytes;
-    let bytes = match crate::server::read_body(req, cap, &state).await {
+    let bytes = match read_body(req.into_body(), cap, &state).await {
         Ok(b) => b.to_vec(),
         Err(e @ BodyError::TooLarge(_)) => {
             return refused(

@@ -11,27 +11,32 @@
 use super::registry::ApiError;
 use super::{consumer, snapshot};
 use crate::auth::Grant;
-use crate::server::{self, json_error, respond, AppState, Resp};
-use hyper::body::Incoming;
+use crate::http::selection::{selection, Selection};
+use crate::http::upgrade::{accept_upgrade, switching_protocols, too_many_handshakes, Opened};
+use crate::http::{json_error, query_params, read_body, respond, AppState, Resp};
+use axum::extract::{Path, Request, State};
+use axum::response::IntoResponse;
+use axum::Extension;
 use hyper::header::HeaderValue;
-use hyper::{Method, Request, StatusCode};
-use std::collections::HashMap;
+use hyper::StatusCode;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Largest request body accepted on `/v1/` (bytes).
 const MAX_BODY: usize = 64 * 1024;
 
-fn error(e: ApiError) -> Resp {
-    json_error(e.status, &e.message, None)
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Resp {
+        json_error(self.status, &self.message, None)
+    }
 }
 
 fn json(status: StatusCode, body: serde_json::Value) -> Resp {
     respond(status, "application/json", body.to_string())
 }
 
-async fn body(req: Request<Incoming>, state: &AppState) -> Result<bytes::Bytes, ApiError> {
-    server::read_body(req, MAX_BODY, state)
+async fn body(req: Request, state: &AppState) -> Result<bytes::Bytes, ApiError> {
+    read_body(req.into_body(), MAX_BODY, state)
         .await
         .map_err(|e| ApiError::new(e.status(), e.to_string()))
 }
@@ -42,63 +47,53 @@ fn unix_seconds(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-/// Routes a `/v1/` request (already authenticated: `grant` is what its
-/// credential allows).
-pub async fn route(
-    req: Request<Incoming>,
-    params: HashMap<String, String>,
-    state: Arc<AppState>,
-    grant: Grant,
-) -> Resp {
-    let path = req.uri().path().to_owned();
-    let result = match (req.method().clone(), path.as_str()) {
-        (Method::GET, "/v1/init") => {
-            create(
-                &state,
-                &grant,
-                params.get("name").cloned(),
-                params.get("tables").cloned(),
-            )
-            .await
-        }
-        (Method::POST, "/v1/streams") => match body(req, &state).await {
-            Ok(b) => match parse_create(&b) {
-                Ok((name, tables)) => create(&state, &grant, name, tables).await,
-                Err(e) => Err(e),
-            },
-            Err(e) => Err(e),
-        },
-        (Method::GET, "/v1/streams") => list(&state).await,
-        (Method::DELETE, p) if p.starts_with("/v1/streams/") => {
-            let slot = &p["/v1/streams/".len()..];
-            state
-                .streams
-                .delete(slot, "deleted through the API")
-                .await
-                .map(|()| json(StatusCode::OK, serde_json::json!({ "dropped": slot })))
-        }
-        (Method::POST, "/v1/snapshot/data") => match body(req, &state).await {
-            Ok(b) => snapshot_data(&state, &grant, &b).await,
-            Err(e) => Err(e),
-        },
-        (Method::GET, "/v1/lr/stream") => return lr_stream(req, params, state, grant).await,
-        (_, "/v1/init" | "/v1/lr/stream") => {
-            Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "use GET"))
-        }
-        (_, "/v1/snapshot/data") => Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "use POST")),
-        (_, "/v1/streams") => Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "use GET to list or POST to create",
-        )),
-        (_, p) if p.starts_with("/v1/streams/") => {
-            Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "use DELETE"))
-        }
-        _ => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "no such endpoint (try /v1/init, /v1/streams, /v1/snapshot/data or /v1/lr/stream)",
-        )),
-    };
-    result.unwrap_or_else(error)
+/// `GET /v1/init?name=&tables=`: creates a stream.
+pub async fn init(
+    State(state): State<Arc<AppState>>,
+    Extension(grant): Extension<Grant>,
+    req: Request,
+) -> Result<Resp, ApiError> {
+    let params = query_params(req.uri());
+    create_stream(
+        &state,
+        &grant,
+        params.get("name").cloned(),
+        params.get("tables").cloned(),
+    )
+    .await
+}
+
+/// `POST /v1/streams` with `{"name","tables"}`: creates a stream.
+pub async fn create(
+    State(state): State<Arc<AppState>>,
+    Extension(grant): Extension<Grant>,
+    req: Request,
+) -> Result<Resp, ApiError> {
+    let b = body(req, &state).await?;
+    let (name, tables) = parse_create(&b)?;
+    create_stream(&state, &grant, name, tables).await
+}
+
+/// `DELETE /v1/streams/{slot}`: drops a stream.
+pub async fn drop_stream(
+    State(state): State<Arc<AppState>>,
+    Path(slot): Path<String>,
+) -> Result<Resp, ApiError> {
+    state
+        .streams
+        .delete(&slot, "deleted through the API")
+        .await
+        .map(|()| json(StatusCode::OK, serde_json::json!({ "dropped": slot })))
+}
+
+/// `POST /v1/snapshot/data`: one page of a table inside the snapshot.
+pub async fn snapshot_data(
+    State(state): State<Arc<AppState>>,
+    Extension(grant): Extension<Grant>,
+    req: Request,
+) -> Result<Resp, ApiError> {
+    let b = body(req, &state).await?;
+    page(&state, &grant, &b).await
 }
 
 /// `{"name":"orders","tables":"public.orders"}`, both optional; an empty body is `{}`.
@@ -175,7 +170,7 @@ fn stream_tables(grant: &Grant, tables: Option<String>) -> Result<Option<String>
     Ok(Some(asked))
 }
 
-async fn create(
+async fn create_stream(
     state: &AppState,
     grant: &Grant,
     name: Option<String>,
@@ -197,7 +192,8 @@ async fn create(
     ))
 }
 
-async fn list(state: &AppState) -> Result<Resp, ApiError> {
+/// `GET /v1/streams`: every stream, its position, lag and snapshot.
+pub async fn list(State(state): State<Arc<AppState>>) -> Result<Resp, ApiError> {
     let streams = state.streams.list().await?;
     let items: Vec<serde_json::Value> = streams
         .iter()
@@ -221,7 +217,7 @@ async fn list(state: &AppState) -> Result<Resp, ApiError> {
     ))
 }
 
-async fn snapshot_data(state: &AppState, grant: &Grant, b: &[u8]) -> Result<Resp, ApiError> {
+async fn page(state: &AppState, grant: &Grant, b: &[u8]) -> Result<Resp, ApiError> {
     let req = snapshot::parse_request(b, state.streams.cfg.page_cap)?;
     let page = snapshot::read_page(&state.streams, &req, grant.read_limits().map(|r| &**r)).await?;
     let mut r = respond(StatusCode::OK, "application/json", page.body);
@@ -236,12 +232,13 @@ async fn snapshot_data(state: &AppState, grant: &Grant, b: &[u8]) -> Result<Resp
     Ok(r)
 }
 
-async fn lr_stream(
-    mut req: Request<Incoming>,
-    params: HashMap<String, String>,
-    state: Arc<AppState>,
-    grant: Grant,
+/// `GET /v1/lr/stream?slotName=`: the websocket of a stream's consumer.
+pub async fn lr_stream(
+    State(state): State<Arc<AppState>>,
+    Extension(grant): Extension<Grant>,
+    mut req: Request,
 ) -> Resp {
+    let params = query_params(req.uri());
     let Some(slot) = params.get("slotName").cloned() else {
         return json_error(
             StatusCode::BAD_REQUEST,
@@ -261,14 +258,13 @@ async fn lr_stream(
         }
     };
     let Some(handshake) = state.connections.begin_handshake() else {
-        return server::too_many_handshakes();
+        return too_many_handshakes();
     };
-    let server::Selection { query, filter } = match server::selection(&state, &params, &grant).await
-    {
+    let Selection { query, filter } = match selection(&state, &params, &grant).await {
         Ok(s) => s,
         Err(r) => return *r,
     };
-    let upgrade = match server::accept_upgrade(&mut req, &state, handshake) {
+    let upgrade = match accept_upgrade(&mut req, &state, handshake) {
         Ok(a) => a,
         Err(r) => return *r,
     };
@@ -276,18 +272,18 @@ async fn lr_stream(
     // HTTP status rather than a closed socket.
     let opened = match consumer::open(&state.streams, &slot).await {
         Ok(o) => o,
-        Err(e) => return error(e),
+        Err(e) => return e.into_response(),
     };
     let (metrics, shutdown) = (state.metrics.clone(), state.shutdown.clone());
     let access = crate::auth::Session {
         auth: state.auth.clone(),
         grant,
     };
-    let response = server::switching_protocols(&upgrade.accept);
+    let response = switching_protocols(&upgrade.accept);
     tokio::spawn(async move {
         // The slot stays held while the consumer runs; the handshake ends
         // with the upgrade (there is no subscription frame).
-        if let Some(server::Opened {
+        if let Some(Opened {
             ws,
             slot,
             handshake,

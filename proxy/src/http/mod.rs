@@ -1,0 +1,185 @@
+//! The HTTP layer, on axum over hyper 1: where requests enter and how they
+//! are answered.
+//!
+//! ```text
+//! serve.rs      accept loop (listener.rs), TLS (https.rs), one hyper connection each
+//! router.rs     the routes, and the layers in front of them: query string
+//!               length, browser origin (origin.rs), credential (auth/)
+//! live.rs       GET /ws: a live subscription
+//! ops.rs        GET /, /healthz, /metrics
+//! selection.rs  what a websocket URL asks for (query, filter), checked
+//! upgrade.rs    the websocket upgrade: checks, 101, the socket
+//! ```
+//!
+//! The durable stream endpoints (`streams/http.rs`) and filter uploads
+//! (`filter/upload.rs`) are routes too; they use the plumbing here
+//! (`AppState`, answers, bodies, upgrades), never the router.
+
+pub mod live;
+pub mod ops;
+pub mod router;
+pub mod selection;
+pub mod serve;
+pub mod upgrade;
+
+pub use serve::serve;
+
+use crate::auth::Auth;
+use crate::catalog::Catalog;
+use crate::filter::Filters;
+use crate::health::Health;
+use crate::hub::Hub;
+use crate::listener::Connections;
+use crate::metrics::Metrics;
+use crate::session;
+use crate::streams::Streams;
+use axum::body::Body;
+use bytes::Bytes;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{StatusCode, Uri};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use walcast_format::TablePattern;
+
+/// Everything a request handler needs.
+pub struct AppState {
+    pub hub: Hub,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+    pub catalog: Catalog,
+    /// Tokens and what they grant.
+    pub auth: Arc<Auth>,
+    /// Web origins allowed to call `/ws` and `/v1/*` from a browser.
+    pub origins: crate::origin::Origins,
+    pub max_clients: usize,
+    /// Pings and stall timeout of live clients.
+    pub liveness: session::Liveness,
+    pub tables: Option<Arc<Vec<TablePattern>>>,
+    pub streams: Arc<Streams>,
+    pub filters: Arc<Filters>,
+    pub shutdown: watch::Receiver<bool>,
+    /// Open connections and their caps.
+    pub connections: Arc<Connections>,
+    pub timeouts: Timeouts,
+    /// Why the descriptor limit cannot serve `--max-clients`, if so.
+    pub descriptor_warning: Option<String>,
+}
+
+/// How long a client may take over each step of a request.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// Sending a request head (and the TLS handshake); also idle between
+    /// keep-alive requests.
+    pub header: Duration,
+    /// Sending a request body.
+    pub body: Duration,
+    /// From a websocket upgrade request to an open websocket (and, for a
+    /// first-frame subscription, to that frame).
+    pub handshake: Duration,
+}
+
+/// An answer.
+pub type Resp = axum::response::Response;
+
+/// The client's address, on every request.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub IpAddr);
+
+/// An answer with a body and its content type.
+pub fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Resp {
+    let mut r = Resp::new(Body::from(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+/// `{"error": message}` (and `"position"` for a query error).
+pub fn json_error(status: StatusCode, message: &str, position: Option<usize>) -> Resp {
+    let body = match position {
+        Some(p) => serde_json::json!({"error": message, "position": p}),
+        None => serde_json::json!({"error": message}),
+    };
+    respond(status, "application/json", body.to_string())
+}
+
+/// HTTP 503 with a JSON error and `Retry-After: <seconds>`.
+pub fn unavailable(message: &str, retry_after: &'static str) -> Resp {
+    let mut r = json_error(StatusCode::SERVICE_UNAVAILABLE, message, None);
+    r.headers_mut()
+        .insert("retry-after", HeaderValue::from_static(retry_after));
+    r
+}
+
+/// HTTP 401 saying why, with `WWW-Authenticate: Bearer`.
+pub fn unauthorized(why: &str) -> Resp {
+    let mut r = json_error(StatusCode::UNAUTHORIZED, why, None);
+    r.headers_mut()
+        .insert("www-authenticate", HeaderValue::from_static("Bearer"));
+    r
+}
+
+/// The URL's query parameters.
+pub fn query_params(uri: &Uri) -> HashMap<String, String> {
+    uri.query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default()
+}
+
+/// Why a request body could not be read.
+pub enum BodyError {
+    /// Over `cap` bytes.
+    TooLarge(usize),
+    /// Not all sent within the body timeout.
+    TimedOut(Duration),
+    /// The connection failed or the framing was invalid.
+    Broken(String),
+}
+
+impl BodyError {
+    /// The HTTP status that answers it.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            BodyError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            BodyError::TimedOut(_) => StatusCode::REQUEST_TIMEOUT,
+            BodyError::Broken(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BodyError::TooLarge(cap) => write!(f, "the request body is over {cap} bytes"),
+            BodyError::TimedOut(t) => write!(
+                f,
+                "the request body did not arrive within {} s",
+                t.as_secs_f64()
+            ),
+            BodyError::Broken(e) => write!(f, "could not read the request body: {e}"),
+        }
+    }
+}
+
+/// Reads a request body of at most `cap` bytes within the body timeout.
+pub async fn read_body(body: Body, cap: usize, state: &AppState) -> Result<Bytes, BodyError> {
+    let timeout = state.timeouts.body;
+    let read = http_body_util::BodyExt::collect(http_body_util::Limited::new(body, cap));
+    match tokio::time::timeout(timeout, read).await {
+        Ok(Ok(b)) => Ok(b.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(BodyError::TooLarge(cap)),
+        Ok(Err(e)) => Err(BodyError::Broken(e.to_string())),
+        Err(_) => {
+            state
+                .metrics
+                .connections
+                .timed_out_body
+                .fetch_add(1, Ordering::Relaxed);
+            Err(BodyError::TimedOut(timeout))
+        }
+    }
+}

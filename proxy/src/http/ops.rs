@@ -1,0 +1,60 @@
+//! What operators and first-time users look at: `/healthz`, `/metrics`
+//! and the live demo page `/`. No credential needed.
+
+use super::{respond, AppState, Resp};
+use axum::extract::State;
+use hyper::StatusCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+const DEMO_PAGE: &str = include_str!("../demo.html");
+
+/// `GET /`: the live demo page.
+pub async fn demo() -> Resp {
+    respond(StatusCode::OK, "text/html; charset=utf-8", DEMO_PAGE)
+}
+
+/// `GET /healthz`: 200 while streaming, 503 otherwise, with the details.
+pub async fn healthz(State(state): State<Arc<AppState>>) -> Resp {
+    let (ok, mut body) = state.health.report(state.hub.len());
+    let log = state.hub.report();
+    body["buffer"] = serde_json::json!({
+        "bytes": log.stats.bytes,
+        "max_bytes": log.stats.max_bytes,
+        "changes": log.stats.changes,
+        "oldest": log.stats.oldest.map(|p| p.to_string()),
+        "newest": log.stats.newest.map(|p| p.to_string()),
+    });
+    body["slowest_client_changes_waiting"] =
+        serde_json::json!(log.waiting.iter().copied().max().unwrap_or(0));
+    let c = &state.metrics.connections;
+    body["connections"] = serde_json::json!({
+        "open": c.open.load(Ordering::Relaxed),
+        "max": state.connections.limits.max_connections,
+        "descriptor_limit": c.descriptor_limit.load(Ordering::Relaxed),
+        "descriptor_warning": state.descriptor_warning,
+    });
+    if let Ok(lags) = state.metrics.stream_lag.lock() {
+        let over: Vec<&String> = lags
+            .iter()
+            .filter(|(_, (_, over))| *over)
+            .map(|(slot, _)| slot)
+            .collect();
+        body["streams_over_max_lag"] = serde_json::json!(over);
+    }
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    respond(status, "application/json", body.to_string())
+}
+
+/// `GET /metrics`: the Prometheus text exposition.
+pub async fn metrics(State(state): State<Arc<AppState>>) -> Resp {
+    respond(
+        StatusCode::OK,
+        "text/plain; version=0.0.4",
+        state.metrics.render(&state.hub.report()),
+    )
+}

@@ -1,0 +1,86 @@
+//! Where connections become requests: the accept loop of `listener.rs`,
+//! the TLS handshake when serving HTTPS, and one hyper HTTP/1.1 connection
+//! per client, answered by the router.
+
+use super::{router, AppState, ClientAddr};
+use crate::listener::{self, Slot};
+use axum::Router;
+use hyper::body::Incoming;
+use hyper::Request;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tower::ServiceExt;
+
+/// Serves HTTP (HTTPS with `tls`) on the connections `listener.rs` admits
+/// until `shutdown` becomes true.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: watch::Receiver<bool>,
+    tls: Option<Arc<crate::https::Tls>>,
+) {
+    let conns = state.connections.clone();
+    let app = router::router(state.clone());
+    listener::run(listener, conns, shutdown, move |stream, addr, slot| {
+        let _ = stream.set_nodelay(true);
+        let (state, app) = (state.clone(), app.clone());
+        match tls.as_ref().and_then(|t| t.acceptor()) {
+            None => {
+                tokio::spawn(connection(stream, addr.ip(), slot, state, app));
+            }
+            Some(acceptor) => {
+                tokio::spawn(async move {
+                    // The TLS handshake is part of sending the request head.
+                    let header = state.timeouts.header;
+                    match tokio::time::timeout(header, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => connection(tls, addr.ip(), slot, state, app).await,
+                        Ok(Err(e)) => {
+                            crate::limited!(debug, error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            state
+                                .metrics
+                                .connections
+                                .timed_out_header
+                                .fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        }
+    })
+    .await;
+}
+
+/// One HTTP/1.1 connection, its requests and its upgrade. A client that
+/// takes longer than the header timeout to send a request head (the first,
+/// or the next on a keep-alive connection) is disconnected. `slot` is held
+/// until the connection ends (an upgraded websocket takes its own).
+async fn connection<S>(stream: S, addr: IpAddr, slot: Slot, state: Arc<AppState>, app: Router)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        req.extensions_mut().insert(ClientAddr(addr));
+        app.clone().oneshot(req)
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(state.timeouts.header)
+        .serve_connection(TokioIo::new(stream), svc)
+        .with_upgrades();
+    if let Err(e) = conn.await {
+        if e.is_timeout() {
+            state
+                .metrics
+                .connections
+                .timed_out_header
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    drop(slot);
+}

@@ -51,7 +51,7 @@ pub struct Metrics {
     pub connections: ConnectionMetrics,
 }
 
-/// What happens to connections before and around HTTP (`listener.rs`, `server.rs`).
+/// What happens to connections before and around HTTP (`listener.rs`, `http/serve.rs`).
 #[derive(Default, Debug)]
 pub struct ConnectionMetrics {
     /// Open connections (HTTP, and websockets they became).

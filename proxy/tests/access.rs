@@ -70,6 +70,45 @@ fn rsa_keys() -> (Vec<u8>, PathBuf) {
     (std::fs::read(&private).expect("private key"), public)
 }
 
+/// A P-256 key pair made with openssl: (private PKCS#8 PEM, the public
+/// point's x and y, base64url, for a JWK).
+fn ec_key() -> (Vec<u8>, String, String) {
+    let dir = std::env::temp_dir().join(format!("walcast-jwt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("key dir");
+    let private = dir.join("ec.pem");
+    let p = private.to_string_lossy();
+    let out = Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            &p,
+        ])
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let der = Command::new("openssl")
+        .args(["pkey", "-in", &p, "-pubout", "-outform", "DER"])
+        .output()
+        .expect("openssl");
+    assert!(der.status.success());
+    // The SubjectPublicKeyInfo ends with the point: 0x04, x, y (32 bytes each).
+    let point = &der.stdout[der.stdout.len() - 65..];
+    assert_eq!(point[0], 4, "an uncompressed point");
+    (
+        std::fs::read(&private).expect("private key"),
+        base64url(&point[1..33]),
+        base64url(&point[33..]),
+    )
+}
+
 fn setup(name: &str, extra: &[&str]) -> (TestDb, Proxy) {
     let mut db = TestDb::new(name);
     db.exec(
@@ -130,12 +169,15 @@ fn tenant_ids(frames: &[String]) -> Vec<(i64, i64)> {
 #[test]
 fn tokens_are_verified_and_every_bad_one_is_refused() {
     let (private, public) = rsa_keys();
+    let (ec_private, x, y) = ec_key();
     let jwks = std::env::temp_dir().join(format!("walcast-jwks-{}.json", std::process::id()));
     let oct = "a-jwks-secret-of-at-least-thirty-two-bytes";
     std::fs::write(
         &jwks,
-        serde_json::json!({"keys": [{"kty": "oct", "kid": "k1", "alg": "HS256",
-            "k": base64url(oct.as_bytes())}]})
+        serde_json::json!({"keys": [
+            {"kty": "oct", "kid": "k1", "alg": "HS256", "k": base64url(oct.as_bytes())},
+            {"kty": "EC", "kid": "ec1", "crv": "P-256", "x": x, "y": y},
+        ]})
         .to_string(),
     )
     .expect("jwks");
@@ -182,6 +224,25 @@ fn tokens_are_verified_and_every_bad_one_is_refused() {
     )
     .expect("kid");
     assert_eq!(status(&proxy, &by_kid, q).0, 101);
+    let mut ec = Header::new(Algorithm::ES256);
+    ec.kid = Some("ec1".into());
+    let es256 = encode(
+        &ec,
+        &claims(serde_json::json!({})),
+        &EncodingKey::from_ec_pem(&ec_private).expect("EC key"),
+    )
+    .expect("ES256");
+    assert_eq!(status(&proxy, &es256, q).0, 101);
+    // The same token naming another key id is not verified by the EC key.
+    let mut wrong_kid = ec.clone();
+    wrong_kid.kid = Some("k1".into());
+    let mismatched = encode(
+        &wrong_kid,
+        &claims(serde_json::json!({})),
+        &EncodingKey::from_ec_pem(&ec_private).expect("EC key"),
+    )
+    .expect("ES256");
+    assert_eq!(status(&proxy, &mismatched, q).0, 401);
     assert_eq!(status(&proxy, ADMIN, q).0, 101);
 
     let refused = |token: &str, why: &str| {

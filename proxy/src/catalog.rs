@@ -1,12 +1,31 @@
 //! Catalog lookups over an ordinary connection: does a subscribed table
 //! exist, and what are a table's columns and primary key (for snapshot reads).
+//!
+//! A table found to exist is remembered for [`KNOWN_FOR`], so clients that
+//! connect in bursts (a reconnect storm after a restart, or a client that
+//! connects and leaves in a loop) do not each cost PostgreSQL a query.
+//! Only positive answers are kept: a table created a moment ago is found.
 
 use crate::sql::SqlPool;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a table found to exist is taken to exist without asking again.
+pub const KNOWN_FOR: Duration = Duration::from_secs(5);
+
+/// Most tables remembered; past it the memory is cleared.
+const MAX_KNOWN: usize = 10_000;
+
+/// A table as a query names it: `(schema, name)`, schema optional.
+type TableName = (Option<String>, String);
 
 /// Catalog questions, answered over the SQL pool.
 #[derive(Clone)]
 pub struct Catalog {
     pool: SqlPool,
+    /// `(schema, name)` found to exist, and when.
+    known: Arc<Mutex<HashMap<TableName, Instant>>>,
 }
 
 /// A column of a table.
@@ -48,11 +67,24 @@ impl TableInfo {
 impl Catalog {
     /// A catalog asking over `pool`.
     pub fn new(pool: SqlPool) -> Catalog {
-        Catalog { pool }
+        Catalog {
+            pool,
+            known: Arc::new(Mutex::new(HashMap::new())),
+        }
     }
 
     /// Whether `schema.name` (any schema when `None`) is a table or partitioned table.
     pub async fn table_exists(&self, schema: Option<&str>, name: &str) -> Result<bool, String> {
+        let key = (schema.map(str::to_owned), name.to_owned());
+        let now = Instant::now();
+        if let Ok(known) = self.known.lock() {
+            if known
+                .get(&key)
+                .is_some_and(|at| now.duration_since(*at) < KNOWN_FOR)
+            {
+                return Ok(true);
+            }
+        }
         let client = self.pool.get().await?;
         let row = client
             .query_one(
@@ -64,7 +96,16 @@ impl Catalog {
             )
             .await
             .map_err(|e| format!("checking the table failed: {e}"))?;
-        Ok(row.get(0))
+        let exists: bool = row.get(0);
+        if exists {
+            if let Ok(mut known) = self.known.lock() {
+                if known.len() >= MAX_KNOWN {
+                    known.clear();
+                }
+                known.insert(key, now);
+            }
+        }
+        Ok(exists)
     }
 
     /// The table `schema.name`; without a schema, the one the search path

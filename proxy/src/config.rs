@@ -127,6 +127,17 @@ pub struct ServeArgs {
     )]
     pub max_connections_per_address: usize,
 
+    /// Websocket upgrades one client address may start per second (bursts
+    /// of as many); more get HTTP 429 with Retry-After. 0: no cap (the
+    /// default, for the same reason as --max-connections-per-address).
+    #[arg(
+        long,
+        global = true,
+        env = "WALCAST_MAX_UPGRADES_PER_ADDRESS",
+        default_value_t = 0
+    )]
+    pub max_upgrades_per_address: u32,
+
     /// Websocket handshakes in flight: upgrade requests being checked and
     /// upgraded clients that have not sent their subscription yet. More get
     /// HTTP 503 with Retry-After.

@@ -1,7 +1,8 @@
 //! Accepting TCP connections, before any HTTP: the accept loop, which
 //! pauses when descriptors run out instead of spinning; the caps on open
 //! connections (in total and per client address), over which a connection
-//! is closed at once; and the cap on websocket handshakes in flight.
+//! is closed at once; the cap on websocket handshakes in flight, and on
+//! how many upgrades one address may start per second.
 //!
 //! An admitted connection holds a [`Slot`] until it closes; a websocket
 //! takes a slot of its own when its connection is upgraded (the HTTP
@@ -13,7 +14,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
@@ -27,7 +28,13 @@ pub struct Limits {
     /// Websocket handshakes in flight: upgrade requests being checked, and
     /// upgraded clients that have not sent their subscription yet.
     pub max_handshakes: usize,
+    /// Websocket upgrades one client address may start per second (a burst
+    /// of as many is allowed); 0: no cap.
+    pub upgrades_per_address: u32,
 }
+
+/// Addresses whose upgrade allowance is tracked before idle ones are forgotten.
+const MAX_UPGRADE_BUCKETS: usize = 10_000;
 
 /// First pause after an accept failed for lack of descriptors or memory.
 const FIRST_PAUSE: Duration = Duration::from_millis(10);
@@ -38,6 +45,8 @@ const LONGEST_PAUSE: Duration = Duration::from_millis(100);
 pub struct Connections {
     pub limits: Limits,
     per_address: Mutex<HashMap<IpAddr, usize>>,
+    /// Upgrade allowance per address: tokens left, and when they were counted.
+    upgrades: Mutex<HashMap<IpAddr, (f64, Instant)>>,
     handshakes: Arc<Semaphore>,
     metrics: Arc<Metrics>,
 }
@@ -80,6 +89,7 @@ impl Connections {
         Arc::new(Connections {
             limits,
             per_address: Mutex::new(HashMap::new()),
+            upgrades: Mutex::new(HashMap::new()),
             handshakes: Arc::new(Semaphore::new(limits.max_handshakes.max(1))),
             metrics,
         })
@@ -138,6 +148,42 @@ impl Connections {
     }
 
     /// Starts a websocket handshake, unless `max_handshakes` are in flight.
+    /// Whether `addr` may start another websocket upgrade now (a token
+    /// bucket of `upgrades_per_address` per second); counts a refusal.
+    pub fn upgrade_allowed(&self, addr: IpAddr) -> bool {
+        let rate = f64::from(self.limits.upgrades_per_address);
+        if rate == 0.0 {
+            return true;
+        }
+        let now = Instant::now();
+        let allowed = match self.upgrades.lock() {
+            Ok(mut map) => {
+                if map.len() >= MAX_UPGRADE_BUCKETS {
+                    // Buckets idle for a second are full again: forget them.
+                    map.retain(|_, (_, at)| now.duration_since(*at) < Duration::from_secs(1));
+                }
+                let (tokens, at) = map.entry(addr).or_insert((rate, now));
+                *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * rate).min(rate);
+                *at = now;
+                if *tokens >= 1.0 {
+                    *tokens -= 1.0;
+                    true
+                } else {
+                    false
+                }
+            }
+            // A panic while holding the map: allow.
+            Err(_) => true,
+        };
+        if !allowed {
+            self.metrics
+                .connections
+                .refused_upgrade_rate
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        allowed
+    }
+
     pub fn begin_handshake(&self) -> Option<Handshake> {
         let permit = self.handshakes.clone().try_acquire_owned().ok();
         let c = &self.metrics.connections;
@@ -268,9 +314,30 @@ mod tests {
                 max_connections: max,
                 max_per_address: per,
                 max_handshakes: 2,
+                upgrades_per_address: 3,
             },
             Arc::new(Metrics::default()),
         )
+    }
+
+    #[test]
+    fn upgrades_per_address_are_a_token_bucket() {
+        let c = conns(10, 0);
+        let a = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+        let b = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
+        // A burst of 3, then refused; other addresses have their own.
+        assert!((0..3).all(|_| c.upgrade_allowed(a)));
+        assert!(!c.upgrade_allowed(a));
+        assert!(c.upgrade_allowed(b));
+        // A third of a second refills one.
+        std::thread::sleep(Duration::from_millis(400));
+        assert!(c.upgrade_allowed(a));
+        let refused = c
+            .metrics
+            .connections
+            .refused_upgrade_rate
+            .load(Ordering::Relaxed);
+        assert!(refused >= 1, "{refused}");
     }
 
     #[test]

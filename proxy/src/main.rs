@@ -139,6 +139,7 @@ fn front_door(args: &walcast_proxy::config::ServeArgs) -> FrontDoor {
             max_connections,
             max_per_address: args.max_connections_per_address,
             max_handshakes: args.max_handshakes.max(1),
+            upgrades_per_address: args.max_upgrades_per_address,
         },
         warning,
     }

@@ -68,6 +68,8 @@ pub struct ConnectionMetrics {
     pub refused_handshakes: AtomicU64,
     /// Upgrades answered 503: `--max-clients` were connected.
     pub refused_clients: AtomicU64,
+    /// Upgrades answered 429: their address started `--max-upgrades-per-address` this second.
+    pub refused_upgrade_rate: AtomicU64,
     /// Accepts that failed for lack of descriptors or memory.
     pub accept_errors_resources: AtomicU64,
     /// Accepts that failed otherwise (one connection's problem).
@@ -344,16 +346,18 @@ fn render_connections(s: &mut String, c: &ConnectionMetrics) {
     );
     let _ = writeln!(
         s,
-        "# HELP walcast_connections_refused_total Connections closed at once and upgrades answered 503, by the cap that was full.\n\
+        "# HELP walcast_connections_refused_total Connections closed at once and upgrades answered 503 or 429, by the cap that was full.\n\
          # TYPE walcast_connections_refused_total counter\n\
          walcast_connections_refused_total{{reason=\"max_connections\"}} {}\n\
          walcast_connections_refused_total{{reason=\"per_address\"}} {}\n\
          walcast_connections_refused_total{{reason=\"handshakes\"}} {}\n\
-         walcast_connections_refused_total{{reason=\"max_clients\"}} {}",
+         walcast_connections_refused_total{{reason=\"max_clients\"}} {}\n\
+         walcast_connections_refused_total{{reason=\"upgrade_rate\"}} {}",
         g(&c.refused_total),
         g(&c.refused_address),
         g(&c.refused_handshakes),
         g(&c.refused_clients),
+        g(&c.refused_upgrade_rate),
     );
     let _ = writeln!(
         s,

@@ -456,6 +456,54 @@ fn handshakes_in_flight_are_capped() {
         }
     };
     assert!(proxy.metric("walcast_connections_refused_total{reason=\"handshakes\"}") >= 1);
-    assert_eq!(proxy.metric("walcast_websocket_handshakes"), 0);
+    // The server releases the second handshake just after its 101 is out,
+    // on its own task: the client may ask before that task ran.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while proxy.metric("walcast_websocket_handshakes") != 0 {
+        assert!(Instant::now() < deadline, "a handshake stayed in flight");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     drop((first, second));
+}
+
+#[test]
+fn an_address_that_upgrades_in_a_loop_is_slowed_not_the_others() {
+    let (_db, proxy) = launch(
+        "conn_upgrade_rate",
+        &["--max-upgrades-per-address", "2"],
+        Launch::default(),
+    );
+    let url = format!("ws://127.0.0.1:{}/ws?query=insert:items", proxy.port);
+    // An upgrade from the local address `from`: the status and Retry-After.
+    let try_upgrade =
+        |from: &str| match tungstenite::client(url.as_str(), connect_from(from, proxy.port)) {
+            Ok(_) => (101, String::new()),
+            Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(r))) => {
+                let retry = r
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                (r.status().as_u16(), retry)
+            }
+            Err(e) => panic!("upgrade: {e}"),
+        };
+    // Ten in a row from 127.0.0.1: a burst of two, then 429 (a slow
+    // machine may refill one or two in between).
+    let answers: Vec<(u16, String)> = (0..10).map(|_| try_upgrade("127.0.0.1")).collect();
+    let accepted = answers.iter().filter(|(c, _)| *c == 101).count();
+    let refused: Vec<&(u16, String)> = answers.iter().filter(|(c, _)| *c == 429).collect();
+    assert!((2..=5).contains(&accepted), "{answers:?}");
+    assert_eq!(accepted + refused.len(), 10, "{answers:?}");
+    assert!(refused.iter().all(|(_, retry)| retry == "1"), "{answers:?}");
+    assert_eq!(
+        proxy.metric("walcast_connections_refused_total{reason=\"upgrade_rate\"}"),
+        refused.len() as u64
+    );
+    // Another address has its own allowance.
+    assert_eq!(try_upgrade("127.0.0.2").0, 101);
+    // A second later the first address may connect again.
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(try_upgrade("127.0.0.1").0, 101);
 }

@@ -4,7 +4,7 @@
 //! client's first frame names it (`session.rs`).
 
 use super::selection::{selection, Selection};
-use super::upgrade::{accept_upgrade, switching_protocols, too_many_handshakes};
+use super::upgrade::{accept_upgrade, begin, switching_protocols};
 use super::{json_error, query_params, respond, unavailable, AppState, Resp};
 use crate::auth::{self, Grant};
 use crate::hub::SubscribeError;
@@ -37,8 +37,9 @@ pub async fn websocket(
     mut req: Request,
 ) -> Resp {
     let params = query_params(req.uri());
-    let Some(handshake) = state.connections.begin_handshake() else {
-        return too_many_handshakes();
+    let handshake = match begin(&req, &state) {
+        Ok(h) => h,
+        Err(r) => return *r,
     };
     let Selection { query, filter } = match selection(&state, &params, &grant).await {
         Ok(s) => s,

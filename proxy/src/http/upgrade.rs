@@ -18,6 +18,27 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
+/// Checks the address's upgrade rate, then takes a handshake place: the
+/// handshake, or the answer (429 or 503).
+pub fn begin(req: &Request, state: &AppState) -> Result<Handshake, Box<Resp>> {
+    if let Some(ClientAddr(addr)) = req.extensions().get::<ClientAddr>().copied() {
+        if !state.connections.upgrade_allowed(addr) {
+            let mut r = json_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many websocket connections from this address; retry in a second (--max-upgrades-per-address)",
+                None,
+            );
+            r.headers_mut()
+                .insert("retry-after", HeaderValue::from_static("1"));
+            return Err(Box::new(r));
+        }
+    }
+    state
+        .connections
+        .begin_handshake()
+        .ok_or_else(|| Box::new(too_many_handshakes()))
+}
+
 /// The answer when `--max-handshakes` upgrades are in flight.
 pub fn too_many_handshakes() -> Resp {
     unavailable(

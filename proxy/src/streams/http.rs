@@ -12,7 +12,7 @@ use super::registry::ApiError;
 use super::{consumer, snapshot};
 use crate::auth::Grant;
 use crate::http::selection::{selection, Selection};
-use crate::http::upgrade::{accept_upgrade, switching_protocols, too_many_handshakes, Opened};
+use crate::http::upgrade::{accept_upgrade, begin, switching_protocols, Opened};
 use crate::http::{json_error, query_params, read_body, respond, AppState, Resp};
 use axum::extract::{Path, Request, State};
 use axum::response::IntoResponse;
@@ -257,8 +257,9 @@ pub async fn lr_stream(
             )
         }
     };
-    let Some(handshake) = state.connections.begin_handshake() else {
-        return too_many_handshakes();
+    let handshake = match begin(&req, &state) {
+        Ok(h) => h,
+        Err(r) => return *r,
     };
     let Selection { query, filter } = match selection(&state, &params, &grant).await {
         Ok(s) => s,

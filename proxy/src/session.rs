@@ -363,7 +363,7 @@ pub(crate) async fn run(open: Opened, start: Start, ctx: Context, mut access: au
                     None => None,
                     Some(q) => {
                         let tables = ctx.tables.as_deref().map(|t| t.as_slice());
-                        match auth::admit_query(&ctx.catalog, tables, &access.grant, q).await {
+                        match auth::admit_query(&ctx.catalog, tables, access.grant(), q).await {
                             Ok(q) => Some(q),
                             Err(e) => {
                                 let code = match e {
@@ -442,7 +442,7 @@ async fn serve(
     // decide what its filter (or the client) sees. A query was narrowed by
     // them already.
     let limits = match group.query {
-        None => access.grant.read_limits().cloned(),
+        None => access.grant().read_limits().cloned(),
         Some(_) => None,
     };
     loop {

@@ -9,9 +9,8 @@ mod support;
 
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use support::{encode as url, json, Client, Got, Proxy};
+use support::{encode as url, json, openssl, Client, Got, Proxy};
 use walcast_tests::{cluster, repo_root, TestDb};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -39,71 +38,70 @@ fn user(walcast: serde_json::Value, secs: u64) -> String {
     hs256(serde_json::json!({"sub": "u", "exp": now() + secs, "walcast": walcast}))
 }
 
-/// An RSA key pair made with openssl: (private PEM, public key file).
-fn rsa_keys() -> (Vec<u8>, PathBuf) {
+/// Where the keys of a test binary's run go.
+fn key_dir() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("walcast-jwt-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("key dir");
-    let private = dir.join("private.pem");
-    let public = dir.join("public.pem");
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .output()
-            .expect("openssl");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let (p, q) = (private.to_string_lossy(), public.to_string_lossy());
-    run(&[
-        "genpkey",
-        "-algorithm",
-        "RSA",
-        "-pkeyopt",
-        "rsa_keygen_bits:2048",
-        "-out",
-        &p,
-    ]);
-    run(&["pkey", "-in", &p, "-pubout", "-out", &q]);
-    (std::fs::read(&private).expect("private key"), public)
+    dir
+}
+
+/// An RSA key pair made with openssl: (private PEM, public key file).
+fn rsa_keys() -> (Vec<u8>, PathBuf) {
+    let dir = key_dir();
+    openssl(
+        &dir,
+        &[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+            "private.pem",
+        ],
+    );
+    openssl(
+        &dir,
+        &[
+            "pkey",
+            "-in",
+            "private.pem",
+            "-pubout",
+            "-out",
+            "public.pem",
+        ],
+    );
+    (
+        std::fs::read(dir.join("private.pem")).expect("private key"),
+        dir.join("public.pem"),
+    )
 }
 
 /// A P-256 key pair made with openssl: (private PKCS#8 PEM, the public
 /// point's x and y, base64url, for a JWK).
 fn ec_key() -> (Vec<u8>, String, String) {
-    let dir = std::env::temp_dir().join(format!("walcast-jwt-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("key dir");
-    let private = dir.join("ec.pem");
-    let p = private.to_string_lossy();
-    let out = Command::new("openssl")
-        .args([
+    let dir = key_dir();
+    openssl(
+        &dir,
+        &[
             "genpkey",
             "-algorithm",
             "EC",
             "-pkeyopt",
             "ec_paramgen_curve:P-256",
             "-out",
-            &p,
-        ])
-        .output()
-        .expect("openssl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+            "ec.pem",
+        ],
     );
-    let der = Command::new("openssl")
-        .args(["pkey", "-in", &p, "-pubout", "-outform", "DER"])
-        .output()
-        .expect("openssl");
-    assert!(der.status.success());
+    let der = openssl(
+        &dir,
+        &["pkey", "-in", "ec.pem", "-pubout", "-outform", "DER"],
+    );
     // The SubjectPublicKeyInfo ends with the point: 0x04, x, y (32 bytes each).
-    let point = &der.stdout[der.stdout.len() - 65..];
+    let point = &der[der.len() - 65..];
     assert_eq!(point[0], 4, "an uncompressed point");
     (
-        std::fs::read(&private).expect("private key"),
+        std::fs::read(dir.join("ec.pem")).expect("private key"),
         base64url(&point[1..33]),
         base64url(&point[33..]),
     )

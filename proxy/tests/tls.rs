@@ -5,14 +5,15 @@ mod support;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
-use support::{json, Proxy};
+use support::{give_to_cluster, json, openssl, Proxy};
 use walcast_cluster::{Cluster, Config};
 
 fn self_signed_cert() -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("walcast-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("cert dir");
-    let status = Command::new("openssl")
-        .args([
+    openssl(
+        &dir,
+        &[
             "req",
             "-new",
             "-x509",
@@ -22,36 +23,12 @@ fn self_signed_cert() -> std::path::PathBuf {
             "-subj",
             "/CN=localhost",
             "-keyout",
-        ])
-        .arg(dir.join("server.key"))
-        .arg("-out")
-        .arg(dir.join("server.crt"))
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("running openssl");
-    assert!(status.success(), "openssl could not make a certificate");
-    let key = dir.join("server.key");
-    let chmod = Command::new("chmod")
-        .arg("600")
-        .arg(&key)
-        .status()
-        .expect("chmod");
-    assert!(chmod.success(), "chmod of the key failed");
-    // PostgreSQL runs as the OS user walcast when the tests run as root.
-    if Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout.starts_with(b"0\n"))
-        .unwrap_or(false)
-    {
-        let chown = Command::new("chown")
-            .arg(walcast_cluster::OS_USER)
-            .arg(&key)
-            .arg(dir.join("server.crt"))
-            .status()
-            .expect("chown");
-        assert!(chown.success(), "chown of the certificate failed");
-    }
+            "server.key",
+            "-out",
+            "server.crt",
+        ],
+    );
+    give_to_cluster(&dir.join("server.key"), &dir.join("server.crt"));
     dir
 }
 
@@ -125,96 +102,71 @@ fn sslmode_require_streams_over_tls_and_plain_text_is_refused() {
 fn test_ca(label: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("walcast-ca-{label}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("cert dir");
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(&dir)
-            .output()
-            .expect("running openssl");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
     for (name, cn) in [("ca", "walcast test CA"), ("other", "another CA")] {
-        run(&[
+        openssl(
+            &dir,
+            &[
+                "req",
+                "-x509",
+                "-new",
+                "-nodes",
+                "-newkey",
+                "rsa:2048",
+                "-days",
+                "2",
+                "-subj",
+                &format!("/CN={cn}"),
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.crt"),
+            ],
+        );
+    }
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=DNS:localhost\n").expect("ext");
+    server_cert(&dir);
+    dir
+}
+
+/// A new key and certificate for `localhost` in `dir`, signed by its CA.
+fn server_cert(dir: &std::path::Path) {
+    openssl(
+        dir,
+        &[
             "req",
-            "-x509",
             "-new",
             "-nodes",
             "-newkey",
             "rsa:2048",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
             "-days",
             "2",
-            "-subj",
-            &format!("/CN={cn}"),
-            "-keyout",
-            &format!("{name}.key"),
+            "-extfile",
+            "ext.cnf",
             "-out",
-            &format!("{name}.crt"),
-        ]);
-    }
-    run(&[
-        "req",
-        "-new",
-        "-nodes",
-        "-newkey",
-        "rsa:2048",
-        "-subj",
-        "/CN=localhost",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-    ]);
-    std::fs::write(dir.join("ext.cnf"), "subjectAltName=DNS:localhost\n").expect("ext");
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-        "-out",
-        "server.crt",
-    ]);
-    let key = dir.join("server.key");
-    for args in [vec!["600"], vec!["a+rx"]] {
-        let target = if args[0] == "600" {
-            key.clone()
-        } else {
-            dir.clone()
-        };
-        let ok = Command::new("chmod")
-            .args(&args)
-            .arg(&target)
-            .status()
-            .expect("chmod");
-        assert!(ok.success());
-    }
-    if Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout.starts_with(b"0\n"))
-        .unwrap_or(false)
-    {
-        let chown = Command::new("chown")
-            .arg(walcast_cluster::OS_USER)
-            .arg(&key)
-            .arg(dir.join("server.crt"))
-            .status()
-            .expect("chown");
-        assert!(chown.success(), "chown of the certificate failed");
-    }
-    dir
+            "server.crt",
+        ],
+    );
+    give_to_cluster(&dir.join("server.key"), &dir.join("server.crt"));
 }
 
 /// Waits until the proxy's /healthz reports an error containing `needle`.
@@ -394,45 +346,7 @@ fn https_and_wss_are_served_and_the_certificate_reloads_on_sighup() {
     // A renewed certificate (same CA, new key): served after SIGHUP.
     assert_eq!(served_cert(proxy.port, &ca), file_cert(&cert));
     let old = file_cert(&cert);
-    let out = Command::new("openssl")
-        .args([
-            "req",
-            "-new",
-            "-nodes",
-            "-newkey",
-            "rsa:2048",
-            "-subj",
-            "/CN=localhost",
-        ])
-        .args(["-keyout", "server.key", "-out", "server.csr"])
-        .current_dir(&certs)
-        .output()
-        .expect("openssl");
-    assert!(out.status.success());
-    let out = Command::new("openssl")
-        .args([
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-        ])
-        .args([
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-            "-out",
-            "server.crt",
-        ])
-        .current_dir(&certs)
-        .output()
-        .expect("openssl");
-    assert!(out.status.success());
+    server_cert(&certs);
     let hup = || {
         let ok = Command::new("kill")
             .args(["-HUP", &proxy.child.id().to_string()])

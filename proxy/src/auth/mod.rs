@@ -317,16 +317,40 @@ pub fn refreshed_body(g: &Grant) -> String {
 /// A connection's grant while it is open: checked against the clock, and
 /// replaced by refresh frames.
 pub struct Session {
-    pub auth: Arc<Auth>,
-    pub grant: Grant,
+    auth: Arc<Auth>,
+    grant: Grant,
+    /// When the connection must close unless refreshed, on the runtime's
+    /// clock: worked out once per grant, not on every wake of the loop.
+    deadline: Option<tokio::time::Instant>,
+}
+
+/// `expires` on the runtime's clock.
+fn deadline_of(expires: Option<SystemTime>) -> Option<tokio::time::Instant> {
+    let left = expires?
+        .duration_since(SystemTime::now())
+        .unwrap_or_default();
+    Some(tokio::time::Instant::now() + left)
 }
 
 impl Session {
+    /// A connection holding `grant`.
+    pub fn new(auth: Arc<Auth>, grant: Grant) -> Session {
+        let deadline = deadline_of(grant.expires);
+        Session {
+            auth,
+            grant,
+            deadline,
+        }
+    }
+
+    /// What the connection may do now.
+    pub fn grant(&self) -> &Grant {
+        &self.grant
+    }
+
     /// When the connection must close unless refreshed (`None`: never).
     pub fn deadline(&self) -> Option<tokio::time::Instant> {
-        let at = self.grant.expires?;
-        let left = at.duration_since(SystemTime::now()).unwrap_or_default();
-        Some(tokio::time::Instant::now() + left)
+        self.deadline
     }
 
     /// Handles a client text frame: `None` when it is not a refresh,
@@ -339,6 +363,7 @@ impl Session {
         };
         Some(match self.auth.refresh(&self.grant, &token) {
             Ok(next) => {
+                self.deadline = deadline_of(next.expires);
                 self.grant = next;
                 Ok(refreshed_body(&self.grant))
             }

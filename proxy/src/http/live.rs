@@ -80,10 +80,7 @@ pub async fn websocket(
         catalog: state.catalog.clone(),
         tables: state.tables.clone(),
     };
-    let access = auth::Session {
-        auth: state.auth.clone(),
-        grant,
-    };
+    let access = auth::Session::new(state.auth.clone(), grant);
     let response = switching_protocols(&upgrade.accept);
     tokio::spawn(async move {
         if let Some(open) = upgrade.open().await {

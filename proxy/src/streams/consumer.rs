@@ -230,7 +230,7 @@ impl Session {
                     && self
                         .opts
                         .access
-                        .grant
+                        .grant()
                         .read_limits()
                         .is_none_or(|r| r.admits(&change))
                     && self
@@ -269,7 +269,7 @@ impl Session {
             }
             // Messages and DDL are not rows a user's rules could limit.
             Action::Message | Action::Ddl => {
-                self.opts.query.is_none() && self.opts.access.grant.read_limits().is_none()
+                self.opts.query.is_none() && self.opts.access.grant().read_limits().is_none()
             }
             _ => false,
         };

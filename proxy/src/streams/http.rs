@@ -276,10 +276,7 @@ pub async fn lr_stream(
         Err(e) => return e.into_response(),
     };
     let (metrics, shutdown) = (state.metrics.clone(), state.shutdown.clone());
-    let access = crate::auth::Session {
-        auth: state.auth.clone(),
-        grant,
-    };
+    let access = crate::auth::Session::new(state.auth.clone(), grant);
     let response = switching_protocols(&upgrade.accept);
     tokio::spawn(async move {
         // The slot stays held while the consumer runs; the handshake ends

@@ -347,3 +347,42 @@ impl Client {
 pub fn json(s: &str) -> serde_json::Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("frame is not JSON ({e}): {s}"))
 }
+
+/// Runs `openssl` with `args` in `dir`; its standard output. Panics with
+/// openssl's error when it fails.
+pub fn openssl(dir: &std::path::Path, args: &[&str]) -> Vec<u8> {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("running openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// Makes a server key and certificate usable by the test cluster: the key
+/// private (PostgreSQL refuses a key others can read), and both owned by
+/// the OS user PostgreSQL runs as when the tests run as root.
+pub fn give_to_cluster(key: &std::path::Path, cert: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(key, std::fs::Permissions::from_mode(0o600))
+        .expect("chmod of the key");
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0\n"))
+        .unwrap_or(false);
+    if root {
+        let chown = Command::new("chown")
+            .arg(walcast_cluster::OS_USER)
+            .arg(key)
+            .arg(cert)
+            .status()
+            .expect("chown");
+        assert!(chown.success(), "chown of the certificate failed");
+    }
+}

@@ -14,7 +14,8 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 
 case "$WALCAST_SETUP" in
   full) pkgs=("postgresql-${PG_MAJOR}" "postgresql-server-dev-${PG_MAJOR}" libclang-dev
-              "postgresql-${PG_MAJOR}-wal2json" pkg-config libssl-dev openssl chromium curl) ;;
+              "postgresql-${PG_MAJOR}-wal2json" pkg-config libssl-dev openssl chromium curl
+              nats-server) ;;
   build) pkgs=("postgresql-server-dev-${PG_MAJOR}" libclang-dev) ;;
   *) log "WALCAST_SETUP must be 'full' or 'build', not '${WALCAST_SETUP}'"; exit 2 ;;
 esac

@@ -12,6 +12,8 @@
 //! dropped, and also by a watchdog process when the owning process exits
 //! without dropping it (a cluster held in a `static` by a test binary).
 
+pub mod nats;
+
 use anyhow::{anyhow, bail, Context, Result};
 use std::fs;
 use std::net::TcpListener;
@@ -502,7 +504,7 @@ pub fn pg_bindir() -> Result<PathBuf> {
     Ok(dir)
 }
 
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     let l = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
     Ok(l.local_addr()?.port())
 }

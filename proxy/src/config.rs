@@ -19,6 +19,11 @@ pub struct Cli {
 pub enum Command {
     /// Serve websocket streams (the default).
     Serve,
+    /// Scale-out: read the slot once and publish every change to a NATS
+    /// JetStream stream (--nats-url), from which any number of
+    /// `walcast-proxy serve --nats-url` edges serve clients. Serves only
+    /// `/healthz` and `/metrics`.
+    Relay,
     /// Check that the database can be streamed (wal_level, privileges, free
     /// slots and senders, the walcast plugin installed and allowed, the
     /// extension) and print what to fix. Exit status 1 when something must be fixed.
@@ -377,6 +382,48 @@ pub struct ServeArgs {
     /// again (created private, mode 0700). Default: memory only.
     #[arg(long, global = true, env = "WALCAST_FILTER_CACHE_DIR")]
     pub filter_cache_dir: Option<std::path::PathBuf>,
+
+    /// NATS server(s) of the scale-out mode (`nats://host:4222`, comma
+    /// separated). With `relay`: where changes are published. With `serve`:
+    /// the edge reads changes from the JetStream stream instead of its own
+    /// slot (`docs/scale-out.md`).
+    #[arg(long, global = true, env = "WALCAST_NATS_URL")]
+    pub nats_url: Option<String>,
+
+    /// Name of the JetStream stream the relay publishes to and edges read.
+    #[arg(
+        long,
+        global = true,
+        env = "WALCAST_NATS_STREAM",
+        default_value = "WALCAST"
+    )]
+    pub nats_stream: String,
+
+    /// Bytes the relay's JetStream stream keeps (kB, MB, GB suffixes; the
+    /// oldest messages go first). Applies when the relay creates the stream.
+    #[arg(long, global = true, env = "WALCAST_NATS_MAX_BYTES", default_value = "1GB", value_parser = parse_bytes)]
+    pub nats_max_bytes: u64,
+
+    /// Seconds the relay's JetStream stream keeps a message (0: no age
+    /// limit). Applies when the relay creates the stream.
+    #[arg(
+        long,
+        global = true,
+        env = "WALCAST_NATS_MAX_AGE",
+        default_value_t = 86400
+    )]
+    pub nats_max_age: u64,
+
+    /// Seconds JetStream remembers message ids to drop a change the relay
+    /// publishes again after a restart. Applies when the relay creates the stream.
+    #[arg(
+        long,
+        global = true,
+        env = "WALCAST_NATS_DUPLICATE_WINDOW",
+        default_value_t = 120,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub nats_duplicate_window: u64,
 }
 
 /// Parses a byte count: `1048576`, `512kB`, `64MB`, `2GB` (powers of 1024).

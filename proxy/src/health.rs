@@ -13,6 +13,9 @@ pub enum State {
     Reconnecting,
     /// A definite error: streaming stopped until the problem is fixed and the proxy restarted.
     Failed,
+    /// An edge lost its JetStream stream: clients stay connected and get
+    /// what follows once it is back.
+    Degraded,
 }
 
 #[derive(Debug, Clone)]
@@ -26,15 +29,27 @@ struct Inner {
 /// Shared health record.
 #[derive(Debug)]
 pub struct Health {
+    /// The slot read (empty on an edge).
     pub slot: String,
+    /// On an edge: the JetStream stream read instead of a slot.
+    pub nats_stream: Option<String>,
     inner: Mutex<Inner>,
 }
 
 impl Health {
+    /// A record for an edge reading the JetStream stream `stream`, starting.
+    pub fn edge(stream: &str) -> Health {
+        Health {
+            nats_stream: Some(stream.to_owned()),
+            ..Health::new("")
+        }
+    }
+
     /// A record for `slot`, starting.
     pub fn new(slot: &str) -> Health {
         Health {
             slot: slot.to_owned(),
+            nats_stream: None,
             inner: Mutex::new(Inner {
                 state: State::Starting,
                 last_error: None,
@@ -59,6 +74,14 @@ impl Health {
     pub fn reconnecting(&self, error: &str) {
         self.update(|i| {
             i.state = State::Reconnecting;
+            i.last_error = Some(error.to_owned());
+        });
+    }
+
+    /// An edge lost its JetStream stream and is getting it back.
+    pub fn degraded(&self, error: &str) {
+        self.update(|i| {
+            i.state = State::Degraded;
             i.last_error = Some(error.to_owned());
         });
     }
@@ -92,16 +115,20 @@ impl Health {
             State::Streaming => "ok",
             State::Reconnecting => "reconnecting",
             State::Failed => "failed",
+            State::Degraded => "degraded",
         };
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "status": status,
-            "slot": self.slot,
+            "slot": (!self.slot.is_empty()).then_some(&self.slot),
             "confirmed_lsn": i.confirmed.to_string(),
             "received_lsn": i.received.to_string(),
             "lag_bytes": i.received.0.saturating_sub(i.confirmed.0),
             "clients": clients,
             "last_error": i.last_error,
         });
+        if let Some(stream) = &self.nats_stream {
+            body["nats_stream"] = serde_json::json!(stream);
+        }
         (i.state == State::Streaming, body)
     }
 }

@@ -24,6 +24,12 @@
 //!     <- listener.rs    where connections enter: accept loop, connection and
 //!                       handshake caps (`descriptors.rs`: the descriptor limit)
 //!
+//! Scale-out (`nats/`): `walcast-proxy relay` reads the slot once
+//!     -> nats/relay.rs  every change published to a JetStream stream, the slot
+//!                       confirmed once JetStream acknowledged it
+//!     -> nats/edge.rs   `serve --nats-url`: the stream instead of a slot, into the
+//!                       hub; from there on as above
+//!
 //! WAL -> walcast plugin -> walsender (one per durable stream slot)
 //!     -> streams/       durable streams: slot + snapshot, snapshot pages,
 //!                       one consumer per slot with ACKs, lag guard, heartbeats
@@ -54,6 +60,7 @@ pub mod hub;
 pub mod listener;
 pub mod log;
 pub mod metrics;
+pub mod nats;
 pub mod origin;
 pub mod query;
 pub mod reader;

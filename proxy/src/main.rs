@@ -16,6 +16,7 @@ use walcast_proxy::http::{self, AppState, Timeouts};
 use walcast_proxy::hub::Hub;
 use walcast_proxy::listener::{Connections, Limits};
 use walcast_proxy::metrics::Metrics;
+use walcast_proxy::nats::{self, relay::RelayConfig};
 use walcast_proxy::reader::{self, ReaderConfig};
 use walcast_proxy::replication::validate_slot_name;
 use walcast_proxy::session::Liveness;
@@ -52,6 +53,7 @@ fn main() {
         || tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the runtime: {e}"));
     let result = match cli.command {
         None | Some(Command::Serve) => runtime().and_then(|rt| rt.block_on(serve(cli.serve))),
+        Some(Command::Relay) => runtime().and_then(|rt| rt.block_on(relay(cli.serve))),
         Some(Command::Doctor) => runtime().and_then(|rt| rt.block_on(doctor(cli.serve))),
     };
     if let Err(e) = result {
@@ -69,6 +71,76 @@ fn database_config(
         .ok_or("no database: pass --database-url or set DATABASE_URL (postgres://user@host/db)")?;
     walcast_proxy::database::Database::parse(&url)
         .map_err(|e| format!("invalid --database-url: {e}"))
+}
+
+/// Where the JetStream stream is and how a relay creates it.
+fn nats_settings(args: &walcast_proxy::config::ServeArgs, url: &str) -> nats::NatsSettings {
+    nats::NatsSettings {
+        url: url.to_owned(),
+        stream: args.nats_stream.clone(),
+        max_bytes: args.nats_max_bytes,
+        max_age: Duration::from_secs(args.nats_max_age),
+        duplicate_window: Duration::from_secs(args.nats_duplicate_window),
+    }
+}
+
+fn reader_config(
+    args: &walcast_proxy::config::ServeArgs,
+    database: &walcast_proxy::database::Database,
+) -> Result<ReaderConfig, String> {
+    validate_slot_name(&args.slot).map_err(|e| format!("invalid --slot: {e}"))?;
+    if let Some(t) = &args.tables {
+        TablePattern::parse_list(t).map_err(|e| format!("invalid --tables: {e}"))?;
+    }
+    Ok(ReaderConfig {
+        database: database.clone(),
+        slot: args.slot.clone(),
+        tables: args.tables.clone(),
+        status_interval: Duration::from_secs(args.status_interval.max(1)),
+    })
+}
+
+/// `walcast-proxy relay`: the slot to JetStream, `/healthz` and `/metrics`.
+async fn relay(args: walcast_proxy::config::ServeArgs) -> Result<(), String> {
+    let database = database_config(&args)?;
+    let url = args.nats_url.clone().ok_or(
+        "the relay publishes to NATS: pass --nats-url or set WALCAST_NATS_URL (nats://host:4222)",
+    )?;
+    let cfg = RelayConfig {
+        reader: reader_config(&args, &database)?,
+        nats: nats_settings(&args, &url),
+    };
+    let js = nats::connect(&url, "walcast-relay").await?;
+    let db = nats::relay::prepare(&cfg, &js).await?;
+    let metrics = Arc::new(Metrics::default());
+    let health = Arc::new(Health::new(&args.slot));
+    let listener = walcast_proxy::listener::bind(args.listen)
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(slot = %args.slot, stream = %cfg.nats.stream, "relay listening on http://{local}/");
+    println!("walcast-proxy relay listening on http://{local}/");
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let ops = http::ops::relay_routes(health.clone(), metrics.clone());
+    let mut stop_ops = shutdown_rx.clone();
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, ops)
+            .with_graceful_shutdown(async move {
+                let _ = stop_ops.wait_for(|s| *s).await;
+            })
+            .await;
+    });
+    let mut task = tokio::spawn(nats::relay::run(cfg, js, db, metrics, health, shutdown_rx));
+    let result = tokio::select! {
+        _ = wait_for_signal() => {
+            tracing::info!("shutting down: confirming what JetStream acknowledged");
+            let _ = shutdown_tx.send(true);
+            task.await
+        }
+        r = &mut task => r,
+    };
+    let _ = shutdown_tx.send(true);
+    let _ = server.await;
+    result.map_err(|e| format!("the relay task failed: {e}"))?
 }
 
 async fn doctor(args: walcast_proxy::config::ServeArgs) -> Result<(), String> {
@@ -177,7 +249,16 @@ async fn serve(args: walcast_proxy::config::ServeArgs) -> Result<(), String> {
         .connections
         .descriptor_limit
         .store(front.limit.soft, Ordering::Relaxed);
-    let health = Arc::new(Health::new(&args.slot));
+    // An edge reads the relay's JetStream stream instead of a slot; NATS
+    // out of reach at start is an error.
+    let nats = match &args.nats_url {
+        Some(url) => Some(nats::connect(url, "walcast-edge").await?),
+        None => None,
+    };
+    let health = Arc::new(match nats {
+        Some(_) => Health::edge(&args.nats_stream),
+        None => Health::new(&args.slot),
+    });
     if args.queue_bound.is_some() {
         tracing::warn!("--queue-bound (WALCAST_QUEUE_BOUND) is deprecated and ignored: clients read from the shared change log, bounded by --buffer-size");
     }
@@ -209,19 +290,23 @@ async fn serve(args: walcast_proxy::config::ServeArgs) -> Result<(), String> {
     );
     println!("walcast-proxy listening on {scheme}://{local}/");
 
-    let reader_cfg = ReaderConfig {
-        database: database.clone(),
-        slot: args.slot.clone(),
-        tables: args.tables.clone(),
-        status_interval: Duration::from_secs(args.status_interval.max(1)),
+    let reader = match nats {
+        Some(js) => tokio::spawn(nats::edge::run(
+            args.nats_stream.clone(),
+            js,
+            hub.clone(),
+            metrics.clone(),
+            health.clone(),
+            shutdown_rx.clone(),
+        )),
+        None => tokio::spawn(reader::run(
+            reader_config(&args, &database)?,
+            hub.clone(),
+            metrics.clone(),
+            health.clone(),
+            shutdown_rx.clone(),
+        )),
     };
-    let reader = tokio::spawn(reader::run(
-        reader_cfg,
-        hub.clone(),
-        metrics.clone(),
-        health.clone(),
-        shutdown_rx.clone(),
-    ));
     let pool = SqlPool::new(database.clone(), 8);
     let streams = Arc::new(Streams::new(
         StreamsConfig {

@@ -49,6 +49,29 @@ pub struct Metrics {
     pub stream_lag: Mutex<BTreeMap<String, (u64, bool)>>,
     /// Connections before HTTP: caps, accept errors, timeouts.
     pub connections: ConnectionMetrics,
+    /// The scale-out mode: what a relay published, what an edge read.
+    pub nats: NatsMetrics,
+}
+
+/// What goes through NATS JetStream (`nats/`): zero outside the scale-out mode.
+#[derive(Default, Debug)]
+pub struct NatsMetrics {
+    /// Messages a relay published and JetStream acknowledged.
+    pub published: AtomicU64,
+    /// Of those, messages JetStream had already (published again after a
+    /// relay restart, dropped by their message id).
+    pub duplicates: AtomicU64,
+    /// Messages an edge read from the stream.
+    pub received: AtomicU64,
+    /// Messages an edge skipped: not published by a relay, or not readable.
+    pub foreign: AtomicU64,
+    /// Times a relay or edge lost NATS (or its stream) and started again.
+    pub reconnects: AtomicU64,
+    /// Messages an edge found gone from the stream when it came back (the
+    /// stream's retention dropped them meanwhile).
+    pub lost: AtomicU64,
+    /// The stream sequence of the last message published or read.
+    pub sequence: AtomicU64,
 }
 
 /// What happens to connections before and around HTTP (`listener.rs`, `http/serve.rs`).
@@ -153,6 +176,7 @@ impl Metrics {
         let mut s = String::new();
         render_log(&mut s, log);
         render_connections(&mut s, &self.connections);
+        render_nats(&mut s, &self.nats);
         let _ = writeln!(
             s,
             "# HELP walcast_clients_closed_total Live clients the server closed, by reason.\n\
@@ -305,6 +329,21 @@ fn metric(s: &mut String, name: &str, kind: &str, help: &str, value: impl std::f
         s,
         "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
     );
+}
+
+fn render_nats(s: &mut String, n: &NatsMetrics) {
+    let g = |v: &AtomicU64| v.load(Ordering::Relaxed);
+    for (name, kind, help, value) in [
+        ("walcast_nats_published_total", "counter", "Messages the relay published to JetStream and JetStream acknowledged.", g(&n.published)),
+        ("walcast_nats_duplicates_total", "counter", "Of those, messages JetStream already had (published again after a relay restart) and dropped by their id.", g(&n.duplicates)),
+        ("walcast_nats_received_total", "counter", "Messages the edge read from the JetStream stream.", g(&n.received)),
+        ("walcast_nats_foreign_total", "counter", "Messages the edge skipped: not written by a walcast relay, or unreadable.", g(&n.foreign)),
+        ("walcast_nats_reconnects_total", "counter", "Times the relay or edge lost NATS or its stream and started again.", g(&n.reconnects)),
+        ("walcast_nats_lost_total", "counter", "Messages the edge found dropped by the stream's retention while it was away.", g(&n.lost)),
+        ("walcast_nats_sequence", "gauge", "Stream sequence of the last message the relay published or the edge read.", g(&n.sequence)),
+    ] {
+        metric(s, name, kind, help, value);
+    }
 }
 
 fn render_connections(s: &mut String, c: &ConnectionMetrics) {

@@ -12,7 +12,7 @@ use crate::change::{Action, Change};
 use crate::health::Health;
 use crate::hub::{Hub, PublishScratch};
 use crate::metrics::Metrics;
-use crate::replication::{ErrorKind, ReplicationClient, ReplicationError};
+use crate::replication::{ErrorKind, ReplicationClient, ReplicationError, ReplicationStream};
 use bytes::Bytes;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -60,14 +60,15 @@ pub async fn run(
     health: Arc<Health>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::default();
     let mut slot_seen = false;
     let mut position = Handed::default();
     loop {
         if *shutdown.borrow() {
             return;
         }
-        match stream_once(
+        let before = position.committed;
+        let result = stream_once(
             &cfg,
             &hub,
             &metrics,
@@ -76,20 +77,25 @@ pub async fn run(
             &mut slot_seen,
             &mut position,
         )
-        .await
-        {
+        .await;
+        // A connection that got transactions through was a success: the
+        // next failure starts the backoff again.
+        if position.committed > before {
+            backoff.reset();
+        }
+        match result {
             Ok(()) => return,
             Err(e) if e.kind == ErrorKind::Transient => {
-                tracing::warn!(error = %e, "replication interrupted; reconnecting in {backoff:?}");
+                let wait = backoff.wait();
+                tracing::warn!(error = %e, "replication interrupted; reconnecting in {wait:?}");
                 health.reconnecting(&e.message);
                 metrics
                     .replication_reconnects
                     .fetch_add(1, Ordering::Relaxed);
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(wait) => {}
                     _ = shutdown.changed() => return,
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
             Err(e) => {
                 tracing::error!(error = %e, "replication stopped");
@@ -98,6 +104,43 @@ pub async fn run(
                 return;
             }
         }
+    }
+}
+
+/// Waits between reconnects: from 100 ms, doubling to 5 s, each wait
+/// drawn between half and all of it (so that processes that lost the same
+/// server do not come back at the same instant); [`Backoff::reset`] after a
+/// connection that worked.
+#[derive(Debug)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Backoff {
+        Backoff {
+            next: Backoff::FIRST,
+        }
+    }
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(5);
+
+    /// The next wait.
+    pub fn wait(&mut self) -> Duration {
+        use std::hash::BuildHasher;
+        let full = self.next;
+        self.next = (self.next * 2).min(Backoff::MAX);
+        let random =
+            std::collections::hash_map::RandomState::new().hash_one(std::time::Instant::now());
+        full.mul_f64(0.5 + (random % 1000) as f64 / 2000.0)
+    }
+
+    /// Starts again from the first wait.
+    pub fn reset(&mut self) {
+        self.next = Backoff::FIRST;
     }
 }
 
@@ -110,43 +153,7 @@ async fn stream_once(
     slot_seen: &mut bool,
     position: &mut Handed,
 ) -> Result<(), ReplicationError> {
-    let mut client = ReplicationClient::connect(&cfg.database).await?;
-    let _system = client.identify_system().await?;
-    let slot_start = match client.slot(&cfg.slot).await? {
-        None if *slot_seen => {
-            return Err(ReplicationError::definite(format!(
-            "the replication slot {} was dropped while the proxy used it; changes since its last \
-                 confirmed position are lost. Restart walcast-proxy to create a new slot",
-            cfg.slot
-        )))
-        }
-        None => {
-            let created = client.create_slot(&cfg.slot, false, false).await?;
-            tracing::info!(slot = %cfg.slot, lsn = %created.consistent_point, "created replication slot");
-            created.consistent_point
-        }
-        Some(info) if info.plugin.as_deref() != Some("walcast") => {
-            return Err(ReplicationError::definite(format!(
-                "the slot {} exists but uses the plugin {:?}; choose another --slot name",
-                cfg.slot, info.plugin
-            )))
-        }
-        Some(info) => info.confirmed_flush.unwrap_or(Lsn::INVALID),
-    };
-    *slot_seen = true;
-    let mut options: Vec<(&str, &str)> = vec![
-        ("include-transaction", "on"),
-        ("include-position", "on"),
-        ("batch-bytes", PLUGIN_BATCH_BYTES),
-    ];
-    if let Some(t) = &cfg.tables {
-        options.push(("add-tables", t));
-    }
-    // From the end of the last transaction handed over (0/0 on first start:
-    // the slot's confirmed position); PostgreSQL skips what committed before.
-    let mut stream = client
-        .start(&cfg.slot, position.committed, &options, cfg.status_interval)
-        .await?;
+    let (mut stream, slot_start) = open(cfg, slot_seen, position.committed).await?;
     // Every transaction committed from here on will come (PostgreSQL
     // decodes those whose commit is at or after the start).
     hub.stream_starts_at(Position::new(position.committed.max(slot_start), 0));
@@ -239,9 +246,58 @@ async fn stream_once(
     }
 }
 
+/// Connects, creates the slot on first start (or checks it is the walcast
+/// plugin's) and starts streaming from `from` (0/0: the slot's confirmed
+/// position) with the options every reader of the slot uses. Returns the
+/// stream and the slot's confirmed position when it started. `slot_seen`
+/// turns a slot that disappears later into a definite error.
+pub(crate) async fn open(
+    cfg: &ReaderConfig,
+    slot_seen: &mut bool,
+    from: Lsn,
+) -> Result<(ReplicationStream, Lsn), ReplicationError> {
+    let mut client = ReplicationClient::connect(&cfg.database).await?;
+    let _system = client.identify_system().await?;
+    let slot_start = match client.slot(&cfg.slot).await? {
+        None if *slot_seen => {
+            return Err(ReplicationError::definite(format!(
+            "the replication slot {} was dropped while the proxy used it; changes since its last \
+                 confirmed position are lost. Restart walcast-proxy to create a new slot",
+            cfg.slot
+        )))
+        }
+        None => {
+            let created = client.create_slot(&cfg.slot, false, false).await?;
+            tracing::info!(slot = %cfg.slot, lsn = %created.consistent_point, "created replication slot");
+            created.consistent_point
+        }
+        Some(info) if info.plugin.as_deref() != Some("walcast") => {
+            return Err(ReplicationError::definite(format!(
+                "the slot {} exists but uses the plugin {:?}; choose another --slot name",
+                cfg.slot, info.plugin
+            )))
+        }
+        Some(info) => info.confirmed_flush.unwrap_or(Lsn::INVALID),
+    };
+    *slot_seen = true;
+    let mut options: Vec<(&str, &str)> = vec![
+        ("include-transaction", "on"),
+        ("include-position", "on"),
+        ("batch-bytes", PLUGIN_BATCH_BYTES),
+    ];
+    if let Some(t) = &cfg.tables {
+        options.push(("add-tables", t));
+    }
+    // PostgreSQL skips what committed before `from`.
+    let stream = client
+        .start(&cfg.slot, from, &options, cfg.status_interval)
+        .await?;
+    Ok((stream, slot_start))
+}
+
 /// The objects of one plugin message, split at the record separator that
 /// `batch-bytes` puts between them.
-fn objects(data: &Bytes) -> impl Iterator<Item = Bytes> + '_ {
+pub(crate) fn objects(data: &Bytes) -> impl Iterator<Item = Bytes> + '_ {
     let mut start = 0;
     std::iter::from_fn(move || {
         if start > data.len() {
@@ -259,6 +315,19 @@ fn objects(data: &Bytes) -> impl Iterator<Item = Bytes> + '_ {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backoff_doubles_to_its_cap_with_jitter_and_resets() {
+        let mut b = Backoff::default();
+        let waits: Vec<Duration> = (0..8).map(|_| b.wait()).collect();
+        for (i, w) in waits.iter().enumerate() {
+            let full =
+                (Duration::from_millis(100) * 2u32.pow(i as u32)).min(Duration::from_secs(5));
+            assert!(*w >= full / 2 && *w <= full, "wait {i}: {w:?} for {full:?}");
+        }
+        b.reset();
+        assert!(b.wait() <= Duration::from_millis(100));
+    }
 
     #[test]
     fn messages_split_at_record_separators() {

@@ -58,3 +58,54 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Resp {
         state.metrics.render(&state.hub.report()),
     )
 }
+
+/// What `walcast-proxy relay` serves: `/healthz` (200 while relaying) and
+/// `/metrics`; every other path is 404. No credential needed.
+pub fn relay_routes(
+    health: Arc<crate::health::Health>,
+    metrics: Arc<crate::metrics::Metrics>,
+) -> axum::Router {
+    use axum::routing::get;
+    let healthz = {
+        let health = health.clone();
+        move || {
+            let health = health.clone();
+            async move {
+                let (ok, body) = health.report(0);
+                let status = if ok {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                respond(status, "application/json", body.to_string())
+            }
+        }
+    };
+    let render = move || {
+        let metrics = metrics.clone();
+        async move {
+            let none = crate::metrics::LogReport {
+                stats: crate::log::LogStats::default(),
+                waiting: Vec::new(),
+                groups: 0,
+                match_deferred: 0,
+                match_throttled: 0,
+            };
+            respond(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                metrics.render(&none),
+            )
+        }
+    };
+    axum::Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(render))
+        .fallback(|| async {
+            super::json_error(
+                StatusCode::NOT_FOUND,
+                "a relay serves only /healthz and /metrics",
+                None,
+            )
+        })
+}

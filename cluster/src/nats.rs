@@ -1,0 +1,197 @@
+//! Private NATS servers (JetStream on) for the scale-out tests and
+//! benchmarks, started the way [`crate::Cluster`] starts PostgreSQL: a
+//! fresh directory for the store, a free loopback port, a watchdog that
+//! stops the server when the owning process exits, everything removed on drop.
+
+use anyhow::{bail, Context, Result};
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Options for [`NatsServer::start_with`].
+#[derive(Debug, Clone, Default)]
+pub struct NatsConfig {
+    /// The largest message the server accepts (`max_payload`; its default is 1 MB).
+    pub max_payload: Option<u64>,
+}
+
+/// A running private `nats-server -js`.
+#[derive(Debug)]
+pub struct NatsServer {
+    child: Option<Child>,
+    dir: PathBuf,
+    port: u16,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// The `nats-server` program: `$NATS_SERVER`, else the first on `PATH` or in `/usr/sbin`.
+pub fn nats_server_bin() -> Result<PathBuf> {
+    if let Ok(p) = std::env::var("NATS_SERVER") {
+        return Ok(PathBuf::from(p));
+    }
+    let path = std::env::var("PATH").unwrap_or_default();
+    for dir in path.split(':').chain(["/usr/sbin", "/usr/local/bin"]) {
+        let candidate = Path::new(dir).join("nats-server");
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!("nats-server is not installed: run ./scripts/setup.sh (the Debian package nats-server) or set NATS_SERVER")
+}
+
+impl NatsServer {
+    /// Starts a server with default settings.
+    pub fn start() -> Result<NatsServer> {
+        NatsServer::start_with(NatsConfig::default())
+    }
+
+    /// Starts a server as configured, in a fresh directory, on a free port.
+    pub fn start_with(config: NatsConfig) -> Result<NatsServer> {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let dir =
+            std::env::temp_dir().join(format!("walcast-nats-{}-{n}-{nanos:x}", std::process::id()));
+        fs::create_dir_all(dir.join("store"))
+            .with_context(|| format!("creating {}", dir.display()))?;
+        let mut server = NatsServer {
+            child: None,
+            dir,
+            port: 0,
+        };
+        let mut last = None;
+        for _ in 0..5 {
+            server.port = crate::free_port()?;
+            server.write_config(&config)?;
+            match server.run() {
+                Ok(()) => {
+                    last = None;
+                    break;
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        if let Some(e) = last {
+            return Err(e);
+        }
+        server.spawn_watchdog();
+        Ok(server)
+    }
+
+    fn write_config(&self, config: &NatsConfig) -> Result<()> {
+        let mut conf = format!(
+            "listen: 127.0.0.1:{}\njetstream {{\n  store_dir: \"{}\"\n}}\n",
+            self.port,
+            self.dir.join("store").display()
+        );
+        if let Some(m) = config.max_payload {
+            conf.push_str(&format!("max_payload: {m}\n"));
+        }
+        fs::write(self.dir.join("nats.conf"), conf).context("writing nats.conf")
+    }
+
+    /// Starts the process and waits until it accepts clients with JetStream on.
+    fn run(&mut self) -> Result<()> {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("server.log"))?;
+        let child = Command::new(nats_server_bin()?)
+            .arg("-c")
+            .arg(self.dir.join("nats.conf"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .context("starting nats-server")?;
+        // The watchdog reads it.
+        fs::write(self.dir.join("pid"), child.id().to_string())?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    self.child = None;
+                    bail!("nats-server exited ({status}):\n{}", self.log());
+                }
+            }
+            if let Ok(s) = TcpStream::connect(("127.0.0.1", self.port)) {
+                s.set_read_timeout(Some(Duration::from_secs(2)))?;
+                let mut info = String::new();
+                let _ = BufReader::new(s).read_line(&mut info);
+                if info.starts_with("INFO") && info.contains("\"jetstream\":true") {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "nats-server did not accept clients with JetStream within 15 s:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Kills the server (SIGKILL: what it stored stays in its directory).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the server again with the same store and port.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop();
+        self.run()
+    }
+
+    /// The server's log.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+
+    /// Stops the server (and removes its directory) when this process exits
+    /// without dropping it.
+    fn spawn_watchdog(&self) {
+        let script = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; \
+             kill -KILL \"$(cat '{dir}/pid')\" 2>/dev/null; rm -rf '{dir}'",
+            pid = std::process::id(),
+            dir = self.dir.display(),
+        );
+        let _ = Command::new("sh")
+            .args(["-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn();
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}

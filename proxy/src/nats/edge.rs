@@ -1,0 +1,284 @@
+//! `walcast-proxy serve --nats-url`: an edge, whose source is the relay's
+//! JetStream stream instead of a slot.
+//!
+//! The edge reads the stream with an ordered consumer (no acknowledgements,
+//! no server-side state to clean up) and hands the row changes to its hub,
+//! in batches, exactly as the single-process reader does; from there on,
+//! clients are served by the same change log and cursors. Positions are the
+//! plugin's, the same on every edge, so a client resumes with `after=` on
+//! any edge whose log holds what follows its position.
+//!
+//! At start the edge reads back as much of the stream as its log holds
+//! (`--buffer-size`, from the stream's mean message size), so clients can
+//! resume across an edge restart. When NATS or the stream goes away, the
+//! edge reports `degraded`, keeps its clients and goes on from the next
+//! stream sequence when it is back.
+
+use super::before;
+use crate::change::Change;
+use crate::health::Health;
+use crate::hub::{Hub, PublishScratch};
+use crate::log::ENTRY_OVERHEAD;
+use crate::metrics::Metrics;
+use crate::reader::{Backoff, BATCH};
+use async_nats::jetstream::consumer::{pull, DeliverPolicy};
+use async_nats::jetstream::{self, Context};
+use futures_util::{FutureExt, StreamExt};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio::sync::watch;
+use walcast_format::Position;
+
+/// Where the edge is in the stream, kept across reconnects.
+#[derive(Debug, Default)]
+struct Follow {
+    /// The stream sequence to read next.
+    next: Option<u64>,
+    /// The newest position handed to the hub (or taken as the floor).
+    last: Option<Position>,
+    /// Whether the log knows from where it is complete.
+    floor_set: bool,
+    /// Messages read in all.
+    received: u64,
+}
+
+/// Runs until `shutdown` becomes true. Never gives up: a lost stream is
+/// reported on `/healthz` and looked for again with backoff.
+pub async fn run(
+    stream_name: String,
+    js: Context,
+    hub: Hub,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = Backoff::default();
+    let mut at = Follow::default();
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let before = at.received;
+        let result = follow(
+            &stream_name,
+            &js,
+            &hub,
+            &metrics,
+            &health,
+            &mut shutdown,
+            &mut at,
+        )
+        .await;
+        if at.received > before {
+            backoff.reset();
+        }
+        let Err(e) = result else { return };
+        let wait = backoff.wait();
+        tracing::warn!(error = %e, "the JetStream stream is out of reach; clients stay connected; trying again in {wait:?}");
+        health.degraded(&e);
+        metrics.nats.reconnects.fetch_add(1, Ordering::Relaxed);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Reads the stream from where `at` says until an error or shutdown.
+async fn follow(
+    stream_name: &str,
+    js: &Context,
+    hub: &Hub,
+    metrics: &Metrics,
+    health: &Health,
+    shutdown: &mut watch::Receiver<bool>,
+    at: &mut Follow,
+) -> Result<(), String> {
+    let mut stream = js.get_stream(stream_name).await.map_err(|e| {
+        format!("cannot open the JetStream stream {stream_name}: {e} (is walcast-proxy relay running with the same --nats-stream?)")
+    })?;
+    let state = stream
+        .info()
+        .await
+        .map_err(|e| format!("cannot read the JetStream stream {stream_name}: {e}"))?
+        .state
+        .clone();
+    // `floor_from_first`: the first message read only tells the floor.
+    let (start, floor_from_first) = match at.next {
+        Some(next) if next < state.first_sequence => {
+            let lost = state.first_sequence - next;
+            metrics.nats.lost.fetch_add(lost, Ordering::Relaxed);
+            tracing::error!(
+                lost,
+                "{lost} messages of the JetStream stream were dropped by its retention while the \
+                 edge was away; clients resuming from positions among them miss those changes"
+            );
+            (state.first_sequence, false)
+        }
+        Some(next) => (next, false),
+        None if state.last_sequence == 0 => {
+            // A stream that never had a message: everything is to come.
+            hub.stream_starts_at(Position::default());
+            at.floor_set = true;
+            (1, false)
+        }
+        None => {
+            // As many of the newest messages as the log holds.
+            let mean = state.bytes.checked_div(state.messages).unwrap_or(0);
+            let fit = (hub.log().max_bytes() as u64) / (mean + ENTRY_OVERHEAD as u64);
+            let start = (state.last_sequence + 1)
+                .saturating_sub(fit)
+                .max(state.first_sequence);
+            if start > state.first_sequence {
+                (start - 1, true)
+            } else {
+                (start, false)
+            }
+        }
+    };
+    let consumer = stream
+        .create_consumer(pull::OrderedConfig {
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: start,
+            },
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("cannot read the JetStream stream {stream_name}: {e}"))?;
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|e| format!("cannot read the JetStream stream {stream_name}: {e}"))?;
+    health.streaming();
+    tracing::info!(stream = %stream_name, from = start, "reading changes from JetStream");
+    let mut take = Take {
+        floor_from_first,
+        batch: Vec::with_capacity(BATCH),
+    };
+    let mut scratch = PublishScratch::default();
+    let client = js.client();
+    let mut check = tokio::time::interval(std::time::Duration::from_millis(500));
+    let mut connected = true;
+    loop {
+        let first = tokio::select! {
+            _ = shutdown.changed() => return Ok(()),
+            _ = check.tick() => {
+                // The client reconnects by itself and the ordered consumer
+                // picks up where it was; meanwhile /healthz says so.
+                let now = client.connection_state() == async_nats::connection::State::Connected;
+                if now != connected {
+                    connected = now;
+                    if now {
+                        tracing::info!("NATS is back");
+                        health.streaming();
+                    } else {
+                        tracing::warn!("lost the connection to NATS; clients stay connected");
+                        health.degraded("lost the connection to NATS; reconnecting");
+                        metrics.nats.reconnects.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                continue;
+            }
+            m = messages.next() => m,
+        };
+        let mut item = Some(first.ok_or("the JetStream consumer ended")?);
+        let mut failed = None;
+        let mut taken = 0;
+        // What is ready goes to the hub as one batch.
+        while let Some(m) = item.take() {
+            match m {
+                Ok(m) => take.message(&m, hub, metrics, at),
+                Err(e) => {
+                    failed = Some(format!("reading the JetStream stream {stream_name}: {e}"));
+                    break;
+                }
+            }
+            taken += 1;
+            if taken < BATCH {
+                item = messages.next().now_or_never().flatten();
+            }
+        }
+        if !take.batch.is_empty() {
+            hub.publish(std::mem::take(&mut take.batch), &mut scratch);
+            metrics.activity();
+        }
+        if let Some(e) = failed {
+            return Err(e);
+        }
+    }
+}
+
+/// Turns messages into the hub's batch.
+struct Take {
+    floor_from_first: bool,
+    batch: Vec<Change>,
+}
+
+impl Take {
+    fn message(&mut self, m: &jetstream::Message, hub: &Hub, metrics: &Metrics, at: &mut Follow) {
+        let foreign = |why: &str| {
+            metrics.nats.foreign.fetch_add(1, Ordering::Relaxed);
+            crate::limited!(warn, subject = %m.subject, "skipping a message of the JetStream stream: {why}");
+        };
+        let Ok(info) = m.info() else {
+            return foreign("no JetStream metadata");
+        };
+        at.next = Some(info.stream_sequence + 1);
+        at.received += 1;
+        metrics.nats.received.fetch_add(1, Ordering::Relaxed);
+        metrics
+            .nats
+            .sequence
+            .store(info.stream_sequence, Ordering::Relaxed);
+        let pos = m
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+            .and_then(|v| v.as_str().parse::<Position>().ok());
+        let Some(pos) = pos else {
+            return foreign("no walcast position in Nats-Msg-Id");
+        };
+        if !m.subject.starts_with(super::SUBJECT_ROOT)
+            || m.subject.as_bytes().get(super::SUBJECT_ROOT.len()) != Some(&b'.')
+        {
+            return foreign("not a walcast subject");
+        }
+        let change = match Change::parse(m.payload.clone(), pos.commit) {
+            Ok(c) => c,
+            Err(e) => return foreign(&e.to_string()),
+        };
+        let own = match change.action {
+            crate::change::Action::Commit => Some(super::commit_position(change.lsn)),
+            _ => change.pos,
+        };
+        if own != Some(pos) {
+            return foreign("its Nats-Msg-Id is not the change's position");
+        }
+        if self.floor_from_first {
+            // The message before the first one this edge serves: every
+            // change after it is to come.
+            self.floor_from_first = false;
+            hub.stream_starts_at(pos);
+            at.floor_set = true;
+            at.last = Some(pos);
+            return;
+        }
+        if !at.floor_set {
+            hub.stream_starts_at(before(pos));
+            at.floor_set = true;
+        }
+        // Published again by a relay after a restart, past the duplicate window.
+        if at.last.is_some_and(|l| pos <= l) {
+            return;
+        }
+        at.last = Some(pos);
+        // Live clients get row changes; commits, DDL and messages are for
+        // other consumers of the stream.
+        if change.row_action().is_none() {
+            return;
+        }
+        metrics.changes_in.fetch_add(1, Ordering::Relaxed);
+        metrics.count_action(change.action.label());
+        self.batch.push(change);
+    }
+}

@@ -1,0 +1,347 @@
+//! `walcast-proxy relay`: the slot, read once, published to JetStream.
+//!
+//! The relay streams its slot as the single-process reader does
+//! (`reader::open`), publishes every object with a position as one message
+//! (subject and id as `nats/mod.rs` says) and keeps many publishes in
+//! flight. A second task takes JetStream's acknowledgements in order; when
+//! every message of a transaction is acknowledged it passes the
+//! transaction's end on, and only then is it confirmed to PostgreSQL. A
+//! relay killed at any point restarts from a position whose changes are all
+//! in the stream; what it publishes again is dropped by JetStream (same
+//! message id, within the duplicate window) or, later, by the edges (same
+//! position).
+
+use super::{commit_position, subject, token, NatsSettings, PUBLISHES_IN_FLIGHT};
+use crate::change::{Action, Change};
+use crate::health::Health;
+use crate::metrics::Metrics;
+use crate::reader::{self, ReaderConfig};
+use crate::replication::{ErrorKind, ReplicationError};
+use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::Context;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use walcast_format::Lsn;
+
+/// What the relay needs.
+#[derive(Clone)]
+pub struct RelayConfig {
+    pub reader: ReaderConfig,
+    pub nats: NatsSettings,
+}
+
+/// Creates the stream when missing and checks that it takes this
+/// database's subjects. Returns the database's subject token.
+pub async fn prepare(cfg: &RelayConfig, js: &Context) -> Result<String, String> {
+    let db = cfg
+        .reader
+        .database
+        .config
+        .get_dbname()
+        .or(cfg.reader.database.config.get_user())
+        .unwrap_or("postgres");
+    let db = token(db);
+    let wanted = super::stream_config(&cfg.nats, &db);
+    let mut stream = js
+        .get_or_create_stream(wanted.clone())
+        .await
+        .map_err(|e| format!("cannot create or open the JetStream stream {}: {e} (is JetStream enabled on the NATS server? nats-server -js)", cfg.nats.stream))?;
+    let info = stream
+        .info()
+        .await
+        .map_err(|e| format!("cannot read the JetStream stream {}: {e}", cfg.nats.stream))?;
+    let ours = &wanted.subjects[0];
+    if !info.config.subjects.iter().any(|s| s == ours) {
+        return Err(format!(
+            "the JetStream stream {} exists with the subjects {:?}, which do not include {ours}: \
+             choose another --nats-stream or add that subject to the stream",
+            cfg.nats.stream, info.config.subjects
+        ));
+    }
+    tracing::info!(
+        stream = %cfg.nats.stream,
+        subjects = %ours,
+        messages = info.state.messages,
+        "publishing to JetStream"
+    );
+    Ok(db)
+}
+
+/// Runs until `shutdown` becomes true or a definite error stops it (returned).
+pub async fn run(
+    cfg: RelayConfig,
+    js: Context,
+    db: String,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), String> {
+    let mut backoff = reader::Backoff::default();
+    let mut slot_seen = false;
+    loop {
+        if *shutdown.borrow() {
+            return Ok(());
+        }
+        let mut streamed = false;
+        let result = relay_once(
+            &cfg,
+            &js,
+            &db,
+            Shared {
+                metrics: &metrics,
+                health: &health,
+            },
+            &mut shutdown,
+            &mut slot_seen,
+            &mut streamed,
+        )
+        .await;
+        if streamed {
+            backoff.reset();
+        }
+        match result {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind == ErrorKind::Transient => {
+                let wait = backoff.wait();
+                tracing::warn!(error = %e, "relay interrupted; starting again from the slot's confirmed position in {wait:?}");
+                health.reconnecting(&e.message);
+                metrics
+                    .replication_reconnects
+                    .fetch_add(1, Ordering::Relaxed);
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.changed() => return Ok(()),
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "relay stopped");
+                health.failed(&e.message);
+                return Err(e.message);
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Shared<'a> {
+    metrics: &'a Arc<Metrics>,
+    health: &'a Health,
+}
+
+/// What the acknowledging task is given, in publish order.
+enum Pending {
+    Ack(PublishAckFuture),
+    /// Everything before this is acknowledged once it is reached: the slot
+    /// may advance to the position.
+    Confirm(Lsn),
+}
+
+/// What the acknowledging task reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Acked {
+    Upto(Lsn),
+    Failed(String),
+}
+
+async fn relay_once(
+    cfg: &RelayConfig,
+    js: &Context,
+    db: &str,
+    shared: Shared<'_>,
+    shutdown: &mut watch::Receiver<bool>,
+    slot_seen: &mut bool,
+    streamed: &mut bool,
+) -> Result<(), ReplicationError> {
+    let Shared { metrics, health } = shared;
+    // From the slot's confirmed position: everything after it is published
+    // again (JetStream drops what it has by id).
+    let (mut stream, start) = reader::open(&cfg.reader, slot_seen, Lsn(0)).await?;
+    health.streaming();
+    *streamed = true;
+    tracing::info!(slot = %cfg.reader.slot, from = %start, "relaying changes");
+    let (tx, rx) = mpsc::channel::<Pending>(PUBLISHES_IN_FLIGHT);
+    let (acked_tx, mut acked) = watch::channel(Acked::Upto(start));
+    let acker = tokio::spawn(acknowledge(rx, acked_tx, metrics.clone()));
+    // Stops the acknowledging task whichever way this returns.
+    let _acker = AbortOnDrop(acker);
+    let mut in_txn = false;
+    let mut published_in_txn = 0usize;
+    // The end of the last transaction handed to the acknowledging task.
+    let mut sent_upto = start;
+    let mut report = tokio::time::interval(Duration::from_secs(1));
+    // Nothing in flight yet: keepalives may advance the slot.
+    stream.set_caught_up(true);
+    loop {
+        let next = tokio::select! {
+            _ = shutdown.changed() => {
+                // Give the acknowledgements in flight a moment, confirm, end.
+                let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                    while acked.borrow().clone() != Acked::Upto(sent_upto) {
+                        if acked.changed().await.is_err() { break; }
+                    }
+                }).await;
+                if let Acked::Upto(lsn) = acked.borrow().clone() {
+                    stream.confirm(lsn);
+                }
+                let _ = tokio::time::timeout(Duration::from_secs(2), stream.close()).await;
+                return Ok(());
+            }
+            _ = report.tick() => {
+                health.positions(stream.confirmed(), stream.received());
+                metrics.lag_bytes.store(stream.received().0.saturating_sub(stream.confirmed().0), Ordering::Relaxed);
+                continue;
+            }
+            changed = acked.changed() => {
+                if changed.is_err() {
+                    return Err(ReplicationError::transient("the JetStream acknowledgement task ended"));
+                }
+                match acked.borrow_and_update().clone() {
+                    Acked::Upto(lsn) => {
+                        stream.confirm(lsn);
+                        metrics.confirmed_lsn.store(lsn.0, Ordering::Relaxed);
+                        // Keepalives may advance the slot only when nothing is in flight.
+                        stream.set_caught_up(!in_txn && lsn >= sent_upto);
+                    }
+                    Acked::Failed(e) => return Err(ReplicationError::transient(e)),
+                }
+                continue;
+            }
+            n = stream.next() => n?,
+        };
+        let Some(msg) = next else {
+            return Err(ReplicationError::transient(
+                "PostgreSQL ended the replication stream",
+            ));
+        };
+        for part in reader::objects(&msg.data) {
+            metrics.changes_in.fetch_add(1, Ordering::Relaxed);
+            let change = match Change::parse(part, msg.wal_start) {
+                Ok(c) => c,
+                Err(e) => {
+                    metrics.unparseable_messages.fetch_add(1, Ordering::Relaxed);
+                    crate::limited!(error, error = %e, lsn = %msg.wal_start, "skipping a plugin message the relay cannot parse");
+                    continue;
+                }
+            };
+            let pending = match change.action {
+                Action::Begin => {
+                    in_txn = true;
+                    published_in_txn = 0;
+                    stream.set_caught_up(false);
+                    continue;
+                }
+                Action::Commit => {
+                    let end = change.end_lsn.unwrap_or(msg.wal_start);
+                    if published_in_txn > 0 {
+                        let id = commit_position(change.lsn);
+                        let ack = publish(js, db, &change, &id.to_string()).await?;
+                        send(&tx, Pending::Ack(ack)).await?;
+                    }
+                    metrics.activity();
+                    in_txn = false;
+                    sent_upto = end;
+                    Pending::Confirm(end)
+                }
+                // Between transactions, a heartbeat lets the slot advance
+                // once what came before is acknowledged.
+                Action::Message if change.is_heartbeat() => {
+                    if in_txn {
+                        continue;
+                    }
+                    sent_upto = sent_upto.max(msg.wal_start);
+                    Pending::Confirm(msg.wal_start)
+                }
+                _ => {
+                    // Only what has a position is in the stream (not
+                    // non-transactional messages).
+                    let Some(pos) = change.pos else { continue };
+                    if let Some(label) = change.row_action().map(|_| change.action.label()) {
+                        metrics.count_action(label);
+                    }
+                    published_in_txn += 1;
+                    Pending::Ack(publish(js, db, &change, &pos.to_string()).await?)
+                }
+            };
+            send(&tx, pending).await?;
+        }
+    }
+}
+
+/// Sends one message; its acknowledgement is awaited by [`acknowledge`].
+async fn publish(
+    js: &Context,
+    db: &str,
+    change: &Change,
+    id: &str,
+) -> Result<PublishAckFuture, ReplicationError> {
+    let Some(subject) = subject(db, change) else {
+        return Err(ReplicationError::definite(format!(
+            "the relay has no subject for a {:?} object",
+            change.action
+        )));
+    };
+    let message = PublishMessage::build()
+        .payload(change.raw.clone())
+        .message_id(id);
+    js.send_publish(subject, message).await.map_err(|e| {
+        if e.kind() == PublishErrorKind::MaxPayloadExceeded {
+            ReplicationError::definite(format!(
+                "the change at {id} is {} bytes, more than the NATS server accepts in one message \
+                 ({e}): raise max_payload in the nats-server configuration (at most 64MB)",
+                change.raw.len()
+            ))
+        } else {
+            ReplicationError::transient(format!("cannot publish to JetStream: {e}"))
+        }
+    })
+}
+
+async fn send(tx: &mpsc::Sender<Pending>, p: Pending) -> Result<(), ReplicationError> {
+    tx.send(p)
+        .await
+        .map_err(|_| ReplicationError::transient("the JetStream acknowledgement task ended"))
+}
+
+/// Takes acknowledgements in publish order and reports how far every
+/// message is in the stream.
+async fn acknowledge(
+    mut rx: mpsc::Receiver<Pending>,
+    acked: watch::Sender<Acked>,
+    counters: Arc<Metrics>,
+) {
+    while let Some(p) = rx.recv().await {
+        match p {
+            Pending::Ack(fut) => match fut.await {
+                Ok(ack) => {
+                    let n = &counters.nats;
+                    n.published.fetch_add(1, Ordering::Relaxed);
+                    if ack.duplicate {
+                        n.duplicates.fetch_add(1, Ordering::Relaxed);
+                    }
+                    n.sequence.fetch_max(ack.sequence, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    let _ = acked.send(Acked::Failed(format!(
+                        "JetStream did not acknowledge a message: {e}"
+                    )));
+                    return;
+                }
+            },
+            Pending::Confirm(lsn) => {
+                let _ = acked.send(Acked::Upto(lsn));
+            }
+        }
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

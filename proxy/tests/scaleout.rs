@@ -1,0 +1,326 @@
+//! Scale-out end to end: a private cluster, a private `nats-server -js`, a
+//! real relay and real edges (`walcast-proxy relay`, `serve --nats-url`),
+//! real websocket clients. Faults are real too: SIGKILL of the relay and of
+//! an edge, nats-server killed and started again on the same store.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+use support::{json, Got, Launch, Proxy};
+use walcast_cluster::nats::NatsServer;
+use walcast_tests::{cluster, TestDb};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn nats() -> NatsServer {
+    NatsServer::start().expect("starting a private nats-server (./scripts/setup.sh installs it)")
+}
+
+fn relay(db: &TestDb, nats: &NatsServer) -> Proxy {
+    let p = Proxy::launch(
+        &cluster().url(&db.name),
+        &format!("{}_relay", db.name),
+        &["relay", "--nats-url", &nats.url()],
+        Launch::default(),
+    );
+    p.wait_healthy();
+    p
+}
+
+fn edge(db: &TestDb, nats: &NatsServer) -> Proxy {
+    let p = Proxy::launch(
+        &cluster().url(&db.name),
+        &format!("{}_edge", db.name),
+        &["--nats-url", &nats.url()],
+        Launch::default(),
+    );
+    p.wait_healthy();
+    p
+}
+
+fn setup(name: &str) -> TestDb {
+    let mut db = TestDb::new(name);
+    db.exec("CREATE TABLE items (id int PRIMARY KEY, v text)");
+    db
+}
+
+fn id(frame: &str) -> i64 {
+    let v = json(frame);
+    v["columns"]["id"]
+        .as_i64()
+        .or_else(|| v["identity"]["id"].as_i64())
+        .unwrap_or(-1)
+}
+
+/// Reads frames until `n` arrived, failing on a close.
+fn frames(c: &mut support::Client, n: usize) -> Vec<String> {
+    let got = c.texts(n, WAIT);
+    assert_eq!(got.len(), n, "got {} of {n} frames", got.len());
+    got
+}
+
+#[test]
+fn two_edges_serve_the_same_frames_and_a_client_resumes_on_the_other_edge() {
+    let mut db = setup("nats_edges");
+    let nats = nats();
+    let relay = relay(&db, &nats);
+    let (e1, e2) = (edge(&db, &nats), edge(&db, &nats));
+    let mut c1 = e1.ws("*:items");
+    let mut c2 = e2.ws("*:items");
+    let mut odd = e2.ws("insert:items:id.gt.25");
+    for t in 0..10 {
+        let values: Vec<String> = (1..=5)
+            .map(|i| format!("({}, 'v{}')", t * 5 + i, t * 5 + i))
+            .collect();
+        db.exec(&format!("INSERT INTO items VALUES {}", values.join(",")));
+    }
+    db.exec("UPDATE items SET v = 'changed' WHERE id <= 3; DELETE FROM items WHERE id = 50");
+    let a = frames(&mut c1, 54);
+    let b = frames(&mut c2, 54);
+    assert_eq!(a, b, "both edges send the same bytes in the same order");
+    assert_eq!(
+        a.iter().take(50).map(|f| id(f)).collect::<Vec<_>>(),
+        (1..=50).collect::<Vec<_>>()
+    );
+    assert_eq!(json(&a[53])["action"], "D");
+    let filtered = frames(&mut odd, 25);
+    assert_eq!(
+        filtered.iter().map(|f| id(f)).collect::<Vec<_>>(),
+        (26..=50).collect::<Vec<_>>()
+    );
+    // A client of edge 1 that read 20 frames goes on at edge 2 from its
+    // position: exactly what follows, nothing twice.
+    let after = json(&a[19])["pos"].as_str().expect("pos").to_owned();
+    let mut resumed = e2.ws_params(&format!("query=*:items&after={after}"));
+    assert_eq!(frames(&mut resumed, 34), a[20..].to_vec());
+    resumed.expect_silence(Duration::from_millis(300));
+    // The relay counted what it published: 54 changes and the commits of
+    // their 11 transactions (the UPDATE and DELETE share one).
+    let deadline = Instant::now() + WAIT;
+    while relay.metric("walcast_nats_published_total") < 65 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(relay.metric("walcast_nats_published_total"), 65);
+    assert_eq!(relay.metric("walcast_nats_duplicates_total"), 0);
+    assert_eq!(e1.metric("walcast_nats_foreign_total"), 0);
+    // An edge's health names its stream, not a slot.
+    let (code, body) = e1.get("/healthz").expect("healthz");
+    assert_eq!(code, 200);
+    let h = json(&body);
+    assert_eq!(h["nats_stream"], "WALCAST");
+    assert!(h["slot"].is_null());
+}
+
+#[test]
+fn a_relay_killed_mid_stream_loses_nothing_and_duplicates_nothing() {
+    let db = setup("nats_relay_kill");
+    let nats = nats();
+    let mut relay = relay(&db, &nats);
+    let e = edge(&db, &nats);
+    let mut c = e.ws("insert:items");
+    let url = cluster().url(&db.name);
+    const TXNS: i64 = 300;
+    let writer = std::thread::spawn(move || {
+        let mut client = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
+        for t in 0..TXNS {
+            client
+                .batch_execute(&format!(
+                    "INSERT INTO items SELECT g, repeat('x', 200) FROM generate_series({}, {}) g",
+                    t * 10 + 1,
+                    t * 10 + 10
+                ))
+                .expect("insert");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    });
+    // Kill the relay while transactions stream (after some arrived).
+    let first = frames(&mut c, 200);
+    relay.child.kill().expect("SIGKILL the relay");
+    let _ = relay.child.wait();
+    std::thread::sleep(Duration::from_millis(300));
+    let relay2 = self::relay(&db, &nats);
+    writer.join().expect("writer");
+    let rest = frames(&mut c, (TXNS * 10) as usize - 200);
+    let ids: Vec<i64> = first.iter().chain(rest.iter()).map(|f| id(f)).collect();
+    assert_eq!(
+        ids,
+        (1..=TXNS * 10).collect::<Vec<_>>(),
+        "every row once, in order"
+    );
+    c.expect_silence(Duration::from_millis(500));
+    // What the second relay published again was dropped by its message id.
+    let again = relay2.metric("walcast_nats_duplicates_total");
+    let published = relay2.metric("walcast_nats_published_total");
+    assert!(published > 0, "the second relay published");
+    eprintln!("second relay: {published} published, {again} of them already in the stream");
+}
+
+#[test]
+fn an_edge_keeps_its_clients_through_a_nats_restart() {
+    let mut db = setup("nats_restart");
+    let mut nats = nats();
+    let _relay = relay(&db, &nats);
+    let e = edge(&db, &nats);
+    let mut c = e.ws("insert:items");
+    db.exec("INSERT INTO items VALUES (1, 'a')");
+    assert_eq!(id(&frames(&mut c, 1)[0]), 1);
+    nats.stop();
+    // The edge notices and says so; its client stays connected.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (code, body) = e.get("/healthz").expect("healthz");
+        if code == 503 && json(&body)["status"] == "degraded" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never degraded: {code} {body}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    db.exec("INSERT INTO items VALUES (2, 'b'), (3, 'c')");
+    c.expect_silence(Duration::from_millis(500));
+    nats.restart().expect("nats-server again");
+    db.exec("INSERT INTO items VALUES (4, 'd')");
+    let got = frames(&mut c, 3);
+    assert_eq!(got.iter().map(|f| id(f)).collect::<Vec<_>>(), vec![2, 3, 4]);
+    e.wait_healthy();
+    assert!(e.metric("walcast_nats_reconnects_total") >= 1);
+}
+
+#[test]
+fn an_edge_killed_and_restarted_serves_resumes_from_the_stream() {
+    let mut db = setup("nats_edge_kill");
+    let nats = nats();
+    let _relay = relay(&db, &nats);
+    let mut e = edge(&db, &nats);
+    let mut c = e.ws("*:items");
+    db.exec("INSERT INTO items SELECT g, 'v' FROM generate_series(1, 30) g");
+    let got = frames(&mut c, 30);
+    let after = json(&got[9])["pos"].as_str().expect("pos").to_owned();
+    e.child.kill().expect("SIGKILL the edge");
+    let _ = e.child.wait();
+    db.exec("INSERT INTO items SELECT g, 'v' FROM generate_series(31, 40) g");
+    // A new edge reads back what its log holds: the client resumes there.
+    let e2 = edge(&db, &nats);
+    let mut resumed = e2.ws_params(&format!("query=*:items&after={after}"));
+    let rest = frames(&mut resumed, 30);
+    assert_eq!(
+        rest.iter().map(|f| id(f)).collect::<Vec<_>>(),
+        (11..=40).collect::<Vec<_>>()
+    );
+    assert_eq!(&rest[..20], &got[10..]);
+}
+
+#[test]
+fn unreachable_nats_at_start_is_a_clear_error() {
+    let db = setup("nats_unreachable");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
+        l.local_addr().expect("addr").port()
+    };
+    let url = format!("nats://127.0.0.1:{port}");
+    for extra in [vec!["relay", "--nats-url", &url], vec!["--nats-url", &url]] {
+        let out = support::proxy_command(None)
+            .args(["--database-url", &cluster().url(&db.name)])
+            .args(["--listen", "127.0.0.1:0"])
+            .args(&extra)
+            .output()
+            .expect("run walcast-proxy");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!("cannot connect to NATS at {url}")),
+            "{extra:?}: {stderr}"
+        );
+    }
+    // And a relay without --nats-url says what it needs.
+    let out = support::proxy_command(None)
+        .args(["relay", "--database-url", &cluster().url(&db.name)])
+        .env_remove("WALCAST_NATS_URL")
+        .output()
+        .expect("run walcast-proxy relay");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--nats-url"));
+}
+
+/// Publishes to a NATS server with the plain protocol: `headers` (if any)
+/// as a NATS/1.0 header block.
+fn publish_raw(port: u16, subject: &str, headers: &[(&str, &str)], payload: &[u8]) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to nats");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut reader = BufReader::new(s.try_clone().expect("clone"));
+    let mut info = String::new();
+    reader.read_line(&mut info).expect("INFO");
+    s.write_all(b"CONNECT {\"verbose\":false,\"headers\":true}\r\n")
+        .expect("CONNECT");
+    if headers.is_empty() {
+        s.write_all(format!("PUB {subject} {}\r\n", payload.len()).as_bytes())
+            .expect("PUB");
+    } else {
+        let mut block = String::from("NATS/1.0\r\n");
+        for (k, v) in headers {
+            block.push_str(&format!("{k}: {v}\r\n"));
+        }
+        block.push_str("\r\n");
+        s.write_all(
+            format!(
+                "HPUB {subject} {} {}\r\n{block}",
+                block.len(),
+                block.len() + payload.len()
+            )
+            .as_bytes(),
+        )
+        .expect("HPUB");
+    }
+    s.write_all(payload).expect("payload");
+    s.write_all(b"\r\nPING\r\n").expect("PING");
+    let mut line = String::new();
+    loop {
+        line.clear();
+        reader.read_line(&mut line).expect("PONG");
+        if line.starts_with("PONG") {
+            break;
+        }
+        assert!(!line.starts_with("-ERR"), "nats refused: {line}");
+    }
+    let mut rest = Vec::new();
+    let _ = s.set_read_timeout(Some(Duration::from_millis(10)));
+    let _ = s.read_to_end(&mut rest);
+}
+
+#[test]
+fn foreign_messages_in_the_stream_are_skipped_and_counted() {
+    let mut db = setup("nats_foreign");
+    let nats = nats();
+    let _relay = relay(&db, &nats);
+    let e = edge(&db, &nats);
+    let mut c = e.ws("*:items");
+    let subject = format!("walcast.{}.public.items.insert", db.name);
+    // No position; a position with junk; a real-looking change whose id
+    // lies about its position; a position far ahead with a body that is no
+    // change: none of them reaches a client or holds back what follows.
+    publish_raw(nats.port(), &subject, &[], b"hello");
+    publish_raw(
+        nats.port(),
+        &subject,
+        &[("Nats-Msg-Id", "FFFFFFFF00000000:00000000")],
+        b"{not json",
+    );
+    publish_raw(
+        nats.port(),
+        &subject,
+        &[("Nats-Msg-Id", "FFFFFFFF00000000:00000001")],
+        br#"{"action":"I","lsn":"0/1","pos":"0000000000000001:00000000","schema":"public","table":"items","columns":{"id":-5}}"#,
+    );
+    db.exec("INSERT INTO items VALUES (1, 'real')");
+    let got = frames(&mut c, 1);
+    assert_eq!(id(&got[0]), 1);
+    c.expect_silence(Duration::from_millis(300));
+    assert_eq!(e.metric("walcast_nats_foreign_total"), 3);
+    match c.next_within(Duration::from_millis(100)) {
+        None => {}
+        Some(Got::Closed(code, why)) => panic!("the client was closed: {code} {why}"),
+        Some(other) => panic!("unexpected {other:?}"),
+    }
+}

@@ -230,6 +230,10 @@ impl Take {
             .nats
             .sequence
             .store(info.stream_sequence, Ordering::Relaxed);
+        // A transaction's `B` is for other consumers of the stream.
+        if super::is_begin_subject(&m.subject) {
+            return;
+        }
         let pos = m
             .headers
             .as_ref()

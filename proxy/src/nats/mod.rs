@@ -6,15 +6,17 @@
 //!
 //! - One message per object of a transaction that has a position: the row
 //!   changes (`I`, `U`, `D`, `T`), transactional messages (`M`) and `DDL`,
-//!   then the transaction's `C`. The body is the plugin's JSON, unchanged.
+//!   framed by the transaction's `B` and `C` (for transactions that publish
+//!   something). The body is the plugin's JSON, unchanged.
 //! - The header `Nats-Msg-Id` is the object's position (`pos`); a `C` gets
 //!   its commit LSN with index `FFFFFFFF`, after every change of its
-//!   transaction. JetStream drops a message published again with the same
+//!   transaction; a `B` gets `<commit LSN>:BEGIN` ([`begin_id`]). JetStream drops a message published again with the same
 //!   id (within the duplicate window), and edges drop any message positioned
 //!   at or before the last one they have.
 //! - Subjects: `walcast.<db>.<schema>.<table>.<insert|update|delete>` for
 //!   row changes, `walcast.<db>.truncate`, `walcast.<db>.ddl`,
-//!   `walcast.<db>.message.<prefix>` and `walcast.<db>.commit`. Names are
+//!   `walcast.<db>.message.<prefix>`, `walcast.<db>.begin` and
+//!   `walcast.<db>.commit`. Names are
 //!   made subject-safe by [`token`].
 
 pub mod edge;
@@ -113,10 +115,22 @@ pub fn subject(db: &str, change: &Change) -> Option<String> {
         Action::Truncate => "truncate".to_owned(),
         Action::Ddl => "ddl".to_owned(),
         Action::Message => format!("message.{}", token(change.prefix.as_deref().unwrap_or(""))),
+        Action::Begin => "begin".to_owned(),
         Action::Commit => "commit".to_owned(),
         _ => return None,
     };
     Some(format!("{SUBJECT_ROOT}.{db}.{tail}"))
+}
+
+/// The message id of the `B` of the transaction committed at `commit`:
+/// not a position (a `B` has none), but unique and sorted with its transaction.
+pub fn begin_id(commit: walcast_format::Lsn) -> String {
+    format!("{:016X}:BEGIN", commit.0)
+}
+
+/// Whether `subject` is a `B`'s (`walcast.<db>.begin`: three tokens).
+pub fn is_begin_subject(subject: &str) -> bool {
+    subject.ends_with(".begin") && subject.split('.').count() == 3
 }
 
 /// The position a commit's message carries: after every change of its transaction.
@@ -186,7 +200,15 @@ mod tests {
             Some("walcast.shop.commit")
         );
         let begin = parse(r#"{"action":"B","lsn":"0/1"}"#);
-        assert_eq!(subject("shop", &begin), None);
+        assert_eq!(
+            subject("shop", &begin).as_deref(),
+            Some("walcast.shop.begin")
+        );
+        assert!(is_begin_subject("walcast.shop.begin"));
+        assert!(!is_begin_subject("walcast.shop.public.begin.insert"));
+        assert_eq!(begin_id(Lsn(0x16B3800)), "00000000016B3800:BEGIN");
+        let stream_start = parse(r#"{"action":"SS","xid":5}"#);
+        assert_eq!(subject("shop", &stream_start), None);
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! message id, within the duplicate window) or, later, by the edges (same
 //! position).
 
-use super::{commit_position, subject, token, NatsSettings, PUBLISHES_IN_FLIGHT};
+use super::{begin_id, commit_position, subject, token, NatsSettings, PUBLISHES_IN_FLIGHT};
 use crate::change::{Action, Change};
 use crate::health::Health;
 use crate::metrics::Metrics;
@@ -169,6 +169,9 @@ async fn relay_once(
     let _acker = AbortOnDrop(acker);
     let mut in_txn = false;
     let mut published_in_txn = 0usize;
+    // A transaction's `B`, published before its first object with a
+    // position (whose commit LSN names it); never when it has none.
+    let mut begin: Option<Change> = None;
     // The end of the last transaction handed to the acknowledging task.
     let mut sent_upto = start;
     let mut report = tokio::time::interval(Duration::from_secs(1));
@@ -230,6 +233,7 @@ async fn relay_once(
                 Action::Begin => {
                     in_txn = true;
                     published_in_txn = 0;
+                    begin = Some(change);
                     stream.set_caught_up(false);
                     continue;
                 }
@@ -242,6 +246,7 @@ async fn relay_once(
                     }
                     metrics.activity();
                     in_txn = false;
+                    begin = None;
                     sent_upto = end;
                     Pending::Confirm(end)
                 }
@@ -258,6 +263,10 @@ async fn relay_once(
                     // Only what has a position is in the stream (not
                     // non-transactional messages).
                     let Some(pos) = change.pos else { continue };
+                    if let Some(b) = begin.take() {
+                        let ack = publish(js, db, &b, &begin_id(pos.commit)).await?;
+                        send(&tx, Pending::Ack(ack)).await?;
+                    }
                     if let Some(label) = change.row_action().map(|_| change.action.label()) {
                         metrics.count_action(label);
                     }

@@ -8,6 +8,13 @@
 //! At the end PostgreSQL and both models agree, and no transaction at or
 //! before the consumer's last confirmed ACK was ever delivered again.
 //!
+//! The scale-out mode gets the same treatment: a relay, two edges and a
+//! private nats-server, a live client applying `*:sim` and resuming with
+//! `after=` on the other edge, while the relay, the edges and nats-server
+//! are killed and PostgreSQL restarts. Every change reaches the client
+//! exactly once (positions strictly increase across every reconnect) and
+//! its model ends equal to the table.
+//!
 //! The seed is printed; `WALCAST_SEED=<seed>` replays the same operations.
 //! This binary has its own cluster, because it restarts it.
 
@@ -510,6 +517,232 @@ fn random_transactions_survive_kills_and_restarts_without_loss() {
     );
     assert!(
         consumer.reconnects > 1,
+        "seed {seed}: the run never reconnected"
+    );
+}
+
+/// A live client of the scale-out mode: `*:sim` on one of the edges,
+/// applied to model B, resuming with `after=` (on the other edge) whenever
+/// its connection or its edge goes away.
+struct LiveClient {
+    client: Option<Client>,
+    model: Model,
+    /// The position of the last change applied.
+    last: Option<String>,
+    /// The edge to connect to next.
+    edge: usize,
+    changes: u64,
+    reconnects: u64,
+    events: Vec<String>,
+}
+
+impl LiveClient {
+    fn connect(&mut self, edges: &[Proxy]) {
+        if self.client.is_some() {
+            return;
+        }
+        self.edge = (self.edge + 1) % edges.len();
+        let edge = &edges[self.edge];
+        let mut url = format!("ws://127.0.0.1:{}/ws?query=*:sim", edge.port);
+        if let Some(after) = &self.last {
+            url.push_str(&format!("&after={after}"));
+        }
+        match edge.try_ws_url(&url) {
+            Ok(c) => {
+                self.client = Some(c);
+                self.reconnects += 1;
+                self.events.push(format!(
+                    "connected to edge {} after {:?}",
+                    self.edge, self.last
+                ));
+            }
+            // An edge restarting: try again on the next pump.
+            Err((503 | 0, _)) => {}
+            Err(other) => panic!(
+                "resuming after {:?} on edge {}: {other:?}; recent:\n  {}",
+                self.last,
+                self.edge,
+                self.events[self.events.len().saturating_sub(12)..].join("\n  ")
+            ),
+        }
+    }
+
+    fn pump(&mut self, budget: Duration) {
+        let deadline = Instant::now() + budget;
+        while Instant::now() < deadline {
+            let Some(c) = self.client.as_mut() else {
+                return;
+            };
+            match c.next() {
+                Some(Got::Text(t)) => {
+                    let f = json(&t);
+                    assert!(f["error"].is_null(), "unexpected frame {f}");
+                    let pos = f["pos"].as_str().expect("pos").to_owned();
+                    if let Some(last) = &self.last {
+                        assert!(
+                            pos > *last,
+                            "{pos} after {last}: a change came twice or out of order; recent:\n  {}",
+                            self.events[self.events.len().saturating_sub(12)..].join("\n  ")
+                        );
+                    }
+                    self.model.apply(&f);
+                    self.last = Some(pos);
+                    self.changes += 1;
+                }
+                Some(Got::Closed(code, why)) => {
+                    self.events.push(format!("closed {code} {why}"));
+                    self.client = None;
+                }
+                None => {}
+            }
+        }
+    }
+}
+
+#[test]
+fn random_transactions_reach_live_clients_exactly_once_through_relay_edge_and_nats_faults() {
+    use support::Launch;
+    use walcast_cluster::nats::NatsServer;
+    let seed = seed();
+    println!("scale-out simulation seed {seed} (replay: WALCAST_SEED={seed})");
+    eprintln!("scale-out simulation seed {seed} (replay: WALCAST_SEED={seed})");
+    let mut rng = Rng(seed);
+    let steps: u64 = std::env::var("WALCAST_SIM_STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200);
+
+    let mut cluster = Cluster::start_with(Config::default()).expect("cluster");
+    cluster.create_database("simx").expect("database");
+    let conninfo = cluster.conninfo("simx");
+    let url = cluster.url("simx");
+    let sql = postgres::Client::connect(&conninfo, postgres::NoTls).expect("connect");
+    let mut work = Workload {
+        sql,
+        conninfo,
+        model: Rows::new(),
+        next_id: 1,
+        transactions: 0,
+    };
+    work.sql
+        .batch_execute("CREATE TABLE sim (id int PRIMARY KEY, v text, n int)")
+        .expect("table");
+    let mut nats = NatsServer::start().expect("nats-server (./scripts/setup.sh installs it)");
+    let start = |extra: &[&str], slot: &str| {
+        let p = Proxy::launch(&url, slot, extra, Launch::default());
+        p.wait_healthy();
+        p
+    };
+    let nats_url = nats.url();
+    let relay_args = ["relay", "--nats-url", nats_url.as_str()];
+    let edge_args = ["--nats-url", nats_url.as_str()];
+    let mut relay = start(&relay_args, "simx_relay");
+    let mut edges = vec![start(&edge_args, "simx_e"), start(&edge_args, "simx_e")];
+    let mut live = LiveClient {
+        client: None,
+        model: Model::default(),
+        last: None,
+        edge: 0,
+        changes: 0,
+        reconnects: 0,
+        events: Vec::new(),
+    };
+    live.connect(&edges);
+    assert!(live.client.is_some(), "the first connection");
+
+    let mut log = Vec::new();
+    let (mut drops, mut relay_kills, mut edge_kills, mut nats_restarts, mut pg_restarts) =
+        (0, 0, 0, 0, 0);
+    for step in 0..steps {
+        match rng.below(100) {
+            0..=71 => {
+                let d = work.transaction(&mut rng);
+                log.push(format!("{step}: {d}"));
+            }
+            72..=79 if live.client.take().is_some() => {
+                drops += 1;
+                live.events.push(format!("{step}: connection dropped"));
+            }
+            80..=83 => {
+                let _ = relay.child.kill();
+                let _ = relay.child.wait();
+                // Committed while no relay runs: published when it is back.
+                work.transaction(&mut rng);
+                relay = start(&relay_args, "simx_relay");
+                relay_kills += 1;
+                live.events.push(format!("{step}: relay killed"));
+                log.push(format!("{step}: relay killed (SIGKILL) and restarted"));
+            }
+            84..=87 => {
+                let i = rng.below(2) as usize;
+                let _ = edges[i].child.kill();
+                let _ = edges[i].child.wait();
+                edges[i] = start(&edge_args, "simx_e");
+                if live.edge == i {
+                    live.client = None;
+                }
+                edge_kills += 1;
+                live.events.push(format!("{step}: edge {i} killed"));
+                log.push(format!("{step}: edge {i} killed (SIGKILL) and restarted"));
+            }
+            88..=89 => {
+                nats.stop();
+                for _ in 0..1 + rng.below(3) {
+                    work.transaction(&mut rng);
+                }
+                live.pump(Duration::from_millis(rng.below(300)));
+                nats.restart().expect("nats-server again");
+                nats_restarts += 1;
+                live.events.push(format!("{step}: nats-server restarted"));
+                log.push(format!("{step}: nats-server killed and restarted"));
+            }
+            90..=91 => {
+                cluster.restart("fast").expect("restart PostgreSQL");
+                work.reconnect();
+                pg_restarts += 1;
+                live.events.push(format!("{step}: PostgreSQL restarted"));
+                log.push(format!("{step}: PostgreSQL restarted"));
+            }
+            _ => {}
+        }
+        live.connect(&edges);
+        live.pump(Duration::from_millis(rng.below(120) + 10));
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while live.model.rows("sim") != work.model {
+        assert!(
+            Instant::now() < deadline,
+            "seed {seed}: the live client never caught up ({} rows vs {}); last steps: {:?}; recent:\n  {}",
+            live.model.rows("sim").len(),
+            work.model.len(),
+            &log[log.len().saturating_sub(10)..],
+            live.events[live.events.len().saturating_sub(12)..].join("\n  ")
+        );
+        live.connect(&edges);
+        live.pump(Duration::from_millis(200));
+    }
+    let table = Model::read_table(&mut work.sql, "sim");
+    assert_eq!(
+        table, work.model,
+        "seed {seed}: PostgreSQL and the workload model differ"
+    );
+    assert_eq!(
+        live.model.rows("sim"),
+        table,
+        "seed {seed}: the live client's model differs"
+    );
+    println!(
+        "seed {seed}: {} transactions, {} rows, {} changes delivered once each; {drops} connection \
+         drops, {relay_kills} relay kills, {edge_kills} edge kills, {nats_restarts} nats-server \
+         restarts, {pg_restarts} PostgreSQL restarts, {} connections",
+        work.transactions,
+        table.len(),
+        live.changes,
+        live.reconnects
+    );
+    assert!(
+        live.reconnects > 1,
         "seed {seed}: the run never reconnected"
     );
 }

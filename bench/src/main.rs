@@ -19,7 +19,8 @@ use tokio_tungstenite::tungstenite::Message;
 #[derive(Parser, Debug)]
 #[command(name = "walcast-bench", about = "Load tool for walcast-proxy")]
 struct Args {
-    /// Base URL of the proxy.
+    /// Base URL of the proxy; several, comma separated (the edges of the
+    /// scale-out mode), take the clients in turn.
     #[arg(long, default_value = "ws://127.0.0.1:8080")]
     proxy: String,
     /// Database to insert into (the proxy must stream it).
@@ -133,13 +134,18 @@ async fn main() -> Result<()> {
     let latencies = Arc::new(Mutex::new(Vec::<(i64, i64, Option<usize>)>::new()));
     let last_frame = Arc::new(Mutex::new(Instant::now()));
     let mut tasks = Vec::new();
+    let proxies: Vec<&str> = args
+        .proxy
+        .split(',')
+        .map(|p| p.trim_end_matches('/'))
+        .collect();
     for i in 0..args.clients {
         let q = args
             .query
             .replace("{i}", &i.to_string())
             .replace("{m}", &(i % 100).to_string());
         let enc = |t: &str| form_urlencoded::byte_serialize(t.as_bytes()).collect::<String>();
-        let mut url = format!("{}/ws?query={}", args.proxy.trim_end_matches('/'), enc(&q));
+        let mut url = format!("{}/ws?query={}", proxies[i % proxies.len()], enc(&q));
         if let Some(id) = &args.filter {
             let config = args
                 .filter_config

@@ -290,7 +290,7 @@ async fn serve(args: walcast_proxy::config::ServeArgs) -> Result<(), String> {
     );
     println!("walcast-proxy listening on {scheme}://{local}/");
 
-    let reader = match nats {
+    let reader = match nats.clone() {
         Some(js) => tokio::spawn(nats::edge::run(
             args.nats_stream.clone(),
             js,
@@ -308,7 +308,7 @@ async fn serve(args: walcast_proxy::config::ServeArgs) -> Result<(), String> {
         )),
     };
     let pool = SqlPool::new(database.clone(), 8);
-    let streams = Arc::new(Streams::new(
+    let streams = Streams::new(
         StreamsConfig {
             snapshot_ttl: Duration::from_secs(args.snapshot_ttl.max(1)),
             page_cap: args.snapshot_page_cap.max(1),
@@ -325,7 +325,14 @@ async fn serve(args: walcast_proxy::config::ServeArgs) -> Result<(), String> {
         database.clone(),
         pool.clone(),
         metrics.clone(),
-    ));
+    );
+    // On an edge, durable streams are consumers of the JetStream stream.
+    let streams = Arc::new(match nats {
+        Some(js) => {
+            streams.on_jetstream(streams::jet::JetStreams::new(js, args.nats_stream.clone()))
+        }
+        None => streams,
+    });
     let guard = tokio::spawn(streams::guard::run_lag_guard(
         streams.clone(),
         shutdown_rx.clone(),

@@ -324,3 +324,162 @@ fn foreign_messages_in_the_stream_are_skipped_and_counted() {
         Some(other) => panic!("unexpected {other:?}"),
     }
 }
+
+/// Reads one transaction's frames (`B` .. `C`) from a durable stream.
+fn transaction(c: &mut support::Client) -> Option<(Vec<serde_json::Value>, String)> {
+    let mut changes = Vec::new();
+    let mut begun = false;
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        match c.next() {
+            Some(Got::Text(t)) => {
+                let f = json(&t);
+                match f["action"].as_str() {
+                    Some("B") => {
+                        assert!(!begun, "B inside a transaction: {f}");
+                        begun = true;
+                    }
+                    Some("C") => {
+                        assert!(begun, "C without B: {f}");
+                        return Some((changes, f["end_lsn"].as_str().expect("end_lsn").to_owned()));
+                    }
+                    Some("I" | "U" | "D" | "T") => {
+                        assert!(begun, "change outside a transaction: {f}");
+                        changes.push(f);
+                    }
+                    _ => {}
+                }
+            }
+            Some(Got::Closed(code, why)) => panic!("closed {code} {why}"),
+            None => {}
+        }
+    }
+    None
+}
+
+fn lsn_value(s: &str) -> u64 {
+    let (hi, lo) = s.split_once('/').expect("an LSN");
+    (u64::from_str_radix(hi, 16).expect("hi") << 32) | u64::from_str_radix(lo, 16).expect("lo")
+}
+
+#[test]
+fn durable_streams_on_jetstream_cost_no_slot_and_resume_on_another_edge() {
+    use support::model::Model;
+    let mut db = setup("nats_durable");
+    db.exec("INSERT INTO items SELECT g, 'before' FROM generate_series(1, 20) g");
+    let nats = nats();
+    let _relay = relay(&db, &nats);
+    let e2 = edge(&db, &nats);
+    let mut e1 = edge(&db, &nats);
+    let (status, body) = e1
+        .post("/v1/streams", r#"{"name":"orders"}"#)
+        .expect("create");
+    assert_eq!(status, 200, "{body}");
+    let created = json(&body);
+    let slot = created["slotName"].as_str().expect("slotName").to_owned();
+    assert_eq!(slot, "walcast_orders1");
+    // Committed after the snapshot: in the stream, not in the snapshot.
+    db.exec("INSERT INTO items SELECT g, 'after' FROM generate_series(21, 30) g");
+    db.exec("UPDATE items SET v = 'changed' WHERE id = 1");
+    db.exec("DELETE FROM items WHERE id = 2");
+    let (status, text) = e1
+        .post(
+            "/v1/snapshot/data",
+            &format!(r#"{{"slotName":"{slot}","table":"items","limit":1000}}"#),
+        )
+        .expect("snapshot");
+    assert_eq!(status, 200, "{text}");
+    let mut model = Model::default();
+    let page: Vec<serde_json::Value> = serde_json::from_str(&text).expect("page");
+    assert_eq!(page.len(), 20, "the snapshot is the table at creation");
+    for r in page {
+        model.put("items", r);
+    }
+    // PostgreSQL holds one permanent slot (the relay's), whatever the number of streams.
+    let mut sql =
+        postgres::Client::connect(&cluster().url(&db.name), postgres::NoTls).expect("sql");
+    let permanent: i64 = sql
+        .query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE NOT temporary AND database = current_database()",
+            &[],
+        )
+        .expect("slots")
+        .get(0);
+    assert_eq!(permanent, 1);
+
+    let url = |p: &Proxy| format!("ws://127.0.0.1:{}/v1/lr/stream?slotName={slot}", p.port);
+    let mut c = e1.try_ws_url(&url(&e1)).expect("stream on edge 1");
+    let mut applied = 0u64;
+    // The 10 inserts, then the update; ACK the first only.
+    let (first, end1) = transaction(&mut c).expect("first transaction");
+    assert_eq!(first.len(), 10);
+    for f in &first {
+        model.apply(f);
+    }
+    applied = applied.max(lsn_value(&end1));
+    c.send(&format!(r#"{{"lsn":"{end1}","reply":true}}"#));
+    let (second, end2) = transaction(&mut c).expect("second transaction");
+    for f in &second {
+        model.apply(f);
+    }
+    applied = applied.max(lsn_value(&end2));
+    // Wait for the ACK's reply: it is on the consumer then.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match c.next() {
+            Some(Got::Text(t)) if json(&t)["ack"] == end1.as_str() => break,
+            Some(Got::Closed(code, why)) => panic!("closed {code} {why}"),
+            _ => assert!(Instant::now() < deadline, "no ACK reply"),
+        }
+    }
+    // Edge 1 dies; the stream goes on at edge 2 after the last ACK.
+    e1.child.kill().expect("SIGKILL edge 1");
+    let _ = e1.child.wait();
+    db.exec("INSERT INTO items VALUES (31, 'later')");
+    let mut c = e2.try_ws_url(&url(&e2)).expect("stream on edge 2");
+    let mut again = 0;
+    let table = Model::read_table(&mut sql, "items");
+    while model.rows("items") != table {
+        let (changes, end) = transaction(&mut c).expect("a transaction");
+        assert!(
+            lsn_value(&end) > lsn_value(&end1),
+            "a transaction before the ACK came again"
+        );
+        if lsn_value(&end) <= applied {
+            again += 1;
+            continue;
+        }
+        for f in &changes {
+            model.apply(f);
+        }
+        applied = lsn_value(&end);
+        c.send(&format!(r#"{{"lsn":"{end}"}}"#));
+    }
+    assert_eq!(
+        again, 1,
+        "only the transaction after the last ACK comes again"
+    );
+    // A connection on a third edge takes the stream over: the one on edge 2 ends.
+    let e3 = edge(&db, &nats);
+    let _taker = e3.try_ws_url(&url(&e3)).expect("stream on edge 3");
+    let (code, why) = c.close_frame(WAIT).expect("the older connection is closed");
+    assert_eq!(code, 1011, "{why}");
+    assert!(
+        why.contains("reconnect to resume from your last ACK"),
+        "{why}"
+    );
+    drop(_taker);
+    // Listed on either edge, then deleted.
+    let (status, body) = e2.get("/v1/streams").expect("list");
+    assert_eq!(status, 200);
+    let listed = json(&body);
+    assert_eq!(listed["streams"][0]["slotName"], slot.as_str(), "{body}");
+    let (status, body) = e2.delete(&format!("/v1/streams/{slot}")).expect("delete");
+    assert_eq!(status, 200, "{body}");
+    let (_, body) = e2.get("/v1/streams").expect("list");
+    assert_eq!(
+        json(&body)["streams"].as_array().map(Vec::len),
+        Some(0),
+        "{body}"
+    );
+}

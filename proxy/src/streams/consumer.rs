@@ -46,19 +46,76 @@ pub struct Options {
     pub access: crate::auth::Session,
 }
 
+/// Where a durable stream's frames come from.
+pub enum Source {
+    /// The stream's own slot.
+    Slot(ReplicationStream),
+    /// On an edge: the stream's JetStream consumer (`jet.rs`).
+    Jet(Box<super::jet::JetSource>),
+}
+
+impl Source {
+    /// The next plugin message. Cancel safe as the slot's stream and a
+    /// pull consumer's message stream are.
+    async fn next(&mut self) -> Result<Option<XLogData>, String> {
+        match self {
+            Source::Slot(s) => s.next().await.map_err(|e| e.to_string()),
+            Source::Jet(j) => j.next().await,
+        }
+    }
+
+    fn confirm(&mut self, lsn: Lsn) {
+        match self {
+            Source::Slot(s) => s.confirm(lsn),
+            Source::Jet(j) => j.confirm(lsn),
+        }
+    }
+
+    /// Makes the confirmed position durable (a status update to
+    /// PostgreSQL; an acknowledgement JetStream confirms).
+    async fn send_status(&mut self) -> Result<(), String> {
+        match self {
+            Source::Slot(s) => s.send_status(false).await.map_err(|e| e.to_string()),
+            Source::Jet(j) => j.send_status().await,
+        }
+    }
+
+    fn set_caught_up(&mut self, yes: bool) {
+        if let Source::Slot(s) = self {
+            s.set_caught_up(yes);
+        }
+    }
+
+    async fn close(self) {
+        match self {
+            Source::Slot(s) => {
+                let _ = tokio::time::timeout(Duration::from_secs(2), s.close()).await;
+            }
+            Source::Jet(mut j) => {
+                let _ = tokio::time::timeout(Duration::from_secs(2), j.send_status()).await;
+            }
+        }
+    }
+}
+
 /// A stream started and waiting for its websocket.
 pub struct Opened {
     slot: String,
-    stream: ReplicationStream,
+    stream: Source,
     /// The slot's confirmed position when streaming started.
     start: Lsn,
     guard: ConsumerGuard,
-    /// The proxy-wide allow-list, checked here when the stream has its own.
-    global_tables: Option<Vec<TablePattern>>,
+    /// Allow-lists checked here (each must admit a row change): the
+    /// proxy-wide one when the plugin applied the stream's own, both on an
+    /// edge (the stream holds every table).
+    global_tables: Vec<Vec<TablePattern>>,
 }
 
 /// Claims the consumer place of `slot` and starts streaming from it.
 pub async fn open(streams: &Streams, slot: &str) -> Result<Opened, ApiError> {
+    if let Some(jet) = &streams.jet {
+        return open_on_jetstream(streams, jet, slot).await;
+    }
     let mut info = streams.require(slot).await?;
     // One wait for both: this proxy's previous consumer leaving, then
     // PostgreSQL releasing the slot.
@@ -79,10 +136,10 @@ pub async fn open(streams: &Streams, slot: &str) -> Result<Opened, ApiError> {
     }
     let own = streams.stream_tables(slot).await?;
     let (tables, global_tables) = match (&own, &streams.cfg.tables) {
-        (Some(own), Some((_, global))) => (Some(own.clone()), Some(global.clone())),
-        (Some(own), None) => (Some(own.clone()), None),
-        (None, Some((text, _))) => (Some(text.clone()), None),
-        (None, None) => (None, None),
+        (Some(own), Some((_, global))) => (Some(own.clone()), vec![global.clone()]),
+        (Some(own), None) => (Some(own.clone()), Vec::new()),
+        (None, Some((text, _))) => (Some(text.clone()), Vec::new()),
+        (None, None) => (None, Vec::new()),
     };
     let mut options: Vec<(&str, &str)> = vec![("include-transaction", "on"), ("include-lsn", "on")];
     if let Some(t) = &tables {
@@ -106,8 +163,37 @@ pub async fn open(streams: &Streams, slot: &str) -> Result<Opened, ApiError> {
         .map_err(start_failed)?;
     Ok(Opened {
         slot: slot.to_owned(),
-        stream,
+        stream: Source::Slot(stream),
         start: info.confirmed_lsn.unwrap_or(Lsn::INVALID),
+        guard,
+        global_tables,
+    })
+}
+
+/// On an edge: claims the stream here and takes its consumer over (a
+/// connection to it on another edge ends).
+async fn open_on_jetstream(
+    streams: &Streams,
+    jet: &super::jet::JetStreams,
+    slot: &str,
+) -> Result<Opened, ApiError> {
+    streams.require(slot).await?;
+    let deadline = tokio::time::Instant::now() + RELEASE_WAIT;
+    let guard = streams.claim_consumer(slot, deadline).await?;
+    let mut global_tables = Vec::new();
+    if let Some(own) = streams.stream_tables(slot).await? {
+        global_tables.push(TablePattern::parse_list(&own).map_err(|e| {
+            ApiError::unavailable(format!("the stream's recorded tables do not parse: {e}"))
+        })?);
+    }
+    if let Some((_, global)) = &streams.cfg.tables {
+        global_tables.push(global.clone());
+    }
+    let (source, start) = jet.take_over(slot).await?;
+    Ok(Opened {
+        slot: slot.to_owned(),
+        stream: Source::Jet(Box::new(source)),
+        start,
         guard,
         global_tables,
     })
@@ -173,12 +259,26 @@ impl Acks {
     }
 }
 
+/// Whether the allow-list `g` admits a row change (other objects pass).
+fn allowed_by(g: &[TablePattern], c: &Change) -> bool {
+    match c.action {
+        Action::Insert | Action::Update | Action::Delete => {
+            g.iter().any(|p| p.matches(&c.schema, &c.table))
+        }
+        Action::Truncate => c
+            .truncated
+            .iter()
+            .any(|(s, t)| g.iter().any(|p| p.matches(s, t))),
+        _ => true,
+    }
+}
+
 struct Session {
     ws: Ws,
-    stream: ReplicationStream,
+    stream: Source,
     acks: Acks,
     opts: Options,
-    global_tables: Option<Vec<TablePattern>>,
+    global_tables: Vec<Vec<TablePattern>>,
     metrics: Arc<Metrics>,
     slot: String,
     /// Between a `B` and its `C`.
@@ -193,19 +293,7 @@ enum End {
 
 impl Session {
     fn allowed_globally(&self, c: &Change) -> bool {
-        let Some(g) = &self.global_tables else {
-            return true;
-        };
-        match c.action {
-            Action::Insert | Action::Update | Action::Delete => {
-                g.iter().any(|p| p.matches(&c.schema, &c.table))
-            }
-            Action::Truncate => c
-                .truncated
-                .iter()
-                .any(|(s, t)| g.iter().any(|p| p.matches(s, t))),
-            _ => true,
-        }
+        self.global_tables.iter().all(|g| allowed_by(g, c))
     }
 
     /// Handles one plugin message: forwards it (fed, not flushed) or not.
@@ -337,7 +425,7 @@ impl Session {
                 self.metrics.acks.fetch_add(1, Ordering::Relaxed);
                 // Tell PostgreSQL now, so the WAL can go and a reconnect
                 // anywhere resumes after this ACK.
-                if let Err(e) = self.stream.send_status(false).await {
+                if let Err(e) = self.stream.send_status().await {
                     return Err(End::Close(
                         CloseCode::Error,
                         format!(
@@ -403,7 +491,7 @@ impl Session {
                                 }
                                 handled += 1;
                             }
-                            Ok(None) => return End::Close(CloseCode::Error, "PostgreSQL ended the replication stream; reconnect to resume from your last ACK".into()),
+                            Ok(None) => return End::Close(CloseCode::Error, "the stream ended (PostgreSQL ended replication, or another connection took the stream over); reconnect to resume from your last ACK".into()),
                             Err(e) => return End::Close(CloseCode::Error, format!("replication interrupted: {e}; reconnect to resume from your last ACK")),
                         }
                         if handled < MAX_BATCH {
@@ -460,7 +548,7 @@ pub async fn run(
         ..
     } = session;
     // Confirm the last ACK and end the copy before the slot is released.
-    let _ = tokio::time::timeout(Duration::from_secs(2), stream.close()).await;
+    stream.close().await;
     if let End::Close(code, reason) = &end {
         close(&mut ws, *code, reason).await;
     }

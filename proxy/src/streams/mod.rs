@@ -8,6 +8,7 @@
 //! GET  /v1/lr/stream (websocket) -> consumer.rs  frames from the slot, ACKs -> confirmed position
 //! GET /v1/streams, DELETE        -> registry.rs  list, drop
 //! beside them                       guard.rs     lag limit per slot, heartbeats
+//! on an edge (--nats-url)           jet.rs       streams as JetStream consumers, no slot
 //! routes                            http.rs      the /v1/ endpoints
 //! ```
 //!
@@ -18,6 +19,7 @@
 pub mod consumer;
 pub mod guard;
 pub mod http;
+pub mod jet;
 pub mod registry;
 pub mod snapshot;
 

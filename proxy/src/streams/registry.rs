@@ -161,6 +161,8 @@ pub struct Streams {
     inner: Arc<Mutex<Inner>>,
     /// Woken whenever a consumer leaves.
     released: Arc<Notify>,
+    /// On an edge: streams are JetStream consumers, not slots.
+    pub jet: Option<Arc<super::jet::JetStreams>>,
 }
 
 impl Streams {
@@ -178,7 +180,14 @@ impl Streams {
             database,
             inner: Arc::new(Mutex::new(Inner::default())),
             released: Arc::new(Notify::new()),
+            jet: None,
         }
+    }
+
+    /// Durable streams as consumers of this JetStream stream (an edge).
+    pub fn on_jetstream(mut self, jet: super::jet::JetStreams) -> Streams {
+        self.jet = Some(Arc::new(jet));
+        self
     }
 
     /// The replication connection settings.
@@ -220,36 +229,9 @@ impl Streams {
                 ));
             }
         }
-        let mut client = ReplicationClient::connect(&self.database)
-            .await
-            .map_err(|e| ApiError::unavailable(format!("cannot create the stream: {e}")))?;
-        let mut n = 1u32;
-        let created = loop {
-            let name = format!("walcast_{word}{n}");
-            if client
-                .slot(&name)
-                .await
-                .map_err(|e| ApiError::unavailable(e.message))?
-                .is_some()
-            {
-                n += 1;
-                continue;
-            }
-            match client.create_slot(&name, false, true).await {
-                Ok(c) => break c,
-                // Someone else took the name between the check and the creation.
-                Err(e) if e.sqlstate.as_deref() == Some("42710") => n += 1,
-                Err(e) => {
-                    return Err(ApiError::unavailable(format!(
-                        "cannot create the stream: {e}"
-                    )))
-                }
-            }
-            if n > 10_000 {
-                return Err(ApiError::unavailable(
-                    "no free stream name; drop unused streams",
-                ));
-            }
+        let (client, created) = match &self.jet {
+            Some(jet) => self.create_on_jetstream(jet, &word).await?,
+            None => self.create_slot(&word).await?,
         };
         let Some(snapshot) = created.snapshot.clone() else {
             return Err(ApiError::unavailable(
@@ -269,7 +251,10 @@ impl Streams {
                 )
                 .await;
             if let Err(e) = stored {
-                let _ = self.drop_slot_sql(&created.name).await;
+                let _ = match &self.jet {
+                    Some(jet) => jet.delete(&created.name).await,
+                    None => self.drop_slot_sql(&created.name).await,
+                };
                 return Err(ApiError::unavailable(format!(
                     "cannot record the stream's tables in walcast.streams: {e}"
                 )));
@@ -311,6 +296,94 @@ impl Streams {
             lsn: created.consistent_point,
             snapshot_expires: expires,
         })
+    }
+
+    /// A permanent slot `walcast_<word><n>` with an exported snapshot, and
+    /// the replication connection that holds the snapshot.
+    async fn create_slot(
+        &self,
+        word: &str,
+    ) -> Result<(ReplicationClient, crate::replication::CreatedSlot), ApiError> {
+        let mut client = ReplicationClient::connect(&self.database)
+            .await
+            .map_err(|e| ApiError::unavailable(format!("cannot create the stream: {e}")))?;
+        let mut n = 1u32;
+        let created = loop {
+            let name = format!("walcast_{word}{n}");
+            if client
+                .slot(&name)
+                .await
+                .map_err(|e| ApiError::unavailable(e.message))?
+                .is_some()
+            {
+                n += 1;
+                continue;
+            }
+            match client.create_slot(&name, false, true).await {
+                Ok(c) => break c,
+                // Someone else took the name between the check and the creation.
+                Err(e) if e.sqlstate.as_deref() == Some("42710") => n += 1,
+                Err(e) => {
+                    return Err(ApiError::unavailable(format!(
+                        "cannot create the stream: {e}"
+                    )))
+                }
+            }
+            if n > 10_000 {
+                return Err(ApiError::unavailable(
+                    "no free stream name; drop unused streams",
+                ));
+            }
+        };
+        Ok((client, created))
+    }
+
+    /// On an edge: a temporary slot exports the snapshot (and goes with its
+    /// connection); the stream is a JetStream consumer that starts where the
+    /// stream was before the slot existed and skips what the snapshot holds.
+    async fn create_on_jetstream(
+        &self,
+        jet: &super::jet::JetStreams,
+        word: &str,
+    ) -> Result<(ReplicationClient, crate::replication::CreatedSlot), ApiError> {
+        // Every message from here on committed after this moment or was
+        // published late; the consistent point tells them apart.
+        let start = jet.next_sequence().await?;
+        let mut client = ReplicationClient::connect(&self.database)
+            .await
+            .map_err(|e| ApiError::unavailable(format!("cannot create the stream: {e}")))?;
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let temporary = format!("walcast_snapshot_{:x}_{:x}", std::process::id(), nanos);
+        let mut created = client
+            .create_slot(&temporary, true, true)
+            .await
+            .map_err(|e| ApiError::unavailable(format!("cannot create the stream: {e}")))?;
+        let mut n = 1u32;
+        let name = loop {
+            let name = format!("walcast_{word}{n}");
+            if !jet.exists(&name).await? {
+                break name;
+            }
+            n += 1;
+            if n > 10_000 {
+                return Err(ApiError::unavailable(
+                    "no free stream name; drop unused streams",
+                ));
+            }
+        };
+        jet.create(
+            &name,
+            super::jet::Origin {
+                snapshot_lsn: created.consistent_point,
+                start,
+            },
+        )
+        .await?;
+        created.name = name;
+        Ok((client, created))
     }
 
     /// The snapshot of `slot` if it is still readable (404: no stream; 410: ended).
@@ -439,7 +512,67 @@ impl Streams {
 
     /// Every durable stream slot of this database.
     pub async fn list(&self) -> Result<Vec<StreamInfo>, ApiError> {
-        self.slots(None).await
+        match &self.jet {
+            Some(jet) => self.consumers(jet, None).await,
+            None => self.slots(None).await,
+        }
+    }
+
+    /// On an edge: the durable streams as JetStream knows them (only
+    /// `only`, when given).
+    async fn consumers(
+        &self,
+        jet: &super::jet::JetStreams,
+        only: Option<&str>,
+    ) -> Result<Vec<StreamInfo>, ApiError> {
+        let found = match only {
+            Some(name) => {
+                if !jet.exists(name).await? {
+                    return Ok(Vec::new());
+                }
+                vec![super::jet::JetInfo {
+                    name: name.to_owned(),
+                    active: false,
+                    confirmed_lsn: None,
+                    lag_bytes: 0,
+                }]
+            }
+            None => jet.list().await?,
+        };
+        let tables: HashMap<String, Option<String>> = if only.is_none()
+            && self.metadata_table().await?
+        {
+            let c = self.pool.get().await.map_err(ApiError::unavailable)?;
+            c.query("SELECT slot_name::text, tables FROM walcast.streams", &[])
+                .await
+                .map_err(|e| ApiError::unavailable(format!("reading walcast.streams failed: {e}")))?
+                .into_iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect()
+        } else {
+            HashMap::new()
+        };
+        let inner = self.lock()?;
+        Ok(found
+            .into_iter()
+            .map(|j| {
+                let (snapshot, expires) = match inner.snapshots.get(&j.name) {
+                    Some(Snapshot::Held { expires, .. }) => ("held".to_owned(), Some(*expires)),
+                    Some(Snapshot::Ended { reason }) => (format!("ended: {reason}"), None),
+                    None => ("none".to_owned(), None),
+                };
+                StreamInfo {
+                    active: j.active,
+                    active_pid: None,
+                    confirmed_lsn: j.confirmed_lsn,
+                    lag_bytes: Some(j.lag_bytes),
+                    snapshot,
+                    snapshot_expires: expires,
+                    tables: tables.get(&j.name).cloned().flatten(),
+                    slot: j.name,
+                }
+            })
+            .collect())
     }
 
     /// The stream slots of this database (only `only`, when given). The
@@ -505,8 +638,11 @@ impl Streams {
         if !is_stream_slot_name(slot) || slot == self.cfg.live_slot {
             return Err(ApiError::not_found(slot));
         }
-        self.slots(Some(slot))
-            .await?
+        let found = match &self.jet {
+            Some(jet) => self.consumers(jet, Some(slot)).await?,
+            None => self.slots(Some(slot)).await?,
+        };
+        found
             .into_iter()
             .find(|s| s.slot == slot)
             .ok_or_else(|| ApiError::not_found(slot))
@@ -552,7 +688,10 @@ impl Streams {
                 None => false,
             }
         };
-        if info.active && !ours {
+        if let Some(jet) = &self.jet {
+            // Its connection, on whichever edge, ends with the consumer.
+            jet.delete(slot).await?;
+        } else if info.active && !ours {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 format!(
@@ -563,7 +702,7 @@ impl Streams {
         }
         // The consumer's walsender needs a moment to release the slot.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
+        while self.jet.is_none() {
             match self.drop_slot_sql(slot).await {
                 Ok(()) => break,
                 Err(e)

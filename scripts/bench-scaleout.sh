@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# Scale-out benchmark: the single-process proxy against one relay + two
+# edges + a private nats-server, same cluster, same load (walcast-bench),
+# runs interleaved. For each run: delivered events/s, commit-to-client
+# p50/p99, and CPU per delivered event of every process (proxy; relay,
+# edges, nats-server; the slot's walsender).
+#
+#   ./scripts/bench-scaleout.sh
+#
+# RUNS (default 3) repeats each scenario in each mode; SCENARIOS picks
+# scenarios by name (default "k100 k1000").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+. scripts/bench-common.sh
+bench_prepare
+bench_in_cluster "$0" "$@"
+
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+psql -XqAt -c "CREATE TABLE IF NOT EXISTS bench_events (id bigserial PRIMARY KEY, k int, payload text, sent_us bigint NOT NULL)"
+BIN="${WALCAST_PROXY_BIN:-./target/release/walcast-proxy}"
+HZ="$(getconf CLK_TCK)"
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "${NATS_DIR:-/nonexistent}"; }
+trap cleanup EXIT
+
+# A private nats-server with JetStream (as the tests start it), with a
+# fresh store for every scaled run.
+NATS_DIR="$(mktemp -d /tmp/walcast-bench-nats.XXXXXX)"
+NATS_PORT=14222
+nats_up() {
+  rm -rf "$NATS_DIR/store"
+  printf 'listen: 127.0.0.1:%s\njetstream {\n  store_dir: "%s/store"\n}\n' "$NATS_PORT" "$NATS_DIR" >"$NATS_DIR/nats.conf"
+  nats-server -c "$NATS_DIR/nats.conf" >>"$NATS_DIR/server.log" 2>&1 &
+  NATS_PID=$!; PIDS+=("$NATS_PID")
+  for _ in $(seq 1 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/${NATS_PORT}") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "[bench] nats-server did not start: $NATS_DIR/server.log" >&2
+  return 1
+}
+# Each run starts from a new slot, so no process decodes what an earlier
+# run left behind.
+drop_slot() {
+  for _ in $(seq 1 100); do
+    psql -XqAt -c "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '$1' AND NOT active" >/dev/null 2>&1 || true
+    [ -z "$(psql -XqAt -c "SELECT 1 FROM pg_replication_slots WHERE slot_name = '$1'")" ] && return 0
+    sleep 0.1
+  done
+}
+
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+wait_healthy() {
+  for _ in $(seq 1 200); do
+    curl -fsS "http://127.0.0.1:$1/healthz" >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  echo "[bench] nothing healthy on port $1" >&2
+  return 1
+}
+walsender() { psql -XqAt -c "SELECT active_pid FROM pg_replication_slots WHERE slot_name = '$1'"; }
+
+scenario_args() {
+  case "$1" in
+    k100) echo "-k 100 -n 100000 --sample 100" ;;
+    k1000) echo "-k 1000 -n 100000 --rate 10000 --query insert:bench_events:k.eq.{m} --expect-per-client 1000 --sample 10" ;;
+    *) echo "unknown scenario $1" >&2; return 1 ;;
+  esac
+}
+
+# run LABEL SCENARIO PROXY_URLS NAME=PID...: one walcast-bench run with
+# the CPU each named process used during it.
+run() {
+  local label="$1" name="$2" urls="$3"; shift 3
+  local -A before=()
+  local np
+  for np in "$@"; do before[$np]="$(ticks "${np#*=}")"; done
+  local out
+  # shellcheck disable=SC2046
+  if ! out="$(./target/release/walcast-bench --proxy "$urls" $(scenario_args "$name") 2>&1)"; then
+    echo "$out"; echo "(scenario failed)"; BENCH_FAILED=$((BENCH_FAILED + 1)); return 0
+  fi
+  echo "$out" | grep -E "delivered/s|events delivered|from COMMIT"
+  local events
+  events="$(echo "$out" | awk '/^events delivered/ {print $3}')"
+  local line="cpu per delivered event (us):"
+  for np in "$@"; do
+    local used=$(( $(ticks "${np#*=}") - ${before[$np]} ))
+    line+=" ${np%%=*} $(awk -v t="$used" -v hz="$HZ" -v e="$events" 'BEGIN { printf "%.3f", t * 1e6 / hz / (e > 0 ? e : 1) }')"
+  done
+  echo "$line"
+  echo "[$label/$name]"
+}
+
+single_up() {
+  "$BIN" --database-url "$DATABASE_URL" --listen 127.0.0.1:18181 --slot bench_single --max-clients 20000 \
+    >/dev/null 2>/tmp/walcast-bench-single.log &
+  SINGLE=$!; PIDS+=("$SINGLE")
+  wait_healthy 18181
+}
+single_down() { kill "$SINGLE"; wait "$SINGLE" 2>/dev/null || true; drop_slot bench_single; }
+
+scaled_up() {
+  nats_up
+  "$BIN" relay --database-url "$DATABASE_URL" --listen 127.0.0.1:18184 --slot bench_relay \
+    --nats-url "nats://127.0.0.1:${NATS_PORT}" >/dev/null 2>/tmp/walcast-bench-relay.log &
+  RELAY=$!; PIDS+=("$RELAY")
+  wait_healthy 18184
+  for port in 18182 18183; do
+    "$BIN" --database-url "$DATABASE_URL" --listen "127.0.0.1:${port}" --nats-url "nats://127.0.0.1:${NATS_PORT}" \
+      --max-clients 20000 >/dev/null 2>"/tmp/walcast-bench-edge-${port}.log" &
+    PIDS+=("$!")
+    eval "EDGE_${port}=$!"
+    wait_healthy "$port"
+  done
+}
+scaled_down() {
+  kill "$RELAY" "$EDGE_18182" "$EDGE_18183" "$NATS_PID"
+  wait "$RELAY" "$EDGE_18182" "$EDGE_18183" "$NATS_PID" 2>/dev/null || true
+  drop_slot bench_relay
+}
+
+for run_no in $(seq 1 "${RUNS:-3}"); do
+  for name in ${SCENARIOS:-k100 k1000}; do
+    echo "== $name, single process (run $run_no)"
+    single_up
+    run single "$name" ws://127.0.0.1:18181 proxy="$SINGLE" walsender="$(walsender bench_single)"
+    single_down
+    echo "== $name, relay + 2 edges + nats-server (run $run_no)"
+    scaled_up
+    run scaled "$name" ws://127.0.0.1:18182,ws://127.0.0.1:18183 \
+      relay="$RELAY" edge1="$EDGE_18182" edge2="$EDGE_18183" nats="$NATS_PID" walsender="$(walsender bench_relay)"
+    scaled_down
+  done
+done
+scenarios_done

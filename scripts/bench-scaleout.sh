@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # Scale-out benchmark: the single-process proxy against one relay + two
-# edges + a private nats-server, same cluster, same load (walcast-bench),
-# runs interleaved. For each run: delivered events/s, commit-to-client
-# p50/p99, and CPU per delivered event of every process (proxy; relay,
-# edges, nats-server; the slot's walsender).
+# edges + a private nats-server, same cluster, same load, runs interleaved.
+# For each run: delivered events/s, commit-to-client p50/p99 (live
+# scenarios), and CPU per delivered event of every process (proxy; relay,
+# edges, nats-server; the slot's walsender; "pg": every PostgreSQL process,
+# walsenders that came and went included).
 #
 #   ./scripts/bench-scaleout.sh
 #
-# RUNS (default 3) repeats each scenario in each mode; SCENARIOS picks
-# scenarios by name (default "k100 k1000").
+# Scenarios: k100 (100 live clients, unpaced), k1000 (1000 live clients,
+# each filtered to 1%, paced at 10000 rows/s), durable20 (20 durable
+# streams, each read and ACKed by a consumer: 20 slots against 20 JetStream
+# consumers). RUNS (default 3) repeats each in each mode; SCENARIOS picks
+# them (default "k100 k1000 durable20").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -60,11 +64,21 @@ wait_healthy() {
   return 1
 }
 walsender() { psql -XqAt -c "SELECT active_pid FROM pg_replication_slots WHERE slot_name = '$1'"; }
+# Every PostgreSQL process: the postmaster with its reaped children, and its live children.
+PG_POSTMASTER="$(head -n 1 "$(psql -XqAt -c 'SHOW data_directory')/postmaster.pid")"
+pg_ticks() {
+  local t c
+  t="$(awk '{print $14 + $15 + $16 + $17}' "/proc/${PG_POSTMASTER}/stat")"
+  for c in $(ps -o pid= --ppid "$PG_POSTMASTER"); do t=$((t + $(ticks "$c"))); done
+  echo "$t"
+}
+ticks_of() { if [ "$1" = "pg=" ]; then pg_ticks; else ticks "${1#*=}"; fi; }
 
 scenario_args() {
   case "$1" in
     k100) echo "-k 100 -n 100000 --sample 100" ;;
     k1000) echo "-k 1000 -n 100000 --rate 10000 --query insert:bench_events:k.eq.{m} --expect-per-client 1000 --sample 10" ;;
+    durable20) echo "--streams 20 -n 50000" ;;
     *) echo "unknown scenario $1" >&2; return 1 ;;
   esac
 }
@@ -74,11 +88,12 @@ scenario_args() {
 run() {
   local label="$1" name="$2" urls="$3"; shift 3
   local -A before=()
-  local np
-  for np in "$@"; do before[$np]="$(ticks "${np#*=}")"; done
+  local np tool=./target/release/walcast-bench
+  if [ "$name" = durable20 ]; then tool=./target/release/walcast-durable; urls="${urls//ws:/http:}"; fi
+  for np in "$@"; do before[$np]="$(ticks_of "$np")"; done
   local out
   # shellcheck disable=SC2046
-  if ! out="$(./target/release/walcast-bench --proxy "$urls" $(scenario_args "$name") 2>&1)"; then
+  if ! out="$("$tool" --proxy "$urls" $(scenario_args "$name") 2>&1)"; then
     echo "$out"; echo "(scenario failed)"; BENCH_FAILED=$((BENCH_FAILED + 1)); return 0
   fi
   echo "$out" | grep -E "delivered/s|events delivered|from COMMIT"
@@ -86,7 +101,7 @@ run() {
   events="$(echo "$out" | awk '/^events delivered/ {print $3}')"
   local line="cpu per delivered event (us):"
   for np in "$@"; do
-    local used=$(( $(ticks "${np#*=}") - ${before[$np]} ))
+    local used=$(( $(ticks_of "$np") - ${before[$np]} ))
     line+=" ${np%%=*} $(awk -v t="$used" -v hz="$HZ" -v e="$events" 'BEGIN { printf "%.3f", t * 1e6 / hz / (e > 0 ? e : 1) }')"
   done
   echo "$line"
@@ -122,15 +137,15 @@ scaled_down() {
 }
 
 for run_no in $(seq 1 "${RUNS:-3}"); do
-  for name in ${SCENARIOS:-k100 k1000}; do
+  for name in ${SCENARIOS:-k100 k1000 durable20}; do
     echo "== $name, single process (run $run_no)"
     single_up
-    run single "$name" ws://127.0.0.1:18181 proxy="$SINGLE" walsender="$(walsender bench_single)"
+    run single "$name" ws://127.0.0.1:18181 proxy="$SINGLE" walsender="$(walsender bench_single)" pg=
     single_down
     echo "== $name, relay + 2 edges + nats-server (run $run_no)"
     scaled_up
     run scaled "$name" ws://127.0.0.1:18182,ws://127.0.0.1:18183 \
-      relay="$RELAY" edge1="$EDGE_18182" edge2="$EDGE_18183" nats="$NATS_PID" walsender="$(walsender bench_relay)"
+      relay="$RELAY" edge1="$EDGE_18182" edge2="$EDGE_18183" nats="$NATS_PID" walsender="$(walsender bench_relay)" pg=
     scaled_down
   done
 done

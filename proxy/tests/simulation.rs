@@ -10,10 +10,12 @@
 //!
 //! The scale-out mode gets the same treatment: a relay, two edges and a
 //! private nats-server, a live client applying `*:sim` and resuming with
-//! `after=` on the other edge, while the relay, the edges and nats-server
-//! are killed and PostgreSQL restarts. Every change reaches the client
-//! exactly once (positions strictly increase across every reconnect) and
-//! its model ends equal to the table.
+//! `after=` on the other edge, and a durable stream (a JetStream consumer)
+//! read and ACKed on alternating edges, while the relay, the edges and
+//! nats-server are killed and PostgreSQL restarts. Every change reaches the
+//! live client exactly once (positions strictly increase across every
+//! reconnect), the durable stream never gets a transaction at or before a
+//! confirmed ACK again, and both models end equal to the table.
 //!
 //! The seed is printed; `WALCAST_SEED=<seed>` replays the same operations.
 //! This binary has its own cluster, because it restarts it.
@@ -599,6 +601,126 @@ impl LiveClient {
     }
 }
 
+/// A durable stream's consumer on the edges: whole transactions applied to
+/// its model, ACKs at random (confirmed ones with a reply), resuming on the
+/// other edge after every loss.
+struct DurableEdgeClient {
+    slot: String,
+    client: Option<Client>,
+    model: Model,
+    edge: usize,
+    pending: Option<Vec<serde_json::Value>>,
+    /// End of the last transaction applied.
+    applied: u64,
+    /// The last ACK JetStream confirmed (a reply came).
+    acked: u64,
+    duplicates: u64,
+    events: Vec<String>,
+}
+
+impl DurableEdgeClient {
+    fn recent(&self) -> String {
+        self.events[self.events.len().saturating_sub(12)..].join("\n  ")
+    }
+
+    fn connect(&mut self, edges: &[Proxy]) {
+        if self.client.is_some() {
+            return;
+        }
+        self.edge = (self.edge + 1) % edges.len();
+        let edge = &edges[self.edge];
+        let url = format!(
+            "ws://127.0.0.1:{}/v1/lr/stream?slotName={}",
+            edge.port, self.slot
+        );
+        match edge.try_ws_url(&url) {
+            Ok(c) => {
+                self.client = Some(c);
+                self.pending = None;
+                self.events.push(format!(
+                    "durable connected to edge {}: acked {}, applied {}",
+                    self.edge,
+                    fmt_lsn(self.acked),
+                    fmt_lsn(self.applied)
+                ));
+            }
+            // NATS or the edge coming back: try again on the next pump.
+            Err((409 | 503 | 0, _)) => {}
+            Err(other) => panic!(
+                "opening the durable stream: {other:?}; recent:\n  {}",
+                self.recent()
+            ),
+        }
+    }
+
+    fn pump(&mut self, rng: &mut Rng, budget: Duration) {
+        let deadline = Instant::now() + budget;
+        while Instant::now() < deadline {
+            let Some(c) = self.client.as_mut() else {
+                return;
+            };
+            let f = match c.next() {
+                Some(Got::Text(t)) => json(&t),
+                Some(Got::Closed(code, why)) => {
+                    self.events.push(format!("durable closed {code} {why}"));
+                    self.client = None;
+                    return;
+                }
+                None => continue,
+            };
+            if let Some(a) = f["ack"].as_str() {
+                self.acked = self.acked.max(lsn(a));
+                continue;
+            }
+            assert!(
+                f["error"].is_null() && f["warning"].is_null(),
+                "unexpected frame {f}"
+            );
+            match f["action"].as_str() {
+                Some("B") => {
+                    assert!(self.pending.is_none(), "B inside a transaction: {f}");
+                    self.pending = Some(Vec::new());
+                }
+                Some("I" | "U" | "D" | "T") => match self.pending.as_mut() {
+                    Some(changes) => changes.push(f),
+                    None => panic!("change outside a transaction: {f}"),
+                },
+                Some("C") => {
+                    let changes = self
+                        .pending
+                        .take()
+                        .unwrap_or_else(|| panic!("C without B: {f}"));
+                    let end = lsn(f["end_lsn"].as_str().expect("end_lsn"));
+                    assert!(
+                        end > self.acked,
+                        "transaction ending at {} delivered again although {} was acknowledged; recent:\n  {}",
+                        fmt_lsn(end),
+                        fmt_lsn(self.acked),
+                        self.recent()
+                    );
+                    if end <= self.applied {
+                        self.duplicates += 1;
+                        continue;
+                    }
+                    for ch in &changes {
+                        self.model.apply(ch);
+                    }
+                    self.applied = end;
+                    if rng.chance(60) {
+                        let ack = format!(r#"{{"lsn":"{}","reply":true}}"#, fmt_lsn(end));
+                        if let Some(c) = self.client.as_mut() {
+                            if c.ws.send(tungstenite::Message::Text(ack.into())).is_err() {
+                                self.client = None;
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
 #[test]
 fn random_transactions_reach_live_clients_exactly_once_through_relay_edge_and_nats_faults() {
     use support::Launch;
@@ -649,6 +771,45 @@ fn random_transactions_reach_live_clients_exactly_once_through_relay_edge_and_na
     };
     live.connect(&edges);
     assert!(live.client.is_some(), "the first connection");
+    // A durable stream on the edges: a snapshot of what is there, then the stream.
+    for _ in 0..3 {
+        work.transaction_with(&mut rng, false);
+    }
+    let (status, body) = edges[0]
+        .post("/v1/streams", r#"{"name":"sim"}"#)
+        .expect("create");
+    assert_eq!(status, 200, "{body}");
+    let slot = json(&body)["slotName"].as_str().expect("slot").to_owned();
+    let before_snapshot = work.model.clone();
+    for _ in 0..3 {
+        work.transaction_with(&mut rng, false);
+    }
+    let mut durable = DurableEdgeClient {
+        slot: slot.clone(),
+        client: None,
+        model: Model::default(),
+        edge: 1,
+        pending: None,
+        applied: 0,
+        acked: 0,
+        duplicates: 0,
+        events: Vec::new(),
+    };
+    let (status, _, text) = edges[0].post_full(
+        "/v1/snapshot/data",
+        &format!(r#"{{"slotName":"{slot}","table":"sim","limit":10000}}"#),
+    );
+    assert_eq!(status, 200, "{text}");
+    let page: Vec<serde_json::Value> = serde_json::from_str(&text).expect("page");
+    assert!(page.len() < 10000, "one page holds the snapshot");
+    for r in page {
+        durable.model.put("sim", r);
+    }
+    assert_eq!(
+        durable.model.rows("sim"),
+        before_snapshot,
+        "the snapshot is the table at creation"
+    );
 
     let mut log = Vec::new();
     let (mut drops, mut relay_kills, mut edge_kills, mut nats_restarts, mut pg_restarts) =
@@ -681,6 +842,10 @@ fn random_transactions_reach_live_clients_exactly_once_through_relay_edge_and_na
                 if live.edge == i {
                     live.client = None;
                 }
+                if durable.edge == i {
+                    durable.client = None;
+                    durable.events.push(format!("{step}: its edge killed"));
+                }
                 edge_kills += 1;
                 live.events.push(format!("{step}: edge {i} killed"));
                 log.push(format!("{step}: edge {i} killed (SIGKILL) and restarted"));
@@ -707,6 +872,9 @@ fn random_transactions_reach_live_clients_exactly_once_through_relay_edge_and_na
         }
         live.connect(&edges);
         live.pump(Duration::from_millis(rng.below(120) + 10));
+        durable.connect(&edges);
+        let budget = Duration::from_millis(rng.below(60) + 10);
+        durable.pump(&mut rng, budget);
     }
 
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -735,11 +903,13 @@ fn random_transactions_reach_live_clients_exactly_once_through_relay_edge_and_na
     println!(
         "seed {seed}: {} transactions, {} rows, {} changes delivered once each; {drops} connection \
          drops, {relay_kills} relay kills, {edge_kills} edge kills, {nats_restarts} nats-server \
-         restarts, {pg_restarts} PostgreSQL restarts, {} connections",
+         restarts, {pg_restarts} PostgreSQL restarts, {} connections; the durable stream got {} \
+         transactions again after a reconnect (none at or before a confirmed ACK)",
         work.transactions,
         table.len(),
         live.changes,
-        live.reconnects
+        live.reconnects,
+        durable.duplicates
     );
     assert!(
         live.reconnects > 1,

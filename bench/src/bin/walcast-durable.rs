@@ -55,7 +55,10 @@ async fn request(base: &str, method: &str, path: &str, body: &str) -> Result<(u1
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    Ok((status, answer.split("\r\n\r\n").nth(1).unwrap_or("").to_owned()))
+    Ok((
+        status,
+        answer.split("\r\n\r\n").nth(1).unwrap_or("").to_owned(),
+    ))
 }
 
 /// Reads one stream until it has `rows` inserts, ACKing every `C`.
@@ -88,7 +91,11 @@ async fn consume(url: String, rows: u64, got: Arc<AtomicU64>) -> Result<()> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    let proxies: Vec<&str> = args.proxy.split(',').map(|p| p.trim_end_matches('/')).collect();
+    let proxies: Vec<&str> = args
+        .proxy
+        .split(',')
+        .map(|p| p.trim_end_matches('/'))
+        .collect();
     let (db, conn) = tokio_postgres::connect(&args.database_url, tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
     let mut slots = Vec::new();

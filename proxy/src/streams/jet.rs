@@ -205,7 +205,7 @@ impl JetStreams {
             })?;
         let floor = info.ack_floor.stream_sequence;
         let start = (floor + 1).max(origin.start);
-        let confirmed = self.position_of(&s, floor).await;
+        let (confirmed, floor_position) = self.position_of(&s, floor).await.unzip();
         let consumer = s
             .create_consumer(Self::config(name, g + 1, origin, start))
             .await
@@ -229,7 +229,9 @@ impl JetStreams {
             JetSource {
                 messages,
                 snapshot_lsn: origin.snapshot_lsn,
-                last: None,
+                // A transaction the relay published again later in the
+                // stream (past the duplicate window) is not delivered again.
+                last: floor_position,
                 commits: VecDeque::new(),
                 confirm: Lsn(0),
             },
@@ -238,14 +240,22 @@ impl JetStreams {
     }
 
     /// The LSN a client ACKed to reach stream sequence `seq` (a `C`'s
-    /// `end_lsn`), if that message is still there.
-    async fn position_of(&self, s: &jetstream::stream::Stream, seq: u64) -> Option<Lsn> {
+    /// `end_lsn`) and that message's position, if it is still there.
+    async fn position_of(
+        &self,
+        s: &jetstream::stream::Stream,
+        seq: u64,
+    ) -> Option<(Lsn, Position)> {
         if seq == 0 {
             return None;
         }
         let m = s.get_raw_message(seq).await.ok()?;
+        let pos = m
+            .headers
+            .get(async_nats::header::NATS_MESSAGE_ID)
+            .and_then(|v| v.as_str().parse::<Position>().ok())?;
         let c = Change::parse(m.payload, Lsn(0)).ok()?;
-        Some(c.end_lsn.unwrap_or(c.lsn))
+        Some((c.end_lsn.unwrap_or(c.lsn), pos))
     }
 
     /// Every durable stream with its state.
@@ -266,7 +276,10 @@ impl JetStreams {
             };
             out.push(JetInfo {
                 active: info.num_waiting > 0,
-                confirmed_lsn: self.position_of(&s, info.ack_floor.stream_sequence).await,
+                confirmed_lsn: self
+                    .position_of(&s, info.ack_floor.stream_sequence)
+                    .await
+                    .map(|(lsn, _)| lsn),
                 lag_bytes: i64::try_from(info.num_pending.saturating_mul(mean)).unwrap_or(i64::MAX),
                 name,
             });

@@ -483,3 +483,66 @@ fn durable_streams_on_jetstream_cost_no_slot_and_resume_on_another_edge() {
         "{body}"
     );
 }
+
+#[test]
+fn durable_streams_on_jetstream_keep_their_tables_and_the_lag_guard_sees_consumer_lag() {
+    let mut db = setup("nats_durable_lag");
+    db.exec("CREATE TABLE other (id int PRIMARY KEY)");
+    let nats = nats();
+    let _relay = relay(&db, &nats);
+    let e = Proxy::launch(
+        &cluster().url(&db.name),
+        &format!("{}_edge", db.name),
+        &[
+            "--nats-url",
+            &nats.url(),
+            "--max-slot-lag",
+            "1kB",
+            "--lag-check-interval",
+            "1",
+        ],
+        Launch::default(),
+    );
+    e.wait_healthy();
+    let (status, body) = e
+        .post("/v1/streams", r#"{"name":"others","tables":"public.other"}"#)
+        .expect("create");
+    assert_eq!(status, 200, "{body}");
+    let slot = json(&body)["slotName"].as_str().expect("slot").to_owned();
+    db.exec("INSERT INTO items SELECT g, repeat('x', 100) FROM generate_series(1, 50) g");
+    db.exec("INSERT INTO other VALUES (1), (2)");
+    // Nobody reads it yet: its lag is what the stream holds after its ACK.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_, body) = e.get("/v1/streams").expect("list");
+        let s = &json(&body)["streams"][0];
+        if s["overMaxLag"] == true {
+            assert!(s["lagBytes"].as_i64().unwrap_or(0) > 1024, "{s}");
+            assert_eq!(s["tables"], "public.other");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never over the lag limit: {body}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The lag guard (every second here) reports it.
+    let line = format!("walcast_stream_over_max_lag{{slot=\"{slot}\"}} 1");
+    let deadline = Instant::now() + WAIT;
+    while !e.get("/metrics").expect("metrics").1.contains(&line) {
+        assert!(Instant::now() < deadline, "the lag guard never reported {slot}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Its consumer gets the transactions of its table only (the other's
+    // transaction comes as an empty B/C pair, as from a slot with add-tables).
+    let mut c = e
+        .try_ws_url(&format!("ws://127.0.0.1:{}/v1/lr/stream?slotName={slot}", e.port))
+        .expect("stream");
+    let mut rows = Vec::new();
+    while rows.len() < 2 {
+        let (changes, _) = transaction(&mut c).expect("a transaction");
+        for f in changes {
+            assert_eq!(f["table"], "other", "{f}");
+            rows.push(f["columns"]["id"].as_i64().expect("id"));
+        }
+    }
+    assert_eq!(rows, vec![1, 2]);
+}

@@ -11,8 +11,11 @@
 # Scenarios: k100 (100 live clients, unpaced), k1000 (1000 live clients,
 # each filtered to 1%, paced at 10000 rows/s), durable20 (20 durable
 # streams, each read and ACKed by a consumer: 20 slots against 20 JetStream
-# consumers). RUNS (default 3) repeats each in each mode; SCENARIOS picks
-# them (default "k100 k1000 durable20").
+# consumers), relay (the relay alone catching up on 100,000 rows written
+# while it was stopped, against walcast-jetstream publishing and reading as
+# many messages of the same size: JetStream's own rate on this machine).
+# RUNS (default 3) repeats each in each mode; SCENARIOS picks them (default
+# "k100 k1000 durable20 relay").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

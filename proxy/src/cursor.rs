@@ -110,6 +110,8 @@ pub enum Stop {
     },
     /// The stream stopped for everyone.
     Closed(String),
+    /// The source lost changes this client would have had ([`Hub::lost`]).
+    Lost(String),
 }
 
 /// What the hub's metrics see of a cursor.
@@ -214,6 +216,9 @@ impl Cursor {
     pub fn fill(&mut self, max: usize, out: &mut Vec<Entry>) -> Result<(), Stop> {
         if let Some(reason) = self.hub.closed_reason() {
             return Err(Stop::Closed(reason));
+        }
+        if let Some(reason) = self.hub.lost_for(self.id) {
+            return Err(Stop::Lost(reason));
         }
         let start = out.len();
         self.clock.start_call();

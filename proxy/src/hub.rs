@@ -308,6 +308,11 @@ struct Inner {
     next_cursor: AtomicU64,
     /// Why the stream stopped for everyone.
     closed: Mutex<Option<String>>,
+    /// Changes the source lost: cursors made before it (ids below the
+    /// first) are stopped with the reason; resumes from before are gone.
+    gap: Mutex<Option<(u64, String)>>,
+    /// Whether `gap` is set: read on every cursor read without the lock.
+    has_gap: AtomicBool,
     /// Whether `closed` is set: read on every cursor read without the lock.
     is_closed: AtomicBool,
     /// Log evictions at the last sweep of the match lists.
@@ -367,6 +372,8 @@ impl Hub {
                 next_cursor: AtomicU64::new(1),
                 closed: Mutex::new(None),
                 is_closed: AtomicBool::new(false),
+                gap: Mutex::new(None),
+                has_gap: AtomicBool::new(false),
                 swept_at: AtomicU64::new(0),
                 counters: Arc::default(),
                 match_budget_ns: AtomicU64::new(DEFAULT_MATCH_BUDGET.as_nanos() as u64),
@@ -589,6 +596,37 @@ impl Hub {
                 g.notify.notify_waiters();
             }
         }
+    }
+
+    /// The source lost the changes after the newest one here and up to
+    /// `floor` (a JetStream stream dropped them before an edge read them).
+    /// Every client connected now is closed with `reason` at its next read
+    /// (it cannot have them), and a resume from before `floor` answers that
+    /// they are gone. Called before the changes after the gap are published.
+    pub fn lost(&self, floor: Position, reason: &str) {
+        self.inner.log.raise_floor(floor);
+        let first_after = self.inner.next_cursor.load(Ordering::Acquire);
+        if let Ok(mut g) = self.inner.gap.lock() {
+            *g = Some((first_after, reason.to_owned()));
+        }
+        self.inner.has_gap.store(true, Ordering::Release);
+        self.inner.all.notify.notify_waiters();
+        if let Ok(index) = self.inner.index.read() {
+            for (g, _, _) in index.groups.values() {
+                g.notify.notify_waiters();
+            }
+        }
+    }
+
+    /// Why the cursor `id` must stop: it was open when the source lost changes.
+    pub(crate) fn lost_for(&self, id: u64) -> Option<String> {
+        if !self.inner.has_gap.load(Ordering::Acquire) {
+            return None;
+        }
+        let g = self.inner.gap.lock().ok()?;
+        g.as_ref()
+            .filter(|(first_after, _)| id < *first_after)
+            .map(|(_, reason)| reason.clone())
     }
 
     /// Why the stream stopped for everyone, once it did.

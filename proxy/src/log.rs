@@ -127,6 +127,17 @@ impl ChangeLog {
         }
     }
 
+    /// Changes positioned at or before `floor` and after the newest one
+    /// here were lost (the source could not deliver them): a client
+    /// resuming from before `floor` is told they are gone. Only moves forward.
+    pub fn raise_floor(&self, floor: Position) {
+        if let Ok(mut s) = self.state.write() {
+            if s.floor.is_none_or(|f| f < floor) {
+                s.floor = Some(floor);
+            }
+        }
+    }
+
     /// The newest position appended.
     pub fn last_position(&self) -> Option<Position> {
         self.state.read().ok().and_then(|s| s.last)
@@ -287,6 +298,29 @@ mod tests {
         assert_eq!(log.resume(Position::new(Lsn(101), 0)), Resume::From(2));
         assert_eq!(log.resume(Position::new(Lsn(103), 0)), Resume::From(4));
         assert_eq!(log.resume(Position::new(Lsn(999), 0)), Resume::From(5));
+    }
+
+    #[test]
+    fn a_raised_floor_makes_older_positions_gone() {
+        let log = ChangeLog::new(1 << 20);
+        log.set_floor(Position::new(Lsn(50), 0));
+        log.append((1..3).map(|i| change(i, 10)));
+        // Changes between 102 and 200 were lost.
+        log.raise_floor(Position::new(Lsn(199), u32::MAX));
+        assert!(matches!(
+            log.resume(Position::new(Lsn(102), 0)),
+            Resume::Gone { .. }
+        ));
+        assert_eq!(
+            log.resume(Position::new(Lsn(199), u32::MAX)),
+            Resume::From(2)
+        );
+        // Never backwards.
+        log.raise_floor(Position::new(Lsn(60), 0));
+        assert!(matches!(
+            log.resume(Position::new(Lsn(150), 0)),
+            Resume::Gone { .. }
+        ));
     }
 
     #[test]

@@ -22,6 +22,8 @@ pub struct Metrics {
     /// Clients closed because they did not answer a ping.
     pub closed_ping_timeout: AtomicU64,
     pub closed_token_expired: AtomicU64,
+    /// Clients closed because the source lost changes they would have had.
+    pub closed_stream_gap: AtomicU64,
     pub unparseable_messages: AtomicU64,
     pub replication_reconnects: AtomicU64,
     pub lag_bytes: AtomicU64,
@@ -120,6 +122,9 @@ pub enum CloseReason {
     PingTimeout,
     /// The client's token expired and was not refreshed.
     TokenExpired,
+    /// The source lost changes the client would have had (an edge whose
+    /// JetStream stream dropped them before it read them).
+    StreamGap,
 }
 
 /// The change log and its readers, as `/metrics` shows them.
@@ -155,6 +160,7 @@ impl Metrics {
             CloseReason::Stalled => &self.closed_stalled,
             CloseReason::PingTimeout => &self.closed_ping_timeout,
             CloseReason::TokenExpired => &self.closed_token_expired,
+            CloseReason::StreamGap => &self.closed_stream_gap,
         };
         c.fetch_add(1, Ordering::Relaxed);
     }
@@ -184,11 +190,13 @@ impl Metrics {
              walcast_clients_closed_total{{reason=\"fell_behind\"}} {}\n\
              walcast_clients_closed_total{{reason=\"stalled\"}} {}\n\
              walcast_clients_closed_total{{reason=\"ping_timeout\"}} {}\n\
-             walcast_clients_closed_total{{reason=\"token_expired\"}} {}",
+             walcast_clients_closed_total{{reason=\"token_expired\"}} {}\n\
+             walcast_clients_closed_total{{reason=\"stream_gap\"}} {}",
             self.closed_fell_behind.load(Ordering::Relaxed),
             self.closed_stalled.load(Ordering::Relaxed),
             self.closed_ping_timeout.load(Ordering::Relaxed),
             self.closed_token_expired.load(Ordering::Relaxed),
+            self.closed_stream_gap.load(Ordering::Relaxed),
         );
         let g = |v: &AtomicU64| v.load(Ordering::Relaxed);
         let mut line = |name: &str, kind: &str, help: &str, value: String| {

@@ -459,6 +459,10 @@ async fn serve(
                     return End::Close(CloseCode::Again, fell_behind(&ctx.hub, behind_changes));
                 }
                 Err(Stop::Closed(reason)) => return End::Close(CloseCode::Error, reason),
+                Err(Stop::Lost(reason)) => {
+                    metrics.count_close(CloseReason::StreamGap);
+                    return End::Close(CloseCode::Again, reason);
+                }
             }
             if let Some(rules) = &limits {
                 burst.retain(|e| rules.admits(&e.change));

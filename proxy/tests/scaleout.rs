@@ -505,7 +505,10 @@ fn durable_streams_on_jetstream_keep_their_tables_and_the_lag_guard_sees_consume
     );
     e.wait_healthy();
     let (status, body) = e
-        .post("/v1/streams", r#"{"name":"others","tables":"public.other"}"#)
+        .post(
+            "/v1/streams",
+            r#"{"name":"others","tables":"public.other"}"#,
+        )
         .expect("create");
     assert_eq!(status, 200, "{body}");
     let slot = json(&body)["slotName"].as_str().expect("slot").to_owned();
@@ -521,20 +524,29 @@ fn durable_streams_on_jetstream_keep_their_tables_and_the_lag_guard_sees_consume
             assert_eq!(s["tables"], "public.other");
             break;
         }
-        assert!(Instant::now() < deadline, "never over the lag limit: {body}");
+        assert!(
+            Instant::now() < deadline,
+            "never over the lag limit: {body}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     // The lag guard (every second here) reports it.
     let line = format!("walcast_stream_over_max_lag{{slot=\"{slot}\"}} 1");
     let deadline = Instant::now() + WAIT;
     while !e.get("/metrics").expect("metrics").1.contains(&line) {
-        assert!(Instant::now() < deadline, "the lag guard never reported {slot}");
+        assert!(
+            Instant::now() < deadline,
+            "the lag guard never reported {slot}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     // Its consumer gets the transactions of its table only (the other's
     // transaction comes as an empty B/C pair, as from a slot with add-tables).
     let mut c = e
-        .try_ws_url(&format!("ws://127.0.0.1:{}/v1/lr/stream?slotName={slot}", e.port))
+        .try_ws_url(&format!(
+            "ws://127.0.0.1:{}/v1/lr/stream?slotName={slot}",
+            e.port
+        ))
         .expect("stream");
     let mut rows = Vec::new();
     while rows.len() < 2 {
@@ -545,4 +557,98 @@ fn durable_streams_on_jetstream_keep_their_tables_and_the_lag_guard_sees_consume
         }
     }
     assert_eq!(rows, vec![1, 2]);
+}
+
+#[test]
+fn an_edge_that_missed_messages_the_stream_dropped_tells_its_clients() {
+    let mut db = setup("nats_gap");
+    let nats = nats();
+    let relay = Proxy::launch(
+        &cluster().url(&db.name),
+        &format!("{}_relay", db.name),
+        &[
+            "relay",
+            "--nats-url",
+            &nats.url(),
+            "--nats-max-bytes",
+            "64kB",
+        ],
+        Launch::default(),
+    );
+    relay.wait_healthy();
+    let e = edge(&db, &nats);
+    let mut c = e.ws("*:items");
+    db.exec("INSERT INTO items VALUES (1, 'first')");
+    let first = frames(&mut c, 1);
+    let after = json(&first[0])["pos"].as_str().expect("pos").to_owned();
+    // The edge stops reading while far more than the stream keeps is written.
+    let pid = e.child.id().to_string();
+    let signal = |s: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([s, &pid])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill {s}");
+    };
+    signal("-STOP");
+    for t in 0..40 {
+        db.exec(&format!(
+            "INSERT INTO items SELECT g, repeat('x', 300) FROM generate_series({}, {}) g",
+            t * 50 + 2,
+            t * 50 + 51
+        ));
+    }
+    let deadline = Instant::now() + WAIT;
+    while relay.metric("walcast_nats_published_total") < 40 * 52 + 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the relay did not publish everything"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    signal("-CONT");
+    // What the edge had already pulled may come; then the client is told.
+    let mut got = 0;
+    let (code, why) = loop {
+        match c.next_within(WAIT) {
+            Some(Got::Text(_)) => got += 1,
+            Some(Got::Closed(code, why)) => break (code, why),
+            None => panic!("neither frames nor a close after {got} frames"),
+        }
+    };
+    assert_eq!(code, 1013, "{why}");
+    assert!(why.contains("could not read"), "{why}");
+    assert!(
+        got < 2000,
+        "the client got {got} frames: nothing was dropped?"
+    );
+    assert!(e.metric("walcast_nats_lost_total") > 0);
+    assert_eq!(
+        e.metric("walcast_clients_closed_total{reason=\"stream_gap\"}"),
+        1
+    );
+    // Resuming from before the hole: 410, not a silent skip.
+    match e.try_ws_url(&format!(
+        "ws://127.0.0.1:{}/ws?query=*:items&after={after}",
+        e.port
+    )) {
+        Err((410, body)) => assert!(body.contains("oldest") || !body.is_empty(), "{body}"),
+        Err(other) => panic!("expected 410, got {other:?}"),
+        Ok(_) => panic!("expected 410, got a stream"),
+    }
+    // New clients are served what follows (the edge may still be reading
+    // what the stream kept after the hole).
+    let mut fresh = e.ws("*:items");
+    db.exec("INSERT INTO items VALUES (5000, 'after the hole')");
+    let deadline = Instant::now() + WAIT;
+    let mut last = 0;
+    while last != 5000 {
+        assert!(Instant::now() < deadline, "no row 5000 (last {last})");
+        if let Some(Got::Text(t)) = fresh.next() {
+            let n = id(&t);
+            assert!(n > last, "{n} after {last}");
+            last = n;
+        }
+    }
 }

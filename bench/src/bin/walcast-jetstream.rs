@@ -12,7 +12,10 @@ use futures_util::StreamExt;
 use std::time::{Duration, Instant};
 
 #[derive(Parser, Debug)]
-#[command(name = "walcast-jetstream", about = "JetStream publish and read rates (the scale-out floor)")]
+#[command(
+    name = "walcast-jetstream",
+    about = "JetStream publish and read rates (the scale-out floor)"
+)]
 struct Args {
     #[arg(long, default_value = "nats://127.0.0.1:4222")]
     nats_url: String,
@@ -90,9 +93,18 @@ async fn main() -> Result<()> {
         }
     }
     let reading = start.elapsed().as_secs_f64();
-    println!("messages                {} of {} bytes", args.messages, args.size);
-    println!("published/s             {:.0} ({acked} acknowledged)", args.messages as f64 / published);
-    println!("read/s                  {:.0} (ordered consumer)", read as f64 / reading);
+    println!(
+        "messages                {} of {} bytes",
+        args.messages, args.size
+    );
+    println!(
+        "published/s             {:.0} ({acked} acknowledged)",
+        args.messages as f64 / published
+    );
+    println!(
+        "read/s                  {:.0} (ordered consumer)",
+        read as f64 / reading
+    );
     js.delete_stream(name).await?;
     Ok(())
 }

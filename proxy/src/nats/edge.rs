@@ -40,6 +40,8 @@ struct Follow {
     floor_set: bool,
     /// Messages read in all.
     received: u64,
+    /// Messages missing before the next one read (dropped by the stream).
+    gap: u64,
 }
 
 /// Runs until `shutdown` becomes true. Never gives up: a lost stream is
@@ -105,16 +107,8 @@ async fn follow(
         .clone();
     // `floor_from_first`: the first message read only tells the floor.
     let (start, floor_from_first) = match at.next {
-        Some(next) if next < state.first_sequence => {
-            let lost = state.first_sequence - next;
-            metrics.nats.lost.fetch_add(lost, Ordering::Relaxed);
-            tracing::error!(
-                lost,
-                "{lost} messages of the JetStream stream were dropped by its retention while the \
-                 edge was away; clients resuming from positions among them miss those changes"
-            );
-            (state.first_sequence, false)
-        }
+        // Messages the stream dropped meanwhile are noticed by their
+        // sequence numbers when reading resumes (`Take::message`).
         Some(next) => (next, false),
         None if state.last_sequence == 0 => {
             // A stream that never had a message: everything is to come.
@@ -154,8 +148,8 @@ async fn follow(
     let mut take = Take {
         floor_from_first,
         batch: Vec::with_capacity(BATCH),
+        scratch: PublishScratch::default(),
     };
-    let mut scratch = PublishScratch::default();
     let client = js.client();
     let mut check = tokio::time::interval(std::time::Duration::from_millis(500));
     let mut connected = true;
@@ -198,10 +192,7 @@ async fn follow(
                 item = messages.next().now_or_never().flatten();
             }
         }
-        if !take.batch.is_empty() {
-            hub.publish(std::mem::take(&mut take.batch), &mut scratch);
-            metrics.activity();
-        }
+        take.flush(hub, metrics);
         if let Some(e) = failed {
             return Err(e);
         }
@@ -212,9 +203,18 @@ async fn follow(
 struct Take {
     floor_from_first: bool,
     batch: Vec<Change>,
+    scratch: PublishScratch,
 }
 
 impl Take {
+    /// Hands the batch to the hub.
+    fn flush(&mut self, hub: &Hub, metrics: &Metrics) {
+        if !self.batch.is_empty() {
+            hub.publish(std::mem::take(&mut self.batch), &mut self.scratch);
+            metrics.activity();
+        }
+    }
+
     fn message(&mut self, m: &jetstream::Message, hub: &Hub, metrics: &Metrics, at: &mut Follow) {
         let foreign = |why: &str| {
             metrics.nats.foreign.fetch_add(1, Ordering::Relaxed);
@@ -223,6 +223,11 @@ impl Take {
         let Ok(info) = m.info() else {
             return foreign("no JetStream metadata");
         };
+        // Sequence numbers have no holes but those the stream's retention
+        // made: messages this edge will never read.
+        if let Some(next) = at.next {
+            at.gap += info.stream_sequence.saturating_sub(next);
+        }
         at.next = Some(info.stream_sequence + 1);
         at.received += 1;
         metrics.nats.received.fetch_add(1, Ordering::Relaxed);
@@ -270,6 +275,24 @@ impl Take {
         if !at.floor_set {
             hub.stream_starts_at(before(pos));
             at.floor_set = true;
+        } else if at.gap > 0 {
+            let lost = std::mem::take(&mut at.gap);
+            metrics.nats.lost.fetch_add(lost, Ordering::Relaxed);
+            tracing::error!(
+                lost,
+                "{lost} messages of the JetStream stream were dropped by its retention before this \
+                 edge read them; its clients are closed, and resuming from before {pos} answers 410"
+            );
+            // What came before the gap goes first; then the hub learns.
+            self.flush(hub, metrics);
+            hub.lost(
+                before(pos),
+                &format!(
+                    "this edge could not read {lost} messages of the JetStream stream (its retention \
+                     dropped them while NATS was out of reach); reconnect with after to learn where \
+                     the log starts"
+                ),
+            );
         }
         // Published again by a relay after a restart, past the duplicate window.
         if at.last.is_some_and(|l| pos <= l) {

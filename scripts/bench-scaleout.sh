@@ -139,8 +139,50 @@ scaled_down() {
   drop_slot bench_relay
 }
 
+metric() { curl -fsS "http://127.0.0.1:$1/metrics" | awk -v m="$2" '$1 == m {print $2}'; }
+
+# The relay alone: how fast it publishes a backlog of 101 transactions of
+# 1000 rows written while it was stopped; then JetStream's own rate for as
+# many messages of about the same size (walcast-jetstream).
+relay_rate() {
+  nats_up
+  "$BIN" relay --database-url "$DATABASE_URL" --listen 127.0.0.1:18184 --slot bench_relay \
+    --nats-url "nats://127.0.0.1:${NATS_PORT}" >/dev/null 2>/tmp/walcast-bench-relay.log &
+  RELAY=$!; PIDS+=("$RELAY")
+  wait_healthy 18184
+  kill "$RELAY"; wait "$RELAY" 2>/dev/null || true
+  for _ in $(seq 1 101); do
+    echo "INSERT INTO bench_events (k, payload, sent_us) SELECT g % 100, 't1:' || g, (extract(epoch FROM clock_timestamp()) * 1000000)::bigint FROM generate_series(1, 1000) g;"
+  done | psql -Xq >/dev/null
+  local want=$((101 * 1002)) nats_before t0 t1
+  nats_before="$(ticks "$NATS_PID")"
+  t0="$(date +%s.%N)"
+  "$BIN" relay --database-url "$DATABASE_URL" --listen 127.0.0.1:18184 --slot bench_relay \
+    --nats-url "nats://127.0.0.1:${NATS_PORT}" >/dev/null 2>>/tmp/walcast-bench-relay.log &
+  RELAY=$!; PIDS+=("$RELAY")
+  until [ "$(metric 18184 walcast_nats_published_total 2>/dev/null || echo 0)" -ge "$want" ] 2>/dev/null; do sleep 0.02; done
+  t1="$(date +%s.%N)"
+  local relay_used nats_used
+  relay_used="$(ticks "$RELAY")"
+  nats_used=$(( $(ticks "$NATS_PID") - nats_before ))
+  awk -v n="$want" -v a="$t0" -v b="$t1" -v r="$relay_used" -v s="$nats_used" -v hz="$HZ" 'BEGIN {
+    printf "relay published/s       %.0f (%d messages: 101 transactions of 1000 rows, with B and C; from its start)\n", n / (b - a), n
+    printf "cpu per message (us):   relay %.3f nats %.3f\n", r * 1e6 / hz / n, s * 1e6 / hz / n }'
+  kill "$RELAY" "$NATS_PID"; wait "$RELAY" "$NATS_PID" 2>/dev/null || true
+  drop_slot bench_relay
+  nats_up
+  ./target/release/walcast-jetstream --nats-url "nats://127.0.0.1:${NATS_PORT}" -n "$want" --size 220 \
+    || BENCH_FAILED=$((BENCH_FAILED + 1))
+  kill "$NATS_PID"; wait "$NATS_PID" 2>/dev/null || true
+}
+
 for run_no in $(seq 1 "${RUNS:-3}"); do
-  for name in ${SCENARIOS:-k100 k1000 durable20}; do
+  for name in ${SCENARIOS:-k100 k1000 durable20 relay}; do
+    if [ "$name" = relay ]; then
+      echo "== relay catching up, and JetStream alone (run $run_no)"
+      relay_rate
+      continue
+    fi
     echo "== $name, single process (run $run_no)"
     single_up
     run single "$name" ws://127.0.0.1:18181 proxy="$SINGLE" walsender="$(walsender bench_single)" pg=

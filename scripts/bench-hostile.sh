@@ -10,7 +10,13 @@
 # RUNS (default 3) pairs of runs per scenario (PACED_ONLY=1: only the
 # paced one); HOSTILE (default "--like 4
 # --fuel 2 --idle 2 --churn 2") the hostile clients (walcast-hostile --help);
-# WALCAST_PROXY_BIN runs another walcast-proxy binary (to compare builds).
+# WALCAST_PROXY_BIN runs another walcast-proxy binary (to compare builds);
+# PROXY_ARGS adds walcast-proxy flags (for example
+# "--max-upgrades-per-address 100" with HOSTILE's "--churn-from 127.0.0.2",
+# so that the connect loops are a client address of their own);
+# WRITER_ALONE=1 runs the writer of 1 MB values in the runs without hostile
+# clients too, so that the pair differs only by the hostile clients (the
+# writer is database load, not a client).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,13 +24,14 @@ cd "$(dirname "$0")/.."
 bench_prepare
 bench_in_cluster "$0" "$@"
 
-bench_proxy 18183
+# shellcheck disable=SC2086
+bench_proxy 18183 ${PROXY_ARGS:-}
 psql -XqAt -c "CREATE TABLE IF NOT EXISTS hostile_docs (id bigserial PRIMARY KEY, body text)"
 
 HOSTILE_PID=""
 hostile_start() {
   # shellcheck disable=SC2086
-  ./target/release/walcast-hostile --proxy ws://127.0.0.1:18183 ${HOSTILE:---like 4 --fuel 2 --idle 2 --churn 2} &
+  ./target/release/walcast-hostile --proxy ws://127.0.0.1:18183 "$@" &
   HOSTILE_PID=$!
   # Let the large values and the hostile subscriptions get going.
   sleep 5
@@ -38,10 +45,18 @@ trap 'hostile_stop; kill $PROXY_PID 2>/dev/null || true' EXIT
 # One scenario alone, then beside the hostile clients.
 pair() {
   local name="$1"; shift
-  echo "== run $run: K=100, N=100000, $name, alone"
-  scenario -k 100 -n 100000 "$@"
+  if [ -n "${WRITER_ALONE:-}" ]; then
+    echo "== run $run: K=100, N=100000, $name, alone (with the writer of 1 MB values)"
+    hostile_start --like 0 --fuel 0 --idle 0 --churn 0
+    scenario -k 100 -n 100000 "$@"
+    hostile_stop
+  else
+    echo "== run $run: K=100, N=100000, $name, alone"
+    scenario -k 100 -n 100000 "$@"
+  fi
   echo "== run $run: K=100, N=100000, $name, with hostile clients (${HOSTILE:-default})"
-  hostile_start
+  # shellcheck disable=SC2086
+  hostile_start ${HOSTILE:---like 4 --fuel 2 --idle 2 --churn 2}
   scenario -k 100 -n 100000 "$@"
   hostile_stop
 }

@@ -45,6 +45,11 @@ struct Args {
     /// Clients that connect and disconnect in a loop.
     #[arg(long, default_value_t = 2)]
     churn: usize,
+    /// Local address the connect loops connect from (another loopback
+    /// address, 127.0.0.2, makes them a client address of their own, as
+    /// a browser is; the ordinary clients connect from 127.0.0.1).
+    #[arg(long)]
+    churn_from: Option<std::net::IpAddr>,
     /// Bytes of each text value written to `hostile_docs`.
     #[arg(long, default_value_t = 1 << 20)]
     doc_bytes: usize,
@@ -68,6 +73,29 @@ struct Counts {
     idle_connects: AtomicU64,
     churn_connects: AtomicU64,
     errors: AtomicU64,
+}
+
+/// A websocket connection to `url` (`ws://<ip>:<port>/...`) from the
+/// local address `from`.
+async fn connect_from(
+    url: &str,
+    from: std::net::IpAddr,
+) -> Result<tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>> {
+    let host = url
+        .trim_start_matches("ws://")
+        .split('/')
+        .next()
+        .context("proxy URL")?;
+    let addr: std::net::SocketAddr = host.parse().context("the proxy URL needs an IP address")?;
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.bind(std::net::SocketAddr::new(from, 0))?;
+    let stream = socket.connect(addr).await?;
+    let (ws, _) = tokio_tungstenite::client_async(url, stream).await?;
+    Ok(ws)
 }
 
 fn ws_url(base: &str, query: &str, extra: &str) -> String {
@@ -229,12 +257,29 @@ async fn main() -> Result<()> {
     for i in 0..args.churn {
         let url = ws_url(&args.proxy, &format!("insert:bench_events:k.eq.{i}"), "");
         let counts = counts.clone();
+        let from = args.churn_from;
         tasks.push(tokio::spawn(async move {
             loop {
-                match tokio_tungstenite::connect_async(&url).await {
-                    Ok((mut ws, _)) => {
+                // Connect, subscribe (the query is in the URL), close.
+                let connected: Result<()> = match from {
+                    Some(ip) => match connect_from(&url, ip).await {
+                        Ok(mut ws) => {
+                            let _ = ws.close(None).await;
+                            Ok(())
+                        }
+                        Err(e) => Err(e),
+                    },
+                    None => match tokio_tungstenite::connect_async(&url).await {
+                        Ok((mut ws, _)) => {
+                            let _ = ws.close(None).await;
+                            Ok(())
+                        }
+                        Err(e) => Err(e.into()),
+                    },
+                };
+                match connected {
+                    Ok(()) => {
                         counts.churn_connects.fetch_add(1, Ordering::Relaxed);
-                        let _ = ws.close(None).await;
                     }
                     Err(_) => {
                         counts.errors.fetch_add(1, Ordering::Relaxed);

@@ -151,12 +151,26 @@ impl NatsServer {
         self.port
     }
 
-    /// Kills the server (SIGKILL: what it stored stays in its directory).
+    /// Stops the server as an operator does (SIGTERM: it writes its store
+    /// out and exits; SIGKILL after 10 s). What it stored stays in its
+    /// directory. (A single-replica JetStream server killed without that
+    /// can lose what it acknowledged since its last sync: docs/scale-out.md.)
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+        let Some(mut c) = self.child.take() else {
+            return;
+        };
+        let _ = Command::new("sh")
+            .args(["-c", &format!("kill -TERM {}", c.id())])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = c.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
+        let _ = c.kill();
+        let _ = c.wait();
     }
 
     /// Starts the server again with the same store and port.

@@ -52,22 +52,28 @@ pub struct Origin {
     pub snapshot_lsn: Lsn,
     /// The stream sequence the first generation started at.
     pub start: u64,
+    /// The stream sequence this generation started at: everything before
+    /// it was acknowledged on an older one (a generation whose connection
+    /// ACKed nothing reports no ack floor of its own).
+    pub resume: u64,
 }
 
 impl Origin {
     fn describe(&self) -> String {
         format!(
-            "walcast durable stream; snapshot {}; from {}",
-            self.snapshot_lsn, self.start
+            "walcast durable stream; snapshot {}; from {}; at {}",
+            self.snapshot_lsn, self.start, self.resume
         )
     }
 
     fn parse(description: &str) -> Option<Origin> {
         let rest = description.strip_prefix("walcast durable stream; snapshot ")?;
-        let (lsn, start) = rest.split_once("; from ")?;
+        let (lsn, rest) = rest.split_once("; from ")?;
+        let (start, resume) = rest.split_once("; at ")?;
         Some(Origin {
             snapshot_lsn: lsn.parse().ok()?,
             start: start.parse().ok()?,
+            resume: resume.parse().ok()?,
         })
     }
 }
@@ -155,6 +161,10 @@ impl JetStreams {
     }
 
     fn config(name: &str, generation: u64, origin: Origin, start: u64) -> pull::Config {
+        let origin = Origin {
+            resume: start.max(1),
+            ..origin
+        };
         pull::Config {
             durable_name: Some(format!("{name}_g{generation}")),
             description: Some(origin.describe()),
@@ -203,7 +213,12 @@ impl JetStreams {
                     "the consumer {old} was not made by walcast (its description says nothing of a snapshot)"
                 ))
             })?;
-        let floor = info.ack_floor.stream_sequence;
+        // What this generation acknowledged, or at least what the ones
+        // before it did (it started right after that).
+        let floor = info
+            .ack_floor
+            .stream_sequence
+            .max(origin.resume.saturating_sub(1));
         let start = (floor + 1).max(origin.start);
         let (confirmed, floor_position) = self.position_of(&s, floor).await.unzip();
         let consumer = s
@@ -423,6 +438,7 @@ mod tests {
         let o = Origin {
             snapshot_lsn: Lsn(0x16B3748),
             start: 42,
+            resume: 50,
         };
         assert_eq!(Origin::parse(&o.describe()), Some(o));
         assert_eq!(Origin::parse("something else"), None);

@@ -379,6 +379,7 @@ impl Streams {
             super::jet::Origin {
                 snapshot_lsn: created.consistent_point,
                 start,
+                resume: start,
             },
         )
         .await?;

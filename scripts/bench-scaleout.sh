@@ -119,11 +119,16 @@ single_up() {
 }
 single_down() { kill "$SINGLE"; wait "$SINGLE" 2>/dev/null || true; drop_slot bench_single; }
 
+# The relay on 18184 (slot bench_relay), its pid in RELAY.
+relay_start() {
+  "$BIN" relay --database-url "$DATABASE_URL" --listen 127.0.0.1:18184 --slot bench_relay \
+    --nats-url "nats://127.0.0.1:${NATS_PORT}" >/dev/null 2>>/tmp/walcast-bench-relay.log &
+  RELAY=$!; PIDS+=("$RELAY")
+}
+
 scaled_up() {
   nats_up
-  "$BIN" relay --database-url "$DATABASE_URL" --listen 127.0.0.1:18184 --slot bench_relay \
-    --nats-url "nats://127.0.0.1:${NATS_PORT}" >/dev/null 2>/tmp/walcast-bench-relay.log &
-  RELAY=$!; PIDS+=("$RELAY")
+  relay_start
   wait_healthy 18184
   for port in 18182 18183; do
     "$BIN" --database-url "$DATABASE_URL" --listen "127.0.0.1:${port}" --nats-url "nats://127.0.0.1:${NATS_PORT}" \
@@ -146,9 +151,7 @@ metric() { curl -fsS "http://127.0.0.1:$1/metrics" | awk -v m="$2" '$1 == m {pri
 # many messages of about the same size (walcast-jetstream).
 relay_rate() {
   nats_up
-  "$BIN" relay --database-url "$DATABASE_URL" --listen 127.0.0.1:18184 --slot bench_relay \
-    --nats-url "nats://127.0.0.1:${NATS_PORT}" >/dev/null 2>/tmp/walcast-bench-relay.log &
-  RELAY=$!; PIDS+=("$RELAY")
+  relay_start
   wait_healthy 18184
   kill "$RELAY"; wait "$RELAY" 2>/dev/null || true
   for _ in $(seq 1 101); do
@@ -157,9 +160,7 @@ relay_rate() {
   local want=$((101 * 1002)) nats_before t0 t1
   nats_before="$(ticks "$NATS_PID")"
   t0="$(date +%s.%N)"
-  "$BIN" relay --database-url "$DATABASE_URL" --listen 127.0.0.1:18184 --slot bench_relay \
-    --nats-url "nats://127.0.0.1:${NATS_PORT}" >/dev/null 2>>/tmp/walcast-bench-relay.log &
-  RELAY=$!; PIDS+=("$RELAY")
+  relay_start
   until [ "$(metric 18184 walcast_nats_published_total 2>/dev/null || echo 0)" -ge "$want" ] 2>/dev/null; do sleep 0.02; done
   t1="$(date +%s.%N)"
   local relay_used nats_used

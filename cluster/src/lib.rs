@@ -404,14 +404,21 @@ impl Cluster {
             pg_ctl = pg_ctl.display(),
             data = self.data().display(),
         );
-        let _ = Command::new("sh")
-            .args(["-c", &script])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn();
+        watchdog(&script);
     }
+}
+
+/// Runs `script` in a shell of its own process group, detached from the
+/// caller's output, so that it outlives the caller (a watchdog that cleans
+/// up after the process that started a server).
+pub(crate) fn watchdog(script: &str) {
+    let _ = Command::new("sh")
+        .args(["-c", script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn();
 }
 
 impl Drop for Cluster {

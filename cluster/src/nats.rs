@@ -193,13 +193,7 @@ impl NatsServer {
             pid = std::process::id(),
             dir = self.dir.display(),
         );
-        let _ = Command::new("sh")
-            .args(["-c", &script])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn();
+        crate::watchdog(&script);
     }
 }
 

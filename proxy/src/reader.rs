@@ -86,15 +86,9 @@ pub async fn run(
         match result {
             Ok(()) => return,
             Err(e) if e.kind == ErrorKind::Transient => {
-                let wait = backoff.wait();
-                tracing::warn!(error = %e, "replication interrupted; reconnecting in {wait:?}");
-                health.reconnecting(&e.message);
-                metrics
-                    .replication_reconnects
-                    .fetch_add(1, Ordering::Relaxed);
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = shutdown.changed() => return,
+                let what = "replication interrupted; reconnecting";
+                if !retry_after(&e, what, &mut backoff, &health, &metrics, &mut shutdown).await {
+                    return;
                 }
             }
             Err(e) => {
@@ -104,6 +98,28 @@ pub async fn run(
                 return;
             }
         }
+    }
+}
+
+/// After a transient error: logs it, reports it on `/healthz`, counts the
+/// reconnect and waits the next backoff. False when shutdown came first.
+pub(crate) async fn retry_after(
+    e: &ReplicationError,
+    what: &str,
+    backoff: &mut Backoff,
+    health: &Health,
+    metrics: &Metrics,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
+    let wait = backoff.wait();
+    tracing::warn!(error = %e, "{what} in {wait:?}");
+    health.reconnecting(&e.message);
+    metrics
+        .replication_reconnects
+        .fetch_add(1, Ordering::Relaxed);
+    tokio::select! {
+        _ = tokio::time::sleep(wait) => true,
+        _ = shutdown.changed() => false,
     }
 }
 

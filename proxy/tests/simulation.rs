@@ -526,6 +526,21 @@ fn random_transactions_survive_kills_and_restarts_without_loss() {
     );
 }
 
+/// How long the edges may refuse a client in a row: restarting an edge or
+/// nats-server takes seconds; longer means an edge is gone or stuck.
+const REFUSED_FOR: Duration = Duration::from_secs(30);
+
+/// Notes a refused connection; fails the run when every attempt was
+/// refused for [`REFUSED_FOR`].
+fn still_refused(since: &mut Option<Instant>, event: &str, events: &[String]) {
+    let first = *since.get_or_insert_with(Instant::now);
+    assert!(
+        first.elapsed() < REFUSED_FOR,
+        "refused for {REFUSED_FOR:?}, last: {event}; recent:\n  {}",
+        events[events.len().saturating_sub(12)..].join("\n  ")
+    );
+}
+
 /// A live client of the scale-out mode: `*:sim` on one of the edges,
 /// applied to model B, resuming with `after=` (on the other edge) whenever
 /// its connection or its edge goes away.
@@ -539,6 +554,8 @@ struct LiveClient {
     changes: u64,
     reconnects: u64,
     events: Vec<String>,
+    /// Since when every connection attempt was refused.
+    refused_since: Option<Instant>,
 }
 
 impl LiveClient {
@@ -555,6 +572,7 @@ impl LiveClient {
         match edge.try_ws_url(&url) {
             Ok(c) => {
                 self.client = Some(c);
+                self.refused_since = None;
                 self.reconnects += 1;
                 self.events.push(format!(
                     "connected to edge {} after {:?}",
@@ -564,6 +582,7 @@ impl LiveClient {
             // An edge restarting: try again on the next pump.
             Err((code @ (503 | 0), why)) => {
                 let event = format!("edge {} refused: {code} {why}", self.edge);
+                still_refused(&mut self.refused_since, &event, &self.events);
                 if self.events.last() != Some(&event) {
                     self.events.push(event);
                 }
@@ -624,6 +643,8 @@ struct DurableEdgeClient {
     acked: u64,
     duplicates: u64,
     events: Vec<String>,
+    /// Since when every connection attempt was refused.
+    refused_since: Option<Instant>,
 }
 
 impl DurableEdgeClient {
@@ -644,6 +665,7 @@ impl DurableEdgeClient {
         match edge.try_ws_url(&url) {
             Ok(c) => {
                 self.client = Some(c);
+                self.refused_since = None;
                 self.pending = None;
                 self.events.push(format!(
                     "durable connected to edge {}: acked {}, applied {}",
@@ -653,7 +675,10 @@ impl DurableEdgeClient {
                 ));
             }
             // NATS or the edge coming back: try again on the next pump.
-            Err((409 | 503 | 0, _)) => {}
+            Err((code @ (409 | 503 | 0), why)) => {
+                let event = format!("durable refused by edge {}: {code} {why}", self.edge);
+                still_refused(&mut self.refused_since, &event, &self.events);
+            }
             Err(other) => panic!(
                 "opening the durable stream: {other:?}; recent:\n  {}",
                 self.recent()
@@ -776,6 +801,7 @@ fn random_transactions_reach_live_clients_exactly_once_through_relay_edge_and_na
         changes: 0,
         reconnects: 0,
         events: Vec::new(),
+        refused_since: None,
     };
     live.connect(&edges);
     assert!(live.client.is_some(), "the first connection");
@@ -802,6 +828,7 @@ fn random_transactions_reach_live_clients_exactly_once_through_relay_edge_and_na
         acked: 0,
         duplicates: 0,
         events: Vec::new(),
+        refused_since: None,
     };
     let (status, _, text) = edges[0].post_full(
         "/v1/snapshot/data",

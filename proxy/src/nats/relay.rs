@@ -105,15 +105,11 @@ pub async fn run(
         match result {
             Ok(()) => return Ok(()),
             Err(e) if e.kind == ErrorKind::Transient => {
-                let wait = backoff.wait();
-                tracing::warn!(error = %e, "relay interrupted; starting again from the slot's confirmed position in {wait:?}");
-                health.reconnecting(&e.message);
-                metrics
-                    .replication_reconnects
-                    .fetch_add(1, Ordering::Relaxed);
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = shutdown.changed() => return Ok(()),
+                let what = "relay interrupted; starting again from the slot's confirmed position";
+                if !reader::retry_after(&e, what, &mut backoff, &health, &metrics, &mut shutdown)
+                    .await
+                {
+                    return Ok(());
                 }
             }
             Err(e) => {

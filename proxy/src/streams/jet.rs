@@ -145,19 +145,20 @@ impl JetStreams {
             .collect())
     }
 
-    /// The newest generation of `name`, if the stream exists.
-    async fn current(&self, name: &str) -> Result<Option<u64>, ApiError> {
+    /// The generations of `name`, oldest first (none: no such stream).
+    async fn generations_of(&self, name: &str) -> Result<Vec<u64>, ApiError> {
         Ok(self
             .generations()
             .await?
             .into_iter()
             .find(|(n, _)| n == name)
-            .and_then(|(_, g)| g.last().copied()))
+            .map(|(_, g)| g)
+            .unwrap_or_default())
     }
 
     /// Whether a durable stream (any generation) is called `name`.
     pub async fn exists(&self, name: &str) -> Result<bool, ApiError> {
-        Ok(self.current(name).await?.is_some())
+        Ok(!self.generations_of(name).await?.is_empty())
     }
 
     fn config(name: &str, generation: u64, origin: Origin, start: u64) -> pull::Config {
@@ -192,7 +193,8 @@ impl JetStreams {
     /// such stream.
     pub async fn take_over(&self, name: &str) -> Result<(JetSource, Lsn), ApiError> {
         let s = self.get().await?;
-        let Some(g) = self.current(name).await? else {
+        let gens = self.generations_of(name).await?;
+        let Some(&g) = gens.last() else {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
                 format!("no durable stream {name:?} (see GET /v1/streams)"),
@@ -226,15 +228,8 @@ impl JetStreams {
             .await
             .map_err(|e| unavailable(&format!("cannot take over {name}"), e))?;
         // The older generations go; their connections end.
-        if let Some((_, gens)) = self
-            .generations()
-            .await?
-            .into_iter()
-            .find(|(n, _)| n == name)
-        {
-            for old in gens.into_iter().filter(|x| *x <= g) {
-                let _ = s.delete_consumer(&format!("{name}_g{old}")).await;
-            }
+        for old in gens {
+            let _ = s.delete_consumer(&format!("{name}_g{old}")).await;
         }
         let messages = consumer
             .messages()
@@ -305,13 +300,7 @@ impl JetStreams {
     /// Deletes every generation of `name`; 404 when there is none.
     pub async fn delete(&self, name: &str) -> Result<(), ApiError> {
         let s = self.get().await?;
-        let gens = self
-            .generations()
-            .await?
-            .into_iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, g)| g)
-            .unwrap_or_default();
+        let gens = self.generations_of(name).await?;
         if gens.is_empty() {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,

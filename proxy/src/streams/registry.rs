@@ -136,6 +136,16 @@ impl Drop for ConsumerGuard {
     }
 }
 
+/// How `GET /v1/streams` shows a stream's snapshot: `held` (with when it
+/// expires), `ended: <reason>` or `none`.
+fn snapshot_state(inner: &Inner, slot: &str) -> (String, Option<SystemTime>) {
+    match inner.snapshots.get(slot) {
+        Some(Snapshot::Held { expires, .. }) => ("held".to_owned(), Some(*expires)),
+        Some(Snapshot::Ended { reason }) => (format!("ended: {reason}"), None),
+        None => ("none".to_owned(), None),
+    }
+}
+
 /// Words for stream names when the client gives none.
 const WORDS: &[&str] = &[
     "amber", "birch", "cedar", "delta", "ember", "fjord", "grove", "heron", "iris", "juniper",
@@ -511,6 +521,26 @@ impl Streams {
         Ok(row.and_then(|r| r.get(0)))
     }
 
+    /// The table lists recorded in `walcast.streams`, by stream (none
+    /// unless `wanted`: a single stream's lookup does not need them).
+    async fn recorded_tables(
+        &self,
+        wanted: bool,
+    ) -> Result<HashMap<String, Option<String>>, ApiError> {
+        if !wanted || !self.metadata_table().await? {
+            return Ok(HashMap::new());
+        }
+        let c = self.pool.get().await.map_err(ApiError::unavailable)?;
+        Ok(
+            c.query("SELECT slot_name::text, tables FROM walcast.streams", &[])
+                .await
+                .map_err(|e| ApiError::unavailable(format!("reading walcast.streams failed: {e}")))?
+                .into_iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect(),
+        )
+    }
+
     /// Every durable stream slot of this database.
     pub async fn list(&self) -> Result<Vec<StreamInfo>, ApiError> {
         match &self.jet {
@@ -540,28 +570,12 @@ impl Streams {
             }
             None => jet.list().await?,
         };
-        let tables: HashMap<String, Option<String>> = if only.is_none()
-            && self.metadata_table().await?
-        {
-            let c = self.pool.get().await.map_err(ApiError::unavailable)?;
-            c.query("SELECT slot_name::text, tables FROM walcast.streams", &[])
-                .await
-                .map_err(|e| ApiError::unavailable(format!("reading walcast.streams failed: {e}")))?
-                .into_iter()
-                .map(|r| (r.get(0), r.get(1)))
-                .collect()
-        } else {
-            HashMap::new()
-        };
+        let tables = self.recorded_tables(only.is_none()).await?;
         let inner = self.lock()?;
         Ok(found
             .into_iter()
             .map(|j| {
-                let (snapshot, expires) = match inner.snapshots.get(&j.name) {
-                    Some(Snapshot::Held { expires, .. }) => ("held".to_owned(), Some(*expires)),
-                    Some(Snapshot::Ended { reason }) => (format!("ended: {reason}"), None),
-                    None => ("none".to_owned(), None),
-                };
+                let (snapshot, expires) = snapshot_state(&inner, &j.name);
                 StreamInfo {
                     active: j.active,
                     active_pid: None,
@@ -593,19 +607,7 @@ impl Streams {
             .await
             .map_err(|e| ApiError::unavailable(format!("listing slots failed: {e}")))?;
         drop(c);
-        let tables: HashMap<String, Option<String>> = if only.is_none()
-            && self.metadata_table().await?
-        {
-            let c = self.pool.get().await.map_err(ApiError::unavailable)?;
-            c.query("SELECT slot_name::text, tables FROM walcast.streams", &[])
-                .await
-                .map_err(|e| ApiError::unavailable(format!("reading walcast.streams failed: {e}")))?
-                .into_iter()
-                .map(|r| (r.get(0), r.get(1)))
-                .collect()
-        } else {
-            HashMap::new()
-        };
+        let tables = self.recorded_tables(only.is_none()).await?;
         let inner = self.lock()?;
         let mut out = Vec::new();
         for r in rows {
@@ -613,11 +615,7 @@ impl Streams {
             if !is_stream_slot_name(&slot) || slot == self.cfg.live_slot {
                 continue;
             }
-            let (snapshot, expires) = match inner.snapshots.get(&slot) {
-                Some(Snapshot::Held { expires, .. }) => ("held".to_owned(), Some(*expires)),
-                Some(Snapshot::Ended { reason }) => (format!("ended: {reason}"), None),
-                None => ("none".to_owned(), None),
-            };
+            let (snapshot, expires) = snapshot_state(&inner, &slot);
             out.push(StreamInfo {
                 active: r.get(1),
                 active_pid: r.get(2),

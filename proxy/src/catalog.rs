@@ -45,6 +45,8 @@ pub struct TableInfo {
     pub columns: Vec<Column>,
     /// Indexes into `columns` of the primary key, in key order (empty: none).
     pub primary_key: Vec<usize>,
+    /// A partitioned table (its rows are in its partitions).
+    pub partitioned: bool,
 }
 
 /// Quotes an identifier as `quote_ident` does, always with double quotes.
@@ -71,6 +73,11 @@ impl Catalog {
             pool,
             known: Arc::new(Mutex::new(HashMap::new())),
         }
+    }
+
+    /// The pool it asks over.
+    pub fn pool(&self) -> &SqlPool {
+        &self.pool
     }
 
     /// Whether `schema.name` (any schema when `None`) is a table or partitioned table.
@@ -119,7 +126,8 @@ impl Catalog {
         let failed = |e: tokio_postgres::Error| format!("reading the catalog failed: {e}");
         let rel = client
             .query_opt(
-                "SELECT c.oid, n.nspname::text, c.relname::text FROM pg_catalog.pg_class c \
+                "SELECT c.oid, n.nspname::text, c.relname::text, c.relkind = 'p' \
+                 FROM pg_catalog.pg_class c \
                  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
                  WHERE c.relname = $1 AND c.relkind IN ('r', 'p') \
                  AND (CASE WHEN $2::text IS NULL THEN pg_catalog.pg_table_is_visible(c.oid) \
@@ -162,6 +170,7 @@ impl Catalog {
             name: rel.get(2),
             columns,
             primary_key: keyed.into_iter().map(|(_, i)| i).collect(),
+            partitioned: rel.get(3),
         }))
     }
 }

@@ -69,6 +69,28 @@ pub struct ServeArgs {
     #[arg(long, global = true, env = "WALCAST_BUFFER_SIZE", default_value = "256MB", value_parser = parse_bytes)]
     pub buffer_size: u64,
 
+    /// Rows per chunk of a `snapshot=1` subscription's initial rows: each
+    /// chunk is read in its own short transaction between two watermarks.
+    #[arg(long, global = true, env = "WALCAST_SNAPSHOT_CHUNK_ROWS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub snapshot_chunk_rows: u64,
+
+    /// `snapshot=1` subscriptions reading at once; more wait for a turn
+    /// (they get live changes meanwhile).
+    #[arg(long, global = true, env = "WALCAST_SNAPSHOT_MAX_RUNNING", default_value_t = 4,
+          value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub snapshot_max_running: u64,
+
+    /// Rows per second all `snapshot=1` subscriptions together may read
+    /// from one table (0: no limit).
+    #[arg(
+        long,
+        global = true,
+        env = "WALCAST_SNAPSHOT_ROWS_PER_SECOND",
+        default_value_t = 0
+    )]
+    pub snapshot_rows_per_second: u64,
+
     /// Milliseconds per second of matching each live client may use on its
     /// own task: the matches too costly for the shared reader (a `like`
     /// on a large text value) and its scans when it resumes. A client past

@@ -211,6 +211,11 @@ impl Cursor {
         self.group.clone()
     }
 
+    /// The next seq this cursor reads: every entry before it was read.
+    pub fn next_seq(&self) -> u64 {
+        self.next
+    }
+
     /// Appends up to `max` entries for this client to `out` (none when it
     /// is caught up).
     pub fn fill(&mut self, max: usize, out: &mut Vec<Entry>) -> Result<(), Stop> {

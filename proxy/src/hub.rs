@@ -14,6 +14,8 @@
 //! The hub never waits for a client. Wake-ups go once per batch to the
 //! groups that got changes.
 
+use crate::backfill::window::{is_mark, ChunkRead, Spec, Verdict, Windows};
+use crate::backfill::Places;
 use crate::change::Change;
 use crate::cursor::{Cursor, CursorShared};
 use crate::log::{ChangeLog, Resume};
@@ -22,7 +24,7 @@ use crate::query::{self, Query};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify};
 use walcast_format::Position;
 
 /// Matching work the hub does for one group on one change at most, in the
@@ -320,6 +322,10 @@ struct Inner {
     counters: Arc<MatchCounters>,
     /// Matching time per second each cursor may use, in nanoseconds.
     match_budget_ns: AtomicU64,
+    /// Backfills' watermark windows and the recent commits.
+    windows: Mutex<Windows>,
+    /// The next backfill id (random start: edges share one stream).
+    next_backfill: AtomicU64,
 }
 
 /// The default of [`Hub::set_match_budget`]: 50 ms per second (5% of a core).
@@ -377,6 +383,13 @@ impl Hub {
                 swept_at: AtomicU64::new(0),
                 counters: Arc::default(),
                 match_budget_ns: AtomicU64::new(DEFAULT_MATCH_BUDGET.as_nanos() as u64),
+                windows: Mutex::default(),
+                next_backfill: AtomicU64::new(
+                    std::hash::BuildHasher::hash_one(
+                        &std::collections::hash_map::RandomState::new(),
+                        std::time::SystemTime::now(),
+                    ) >> 8,
+                ),
             }),
         }
     }
@@ -435,6 +448,24 @@ impl Hub {
         matched.clear();
         counts.clear();
         let mut batch = batch;
+        // Backfills see every change in order; watermarks go no further.
+        let mut verdicts = Vec::new();
+        if let Ok(mut w) = self.inner.windows.lock() {
+            let mut seq = self.inner.log.next_seq();
+            let mut marks = false;
+            for change in &batch {
+                if is_mark(change) {
+                    w.mark(change, seq, &mut verdicts);
+                    marks = true;
+                } else if change.pos.is_some() {
+                    w.observe(change);
+                    seq += 1;
+                }
+            }
+            if marks {
+                batch.retain(|c| !is_mark(c));
+            }
+        }
         let mut deferred_count = 0;
         for (i, change) in batch.iter_mut().enumerate() {
             let mut n = 0;
@@ -479,6 +510,11 @@ impl Hub {
         self.inner
             .published
             .store(self.inner.log.next_seq(), Ordering::Release);
+        // After the rows are readable: a backfill's session that wakes on
+        // its verdict finds every change before it.
+        for (tx, verdict) in verdicts {
+            let _ = tx.send(verdict);
+        }
         // Wake each group once, after all of its pushes.
         matched.sort_unstable_by_key(|(_, g, _)| Arc::as_ptr(g));
         matched.dedup_by_key(|(_, g, _)| Arc::as_ptr(g));
@@ -501,6 +537,42 @@ impl Hub {
             if let Ok(mut m) = g.matches.lock() {
                 trim(&mut m, stats.first_seq);
             }
+        }
+    }
+
+    /// Starts a backfill's watch: its id (for its watermarks) and where
+    /// the hub's verdicts on its chunks arrive.
+    pub fn backfill_start(
+        &self,
+        spec: Spec,
+        places: Arc<Places>,
+    ) -> (u64, mpsc::UnboundedReceiver<Verdict>) {
+        let id = self.inner.next_backfill.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        if let Ok(mut w) = self.inner.windows.lock() {
+            w.add(id, spec, tx, places);
+        }
+        (id, rx)
+    }
+
+    /// The next watermarks of backfill `id` are for this chunk and attempt.
+    pub fn backfill_expect(&self, id: u64, chunk: u32, attempt: u32) {
+        if let Ok(mut w) = self.inner.windows.lock() {
+            w.expect(id, chunk, attempt);
+        }
+    }
+
+    /// What a backfill's chunk read (before its high watermark is written).
+    pub fn backfill_read(&self, id: u64, chunk: u32, attempt: u32, read: ChunkRead) {
+        if let Ok(mut w) = self.inner.windows.lock() {
+            w.read(id, chunk, attempt, read);
+        }
+    }
+
+    /// A backfill ended.
+    pub fn backfill_end(&self, id: u64) {
+        if let Ok(mut w) = self.inner.windows.lock() {
+            w.remove(id);
         }
     }
 

@@ -15,6 +15,9 @@
 //!     -> cursor.rs      what a client has read: its next seq and its group
 //!     -> session.rs     one websocket client's loop (frames are the plugin's bytes),
 //!                       pings, stall and fell-behind closes
+//!     <- backfill/      `snapshot=1`: the table read in chunks between watermarks
+//!                       (driver.rs, chunk.rs); the hub judges each chunk's window
+//!                       (window.rs); the session sends its rows at the high mark
 //!     -> http/          HTTP on axum: routes and their layers, the websocket upgrade,
 //!                       /healthz, /metrics
 //!     -> origin.rs      which web origins may call it (CORS, websocket Origin)
@@ -44,6 +47,7 @@
 //! `session.rs` and `streams/consumer.rs`).
 
 pub mod auth;
+pub mod backfill;
 pub mod blocking;
 pub mod catalog;
 pub mod change;

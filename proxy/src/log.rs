@@ -37,6 +37,18 @@ pub struct Entry {
     cost: usize,
 }
 
+impl Entry {
+    /// An entry that is not in the log (a backfill's read event), sent
+    /// like one.
+    pub fn outside_log(change: Arc<Change>, pos: Position) -> Entry {
+        Entry {
+            change,
+            pos,
+            cost: 0,
+        }
+    }
+}
+
 impl std::borrow::Borrow<Change> for Entry {
     fn borrow(&self) -> &Change {
         &self.change

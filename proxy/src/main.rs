@@ -386,6 +386,13 @@ async fn serve(args: walcast_proxy::config::ServeArgs) -> Result<(), String> {
             handshake: Duration::from_secs(args.handshake_timeout.max(1)),
         },
         descriptor_warning: front.warning,
+        backfills: Arc::new(walcast_proxy::backfill::driver::Shared::new(
+            walcast_proxy::backfill::Settings {
+                chunk_rows: args.snapshot_chunk_rows as usize,
+                max_running: args.snapshot_max_running as usize,
+                rows_per_second: args.snapshot_rows_per_second,
+            },
+        )),
     });
     let server = tokio::spawn(http::serve(listener, state, shutdown_rx, tls.clone()));
 

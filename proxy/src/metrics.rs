@@ -53,6 +53,25 @@ pub struct Metrics {
     pub connections: ConnectionMetrics,
     /// The scale-out mode: what a relay published, what an edge read.
     pub nats: NatsMetrics,
+    /// Initial rows read between watermarks (`backfill/`).
+    pub backfill: BackfillMetrics,
+}
+
+/// What backfills (`snapshot=1` subscriptions) did.
+#[derive(Default, Debug)]
+pub struct BackfillMetrics {
+    /// Backfills running now (reading or waiting for a turn).
+    pub running: AtomicI64,
+    /// Backfills that sent their last chunk.
+    pub done: AtomicU64,
+    /// Backfills that stopped on an error (their client was closed).
+    pub failed: AtomicU64,
+    /// Chunks sent to clients.
+    pub chunks: AtomicU64,
+    /// Rows sent as read events.
+    pub rows: AtomicU64,
+    /// Chunks read again because their window could not be trusted.
+    pub retries: AtomicU64,
 }
 
 /// What goes through NATS JetStream (`nats/`): zero outside the scale-out mode.
@@ -183,6 +202,7 @@ impl Metrics {
         render_log(&mut s, log);
         render_connections(&mut s, &self.connections);
         render_nats(&mut s, &self.nats);
+        render_backfill(&mut s, &self.backfill);
         let _ = writeln!(
             s,
             "# HELP walcast_clients_closed_total Live clients the server closed, by reason.\n\
@@ -349,6 +369,51 @@ fn render_nats(s: &mut String, n: &NatsMetrics) {
         ("walcast_nats_reconnects_total", "counter", "Times the relay or edge lost NATS or its stream and started again.", g(&n.reconnects)),
         ("walcast_nats_lost_total", "counter", "Messages the edge found dropped by the stream's retention while it was away.", g(&n.lost)),
         ("walcast_nats_sequence", "gauge", "Stream sequence of the last message the relay published or the edge read.", g(&n.sequence)),
+    ] {
+        metric(s, name, kind, help, value);
+    }
+}
+
+fn render_backfill(s: &mut String, b: &BackfillMetrics) {
+    let g = |v: &AtomicU64| v.load(Ordering::Relaxed);
+    let running = b.running.load(Ordering::Relaxed).max(0) as u64;
+    for (name, kind, help, value) in [
+        (
+            "walcast_backfills_running",
+            "gauge",
+            "Backfills (snapshot=1 subscriptions) reading or waiting for a turn.",
+            running,
+        ),
+        (
+            "walcast_backfills_done_total",
+            "counter",
+            "Backfills that sent their last chunk.",
+            g(&b.done),
+        ),
+        (
+            "walcast_backfills_failed_total",
+            "counter",
+            "Backfills stopped by an error (their client was closed with the reason).",
+            g(&b.failed),
+        ),
+        (
+            "walcast_backfill_chunks_total",
+            "counter",
+            "Chunks of initial rows sent to clients.",
+            g(&b.chunks),
+        ),
+        (
+            "walcast_backfill_rows_total",
+            "counter",
+            "Initial rows sent to clients as read events.",
+            g(&b.rows),
+        ),
+        (
+            "walcast_backfill_retries_total",
+            "counter",
+            "Chunks read again because their watermark window could not be trusted.",
+            g(&b.retries),
+        ),
     ] {
         metric(s, name, kind, help, value);
     }

@@ -8,6 +8,7 @@
 //! reconnects with backoff after transient errors and stops (reporting on
 //! `/healthz`, closing clients with the reason) after definite ones.
 
+use crate::backfill::window::is_mark;
 use crate::change::{Action, Change};
 use crate::health::Health;
 use crate::hub::{Hub, PublishScratch};
@@ -230,7 +231,8 @@ async fn stream_once(
                     position.in_txn = false;
                     metrics.confirmed_lsn.store(end.0, Ordering::Relaxed);
                 }
-                _ if change.row_action().is_some() => {
+                // Row changes, and the watermarks of backfills.
+                _ if change.row_action().is_some() || is_mark(&change) => {
                     let Some(pos) = change.pos else {
                         return Err(ReplicationError::definite(
                             "the walcast plugin on the server wrote a change without \"pos\": \
@@ -241,7 +243,9 @@ async fn stream_once(
                         continue;
                     }
                     last = Some(pos);
-                    metrics.count_action(change.action.label());
+                    if change.row_action().is_some() {
+                        metrics.count_action(change.action.label());
+                    }
                     batch.push(change);
                     if batch.len() >= BATCH {
                         hub.publish(

@@ -5,6 +5,7 @@
 //! pings, the stream stops or the server shuts down.
 
 use crate::auth;
+use crate::backfill::{self, Event};
 use crate::change::Change;
 use crate::cursor::{Cursor, Stop};
 use crate::filter::{FilterInstance, Filters, Verdict, BATCH_EVENTS};
@@ -19,7 +20,7 @@ use hyper_util::rt::TokioIo;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
@@ -67,6 +68,8 @@ pub struct FirstFrame {
     /// The filter's id and the bytes given to its `walcast_init`.
     pub filter: Option<(String, Vec<u8>)>,
     pub after: Option<Position>,
+    /// The matching rows first (`"snapshot": true`).
+    pub snapshot: bool,
 }
 
 /// Why a first frame was refused.
@@ -145,6 +148,16 @@ pub fn parse_first_frame(text: &str) -> Result<FirstFrame, FirstFrameError> {
             ))
         }
     };
+    let snapshot = match sub.and_then(|s| s.get("snapshot")) {
+        None | Some(serde_json::Value::Null) => false,
+        Some(serde_json::Value::Bool(b)) => *b,
+        Some(_) => return Err(Invalid("\"snapshot\" must be true or false".into())),
+    };
+    if snapshot && q.is_none() {
+        return Err(Invalid(
+            "\"snapshot\": true needs a \"query\" naming the table to read".into(),
+        ));
+    }
     if q.is_none() && filter.is_none() {
         return Err(Invalid(
             "subscription frame needs {\"subscribe\":{\"query\":\"...\"}} and/or a \"filter\""
@@ -160,6 +173,7 @@ pub fn parse_first_frame(text: &str) -> Result<FirstFrame, FirstFrameError> {
         query,
         filter,
         after,
+        snapshot,
     })
 }
 
@@ -268,6 +282,8 @@ pub struct Context {
     /// For first-frame queries: does the table exist, may the client have it.
     pub catalog: crate::catalog::Catalog,
     pub tables: Option<Arc<Vec<walcast_format::TablePattern>>>,
+    /// Backfills' turns, rate and settings.
+    pub backfills: Arc<backfill::driver::Shared>,
 }
 
 async fn error_close(ws: &mut Ws, code: &str, message: &str) {
@@ -337,7 +353,13 @@ where
 /// answered (query in the URL), so no change committed after the client saw
 /// the upgrade is missed; otherwise the client's first frame names the
 /// query, the filter and where to resume.
-pub(crate) async fn run(open: Opened, start: Start, ctx: Context, mut access: auth::Session) {
+pub(crate) async fn run(
+    open: Opened,
+    start: Start,
+    ctx: Context,
+    mut access: auth::Session,
+    plan: Option<backfill::driver::Plan>,
+) {
     // The slot is held until the session ends; the handshake until the
     // subscription is made.
     let Opened {
@@ -345,6 +367,7 @@ pub(crate) async fn run(open: Opened, start: Start, ctx: Context, mut access: au
         slot: _slot,
         handshake,
     } = open;
+    let mut plan = plan;
     let (cursor, filter) = match start {
         Start::Ready(c, f) => (*c, f.map(|f| *f)),
         Start::FirstFrame => match Box::pin(first_frame(&mut ws, &ctx)).await {
@@ -377,6 +400,17 @@ pub(crate) async fn run(open: Opened, start: Start, ctx: Context, mut access: au
                         }
                     }
                 };
+                if first.snapshot {
+                    if let Some(q) = &query {
+                        match backfill::driver::plan_for(&ctx.catalog, q).await {
+                            Ok(p) => plan = Some(p),
+                            Err(message) => {
+                                Box::pin(error_close(&mut ws, "SNAPSHOT_REFUSED", &message)).await;
+                                return;
+                            }
+                        }
+                    }
+                }
                 match ctx.hub.subscribe(query, first.after) {
                     Ok(c) => (c, filter),
                     Err(e) => {
@@ -392,10 +426,29 @@ pub(crate) async fn run(open: Opened, start: Start, ctx: Context, mut access: au
         },
     };
     drop(handshake);
+    // The backfill starts after the cursor: its rows land after what the
+    // cursor reads. It ends with the session (the task is aborted).
+    let mut backfill = None;
+    let events = plan.map(|plan| {
+        let (tx, rx) = mpsc::channel(backfill::driver::AHEAD);
+        let places = Arc::new(backfill::Places::default());
+        let task = tokio::spawn(backfill::driver::run(
+            ctx.hub.clone(),
+            ctx.catalog.pool().clone(),
+            ctx.backfills.clone(),
+            plan,
+            places.clone(),
+            tx,
+            ctx.metrics.clone(),
+        ));
+        backfill = Some(AbortOnDrop(task));
+        (rx, places)
+    });
     ctx.metrics.clients.fetch_add(1, Ordering::Relaxed);
     // The helpers above and below are boxed: a waiting client's task holds
     // only the state of the loop it is in (10,000 idle clients: docs/benchmarks.md).
-    let end = serve(&mut ws, cursor, filter, &ctx, &mut access).await;
+    let end = serve(&mut ws, cursor, filter, &ctx, &mut access, events).await;
+    drop(backfill);
     let stall = ctx.liveness.stall_timeout;
     match end {
         End::Gone => {}
@@ -416,12 +469,33 @@ pub(crate) async fn run(open: Opened, start: Start, ctx: Context, mut access: au
     ctx.metrics.clients.fetch_sub(1, Ordering::Relaxed);
 }
 
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A backfill's events and the places of its chunks.
+type Backfill = (mpsc::Receiver<Event>, Arc<backfill::Places>);
+
+/// Waits for a backfill's next event; never, without a backfill.
+async fn next_event(events: &mut Option<Backfill>) -> Option<Event> {
+    match events {
+        Some((rx, _)) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn serve(
     ws: &mut Ws,
     mut cursor: Cursor,
     mut filter: Option<FilterInstance>,
     ctx: &Context,
     access: &mut auth::Session,
+    mut events: Option<Backfill>,
 ) -> End {
     let Liveness {
         ping_interval,
@@ -437,6 +511,8 @@ async fn serve(
     // Grown by the bursts that come, not reserved up front: idle clients
     // cost nothing.
     let (mut burst, mut verdicts): (Vec<Entry>, Vec<Verdict>) = (Vec::new(), Vec::new());
+    // A backfill's chunk waiting for its place in the stream.
+    let mut pending: Option<backfill::Ready> = None;
     let group = cursor.group();
     // A subscription without a query reads every change: the user's rules
     // decide what its filter (or the client) sees. A query was narrowed by
@@ -468,7 +544,40 @@ async fn serve(
                 burst.retain(|e| rules.admits(&e.change));
             }
         }
-        let have = !burst.is_empty();
+        // A backfill's chunk goes where its high watermark is: after the
+        // entries before it, before the ones after it. Until its rows are
+        // here, nothing after it is sent.
+        let place = events.as_ref().and_then(|(_, places)| places.next());
+        let mut writable = burst.len();
+        if let Some(place) = place {
+            let cut = burst.partition_point(|e| e.pos < place.pos);
+            let due = cut < burst.len() || cursor.next_seq() >= place.seq;
+            match &pending {
+                Some(ready) if due => {
+                    debug_assert_eq!(ready.chunk, place.chunk);
+                    let write = Box::pin(write_chunk(
+                        ws,
+                        &burst[..cut],
+                        ready,
+                        filter.as_mut(),
+                        &mut verdicts,
+                        metrics,
+                        stall_timeout,
+                    ));
+                    if let Err(e) = write.await {
+                        return e;
+                    }
+                    burst.drain(..cut);
+                    pending = None;
+                    if let Some((_, places)) = &events {
+                        places.sent();
+                    }
+                    continue;
+                }
+                _ => writable = cut,
+            }
+        }
+        let have = writable > 0;
         let expiry = access.deadline();
         // The cursor used its matching time: new changes cannot help until then.
         let paused = if have { None } else { cursor.throttle() };
@@ -512,12 +621,19 @@ async fn serve(
             }
             _ = std::future::ready(()), if have => {
                 // Boxed: an idle client's task does not carry the writer's state.
-                let write = Box::pin(write_burst(ws, &burst, filter.as_mut(), &mut verdicts, metrics, stall_timeout));
+                let write = Box::pin(write_burst(ws, &burst[..writable], filter.as_mut(), &mut verdicts, metrics, stall_timeout));
                 if let Err(e) = write.await {
                     return e;
                 }
-                burst.clear();
+                burst.drain(..writable);
             }
+            event = next_event(&mut events), if pending.is_none() && events.is_some() => match event {
+                Some(Event::Ready(ready)) => pending = Some(ready),
+                Some(Event::Failed(reason)) => {
+                    return End::Close(CloseCode::Error, format!("snapshot failed: {reason}"));
+                }
+                None => events = None,
+            },
             _ = tokio::time::sleep_until(paused.unwrap_or_else(std::time::Instant::now).into()), if paused.is_some() => {}
             _ = &mut notified, if !have && paused.is_none() => {}
         }
@@ -533,6 +649,26 @@ fn fell_behind(hub: &Hub, behind_changes: u64) -> String {
         st.bytes as f64 / 1048576.0,
         st.max_bytes as f64 / 1048576.0,
     )
+}
+
+/// Writes the entries before a backfill's chunk, the chunk's rows (through
+/// the client's filter) and its progress frame.
+async fn write_chunk(
+    ws: &mut Ws,
+    before: &[Entry],
+    ready: &backfill::Ready,
+    mut filter: Option<&mut FilterInstance>,
+    verdicts: &mut Vec<Verdict>,
+    metrics: &Metrics,
+    stall: Duration,
+) -> Result<(), End> {
+    if !before.is_empty() {
+        write_burst(ws, before, filter.as_deref_mut(), verdicts, metrics, stall).await?;
+    }
+    write_burst(ws, &ready.rows, filter, verdicts, metrics, stall).await?;
+    within(stall, ws.send(Message::Text(ready.frame.clone().into()))).await?;
+    metrics.frames_out.fetch_add(1, Ordering::Relaxed);
+    Ok(())
 }
 
 /// Writes a burst (filtered when the client has a filter), then flushes once.

@@ -232,7 +232,7 @@ impl Rules {
 }
 
 /// One filter as SQL (see [`Rules::sql_condition`]).
-fn filter_sql(f: &Filter, ty: Option<String>, params: &mut Vec<String>) -> String {
+pub(crate) fn filter_sql(f: &Filter, ty: Option<String>, params: &mut Vec<String>) -> String {
     let Some(ty) = ty else {
         return if matches!((f.op, &f.operand), (Op::Is, Operand::Null)) {
             "true".into()

@@ -4,7 +4,7 @@
 //! | offset | type | field |
 //! |---|---|---|
 //! | 0 | u8 | record version (1) |
-//! | 1 | u8 | action: 1 I, 2 U, 3 D, 4 T, 5 M, 6 DDL, 0 other |
+//! | 1 | u8 | action: 1 I, 2 U, 3 D, 4 T, 5 M, 6 DDL, 7 R (a backfill's read event), 0 other |
 //! | 2 | u16 | reserved (0) |
 //! | 4 | u32 | schema length |
 //! | 8 | u32 | table length |
@@ -37,6 +37,7 @@ pub fn action_code(a: Action) -> u8 {
         Action::Truncate => 4,
         Action::Message => 5,
         Action::Ddl => 6,
+        Action::Read => 7,
         _ => 0,
     }
 }

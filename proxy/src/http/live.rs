@@ -7,6 +7,7 @@ use super::selection::{selection, Selection};
 use super::upgrade::{accept_upgrade, begin, switching_protocols};
 use super::{json_error, query_params, respond, unavailable, AppState, Resp};
 use crate::auth::{self, Grant};
+use crate::backfill;
 use crate::hub::SubscribeError;
 use crate::session;
 use axum::extract::{Request, State};
@@ -50,6 +51,31 @@ pub async fn websocket(
         Some(Ok(p)) => Some(p),
         Some(Err(e)) => return json_error(StatusCode::BAD_REQUEST, &format!("after: {e}"), None),
     };
+    let snapshot = match params.get("snapshot").map(String::as_str) {
+        None | Some("0" | "false") => false,
+        Some("1" | "true") => true,
+        Some(other) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                &format!("snapshot must be 1 or 0 (got {other:?})"),
+                None,
+            )
+        }
+    };
+    let plan = match (&query, snapshot) {
+        (_, false) => None,
+        (None, true) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "snapshot=1 needs query= naming the table to read (or send it in the subscription frame)",
+                None,
+            )
+        }
+        (Some(q), true) => match backfill::driver::plan_for(&state.catalog, q).await {
+            Ok(p) => Some(p),
+            Err(message) => return json_error(StatusCode::BAD_REQUEST, &message, None),
+        },
+    };
     if after.is_some() && query.is_none() && filter.is_none() {
         return json_error(
             StatusCode::BAD_REQUEST,
@@ -79,12 +105,13 @@ pub async fn websocket(
         shutdown: state.shutdown.clone(),
         catalog: state.catalog.clone(),
         tables: state.tables.clone(),
+        backfills: state.backfills.clone(),
     };
     let access = auth::Session::new(state.auth.clone(), grant);
     let response = switching_protocols(&upgrade.accept);
     tokio::spawn(async move {
         if let Some(open) = upgrade.open().await {
-            session::run(open, start, ctx, access).await;
+            session::run(open, start, ctx, access, plan).await;
         }
     });
     response

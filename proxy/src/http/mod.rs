@@ -67,6 +67,8 @@ pub struct AppState {
     pub timeouts: Timeouts,
     /// Why the descriptor limit cannot serve `--max-clients`, if so.
     pub descriptor_warning: Option<String>,
+    /// `snapshot=1` subscriptions' turns and rate.
+    pub backfills: Arc<crate::backfill::driver::Shared>,
 }
 
 /// How long a client may take over each step of a request.

@@ -301,6 +301,11 @@ impl Take {
         at.last = Some(pos);
         // Live clients get row changes; commits, DDL and messages are for
         // other consumers of the stream.
+        // (and the watermarks of backfills).
+        if crate::backfill::window::is_mark(&change) {
+            self.batch.push(change);
+            return;
+        }
         if change.row_action().is_none() {
             return;
         }

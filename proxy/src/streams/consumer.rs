@@ -355,6 +355,8 @@ impl Session {
                 }
                 self.opts.heartbeats
             }
+            // Watermarks of live subscriptions' backfills are the proxy's own.
+            Action::Message if crate::backfill::window::is_mark(&change) => false,
             // Messages and DDL are not rows a user's rules could limit.
             Action::Message | Action::Ddl => {
                 self.opts.query.is_none() && self.opts.access.grant().read_limits().is_none()

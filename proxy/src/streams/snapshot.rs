@@ -383,6 +383,7 @@ mod tests {
                 },
             ],
             primary_key: vec![0],
+            partitioned: false,
         }
     }
 

@@ -30,7 +30,8 @@ impl Model {
     pub fn apply(&mut self, frame: &serde_json::Value) {
         let table = frame["table"].as_str().unwrap_or_default().to_owned();
         match frame["action"].as_str() {
-            Some("I") => {
+            // A snapshot row: the row as it is (inserted or replaced).
+            Some("I" | "R") => {
                 let id = id_of(&frame["columns"], "an insert", frame);
                 self.tables
                     .entry(table)

@@ -1,0 +1,326 @@
+//! One backfill's task: chunk after chunk, write the low watermark, read
+//! the chunk, hand its keys and snapshot to the hub, write the high
+//! watermark, wait for the hub's verdict, and hand the rows it leaves to the
+//! client's session, which sends them at the high watermark's place in the
+//! stream. One chunk is in flight per backfill; the session takes at most
+//! [`AHEAD`] chunks ahead of what it sent.
+
+use super::chunk::{self, From, ReadError};
+use super::marks::{Edge, Mark, PREFIX};
+use super::window::{ChunkRead, Spec, Verdict};
+use super::{Event, Places, Ready, Settings};
+use crate::catalog::{Catalog, TableInfo};
+use crate::change::Change;
+use crate::hub::Hub;
+use crate::log::Entry;
+use crate::metrics::Metrics;
+use crate::query::{Filter, Query};
+use crate::sql::SqlPool;
+use bytes::Bytes;
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, Semaphore};
+use tokio::time::Instant;
+
+/// Chunks handed to the session ahead of what it sent.
+pub const AHEAD: usize = 2;
+
+/// Reads of one chunk before the backfill gives up.
+pub const MAX_ATTEMPTS: u32 = 20;
+
+/// What backfills share: the turn to run and each table's rate.
+pub struct Shared {
+    pub settings: Settings,
+    turns: Arc<Semaphore>,
+    /// Per table: when its next rows may be read.
+    next_read: Mutex<HashMap<u32, Instant>>,
+}
+
+impl Shared {
+    pub fn new(settings: Settings) -> Shared {
+        Shared {
+            turns: Arc::new(Semaphore::new(settings.max_running.max(1))),
+            next_read: Mutex::new(HashMap::new()),
+            settings,
+        }
+    }
+
+    /// Waits until `rows` more rows of the table may be read.
+    async fn pace(&self, table: u32, rows: usize) {
+        let rate = self.settings.rows_per_second;
+        if rate == 0 || rows == 0 {
+            return;
+        }
+        let start = {
+            let Ok(mut next) = self.next_read.lock() else {
+                return;
+            };
+            let now = Instant::now();
+            let slot = next.entry(table).or_insert(now);
+            let start = (*slot).max(now);
+            *slot = start + Duration::from_secs_f64(rows as f64 / rate as f64);
+            if next.len() > 10_000 {
+                next.retain(|_, at| *at > now);
+            }
+            start
+        };
+        tokio::time::sleep_until(start).await;
+    }
+}
+
+/// What a backfill reads and for whom.
+pub struct Plan {
+    pub table: TableInfo,
+    /// The subscription's row filters (already narrowed by the user's rules).
+    pub filters: Vec<Filter>,
+}
+
+/// The hub's watch of one backfill; dropped, the hub forgets it.
+struct Watch {
+    hub: Hub,
+    id: u64,
+    verdicts: mpsc::UnboundedReceiver<Verdict>,
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.hub.backfill_end(self.id);
+    }
+}
+
+/// Runs a backfill to its end (or until the session goes away: then the
+/// task is dropped). Errors reach the session as [`Event::Failed`].
+pub async fn run(
+    hub: Hub,
+    pool: SqlPool,
+    shared: Arc<Shared>,
+    plan: Plan,
+    places: Arc<Places>,
+    tx: mpsc::Sender<Event>,
+    metrics: Arc<Metrics>,
+) {
+    metrics.backfill.running.fetch_add(1, Ordering::Relaxed);
+    let result = drive(&hub, &pool, &shared, &plan, places, &tx, &metrics).await;
+    metrics.backfill.running.fetch_sub(1, Ordering::Relaxed);
+    match result {
+        Ok(()) => {
+            metrics.backfill.done.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(reason) => {
+            metrics.backfill.failed.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(table = %plan.table.qualified_sql(), "backfill failed: {reason}");
+            let _ = tx.send(Event::Failed(reason)).await;
+        }
+    }
+}
+
+async fn emit(pool: &SqlPool, mark: Mark) -> Result<(), String> {
+    let conn = pool.get().await?;
+    conn.execute(
+        "SELECT pg_catalog.pg_logical_emit_message(true, $1, $2)",
+        &[&PREFIX, &mark.content()],
+    )
+    .await
+    .map_err(|e| format!("writing a watermark failed: {e}"))?;
+    Ok(())
+}
+
+async fn drive(
+    hub: &Hub,
+    pool: &SqlPool,
+    shared: &Shared,
+    plan: &Plan,
+    places: Arc<Places>,
+    tx: &mpsc::Sender<Event>,
+    metrics: &Metrics,
+) -> Result<(), String> {
+    let _turn = shared
+        .turns
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| "the proxy is shutting down".to_owned())?;
+    let table = &plan.table;
+    let key: Vec<String> = table
+        .primary_key
+        .iter()
+        .map(|&i| table.columns[i].name.clone())
+        .collect();
+    let spec = Spec {
+        schema: table.schema.clone(),
+        table: table.name.clone(),
+        key: key.clone(),
+    };
+    let (id, verdicts) = hub.backfill_start(spec, places);
+    let mut watch = Watch {
+        hub: hub.clone(),
+        id,
+        verdicts,
+    };
+    let limit = shared.settings.chunk_rows.max(1);
+    let estimate = chunk::estimated_rows(&*pool.get().await?, table).await;
+    let chunks_estimated = estimate.div_ceil(limit as u64).max(1);
+    let mut from: From = None;
+    let name = format!("{}.{}", table.schema, table.name);
+    let mut total = 0u64;
+    let mut n = 0u32;
+    loop {
+        n += 1;
+        let mut attempt = 0u32;
+        let (read, keep, pos) = loop {
+            shared.pace(table.oid, limit).await;
+            hub.backfill_expect(id, n, attempt);
+            let mark = |edge| Mark {
+                id,
+                chunk: n,
+                attempt,
+                edge,
+            };
+            emit(pool, mark(Edge::Low)).await?;
+            let read = {
+                let mut conn = pool.get().await?;
+                chunk::read(&mut conn, table, &plan.filters, &from, limit)
+                    .await
+                    .map_err(|e| match e {
+                        ReadError::Value(m) => {
+                            format!("a value of the query does not fit its column: {m}")
+                        }
+                        ReadError::Failed(m) => format!("reading {name} failed: {m}"),
+                    })?
+            };
+            hub.backfill_read(
+                id,
+                n,
+                attempt,
+                ChunkRead {
+                    visibility: read.visibility.clone(),
+                    keys: read.keys.clone(),
+                    rows: read.rows.len(),
+                },
+            );
+            emit(pool, mark(Edge::High)).await?;
+            let verdict = loop {
+                let Some(v) = watch.verdicts.recv().await else {
+                    return Err("the change stream stopped".into());
+                };
+                match &v {
+                    Verdict::Rows {
+                        chunk, attempt: a, ..
+                    }
+                    | Verdict::Retry {
+                        chunk, attempt: a, ..
+                    } if *chunk == n && *a == attempt => break v,
+                    _ => continue,
+                }
+            };
+            match verdict {
+                Verdict::Rows { keep, pos, .. } => break (read, keep, pos),
+                Verdict::Retry { reason, .. } => {
+                    metrics.backfill.retries.fetch_add(1, Ordering::Relaxed);
+                    attempt += 1;
+                    if attempt >= MAX_ATTEMPTS {
+                        return Err(format!(
+                            "chunk {n} of {name} could not be read consistently in {MAX_ATTEMPTS} attempts: {reason}"
+                        ));
+                    }
+                    tracing::debug!(chunk = n, attempt, "reading a chunk again: {reason}");
+                    tokio::time::sleep(Duration::from_millis(5 * u64::from(attempt))).await;
+                }
+            }
+        };
+        let mut rows = Vec::with_capacity(keep.len());
+        for i in keep {
+            let Some(text) = read.rows.get(i) else {
+                continue;
+            };
+            if let Some(entry) = read_event(table, text, &plan.filters, pos) {
+                rows.push(entry);
+            }
+        }
+        total += rows.len() as u64;
+        metrics.backfill.chunks.fetch_add(1, Ordering::Relaxed);
+        metrics
+            .backfill
+            .rows
+            .fetch_add(rows.len() as u64, Ordering::Relaxed);
+        let last = read.next.is_none();
+        let frame = serde_json::json!({
+            "type": "snapshot",
+            "state": if last { "done" } else { "running" },
+            "table": name,
+            "chunk": n,
+            "chunks_estimated": chunks_estimated.max(u64::from(n)),
+            "rows": total,
+        })
+        .to_string();
+        let ready = Ready {
+            chunk: n,
+            rows,
+            frame,
+        };
+        if tx.send(Event::Ready(ready)).await.is_err() {
+            return Ok(());
+        }
+        match read.next {
+            Some(next) => from = next,
+            None => return Ok(()),
+        }
+    }
+}
+
+/// A row as a read event (`"action":"R"`, the shape of an insert), if it
+/// passes the subscription's filters as the stream's matching reads them.
+fn read_event(
+    table: &TableInfo,
+    row: &str,
+    filters: &[Filter],
+    pos: walcast_format::Position,
+) -> Option<Entry> {
+    if !filters.is_empty() {
+        let parsed: Map<String, Value> = serde_json::from_str(row).ok()?;
+        if !filters.iter().all(|f| f.holds(Some(&parsed))) {
+            return None;
+        }
+    }
+    let mut raw = String::with_capacity(row.len() + 64 + table.name.len());
+    raw.push_str(r#"{"action":"R","schema":"#);
+    raw.push_str(&Value::from(table.schema.as_str()).to_string());
+    raw.push_str(r#","table":"#);
+    raw.push_str(&Value::from(table.name.as_str()).to_string());
+    raw.push_str(r#","columns":"#);
+    raw.push_str(row);
+    raw.push('}');
+    let change = Change::parse(Bytes::from(raw), pos.commit).ok()?;
+    Some(Entry::outside_log(Arc::new(change), pos))
+}
+
+/// What a `snapshot=1` subscription to `query` reads: its table (the one
+/// the search path finds when the query names no schema) and its filters.
+pub async fn plan_for(catalog: &Catalog, query: &Query) -> Result<Plan, String> {
+    let table = catalog
+        .table_info(query.table.schema.as_deref(), &query.table.name)
+        .await?
+        .ok_or_else(|| format!("snapshot: there is no table {:?}", query.table.name))?;
+    if table.partitioned {
+        return Err(format!(
+            "snapshot: {}.{} is partitioned; the stream names the partition that holds each row, \
+             so subscribe to its partitions",
+            table.schema, table.name
+        ));
+    }
+    if table.primary_key.is_empty() {
+        return Err(format!(
+            "snapshot: {}.{} has no primary key. Read events replace rows by key; without one a \
+             client cannot tell a row read from the same row inserted meanwhile. Give the table \
+             a primary key",
+            table.schema, table.name
+        ));
+    }
+    Ok(Plan {
+        table,
+        filters: query.filters.clone(),
+    })
+}

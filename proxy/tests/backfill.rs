@@ -1,0 +1,554 @@
+//! Snapshots inside the stream (`snapshot=1`): a real proxy and cluster,
+//! tables written by concurrent transactions while their rows are read in
+//! small chunks between watermarks; a client applying every frame in order
+//! must end with exactly the table's rows. The writers' operations come from
+//! a printed seed (`WALCAST_SEED=<seed>` replays them).
+
+mod support;
+
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::rng::{seed, Rng};
+use support::{encode, json, Client, Got, Proxy};
+use walcast_tests::{cluster, TestDb};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Rows by the JSON of their key columns, changed by frames as a client
+/// applies them: `R` and `I` put the row, `U` moves it from its old key,
+/// `D` removes it, `T` empties the table.
+struct Rows {
+    key: Vec<&'static str>,
+    rows: BTreeMap<String, Value>,
+}
+
+impl Rows {
+    fn new(key: &[&'static str]) -> Rows {
+        Rows {
+            key: key.to_vec(),
+            rows: BTreeMap::new(),
+        }
+    }
+
+    fn key_of(&self, row: &Value, frame: &Value) -> String {
+        let parts: Vec<&Value> = self
+            .key
+            .iter()
+            .map(|k| {
+                let v = &row[*k];
+                assert!(!v.is_null(), "no {k} in {frame}");
+                v
+            })
+            .collect();
+        serde_json::to_string(&parts).expect("key")
+    }
+
+    fn apply(&mut self, frame: &Value) {
+        match frame["action"].as_str() {
+            Some("I" | "R") => {
+                let k = self.key_of(&frame["columns"], frame);
+                self.rows.insert(k, frame["columns"].clone());
+            }
+            Some("U") => {
+                if frame["identity"].is_object() {
+                    let old = self.key_of(&frame["identity"], frame);
+                    self.rows.remove(&old);
+                }
+                let k = self.key_of(&frame["columns"], frame);
+                self.rows.insert(k, frame["columns"].clone());
+            }
+            Some("D") => {
+                let k = self.key_of(&frame["identity"], frame);
+                self.rows.remove(&k);
+            }
+            Some("T") => self.rows.clear(),
+            _ => {}
+        }
+    }
+
+    /// The table as PostgreSQL has it, in the same representation.
+    fn read(db: &mut TestDb, table: &str, key: &[&'static str]) -> Rows {
+        let mut rows = Rows::new(key);
+        for r in db
+            .client
+            .query(&format!("SELECT row_to_json(t)::text FROM {table} t"), &[])
+            .expect("reading the table")
+        {
+            let v: Value = serde_json::from_str(r.get::<_, &str>(0)).expect("row");
+            let k = rows.key_of(&v, &v);
+            rows.rows.insert(k, v);
+        }
+        rows
+    }
+}
+
+/// A `snapshot=1` subscription to `query`.
+fn snapshot(proxy: &Proxy, query: &str) -> Client {
+    proxy.ws_params(&format!("query={}&snapshot=1", encode(query)))
+}
+
+/// Asserts the client's rows are the table's, naming the first differences.
+fn assert_same(client: &Rows, table: &Rows, seed: u64) {
+    let mut diffs = Vec::new();
+    for (k, v) in &table.rows {
+        match client.rows.get(k) {
+            None => diffs.push(format!("missing {k}: {v}")),
+            Some(c) if c != v => diffs.push(format!("{k}: client {c}, table {v}")),
+            Some(_) => {}
+        }
+    }
+    for (k, v) in &client.rows {
+        if !table.rows.contains_key(k) {
+            diffs.push(format!("extra {k}: {v}"));
+        }
+    }
+    assert!(
+        diffs.is_empty(),
+        "seed {seed}: {} differences, first: {:#?}",
+        diffs.len(),
+        &diffs[..diffs.len().min(10)]
+    );
+}
+
+/// What a snapshot client saw.
+#[derive(Default)]
+struct Seen {
+    reads: usize,
+    changes: usize,
+    progress: Vec<Value>,
+    done: Option<Value>,
+}
+
+/// Reads frames into `rows` until `stop` says so (or the wait runs out).
+fn read_until(
+    c: &mut Client,
+    rows: &mut Rows,
+    seen: &mut Seen,
+    what: &str,
+    mut stop: impl FnMut(&Value, &Seen) -> bool,
+) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        assert!(Instant::now() < deadline, "no {what} within {WAIT:?}");
+        match c.next() {
+            Some(Got::Text(t)) => {
+                let v = json(&t);
+                if v["type"] == "snapshot" {
+                    assert_eq!(seen.done, None, "a frame after done: {v}");
+                    if v["state"] == "done" {
+                        seen.done = Some(v.clone());
+                    }
+                    seen.progress.push(v.clone());
+                } else if v["action"] == "R" {
+                    assert_eq!(seen.done, None, "a read event after done: {v}");
+                    seen.reads += 1;
+                } else {
+                    seen.changes += 1;
+                }
+                rows.apply(&v);
+                if stop(&v, seen) {
+                    return;
+                }
+            }
+            Some(Got::Closed(code, reason)) => panic!("closed with {code} {reason}"),
+            None => {}
+        }
+    }
+}
+
+/// A writer on its own connection: random transactions on `items` until
+/// `stop`, counting its transactions.
+fn writer(
+    db: &str,
+    seed: u64,
+    stop: Arc<AtomicBool>,
+    done: Arc<AtomicU64>,
+    sql: impl Fn(&mut Rng) -> String + Send + 'static,
+) -> std::thread::JoinHandle<()> {
+    let conninfo = cluster().conninfo(db);
+    std::thread::spawn(move || {
+        let mut client =
+            postgres::Client::connect(&conninfo, postgres::NoTls).expect("writer connects");
+        let mut rng = Rng(seed);
+        while !stop.load(Ordering::Relaxed) {
+            let statement = sql(&mut rng);
+            client
+                .batch_execute(&format!("BEGIN; {statement} COMMIT;"))
+                .unwrap_or_else(|e| panic!("writer: {statement}: {e:?}"));
+            done.fetch_add(1, Ordering::Relaxed);
+            std::thread::sleep(Duration::from_micros(200 + rng.below(800)));
+        }
+    })
+}
+
+/// One random operation on `items (id bigint primary key, v int, pad text)`:
+/// inserts, updates of values, updates of keys, deletes.
+fn item_operation(rng: &mut Rng) -> String {
+    let id = 1 + rng.below(4000);
+    match rng.below(10) {
+        0..=2 => format!(
+            "INSERT INTO items VALUES ({id}, {}, repeat('p', {})) ON CONFLICT (id) DO UPDATE SET v = EXCLUDED.v;",
+            rng.below(100),
+            rng.below(50)
+        ),
+        3..=5 => format!("UPDATE items SET v = {} WHERE id = {id};", rng.below(100)),
+        6 => format!(
+            "UPDATE items SET id = {} WHERE id = {id} AND NOT EXISTS (SELECT 1 FROM items WHERE id = {});",
+            id + 5000,
+            id + 5000
+        ),
+        7 => format!(
+            "UPDATE items SET v = v + 1 WHERE id = {id}; DELETE FROM items WHERE id = {};",
+            1 + rng.below(4000)
+        ),
+        _ => format!("DELETE FROM items WHERE id = {id};"),
+    }
+}
+
+fn items(db: &mut TestDb, rows: u64) {
+    db.exec(&format!(
+        "CREATE TABLE items (id bigint PRIMARY KEY, v int, pad text); \
+         INSERT INTO items SELECT g, g % 100, repeat('x', (g % 7)::int) FROM generate_series(1, {rows}) g; \
+         ANALYZE items"
+    ));
+}
+
+/// Writes a row and reads frames until it arrives: every change before it
+/// was delivered.
+fn sync(db: &mut TestDb, c: &mut Client, rows: &mut Rows, seen: &mut Seen, id: i64) {
+    db.exec(&format!("INSERT INTO items VALUES ({id}, 0, 'sync')"));
+    read_until(c, rows, seen, "the sync row", |v, _| {
+        v["action"] == "I" && v["columns"]["id"] == id
+    });
+    rows.rows.remove(&format!("[{id}]"));
+    db.exec(&format!("DELETE FROM items WHERE id = {id}"));
+    read_until(c, rows, seen, "the sync delete", |v, _| {
+        v["action"] == "D" && v["identity"]["id"] == id
+    });
+}
+
+#[test]
+fn a_chunked_snapshot_under_concurrent_writes_ends_with_the_tables_rows() {
+    let seed = seed();
+    println!("backfill seed {seed} (replay: WALCAST_SEED={seed})");
+    let mut db = TestDb::new("backfill_model");
+    items(&mut db, 3000);
+    let proxy = Proxy::start(
+        cluster(),
+        &db.name,
+        &format!("{}_proxy", db.name),
+        &["--snapshot-chunk-rows", "37"],
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let writes = Arc::new(AtomicU64::new(0));
+    let w = writer(&db.name, seed, stop.clone(), writes.clone(), item_operation);
+    // Some writes before the client comes, then it subscribes mid-stream.
+    while writes.load(Ordering::Relaxed) < 50 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut c = snapshot(&proxy, "*:items");
+    let mut rows = Rows::new(&["id"]);
+    let mut seen = Seen::default();
+    let before = writes.load(Ordering::Relaxed);
+    read_until(&mut c, &mut rows, &mut seen, "snapshot done", |_, s| {
+        s.done.is_some()
+    });
+    let during = writes.load(Ordering::Relaxed) - before;
+    // Writes go on after the snapshot, then stop.
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    w.join().expect("writer");
+    sync(&mut db, &mut c, &mut rows, &mut seen, -1);
+    let table = Rows::read(&mut db, "items", &["id"]);
+    let done = seen.done.clone().expect("done");
+    println!(
+        "{} chunks, {} read events, {} changes, {during} transactions during the snapshot",
+        done["chunk"], seen.reads, seen.changes
+    );
+    assert!(
+        during >= 20,
+        "only {during} transactions ran during the snapshot"
+    );
+    assert!(done["chunk"].as_u64().unwrap_or(0) >= 50, "{done}");
+    assert_eq!(done["rows"].as_u64(), Some(seen.reads as u64), "{done}");
+    assert_eq!(
+        seen.progress.len() as u64,
+        done["chunk"].as_u64().unwrap_or(0)
+    );
+    assert_same(&rows, &table, seed);
+    assert_eq!(proxy.metric("walcast_backfills_done_total"), 1);
+    assert_eq!(proxy.metric("walcast_backfills_running"), 0);
+    assert_eq!(
+        proxy.metric("walcast_backfill_rows_total"),
+        seen.reads as u64
+    );
+}
+
+#[test]
+fn composite_keys_with_key_updates_and_an_empty_table() {
+    let seed = seed();
+    println!("backfill seed {seed} (replay: WALCAST_SEED={seed})");
+    let mut db = TestDb::new("backfill_pairs");
+    db.exec(
+        "CREATE TABLE pairs (a int, b text, v int, PRIMARY KEY (a, b)); \
+         INSERT INTO pairs SELECT g % 50, 'k' || (g / 50), g FROM generate_series(1, 1500) g; \
+         CREATE TABLE empty (id int PRIMARY KEY)",
+    );
+    let proxy = Proxy::start(
+        cluster(),
+        &db.name,
+        &format!("{}_proxy", db.name),
+        &["--snapshot-chunk-rows", "10"],
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let writes = Arc::new(AtomicU64::new(0));
+    let w = writer(&db.name, seed, stop.clone(), writes.clone(), |rng| {
+        let a = rng.below(60);
+        let b = format!("'k{}'", rng.below(35));
+        match rng.below(5) {
+            0 => format!("INSERT INTO pairs VALUES ({a}, {b}, 0) ON CONFLICT DO NOTHING;"),
+            1 => format!("UPDATE pairs SET v = v + 1 WHERE a = {a} AND b = {b};"),
+            2 => format!(
+                "UPDATE pairs SET a = a + 1000 WHERE a = {a} AND b = {b} AND NOT EXISTS (SELECT 1 FROM pairs WHERE a = {a} + 1000 AND b = {b});"
+            ),
+            3 => format!("UPDATE pairs SET b = b || 'x' WHERE a = {a} AND b = {b} AND length(b) < 8 AND NOT EXISTS (SELECT 1 FROM pairs WHERE a = {a} AND b = {b} || 'x');"),
+            _ => format!("DELETE FROM pairs WHERE a = {a} AND b = {b};"),
+        }
+    });
+    let mut c = snapshot(&proxy, "*:pairs");
+    let mut rows = Rows::new(&["a", "b"]);
+    let mut seen = Seen::default();
+    read_until(&mut c, &mut rows, &mut seen, "snapshot done", |_, s| {
+        s.done.is_some()
+    });
+    stop.store(true, Ordering::Relaxed);
+    w.join().expect("writer");
+    db.exec("INSERT INTO pairs VALUES (-1, 'sync', 0)");
+    read_until(&mut c, &mut rows, &mut seen, "the sync row", |v, _| {
+        v["columns"]["a"] == -1
+    });
+    let table = Rows::read(&mut db, "pairs", &["a", "b"]);
+    assert_same(&rows, &table, seed);
+    assert!(seen
+        .done
+        .as_ref()
+        .is_some_and(|d| d["chunk"].as_u64() >= Some(100)));
+
+    // An empty table: done with no rows, then live changes.
+    let mut e = snapshot(&proxy, "*:empty");
+    let first = e.texts(1, WAIT);
+    let v = json(&first[0]);
+    assert_eq!(
+        (
+            v["type"].as_str(),
+            v["state"].as_str(),
+            v["rows"].as_u64(),
+            v["chunk"].as_u64()
+        ),
+        (Some("snapshot"), Some("done"), Some(0), Some(1)),
+        "{v}"
+    );
+    db.exec("INSERT INTO empty VALUES (1)");
+    let v = json(&e.texts(1, WAIT)[0]);
+    assert_eq!(
+        (v["action"].as_str(), &v["columns"]["id"]),
+        (Some("I"), &Value::from(1))
+    );
+}
+
+#[test]
+fn filtered_snapshots_send_only_matching_rows_and_lose_nothing_across_a_burst() {
+    let mut db = TestDb::new("backfill_filter");
+    items(&mut db, 5000);
+    // Slow enough that the burst lands while chunks are being read.
+    let proxy = Proxy::start(
+        cluster(),
+        &db.name,
+        &format!("{}_proxy", db.name),
+        &[
+            "--snapshot-chunk-rows",
+            "100",
+            "--snapshot-rows-per-second",
+            "2000",
+        ],
+    );
+    let mut c = snapshot(&proxy, "*:items:v.gte.90");
+    let mut rows = Rows::new(&["id"]);
+    let mut seen = Seen::default();
+    read_until(&mut c, &mut rows, &mut seen, "a first chunk", |_, s| {
+        !s.progress.is_empty()
+    });
+    // A burst of inserts in both halves of the filter, during the snapshot.
+    db.exec("INSERT INTO items SELECT g, g % 100, 'burst' FROM generate_series(10001, 12000) g");
+    read_until(&mut c, &mut rows, &mut seen, "snapshot done", |_, s| {
+        s.done.is_some()
+    });
+    assert!(
+        seen.progress.len() >= 2,
+        "the burst came after the snapshot: {:?}",
+        seen.progress
+    );
+    db.exec("INSERT INTO items VALUES (-1, 99, 'sync')");
+    read_until(&mut c, &mut rows, &mut seen, "the sync row", |v, _| {
+        v["columns"]["id"] == -1
+    });
+    rows.rows.remove("[-1]");
+    db.exec("DELETE FROM items WHERE id = -1");
+    let mut table = Rows::read(&mut db, "items", &["id"]);
+    table
+        .rows
+        .retain(|_, v| v["v"].as_i64().is_some_and(|n| n >= 90));
+    assert_same(&rows, &table, 0);
+    // 5000 rows, 10% match: the filter was applied in the read.
+    let done = seen.done.expect("done");
+    assert_eq!(done["rows"].as_u64(), Some(seen.reads as u64));
+    assert!(seen.reads < 1500, "{} read events", seen.reads);
+}
+
+#[test]
+fn no_snapshot_is_held_between_chunks() {
+    let mut db = TestDb::new("backfill_xmin");
+    items(&mut db, 20000);
+    let proxy = Proxy::start(
+        cluster(),
+        &db.name,
+        &format!("{}_proxy", db.name),
+        &[
+            "--snapshot-chunk-rows",
+            "500",
+            "--snapshot-rows-per-second",
+            "10000",
+        ],
+    );
+    let mut watcher = postgres::Client::connect(&cluster().conninfo(&db.name), postgres::NoTls)
+        .expect("watcher connects");
+    let mut c = snapshot(&proxy, "*:items");
+    let mut rows = Rows::new(&["id"]);
+    let mut seen = Seen::default();
+    // Polls the proxy's sessions while the snapshot runs (in this thread,
+    // between frames).
+    let mut polls = 0u32;
+    let mut polls_without = 0u32;
+    let mut held: BTreeMap<String, (Instant, Instant)> = BTreeMap::new();
+    let mut last_poll = Instant::now();
+    read_until(&mut c, &mut rows, &mut seen, "snapshot done", |_, s| {
+        if last_poll.elapsed() >= Duration::from_millis(5) {
+            last_poll = Instant::now();
+            let xmins: Vec<Option<String>> = watcher
+                .query(
+                    "SELECT backend_xmin::text FROM pg_stat_activity \
+                     WHERE datname = current_database() AND backend_type = 'client backend' \
+                     AND pid <> pg_backend_pid()",
+                    &[],
+                )
+                .expect("pg_stat_activity")
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            polls += 1;
+            if xmins.iter().all(Option::is_none) {
+                polls_without += 1;
+            }
+            for x in xmins.into_iter().flatten() {
+                let now = Instant::now();
+                held.entry(x).or_insert((now, now)).1 = now;
+            }
+        }
+        s.done.is_some()
+    });
+    let longest = held
+        .values()
+        .map(|(first, last)| last.duration_since(*first))
+        .max()
+        .unwrap_or_default();
+    println!(
+        "{polls} polls, {polls_without} without any xmin, {} xmins seen, longest held {longest:?}",
+        held.len()
+    );
+    assert_eq!(seen.reads, 20000);
+    assert!(polls >= 50, "only {polls} polls");
+    // Between chunks the proxy holds nothing; no snapshot lives across chunks.
+    assert!(
+        polls_without * 2 >= polls,
+        "{polls_without} of {polls} polls without an xmin"
+    );
+    assert!(
+        longest < Duration::from_millis(500),
+        "an xmin was held for {longest:?}"
+    );
+}
+
+#[test]
+fn snapshot_requests_are_checked_and_a_wasm_filter_sees_read_events() {
+    let mut db = TestDb::new("backfill_checks");
+    db.exec(
+        "CREATE TABLE users (id int PRIMARY KEY, name text, email text); \
+         INSERT INTO users VALUES (1, 'ann', 'ann@example.com'), (2, 'bob', NULL); \
+         CREATE TABLE nokey (id int, v text); \
+         CREATE TABLE parted (id int, r text, PRIMARY KEY (id, r)) PARTITION BY LIST (r); \
+         CREATE TABLE parted_eu PARTITION OF parted FOR VALUES IN ('eu')",
+    );
+    let proxy = Proxy::start(cluster(), &db.name, &format!("{}_proxy", db.name), &[]);
+    for (params, status, needle) in [
+        ("query=*:users&snapshot=2", 400, "snapshot must be 1 or 0"),
+        ("snapshot=1", 400, "needs query="),
+        ("query=*:nokey&snapshot=1", 400, "has no primary key"),
+        ("query=*:parted&snapshot=1", 400, "is partitioned"),
+        ("query=*:users:id.eq.x&snapshot=1", 101, ""),
+    ] {
+        match proxy.try_ws_url(&format!("ws://127.0.0.1:{}/ws?{params}", proxy.port)) {
+            Ok(mut c) => {
+                assert_eq!(status, 101, "{params}");
+                // The value does not fit the column: the read fails and says so.
+                let (code, reason) = c.close_frame(WAIT).expect("close");
+                assert_eq!(code, 1011, "{reason}");
+                assert!(reason.contains("does not fit its column"), "{reason}");
+            }
+            Err((got, body)) => {
+                assert_eq!(got, status, "{params}: {body}");
+                assert!(body.contains(needle), "{params}: {body}");
+            }
+        }
+    }
+    // The first frame may ask for it too, and must name a query.
+    let mut c = proxy.ws_params("");
+    c.send(r#"{"subscribe":{"filter":{"id":"sha256:00"},"snapshot":true}}"#);
+    let (code, reason) = c.close_frame(WAIT).expect("close");
+    assert_eq!(code, 1008);
+    assert!(reason.contains("needs a \"query\""), "{reason}");
+    let mut c = proxy.ws_params("");
+    c.send(r#"{"subscribe":{"query":"*:users","snapshot":true}}"#);
+    let frames = c.texts(3, WAIT);
+    let actions: Vec<Value> = frames.iter().map(|f| json(f)["action"].clone()).collect();
+    assert_eq!(
+        actions[..2],
+        [Value::from("R"), Value::from("R")],
+        "{frames:?}"
+    );
+    assert_eq!(json(&frames[2])["state"], "done");
+
+    // Read events go through the client's WASM filter like changes.
+    let wasm = std::fs::read(
+        walcast_tests::repo_root()
+            .join("filters/target/wasm32-unknown-unknown/release/walcast_filter_redact.wasm"),
+    )
+    .expect("the example filters are built by ./scripts/build-filters.sh");
+    let (status, body) = proxy.post_bytes("/v1/filters", "application/wasm", &wasm);
+    assert_eq!(status, 200, "{body}");
+    let id = json(&body)["id"].as_str().expect("id").to_owned();
+    let mut c = proxy.ws_params(&format!("query=*:users&snapshot=1&filter={}", encode(&id)));
+    let frames = c.texts(3, WAIT);
+    let first = json(&frames[0]);
+    assert_eq!(first["action"], "R");
+    assert_eq!(first["columns"]["email"], "***", "{first}");
+    assert_eq!(json(&frames[1])["columns"]["email"], Value::Null);
+    db.exec("UPDATE users SET email = 'b@example.com' WHERE id = 2");
+    let v = json(&c.texts(1, WAIT)[0]);
+    assert_eq!(
+        (v["action"].as_str(), &v["columns"]["email"]),
+        (Some("U"), &Value::from("***"))
+    );
+}

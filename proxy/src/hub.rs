@@ -324,8 +324,6 @@ struct Inner {
     match_budget_ns: AtomicU64,
     /// Backfills' watermark windows and the recent commits.
     windows: Mutex<Windows>,
-    /// The next backfill id (random start: edges share one stream).
-    next_backfill: AtomicU64,
 }
 
 /// The default of [`Hub::set_match_budget`]: 50 ms per second (5% of a core).
@@ -384,12 +382,6 @@ impl Hub {
                 counters: Arc::default(),
                 match_budget_ns: AtomicU64::new(DEFAULT_MATCH_BUDGET.as_nanos() as u64),
                 windows: Mutex::default(),
-                next_backfill: AtomicU64::new(
-                    std::hash::BuildHasher::hash_one(
-                        &std::collections::hash_map::RandomState::new(),
-                        std::time::SystemTime::now(),
-                    ) >> 8,
-                ),
             }),
         }
     }
@@ -547,7 +539,7 @@ impl Hub {
         spec: Spec,
         places: Arc<Places>,
     ) -> (u64, mpsc::UnboundedReceiver<Verdict>) {
-        let id = self.inner.next_backfill.fetch_add(1, Ordering::Relaxed);
+        let id = crate::backfill::window::new_id();
         let (tx, rx) = mpsc::unbounded_channel();
         if let Ok(mut w) = self.inner.windows.lock() {
             w.add(id, spec, tx, places);

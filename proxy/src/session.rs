@@ -433,7 +433,7 @@ pub(crate) async fn run(
         let (tx, rx) = mpsc::channel(backfill::driver::AHEAD);
         let places = Arc::new(backfill::Places::default());
         let task = tokio::spawn(backfill::driver::run(
-            ctx.hub.clone(),
+            backfill::driver::Judge::Hub(ctx.hub.clone()),
             ctx.catalog.pool().clone(),
             ctx.backfills.clone(),
             plan,

@@ -7,7 +7,7 @@
 
 use super::chunk::{self, From, ReadError};
 use super::marks::{Edge, Mark, PREFIX};
-use super::window::{ChunkRead, Spec, Verdict};
+use super::window::{ChunkRead, Spec, Verdict, Windows};
 use super::{Event, Places, Ready, Settings};
 use crate::catalog::{Catalog, TableInfo};
 use crate::change::Change;
@@ -72,29 +72,89 @@ impl Shared {
 }
 
 /// What a backfill reads and for whom.
+#[derive(Debug, Clone)]
 pub struct Plan {
     pub table: TableInfo,
     /// The subscription's row filters (already narrowed by the user's rules).
     pub filters: Vec<Filter>,
+    /// Start after this key (resuming an interrupted backfill).
+    pub after: Option<Vec<Value>>,
 }
 
-/// The hub's watch of one backfill; dropped, the hub forgets it.
+/// Who judges a backfill's chunks: the hub, for live subscriptions; a
+/// durable stream's consumer, on its own stream.
+#[derive(Clone)]
+pub enum Judge {
+    Hub(Hub),
+    Own(Arc<Mutex<Windows>>),
+}
+
+impl Judge {
+    fn start(&self, spec: Spec, places: Arc<Places>) -> (u64, mpsc::UnboundedReceiver<Verdict>) {
+        match self {
+            Judge::Hub(h) => h.backfill_start(spec, places),
+            Judge::Own(w) => {
+                let id = super::window::new_id();
+                let (tx, rx) = mpsc::unbounded_channel();
+                if let Ok(mut w) = w.lock() {
+                    w.add(id, spec, tx, places);
+                }
+                (id, rx)
+            }
+        }
+    }
+
+    fn expect(&self, id: u64, chunk: u32, attempt: u32) {
+        match self {
+            Judge::Hub(h) => h.backfill_expect(id, chunk, attempt),
+            Judge::Own(w) => {
+                if let Ok(mut w) = w.lock() {
+                    w.expect(id, chunk, attempt);
+                }
+            }
+        }
+    }
+
+    fn read(&self, id: u64, chunk: u32, attempt: u32, read: ChunkRead) {
+        match self {
+            Judge::Hub(h) => h.backfill_read(id, chunk, attempt, read),
+            Judge::Own(w) => {
+                if let Ok(mut w) = w.lock() {
+                    w.read(id, chunk, attempt, read);
+                }
+            }
+        }
+    }
+
+    fn end(&self, id: u64) {
+        match self {
+            Judge::Hub(h) => h.backfill_end(id),
+            Judge::Own(w) => {
+                if let Ok(mut w) = w.lock() {
+                    w.remove(id);
+                }
+            }
+        }
+    }
+}
+
+/// A backfill's watch; dropped, its judge forgets it.
 struct Watch {
-    hub: Hub,
+    judge: Judge,
     id: u64,
     verdicts: mpsc::UnboundedReceiver<Verdict>,
 }
 
 impl Drop for Watch {
     fn drop(&mut self) {
-        self.hub.backfill_end(self.id);
+        self.judge.end(self.id);
     }
 }
 
 /// Runs a backfill to its end (or until the session goes away: then the
 /// task is dropped). Errors reach the session as [`Event::Failed`].
 pub async fn run(
-    hub: Hub,
+    judge: Judge,
     pool: SqlPool,
     shared: Arc<Shared>,
     plan: Plan,
@@ -103,7 +163,7 @@ pub async fn run(
     metrics: Arc<Metrics>,
 ) {
     metrics.backfill.running.fetch_add(1, Ordering::Relaxed);
-    let result = drive(&hub, &pool, &shared, &plan, places, &tx, &metrics).await;
+    let result = drive(&judge, &pool, &shared, &plan, places, &tx, &metrics).await;
     metrics.backfill.running.fetch_sub(1, Ordering::Relaxed);
     match result {
         Ok(()) => {
@@ -129,7 +189,7 @@ async fn emit(pool: &SqlPool, mark: Mark) -> Result<(), String> {
 }
 
 async fn drive(
-    hub: &Hub,
+    judge: &Judge,
     pool: &SqlPool,
     shared: &Shared,
     plan: &Plan,
@@ -154,16 +214,16 @@ async fn drive(
         table: table.name.clone(),
         key: key.clone(),
     };
-    let (id, verdicts) = hub.backfill_start(spec, places);
+    let (id, verdicts) = judge.start(spec, places);
     let mut watch = Watch {
-        hub: hub.clone(),
+        judge: judge.clone(),
         id,
         verdicts,
     };
     let limit = shared.settings.chunk_rows.max(1);
     let estimate = chunk::estimated_rows(&*pool.get().await?, table).await;
     let chunks_estimated = estimate.div_ceil(limit as u64).max(1);
-    let mut from: From = None;
+    let mut from: From = plan.after.clone();
     let name = format!("{}.{}", table.schema, table.name);
     let mut total = 0u64;
     let mut n = 0u32;
@@ -172,7 +232,7 @@ async fn drive(
         let mut attempt = 0u32;
         let (read, keep, pos) = loop {
             shared.pace(table.oid, limit).await;
-            hub.backfill_expect(id, n, attempt);
+            judge.expect(id, n, attempt);
             let mark = |edge| Mark {
                 id,
                 chunk: n,
@@ -191,7 +251,7 @@ async fn drive(
                         ReadError::Failed(m) => format!("reading {name} failed: {m}"),
                     })?
             };
-            hub.backfill_read(
+            judge.read(
                 id,
                 n,
                 attempt,
@@ -254,6 +314,7 @@ async fn drive(
             "chunk": n,
             "chunks_estimated": chunks_estimated.max(u64::from(n)),
             "rows": total,
+            "next": read.next.clone().flatten(),
         })
         .to_string();
         let ready = Ready {
@@ -304,6 +365,17 @@ pub async fn plan_for(catalog: &Catalog, query: &Query) -> Result<Plan, String> 
         .table_info(query.table.schema.as_deref(), &query.table.name)
         .await?
         .ok_or_else(|| format!("snapshot: there is no table {:?}", query.table.name))?;
+    readable(&table)?;
+    Ok(Plan {
+        table,
+        filters: query.filters.clone(),
+        after: None,
+    })
+}
+
+/// Whether a backfill can read `table`: it needs a primary key, and not to
+/// be partitioned.
+pub fn readable(table: &TableInfo) -> Result<(), String> {
     if table.partitioned {
         return Err(format!(
             "snapshot: {}.{} is partitioned; the stream names the partition that holds each row, \
@@ -319,8 +391,5 @@ pub async fn plan_for(catalog: &Catalog, query: &Query) -> Result<Plan, String> 
             table.schema, table.name
         ));
     }
-    Ok(Plan {
-        table,
-        filters: query.filters.clone(),
-    })
+    Ok(())
 }

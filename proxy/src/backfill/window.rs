@@ -82,6 +82,23 @@ pub enum Verdict {
     },
 }
 
+/// A new backfill id: random, so that the proxies reading one stream (edges,
+/// durable streams, restarts) never take another's watermarks for theirs.
+pub fn new_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(n);
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
+}
+
 /// The canonical text of a key: the JSON array of its values.
 pub fn key_text(row: &Map<String, Value>, key: &[String]) -> Option<String> {
     let mut values = Vec::with_capacity(key.len());

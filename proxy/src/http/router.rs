@@ -48,6 +48,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             only(delete(streams::drop_stream), "use DELETE"),
         )
         .route(
+            "/v1/streams/{slot}/snapshot",
+            only(post(streams::backfill), "use POST"),
+        )
+        .route(
             "/v1/snapshot/data",
             only(post(streams::snapshot_data), "use POST"),
         )

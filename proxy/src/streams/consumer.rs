@@ -44,6 +44,9 @@ pub struct Options {
     /// The client's grant: its rules apply to every change before the
     /// query and the filter; it expires unless refreshed.
     pub access: crate::auth::Session,
+    /// Tables whose current rows to send first (`&snapshot=`), and how.
+    pub backfills: Vec<crate::backfill::driver::Plan>,
+    pub backfill_runner: (crate::sql::SqlPool, Arc<crate::backfill::driver::Shared>),
 }
 
 /// Where a durable stream's frames come from.
@@ -283,6 +286,8 @@ struct Session {
     slot: String,
     /// Between a `B` and its `C`.
     in_txn: bool,
+    /// Re-snapshots read into this stream.
+    backfills: super::backfill::Backfills,
 }
 
 /// Why a session ends.
@@ -375,6 +380,7 @@ impl Session {
             _ => {}
         }
         self.update_caught_up();
+        let due = self.backfills.observe(&change);
         if let Some(text) = replaced {
             self.ws
                 .feed(Message::Text(text))
@@ -390,6 +396,92 @@ impl Session {
                 self.metrics.frames_out.fetch_add(1, Ordering::Relaxed);
             }
         }
+        if due {
+            self.send_chunk().await?;
+        }
+        Ok(())
+    }
+
+    /// Sends a re-snapshot's chunk whose high watermark was just handled:
+    /// its rows (through the client's filter) and its progress frame.
+    async fn send_chunk(&mut self) -> Result<(), End> {
+        let frame = match self.backfills.take().await {
+            Ok(ready) => {
+                for entry in &ready.rows {
+                    let text = match filter_change(
+                        self.opts.filter.as_mut(),
+                        &entry.change,
+                        &self.metrics,
+                    ) {
+                        Outcome::Send(text) => text,
+                        Outcome::Skip => continue,
+                        Outcome::Report(frame) => frame.into(),
+                        Outcome::Detach(frame, reason) => {
+                            let _ = self.ws.send(Message::Text(frame.into())).await;
+                            return Err(End::Close(CloseCode::Policy, reason));
+                        }
+                    };
+                    self.ws
+                        .feed(Message::Text(text))
+                        .await
+                        .map_err(|_| End::Client)?;
+                }
+                self.metrics
+                    .frames_out
+                    .fetch_add(ready.rows.len() as u64 + 1, Ordering::Relaxed);
+                ready.frame
+            }
+            Err(frame) => frame,
+        };
+        self.ws
+            .feed(Message::Text(frame.into()))
+            .await
+            .map_err(|_| End::Client)
+    }
+
+    /// Checks re-snapshots against this consumer's own rules and query,
+    /// then queues them; what cannot be read gets a `failed` frame.
+    async fn requested(&mut self, plans: Vec<crate::backfill::driver::Plan>) -> Result<(), End> {
+        let mut ok = Vec::with_capacity(plans.len());
+        for mut plan in plans {
+            let (schema, name) = (&plan.table.schema, &plan.table.name);
+            let refused = if self
+                .opts
+                .access
+                .grant()
+                .read_limits()
+                .is_some_and(|r| !r.table_allowed(schema, name))
+            {
+                Some("this stream's token does not allow the table")
+            } else if self
+                .opts
+                .query
+                .as_ref()
+                .is_some_and(|q| !q.matches_table(schema, name))
+            {
+                Some("this stream's query is on another table")
+            } else {
+                None
+            };
+            if let Some(reason) = refused {
+                let frame = serde_json::json!({
+                    "type": "snapshot",
+                    "state": "failed",
+                    "table": format!("{schema}.{name}"),
+                    "error": reason,
+                });
+                self.reply(frame).await?;
+                continue;
+            }
+            if let Some(r) = self.opts.access.grant().read_limits() {
+                plan.filters.extend(r.row_filter.iter().cloned());
+            }
+            if let Some(q) = &self.opts.query {
+                plan.filters.extend(q.filters.iter().cloned());
+            }
+            ok.push(plan);
+        }
+        self.backfills.add(ok);
         Ok(())
     }
 
@@ -481,6 +573,23 @@ impl Session {
                     None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return End::Client,
                     Some(Ok(_)) => {}
                 },
+                step = self.backfills.next() => {
+                    let done = match step {
+                        super::backfill::Step::Requested(plans) => self.requested(plans).await,
+                        super::backfill::Step::Failed(frame) => {
+                            self.backfills.finish();
+                            self.ws.send(Message::Text(frame.into())).await.map_err(|_| End::Client)
+                        }
+                        super::backfill::Step::Ended => {
+                            self.backfills.finish();
+                            Ok(())
+                        }
+                        super::backfill::Step::Quiet => Ok(()),
+                    };
+                    if let Err(end) = done {
+                        return end;
+                    }
+                }
                 next = self.stream.next() => {
                     let mut next = Some(next);
                     let mut handled = 0;
@@ -528,6 +637,11 @@ pub async fn run(
     } = opened;
     metrics.stream_consumers.fetch_add(1, Ordering::Relaxed);
     crate::limited!(info, slot = %slot, from = %start, "durable stream consumer connected");
+    let mut opts = opts;
+    let first = std::mem::take(&mut opts.backfills);
+    let (pool, shared) = opts.backfill_runner.clone();
+    let backfills =
+        super::backfill::Backfills::new(guard.backfills.take(), pool, shared, metrics.clone());
     let mut session = Session {
         ws,
         stream,
@@ -540,8 +654,11 @@ pub async fn run(
         metrics: metrics.clone(),
         slot: slot.clone(),
         in_txn: false,
+        backfills,
     };
     session.update_caught_up();
+    // A client already gone is noticed by the loop.
+    let _ = session.requested(first).await;
     let end = session.run(&mut shutdown, &mut guard.stop).await;
     let Session {
         mut ws,

@@ -7,10 +7,12 @@
 //! | `DELETE /v1/streams/{slotName}` | drop a stream                               |
 //! | `POST /v1/snapshot/data`        | one page of a table inside the snapshot     |
 //! | `GET /v1/lr/stream?slotName=`   | websocket: stream, ACK, resume              |
+//! | `POST /v1/streams/{slotName}/snapshot` | a table's current rows into the stream |
 
 use super::registry::ApiError;
 use super::{consumer, snapshot};
 use crate::auth::Grant;
+use crate::backfill::driver::Plan;
 use crate::http::selection::{selection, Selection};
 use crate::http::upgrade::{accept_upgrade, begin, switching_protocols, Opened};
 use crate::http::{json_error, query_params, read_body, respond, AppState, Resp};
@@ -94,6 +96,82 @@ pub async fn snapshot_data(
 ) -> Result<Resp, ApiError> {
     let b = body(req, &state).await?;
     page(&state, &grant, &b).await
+}
+
+/// Re-snapshots of `tables` for stream `slot`: each table allowed for the
+/// stream and the user, with a primary key; `after` maps a table to the key
+/// to start after (the `next` of the last progress frame processed).
+async fn backfill_plans(
+    state: &AppState,
+    grant: &Grant,
+    slot: &str,
+    tables: &[String],
+    after: Option<&serde_json::Map<String, serde_json::Value>>,
+) -> Result<Vec<Plan>, ApiError> {
+    let rules = grant.read_limits().map(|r| &**r);
+    let mut plans = Vec::with_capacity(tables.len());
+    for name in tables {
+        let table = snapshot::stream_table(&state.streams, slot, name, rules).await?;
+        crate::backfill::driver::readable(&table).map_err(ApiError::bad_request)?;
+        let after = match after.and_then(|a| a.get(name)) {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::Array(key)) if key.len() == table.primary_key.len() => {
+                Some(key.clone())
+            }
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "after.{name}: {other} is not the table's key ({} values, the \"next\" of a progress frame)",
+                    table.primary_key.len()
+                )))
+            }
+        };
+        plans.push(Plan {
+            table,
+            filters: Vec::new(),
+            after,
+        });
+    }
+    Ok(plans)
+}
+
+/// The body of `POST /v1/streams/{slot}/snapshot`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackfillRequest {
+    tables: Vec<String>,
+    #[serde(default)]
+    after: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// `POST /v1/streams/{slot}/snapshot` with `{"tables":[...],"after":{...}}`:
+/// the tables' current rows into the stream, chunk by chunk, while its
+/// consumer is connected here.
+pub async fn backfill(
+    State(state): State<Arc<AppState>>,
+    Extension(grant): Extension<Grant>,
+    Path(slot): Path<String>,
+    req: Request,
+) -> Result<Resp, ApiError> {
+    let b = body(req, &state).await?;
+    let r: BackfillRequest = serde_json::from_slice(&b).map_err(|e| {
+        ApiError::bad_request(format!(
+            "invalid request body: {e}; send {{\"tables\":[\"schema.table\",...]}}"
+        ))
+    })?;
+    if r.tables.is_empty() {
+        return Err(ApiError::bad_request("tables is empty"));
+    }
+    state.streams.require(&slot).await?;
+    let plans = backfill_plans(&state, &grant, &slot, &r.tables, r.after.as_ref()).await?;
+    let names: Vec<String> = plans
+        .iter()
+        .map(|p| format!("{}.{}", p.table.schema, p.table.name))
+        .collect();
+    state.streams.request_backfill(&slot, plans)?;
+    Ok(json(
+        StatusCode::ACCEPTED,
+        serde_json::json!({"slotName": slot, "tables": names}),
+    ))
 }
 
 /// `{"name":"orders","tables":"public.orders"}`, both optional; an empty body is `{}`.
@@ -265,6 +343,20 @@ pub async fn lr_stream(
         Ok(s) => s,
         Err(r) => return *r,
     };
+    let tables: Vec<String> = params
+        .get("snapshot")
+        .map(|t| {
+            t.split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    let backfills = match backfill_plans(&state, &grant, &slot, &tables, None).await {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
     let upgrade = match accept_upgrade(&mut req, &state, handshake) {
         Ok(a) => a,
         Err(r) => return *r,
@@ -293,6 +385,8 @@ pub async fn lr_stream(
                 filter,
                 heartbeats,
                 access,
+                backfills,
+                backfill_runner: (state.streams.pool.clone(), state.backfills.clone()),
             };
             consumer::run(ws, opened, opts, metrics, shutdown).await;
             drop(slot);

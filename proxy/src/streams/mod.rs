@@ -6,6 +6,8 @@
 //! POST /v1/streams, GET /v1/init -> registry.rs  create slot + hold its exported snapshot
 //! POST /v1/snapshot/data         -> snapshot.rs  pages of rows inside that snapshot
 //! GET  /v1/lr/stream (websocket) -> consumer.rs  frames from the slot, ACKs -> confirmed position
+//! POST /v1/streams/{slot}/snapshot -> backfill.rs a table's current rows, read in
+//!                                                chunks between watermarks, sent in the stream
 //! GET /v1/streams, DELETE        -> registry.rs  list, drop
 //! beside them                       guard.rs     lag limit per slot, heartbeats
 //! on an edge (--nats-url)           jet.rs       streams as JetStream consumers, no slot
@@ -16,6 +18,7 @@
 //! database and is named `walcast_<word><n>` (the proxy's own live slot
 //! excepted): the proxy never touches other slots.
 
+pub mod backfill;
 pub mod consumer;
 pub mod guard;
 pub mod http;

@@ -4,6 +4,7 @@
 //! one-consumer-per-slot rule.
 
 use super::{is_stream_slot_name, valid_word};
+use crate::backfill::driver::Plan;
 use crate::catalog::Catalog;
 use crate::metrics::Metrics;
 use crate::replication::ReplicationClient;
@@ -12,7 +13,7 @@ use hyper::StatusCode;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::{oneshot, watch, Notify};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use walcast_format::{Lsn, TablePattern};
 
 /// Settings of durable streams.
@@ -83,7 +84,12 @@ enum Snapshot {
 struct Consumer {
     id: u64,
     stop: watch::Sender<Option<String>>,
+    /// Re-snapshots asked for while it is connected.
+    backfills: mpsc::Sender<Vec<Plan>>,
 }
+
+/// Re-snapshot requests a consumer takes at once, at most.
+const BACKFILL_REQUESTS: usize = 16;
 
 #[derive(Default)]
 struct Inner {
@@ -123,6 +129,8 @@ pub struct ConsumerGuard {
     id: u64,
     /// Becomes `Some(reason)` when the stream is deleted under the consumer.
     pub stop: watch::Receiver<Option<String>>,
+    /// Re-snapshots asked for with `POST /v1/streams/{slot}/snapshot`.
+    pub backfills: Option<mpsc::Receiver<Vec<Plan>>>,
 }
 
 impl Drop for ConsumerGuard {
@@ -460,9 +468,15 @@ impl Streams {
         inner.next_id += 1;
         let id = inner.next_id;
         let (tx, rx) = watch::channel(None);
-        inner
-            .consumers
-            .insert(slot.to_owned(), Consumer { id, stop: tx });
+        let (backfills, requests) = mpsc::channel(BACKFILL_REQUESTS);
+        inner.consumers.insert(
+            slot.to_owned(),
+            Consumer {
+                id,
+                stop: tx,
+                backfills,
+            },
+        );
         if let Some(Snapshot::Held { release, .. }) = inner.snapshots.get_mut(slot) {
             if let Some(r) = release.take() {
                 let _ = r.send(());
@@ -474,7 +488,28 @@ impl Streams {
             slot: slot.to_owned(),
             id,
             stop: rx,
+            backfills: Some(requests),
         }))
+    }
+
+    /// Hands re-snapshots to the consumer of `slot` connected to this proxy.
+    pub fn request_backfill(&self, slot: &str, plans: Vec<Plan>) -> Result<(), ApiError> {
+        let inner = self.lock()?;
+        let Some(c) = inner.consumers.get(slot) else {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "{slot} has no consumer on this proxy: the rows are sent on the stream, so \
+                     connect /v1/lr/stream?slotName={slot} first (or add &snapshot=<tables> to it)"
+                ),
+            ));
+        };
+        c.backfills.try_send(plans).map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{slot} has {BACKFILL_REQUESTS} snapshot requests waiting; retry later"),
+            )
+        })
     }
 
     /// Whether `slot`'s exported snapshot is still held (being read).

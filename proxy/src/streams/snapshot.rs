@@ -203,6 +203,47 @@ fn allowed(patterns: &[walcast_format::TablePattern], t: &TableInfo) -> bool {
     patterns.iter().any(|p| p.matches(&t.schema, &t.name))
 }
 
+/// The table `name` (`schema.table`, or the one the search path finds) of
+/// stream `slot`, if the proxy's and the stream's allow-lists and the
+/// user's `rules` let it be read.
+pub async fn stream_table(
+    streams: &Streams,
+    slot: &str,
+    name: &str,
+    rules: Option<&Rules>,
+) -> Result<TableInfo, ApiError> {
+    let (schema, bare) = split_qualified(name);
+    if bare.is_empty() {
+        return Err(ApiError::bad_request("table is empty"));
+    }
+    let schema = (!schema.is_empty()).then_some(schema);
+    let table = streams
+        .catalog
+        .table_info(schema.as_deref(), &bare)
+        .await
+        .map_err(ApiError::unavailable)?
+        .ok_or_else(|| ApiError::bad_request(format!("unknown table {name:?}")))?;
+    let mut lists = Vec::new();
+    if let Some((_, global)) = &streams.cfg.tables {
+        lists.push(global.clone());
+    }
+    if let Some(own) = streams.stream_tables(slot).await? {
+        lists.push(walcast_format::TablePattern::parse_list(&own).unwrap_or_default());
+    }
+    if lists.iter().any(|l| !allowed(l, &table)) {
+        return Err(ApiError::bad_request(format!(
+            "table {name:?} is not in this stream's table allow-list"
+        )));
+    }
+    if rules.is_some_and(|r| !r.table_allowed(&table.schema, &table.name)) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("this token does not allow the table {name:?}"),
+        ));
+    }
+    Ok(table)
+}
+
 /// Reads one page for `req`; `rules` are the user's limits (tables, rows).
 pub async fn read_page(
     streams: &Streams,
@@ -210,36 +251,7 @@ pub async fn read_page(
     rules: Option<&Rules>,
 ) -> Result<Page, ApiError> {
     let snapshot = streams.snapshot_name(&req.slot_name).await?;
-    let (schema, name) = split_qualified(&req.table);
-    if name.is_empty() {
-        return Err(ApiError::bad_request("table is empty"));
-    }
-    let schema = (!schema.is_empty()).then_some(schema);
-    let table = streams
-        .catalog
-        .table_info(schema.as_deref(), &name)
-        .await
-        .map_err(ApiError::unavailable)?
-        .ok_or_else(|| ApiError::bad_request(format!("unknown table {:?}", req.table)))?;
-    let mut lists = Vec::new();
-    if let Some((_, global)) = &streams.cfg.tables {
-        lists.push(global.clone());
-    }
-    if let Some(own) = streams.stream_tables(&req.slot_name).await? {
-        lists.push(walcast_format::TablePattern::parse_list(&own).unwrap_or_default());
-    }
-    if lists.iter().any(|l| !allowed(l, &table)) {
-        return Err(ApiError::bad_request(format!(
-            "table {:?} is not in this stream's table allow-list",
-            req.table
-        )));
-    }
-    if rules.is_some_and(|r| !r.table_allowed(&table.schema, &table.name)) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!("this token does not allow the table {:?}", req.table),
-        ));
-    }
+    let table = stream_table(streams, &req.slot_name, &req.table, rules).await?;
     let limit = req
         .limit
         .unwrap_or(DEFAULT_LIMIT.min(streams.cfg.page_cap as i64));

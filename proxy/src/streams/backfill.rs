@@ -1,0 +1,198 @@
+//! Re-snapshots of a durable stream: a table's current rows, read in chunks
+//! between watermarks (`backfill/`), judged on the stream's own changes and
+//! sent as read events at each chunk's high watermark. Asked for with
+//! `POST /v1/streams/{slot}/snapshot` or `&snapshot=<tables>` on
+//! `/v1/lr/stream`; tables are read one after another while the consumer is
+//! connected. Nothing is held between chunks, and ACKs go on throughout.
+
+use crate::backfill::driver::{self, Judge, Plan, Shared};
+use crate::backfill::window::{is_mark, Windows};
+use crate::backfill::{Event, Places, Ready};
+use crate::change::Change;
+use crate::metrics::Metrics;
+use crate::sql::SqlPool;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
+
+/// A backfill being read.
+struct Running {
+    events: mpsc::Receiver<Event>,
+    places: Arc<Places>,
+    table: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// What the consumer's loop learns while idle.
+pub enum Step {
+    /// Re-snapshots asked for through the API.
+    Requested(Vec<Plan>),
+    /// A backfill stopped: the frame telling the client why.
+    Failed(String),
+    /// A backfill ended (its last chunk was sent).
+    Ended,
+    /// Nothing (no more requests can come).
+    Quiet,
+}
+
+/// One consumer's backfills.
+pub struct Backfills {
+    windows: Arc<Mutex<Windows>>,
+    queue: VecDeque<Plan>,
+    running: Option<Running>,
+    requests: Option<mpsc::Receiver<Vec<Plan>>>,
+    pool: SqlPool,
+    shared: Arc<Shared>,
+    metrics: Arc<Metrics>,
+}
+
+/// The frame of a backfill that stopped.
+fn failed_frame(table: &str, reason: &str) -> String {
+    serde_json::json!({
+        "type": "snapshot",
+        "state": "failed",
+        "table": table,
+        "error": reason,
+    })
+    .to_string()
+}
+
+impl Backfills {
+    pub fn new(
+        requests: Option<mpsc::Receiver<Vec<Plan>>>,
+        pool: SqlPool,
+        shared: Arc<Shared>,
+        metrics: Arc<Metrics>,
+    ) -> Backfills {
+        Backfills {
+            windows: Arc::default(),
+            queue: VecDeque::new(),
+            running: None,
+            requests,
+            pool,
+            shared,
+            metrics,
+        }
+    }
+
+    /// Queues backfills; the first starts at once if none runs.
+    pub fn add(&mut self, plans: Vec<Plan>) {
+        self.queue.extend(plans);
+        self.start_next();
+    }
+
+    fn start_next(&mut self) {
+        if self.running.is_some() {
+            return;
+        }
+        let Some(plan) = self.queue.pop_front() else {
+            return;
+        };
+        let (tx, events) = mpsc::channel(driver::AHEAD);
+        let places = Arc::new(Places::default());
+        let table = format!("{}.{}", plan.table.schema, plan.table.name);
+        let task = tokio::spawn(driver::run(
+            Judge::Own(self.windows.clone()),
+            self.pool.clone(),
+            self.shared.clone(),
+            plan,
+            places.clone(),
+            tx,
+            self.metrics.clone(),
+        ));
+        self.running = Some(Running {
+            events,
+            places,
+            table,
+            task,
+        });
+    }
+
+    /// Notes a change of the stream (watermarks included, in order); true
+    /// when a chunk's rows are due right after it.
+    pub fn observe(&mut self, change: &Change) -> bool {
+        let mut verdicts = Vec::new();
+        if let Ok(mut w) = self.windows.lock() {
+            if is_mark(change) {
+                w.mark(change, 0, &mut verdicts);
+            } else if change.row_action().is_some() {
+                w.observe(change);
+            }
+        }
+        for (tx, v) in verdicts {
+            let _ = tx.send(v);
+        }
+        self.running
+            .as_ref()
+            .is_some_and(|r| r.places.next().is_some())
+    }
+
+    /// The rows of the chunk [`Backfills::observe`] said are due, or the
+    /// frame of a backfill that stopped instead.
+    pub async fn take(&mut self) -> Result<Ready, String> {
+        let Some(r) = self.running.as_mut() else {
+            return Err(failed_frame("", "no snapshot is running"));
+        };
+        let table = r.table.clone();
+        let got = r.events.recv().await;
+        r.places.sent();
+        match got {
+            Some(Event::Ready(ready)) => Ok(ready),
+            Some(Event::Failed(reason)) => {
+                self.finish();
+                Err(failed_frame(&table, &reason))
+            }
+            None => {
+                self.finish();
+                Err(failed_frame(&table, "the snapshot stopped"))
+            }
+        }
+    }
+
+    /// A backfill ended: the next one starts.
+    pub fn finish(&mut self) {
+        self.running = None;
+        self.start_next();
+    }
+
+    /// Waits for a request or for the running backfill to end. Cancel
+    /// safe: it only receives from channels.
+    pub async fn next(&mut self) -> Step {
+        let Backfills {
+            requests, running, ..
+        } = self;
+        let asked = async {
+            match requests.as_mut() {
+                Some(rx) => rx.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        let ended = async {
+            match running.as_mut() {
+                Some(r) => (r.events.recv().await, r.table.clone()),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            req = asked => match req {
+                Some(plans) => Step::Requested(plans),
+                None => {
+                    *requests = None;
+                    Step::Quiet
+                }
+            },
+            (ev, table) = ended => match ev {
+                Some(Event::Failed(reason)) => Step::Failed(failed_frame(&table, &reason)),
+                // Rows only come after the session's own verdict, which it
+                // waits for in `take`; this is the driver finishing.
+                _ => Step::Ended,
+            },
+        }
+    }
+}

@@ -14,6 +14,7 @@ use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
 use walcast_format::Lsn;
 use walcast_proxy::auth::{jwt, refresh_frame, rules, Auth, Rules};
+use walcast_proxy::backfill::marks::{Mark, Visibility};
 use walcast_proxy::session::{parse_first_frame, FirstFrameError};
 use walcast_proxy::streams::consumer::{AckOutcome, Acks};
 use walcast_proxy::streams::http::parse_create;
@@ -78,7 +79,10 @@ fuzz_target!(|data: &[u8]| {
     };
     tokens(text);
     match parse_first_frame(text) {
-        Ok(first) => assert!(first.query.is_some() || first.filter.is_some()),
+        Ok(first) => {
+            assert!(first.query.is_some() || first.filter.is_some());
+            assert!(!first.snapshot || first.query.is_some());
+        }
         Err(FirstFrameError::Query(e)) => assert!(e.position <= text.len()),
         Err(FirstFrameError::Invalid(reason)) => assert!(!reason.is_empty()),
     }
@@ -101,4 +105,11 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let _ = parse_create(text.as_bytes());
+    // Watermark contents and snapshots come from the database.
+    if let Some(m) = Mark::parse(text) {
+        assert_eq!(Mark::parse(&m.content()), Some(m));
+    }
+    if let Some(v) = Visibility::parse(text) {
+        assert!(v.xip.len() <= text.len());
+    }
 });

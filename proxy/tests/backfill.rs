@@ -608,9 +608,22 @@ fn a_durable_stream_reads_current_rows_while_acks_go_on_and_resumes_after_a_disc
         &format!("{}_proxy", db.name),
         &["--snapshot-chunk-rows", "37"],
     );
-    let (status, body) = proxy.post("/v1/streams", "{}").expect("create");
+    // No exported snapshot: the rows are read inside the stream.
+    let (status, body) = proxy
+        .post("/v1/streams", r#"{"export_snapshot":false}"#)
+        .expect("create");
     assert_eq!(status, 200, "{body}");
-    let slot = json(&body)["slotName"].as_str().expect("slot").to_owned();
+    let created = json(&body);
+    assert_eq!((&created["snapshot"], &created["snapshotExpiresAt"]), (&Value::Null, &Value::Null));
+    let slot = created["slotName"].as_str().expect("slot").to_owned();
+    let (status, body) = proxy
+        .post(
+            "/v1/snapshot/data",
+            &format!(r#"{{"slotName":"{slot}","table":"items"}}"#),
+        )
+        .expect("page");
+    assert_eq!(status, 410, "{body}");
+    assert!(body.contains("without an exported snapshot"), "{body}");
     let path = format!("/v1/streams/{slot}/snapshot");
     // The rows go on the stream: without a consumer there is nowhere to send them.
     let (status, body) = proxy.post(&path, r#"{"tables":["items"]}"#).expect("post");

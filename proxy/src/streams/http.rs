@@ -56,11 +56,23 @@ pub async fn init(
     req: Request,
 ) -> Result<Resp, ApiError> {
     let params = query_params(req.uri());
+    let export = match params.get("export_snapshot").map(String::as_str) {
+        None | Some("true" | "1") => true,
+        Some("false" | "0") => false,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "export_snapshot must be true or false (got {other:?})"
+            )))
+        }
+    };
     create_stream(
         &state,
         &grant,
-        params.get("name").cloned(),
-        params.get("tables").cloned(),
+        Create {
+            name: params.get("name").cloned(),
+            tables: params.get("tables").cloned(),
+            export_snapshot: export,
+        },
     )
     .await
 }
@@ -72,8 +84,7 @@ pub async fn create(
     req: Request,
 ) -> Result<Resp, ApiError> {
     let b = body(req, &state).await?;
-    let (name, tables) = parse_create(&b)?;
-    create_stream(&state, &grant, name, tables).await
+    create_stream(&state, &grant, parse_create(&b)?).await
 }
 
 /// `DELETE /v1/streams/{slot}`: drops a stream.
@@ -174,10 +185,25 @@ pub async fn backfill(
     ))
 }
 
-/// `{"name":"orders","tables":"public.orders"}`, both optional; an empty body is `{}`.
-pub fn parse_create(b: &[u8]) -> Result<(Option<String>, Option<String>), ApiError> {
+/// What creating a stream asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Create {
+    pub name: Option<String>,
+    pub tables: Option<String>,
+    /// Export a snapshot for `/v1/snapshot/data` (default); without it the
+    /// rows are read inside the stream.
+    pub export_snapshot: bool,
+}
+
+/// `{"name":"orders","tables":"public.orders","export_snapshot":false}`, all
+/// optional; an empty body is `{}`.
+pub fn parse_create(b: &[u8]) -> Result<Create, ApiError> {
     if b.iter().all(u8::is_ascii_whitespace) {
-        return Ok((None, None));
+        return Ok(Create {
+            name: None,
+            tables: None,
+            export_snapshot: true,
+        });
     }
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -186,6 +212,8 @@ pub fn parse_create(b: &[u8]) -> Result<(Option<String>, Option<String>), ApiErr
         name: Option<String>,
         #[serde(default)]
         tables: Option<TablesField>,
+        #[serde(default)]
+        export_snapshot: Option<bool>,
     }
     #[derive(serde::Deserialize)]
     #[serde(untagged)]
@@ -199,7 +227,11 @@ pub fn parse_create(b: &[u8]) -> Result<(Option<String>, Option<String>), ApiErr
         TablesField::One(s) => s,
         TablesField::Many(v) => v.join(","),
     });
-    Ok((body.name, tables))
+    Ok(Create {
+        name: body.name,
+        tables,
+        export_snapshot: body.export_snapshot.unwrap_or(true),
+    })
 }
 
 /// The tables of a stream a user creates: within the user's `tables`
@@ -248,24 +280,19 @@ fn stream_tables(grant: &Grant, tables: Option<String>) -> Result<Option<String>
     Ok(Some(asked))
 }
 
-async fn create_stream(
-    state: &AppState,
-    grant: &Grant,
-    name: Option<String>,
-    tables: Option<String>,
-) -> Result<Resp, ApiError> {
-    let tables = stream_tables(grant, tables)?;
+async fn create_stream(state: &AppState, grant: &Grant, create: Create) -> Result<Resp, ApiError> {
+    let tables = stream_tables(grant, create.tables)?;
     let c = state
         .streams
-        .create(name.as_deref(), tables.as_deref())
+        .create(create.name.as_deref(), tables.as_deref(), create.export_snapshot)
         .await?;
     Ok(json(
         StatusCode::OK,
         serde_json::json!({
             "slotName": c.slot,
-            "snapshot": c.snapshot,
+            "snapshot": c.snapshot.as_ref().map(|(name, _)| name),
             "lsn": c.lsn.to_string(),
-            "snapshotExpiresAt": unix_seconds(c.snapshot_expires),
+            "snapshotExpiresAt": c.snapshot.as_ref().map(|(_, at)| unix_seconds(*at)),
         }),
     ))
 }

@@ -102,10 +102,14 @@ struct Inner {
 #[derive(Debug, Clone)]
 pub struct Created {
     pub slot: String,
-    pub snapshot: String,
+    /// The exported snapshot and when it expires (`None`: not exported).
+    pub snapshot: Option<(String, SystemTime)>,
     pub lsn: Lsn,
-    pub snapshot_expires: SystemTime,
 }
+
+/// Why a stream created without an exported snapshot has none.
+const NOT_EXPORTED: &str =
+    "the stream was created without an exported snapshot (read rows inside the stream: &snapshot= on /v1/lr/stream)";
 
 /// One row of `GET /v1/streams`.
 #[derive(Debug, Clone)]
@@ -225,6 +229,7 @@ impl Streams {
         &self,
         word: Option<&str>,
         tables: Option<&str>,
+        export: bool,
     ) -> Result<Created, ApiError> {
         let word = match word {
             Some(w) if valid_word(w) => w.to_owned(),
@@ -249,12 +254,16 @@ impl Streams {
         }
         let (client, created) = match &self.jet {
             Some(jet) => self.create_on_jetstream(jet, &word).await?,
-            None => self.create_slot(&word).await?,
+            None => self.create_slot(&word, export).await?,
         };
-        let Some(snapshot) = created.snapshot.clone() else {
-            return Err(ApiError::unavailable(
-                "PostgreSQL exported no snapshot for the new slot",
-            ));
+        let snapshot = match created.snapshot.clone() {
+            Some(s) => s,
+            None if !export => String::new(),
+            None => {
+                return Err(ApiError::unavailable(
+                    "PostgreSQL exported no snapshot for the new slot",
+                ))
+            }
         };
         if let Some(t) = tables {
             let stored = self
@@ -277,6 +286,21 @@ impl Streams {
                     "cannot record the stream's tables in walcast.streams: {e}"
                 )));
             }
+        }
+        if !export {
+            drop(client);
+            self.lock()?.snapshots.insert(
+                created.name.clone(),
+                Snapshot::Ended {
+                    reason: NOT_EXPORTED,
+                },
+            );
+            tracing::info!(slot = %created.name, lsn = %created.consistent_point, "created durable stream (no exported snapshot)");
+            return Ok(Created {
+                slot: created.name,
+                snapshot: None,
+                lsn: created.consistent_point,
+            });
         }
         let expires = SystemTime::now() + self.cfg.snapshot_ttl;
         let (release_tx, release_rx) = oneshot::channel::<()>();
@@ -310,9 +334,8 @@ impl Streams {
         tracing::info!(slot = %created.name, lsn = %created.consistent_point, "created durable stream");
         Ok(Created {
             slot: created.name,
-            snapshot,
+            snapshot: Some((snapshot, expires)),
             lsn: created.consistent_point,
-            snapshot_expires: expires,
         })
     }
 
@@ -321,6 +344,7 @@ impl Streams {
     async fn create_slot(
         &self,
         word: &str,
+        export: bool,
     ) -> Result<(ReplicationClient, crate::replication::CreatedSlot), ApiError> {
         let mut client = ReplicationClient::connect(&self.database)
             .await
@@ -337,7 +361,7 @@ impl Streams {
                 n += 1;
                 continue;
             }
-            match client.create_slot(&name, false, true).await {
+            match client.create_slot(&name, false, export).await {
                 Ok(c) => break c,
                 // Someone else took the name between the check and the creation.
                 Err(e) if e.sqlstate.as_deref() == Some("42710") => n += 1,

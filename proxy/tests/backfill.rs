@@ -614,7 +614,10 @@ fn a_durable_stream_reads_current_rows_while_acks_go_on_and_resumes_after_a_disc
         .expect("create");
     assert_eq!(status, 200, "{body}");
     let created = json(&body);
-    assert_eq!((&created["snapshot"], &created["snapshotExpiresAt"]), (&Value::Null, &Value::Null));
+    assert_eq!(
+        (&created["snapshot"], &created["snapshotExpiresAt"]),
+        (&Value::Null, &Value::Null)
+    );
     let slot = created["slotName"].as_str().expect("slot").to_owned();
     let (status, body) = proxy
         .post(

@@ -284,7 +284,11 @@ async fn create_stream(state: &AppState, grant: &Grant, create: Create) -> Resul
     let tables = stream_tables(grant, create.tables)?;
     let c = state
         .streams
-        .create(create.name.as_deref(), tables.as_deref(), create.export_snapshot)
+        .create(
+            create.name.as_deref(),
+            tables.as_deref(),
+            create.export_snapshot,
+        )
         .await?;
     Ok(json(
         StatusCode::OK,

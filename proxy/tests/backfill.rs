@@ -11,106 +11,16 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::rng::{seed, Rng};
+use support::rng::seed;
+use support::rows::{assert_same, item_operation, items, writer, Rows};
 use support::{encode, json, Client, Got, Proxy};
 use walcast_tests::{cluster, TestDb};
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// Rows by the JSON of their key columns, changed by frames as a client
-/// applies them: `R` and `I` put the row, `U` moves it from its old key,
-/// `D` removes it, `T` empties the table.
-struct Rows {
-    key: Vec<&'static str>,
-    rows: BTreeMap<String, Value>,
-}
-
-impl Rows {
-    fn new(key: &[&'static str]) -> Rows {
-        Rows {
-            key: key.to_vec(),
-            rows: BTreeMap::new(),
-        }
-    }
-
-    fn key_of(&self, row: &Value, frame: &Value) -> String {
-        let parts: Vec<&Value> = self
-            .key
-            .iter()
-            .map(|k| {
-                let v = &row[*k];
-                assert!(!v.is_null(), "no {k} in {frame}");
-                v
-            })
-            .collect();
-        serde_json::to_string(&parts).expect("key")
-    }
-
-    fn apply(&mut self, frame: &Value) {
-        match frame["action"].as_str() {
-            Some("I" | "R") => {
-                let k = self.key_of(&frame["columns"], frame);
-                self.rows.insert(k, frame["columns"].clone());
-            }
-            Some("U") => {
-                if frame["identity"].is_object() {
-                    let old = self.key_of(&frame["identity"], frame);
-                    self.rows.remove(&old);
-                }
-                let k = self.key_of(&frame["columns"], frame);
-                self.rows.insert(k, frame["columns"].clone());
-            }
-            Some("D") => {
-                let k = self.key_of(&frame["identity"], frame);
-                self.rows.remove(&k);
-            }
-            Some("T") => self.rows.clear(),
-            _ => {}
-        }
-    }
-
-    /// The table as PostgreSQL has it, in the same representation.
-    fn read(db: &mut TestDb, table: &str, key: &[&'static str]) -> Rows {
-        let mut rows = Rows::new(key);
-        for r in db
-            .client
-            .query(&format!("SELECT row_to_json(t)::text FROM {table} t"), &[])
-            .expect("reading the table")
-        {
-            let v: Value = serde_json::from_str(r.get::<_, &str>(0)).expect("row");
-            let k = rows.key_of(&v, &v);
-            rows.rows.insert(k, v);
-        }
-        rows
-    }
-}
-
 /// A `snapshot=1` subscription to `query`.
 fn snapshot(proxy: &Proxy, query: &str) -> Client {
     proxy.ws_params(&format!("query={}&snapshot=1", encode(query)))
-}
-
-/// Asserts the client's rows are the table's, naming the first differences.
-fn assert_same(client: &Rows, table: &Rows, seed: u64) {
-    let mut diffs = Vec::new();
-    for (k, v) in &table.rows {
-        match client.rows.get(k) {
-            None => diffs.push(format!("missing {k}: {v}")),
-            Some(c) if c != v => diffs.push(format!("{k}: client {c}, table {v}")),
-            Some(_) => {}
-        }
-    }
-    for (k, v) in &client.rows {
-        if !table.rows.contains_key(k) {
-            diffs.push(format!("extra {k}: {v}"));
-        }
-    }
-    assert!(
-        diffs.is_empty(),
-        "seed {seed}: {} differences, first: {:#?}",
-        diffs.len(),
-        &diffs[..diffs.len().min(10)]
-    );
 }
 
 /// What a snapshot client saw.
@@ -157,63 +67,6 @@ fn read_until(
             None => {}
         }
     }
-}
-
-/// A writer on its own connection: random transactions on `items` until
-/// `stop`, counting its transactions.
-fn writer(
-    db: &str,
-    seed: u64,
-    stop: Arc<AtomicBool>,
-    done: Arc<AtomicU64>,
-    sql: impl Fn(&mut Rng) -> String + Send + 'static,
-) -> std::thread::JoinHandle<()> {
-    let conninfo = cluster().conninfo(db);
-    std::thread::spawn(move || {
-        let mut client =
-            postgres::Client::connect(&conninfo, postgres::NoTls).expect("writer connects");
-        let mut rng = Rng(seed);
-        while !stop.load(Ordering::Relaxed) {
-            let statement = sql(&mut rng);
-            client
-                .batch_execute(&format!("BEGIN; {statement} COMMIT;"))
-                .unwrap_or_else(|e| panic!("writer: {statement}: {e:?}"));
-            done.fetch_add(1, Ordering::Relaxed);
-            std::thread::sleep(Duration::from_micros(200 + rng.below(800)));
-        }
-    })
-}
-
-/// One random operation on `items (id bigint primary key, v int, pad text)`:
-/// inserts, updates of values, updates of keys, deletes.
-fn item_operation(rng: &mut Rng) -> String {
-    let id = 1 + rng.below(4000);
-    match rng.below(10) {
-        0..=2 => format!(
-            "INSERT INTO items VALUES ({id}, {}, repeat('p', {})) ON CONFLICT (id) DO UPDATE SET v = EXCLUDED.v;",
-            rng.below(100),
-            rng.below(50)
-        ),
-        3..=5 => format!("UPDATE items SET v = {} WHERE id = {id};", rng.below(100)),
-        6 => format!(
-            "UPDATE items SET id = {} WHERE id = {id} AND NOT EXISTS (SELECT 1 FROM items WHERE id = {});",
-            id + 5000,
-            id + 5000
-        ),
-        7 => format!(
-            "UPDATE items SET v = v + 1 WHERE id = {id}; DELETE FROM items WHERE id = {};",
-            1 + rng.below(4000)
-        ),
-        _ => format!("DELETE FROM items WHERE id = {id};"),
-    }
-}
-
-fn items(db: &mut TestDb, rows: u64) {
-    db.exec(&format!(
-        "CREATE TABLE items (id bigint PRIMARY KEY, v int, pad text); \
-         INSERT INTO items SELECT g, g % 100, repeat('x', (g % 7)::int) FROM generate_series(1, {rows}) g; \
-         ANALYZE items"
-    ));
 }
 
 /// Writes a row and reads frames until it arrives: every change before it

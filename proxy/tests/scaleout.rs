@@ -639,3 +639,82 @@ fn an_edge_that_missed_messages_the_stream_dropped_tells_its_clients() {
         Ok(_) => panic!("expected 410, got a stream"),
     }
 }
+
+#[test]
+fn snapshots_on_edges_take_their_watermarks_from_the_jetstream_stream() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    use support::rows::{assert_same, item_operation, items, writer, Rows};
+    let seed = support::rng::seed();
+    println!("scale-out snapshot seed {seed} (replay: WALCAST_SEED={seed})");
+    let mut db = TestDb::new("nats_snapshot");
+    items(&mut db, 2000);
+    let nats = nats();
+    let _relay = relay(&db, &nats);
+    let edges: Vec<Proxy> = (0..2)
+        .map(|i| {
+            let p = Proxy::launch(
+                &cluster().url(&db.name),
+                &format!("{}_edge{i}", db.name),
+                &["--nats-url", &nats.url(), "--snapshot-chunk-rows", "40"],
+                Launch::default(),
+            );
+            p.wait_healthy();
+            p
+        })
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writes = Arc::new(AtomicU64::new(0));
+    let w = writer(&db.name, seed, stop.clone(), writes.clone(), item_operation);
+    // One snapshot client per edge: each edge sees both edges' watermarks
+    // and keeps to its own.
+    let mut clients: Vec<(support::Client, Rows, bool)> = edges
+        .iter()
+        .map(|e| {
+            (
+                e.ws_params("query=*:items&snapshot=1"),
+                Rows::new(&["id"]),
+                false,
+            )
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut synced = vec![false; clients.len()];
+    let mut sync_written = false;
+    while synced.iter().any(|s| !s) {
+        assert!(
+            Instant::now() < deadline,
+            "snapshots or the sync row did not arrive"
+        );
+        if !sync_written && clients.iter().all(|(_, _, done)| *done) {
+            stop.store(true, Ordering::Relaxed);
+            db.exec("INSERT INTO items VALUES (-1, 0, 'sync')");
+            sync_written = true;
+        }
+        for (i, (c, rows, done)) in clients.iter_mut().enumerate() {
+            match c.next() {
+                Some(Got::Text(t)) => {
+                    let v = json(&t);
+                    if v["type"] == "snapshot" && v["state"] == "done" {
+                        *done = true;
+                    }
+                    if v["columns"]["id"] == -1 {
+                        synced[i] = true;
+                    }
+                    rows.apply(&v);
+                }
+                Some(Got::Closed(code, reason)) => panic!("edge {i} closed with {code} {reason}"),
+                None => {}
+            }
+        }
+    }
+    w.join().expect("writer");
+    let table = Rows::read(&mut db, "items", &["id"]);
+    assert!(writes.load(Ordering::Relaxed) > 20);
+    for (_, rows, _) in &clients {
+        assert_same(rows, &table, seed);
+    }
+    for e in &edges {
+        assert_eq!(e.metric("walcast_backfills_done_total"), 1);
+    }
+}

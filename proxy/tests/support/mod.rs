@@ -5,6 +5,7 @@
 
 pub mod model;
 pub mod rng;
+pub mod rows;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;

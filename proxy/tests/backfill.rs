@@ -565,3 +565,92 @@ fn a_durable_stream_reads_current_rows_while_acks_go_on_and_resumes_after_a_disc
         .unwrap_or(0);
     assert!(second < 2500, "the resumed snapshot read {second} rows");
 }
+
+#[test]
+fn a_million_rows_under_writes() {
+    let seed = seed();
+    println!("backfill seed {seed} (replay: WALCAST_SEED={seed})");
+    let mut db = TestDb::new("backfill_million");
+    db.exec(
+        "CREATE TABLE big (id bigint PRIMARY KEY, v int); \
+         INSERT INTO big SELECT g, 0 FROM generate_series(1, 1000000) g; ANALYZE big",
+    );
+    let proxy = Proxy::start(
+        cluster(),
+        &db.name,
+        &format!("{}_proxy", db.name),
+        &["--snapshot-chunk-rows", "5000"],
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let writes = Arc::new(AtomicU64::new(0));
+    let w = writer(&db.name, seed, stop.clone(), writes.clone(), |rng| {
+        let id = 1 + rng.below(1_100_000);
+        match rng.below(4) {
+            0 => format!(
+                "INSERT INTO big VALUES ({id}, 1) ON CONFLICT (id) DO UPDATE SET v = big.v + 1;"
+            ),
+            1 | 2 => format!("UPDATE big SET v = v + 1 WHERE id = {id};"),
+            _ => format!("DELETE FROM big WHERE id = {id};"),
+        }
+    });
+    let started = Instant::now();
+    let mut c = snapshot(&proxy, "*:big");
+    // id -> v, applied from frames (a compact model for a million rows).
+    let mut rows: std::collections::HashMap<i64, i64> = std::collections::HashMap::new();
+    let mut apply = |v: &Value| {
+        let id = |o: &Value| o["id"].as_i64().expect("id");
+        match v["action"].as_str() {
+            Some("R" | "I" | "U") => {
+                if v["identity"].is_object() {
+                    rows.remove(&id(&v["identity"]));
+                }
+                rows.insert(id(&v["columns"]), v["columns"]["v"].as_i64().expect("v"));
+            }
+            Some("D") => {
+                rows.remove(&id(&v["identity"]));
+            }
+            _ => {}
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut done = None;
+    let mut synced = false;
+    while !synced {
+        assert!(Instant::now() < deadline, "no end within 300 s");
+        match c.next() {
+            Some(Got::Text(t)) => {
+                let v = json(&t);
+                if v["type"] == "snapshot" && v["state"] == "done" {
+                    done = Some((v.clone(), started.elapsed(), writes.load(Ordering::Relaxed)));
+                    stop.store(true, Ordering::Relaxed);
+                    db.exec("INSERT INTO big VALUES (-1, -1)");
+                }
+                synced = v["columns"]["id"] == -1;
+                apply(&v);
+            }
+            Some(Got::Closed(code, reason)) => panic!("closed with {code} {reason}"),
+            None => {}
+        }
+    }
+    w.join().expect("writer");
+    let (frame, took, during) = done.expect("done");
+    println!("{frame} after {took:?}, {during} transactions during the snapshot");
+    assert!(
+        during > 100,
+        "only {during} transactions during the snapshot"
+    );
+    let table: std::collections::HashMap<i64, i64> = db
+        .client
+        .query("SELECT id, v FROM big", &[])
+        .expect("read")
+        .iter()
+        .map(|r| (r.get(0), i64::from(r.get::<_, i32>(1))))
+        .collect();
+    assert_eq!(rows.len(), table.len(), "seed {seed}");
+    let wrong: Vec<_> = table
+        .iter()
+        .filter(|(k, v)| rows.get(k) != Some(v))
+        .take(5)
+        .collect();
+    assert!(wrong.is_empty(), "seed {seed}: {wrong:?}");
+}

@@ -278,6 +278,7 @@ fn no_snapshot_is_held_between_chunks() {
     );
     let mut watcher = postgres::Client::connect(&cluster().conninfo(&db.name), postgres::NoTls)
         .expect("watcher connects");
+    let started = Instant::now();
     let mut c = snapshot(&proxy, "*:items");
     let mut rows = Rows::new(&["id"]);
     let mut seen = Seen::default();
@@ -332,6 +333,23 @@ fn no_snapshot_is_held_between_chunks() {
         longest < Duration::from_millis(500),
         "an xmin was held for {longest:?}"
     );
+    // 20,000 rows at 10,000 rows/s.
+    assert!(started.elapsed() >= Duration::from_millis(1800), "{:?}", started.elapsed());
+
+    // A client that leaves stops its snapshot.
+    let mut gone = snapshot(&proxy, "*:items");
+    let mut seen = Seen::default();
+    read_until(&mut gone, &mut Rows::new(&["id"]), &mut seen, "a chunk", |_, s| {
+        !s.progress.is_empty()
+    });
+    assert_eq!(proxy.metric("walcast_backfills_running"), 1);
+    drop(gone);
+    let deadline = Instant::now() + WAIT;
+    while proxy.metric("walcast_backfills_running") != 0 {
+        assert!(Instant::now() < deadline, "the snapshot went on without its client");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(proxy.metric("walcast_backfills_done_total"), 1);
 }
 
 #[test]

@@ -12,7 +12,6 @@ use futures_util::{SinkExt, StreamExt};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
 #[derive(Parser, Debug)]
@@ -37,29 +36,9 @@ struct Args {
     timeout: u64,
 }
 
-/// One HTTP request with a JSON body; the answer's status and body.
-async fn request(base: &str, method: &str, path: &str, body: &str) -> Result<(u16, String)> {
-    let host = base.trim_start_matches("http://").trim_end_matches('/');
-    let mut s = tokio::net::TcpStream::connect(host)
-        .await
-        .with_context(|| format!("connecting to {host}"))?;
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).await?;
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).await?;
-    let status = answer
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    Ok((
-        status,
-        answer.split("\r\n\r\n").nth(1).unwrap_or("").to_owned(),
-    ))
-}
+#[path = "../http.rs"]
+mod http;
+use http::request;
 
 /// Reads one stream until it has `rows` inserts, ACKing every `C`.
 async fn consume(url: String, rows: u64, got: Arc<AtomicU64>) -> Result<()> {

@@ -60,8 +60,10 @@ pub struct Metrics {
 /// What backfills (`snapshot=1` subscriptions) did.
 #[derive(Default, Debug)]
 pub struct BackfillMetrics {
-    /// Backfills running now (reading or waiting for a turn).
+    /// Backfills reading now (holding one of `--snapshot-max-running` turns).
     pub running: AtomicI64,
+    /// Backfills waiting for a turn.
+    pub waiting: AtomicI64,
     /// Backfills that sent their last chunk.
     pub done: AtomicU64,
     /// Backfills that stopped on an error (their client was closed).
@@ -377,12 +379,19 @@ fn render_nats(s: &mut String, n: &NatsMetrics) {
 fn render_backfill(s: &mut String, b: &BackfillMetrics) {
     let g = |v: &AtomicU64| v.load(Ordering::Relaxed);
     let running = b.running.load(Ordering::Relaxed).max(0) as u64;
+    let waiting = b.waiting.load(Ordering::Relaxed).max(0) as u64;
     for (name, kind, help, value) in [
         (
             "walcast_backfills_running",
             "gauge",
-            "Backfills (snapshot=1 subscriptions) reading or waiting for a turn.",
+            "Snapshots inside the stream reading now (at most --snapshot-max-running).",
             running,
+        ),
+        (
+            "walcast_backfills_waiting",
+            "gauge",
+            "Snapshots inside the stream waiting for a turn to read.",
+            waiting,
         ),
         (
             "walcast_backfills_done_total",

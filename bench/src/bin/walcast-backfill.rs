@@ -25,7 +25,10 @@ mod http;
 use http::request;
 
 #[derive(Parser, Debug)]
-#[command(name = "walcast-backfill", about = "initial rows of a large table under writes")]
+#[command(
+    name = "walcast-backfill",
+    about = "initial rows of a large table under writes"
+)]
 struct Args {
     /// Base URL of the proxy.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
@@ -72,7 +75,13 @@ async fn prepare(db: &tokio_postgres::Client, rows: i64) -> Result<()> {
 }
 
 /// Updates random rows at `rate` per second until `stop`; counts them.
-async fn writer(url: String, rows: i64, rate: u64, stop: Arc<AtomicBool>, done: Arc<AtomicU64>) -> Result<()> {
+async fn writer(
+    url: String,
+    rows: i64,
+    rate: u64,
+    stop: Arc<AtomicBool>,
+    done: Arc<AtomicU64>,
+) -> Result<()> {
     let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
     let update = db

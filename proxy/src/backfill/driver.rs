@@ -71,6 +71,23 @@ impl Shared {
     }
 }
 
+/// One more on a gauge until dropped (also when the task is aborted
+/// because its client left).
+struct Gauge<'a>(&'a std::sync::atomic::AtomicI64);
+
+impl Gauge<'_> {
+    fn up(g: &std::sync::atomic::AtomicI64) -> Gauge<'_> {
+        g.fetch_add(1, Ordering::Relaxed);
+        Gauge(g)
+    }
+}
+
+impl Drop for Gauge<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// What a backfill reads and for whom.
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -152,7 +169,8 @@ impl Drop for Watch {
 }
 
 /// Runs a backfill to its end (or until the session goes away: then the
-/// task is dropped). Errors reach the session as [`Event::Failed`].
+/// task is dropped). Errors reach the session as [`Event::Failed`]. Counts
+/// it done only when its last chunk was handed over.
 pub async fn run(
     judge: Judge,
     pool: SqlPool,
@@ -162,13 +180,13 @@ pub async fn run(
     tx: mpsc::Sender<Event>,
     metrics: Arc<Metrics>,
 ) {
-    metrics.backfill.running.fetch_add(1, Ordering::Relaxed);
     let result = drive(&judge, &pool, &shared, &plan, places, &tx, &metrics).await;
-    metrics.backfill.running.fetch_sub(1, Ordering::Relaxed);
     match result {
-        Ok(()) => {
+        Ok(true) => {
             metrics.backfill.done.fetch_add(1, Ordering::Relaxed);
         }
+        // The client left first.
+        Ok(false) => {}
         Err(reason) => {
             metrics.backfill.failed.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(table = %plan.table.qualified_sql(), "backfill failed: {reason}");
@@ -196,13 +214,16 @@ async fn drive(
     places: Arc<Places>,
     tx: &mpsc::Sender<Event>,
     metrics: &Metrics,
-) -> Result<(), String> {
+) -> Result<bool, String> {
+    let waiting = Gauge::up(&metrics.backfill.waiting);
     let _turn = shared
         .turns
         .clone()
         .acquire_owned()
         .await
         .map_err(|_| "the proxy is shutting down".to_owned())?;
+    drop(waiting);
+    let _running = Gauge::up(&metrics.backfill.running);
     let table = &plan.table;
     let key: Vec<String> = table
         .primary_key
@@ -323,11 +344,11 @@ async fn drive(
             frame,
         };
         if tx.send(Event::Ready(ready)).await.is_err() {
-            return Ok(());
+            return Ok(false);
         }
         match read.next {
             Some(next) => from = next,
-            None => return Ok(()),
+            None => return Ok(true),
         }
     }
 }

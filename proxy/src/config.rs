@@ -1,6 +1,7 @@
 //! Command line and environment configuration (`--kebab-name` or
 //! `WALCAST_SNAKE_NAME`; an optional `.env` file is read first).
 
+use crate::filter::FilterLimits;
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 
@@ -99,7 +100,8 @@ pub struct ServeArgs {
         long,
         global = true,
         env = "WALCAST_MATCH_BUDGET_MS",
-        default_value_t = 50
+        default_value_t = 50,
+        value_parser = clap::value_parser!(u64).range(1..)
     )]
     pub match_budget_ms: u64,
 
@@ -114,7 +116,8 @@ pub struct ServeArgs {
         long,
         global = true,
         env = "WALCAST_PING_INTERVAL",
-        default_value_t = 15
+        default_value_t = 15,
+        value_parser = clap::value_parser!(u64).range(1..)
     )]
     pub ping_interval: u64,
 
@@ -124,7 +127,8 @@ pub struct ServeArgs {
         long,
         global = true,
         env = "WALCAST_STALL_TIMEOUT",
-        default_value_t = 30
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(1..)
     )]
     pub stall_timeout: u64,
 
@@ -172,7 +176,8 @@ pub struct ServeArgs {
         long,
         global = true,
         env = "WALCAST_MAX_HANDSHAKES",
-        default_value_t = 512
+        default_value_t = 512,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
     )]
     pub max_handshakes: usize,
 
@@ -182,7 +187,8 @@ pub struct ServeArgs {
         long,
         global = true,
         env = "WALCAST_HEADER_TIMEOUT",
-        default_value_t = 10
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u64).range(1..)
     )]
     pub header_timeout: u64,
 
@@ -191,7 +197,8 @@ pub struct ServeArgs {
         long,
         global = true,
         env = "WALCAST_BODY_TIMEOUT",
-        default_value_t = 30
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(1..)
     )]
     pub body_timeout: u64,
 
@@ -201,7 +208,8 @@ pub struct ServeArgs {
         long,
         global = true,
         env = "WALCAST_HANDSHAKE_TIMEOUT",
-        default_value_t = 10
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u64).range(1..)
     )]
     pub handshake_timeout: u64,
 
@@ -275,7 +283,8 @@ pub struct ServeArgs {
         long,
         global = true,
         env = "WALCAST_STATUS_INTERVAL",
-        default_value_t = 10
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u64).range(1..)
     )]
     pub status_interval: u64,
 
@@ -285,7 +294,8 @@ pub struct ServeArgs {
         long,
         global = true,
         env = "WALCAST_SNAPSHOT_TTL",
-        default_value_t = 600
+        default_value_t = 600,
+        value_parser = clap::value_parser!(u64).range(1..)
     )]
     pub snapshot_ttl: u64,
 
@@ -294,7 +304,8 @@ pub struct ServeArgs {
         long,
         global = true,
         env = "WALCAST_SNAPSHOT_PAGE_CAP",
-        default_value_t = 10_000
+        default_value_t = 10_000,
+        value_parser = clap::value_parser!(u64).range(1..)
     )]
     pub snapshot_page_cap: u64,
 
@@ -319,7 +330,8 @@ pub struct ServeArgs {
         long,
         global = true,
         env = "WALCAST_LAG_CHECK_INTERVAL",
-        default_value_t = 10
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u64).range(1..)
     )]
     pub lag_check_interval: u64,
 
@@ -345,12 +357,14 @@ pub struct ServeArgs {
     )]
     pub filter_upload_token: Vec<String>,
 
-    /// Largest filter module accepted (bytes; kB, MB suffixes allowed).
-    #[arg(long, global = true, env = "WALCAST_FILTER_MAX_MODULE_SIZE", default_value = "1MB", value_parser = parse_bytes)]
+    /// Largest filter module accepted (bytes; kB, MB suffixes allowed; 1kB to 64MB).
+    #[arg(long, global = true, env = "WALCAST_FILTER_MAX_MODULE_SIZE",
+          default_value_t = FilterLimits::default().max_module_bytes as u64, value_parser = parse_module_size)]
     pub filter_max_module_size: u64,
 
-    /// Linear memory a filter instance may grow to.
-    #[arg(long, global = true, env = "WALCAST_FILTER_MEMORY", default_value = "16MB", value_parser = parse_bytes)]
+    /// Linear memory a filter instance may grow to (64kB to 4GB).
+    #[arg(long, global = true, env = "WALCAST_FILTER_MEMORY",
+          default_value_t = FilterLimits::default().max_memory_bytes as u64, value_parser = parse_filter_memory)]
     pub filter_memory: u64,
 
     /// Fuel (about one unit per WebAssembly instruction) a filter may use per
@@ -359,7 +373,8 @@ pub struct ServeArgs {
         long,
         global = true,
         env = "WALCAST_FILTER_FUEL_PER_EVENT",
-        default_value_t = 200_000
+        default_value_t = 200_000,
+        value_parser = clap::value_parser!(u64).range(1000..)
     )]
     pub filter_fuel_per_event: u64,
 
@@ -368,7 +383,7 @@ pub struct ServeArgs {
         long,
         global = true,
         env = "WALCAST_FILTER_FUEL_PER_BYTE",
-        default_value_t = 64
+        default_value_t = FilterLimits::default().fuel_per_byte
     )]
     pub filter_fuel_per_byte: u64,
 
@@ -378,7 +393,8 @@ pub struct ServeArgs {
         long,
         global = true,
         env = "WALCAST_FILTER_FUEL_PER_SECOND",
-        default_value_t = 100_000_000
+        default_value_t = 100_000_000,
+        value_parser = clap::value_parser!(u64).range(1000..)
     )]
     pub filter_fuel_per_second: u64,
 
@@ -387,7 +403,8 @@ pub struct ServeArgs {
         long,
         global = true,
         env = "WALCAST_FILTER_MAX_ERRORS",
-        default_value_t = 10
+        default_value_t = FilterLimits::default().max_errors,
+        value_parser = clap::value_parser!(u32).range(1..)
     )]
     pub filter_max_errors: u32,
 
@@ -396,7 +413,8 @@ pub struct ServeArgs {
         long,
         global = true,
         env = "WALCAST_FILTER_MAX_INSTANCES",
-        default_value_t = 1024
+        default_value_t = FilterLimits::default().max_instances,
+        value_parser = clap::value_parser!(u32).range(1..)
     )]
     pub filter_max_instances: u32,
 
@@ -472,6 +490,23 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s:?} is too large"))
 }
 
+/// A byte count (as [`parse_bytes`] reads it) between `min` and `max`.
+fn bytes_within(s: &str, min: u64, max: u64) -> Result<u64, String> {
+    let n = parse_bytes(s)?;
+    if n < min || n > max {
+        return Err(format!("{s:?} is outside {min} to {max} bytes"));
+    }
+    Ok(n)
+}
+
+fn parse_module_size(s: &str) -> Result<u64, String> {
+    bytes_within(s, 1 << 10, 64 << 20)
+}
+
+fn parse_filter_memory(s: &str) -> Result<u64, String> {
+    bytes_within(s, 64 << 10, 4 << 30)
+}
+
 #[cfg(test)]
 mod tests {
     use super::parse_bytes;
@@ -485,5 +520,39 @@ mod tests {
         assert!(parse_bytes("MB").is_err());
         assert!(parse_bytes("5 parsecs").is_err());
         assert!(parse_bytes("99999999999TB").is_err());
+    }
+
+    #[test]
+    fn values_out_of_range_are_refused_not_clamped() {
+        use super::Cli;
+        use clap::Parser;
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(["walcast-proxy"].iter().chain(args)).map(|c| c.serve)
+        };
+        for bad in [
+            &["--ping-interval", "0"][..],
+            &["--handshake-timeout", "0"],
+            &["--max-handshakes", "0"],
+            &["--filter-max-errors", "0"],
+            &["--filter-fuel-per-event", "999"],
+            &["--filter-memory", "1kB"],
+            &["--filter-max-module-size", "1GB"],
+            &["--snapshot-chunk-rows", "0"],
+        ] {
+            let e = match parse(bad) {
+                Ok(_) => panic!("{bad:?} was accepted"),
+                Err(e) => e.to_string(),
+            };
+            assert!(e.contains(bad[0]), "{bad:?}: {e}");
+        }
+        // The defaults are the filter limits' own.
+        let d = parse(&[]).expect("defaults");
+        let f = crate::filter::FilterLimits::default();
+        assert_eq!(d.filter_memory, f.max_memory_bytes as u64);
+        assert_eq!(d.filter_max_module_size, f.max_module_bytes as u64);
+        assert_eq!(d.filter_fuel_per_second, f.fuel_per_second);
+        assert_eq!(d.filter_max_instances, f.max_instances);
+        let ok = parse(&["--filter-memory", "64MB", "--ping-interval", "1"]).expect("in range");
+        assert_eq!((ok.filter_memory, ok.ping_interval), (64 << 20, 1));
     }
 }

@@ -96,7 +96,7 @@ fn reader_config(
         database: database.clone(),
         slot: args.slot.clone(),
         tables: args.tables.clone(),
-        status_interval: Duration::from_secs(args.status_interval.max(1)),
+        status_interval: Duration::from_secs(args.status_interval),
     })
 }
 
@@ -210,7 +210,7 @@ fn front_door(args: &walcast_proxy::config::ServeArgs) -> FrontDoor {
         limits: Limits {
             max_connections,
             max_per_address: args.max_connections_per_address,
-            max_handshakes: args.max_handshakes.max(1),
+            max_handshakes: args.max_handshakes,
             upgrades_per_address: args.max_upgrades_per_address,
         },
         warning,
@@ -267,9 +267,7 @@ async fn serve(args: walcast_proxy::config::ServeArgs) -> Result<(), String> {
             .unwrap_or(usize::MAX)
             .max(1 << 20),
     );
-    hub.set_match_budget(std::time::Duration::from_millis(
-        args.match_budget_ms.max(1),
-    ));
+    hub.set_match_budget(std::time::Duration::from_millis(args.match_budget_ms));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
     let tls = match (&args.tls_cert, &args.tls_key) {
@@ -310,15 +308,15 @@ async fn serve(args: walcast_proxy::config::ServeArgs) -> Result<(), String> {
     let pool = SqlPool::new(database.clone(), 8);
     let streams = Streams::new(
         StreamsConfig {
-            snapshot_ttl: Duration::from_secs(args.snapshot_ttl.max(1)),
-            page_cap: args.snapshot_page_cap.max(1),
+            snapshot_ttl: Duration::from_secs(args.snapshot_ttl),
+            page_cap: args.snapshot_page_cap,
             page_max_bytes: args.snapshot_max_bytes.max(1024),
             max_lag: args.max_slot_lag,
             drop_lagging: args.drop_lagging_streams,
-            lag_check_interval: Duration::from_secs(args.lag_check_interval.max(1)),
+            lag_check_interval: Duration::from_secs(args.lag_check_interval),
             heartbeat: (args.heartbeat_interval > 0)
                 .then(|| Duration::from_secs(args.heartbeat_interval)),
-            status_interval: Duration::from_secs(args.status_interval.max(1)),
+            status_interval: Duration::from_secs(args.status_interval),
             live_slot: args.slot.clone(),
             tables: args.tables.clone().zip(tables.clone()),
         },
@@ -348,13 +346,13 @@ async fn serve(args: walcast_proxy::config::ServeArgs) -> Result<(), String> {
     let filters = Arc::new(
         Filters::new(
             FilterLimits {
-                max_module_bytes: args.filter_max_module_size.clamp(1024, 64 << 20) as usize,
-                max_memory_bytes: args.filter_memory.clamp(64 << 10, 4 << 30) as usize,
-                fuel_per_event: args.filter_fuel_per_event.max(1000),
+                max_module_bytes: args.filter_max_module_size as usize,
+                max_memory_bytes: args.filter_memory as usize,
+                fuel_per_event: args.filter_fuel_per_event,
                 fuel_per_byte: args.filter_fuel_per_byte,
-                fuel_per_second: args.filter_fuel_per_second.max(1000),
-                max_errors: args.filter_max_errors.max(1),
-                max_instances: args.filter_max_instances.max(1),
+                fuel_per_second: args.filter_fuel_per_second,
+                max_errors: args.filter_max_errors,
+                max_instances: args.filter_max_instances,
                 ..FilterLimits::default()
             },
             args.filter_cache_dir.clone(),
@@ -373,17 +371,17 @@ async fn serve(args: walcast_proxy::config::ServeArgs) -> Result<(), String> {
         auth,
         max_clients: args.max_clients,
         liveness: Liveness {
-            ping_interval: Duration::from_secs(args.ping_interval.max(1)),
-            stall_timeout: Duration::from_secs(args.stall_timeout.max(1)),
-            handshake_timeout: Duration::from_secs(args.handshake_timeout.max(1)),
+            ping_interval: Duration::from_secs(args.ping_interval),
+            stall_timeout: Duration::from_secs(args.stall_timeout),
+            handshake_timeout: Duration::from_secs(args.handshake_timeout),
         },
         tables: tables.map(Arc::new),
         shutdown: shutdown_rx.clone(),
         connections: Connections::new(front.limits, metrics.clone()),
         timeouts: Timeouts {
-            header: Duration::from_secs(args.header_timeout.max(1)),
-            body: Duration::from_secs(args.body_timeout.max(1)),
-            handshake: Duration::from_secs(args.handshake_timeout.max(1)),
+            header: Duration::from_secs(args.header_timeout),
+            body: Duration::from_secs(args.body_timeout),
+            handshake: Duration::from_secs(args.handshake_timeout),
         },
         descriptor_warning: front.warning,
         backfills: Arc::new(walcast_proxy::backfill::driver::Shared::new(

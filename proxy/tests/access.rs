@@ -642,3 +642,78 @@ fn without_allowed_origins_only_the_same_origin_may_use_a_proxy_with_tokens() {
         101
     );
 }
+
+#[test]
+fn snapshots_inside_the_stream_read_only_a_users_rows() {
+    let (mut db, proxy) = setup("access_snapshots", &[]);
+    db.exec("INSERT INTO orders SELECT g, g % 2 + 1, 'old' FROM generate_series(1, 40) g");
+    let token = |tenant: i64| {
+        user(
+            serde_json::json!({"tables": ["public.orders"], "row_filter": format!("tenant_id.eq.{tenant}")}),
+            120,
+        )
+    };
+    let (one, two) = (token(1), token(2));
+    // Live: each user's snapshot has only their rows, as SQL and as matched.
+    for (t, tenant) in [(&one, 1), (&two, 2)] {
+        let mut c = ws_ok(&proxy, t, "query=*:orders&snapshot=1");
+        let frames = c.texts(21, WAIT);
+        assert_eq!(json(&frames[20])["state"], "done", "{frames:?}");
+        let rows = tenant_ids(&frames[..20]);
+        assert!(rows.iter().all(|(_, t)| *t == tenant), "{rows:?}");
+        assert_eq!(json(&frames[20])["rows"], 20);
+    }
+    // A table the token does not allow is refused before any read.
+    assert_eq!(status(&proxy, &one, "query=*:secrets&snapshot=1").0, 403);
+
+    // Durable: a re-snapshot asked with the user's token reads their rows.
+    let created = proxy
+        .get(&format!(
+            "/v1/init?export_snapshot=false&access_token={}",
+            url(&one)
+        ))
+        .expect("init");
+    assert_eq!(created.0, 200, "{}", created.1);
+    let slot = json(&created.1)["slotName"]
+        .as_str()
+        .expect("slot")
+        .to_owned();
+    let mut durable = proxy
+        .try_ws_url(&format!(
+            "ws://127.0.0.1:{}/v1/lr/stream?slotName={slot}&access_token={}",
+            proxy.port,
+            url(&one)
+        ))
+        .unwrap_or_else(|e| panic!("stream: {e:?}"));
+    let (code, body) = proxy
+        .post(
+            &format!("/v1/streams/{slot}/snapshot?access_token={}", url(&two)),
+            r#"{"tables":["secrets"]}"#,
+        )
+        .expect("post");
+    // The stream a user made holds only their tables.
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("allow-list"), "{body}");
+    let (code, body) = proxy
+        .post(
+            &format!("/v1/streams/{slot}/snapshot?access_token={}", url(&one)),
+            r#"{"tables":["orders"]}"#,
+        )
+        .expect("post");
+    assert_eq!(code, 202, "{body}");
+    let mut rows = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        assert!(Instant::now() < deadline, "no done frame: {rows:?}");
+        if let Some(Got::Text(t)) = durable.next() {
+            let v = json(&t);
+            if v["action"] == "R" {
+                rows.extend(tenant_ids(&[t]));
+            } else if v["type"] == "snapshot" && v["state"] == "done" {
+                break;
+            }
+        }
+    }
+    assert_eq!(rows.len(), 20);
+    assert!(rows.iter().all(|(_, t)| *t == 1), "{rows:?}");
+}

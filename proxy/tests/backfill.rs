@@ -614,16 +614,22 @@ fn a_million_rows_under_writes() {
     );
     let stop = Arc::new(AtomicBool::new(false));
     let writes = Arc::new(AtomicU64::new(0));
-    let w = writer(&db.name, seed, stop.clone(), writes.clone(), |rng| {
-        let id = 1 + rng.below(1_100_000);
-        match rng.below(4) {
-            0 => format!(
+    let mut w = Some(writer(
+        &db.name,
+        seed,
+        stop.clone(),
+        writes.clone(),
+        |rng| {
+            let id = 1 + rng.below(1_100_000);
+            match rng.below(4) {
+                0 => format!(
                 "INSERT INTO big VALUES ({id}, 1) ON CONFLICT (id) DO UPDATE SET v = big.v + 1;"
             ),
-            1 | 2 => format!("UPDATE big SET v = v + 1 WHERE id = {id};"),
-            _ => format!("DELETE FROM big WHERE id = {id};"),
-        }
-    });
+                1 | 2 => format!("UPDATE big SET v = v + 1 WHERE id = {id};"),
+                _ => format!("DELETE FROM big WHERE id = {id};"),
+            }
+        },
+    ));
     let started = Instant::now();
     let mut c = snapshot(&proxy, "*:big");
     // id -> v, applied from frames (a compact model for a million rows).
@@ -653,7 +659,11 @@ fn a_million_rows_under_writes() {
                 let v = json(&t);
                 if v["type"] == "snapshot" && v["state"] == "done" {
                     done = Some((v.clone(), started.elapsed(), writes.load(Ordering::Relaxed)));
+                    // The writer's last transaction commits before the sync row.
                     stop.store(true, Ordering::Relaxed);
+                    if let Some(w) = w.take() {
+                        w.join().expect("writer");
+                    }
                     db.exec("INSERT INTO big VALUES (-1, -1)");
                 }
                 synced = v["columns"]["id"] == -1;
@@ -663,7 +673,6 @@ fn a_million_rows_under_writes() {
             None => {}
         }
     }
-    w.join().expect("writer");
     let (frame, took, during) = done.expect("done");
     println!("{frame} after {took:?}, {during} transactions during the snapshot");
     assert!(

@@ -665,7 +665,13 @@ fn snapshots_on_edges_take_their_watermarks_from_the_jetstream_stream() {
         .collect();
     let stop = Arc::new(AtomicBool::new(false));
     let writes = Arc::new(AtomicU64::new(0));
-    let w = writer(&db.name, seed, stop.clone(), writes.clone(), item_operation);
+    let mut w = Some(writer(
+        &db.name,
+        seed,
+        stop.clone(),
+        writes.clone(),
+        item_operation,
+    ));
     // One snapshot client per edge: each edge sees both edges' watermarks
     // and keeps to its own.
     let mut clients: Vec<(support::Client, Rows, bool)> = edges
@@ -687,7 +693,11 @@ fn snapshots_on_edges_take_their_watermarks_from_the_jetstream_stream() {
             "snapshots or the sync row did not arrive"
         );
         if !sync_written && clients.iter().all(|(_, _, done)| *done) {
+            // The writer's last transaction commits before the sync row.
             stop.store(true, Ordering::Relaxed);
+            if let Some(w) = w.take() {
+                w.join().expect("writer");
+            }
             db.exec("INSERT INTO items VALUES (-1, 0, 'sync')");
             sync_written = true;
         }
@@ -708,7 +718,6 @@ fn snapshots_on_edges_take_their_watermarks_from_the_jetstream_stream() {
             }
         }
     }
-    w.join().expect("writer");
     let table = Rows::read(&mut db, "items", &["id"]);
     assert!(writes.load(Ordering::Relaxed) > 20);
     for (_, rows, _) in &clients {

@@ -60,6 +60,33 @@ impl TableInfo {
         format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
     }
 
+    /// The primary key's columns of the table aliased `t`, in key order.
+    pub fn key_columns_sql(&self) -> Vec<String> {
+        self.primary_key
+            .iter()
+            .map(|&i| format!("t.{}", quote_ident(&self.columns[i].name)))
+            .collect()
+    }
+
+    /// `(t.k1, ...) > ($n::text::type1, ...)`: rows after a key, whose
+    /// values (as text, in key order) are appended to `params`.
+    pub fn after_key_sql(&self, values: Vec<String>, params: &mut Vec<String>) -> String {
+        let mut binds = Vec::with_capacity(values.len());
+        for (v, &i) in values.into_iter().zip(&self.primary_key) {
+            params.push(v);
+            binds.push(format!(
+                "${}::text::{}",
+                params.len(),
+                self.columns[i].type_sql
+            ));
+        }
+        format!(
+            "({}) > ({})",
+            self.key_columns_sql().join(", "),
+            binds.join(", ")
+        )
+    }
+
     /// The column called `name`.
     pub fn column(&self, name: &str) -> Option<&Column> {
         self.columns.iter().find(|c| c.name == name)

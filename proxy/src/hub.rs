@@ -14,8 +14,7 @@
 //! The hub never waits for a client. Wake-ups go once per batch to the
 //! groups that got changes.
 
-use crate::backfill::window::{is_mark, ChunkRead, Spec, Verdict, Windows};
-use crate::backfill::Places;
+use crate::backfill::window::{is_mark, Windows};
 use crate::change::Change;
 use crate::cursor::{Cursor, CursorShared};
 use crate::log::{ChangeLog, Resume};
@@ -24,7 +23,7 @@ use crate::query::{self, Query};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use walcast_format::Position;
 
 /// Matching work the hub does for one group on one change at most, in the
@@ -323,7 +322,7 @@ struct Inner {
     /// Matching time per second each cursor may use, in nanoseconds.
     match_budget_ns: AtomicU64,
     /// Backfills' watermark windows and the recent commits.
-    windows: Mutex<Windows>,
+    windows: Arc<Mutex<Windows>>,
 }
 
 /// The default of [`Hub::set_match_budget`]: 50 ms per second (5% of a core).
@@ -381,7 +380,7 @@ impl Hub {
                 swept_at: AtomicU64::new(0),
                 counters: Arc::default(),
                 match_budget_ns: AtomicU64::new(DEFAULT_MATCH_BUDGET.as_nanos() as u64),
-                windows: Mutex::default(),
+                windows: Arc::default(),
             }),
         }
     }
@@ -532,40 +531,9 @@ impl Hub {
         }
     }
 
-    /// Starts a backfill's watch: its id (for its watermarks) and where
-    /// the hub's verdicts on its chunks arrive.
-    pub fn backfill_start(
-        &self,
-        spec: Spec,
-        places: Arc<Places>,
-    ) -> (u64, mpsc::UnboundedReceiver<Verdict>) {
-        let id = crate::backfill::window::new_id();
-        let (tx, rx) = mpsc::unbounded_channel();
-        if let Ok(mut w) = self.inner.windows.lock() {
-            w.add(id, spec, tx, places);
-        }
-        (id, rx)
-    }
-
-    /// The next watermarks of backfill `id` are for this chunk and attempt.
-    pub fn backfill_expect(&self, id: u64, chunk: u32, attempt: u32) {
-        if let Ok(mut w) = self.inner.windows.lock() {
-            w.expect(id, chunk, attempt);
-        }
-    }
-
-    /// What a backfill's chunk read (before its high watermark is written).
-    pub fn backfill_read(&self, id: u64, chunk: u32, attempt: u32, read: ChunkRead) {
-        if let Ok(mut w) = self.inner.windows.lock() {
-            w.read(id, chunk, attempt, read);
-        }
-    }
-
-    /// A backfill ended.
-    pub fn backfill_end(&self, id: u64) {
-        if let Ok(mut w) = self.inner.windows.lock() {
-            w.remove(id);
-        }
+    /// The backfills' windows, judged in stream order by [`Hub::publish`].
+    pub fn windows(&self) -> Arc<Mutex<Windows>> {
+        self.inner.windows.clone()
     }
 
     /// A cursor for `query` (`None`: every row change) starting after

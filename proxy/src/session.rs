@@ -20,7 +20,7 @@ use hyper_util::rt::TokioIo;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
@@ -428,27 +428,19 @@ pub(crate) async fn run(
     drop(handshake);
     // The backfill starts after the cursor: its rows land after what the
     // cursor reads. It ends with the session (the task is aborted).
-    let mut backfill = None;
     let events = plan.map(|plan| {
-        let (tx, rx) = mpsc::channel(backfill::driver::AHEAD);
-        let places = Arc::new(backfill::Places::default());
-        let task = tokio::spawn(backfill::driver::run(
-            backfill::driver::Judge::Hub(ctx.hub.clone()),
+        backfill::driver::spawn(
+            ctx.hub.windows(),
             ctx.catalog.pool().clone(),
             ctx.backfills.clone(),
             plan,
-            places.clone(),
-            tx,
             ctx.metrics.clone(),
-        ));
-        backfill = Some(AbortOnDrop(task));
-        (rx, places)
+        )
     });
     ctx.metrics.clients.fetch_add(1, Ordering::Relaxed);
     // The helpers above and below are boxed: a waiting client's task holds
     // only the state of the loop it is in (10,000 idle clients: docs/benchmarks.md).
     let end = serve(&mut ws, cursor, filter, &ctx, &mut access, events).await;
-    drop(backfill);
     let stall = ctx.liveness.stall_timeout;
     match end {
         End::Gone => {}
@@ -469,22 +461,10 @@ pub(crate) async fn run(
     ctx.metrics.clients.fetch_sub(1, Ordering::Relaxed);
 }
 
-/// Aborts a task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// A backfill's events and the places of its chunks.
-type Backfill = (mpsc::Receiver<Event>, Arc<backfill::Places>);
-
 /// Waits for a backfill's next event; never, without a backfill.
-async fn next_event(events: &mut Option<Backfill>) -> Option<Event> {
+async fn next_event(events: &mut Option<backfill::driver::Handle>) -> Option<Event> {
     match events {
-        Some((rx, _)) => rx.recv().await,
+        Some(h) => h.events.recv().await,
         None => std::future::pending().await,
     }
 }
@@ -495,7 +475,7 @@ async fn serve(
     mut filter: Option<FilterInstance>,
     ctx: &Context,
     access: &mut auth::Session,
-    mut events: Option<Backfill>,
+    mut events: Option<backfill::driver::Handle>,
 ) -> End {
     let Liveness {
         ping_interval,
@@ -547,7 +527,7 @@ async fn serve(
         // A backfill's chunk goes where its high watermark is: after the
         // entries before it, before the ones after it. Until its rows are
         // here, nothing after it is sent.
-        let place = events.as_ref().and_then(|(_, places)| places.next());
+        let place = events.as_ref().and_then(|h| h.places.next());
         let mut writable = burst.len();
         if let Some(place) = place {
             let cut = burst.partition_point(|e| e.pos < place.pos);
@@ -569,8 +549,8 @@ async fn serve(
                     }
                     burst.drain(..cut);
                     pending = None;
-                    if let Some((_, places)) = &events {
-                        places.sent();
+                    if let Some(h) = &events {
+                        h.places.sent();
                     }
                     continue;
                 }

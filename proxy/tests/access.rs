@@ -138,6 +138,17 @@ fn ws_ok(proxy: &Proxy, token: &str, params: &str) -> Client {
     ws(proxy, token, params).unwrap_or_else(|e| panic!("/ws?{params}: {e:?}"))
 }
 
+/// A durable stream's consumer with `token`.
+fn durable(proxy: &Proxy, slot: &str, token: &str) -> Client {
+    proxy
+        .try_ws_url(&format!(
+            "ws://127.0.0.1:{}/v1/lr/stream?slotName={slot}&access_token={}",
+            proxy.port,
+            url(token)
+        ))
+        .unwrap_or_else(|e| panic!("stream: {e:?}"))
+}
+
 fn status(proxy: &Proxy, token: &str, params: &str) -> (u16, String) {
     match ws(proxy, token, params) {
         Ok(_) => (101, String::new()),
@@ -443,13 +454,7 @@ fn row_filters_give_each_user_only_their_rows_everywhere() {
         ws_ok(&proxy, &one, &format!("filter={filter}")),
         ws_ok(&proxy, &two, &format!("filter={filter}")),
     ];
-    let mut durable = proxy
-        .try_ws_url(&format!(
-            "ws://127.0.0.1:{}/v1/lr/stream?slotName={slot}&access_token={}",
-            proxy.port,
-            url(&one)
-        ))
-        .unwrap_or_else(|e| panic!("stream: {e:?}"));
+    let mut durable = durable(&proxy, &slot, &one);
     db.exec(
         "INSERT INTO orders VALUES (11, 1, 'new'), (12, 2, 'new'); \
          UPDATE orders SET item = 'changed' WHERE id IN (1, 2); \
@@ -678,13 +683,7 @@ fn snapshots_inside_the_stream_read_only_a_users_rows() {
         .as_str()
         .expect("slot")
         .to_owned();
-    let mut durable = proxy
-        .try_ws_url(&format!(
-            "ws://127.0.0.1:{}/v1/lr/stream?slotName={slot}&access_token={}",
-            proxy.port,
-            url(&one)
-        ))
-        .unwrap_or_else(|e| panic!("stream: {e:?}"));
+    let mut durable = durable(&proxy, &slot, &one);
     let ask = |token: &str, table: &str| {
         proxy
             .post(

@@ -8,11 +8,9 @@ mod support;
 
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::rng::seed;
-use support::rows::{assert_same, item_operation, items, writer, Rows};
+use support::rows::{assert_same, item_operation, items, Rows, Writer};
 use support::{encode, json, Client, Got, Proxy};
 use walcast_tests::{cluster, TestDb};
 
@@ -32,12 +30,35 @@ struct Seen {
     done: Option<Value>,
 }
 
-/// Reads frames into `rows` until `stop` says so (or the wait runs out).
+/// Reads a live client's frames into `rows` until `stop` says so (or the
+/// wait runs out).
 fn read_until(
     c: &mut Client,
     rows: &mut Rows,
     seen: &mut Seen,
     what: &str,
+    stop: impl FnMut(&Value, &Seen) -> bool,
+) {
+    read_frames(c, rows, seen, what, false, stop)
+}
+
+/// The same for a durable stream, ACKing every commit.
+fn read_durable(
+    c: &mut Client,
+    rows: &mut Rows,
+    seen: &mut Seen,
+    what: &str,
+    stop: impl FnMut(&Value, &Seen) -> bool,
+) {
+    read_frames(c, rows, seen, what, true, stop)
+}
+
+fn read_frames(
+    c: &mut Client,
+    rows: &mut Rows,
+    seen: &mut Seen,
+    what: &str,
+    durable: bool,
     mut stop: impl FnMut(&Value, &Seen) -> bool,
 ) {
     let deadline = Instant::now() + WAIT;
@@ -46,15 +67,27 @@ fn read_until(
         match c.next() {
             Some(Got::Text(t)) => {
                 let v = json(&t);
+                if durable {
+                    assert!(v.get("error").is_none(), "{v}");
+                }
                 if v["type"] == "snapshot" {
-                    assert_eq!(seen.done, None, "a frame after done: {v}");
+                    if durable {
+                        assert_ne!(v["state"], "failed", "{v}");
+                    } else {
+                        assert_eq!(seen.done, None, "a frame after done: {v}");
+                    }
                     if v["state"] == "done" {
                         seen.done = Some(v.clone());
                     }
                     seen.progress.push(v.clone());
                 } else if v["action"] == "R" {
-                    assert_eq!(seen.done, None, "a read event after done: {v}");
+                    if !durable {
+                        assert_eq!(seen.done, None, "a read event after done: {v}");
+                    }
                     seen.reads += 1;
+                } else if durable && v["action"] == "C" {
+                    let end = v["end_lsn"].as_str().expect("end_lsn");
+                    c.send(&format!(r#"{{"lsn":"{end}"}}"#));
                 } else {
                     seen.changes += 1;
                 }
@@ -95,25 +128,22 @@ fn a_chunked_snapshot_under_concurrent_writes_ends_with_the_tables_rows() {
         &format!("{}_proxy", db.name),
         &["--snapshot-chunk-rows", "37"],
     );
-    let stop = Arc::new(AtomicBool::new(false));
-    let writes = Arc::new(AtomicU64::new(0));
-    let w = writer(&db.name, seed, stop.clone(), writes.clone(), item_operation);
+    let mut w = Writer::start(&db.name, seed, item_operation);
     // Some writes before the client comes, then it subscribes mid-stream.
-    while writes.load(Ordering::Relaxed) < 50 {
+    while w.count() < 50 {
         std::thread::sleep(Duration::from_millis(5));
     }
     let mut c = snapshot(&proxy, "*:items");
     let mut rows = Rows::new(&["id"]);
     let mut seen = Seen::default();
-    let before = writes.load(Ordering::Relaxed);
+    let before = w.count();
     read_until(&mut c, &mut rows, &mut seen, "snapshot done", |_, s| {
         s.done.is_some()
     });
-    let during = writes.load(Ordering::Relaxed) - before;
+    let during = w.count() - before;
     // Writes go on after the snapshot, then stop.
     std::thread::sleep(Duration::from_millis(300));
-    stop.store(true, Ordering::Relaxed);
-    w.join().expect("writer");
+    w.stop();
     sync(&mut db, &mut c, &mut rows, &mut seen, -1);
     let table = Rows::read(&mut db, "items", &["id"]);
     let done = seen.done.clone().expect("done");
@@ -156,9 +186,7 @@ fn composite_keys_with_key_updates_and_an_empty_table() {
         &format!("{}_proxy", db.name),
         &["--snapshot-chunk-rows", "10"],
     );
-    let stop = Arc::new(AtomicBool::new(false));
-    let writes = Arc::new(AtomicU64::new(0));
-    let w = writer(&db.name, seed, stop.clone(), writes.clone(), |rng| {
+    let mut w = Writer::start(&db.name, seed, |rng| {
         let a = rng.below(60);
         let b = format!("'k{}'", rng.below(35));
         match rng.below(5) {
@@ -177,8 +205,7 @@ fn composite_keys_with_key_updates_and_an_empty_table() {
     read_until(&mut c, &mut rows, &mut seen, "snapshot done", |_, s| {
         s.done.is_some()
     });
-    stop.store(true, Ordering::Relaxed);
-    w.join().expect("writer");
+    w.stop();
     db.exec("INSERT INTO pairs VALUES (-1, 'sync', 0)");
     read_until(&mut c, &mut rows, &mut seen, "the sync row", |v, _| {
         v["columns"]["a"] == -1
@@ -437,49 +464,6 @@ fn snapshot_requests_are_checked_and_a_wasm_filter_sees_read_events() {
     );
 }
 
-/// Reads a durable stream's frames into `rows`, ACKing every commit, until
-/// `stop` says so.
-fn read_durable(
-    c: &mut Client,
-    rows: &mut Rows,
-    seen: &mut Seen,
-    what: &str,
-    mut stop: impl FnMut(&Value, &Seen) -> bool,
-) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        assert!(Instant::now() < deadline, "no {what} within {WAIT:?}");
-        match c.next() {
-            Some(Got::Text(t)) => {
-                let v = json(&t);
-                assert!(v.get("error").is_none(), "{v}");
-                if v["type"] == "snapshot" {
-                    assert_ne!(v["state"], "failed", "{v}");
-                    if v["state"] == "done" {
-                        seen.done = Some(v.clone());
-                    }
-                    seen.progress.push(v.clone());
-                } else if v["action"] == "R" {
-                    seen.reads += 1;
-                } else if v["action"] == "C" {
-                    c.send(&format!(
-                        r#"{{"lsn":"{}"}}"#,
-                        v["end_lsn"].as_str().expect("end_lsn")
-                    ));
-                } else {
-                    seen.changes += 1;
-                }
-                rows.apply(&v);
-                if stop(&v, seen) {
-                    return;
-                }
-            }
-            Some(Got::Closed(code, reason)) => panic!("closed with {code} {reason}"),
-            None => {}
-        }
-    }
-}
-
 #[test]
 fn a_durable_stream_reads_current_rows_while_acks_go_on_and_resumes_after_a_disconnect() {
     let seed = seed();
@@ -529,9 +513,7 @@ fn a_durable_stream_reads_current_rows_while_acks_go_on_and_resumes_after_a_disc
         assert!(body.contains(needle), "{bad}: {body}");
     }
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let writes = Arc::new(AtomicU64::new(0));
-    let w = writer(&db.name, seed, stop.clone(), writes.clone(), item_operation);
+    let mut w = Writer::start(&db.name, seed, item_operation);
     let url = |extra: &str| {
         format!(
             "ws://127.0.0.1:{}/v1/lr/stream?slotName={slot}{extra}",
@@ -574,8 +556,7 @@ fn a_durable_stream_reads_current_rows_while_acks_go_on_and_resumes_after_a_disc
         s.done.is_some()
     });
     std::thread::sleep(Duration::from_millis(300));
-    stop.store(true, Ordering::Relaxed);
-    w.join().expect("writer");
+    w.stop();
     db.exec("INSERT INTO items VALUES (-1, 0, 'sync')");
     read_durable(&mut c, &mut rows, &mut seen, "the sync row", |v, _| {
         v["columns"]["id"] == -1
@@ -612,24 +593,16 @@ fn a_million_rows_under_writes() {
         &format!("{}_proxy", db.name),
         &["--snapshot-chunk-rows", "5000"],
     );
-    let stop = Arc::new(AtomicBool::new(false));
-    let writes = Arc::new(AtomicU64::new(0));
-    let mut w = Some(writer(
-        &db.name,
-        seed,
-        stop.clone(),
-        writes.clone(),
-        |rng| {
-            let id = 1 + rng.below(1_100_000);
-            match rng.below(4) {
-                0 => format!(
+    let mut w = Writer::start(&db.name, seed, |rng| {
+        let id = 1 + rng.below(1_100_000);
+        match rng.below(4) {
+            0 => format!(
                 "INSERT INTO big VALUES ({id}, 1) ON CONFLICT (id) DO UPDATE SET v = big.v + 1;"
             ),
-                1 | 2 => format!("UPDATE big SET v = v + 1 WHERE id = {id};"),
-                _ => format!("DELETE FROM big WHERE id = {id};"),
-            }
-        },
-    ));
+            1 | 2 => format!("UPDATE big SET v = v + 1 WHERE id = {id};"),
+            _ => format!("DELETE FROM big WHERE id = {id};"),
+        }
+    });
     let started = Instant::now();
     let mut c = snapshot(&proxy, "*:big");
     // id -> v, applied from frames (a compact model for a million rows).
@@ -658,12 +631,9 @@ fn a_million_rows_under_writes() {
             Some(Got::Text(t)) => {
                 let v = json(&t);
                 if v["type"] == "snapshot" && v["state"] == "done" {
-                    done = Some((v.clone(), started.elapsed(), writes.load(Ordering::Relaxed)));
+                    done = Some((v.clone(), started.elapsed(), w.count()));
                     // The writer's last transaction commits before the sync row.
-                    stop.store(true, Ordering::Relaxed);
-                    if let Some(w) = w.take() {
-                        w.join().expect("writer");
-                    }
+                    w.stop();
                     db.exec("INSERT INTO big VALUES (-1, -1)");
                 }
                 synced = v["columns"]["id"] == -1;

@@ -642,9 +642,7 @@ fn an_edge_that_missed_messages_the_stream_dropped_tells_its_clients() {
 
 #[test]
 fn snapshots_on_edges_take_their_watermarks_from_the_jetstream_stream() {
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-    use std::sync::Arc;
-    use support::rows::{assert_same, item_operation, items, writer, Rows};
+    use support::rows::{assert_same, item_operation, items, Rows, Writer};
     let seed = support::rng::seed();
     println!("scale-out snapshot seed {seed} (replay: WALCAST_SEED={seed})");
     let mut db = TestDb::new("nats_snapshot");
@@ -663,15 +661,7 @@ fn snapshots_on_edges_take_their_watermarks_from_the_jetstream_stream() {
             p
         })
         .collect();
-    let stop = Arc::new(AtomicBool::new(false));
-    let writes = Arc::new(AtomicU64::new(0));
-    let mut w = Some(writer(
-        &db.name,
-        seed,
-        stop.clone(),
-        writes.clone(),
-        item_operation,
-    ));
+    let mut w = Writer::start(&db.name, seed, item_operation);
     // One snapshot client per edge: each edge sees both edges' watermarks
     // and keeps to its own.
     let mut clients: Vec<(support::Client, Rows, bool)> = edges
@@ -694,10 +684,7 @@ fn snapshots_on_edges_take_their_watermarks_from_the_jetstream_stream() {
         );
         if !sync_written && clients.iter().all(|(_, _, done)| *done) {
             // The writer's last transaction commits before the sync row.
-            stop.store(true, Ordering::Relaxed);
-            if let Some(w) = w.take() {
-                w.join().expect("writer");
-            }
+            w.stop();
             db.exec("INSERT INTO items VALUES (-1, 0, 'sync')");
             sync_written = true;
         }
@@ -719,7 +706,7 @@ fn snapshots_on_edges_take_their_watermarks_from_the_jetstream_stream() {
         }
     }
     let table = Rows::read(&mut db, "items", &["id"]);
-    assert!(writes.load(Ordering::Relaxed) > 20);
+    assert!(w.count() > 20);
     for (_, rows, _) in &clients {
         assert_same(rows, &table, seed);
     }

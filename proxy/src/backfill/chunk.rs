@@ -9,7 +9,7 @@
 use super::marks::Visibility;
 use super::window::key_text;
 use crate::auth::rules::filter_sql;
-use crate::catalog::{quote_ident, TableInfo};
+use crate::catalog::TableInfo;
 use crate::query::Filter;
 use futures_util::{pin_mut, TryStreamExt};
 use serde_json::{Map, Value};
@@ -82,29 +82,15 @@ fn build_sql(
         "SELECT pg_catalog.row_to_json(t)::text FROM {} AS t",
         table.qualified_sql()
     );
-    let key_cols: Vec<String> = table
-        .primary_key
-        .iter()
-        .map(|&i| format!("t.{}", quote_ident(&table.columns[i].name)))
-        .collect();
     if let Some(values) = from {
-        let mut binds = Vec::new();
-        for (v, &i) in values.iter().zip(&table.primary_key) {
-            params.push(match v {
+        let texts = values
+            .iter()
+            .map(|v| match v {
                 Value::String(s) => s.clone(),
                 other => other.to_string(),
-            });
-            binds.push(format!(
-                "${}::text::{}",
-                params.len(),
-                table.columns[i].type_sql
-            ));
-        }
-        conditions.push(format!(
-            "({}) > ({})",
-            key_cols.join(", "),
-            binds.join(", ")
-        ));
+            })
+            .collect();
+        conditions.push(table.after_key_sql(texts, &mut params));
     }
     if !conditions.is_empty() {
         sql.push_str(&format!(" WHERE {}", conditions.join(" AND ")));
@@ -112,7 +98,7 @@ fn build_sql(
     params.push(limit.to_string());
     sql.push_str(&format!(
         " ORDER BY {} LIMIT ${}::text::int8",
-        key_cols.join(", "),
+        table.key_columns_sql().join(", "),
         params.len()
     ));
     (sql, params)

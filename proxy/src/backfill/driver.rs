@@ -11,7 +11,6 @@ use super::window::{ChunkRead, Spec, Verdict, Windows};
 use super::{Event, Places, Ready, Settings};
 use crate::catalog::{Catalog, TableInfo};
 use crate::change::Change;
-use crate::hub::Hub;
 use crate::log::Entry;
 use crate::metrics::Metrics;
 use crate::query::{Filter, Query};
@@ -98,61 +97,14 @@ pub struct Plan {
     pub after: Option<Vec<Value>>,
 }
 
-/// Who judges a backfill's chunks: the hub, for live subscriptions; a
-/// durable stream's consumer, on its own stream.
-#[derive(Clone)]
-pub enum Judge {
-    Hub(Hub),
-    Own(Arc<Mutex<Windows>>),
-}
+/// Who judges a backfill's chunks, in stream order: the hub's windows
+/// ([`crate::hub::Hub::windows`]) for live subscriptions, a durable
+/// stream consumer's own for its stream.
+pub type Judge = Arc<Mutex<Windows>>;
 
-impl Judge {
-    fn start(&self, spec: Spec, places: Arc<Places>) -> (u64, mpsc::UnboundedReceiver<Verdict>) {
-        match self {
-            Judge::Hub(h) => h.backfill_start(spec, places),
-            Judge::Own(w) => {
-                let id = super::window::new_id();
-                let (tx, rx) = mpsc::unbounded_channel();
-                if let Ok(mut w) = w.lock() {
-                    w.add(id, spec, tx, places);
-                }
-                (id, rx)
-            }
-        }
-    }
-
-    fn expect(&self, id: u64, chunk: u32, attempt: u32) {
-        match self {
-            Judge::Hub(h) => h.backfill_expect(id, chunk, attempt),
-            Judge::Own(w) => {
-                if let Ok(mut w) = w.lock() {
-                    w.expect(id, chunk, attempt);
-                }
-            }
-        }
-    }
-
-    fn read(&self, id: u64, chunk: u32, attempt: u32, read: ChunkRead) {
-        match self {
-            Judge::Hub(h) => h.backfill_read(id, chunk, attempt, read),
-            Judge::Own(w) => {
-                if let Ok(mut w) = w.lock() {
-                    w.read(id, chunk, attempt, read);
-                }
-            }
-        }
-    }
-
-    fn end(&self, id: u64) {
-        match self {
-            Judge::Hub(h) => h.backfill_end(id),
-            Judge::Own(w) => {
-                if let Ok(mut w) = w.lock() {
-                    w.remove(id);
-                }
-            }
-        }
-    }
+/// Runs `f` on the judge's windows.
+fn judged<T>(judge: &Judge, f: impl FnOnce(&mut Windows) -> T) -> Option<T> {
+    judge.lock().ok().map(|mut w| f(&mut w))
 }
 
 /// A backfill's watch; dropped, its judge forgets it.
@@ -164,14 +116,46 @@ struct Watch {
 
 impl Drop for Watch {
     fn drop(&mut self) {
-        self.judge.end(self.id);
+        judged(&self.judge, |w| w.remove(self.id));
+    }
+}
+
+/// A running backfill as its session holds it: the events, the places of
+/// its chunks, and the task (aborted when this is dropped).
+pub struct Handle {
+    pub events: mpsc::Receiver<Event>,
+    pub places: Arc<Places>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts a backfill of `plan` judged by `judge`.
+pub fn spawn(
+    judge: Judge,
+    pool: SqlPool,
+    shared: Arc<Shared>,
+    plan: Plan,
+    metrics: Arc<Metrics>,
+) -> Handle {
+    let (tx, events) = mpsc::channel(AHEAD);
+    let places = Arc::new(Places::default());
+    let task = tokio::spawn(run(judge, pool, shared, plan, places.clone(), tx, metrics));
+    Handle {
+        events,
+        places,
+        task,
     }
 }
 
 /// Runs a backfill to its end (or until the session goes away: then the
 /// task is dropped). Errors reach the session as [`Event::Failed`]. Counts
 /// it done only when its last chunk was handed over.
-pub async fn run(
+async fn run(
     judge: Judge,
     pool: SqlPool,
     shared: Arc<Shared>,
@@ -235,7 +219,9 @@ async fn drive(
         table: table.name.clone(),
         key: key.clone(),
     };
-    let (id, verdicts) = judge.start(spec, places);
+    let id = super::window::new_id();
+    let (verdict_tx, verdicts) = mpsc::unbounded_channel();
+    judged(judge, |w| w.add(id, spec, verdict_tx, places));
     let mut watch = Watch {
         judge: judge.clone(),
         id,
@@ -253,7 +239,7 @@ async fn drive(
         let mut attempt = 0u32;
         let (read, keep, pos) = loop {
             shared.pace(table.oid, limit).await;
-            judge.expect(id, n, attempt);
+            judged(judge, |w| w.expect(id, n, attempt));
             let mark = |edge| Mark {
                 id,
                 chunk: n,
@@ -272,16 +258,12 @@ async fn drive(
                         ReadError::Failed(m) => format!("reading {name} failed: {m}"),
                     })?
             };
-            judge.read(
-                id,
-                n,
-                attempt,
-                ChunkRead {
-                    visibility: read.visibility.clone(),
-                    keys: read.keys.clone(),
-                    rows: read.rows.len(),
-                },
-            );
+            let keys = ChunkRead {
+                visibility: read.visibility.clone(),
+                keys: read.keys.clone(),
+                rows: read.rows.len(),
+            };
+            judged(judge, |w| w.read(id, n, attempt, keys));
             emit(pool, mark(Edge::High)).await?;
             let verdict = loop {
                 let Some(v) = watch.verdicts.recv().await else {

@@ -5,9 +5,9 @@
 //! `/v1/lr/stream`; tables are read one after another while the consumer is
 //! connected. Nothing is held between chunks, and ACKs go on throughout.
 
-use crate::backfill::driver::{self, Judge, Plan, Shared};
+use crate::backfill::driver::{self, Plan, Shared};
 use crate::backfill::window::{is_mark, Windows};
-use crate::backfill::{Event, Places, Ready};
+use crate::backfill::{Event, Ready};
 use crate::change::Change;
 use crate::metrics::Metrics;
 use crate::sql::SqlPool;
@@ -15,18 +15,10 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
-/// A backfill being read.
+/// A backfill being read, and its table's name.
 struct Running {
-    events: mpsc::Receiver<Event>,
-    places: Arc<Places>,
+    handle: driver::Handle,
     table: String,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 /// What the consumer's loop learns while idle.
@@ -94,24 +86,15 @@ impl Backfills {
         let Some(plan) = self.queue.pop_front() else {
             return;
         };
-        let (tx, events) = mpsc::channel(driver::AHEAD);
-        let places = Arc::new(Places::default());
         let table = format!("{}.{}", plan.table.schema, plan.table.name);
-        let task = tokio::spawn(driver::run(
-            Judge::Own(self.windows.clone()),
+        let handle = driver::spawn(
+            self.windows.clone(),
             self.pool.clone(),
             self.shared.clone(),
             plan,
-            places.clone(),
-            tx,
             self.metrics.clone(),
-        ));
-        self.running = Some(Running {
-            events,
-            places,
-            table,
-            task,
-        });
+        );
+        self.running = Some(Running { handle, table });
     }
 
     /// Notes a change of the stream (watermarks included, in order); true
@@ -130,7 +113,7 @@ impl Backfills {
         }
         self.running
             .as_ref()
-            .is_some_and(|r| r.places.next().is_some())
+            .is_some_and(|r| r.handle.places.next().is_some())
     }
 
     /// The rows of the chunk [`Backfills::observe`] said are due, or the
@@ -140,8 +123,8 @@ impl Backfills {
             return Err(failed_frame("", "no snapshot is running"));
         };
         let table = r.table.clone();
-        let got = r.events.recv().await;
-        r.places.sent();
+        let got = r.handle.events.recv().await;
+        r.handle.places.sent();
         match got {
             Some(Event::Ready(ready)) => Ok(ready),
             Some(Event::Failed(reason)) => {
@@ -175,7 +158,7 @@ impl Backfills {
         };
         let ended = async {
             match running.as_mut() {
-                Some(r) => (r.events.recv().await, r.table.clone()),
+                Some(r) => (r.handle.events.recv().await, r.table.clone()),
                 None => std::future::pending().await,
             }
         };

@@ -113,11 +113,7 @@ fn build_sql(
     rules: Option<&Rules>,
 ) -> Result<(String, Vec<String>), ApiError> {
     let from = table.qualified_sql();
-    let key_cols: Vec<String> = table
-        .primary_key
-        .iter()
-        .map(|&i| format!("t.{}", quote_ident(&table.columns[i].name)))
-        .collect();
+    let key_cols = table.key_columns_sql();
     let mut params = vec![limit.to_string()];
     let mut sql = format!("SELECT pg_catalog.row_to_json(t)::text FROM {from} AS t");
     let mut conditions = Vec::new();
@@ -148,20 +144,11 @@ fn build_sql(
                     .join(", ")
             )));
         }
-        let mut binds = Vec::new();
-        for (v, &i) in values.iter().zip(&table.primary_key) {
-            params.push(key_text(v)?);
-            binds.push(format!(
-                "${}::text::{}",
-                params.len(),
-                table.columns[i].type_sql
-            ));
-        }
-        conditions.push(format!(
-            "({}) > ({})",
-            key_cols.join(", "),
-            binds.join(", ")
-        ));
+        let texts = values
+            .iter()
+            .map(|v| key_text(v))
+            .collect::<Result<Vec<_>, _>>()?;
+        conditions.push(table.after_key_sql(texts, &mut params));
     }
     if !conditions.is_empty() {
         sql.push_str(&format!(" WHERE {}", conditions.join(" AND ")));

@@ -101,29 +101,54 @@ pub fn assert_same(client: &Rows, table: &Rows, seed: u64) {
     );
 }
 
-/// A writer on its own connection: random transactions on `items` until
-/// `stop`, counting its transactions.
-pub fn writer(
-    db: &str,
-    seed: u64,
+/// A writer on its own connection: random transactions from a seed until
+/// stopped, counting them.
+pub struct Writer {
     stop: Arc<AtomicBool>,
     done: Arc<AtomicU64>,
-    sql: impl Fn(&mut Rng) -> String + Send + 'static,
-) -> std::thread::JoinHandle<()> {
-    let conninfo = cluster().conninfo(db);
-    std::thread::spawn(move || {
-        let mut client =
-            postgres::Client::connect(&conninfo, postgres::NoTls).expect("writer connects");
-        let mut rng = Rng(seed);
-        while !stop.load(Ordering::Relaxed) {
-            let statement = sql(&mut rng);
-            client
-                .batch_execute(&format!("BEGIN; {statement} COMMIT;"))
-                .unwrap_or_else(|e| panic!("writer: {statement}: {e:?}"));
-            done.fetch_add(1, Ordering::Relaxed);
-            std::thread::sleep(Duration::from_micros(200 + rng.below(800)));
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    pub fn start(db: &str, seed: u64, sql: impl Fn(&mut Rng) -> String + Send + 'static) -> Writer {
+        let (stop, done) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicU64::new(0)),
+        );
+        let conninfo = cluster().conninfo(db);
+        let (halt, count) = (stop.clone(), done.clone());
+        let thread = std::thread::spawn(move || {
+            let mut client =
+                postgres::Client::connect(&conninfo, postgres::NoTls).expect("writer connects");
+            let mut rng = Rng(seed);
+            while !halt.load(Ordering::Relaxed) {
+                let statement = sql(&mut rng);
+                client
+                    .batch_execute(&format!("BEGIN; {statement} COMMIT;"))
+                    .unwrap_or_else(|e| panic!("writer: {statement}: {e:?}"));
+                count.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_micros(200 + rng.below(800)));
+            }
+        });
+        Writer {
+            stop,
+            done,
+            thread: Some(thread),
         }
-    })
+    }
+
+    /// Transactions committed so far.
+    pub fn count(&self) -> u64 {
+        self.done.load(Ordering::Relaxed)
+    }
+
+    /// Stops the writer and waits for its last transaction to commit.
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().expect("writer");
+        }
+    }
 }
 
 /// One random operation on `items (id bigint primary key, v int, pad text)`:

@@ -37,7 +37,7 @@ NATS_DIR="$(mktemp -d /tmp/walcast-bench-nats.XXXXXX)"
 NATS_PORT=14222
 nats_up() {
   rm -rf "$NATS_DIR/store"
-  printf 'listen: 127.0.0.1:%s\njetstream {\n  store_dir: "%s/store"\n}\n' "$NATS_PORT" "$NATS_DIR" >"$NATS_DIR/nats.conf"
+  printf 'listen: 127.0.0.1:%s\njetstream {\n  store_dir: "%s/store"\n  max_file_store: 64GB\n}\n' "$NATS_PORT" "$NATS_DIR" >"$NATS_DIR/nats.conf"
   nats-server -c "$NATS_DIR/nats.conf" >>"$NATS_DIR/server.log" 2>&1 &
   NATS_PID=$!; PIDS+=("$NATS_PID")
   for _ in $(seq 1 100); do

@@ -18,6 +18,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub struct NatsConfig {
     /// The largest message the server accepts (`max_payload`; its default is 1 MB).
     pub max_payload: Option<u64>,
+    /// The JetStream storage the server grants its streams, in bytes
+    /// (`max_file_store`); 64 GB when `None` (see `write_config`).
+    pub max_file_store: Option<u64>,
 }
 
 /// A running private `nats-server -js`.
@@ -27,6 +30,10 @@ pub struct NatsServer {
     dir: PathBuf,
     port: u16,
 }
+
+/// The JetStream storage a private server grants its streams unless
+/// configured (see `write_config`).
+const MAX_FILE_STORE: u64 = 64 << 30;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -87,10 +94,16 @@ impl NatsServer {
     }
 
     fn write_config(&self, config: &NatsConfig) -> Result<()> {
+        // A stream reserves its max_bytes against max_file_store, which
+        // by default is 75% of the disk free when the server starts: on a
+        // busy disk the relay's 1 GB stream would be refused although the
+        // tests write a few MB. An explicit limit makes the tests
+        // independent of the free disk.
         let mut conf = format!(
-            "listen: 127.0.0.1:{}\njetstream {{\n  store_dir: \"{}\"\n}}\n",
+            "listen: 127.0.0.1:{}\njetstream {{\n  store_dir: \"{}\"\n  max_file_store: {}\n}}\n",
             self.port,
-            self.dir.join("store").display()
+            self.dir.join("store").display(),
+            config.max_file_store.unwrap_or(MAX_FILE_STORE)
         );
         if let Some(m) = config.max_payload {
             conf.push_str(&format!("max_payload: {m}\n"));

@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 use support::{json, Got, Launch, Proxy};
-use walcast_cluster::nats::NatsServer;
+use walcast_cluster::nats::{NatsConfig, NatsServer};
 use walcast_tests::{cluster, TestDb};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -241,6 +241,30 @@ fn unreachable_nats_at_start_is_a_clear_error() {
         .expect("run walcast-proxy relay");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--nats-url"));
+}
+
+#[test]
+fn a_stream_larger_than_the_servers_storage_is_a_clear_error() {
+    let db = setup("nats_storage");
+    let nats = NatsServer::start_with(NatsConfig {
+        max_file_store: Some(64 << 20),
+        ..NatsConfig::default()
+    })
+    .expect("a private nats-server with 64 MB of JetStream storage");
+    let out = support::proxy_command(None)
+        .args(["relay", "--database-url", &cluster().url(&db.name)])
+        .args(["--listen", "127.0.0.1:0", "--nats-url", &nats.url()])
+        .args(["--nats-max-bytes", "1GB"])
+        .output()
+        .expect("run walcast-proxy relay");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("cannot create the JetStream stream WALCAST")
+            && stderr.contains("--nats-max-bytes (1073741824 bytes)")
+            && stderr.contains("max_file_store"),
+        "{stderr}"
+    );
 }
 
 /// Publishes to a NATS server with the plain protocol: `headers` (if any)

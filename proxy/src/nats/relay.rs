@@ -17,9 +17,11 @@ use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::reader::{self, ReaderConfig};
 use crate::replication::{ErrorKind, ReplicationError};
-use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
+use async_nats::jetstream::context::{
+    CreateStreamError, CreateStreamErrorKind, PublishAckFuture, PublishErrorKind,
+};
 use async_nats::jetstream::message::PublishMessage;
-use async_nats::jetstream::Context;
+use async_nats::jetstream::{Context, ErrorCode};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +33,30 @@ use walcast_format::Lsn;
 pub struct RelayConfig {
     pub reader: ReaderConfig,
     pub nats: NatsSettings,
+}
+
+/// Why the stream could not be created, with the advice that fits the
+/// server's answer.
+fn create_error(cfg: &RelayConfig, e: &CreateStreamError) -> String {
+    let stream = &cfg.nats.stream;
+    match e.kind() {
+        CreateStreamErrorKind::JetStream(js)
+            if js.error_code() == ErrorCode::STORAGE_RESOURCES_EXCEEDED =>
+        {
+            format!(
+                "cannot create the JetStream stream {stream}: {e}. The stream reserves \
+                 --nats-max-bytes ({} bytes) of the NATS server's JetStream storage, which is \
+                 smaller (its max_file_store; by default 75% of the disk that was free when the \
+                 server started): lower --nats-max-bytes, free disk space, or set max_file_store \
+                 in the server's jetstream block",
+                cfg.nats.max_bytes
+            )
+        }
+        _ => format!(
+            "cannot create or open the JetStream stream {stream}: {e} (is JetStream enabled on \
+             the NATS server? nats-server -js)"
+        ),
+    }
 }
 
 /// Creates the stream when missing and checks that it takes this
@@ -48,7 +74,7 @@ pub async fn prepare(cfg: &RelayConfig, js: &Context) -> Result<String, String> 
     let mut stream = js
         .get_or_create_stream(wanted.clone())
         .await
-        .map_err(|e| format!("cannot create or open the JetStream stream {}: {e} (is JetStream enabled on the NATS server? nats-server -js)", cfg.nats.stream))?;
+        .map_err(|e| create_error(cfg, &e))?;
     let info = stream
         .info()
         .await

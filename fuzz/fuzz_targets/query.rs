@@ -14,8 +14,8 @@ use libfuzzer_sys::fuzz_target;
 use serde_json::{json, Map, Value};
 use walcast_format::{Lsn, Position};
 use walcast_proxy::change::Change;
-use walcast_proxy::hub::{Hub, PublishScratch, HUB_MATCH_COST};
-use walcast_proxy::query::{self, Action, Operand, Query, RowView};
+use walcast_proxy::live::hub::{Hub, PublishScratch, HUB_MATCH_COST};
+use walcast_proxy::query::{self, Operand, Query, RowAction, RowView};
 
 /// The input: the query's text, then (after a NUL byte) the bytes the rows
 /// are built from, so that seeds can be written by hand.
@@ -107,9 +107,9 @@ fn check(q: &Query, rows: &[(u8, Vec<u8>)]) {
         let mut u = Unstructured::new(seed);
         let Ok(row) = row(&mut u, q) else { return };
         let (code, action, part) = match kind % 3 {
-            0 => ("I", Action::Insert, "columns"),
-            1 => ("U", Action::Update, "columns"),
-            _ => ("D", Action::Delete, "identity"),
+            0 => ("I", RowAction::Insert, "columns"),
+            1 => ("U", RowAction::Update, "columns"),
+            _ => ("D", RowAction::Delete, "identity"),
         };
         let table = if kind & 0x80 == 0 {
             q.table.name.as_str()

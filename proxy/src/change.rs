@@ -299,7 +299,7 @@ impl Change {
         if !query.wants(action) {
             return no;
         }
-        let row = if query.filters.is_empty() || action == crate::query::Action::Truncate {
+        let row = if query.filters.is_empty() || action == crate::query::RowAction::Truncate {
             None
         } else {
             row(self)
@@ -320,8 +320,8 @@ impl Change {
 
     /// The action as queries name it, for the row changes clients
     /// subscribe to (I, U, D, T); `None` for everything else.
-    pub fn row_action(&self) -> Option<crate::query::Action> {
-        use crate::query::Action as Q;
+    pub fn row_action(&self) -> Option<crate::query::RowAction> {
+        use crate::query::RowAction as Q;
         Some(match self.action {
             Action::Insert => Q::Insert,
             Action::Update => Q::Update,

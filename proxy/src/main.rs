@@ -9,19 +9,19 @@ use walcast_format::TablePattern;
 use walcast_proxy::auth::{jwt, Auth};
 use walcast_proxy::catalog::Catalog;
 use walcast_proxy::config::{Cli, Command};
-use walcast_proxy::descriptors;
+use walcast_proxy::durable::{self, Streams, StreamsConfig};
 use walcast_proxy::filter::{FilterLimits, Filters};
 use walcast_proxy::health::Health;
+use walcast_proxy::http::descriptors;
+use walcast_proxy::http::listener::{Connections, Limits};
 use walcast_proxy::http::{self, AppState, Timeouts};
-use walcast_proxy::hub::Hub;
-use walcast_proxy::listener::{Connections, Limits};
+use walcast_proxy::live::hub::Hub;
+use walcast_proxy::live::session::Liveness;
 use walcast_proxy::metrics::Metrics;
 use walcast_proxy::nats::{self, relay::RelayConfig};
-use walcast_proxy::reader::{self, ReaderConfig};
+use walcast_proxy::replication::reader::{self, ReaderConfig};
 use walcast_proxy::replication::validate_slot_name;
-use walcast_proxy::session::Liveness;
 use walcast_proxy::sql::SqlPool;
-use walcast_proxy::streams::{self, Streams, StreamsConfig};
 
 /// One malloc arena keeps the change log's memory bounded: with glibc's
 /// per-thread arenas, changes allocated by the reader and freed by other
@@ -114,7 +114,7 @@ async fn relay(args: walcast_proxy::config::ServeArgs) -> Result<(), String> {
     let db = nats::relay::prepare(&cfg, &js).await?;
     let metrics = Arc::new(Metrics::default());
     let health = Arc::new(Health::new(&args.slot));
-    let listener = walcast_proxy::listener::bind(args.listen)
+    let listener = walcast_proxy::http::listener::bind(args.listen)
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(slot = %args.slot, stream = %cfg.nats.stream, "relay listening on http://{local}/");
@@ -272,14 +272,17 @@ async fn serve(args: walcast_proxy::config::ServeArgs) -> Result<(), String> {
 
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
-            let tls = Arc::new(walcast_proxy::https::Tls::load(cert.clone(), key.clone())?);
-            tokio::spawn(walcast_proxy::https::reload_on_sighup(tls.clone()));
+            let tls = Arc::new(walcast_proxy::http::tls::Tls::load(
+                cert.clone(),
+                key.clone(),
+            )?);
+            tokio::spawn(walcast_proxy::http::tls::reload_on_sighup(tls.clone()));
             Some(tls)
         }
         _ => None,
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let listener = walcast_proxy::listener::bind(args.listen)
+    let listener = walcast_proxy::http::listener::bind(args.listen)
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(
@@ -327,16 +330,16 @@ async fn serve(args: walcast_proxy::config::ServeArgs) -> Result<(), String> {
     // On an edge, durable streams are consumers of the JetStream stream.
     let streams = Arc::new(match nats {
         Some(js) => {
-            streams.on_jetstream(streams::jet::JetStreams::new(js, args.nats_stream.clone()))
+            streams.on_jetstream(durable::jet::JetStreams::new(js, args.nats_stream.clone()))
         }
         None => streams,
     });
-    let guard = tokio::spawn(streams::guard::run_lag_guard(
+    let guard = tokio::spawn(durable::guard::run_lag_guard(
         streams.clone(),
         shutdown_rx.clone(),
     ));
     let heartbeat = streams.cfg.heartbeat.map(|interval| {
-        tokio::spawn(streams::guard::run_heartbeat(
+        tokio::spawn(durable::guard::run_heartbeat(
             streams.clone(),
             metrics.clone(),
             interval,
@@ -367,7 +370,7 @@ async fn serve(args: walcast_proxy::config::ServeArgs) -> Result<(), String> {
         catalog: Catalog::new(pool),
         streams,
         filters,
-        origins: walcast_proxy::origin::Origins::new(&args.allowed_origins, auth.required()),
+        origins: walcast_proxy::http::origin::Origins::new(&args.allowed_origins, auth.required()),
         auth,
         max_clients: args.max_clients,
         liveness: Liveness {

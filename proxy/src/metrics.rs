@@ -97,7 +97,7 @@ pub struct NatsMetrics {
     pub sequence: AtomicU64,
 }
 
-/// What happens to connections before and around HTTP (`listener.rs`, `http/serve.rs`).
+/// What happens to connections before and around HTTP (`http/listener.rs`, `http/serve.rs`).
 #[derive(Default, Debug)]
 pub struct ConnectionMetrics {
     /// Open connections (HTTP, and websockets they became).
@@ -150,7 +150,7 @@ pub enum CloseReason {
 
 /// The change log and its readers, as `/metrics` shows them.
 pub struct LogReport {
-    pub stats: crate::log::LogStats,
+    pub stats: crate::live::log::LogStats,
     /// Changes waiting for each client.
     pub waiting: Vec<u64>,
     pub groups: usize,

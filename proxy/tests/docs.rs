@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::process::Command;
-use walcast_proxy::hub::Hub;
+use walcast_proxy::live::hub::Hub;
 use walcast_proxy::metrics::Metrics;
 use walcast_proxy::query;
 use walcast_tests::repo_root;
@@ -215,4 +215,45 @@ fn every_metric_is_documented_and_every_documented_metric_exists() {
         unknown.is_empty(),
         "docs/operations.md names unknown metrics: {unknown:?}"
     );
+}
+
+/// The source files a text names (`live/hub.rs`, `proxy/src/change.rs`),
+/// relative to `proxy/src`.
+fn source_files(text: &str) -> BTreeSet<String> {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '/' || c == '.'))
+        .filter(|t| t.ends_with(".rs") && t.len() > 3)
+        .map(|t| t.trim_start_matches("proxy/src/").to_owned())
+        .collect()
+}
+
+#[test]
+fn the_architecture_names_files_that_exist() {
+    let src = repo_root().join("proxy/src");
+    let dirs: Vec<_> = std::fs::read_dir(&src)
+        .expect("proxy/src")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    // A bare name (`hub.rs`) may be in a directory the text speaks of.
+    let exists = |f: &str| src.join(f).is_file() || dirs.iter().any(|d| d.join(f).is_file());
+    let lib_doc: String = read("proxy/src/lib.rs")
+        .lines()
+        .filter(|l| l.starts_with("//!"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    for (doc, text) in [
+        ("docs/architecture.md", read("docs/architecture.md")),
+        ("proxy/src/lib.rs", lib_doc),
+        ("proxy/src/live/mod.rs", read("proxy/src/live/mod.rs")),
+        ("proxy/src/http/mod.rs", read("proxy/src/http/mod.rs")),
+        ("proxy/src/durable/mod.rs", read("proxy/src/durable/mod.rs")),
+    ] {
+        let named = source_files(&text);
+        assert!(named.len() >= 4, "{doc} names only {named:?}");
+        let missing: Vec<_> = named.iter().filter(|f| !exists(f)).collect();
+        assert!(
+            missing.is_empty(),
+            "{doc} names files that do not exist: {missing:?}"
+        );
+    }
 }

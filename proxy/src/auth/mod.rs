@@ -316,7 +316,7 @@ pub fn refreshed_body(g: &Grant) -> String {
 
 /// A connection's grant while it is open: checked against the clock, and
 /// replaced by refresh frames.
-pub struct Session {
+pub struct Access {
     auth: Arc<Auth>,
     grant: Grant,
     /// When the connection must close unless refreshed, on the runtime's
@@ -332,11 +332,11 @@ fn deadline_of(expires: Option<SystemTime>) -> Option<tokio::time::Instant> {
     Some(tokio::time::Instant::now() + left)
 }
 
-impl Session {
+impl Access {
     /// A connection holding `grant`.
-    pub fn new(auth: Arc<Auth>, grant: Grant) -> Session {
+    pub fn new(auth: Arc<Auth>, grant: Grant) -> Access {
         let deadline = deadline_of(grant.expires);
-        Session {
+        Access {
             auth,
             grant,
             deadline,

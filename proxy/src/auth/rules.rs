@@ -192,7 +192,7 @@ impl Rules {
         if !self.actions.contains(action) {
             return false;
         }
-        if action == query::Action::Truncate {
+        if action == query::RowAction::Truncate {
             return change
                 .truncated
                 .iter()

@@ -11,7 +11,7 @@ use super::window::{ChunkRead, Spec, Verdict, Windows};
 use super::{Event, Places, Ready, Settings};
 use crate::catalog::{Catalog, TableInfo};
 use crate::change::Change;
-use crate::log::Entry;
+use crate::live::log::Entry;
 use crate::metrics::Metrics;
 use crate::query::{Filter, Query};
 use crate::sql::SqlPool;
@@ -98,7 +98,7 @@ pub struct Plan {
 }
 
 /// Who judges a backfill's chunks, in stream order: the hub's windows
-/// ([`crate::hub::Hub::windows`]) for live subscriptions, a durable
+/// ([`crate::live::hub::Hub::windows`]) for live subscriptions, a durable
 /// stream consumer's own for its stream.
 pub type Judge = Arc<Mutex<Windows>>;
 

@@ -11,7 +11,7 @@
 //! window.rs   the hub, in stream order: between the watermarks, which keys
 //!             did transactions the chunk's snapshot missed change?
 //!             at the high watermark: the chunk's other rows are current
-//! session.rs  sends those rows where the high watermark is in the stream,
+//! live/session.rs sends those rows where the high watermark is in the stream,
 //!             then a {"type":"snapshot"} progress frame ("done" at the end)
 //! ```
 //!
@@ -27,7 +27,7 @@ pub mod driver;
 pub mod marks;
 pub mod window;
 
-use crate::log::Entry;
+use crate::live::log::Entry;
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use walcast_format::Position;

@@ -9,8 +9,8 @@
 //! sandbox and one fuel reset per batch instead of per change. The
 //! verdicts and failures a client sees are those of one call per change.
 
+use super::modules::{output_bytes, FilterModule, Filters, Host};
 use super::record::{record_len, write_record};
-use super::registry::{output_bytes, FilterModule, Filters, Host};
 use super::{ErrorCode, FilterError};
 use crate::change::Change;
 use std::borrow::Borrow;

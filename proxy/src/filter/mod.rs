@@ -2,7 +2,7 @@
 //! it; the module sees each change and drops it, keeps it or replaces it.
 //!
 //! ```text
-//! POST /v1/filters -> registry.rs  size cap, sha256, compile once (blocking
+//! POST /v1/filters -> modules.rs   size cap, sha256, compile once (blocking
 //!                                  thread, semaphore), check imports/exports,
 //!                                  cache (memory LRU + optional disk)
 //! subscribe        -> instance.rs  one Store per subscription: memory limit,
@@ -15,12 +15,12 @@
 //! The ABI (version 1) is documented in `filters/README.md`.
 
 pub mod instance;
+pub mod modules;
 pub mod record;
-pub mod registry;
 pub mod upload;
 
 pub use instance::{FilterInstance, Verdict, BATCH_EVENTS};
-pub use registry::{FilterLimits, FilterModule, Filters, UploadError};
+pub use modules::{FilterLimits, FilterModule, Filters, UploadError};
 
 /// The import module a filter may use.
 pub const IMPORT_MODULE: &str = "walcast_v1";

@@ -1,15 +1,15 @@
 //! `GET /ws`: a live subscription. The query (or filter) in the URL is
 //! checked and subscribed before the upgrade is answered, so every change
 //! committed after the client sees the 101 reaches it; without one, the
-//! client's first frame names it (`session.rs`).
+//! client's first frame names it (`live/session.rs`).
 
 use super::selection::{selection, Selection};
 use super::upgrade::{accept_upgrade, begin, switching_protocols};
 use super::{json_error, query_params, respond, unavailable, AppState, Resp};
 use crate::auth::{self, Grant};
 use crate::backfill;
-use crate::hub::SubscribeError;
-use crate::session;
+use crate::live::hub::SubscribeError;
+use crate::live::session;
 use axum::extract::{Request, State};
 use axum::Extension;
 use hyper::StatusCode;
@@ -107,7 +107,7 @@ pub async fn websocket(
         tables: state.tables.clone(),
         backfills: state.backfills.clone(),
     };
-    let access = auth::Session::new(state.auth.clone(), grant);
+    let access = auth::Access::new(state.auth.clone(), grant);
     let response = switching_protocols(&upgrade.accept);
     tokio::spawn(async move {
         if let Some(open) = upgrade.open().await {

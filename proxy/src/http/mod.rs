@@ -2,37 +2,45 @@
 //! are answered.
 //!
 //! ```text
-//! serve.rs      accept loop (listener.rs), TLS (https.rs), one hyper connection each
+//! listener.rs   accept loop: connection and handshake caps (descriptors.rs:
+//!               the descriptor limit)
+//! serve.rs      one hyper connection each, TLS (tls.rs) when configured
 //! router.rs     the routes, and the layers in front of them: query string
 //!               length, browser origin (origin.rs), credential (auth/)
 //! live.rs       GET /ws: a live subscription
+//! durable.rs    /v1/init, /v1/streams, /v1/snapshot/data, /v1/lr/stream:
+//!               durable streams
 //! ops.rs        GET /, /healthz, /metrics
 //! selection.rs  what a websocket URL asks for (query, filter), checked
-//! upgrade.rs    the websocket upgrade: checks, 101, the socket
+//! upgrade.rs    the websocket upgrade: checks, 101, the socket, its close
 //! ```
 //!
-//! The durable stream endpoints (`streams/http.rs`) and filter uploads
-//! (`filter/upload.rs`) are routes too; they use the plumbing here
-//! (`AppState`, answers, bodies, upgrades), never the router.
+//! Filter uploads (`filter/upload.rs`) are routes too; they use the
+//! plumbing here (`AppState`, answers, bodies), never the router.
 
+pub mod descriptors;
+pub mod durable;
+pub mod listener;
 pub mod live;
 pub mod ops;
+pub mod origin;
 pub mod router;
 pub mod selection;
 pub mod serve;
+pub mod tls;
 pub mod upgrade;
 
 pub use serve::serve;
 
 use crate::auth::Auth;
 use crate::catalog::Catalog;
+use crate::durable::Streams;
 use crate::filter::Filters;
 use crate::health::Health;
-use crate::hub::Hub;
-use crate::listener::Connections;
+use crate::http::listener::Connections;
+use crate::live::hub::Hub;
+use crate::live::session;
 use crate::metrics::Metrics;
-use crate::session;
-use crate::streams::Streams;
 use axum::body::Body;
 use bytes::Bytes;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
@@ -54,7 +62,7 @@ pub struct AppState {
     /// Tokens and what they grant.
     pub auth: Arc<Auth>,
     /// Web origins allowed to call `/ws` and `/v1/*` from a browser.
-    pub origins: crate::origin::Origins,
+    pub origins: crate::http::origin::Origins,
     pub max_clients: usize,
     /// Pings and stall timeout of live clients.
     pub liveness: session::Liveness,

@@ -9,11 +9,11 @@
 //! `/`, `/healthz` and `/metrics` need none of them. Every answer of the
 //! proxy's own, 404 and 405 included, is a JSON `{"error": ...}`.
 
-use super::{json_error, live, ops, query_params, unauthorized, AppState, Resp};
+use super::{durable, json_error, live, ops, query_params, unauthorized, AppState, Resp};
 use crate::auth::{Auth, UploadDenied};
-use crate::origin;
+use crate::http::origin;
 use crate::query::MAX_QUERY_LEN;
-use crate::streams::http as streams;
+
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::middleware::{from_fn, from_fn_with_state, Next};
@@ -35,27 +35,27 @@ fn only(route: MethodRouter<Arc<AppState>>, message: &'static str) -> MethodRout
 pub fn router(state: Arc<AppState>) -> Router {
     let granted = Router::new()
         .route("/ws", only(get(live::websocket), "use GET"))
-        .route("/v1/init", only(get(streams::init), "use GET"))
+        .route("/v1/init", only(get(durable::init), "use GET"))
         .route(
             "/v1/streams",
             only(
-                get(streams::list).post(streams::create),
+                get(durable::list).post(durable::create),
                 "use GET to list or POST to create",
             ),
         )
         .route(
             "/v1/streams/{slot}",
-            only(delete(streams::drop_stream), "use DELETE"),
+            only(delete(durable::drop_stream), "use DELETE"),
         )
         .route(
             "/v1/streams/{slot}/snapshot",
-            only(post(streams::backfill), "use POST"),
+            only(post(durable::backfill), "use POST"),
         )
         .route(
             "/v1/snapshot/data",
-            only(post(streams::snapshot_data), "use POST"),
+            only(post(durable::snapshot_data), "use POST"),
         )
-        .route("/v1/lr/stream", only(get(streams::lr_stream), "use GET"))
+        .route("/v1/lr/stream", only(get(durable::lr_stream), "use GET"))
         .route("/v1/{*rest}", any(v1_not_found))
         .layer(from_fn_with_state(state.clone(), require_grant));
     let uploads = Router::new()

@@ -4,9 +4,9 @@
 
 use super::{json_error, respond, AppState, Resp};
 use crate::auth::{self, Grant};
+use crate::delivery;
 use crate::filter::FilterInstance;
 use crate::query::{self, Query, QueryErrorKind};
-use crate::session;
 use hyper::StatusCode;
 use std::collections::HashMap;
 
@@ -70,7 +70,7 @@ pub async fn selection(
                 .get("config")
                 .map(|c| c.as_bytes().to_vec())
                 .unwrap_or_default();
-            match session::open_filter(&state.filters, id, config) {
+            match delivery::open_filter(&state.filters, id, config) {
                 Ok(f) => Some(f),
                 Err((code, message)) => return Err(Box::new(filter_refused(code, &message))),
             }

@@ -3,7 +3,7 @@
 //! per client, answered by the router.
 
 use super::{router, AppState, ClientAddr};
-use crate::listener::{self, Slot};
+use crate::http::listener::{self, Slot};
 use axum::Router;
 use hyper::body::Incoming;
 use hyper::Request;
@@ -21,7 +21,7 @@ pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
     shutdown: watch::Receiver<bool>,
-    tls: Option<Arc<crate::https::Tls>>,
+    tls: Option<Arc<crate::http::tls::Tls>>,
 ) {
     let conns = state.connections.clone();
     let app = router::router(state.clone());

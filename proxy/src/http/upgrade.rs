@@ -3,20 +3,49 @@
 //! answer, and the socket once hyper hands the connection over.
 
 use super::{json_error, unavailable, AppState, ClientAddr, Resp};
-use crate::listener::{Handshake, Slot};
+use crate::http::listener::{Handshake, Slot};
 use crate::metrics::Metrics;
-use crate::session;
 use axum::body::Body;
 use axum::extract::Request;
+use futures_util::SinkExt;
 use hyper::header::{HeaderValue, CONNECTION, UPGRADE};
+use hyper::upgrade::Upgraded;
 use hyper::StatusCode;
 use hyper_util::rt::TokioIo;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
+
+/// A server-side websocket over an upgraded HTTP connection.
+pub type Ws = WebSocketStream<TokioIo<Upgraded>>;
+
+/// How long a close frame may take to leave before the connection is dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Sends a close frame (reason cut to the protocol's 123 bytes) and closes.
+pub async fn close(ws: &mut Ws, code: CloseCode, reason: &str) {
+    // Close reasons are limited to 123 bytes by the protocol.
+    let mut r = reason.to_owned();
+    while r.len() > 123 {
+        r.pop();
+    }
+    // A client that reads nothing would hold this forever: bounded.
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        let _ = ws
+            .send(Message::Close(Some(CloseFrame {
+                code,
+                reason: r.into(),
+            })))
+            .await;
+        let _ = ws.close(None).await;
+    })
+    .await;
+}
 
 /// Checks the address's upgrade rate, then takes a handshake place: the
 /// handshake, or the answer (429 or 503).
@@ -61,7 +90,7 @@ pub struct Upgrade {
 /// An open websocket and what it holds: its connection's slot, and the
 /// handshake until its subscription is made.
 pub struct Opened {
-    pub ws: session::Ws,
+    pub ws: Ws,
     pub slot: Option<Slot>,
     pub handshake: Handshake,
 }
@@ -143,7 +172,7 @@ pub fn accept_upgrade(
 /// grows for a larger frame) and a message cap keep memory per client low
 /// and bounded; 4 KiB cost 3 KB more per idle client, and left the heap
 /// fragmented (docs/benchmarks.md).
-async fn server_socket(upgraded: hyper::upgrade::Upgraded) -> session::Ws {
+async fn server_socket(upgraded: hyper::upgrade::Upgraded) -> Ws {
     let config = WebSocketConfig::default()
         .read_buffer_size(1024)
         .write_buffer_size(32 * 1024)

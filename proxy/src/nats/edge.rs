@@ -17,10 +17,10 @@
 use super::before;
 use crate::change::Change;
 use crate::health::Health;
-use crate::hub::{Hub, PublishScratch};
-use crate::log::ENTRY_OVERHEAD;
+use crate::live::hub::{Hub, PublishScratch};
+use crate::live::log::ENTRY_OVERHEAD;
 use crate::metrics::Metrics;
-use crate::reader::{Backoff, BATCH};
+use crate::replication::reader::{Backoff, BATCH};
 use async_nats::jetstream::consumer::{pull, DeliverPolicy};
 use async_nats::jetstream::{self, Context};
 use futures_util::{FutureExt, StreamExt};

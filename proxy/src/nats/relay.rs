@@ -15,7 +15,7 @@ use super::{begin_id, commit_position, subject, token, NatsSettings, PUBLISHES_I
 use crate::change::{Action, Change};
 use crate::health::Health;
 use crate::metrics::Metrics;
-use crate::reader::{self, ReaderConfig};
+use crate::replication::reader::{self, ReaderConfig};
 use crate::replication::{ErrorKind, ReplicationError};
 use async_nats::jetstream::context::{
     CreateStreamError, CreateStreamErrorKind, PublishAckFuture, PublishErrorKind,

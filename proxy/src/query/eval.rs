@@ -6,9 +6,10 @@ use serde_json::{Map, Value};
 use std::borrow::Cow;
 use std::cmp::Ordering;
 
-/// A change's kind, as far as queries are concerned.
+/// What a change does to rows (the part of [`crate::change::Action`] that
+/// queries, row rules and snapshots speak of).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Action {
+pub enum RowAction {
     /// A row was inserted.
     Insert,
     /// A row was updated.
@@ -19,14 +20,14 @@ pub enum Action {
     Truncate,
 }
 
-impl Action {
+impl RowAction {
     /// The action as written in a query (`insert`, ...).
     pub fn as_str(self) -> &'static str {
         match self {
-            Action::Insert => "insert",
-            Action::Update => "update",
-            Action::Delete => "delete",
-            Action::Truncate => "truncate",
+            RowAction::Insert => "insert",
+            RowAction::Update => "update",
+            RowAction::Delete => "delete",
+            RowAction::Truncate => "truncate",
         }
     }
 }
@@ -35,7 +36,7 @@ impl Action {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RowView<'a> {
     /// The change's action.
-    pub action: Action,
+    pub action: RowAction,
     /// The changed table's schema (unused for a truncate).
     pub schema: &'a str,
     /// The changed table's name (unused for a truncate, see `truncated`).
@@ -49,12 +50,12 @@ pub struct RowView<'a> {
 
 impl ActionSet {
     /// Whether `action` is in the set.
-    pub fn contains(&self, action: Action) -> bool {
+    pub fn contains(&self, action: RowAction) -> bool {
         match action {
-            Action::Insert => self.insert,
-            Action::Update => self.update,
-            Action::Delete => self.delete,
-            Action::Truncate => self.truncate,
+            RowAction::Insert => self.insert,
+            RowAction::Update => self.update,
+            RowAction::Delete => self.delete,
+            RowAction::Truncate => self.truncate,
         }
     }
 }
@@ -69,7 +70,7 @@ impl Query {
         if !self.wants(change.action) {
             return false;
         }
-        if change.action == Action::Truncate {
+        if change.action == RowAction::Truncate {
             return change
                 .truncated
                 .iter()
@@ -94,7 +95,7 @@ impl Query {
         if !self.wants(change.action) {
             return Some(false);
         }
-        if change.action == Action::Truncate || self.filters.is_empty() {
+        if change.action == RowAction::Truncate || self.filters.is_empty() {
             return Some(self.matches(change));
         }
         if !self.matches_table(change.schema, change.table) {
@@ -126,7 +127,7 @@ impl Query {
     }
 
     /// Whether the query's actions include `action`.
-    pub fn wants(&self, action: Action) -> bool {
+    pub fn wants(&self, action: RowAction) -> bool {
         self.actions.contains(action)
     }
 }
@@ -287,7 +288,7 @@ mod tests {
     }
 
     fn view<'a>(
-        action: Action,
+        action: RowAction,
         schema: &'a str,
         table: &'a str,
         row: Option<&'a Map<String, Value>>,
@@ -515,12 +516,12 @@ mod tests {
             let q = query(&format!("*:t:{f}"));
             assert!(!q.filters[0].holds(None), "{f}");
             assert!(
-                !q.matches(&view(Action::Update, "public", "t", None)),
+                !q.matches(&view(RowAction::Update, "public", "t", None)),
                 "{f}"
             );
         }
         // Without filters, a change with no row still matches.
-        assert!(query("*:t").matches(&view(Action::Delete, "public", "t", None)));
+        assert!(query("*:t").matches(&view(RowAction::Delete, "public", "t", None)));
     }
 
     #[test]
@@ -528,8 +529,8 @@ mod tests {
         let q = query("*:t:a.eq.1:b.gt.2");
         let yes = map(json!({"a": 1, "b": 3}));
         let no = map(json!({"a": 1, "b": 2}));
-        assert!(q.matches(&view(Action::Insert, "public", "t", Some(&yes))));
-        assert!(!q.matches(&view(Action::Insert, "public", "t", Some(&no))));
+        assert!(q.matches(&view(RowAction::Insert, "public", "t", Some(&yes))));
+        assert!(!q.matches(&view(RowAction::Insert, "public", "t", Some(&no))));
     }
 
     #[test]
@@ -537,8 +538,8 @@ mod tests {
         let q = query("delete:users:id.eq.5");
         let identity = map(json!({"id": 5}));
         let other = map(json!({"id": 6}));
-        assert!(q.matches(&view(Action::Delete, "public", "users", Some(&identity))));
-        assert!(!q.matches(&view(Action::Delete, "public", "users", Some(&other))));
+        assert!(q.matches(&view(RowAction::Delete, "public", "users", Some(&identity))));
+        assert!(!q.matches(&view(RowAction::Delete, "public", "users", Some(&other))));
     }
 
     #[test]
@@ -548,7 +549,7 @@ mod tests {
             ("audit".to_owned(), "users".to_owned()),
         ];
         let change = RowView {
-            action: Action::Truncate,
+            action: RowAction::Truncate,
             schema: "",
             table: "",
             truncated: &truncated,
@@ -579,8 +580,8 @@ mod tests {
         let q = query("insert:audit.users");
         assert!(q.matches_table("audit", "users"));
         assert!(!q.matches_table("public", "users"));
-        assert!(!q.matches(&view(Action::Insert, "public", "users", None)));
-        assert!(q.matches(&view(Action::Insert, "audit", "users", None)));
+        assert!(!q.matches(&view(RowAction::Insert, "public", "users", None)));
+        assert!(q.matches(&view(RowAction::Insert, "audit", "users", None)));
         let q = query(r#"insert:"My Schema"."My ""T""""#);
         assert!(q.matches_table("My Schema", "My \"T\""));
     }
@@ -589,8 +590,8 @@ mod tests {
     fn filters_do_not_leak_to_other_actions() {
         let q = query("insert:users:id.eq.5");
         let row = map(json!({"id": 5}));
-        assert!(q.matches(&view(Action::Insert, "public", "users", Some(&row))));
-        for action in [Action::Update, Action::Delete, Action::Truncate] {
+        assert!(q.matches(&view(RowAction::Insert, "public", "users", Some(&row))));
+        for action in [RowAction::Update, RowAction::Delete, RowAction::Truncate] {
             assert!(!q.wants(action), "{}", action.as_str());
             assert!(
                 !q.matches(&view(action, "public", "users", Some(&row))),
@@ -600,27 +601,27 @@ mod tests {
         }
         let q = query("update,delete:users:id.eq.5");
         let other = map(json!({"id": 6}));
-        assert!(!q.matches(&view(Action::Update, "public", "users", Some(&other))));
-        assert!(!q.matches(&view(Action::Delete, "public", "users", Some(&other))));
-        assert!(!q.matches(&view(Action::Insert, "public", "users", Some(&row))));
+        assert!(!q.matches(&view(RowAction::Update, "public", "users", Some(&other))));
+        assert!(!q.matches(&view(RowAction::Delete, "public", "users", Some(&other))));
+        assert!(!q.matches(&view(RowAction::Insert, "public", "users", Some(&row))));
         // Another table's row with the same values does not match either.
-        assert!(!q.matches(&view(Action::Update, "public", "orders", Some(&row))));
+        assert!(!q.matches(&view(RowAction::Update, "public", "orders", Some(&row))));
     }
 
     #[test]
     fn wants_follows_the_action_set() {
         let q = query("*:t");
         for a in [
-            Action::Insert,
-            Action::Update,
-            Action::Delete,
-            Action::Truncate,
+            RowAction::Insert,
+            RowAction::Update,
+            RowAction::Delete,
+            RowAction::Truncate,
         ] {
             assert!(q.wants(a));
         }
         let q = query("update,truncate:t");
-        assert!(!q.wants(Action::Insert) && q.wants(Action::Update));
-        assert!(!q.wants(Action::Delete) && q.wants(Action::Truncate));
+        assert!(!q.wants(RowAction::Insert) && q.wants(RowAction::Update));
+        assert!(!q.wants(RowAction::Delete) && q.wants(RowAction::Truncate));
     }
 
     #[test]

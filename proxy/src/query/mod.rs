@@ -78,7 +78,7 @@ pub mod like;
 mod num;
 mod parser;
 
-pub use eval::{Action, RowView};
+pub use eval::{RowAction, RowView};
 pub use parser::{
     parse, ActionSet, Filter, Op, Operand, Query, QueryError, QueryErrorKind, TableRef,
     MAX_QUERY_LEN,
@@ -96,7 +96,7 @@ mod tests {
         }
     }
 
-    fn change<'a>(action: Action, table: &'a str, row: &'a Map<String, Value>) -> RowView<'a> {
+    fn change<'a>(action: RowAction, table: &'a str, row: &'a Map<String, Value>) -> RowView<'a> {
         RowView {
             action,
             schema: "public",
@@ -116,12 +116,12 @@ mod tests {
         let ann = row(json!({"id": 2, "name": "Ann", "age": 31}));
         let bob = row(json!({"id": 3, "name": "Bob", "age": 40}));
         let kid = row(json!({"id": 1, "name": "Al", "age": 9}));
-        assert!(q.matches(&change(Action::Insert, "users", &ann)));
-        assert!(q.matches(&change(Action::Update, "users", &ann)));
-        assert!(!q.matches(&change(Action::Delete, "users", &ann)));
-        assert!(!q.matches(&change(Action::Insert, "users", &bob)));
-        assert!(!q.matches(&change(Action::Insert, "users", &kid)));
-        assert!(!q.matches(&change(Action::Insert, "orders", &ann)));
+        assert!(q.matches(&change(RowAction::Insert, "users", &ann)));
+        assert!(q.matches(&change(RowAction::Update, "users", &ann)));
+        assert!(!q.matches(&change(RowAction::Delete, "users", &ann)));
+        assert!(!q.matches(&change(RowAction::Insert, "users", &bob)));
+        assert!(!q.matches(&change(RowAction::Insert, "users", &kid)));
+        assert!(!q.matches(&change(RowAction::Insert, "orders", &ann)));
     }
 
     #[test]

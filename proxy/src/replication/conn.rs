@@ -2,7 +2,7 @@
 //! `postgres-protocol` crate: startup, authentication (trust, password, md5,
 //! SCRAM-SHA-256), simple queries, and CopyBoth for `START_REPLICATION`.
 
-use super::error::ReplicationError;
+use super::error::{ReplicationError, ServerError};
 use bytes::{Buf, Bytes, BytesMut};
 use fallible_iterator::FallibleIterator;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
@@ -384,17 +384,18 @@ async fn negotiate_tls(
 }
 
 fn server_error(body: &postgres_protocol::message::backend::ErrorResponseBody) -> ReplicationError {
-    let (mut code, mut message, mut detail, mut hint) = (String::new(), String::new(), None, None);
+    let mut e = ServerError::default();
     let mut fields = body.fields();
     while let Ok(Some(f)) = fields.next() {
         let v = String::from_utf8_lossy(f.value_bytes()).into_owned();
         match f.type_() {
-            b'C' => code = v,
-            b'M' => message = v,
-            b'D' => detail = Some(v),
-            b'H' => hint = Some(v),
+            b'C' => e.code = v,
+            b'M' => e.message = v,
+            b'D' => e.detail = Some(v),
+            b'H' => e.hint = Some(v),
+            b'R' => e.routine = Some(v),
             _ => {}
         }
     }
-    ReplicationError::from_server(&code, &message, detail.as_deref(), hint.as_deref())
+    ReplicationError::from_server(&e)
 }

@@ -10,9 +10,10 @@
 
 mod conn;
 mod error;
+pub mod reader;
 mod stream;
 
-pub use error::{ErrorKind, ReplicationError};
+pub use error::{ErrorKind, ReplicationError, ServerError};
 pub use stream::{ReplicationStream, XLogData};
 
 use conn::Connection;

@@ -16,15 +16,15 @@
 //!
 //! The matching a cursor does itself (its scans, and the matches the hub
 //! deferred because they cost too much for the hub, see
-//! [`crate::hub::HUB_MATCH_COST`]) runs on the client's task and is timed:
+//! [`crate::live::hub::HUB_MATCH_COST`]) runs on the client's task and is timed:
 //! at most [`SLICE`] per call, and at most the hub's match budget per
 //! second. Past the budget the client waits ([`Cursor::throttle`]), so a
 //! client with costly filters slows itself, never the hub or other clients;
 //! if it waits long enough to fall out of the log, it is closed like any
 //! client that fell behind.
 
-use crate::hub::{listed, Group, Hub};
-use crate::log::{Entry, Missing};
+use crate::live::hub::{listed, Group, Hub};
+use crate::live::log::{Entry, Missing};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

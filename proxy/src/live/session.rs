@@ -6,55 +6,25 @@
 
 use crate::auth;
 use crate::backfill::{self, Event};
-use crate::change::Change;
-use crate::cursor::{Cursor, Stop};
+use crate::delivery::{self, outcome, unfiltered, Outcome};
 use crate::filter::{FilterInstance, Filters, Verdict, BATCH_EVENTS};
-use crate::http::upgrade::Opened;
-use crate::hub::{Hub, SubscribeError};
-use crate::log::Entry;
+use crate::http::upgrade::{close, Opened, Ws};
+use crate::live::cursor::{Cursor, Stop};
+use crate::live::hub::{Hub, SubscribeError};
+use crate::live::log::Entry;
 use crate::metrics::{CloseReason, Metrics};
 use crate::query::{self, Query};
 use futures_util::{SinkExt, StreamExt};
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
-use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
 use walcast_format::Position;
-
-/// A server-side websocket over an upgraded HTTP connection.
-pub(crate) type Ws = WebSocketStream<TokioIo<Upgraded>>;
 
 /// Frames written before each flush when a client has a backlog.
 const MAX_BATCH: usize = 512;
-
-/// How long a close frame may take to leave before the connection is dropped.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Sends a close frame (reason cut to the protocol's 123 bytes) and closes.
-pub(crate) async fn close(ws: &mut Ws, code: CloseCode, reason: &str) {
-    // Close reasons are limited to 123 bytes by the protocol.
-    let mut r = reason.to_owned();
-    while r.len() > 123 {
-        r.pop();
-    }
-    // A client that reads nothing would hold this forever: bounded.
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-        let _ = ws
-            .send(Message::Close(Some(CloseFrame {
-                code,
-                reason: r.into(),
-            })))
-            .await;
-        let _ = ws.close(None).await;
-    })
-    .await;
-}
 
 async fn error_frame(ws: &mut Ws, err: &query::QueryError) {
     let body = serde_json::json!({"error": err.message, "position": err.position});
@@ -177,81 +147,6 @@ pub fn parse_first_frame(text: &str) -> Result<FirstFrame, FirstFrameError> {
     })
 }
 
-/// What a change becomes for one client.
-pub(crate) enum Outcome {
-    Send(Utf8Bytes),
-    Skip,
-    /// A filter error frame, then go on.
-    Report(String),
-    /// A filter error frame, then close 1008 with the reason.
-    Detach(String, String),
-}
-
-/// A change for a client without a filter.
-fn unfiltered(change: &Change) -> Outcome {
-    Outcome::Send(change.text.clone())
-}
-
-/// Runs the client's filter (if any) on a change.
-pub(crate) fn filter_change(
-    filter: Option<&mut FilterInstance>,
-    change: &Change,
-    metrics: &Metrics,
-) -> Outcome {
-    match filter {
-        None => unfiltered(change),
-        Some(f) => outcome(change, f.run(change), metrics),
-    }
-}
-
-/// What the filter's verdict on `change` makes of it.
-fn outcome(change: &Change, verdict: Verdict, metrics: &Metrics) -> Outcome {
-    metrics.filter_events.fetch_add(1, Ordering::Relaxed);
-    let frame = |code: &str, message: &str| {
-        serde_json::json!({
-            "type": "filter_error",
-            "code": code,
-            "message": message,
-            "lsn": change.lsn.to_string(),
-            "pos": change.pos.map(|p| p.to_string()),
-        })
-        .to_string()
-    };
-    match verdict {
-        Verdict::Drop => Outcome::Skip,
-        Verdict::Keep => unfiltered(change),
-        Verdict::Replace(out) => match String::from_utf8(out) {
-            Ok(s) => Outcome::Send(s.into()),
-            Err(_) => Outcome::Skip,
-        },
-        Verdict::Failed(e) => {
-            metrics.filter_errors.fetch_add(1, Ordering::Relaxed);
-            Outcome::Report(frame(e.code.as_str(), &e.message))
-        }
-        Verdict::Detached(e) => {
-            metrics.filter_errors.fetch_add(1, Ordering::Relaxed);
-            metrics.filters_detached.fetch_add(1, Ordering::Relaxed);
-            Outcome::Detach(frame(e.code.as_str(), &e.message), e.message)
-        }
-    }
-}
-
-/// Opens a filter for a subscription: `Err((code, message))` when the id
-/// is unknown or the module cannot start with this config.
-pub fn open_filter(
-    filters: &Filters,
-    id: &str,
-    config: Vec<u8>,
-) -> Result<FilterInstance, (&'static str, String)> {
-    let module = filters.get(id).ok_or_else(|| {
-        (
-            "FILTER_NOT_FOUND",
-            format!("no filter {id:?} on this proxy: upload it with POST /v1/filters"),
-        )
-    })?;
-    FilterInstance::new(filters, module, config).map_err(|e| (e.code.as_str(), e.message))
-}
-
 /// How a session starts: subscribed before the upgrade was answered (URL
 /// parameters), or waiting for the client's first frame.
 pub enum Start {
@@ -357,7 +252,7 @@ pub(crate) async fn run(
     open: Opened,
     start: Start,
     ctx: Context,
-    mut access: auth::Session,
+    mut access: auth::Access,
     plan: Option<backfill::driver::Plan>,
 ) {
     // The slot is held until the session ends; the handshake until the
@@ -374,7 +269,7 @@ pub(crate) async fn run(
             Ok(first) => {
                 let filter = match first.filter {
                     None => None,
-                    Some((id, config)) => match open_filter(&ctx.filters, &id, config) {
+                    Some((id, config)) => match delivery::open_filter(&ctx.filters, &id, config) {
                         Ok(f) => Some(f),
                         Err((code, message)) => {
                             Box::pin(error_close(&mut ws, code, &message)).await;
@@ -474,7 +369,7 @@ async fn serve(
     mut cursor: Cursor,
     mut filter: Option<FilterInstance>,
     ctx: &Context,
-    access: &mut auth::Session,
+    access: &mut auth::Access,
     mut events: Option<backfill::driver::Handle>,
 ) -> End {
     let Liveness {
@@ -521,7 +416,7 @@ async fn serve(
                 }
             }
             if let Some(rules) = &limits {
-                burst.retain(|e| rules.admits(&e.change));
+                burst.retain(|e| delivery::selects(None, Some(rules), &e.change));
             }
         }
         // A backfill's chunk goes where its high watermark is: after the

@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio_postgres::error::SqlState;
 use walcast_format::{Lsn, TablePattern};
 
 /// Settings of durable streams.
@@ -364,7 +365,7 @@ impl Streams {
             match client.create_slot(&name, false, export).await {
                 Ok(c) => break c,
                 // Someone else took the name between the check and the creation.
-                Err(e) if e.sqlstate.as_deref() == Some("42710") => n += 1,
+                Err(e) if e.is(&SqlState::DUPLICATE_OBJECT) => n += 1,
                 Err(e) => {
                     return Err(ApiError::unavailable(format!(
                         "cannot create the stream: {e}"
@@ -711,7 +712,7 @@ impl Streams {
         c.execute("SELECT pg_catalog.pg_drop_replication_slot($1)", &[&slot])
             .await
             .map_err(|e| {
-                let in_use = e.code() == Some(&tokio_postgres::error::SqlState::OBJECT_IN_USE);
+                let in_use = e.code() == Some(&SqlState::OBJECT_IN_USE);
                 let status = if in_use {
                     StatusCode::CONFLICT
                 } else {

@@ -11,7 +11,7 @@
 use crate::backfill::window::is_mark;
 use crate::change::{Action, Change};
 use crate::health::Health;
-use crate::hub::{Hub, PublishScratch};
+use crate::live::hub::{Hub, PublishScratch};
 use crate::metrics::Metrics;
 use crate::replication::{ErrorKind, ReplicationClient, ReplicationError, ReplicationStream};
 use bytes::Bytes;

@@ -1,6 +1,6 @@
 //! The hub: where changes enter the change log and where clients subscribe.
 //!
-//! A source (the replication reader, `reader.rs`) hands the hub batches of
+//! A source (the replication reader, `replication/reader.rs`) hands the hub batches of
 //! changes in stream order. The hub stores each change once in the log
 //! (`log.rs`) and, for every *group* of identical queries whose query the
 //! change matches, appends the change's seq to the group's match list.
@@ -16,8 +16,8 @@
 
 use crate::backfill::window::{is_mark, Windows};
 use crate::change::Change;
-use crate::cursor::{Cursor, CursorShared};
-use crate::log::{ChangeLog, Resume};
+use crate::live::cursor::{Cursor, CursorShared};
+use crate::live::log::{ChangeLog, Resume};
 use crate::metrics::LogReport;
 use crate::query::{self, Query};
 use std::collections::{HashMap, VecDeque};
@@ -265,8 +265,8 @@ impl Index {
     }
 
     /// Groups that may want `change`.
-    fn candidates_of(&self, change: &Change, action: query::Action, out: &mut Vec<u64>) {
-        if action == query::Action::Truncate {
+    fn candidates_of(&self, change: &Change, action: query::RowAction, out: &mut Vec<u64>) {
+        if action == query::RowAction::Truncate {
             // A truncate has no row: every group of a table it names may want it.
             for (_, t) in &change.truncated {
                 for (key, ids) in &self.index {
@@ -774,7 +774,7 @@ mod tests {
             hub.publish(vec![change(n as u32, row)], &mut scratch);
             for (q, cur) in subs.iter_mut() {
                 let view = RowView {
-                    action: query::Action::Insert,
+                    action: query::RowAction::Insert,
                     schema: "public",
                     table: "t",
                     truncated: &[],

@@ -2,7 +2,7 @@
 //! is a durable JetStream consumer of the relay's stream instead of a slot,
 //! so any number of durable streams cost PostgreSQL the relay's one slot.
 //!
-//! - **Create** (`registry.rs`): a *temporary* slot exports the snapshot
+//! - **Create** (`streams.rs`): a *temporary* slot exports the snapshot
 //!   (held as for slot streams) and gives its consistent point `C`; the
 //!   consumer starts at the stream's next sequence as it was *before* the
 //!   slot was created, and every transaction that committed before `C` is
@@ -19,7 +19,7 @@
 //!   come again, in order, at once; a crash between the two steps leaves two
 //!   generations, and the newest wins.
 
-use super::registry::ApiError;
+use super::streams::ApiError;
 use crate::change::{Action, Change};
 use crate::nats::{begin_id, is_begin_subject};
 use crate::replication::XLogData;

@@ -11,18 +11,20 @@
 //! There is no queue: the proxy reads from PostgreSQL only as fast as the
 //! client takes frames, so a slow client holds WAL back, never proxy memory.
 
-use super::registry::{ApiError, ConsumerGuard, Streams};
+use super::streams::{ApiError, ConsumerGuard, Streams};
 use crate::change::{Action, Change};
+use crate::delivery::{self, filter_change, Outcome};
+use crate::http::upgrade::{close, Ws};
 use crate::metrics::Metrics;
 use crate::query::Query;
 use crate::replication::{ReplicationClient, ReplicationError, ReplicationStream, XLogData};
-use crate::session::{close, filter_change, Outcome, Ws};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use hyper::StatusCode;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
+use tokio_postgres::error::SqlState;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use walcast_format::{Lsn, TablePattern};
@@ -43,7 +45,7 @@ pub struct Options {
     pub heartbeats: bool,
     /// The client's grant: its rules apply to every change before the
     /// query and the filter; it expires unless refreshed.
-    pub access: crate::auth::Session,
+    pub access: crate::auth::Access,
     /// Tables whose current rows to send first (`&snapshot=`), and how.
     pub backfills: Vec<crate::backfill::driver::Plan>,
     pub backfill_runner: (crate::sql::SqlPool, Arc<crate::backfill::driver::Shared>),
@@ -149,7 +151,7 @@ pub async fn open(streams: &Streams, slot: &str) -> Result<Opened, ApiError> {
         options.push(("add-tables", t));
     }
     let start_failed = |e: ReplicationError| {
-        let status = if e.sqlstate.as_deref() == Some("55006") {
+        let status = if e.is(&SqlState::OBJECT_IN_USE) {
             StatusCode::CONFLICT
         } else {
             StatusCode::SERVICE_UNAVAILABLE
@@ -276,7 +278,7 @@ fn allowed_by(g: &[TablePattern], c: &Change) -> bool {
     }
 }
 
-struct Session {
+struct Consumer {
     ws: Ws,
     stream: Source,
     acks: Acks,
@@ -296,7 +298,7 @@ enum End {
     Close(CloseCode, String),
 }
 
-impl Session {
+impl Consumer {
     fn allowed_globally(&self, c: &Change) -> bool {
         self.global_tables.iter().all(|g| allowed_by(g, c))
     }
@@ -320,17 +322,11 @@ impl Session {
             Action::Begin | Action::Commit => true,
             Action::Insert | Action::Update | Action::Delete | Action::Truncate => {
                 let selected = self.allowed_globally(&change)
-                    && self
-                        .opts
-                        .access
-                        .grant()
-                        .read_limits()
-                        .is_none_or(|r| r.admits(&change))
-                    && self
-                        .opts
-                        .query
-                        .as_ref()
-                        .is_none_or(|q| change.matched_by(q));
+                    && delivery::selects(
+                        self.opts.query.as_ref(),
+                        self.opts.access.grant().read_limits().map(|r| &**r),
+                        &change,
+                    );
                 if selected && self.opts.filter.is_some() {
                     if let Some(wait) = self.opts.filter.as_mut().and_then(|f| f.throttle()) {
                         self.ws.flush().await.map_err(|_| End::Client)?;
@@ -362,10 +358,11 @@ impl Session {
             }
             // Watermarks of live subscriptions' backfills are the proxy's own.
             Action::Message if crate::backfill::window::is_mark(&change) => false,
-            // Messages and DDL are not rows a user's rules could limit.
-            Action::Message | Action::Ddl => {
-                self.opts.query.is_none() && self.opts.access.grant().read_limits().is_none()
-            }
+            Action::Message | Action::Ddl => delivery::selects(
+                self.opts.query.as_ref(),
+                self.opts.access.grant().read_limits().map(|r| &**r),
+                &change,
+            ),
             _ => false,
         };
         if position > self.acks.sent {
@@ -642,7 +639,7 @@ pub async fn run(
     let (pool, shared) = opts.backfill_runner.clone();
     let backfills =
         super::backfill::Backfills::new(guard.backfills.take(), pool, shared, metrics.clone());
-    let mut session = Session {
+    let mut consumer = Consumer {
         ws,
         stream,
         acks: Acks {
@@ -656,16 +653,16 @@ pub async fn run(
         in_txn: false,
         backfills,
     };
-    session.update_caught_up();
+    consumer.update_caught_up();
     // A client already gone is noticed by the loop.
-    let _ = session.requested(first).await;
-    let end = session.run(&mut shutdown, &mut guard.stop).await;
-    let Session {
+    let _ = consumer.requested(first).await;
+    let end = consumer.run(&mut shutdown, &mut guard.stop).await;
+    let Consumer {
         mut ws,
         stream,
         acks,
         ..
-    } = session;
+    } = consumer;
     // Confirm the last ACK and end the copy before the slot is released.
     stream.close().await;
     if let End::Close(code, reason) = &end {

@@ -6,7 +6,7 @@
 //! time per page). Table and column names are looked up in the catalog and
 //! quoted; request values only ever travel as bind parameters.
 
-use super::registry::{ApiError, Streams};
+use super::streams::{ApiError, Streams};
 use crate::auth::Rules;
 use crate::catalog::{quote_ident, TableInfo};
 use crate::change::split_qualified;

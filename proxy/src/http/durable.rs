@@ -9,10 +9,10 @@
 //! | `GET /v1/lr/stream?slotName=`   | websocket: stream, ACK, resume              |
 //! | `POST /v1/streams/{slotName}/snapshot` | a table's current rows into the stream |
 
-use super::registry::ApiError;
-use super::{consumer, snapshot};
 use crate::auth::Grant;
 use crate::backfill::driver::Plan;
+use crate::durable::streams::ApiError;
+use crate::durable::{consumer, snapshot};
 use crate::http::selection::{selection, Selection};
 use crate::http::upgrade::{accept_upgrade, begin, switching_protocols, Opened};
 use crate::http::{json_error, query_params, read_body, respond, AppState, Resp};
@@ -399,7 +399,7 @@ pub async fn lr_stream(
         Err(e) => return e.into_response(),
     };
     let (metrics, shutdown) = (state.metrics.clone(), state.shutdown.clone());
-    let access = crate::auth::Session::new(state.auth.clone(), grant);
+    let access = crate::auth::Access::new(state.auth.clone(), grant);
     let response = switching_protocols(&upgrade.accept);
     tokio::spawn(async move {
         // The slot stays held while the consumer runs; the handshake ends

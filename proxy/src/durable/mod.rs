@@ -3,15 +3,15 @@
 //! after a disconnect (at-least-once).
 //!
 //! ```text
-//! POST /v1/streams, GET /v1/init -> registry.rs  create slot + hold its exported snapshot
+//! POST /v1/streams, GET /v1/init -> streams.rs   create slot + hold its exported snapshot
 //! POST /v1/snapshot/data         -> snapshot.rs  pages of rows inside that snapshot
 //! GET  /v1/lr/stream (websocket) -> consumer.rs  frames from the slot, ACKs -> confirmed position
 //! POST /v1/streams/{slot}/snapshot -> backfill.rs a table's current rows, read in
 //!                                                chunks between watermarks, sent in the stream
-//! GET /v1/streams, DELETE        -> registry.rs  list, drop
+//! GET /v1/streams, DELETE        -> streams.rs   list, drop
 //! beside them                       guard.rs     lag limit per slot, heartbeats
 //! on an edge (--nats-url)           jet.rs       streams as JetStream consumers, no slot
-//! routes                            http.rs      the /v1/ endpoints
+//! routes                            http/durable.rs  the /v1/ endpoints
 //! ```
 //!
 //! A slot is a durable stream when it uses the walcast plugin in this
@@ -21,12 +21,11 @@
 pub mod backfill;
 pub mod consumer;
 pub mod guard;
-pub mod http;
 pub mod jet;
-pub mod registry;
 pub mod snapshot;
+pub mod streams;
 
-pub use registry::{ApiError, Streams, StreamsConfig};
+pub use streams::{ApiError, Streams, StreamsConfig};
 
 /// Whether `name` has the form of a durable stream slot: `walcast_`, a word
 /// of lower case letters (underscores inside), then digits.

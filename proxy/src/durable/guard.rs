@@ -4,7 +4,7 @@
 //! writes a small non-transactional message into an idle database so that
 //! connected slots keep advancing instead of pinning WAL.
 
-use super::registry::Streams;
+use super::streams::Streams;
 use crate::change::HEARTBEAT_PREFIX;
 use crate::metrics::{now_ms, Metrics};
 use std::collections::BTreeMap;

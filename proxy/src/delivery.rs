@@ -1,0 +1,108 @@
+//! What a client receives, one rule for both paths: which changes a
+//! subscription selects (its query and the user's row rules), and what its
+//! WASM filter makes of each selected change.
+//!
+//! ```text
+//! change -> selects()      query + the user's rules (the live hub applies
+//!                          the query part through its index, see live/hub.rs)
+//!        -> filter_change  the client's filter, if any: send, skip, an
+//!                          error frame, or detach the filter and close
+//! ```
+//!
+//! `--tables` is applied before either, by the plugin (`add-tables`); a
+//! durable stream on an edge checks it again in `durable/consumer.rs`.
+
+use crate::auth::Rules;
+use crate::change::Change;
+use crate::filter::{FilterInstance, Filters, Verdict};
+use crate::metrics::Metrics;
+use crate::query::Query;
+use std::sync::atomic::Ordering;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+/// Whether a subscription gets `change` before its filter runs: a row
+/// change when its query (if any) matches and the user's rules (if they
+/// limit reads) admit it; a message or DDL only when neither narrows the
+/// subscription, as they are not rows a query or a rule could judge.
+/// Transaction boundaries and the proxy's own messages are the caller's.
+pub fn selects(query: Option<&Query>, limits: Option<&Rules>, change: &Change) -> bool {
+    if change.row_action().is_none() {
+        return query.is_none() && limits.is_none_or(|l| !l.limits_reads());
+    }
+    limits.is_none_or(|l| l.admits(change)) && query.is_none_or(|q| change.matched_by(q))
+}
+
+/// What a change becomes for one client.
+pub enum Outcome {
+    Send(Utf8Bytes),
+    Skip,
+    /// A filter error frame, then go on.
+    Report(String),
+    /// A filter error frame, then close 1008 with the reason.
+    Detach(String, String),
+}
+
+/// A change for a client without a filter.
+pub fn unfiltered(change: &Change) -> Outcome {
+    Outcome::Send(change.text.clone())
+}
+
+/// Runs the client's filter (if any) on a change.
+pub fn filter_change(
+    filter: Option<&mut FilterInstance>,
+    change: &Change,
+    metrics: &Metrics,
+) -> Outcome {
+    match filter {
+        None => unfiltered(change),
+        Some(f) => outcome(change, f.run(change), metrics),
+    }
+}
+
+/// What the filter's verdict on `change` makes of it.
+pub fn outcome(change: &Change, verdict: Verdict, metrics: &Metrics) -> Outcome {
+    metrics.filter_events.fetch_add(1, Ordering::Relaxed);
+    let frame = |code: &str, message: &str| {
+        serde_json::json!({
+            "type": "filter_error",
+            "code": code,
+            "message": message,
+            "lsn": change.lsn.to_string(),
+            "pos": change.pos.map(|p| p.to_string()),
+        })
+        .to_string()
+    };
+    match verdict {
+        Verdict::Drop => Outcome::Skip,
+        Verdict::Keep => unfiltered(change),
+        Verdict::Replace(out) => match String::from_utf8(out) {
+            Ok(s) => Outcome::Send(s.into()),
+            Err(_) => Outcome::Skip,
+        },
+        Verdict::Failed(e) => {
+            metrics.filter_errors.fetch_add(1, Ordering::Relaxed);
+            Outcome::Report(frame(e.code.as_str(), &e.message))
+        }
+        Verdict::Detached(e) => {
+            metrics.filter_errors.fetch_add(1, Ordering::Relaxed);
+            metrics.filters_detached.fetch_add(1, Ordering::Relaxed);
+            Outcome::Detach(frame(e.code.as_str(), &e.message), e.message)
+        }
+    }
+}
+
+/// Opens a filter for a subscription: `Err((code, message))` when the id
+/// is unknown or the module cannot start with this config.
+pub fn open_filter(
+    filters: &Filters,
+    id: &str,
+    config: Vec<u8>,
+) -> Result<FilterInstance, (&'static str, String)> {
+    let module = filters.get(id).ok_or_else(|| {
+        (
+            "FILTER_NOT_FOUND",
+            format!("no filter {id:?} on this proxy: upload it with POST /v1/filters"),
+        )
+    })?;
+    FilterInstance::new(filters, module, config).map_err(|e| (e.code.as_str(), e.message))
+}

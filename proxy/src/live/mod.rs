@@ -1,0 +1,16 @@
+//! The live path: every change read once from the proxy's slot (or a
+//! JetStream stream), stored once, read by many websocket clients.
+//!
+//! ```text
+//! reader / nats edge -> hub.rs     each change into the log, its seq onto the match
+//!                                  list of every query group it matches
+//!                       log.rs     the change log: stream order, byte-bounded
+//!                       cursor.rs  one client's place: next seq, its group
+//!                       session.rs one websocket: bursts from the cursor through
+//!                                  the delivery rules, pings, stalls, snapshot chunks
+//! ```
+
+pub mod cursor;
+pub mod hub;
+pub mod log;
+pub mod session;

@@ -15,8 +15,10 @@
 use crate::auth::Rules;
 use crate::change::Change;
 use crate::filter::{FilterInstance, Filters, Verdict};
+use crate::http::ApiError;
 use crate::metrics::Metrics;
 use crate::query::Query;
+use hyper::StatusCode;
 use std::sync::atomic::Ordering;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -91,18 +93,27 @@ pub fn outcome(change: &Change, verdict: Verdict, metrics: &Metrics) -> Outcome 
     }
 }
 
-/// Opens a filter for a subscription: `Err((code, message))` when the id
+/// Opens a filter for a subscription; the error (404 `FILTER_NOT_FOUND`,
+/// 503 `INSTANTIATE_FAILED`, else 400 with the filter's code) when the id
 /// is unknown or the module cannot start with this config.
 pub fn open_filter(
     filters: &Filters,
     id: &str,
     config: Vec<u8>,
-) -> Result<FilterInstance, (&'static str, String)> {
+) -> Result<FilterInstance, ApiError> {
     let module = filters.get(id).ok_or_else(|| {
-        (
-            "FILTER_NOT_FOUND",
+        ApiError::new(
+            StatusCode::NOT_FOUND,
             format!("no filter {id:?} on this proxy: upload it with POST /v1/filters"),
         )
+        .code("FILTER_NOT_FOUND")
     })?;
-    FilterInstance::new(filters, module, config).map_err(|e| (e.code.as_str(), e.message))
+    FilterInstance::new(filters, module, config).map_err(|e| {
+        let code = e.code.as_str();
+        let status = match code {
+            "INSTANTIATE_FAILED" => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError::new(status, e.message).code(code)
+    })
 }

@@ -363,6 +363,7 @@ async fn serve(args: walcast_proxy::config::ServeArgs) -> Result<(), String> {
         )
         .map_err(|e| format!("WASM filters: {e}"))?,
     );
+    let tasks = tokio_util::task::TaskTracker::new();
     let state = Arc::new(AppState {
         hub,
         metrics: metrics.clone(),
@@ -372,7 +373,10 @@ async fn serve(args: walcast_proxy::config::ServeArgs) -> Result<(), String> {
         filters,
         origins: walcast_proxy::http::origin::Origins::new(&args.allowed_origins, auth.required()),
         auth,
-        max_clients: args.max_clients,
+        clients: Arc::new(tokio::sync::Semaphore::new(
+            args.max_clients.min(tokio::sync::Semaphore::MAX_PERMITS),
+        )),
+        tasks: tasks.clone(),
         liveness: Liveness {
             ping_interval: Duration::from_secs(args.ping_interval),
             stall_timeout: Duration::from_secs(args.stall_timeout),
@@ -401,12 +405,17 @@ async fn serve(args: walcast_proxy::config::ServeArgs) -> Result<(), String> {
     tracing::info!("shutting down: closing clients (1001) and the replication stream");
     let _ = shutdown_tx.send(true);
     let _ = server.await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while (metrics.clients.load(Ordering::Relaxed) > 0
-        || metrics.stream_consumers.load(Ordering::Relaxed) > 0)
-        && tokio::time::Instant::now() < deadline
+    // Every connection answers its request in progress and every websocket
+    // closes with 1001; a client that takes no close frame is cut off.
+    tasks.close();
+    if tokio::time::timeout(Duration::from_secs(5), tasks.wait())
+        .await
+        .is_err()
     {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tracing::warn!(
+            left = tasks.len(),
+            "connections still open 5 s after shutdown began; stopping without them"
+        );
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), reader).await;
     guard.abort();

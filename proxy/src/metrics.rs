@@ -5,6 +5,23 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
+/// One more on a gauge until dropped: also when a task panics or is
+/// aborted, so the gauge never keeps a count of what is gone.
+pub struct Gauge<'a>(&'a AtomicI64);
+
+impl Gauge<'_> {
+    pub fn up(g: &AtomicI64) -> Gauge<'_> {
+        g.fetch_add(1, Ordering::Relaxed);
+        Gauge(g)
+    }
+}
+
+impl Drop for Gauge<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// All of the proxy's metrics.
 #[derive(Default, Debug)]
 pub struct Metrics {

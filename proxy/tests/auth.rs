@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 use support::{json, Proxy};
 use walcast_cluster::{Cluster, Config};
@@ -102,6 +103,19 @@ fn sigterm_closes_clients_with_1001_and_exits() {
     let cluster = cluster_with_users();
     let mut proxy = Proxy::start(&cluster, "authdb", "shutdown_proxy", &[]);
     let mut c = proxy.ws("*:users");
+    // An idle keep-alive HTTP connection after one answered request.
+    let mut idle = std::net::TcpStream::connect(("127.0.0.1", proxy.port)).expect("connect");
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("request");
+    idle.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut buf = [0u8; 4096];
+    let n = idle.read(&mut buf).expect("an answer");
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
     std::thread::sleep(Duration::from_millis(200));
     let status = std::process::Command::new("kill")
         .args(["-TERM", &proxy.child.id().to_string()])
@@ -113,6 +127,10 @@ fn sigterm_closes_clients_with_1001_and_exits() {
         .expect("a close frame");
     assert_eq!(close.0, 1001, "{close:?}");
     assert!(close.1.contains("shutting down"), "{close:?}");
+    // The server closes the idle connection (end of stream, not a reset).
+    let mut rest = Vec::new();
+    idle.read_to_end(&mut rest)
+        .expect("the idle connection is closed by the server");
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         if let Some(code) = proxy.child.try_wait().expect("wait") {

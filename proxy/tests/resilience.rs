@@ -91,3 +91,44 @@ fn postgres_restart_is_survived_without_a_gap_and_a_dropped_slot_is_reported() {
         "{body}"
     );
 }
+
+/// The database URL leads to another cluster after a reconnect (a server
+/// rebuilt on the same address): the proxy stops with the reason instead of
+/// streaming a history that is not its slot's.
+#[test]
+fn another_cluster_behind_the_same_address_stops_the_proxy_with_the_reason() {
+    // The database `postgres`, which the second cluster has from its start:
+    // the proxy cannot come back before it exists.
+    let mut first = Cluster::start_with(Config::default()).expect("cluster");
+    let port = first.port();
+    first
+        .psql(
+            "postgres",
+            "CREATE TABLE users (id int PRIMARY KEY, payload text)",
+        )
+        .expect("table");
+    let proxy = Proxy::start(&first, "postgres", "moved_proxy", &[]);
+    let mut client = proxy.ws("insert:users");
+    first.stop().expect("stop the first cluster");
+    drop(first);
+    let _second = Cluster::start_with(Config {
+        port: Some(port),
+        ..Config::default()
+    })
+    .expect("another cluster on the same port");
+    let close = client
+        .close_frame(Duration::from_secs(30))
+        .expect("the client is told");
+    assert_eq!(close.0, 1011, "{close:?}");
+    let (status, body) = proxy.get("/healthz").expect("healthz");
+    assert_eq!(status, 503, "{body}");
+    let h = json(&body);
+    assert_eq!(h["status"], "failed", "{body}");
+    assert!(
+        h["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("another PostgreSQL cluster"),
+        "{body}"
+    );
+}

@@ -232,6 +232,15 @@ impl Refused {
             Refused::Unavailable(_) => hyper::StatusCode::SERVICE_UNAVAILABLE,
         }
     }
+
+    /// The code of its websocket error frame.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refused::UnknownTable(_) => "UNKNOWN_TABLE",
+            Refused::Forbidden(_) => "FORBIDDEN",
+            Refused::Unavailable(_) => "UNAVAILABLE",
+        }
+    }
 }
 
 impl std::fmt::Display for Refused {

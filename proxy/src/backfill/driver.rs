@@ -12,7 +12,7 @@ use super::{Event, Places, Ready, Settings};
 use crate::catalog::{Catalog, TableInfo};
 use crate::change::Change;
 use crate::live::log::Entry;
-use crate::metrics::Metrics;
+use crate::metrics::{Gauge, Metrics};
 use crate::query::{Filter, Query};
 use crate::sql::SqlPool;
 use bytes::Bytes;
@@ -67,23 +67,6 @@ impl Shared {
             start
         };
         tokio::time::sleep_until(start).await;
-    }
-}
-
-/// One more on a gauge until dropped (also when the task is aborted
-/// because its client left).
-struct Gauge<'a>(&'a std::sync::atomic::AtomicI64);
-
-impl Gauge<'_> {
-    fn up(g: &std::sync::atomic::AtomicI64) -> Gauge<'_> {
-        g.fetch_add(1, Ordering::Relaxed);
-        Gauge(g)
-    }
-}
-
-impl Drop for Gauge<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

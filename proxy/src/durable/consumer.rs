@@ -11,11 +11,12 @@
 //! There is no queue: the proxy reads from PostgreSQL only as fast as the
 //! client takes frames, so a slow client holds WAL back, never proxy memory.
 
-use super::streams::{ApiError, ConsumerGuard, Streams};
+use super::streams::{ConsumerGuard, Streams};
 use crate::change::{Action, Change};
 use crate::delivery::{self, filter_change, Outcome};
 use crate::http::upgrade::{close, Ws};
-use crate::metrics::Metrics;
+use crate::http::ApiError;
+use crate::metrics::{Gauge, Metrics};
 use crate::query::Query;
 use crate::replication::{ReplicationClient, ReplicationError, ReplicationStream, XLogData};
 use futures_util::{FutureExt, SinkExt, StreamExt};
@@ -27,6 +28,7 @@ use tokio::sync::watch;
 use tokio_postgres::error::SqlState;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tracing::Instrument;
 use walcast_format::{Lsn, TablePattern};
 
 /// Frames written before each flush when PostgreSQL has more ready.
@@ -623,6 +625,19 @@ pub async fn run(
     opened: Opened,
     opts: Options,
     metrics: Arc<Metrics>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let span = tracing::info_span!("consumer", slot = %opened.slot);
+    serve(ws, opened, opts, metrics, shutdown)
+        .instrument(span)
+        .await
+}
+
+async fn serve(
+    ws: Ws,
+    opened: Opened,
+    opts: Options,
+    metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let Opened {
@@ -632,7 +647,7 @@ pub async fn run(
         mut guard,
         global_tables,
     } = opened;
-    metrics.stream_consumers.fetch_add(1, Ordering::Relaxed);
+    let _consumer = Gauge::up(&metrics.stream_consumers);
     crate::limited!(info, slot = %slot, from = %start, "durable stream consumer connected");
     let mut opts = opts;
     let first = std::mem::take(&mut opts.backfills);
@@ -670,7 +685,6 @@ pub async fn run(
     }
     crate::limited!(info, slot = %slot, last_ack = %acks.last, "durable stream consumer left");
     drop(guard);
-    metrics.stream_consumers.fetch_sub(1, Ordering::Relaxed);
 }
 
 #[cfg(test)]

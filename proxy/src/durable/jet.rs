@@ -19,8 +19,8 @@
 //!   come again, in order, at once; a crash between the two steps leaves two
 //!   generations, and the newest wins.
 
-use super::streams::ApiError;
 use crate::change::{Action, Change};
+use crate::http::ApiError;
 use crate::nats::{begin_id, is_begin_subject};
 use crate::replication::XLogData;
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};

@@ -25,7 +25,7 @@ pub mod jet;
 pub mod snapshot;
 pub mod streams;
 
-pub use streams::{ApiError, Streams, StreamsConfig};
+pub use streams::{Streams, StreamsConfig};
 
 /// Whether `name` has the form of a durable stream slot: `walcast_`, a word
 /// of lower case letters (underscores inside), then digits.

@@ -6,10 +6,11 @@
 //! time per page). Table and column names are looked up in the catalog and
 //! quoted; request values only ever travel as bind parameters.
 
-use super::streams::{ApiError, Streams};
+use super::streams::Streams;
 use crate::auth::Rules;
 use crate::catalog::{quote_ident, TableInfo};
 use crate::change::split_qualified;
+use crate::http::ApiError;
 use futures_util::{pin_mut, TryStreamExt};
 use hyper::StatusCode;
 use serde::Deserialize;

@@ -6,6 +6,7 @@
 use super::{is_stream_slot_name, valid_word};
 use crate::backfill::driver::Plan;
 use crate::catalog::Catalog;
+use crate::http::ApiError;
 use crate::metrics::Metrics;
 use crate::replication::ReplicationClient;
 use crate::sql::SqlPool;
@@ -42,32 +43,12 @@ pub struct StreamsConfig {
     pub tables: Option<(String, Vec<TablePattern>)>,
 }
 
-/// An error answered as JSON with an HTTP status.
-#[derive(Debug, Clone)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub message: String,
-}
-
-impl ApiError {
-    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            message: message.into(),
-        }
-    }
-    pub fn bad_request(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, message)
-    }
-    pub fn unavailable(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message)
-    }
-    fn not_found(slot: &str) -> ApiError {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("no durable stream {slot:?} (see GET /v1/streams)"),
-        )
-    }
+/// 404 for a slot that is not a durable stream.
+fn not_found(slot: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no durable stream {slot:?} (see GET /v1/streams)"),
+    )
 }
 
 /// The state of a stream's exported snapshot.
@@ -695,7 +676,7 @@ impl Streams {
     /// [`Streams::stream_tables`]).
     pub async fn require(&self, slot: &str) -> Result<StreamInfo, ApiError> {
         if !is_stream_slot_name(slot) || slot == self.cfg.live_slot {
-            return Err(ApiError::not_found(slot));
+            return Err(not_found(slot));
         }
         let found = match &self.jet {
             Some(jet) => self.consumers(jet, Some(slot)).await?,
@@ -704,7 +685,7 @@ impl Streams {
         found
             .into_iter()
             .find(|s| s.slot == slot)
-            .ok_or_else(|| ApiError::not_found(slot))
+            .ok_or_else(|| not_found(slot))
     }
 
     async fn drop_slot_sql(&self, slot: &str) -> Result<(), ApiError> {

@@ -1,17 +1,14 @@
 //! `POST /v1/filters`: the module's bytes (`application/wasm`, or any
 //! body; WebAssembly text is accepted too) -> `{"id":"sha256:...","exports":[...]}`.
 
-use crate::http::{read_body, respond, AppState, BodyError, Resp};
+use crate::http::{read_body, respond, ApiError, AppState, BodyError, Resp};
 use axum::extract::{Request, State};
+use axum::response::IntoResponse;
 use hyper::StatusCode;
 use std::sync::Arc;
 
-fn refused(status: StatusCode, code: &str, message: &str) -> Resp {
-    respond(
-        status,
-        "application/json",
-        serde_json::json!({"error": message, "code": code}).to_string(),
-    )
+fn refused(status: StatusCode, code: &'static str, message: &str) -> Resp {
+    ApiError::new(status, message).code(code).into_response()
 }
 
 /// Handles an upload (the router's layer checked the credential).
@@ -47,13 +44,6 @@ pub async fn upload(State(state): State<Arc<AppState>>, req: Request) -> Resp {
             "application/json",
             serde_json::json!({"id": m.id, "exports": m.exports, "abi": 1}).to_string(),
         ),
-        Err(e) => {
-            let status = match e.code {
-                "MODULE_TOO_LARGE" => StatusCode::PAYLOAD_TOO_LARGE,
-                "COMPILE_TIMEOUT" => StatusCode::SERVICE_UNAVAILABLE,
-                _ => StatusCode::UNPROCESSABLE_ENTITY,
-            };
-            refused(status, e.code, &e.message)
-        }
+        Err(e) => ApiError::from(e).into_response(),
     }
 }

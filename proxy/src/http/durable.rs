@@ -11,10 +11,10 @@
 
 use crate::auth::Grant;
 use crate::backfill::driver::Plan;
-use crate::durable::streams::ApiError;
 use crate::durable::{consumer, snapshot};
 use crate::http::selection::{selection, Selection};
 use crate::http::upgrade::{accept_upgrade, begin, switching_protocols, Opened};
+use crate::http::ApiError;
 use crate::http::{json_error, query_params, read_body, respond, AppState, Resp};
 use axum::extract::{Path, Request, State};
 use axum::response::IntoResponse;
@@ -26,12 +26,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Largest request body accepted on `/v1/` (bytes).
 const MAX_BODY: usize = 64 * 1024;
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Resp {
-        json_error(self.status, &self.message, None)
-    }
-}
 
 fn json(status: StatusCode, body: serde_json::Value) -> Resp {
     respond(status, "application/json", body.to_string())
@@ -401,13 +395,14 @@ pub async fn lr_stream(
     let (metrics, shutdown) = (state.metrics.clone(), state.shutdown.clone());
     let access = crate::auth::Access::new(state.auth.clone(), grant);
     let response = switching_protocols(&upgrade.accept);
-    tokio::spawn(async move {
+    state.tasks.clone().spawn(async move {
         // The slot stays held while the consumer runs; the handshake ends
         // with the upgrade (there is no subscription frame).
         if let Some(Opened {
             ws,
             slot,
             handshake,
+            client,
         }) = upgrade.open().await
         {
             drop(handshake);
@@ -420,7 +415,7 @@ pub async fn lr_stream(
                 backfill_runner: (state.streams.pool.clone(), state.backfills.clone()),
             };
             consumer::run(ws, opened, opts, metrics, shutdown).await;
-            drop(slot);
+            drop((slot, client));
         }
     });
     response

@@ -109,7 +109,7 @@ pub async fn websocket(
     };
     let access = auth::Access::new(state.auth.clone(), grant);
     let response = switching_protocols(&upgrade.accept);
-    tokio::spawn(async move {
+    state.tasks.clone().spawn(async move {
         if let Some(open) = upgrade.open().await {
             session::run(open, start, ctx, access, plan).await;
         }

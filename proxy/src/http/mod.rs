@@ -20,6 +20,7 @@
 
 pub mod descriptors;
 pub mod durable;
+pub mod error;
 pub mod listener;
 pub mod live;
 pub mod ops;
@@ -30,6 +31,7 @@ pub mod serve;
 pub mod tls;
 pub mod upgrade;
 
+pub use error::ApiError;
 pub use serve::serve;
 
 use crate::auth::Auth;
@@ -42,6 +44,7 @@ use crate::live::hub::Hub;
 use crate::live::session;
 use crate::metrics::Metrics;
 use axum::body::Body;
+use axum::response::IntoResponse;
 use bytes::Bytes;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{StatusCode, Uri};
@@ -63,7 +66,10 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     /// Web origins allowed to call `/ws` and `/v1/*` from a browser.
     pub origins: crate::http::origin::Origins,
-    pub max_clients: usize,
+    /// `--max-clients` places: a websocket holds one for its life.
+    pub clients: Arc<tokio::sync::Semaphore>,
+    /// Every connection's and websocket's task, waited for at shutdown.
+    pub tasks: tokio_util::task::TaskTracker,
     /// Pings and stall timeout of live clients.
     pub liveness: session::Liveness,
     pub tables: Option<Arc<Vec<TablePattern>>>,
@@ -108,29 +114,22 @@ pub fn respond(status: StatusCode, content_type: &'static str, body: impl Into<B
     r
 }
 
-/// `{"error": message}` (and `"position"` for a query error).
+/// Shorthand for handlers that answer a [`Resp`]: an [`ApiError`] with
+/// this status, message and position.
 pub fn json_error(status: StatusCode, message: &str, position: Option<usize>) -> Resp {
-    let body = match position {
-        Some(p) => serde_json::json!({"error": message, "position": p}),
-        None => serde_json::json!({"error": message}),
-    };
-    respond(status, "application/json", body.to_string())
+    ApiError::new(status, message).at(position).into_response()
 }
 
-/// HTTP 503 with a JSON error and `Retry-After: <seconds>`.
+/// Shorthand: 503 with `Retry-After: <seconds>`.
 pub fn unavailable(message: &str, retry_after: &'static str) -> Resp {
-    let mut r = json_error(StatusCode::SERVICE_UNAVAILABLE, message, None);
-    r.headers_mut()
-        .insert("retry-after", HeaderValue::from_static(retry_after));
-    r
+    ApiError::unavailable(message)
+        .retry_after(retry_after)
+        .into_response()
 }
 
-/// HTTP 401 saying why, with `WWW-Authenticate: Bearer`.
+/// Shorthand: 401 saying why, with `WWW-Authenticate: Bearer`.
 pub fn unauthorized(why: &str) -> Resp {
-    let mut r = json_error(StatusCode::UNAUTHORIZED, why, None);
-    r.headers_mut()
-        .insert("www-authenticate", HeaderValue::from_static("Bearer"));
-    r
+    ApiError::unauthorized(why).into_response()
 }
 
 /// The URL's query parameters.

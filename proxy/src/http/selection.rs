@@ -2,11 +2,12 @@
 //! against the catalog, `--tables` and the user's rules, and a WASM filter
 //! instantiated for the client.
 
-use super::{json_error, respond, AppState, Resp};
+use super::{json_error, AppState, Resp};
 use crate::auth::{self, Grant};
 use crate::delivery;
 use crate::filter::FilterInstance;
 use crate::query::{self, Query, QueryErrorKind};
+use axum::response::IntoResponse;
 use hyper::StatusCode;
 use std::collections::HashMap;
 
@@ -17,20 +18,6 @@ pub struct Selection {
     pub query: Option<Query>,
     /// `filter=` (and `config=`): instantiated for this client.
     pub filter: Option<FilterInstance>,
-}
-
-/// The answer when a subscription's filter cannot be used.
-fn filter_refused(code: &str, message: &str) -> Resp {
-    let status = match code {
-        "FILTER_NOT_FOUND" => StatusCode::NOT_FOUND,
-        "INSTANTIATE_FAILED" => StatusCode::SERVICE_UNAVAILABLE,
-        _ => StatusCode::BAD_REQUEST,
-    };
-    respond(
-        status,
-        "application/json",
-        serde_json::json!({"error": message, "code": code}).to_string(),
-    )
 }
 
 /// Reads `query`, `filter` and `config` from a websocket URL; the error
@@ -72,7 +59,7 @@ pub async fn selection(
                 .unwrap_or_default();
             match delivery::open_filter(&state.filters, id, config) {
                 Ok(f) => Some(f),
-                Err((code, message)) => return Err(Box::new(filter_refused(code, &message))),
+                Err(e) => return Err(Box::new(e.into_response())),
             }
         }
     };

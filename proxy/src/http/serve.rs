@@ -25,19 +25,21 @@ pub async fn serve(
 ) {
     let conns = state.connections.clone();
     let app = router::router(state.clone());
+    let stop = shutdown.clone();
     listener::run(listener, conns, shutdown, move |stream, addr, slot| {
         let _ = stream.set_nodelay(true);
-        let (state, app) = (state.clone(), app.clone());
+        let (state, app, stop) = (state.clone(), app.clone(), stop.clone());
+        let tasks = state.tasks.clone();
         match tls.as_ref().and_then(|t| t.acceptor()) {
             None => {
-                tokio::spawn(connection(stream, addr.ip(), slot, state, app));
+                tasks.spawn(connection(stream, addr.ip(), slot, state, app, stop));
             }
             Some(acceptor) => {
-                tokio::spawn(async move {
+                tasks.spawn(async move {
                     // The TLS handshake is part of sending the request head.
                     let header = state.timeouts.header;
                     match tokio::time::timeout(header, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => connection(tls, addr.ip(), slot, state, app).await,
+                        Ok(Ok(tls)) => connection(tls, addr.ip(), slot, state, app, stop).await,
                         Ok(Err(e)) => {
                             crate::limited!(debug, error = %e, "TLS handshake failed");
                         }
@@ -59,9 +61,16 @@ pub async fn serve(
 /// One HTTP/1.1 connection, its requests and its upgrade. A client that
 /// takes longer than the header timeout to send a request head (the first,
 /// or the next on a keep-alive connection) is disconnected. `slot` is held
-/// until the connection ends (an upgraded websocket takes its own).
-async fn connection<S>(stream: S, addr: IpAddr, slot: Slot, state: Arc<AppState>, app: Router)
-where
+/// until the connection ends (an upgraded websocket takes its own). At
+/// shutdown the request in progress is answered, then the connection closes.
+async fn connection<S>(
+    stream: S,
+    addr: IpAddr,
+    slot: Slot,
+    state: Arc<AppState>,
+    app: Router,
+    mut shutdown: watch::Receiver<bool>,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
@@ -73,7 +82,19 @@ where
         .header_read_timeout(state.timeouts.header)
         .serve_connection(TokioIo::new(stream), svc)
         .with_upgrades();
-    if let Err(e) = conn.await {
+    tokio::pin!(conn);
+    // Cancel safe: dropping it only stops waiting (the guard is not held).
+    let stopping = async {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+    };
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        () = stopping => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
         if e.is_timeout() {
             state
                 .metrics

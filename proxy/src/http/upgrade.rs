@@ -15,6 +15,7 @@ use hyper_util::rt::TokioIo;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
@@ -83,16 +84,19 @@ pub struct Upgrade {
     on_upgrade: hyper::upgrade::OnUpgrade,
     slot: Option<Slot>,
     handshake: Handshake,
+    client: OwnedSemaphorePermit,
     timeout: Duration,
     metrics: Arc<Metrics>,
 }
 
-/// An open websocket and what it holds: its connection's slot, and the
-/// handshake until its subscription is made.
+/// An open websocket and what it holds: its connection's slot and its
+/// place among `--max-clients` for its life, and the handshake until its
+/// subscription is made.
 pub struct Opened {
     pub ws: Ws,
     pub slot: Option<Slot>,
     pub handshake: Handshake,
+    pub client: OwnedSemaphorePermit,
 }
 
 impl Upgrade {
@@ -105,6 +109,7 @@ impl Upgrade {
                 ws: server_socket(upgraded).await,
                 slot: self.slot,
                 handshake: self.handshake,
+                client: self.client,
             }),
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "websocket upgrade failed");
@@ -141,9 +146,9 @@ pub fn accept_upgrade(
             None,
         )));
     };
-    let clients = state.metrics.clients.load(Ordering::Relaxed)
-        + state.metrics.stream_consumers.load(Ordering::Relaxed);
-    if clients as usize >= state.max_clients {
+    // A place among --max-clients, held by the websocket for its life:
+    // no two upgrades can take the last one.
+    let Ok(client) = state.clients.clone().try_acquire_owned() else {
         state
             .metrics
             .connections
@@ -153,7 +158,7 @@ pub fn accept_upgrade(
             "too many clients; try again later",
             "5",
         )));
-    }
+    };
     Ok(Upgrade {
         accept: derive_accept_key(key.as_bytes()),
         on_upgrade: hyper::upgrade::on(&mut *req),
@@ -162,6 +167,7 @@ pub fn accept_upgrade(
             .get::<ClientAddr>()
             .map(|a| state.connections.hold(a.0)),
         handshake,
+        client,
         timeout: state.timeouts.handshake,
         metrics: state.metrics.clone(),
     })

@@ -9,10 +9,11 @@ use crate::backfill::{self, Event};
 use crate::delivery::{self, outcome, unfiltered, Outcome};
 use crate::filter::{FilterInstance, Filters, Verdict, BATCH_EVENTS};
 use crate::http::upgrade::{close, Opened, Ws};
+use crate::http::ApiError;
 use crate::live::cursor::{Cursor, Stop};
 use crate::live::hub::{Hub, SubscribeError};
 use crate::live::log::Entry;
-use crate::metrics::{CloseReason, Metrics};
+use crate::metrics::{CloseReason, Gauge, Metrics};
 use crate::query::{self, Query};
 use futures_util::{SinkExt, StreamExt};
 use std::sync::atomic::Ordering;
@@ -181,10 +182,10 @@ pub struct Context {
     pub backfills: Arc<backfill::driver::Shared>,
 }
 
-async fn error_close(ws: &mut Ws, code: &str, message: &str) {
-    let body = serde_json::json!({"error": message, "code": code});
-    let _ = ws.send(Message::Text(body.to_string().into())).await;
-    close(ws, CloseCode::Policy, message).await;
+/// The error as a frame, then a close (1008) with its message.
+async fn error_close(ws: &mut Ws, e: ApiError) {
+    let _ = ws.send(Message::Text(e.body().to_string().into())).await;
+    close(ws, CloseCode::Policy, &e.message).await;
 }
 
 /// The error frame and close of a subscription the hub refused.
@@ -194,7 +195,9 @@ async fn refused(ws: &mut Ws, err: SubscribeError) {
             let _ = ws.send(Message::Text(gone_body(oldest).into())).await;
             close(ws, CloseCode::Policy, "position no longer held: re-sync").await;
         }
-        SubscribeError::NotReady => error_close(ws, "NOT_READY", NOT_READY).await,
+        SubscribeError::NotReady => {
+            error_close(ws, ApiError::unavailable(NOT_READY).code("NOT_READY")).await
+        }
         SubscribeError::Closed(reason) => close(ws, CloseCode::Error, &reason).await,
     }
 }
@@ -261,6 +264,7 @@ pub(crate) async fn run(
         mut ws,
         slot: _slot,
         handshake,
+        client: _client,
     } = open;
     let mut plan = plan;
     let (cursor, filter) = match start {
@@ -271,8 +275,8 @@ pub(crate) async fn run(
                     None => None,
                     Some((id, config)) => match delivery::open_filter(&ctx.filters, &id, config) {
                         Ok(f) => Some(f),
-                        Err((code, message)) => {
-                            Box::pin(error_close(&mut ws, code, &message)).await;
+                        Err(e) => {
+                            Box::pin(error_close(&mut ws, e)).await;
                             return;
                         }
                     },
@@ -284,12 +288,8 @@ pub(crate) async fn run(
                         match auth::admit_query(&ctx.catalog, tables, access.grant(), q).await {
                             Ok(q) => Some(q),
                             Err(e) => {
-                                let code = match e {
-                                    auth::Refused::UnknownTable(_) => "UNKNOWN_TABLE",
-                                    auth::Refused::Forbidden(_) => "FORBIDDEN",
-                                    auth::Refused::Unavailable(_) => "UNAVAILABLE",
-                                };
-                                Box::pin(error_close(&mut ws, code, &e.to_string())).await;
+                                let err = ApiError::new(e.status(), e.to_string()).code(e.code());
+                                Box::pin(error_close(&mut ws, err)).await;
                                 return;
                             }
                         }
@@ -300,7 +300,11 @@ pub(crate) async fn run(
                         match backfill::driver::plan_for(&ctx.catalog, q).await {
                             Ok(p) => plan = Some(p),
                             Err(message) => {
-                                Box::pin(error_close(&mut ws, "SNAPSHOT_REFUSED", &message)).await;
+                                Box::pin(error_close(
+                                    &mut ws,
+                                    ApiError::bad_request(message).code("SNAPSHOT_REFUSED"),
+                                ))
+                                .await;
                                 return;
                             }
                         }
@@ -332,7 +336,7 @@ pub(crate) async fn run(
             ctx.metrics.clone(),
         )
     });
-    ctx.metrics.clients.fetch_add(1, Ordering::Relaxed);
+    let _client = Gauge::up(&ctx.metrics.clients);
     // The helpers above and below are boxed: a waiting client's task holds
     // only the state of the loop it is in (10,000 idle clients: docs/benchmarks.md).
     let end = serve(&mut ws, cursor, filter, &ctx, &mut access, events).await;
@@ -353,7 +357,6 @@ pub(crate) async fn run(
             Box::pin(close(&mut ws, CloseCode::Again, &reason)).await;
         }
     }
-    ctx.metrics.clients.fetch_sub(1, Ordering::Relaxed);
 }
 
 /// Waits for a backfill's next event; never, without a backfill.

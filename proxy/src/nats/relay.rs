@@ -26,6 +26,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
 use walcast_format::Lsn;
 
 /// What the relay needs.
@@ -103,10 +104,24 @@ pub async fn run(
     db: String,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), String> {
+    let span = tracing::info_span!("relay", slot = %cfg.reader.slot, stream = %cfg.nats.stream);
+    relay(cfg, js, db, metrics, health, shutdown)
+        .instrument(span)
+        .await
+}
+
+async fn relay(
+    cfg: RelayConfig,
+    js: Context,
+    db: String,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), String> {
     let mut backoff = reader::Backoff::default();
-    let mut slot_seen = false;
+    let mut slot = reader::Slot::default();
     loop {
         if *shutdown.borrow() {
             return Ok(());
@@ -121,7 +136,7 @@ pub async fn run(
                 health: &health,
             },
             &mut shutdown,
-            &mut slot_seen,
+            &mut slot,
             &mut streamed,
         )
         .await;
@@ -174,13 +189,13 @@ async fn relay_once(
     db: &str,
     shared: Shared<'_>,
     shutdown: &mut watch::Receiver<bool>,
-    slot_seen: &mut bool,
+    slot: &mut reader::Slot,
     streamed: &mut bool,
 ) -> Result<(), ReplicationError> {
     let Shared { metrics, health } = shared;
     // From the slot's confirmed position: everything after it is published
     // again (JetStream drops what it has by id).
-    let (mut stream, start) = reader::open(&cfg.reader, slot_seen, Lsn(0)).await?;
+    let (mut stream, start) = reader::open(&cfg.reader, slot, Lsn(0)).await?;
     health.streaming();
     *streamed = true;
     tracing::info!(slot = %cfg.reader.slot, from = %start, "relaying changes");

@@ -13,12 +13,15 @@ use crate::change::{Action, Change};
 use crate::health::Health;
 use crate::live::hub::{Hub, PublishScratch};
 use crate::metrics::Metrics;
-use crate::replication::{ErrorKind, ReplicationClient, ReplicationError, ReplicationStream};
+use crate::replication::{
+    ErrorKind, ReplicationClient, ReplicationError, ReplicationStream, SystemInfo,
+};
 use bytes::Bytes;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
+use tracing::Instrument;
 use walcast_format::{Lsn, Position};
 
 /// Row changes handed to the hub at once at most.
@@ -53,50 +56,104 @@ struct Handed {
     in_txn: bool,
 }
 
+/// What a reader (or the relay) knows of its slot across reconnects.
+#[derive(Debug, Default)]
+pub struct Slot {
+    /// The slot existed once: its disappearance is a definite error.
+    seen: bool,
+    /// The database system and timeline of the last connection.
+    system: Option<SystemInfo>,
+}
+
+impl Slot {
+    /// Checks a new connection's `IDENTIFY_SYSTEM` against the last one's.
+    /// Another system is a definite error: the URL now leads to another
+    /// cluster, which cannot have this slot's history. A new timeline (a
+    /// standby promoted) is reported; the slot, if the promoted server has
+    /// it, goes on from its confirmed position.
+    fn identified(&mut self, slot: &str, now: SystemInfo) -> Result<(), ReplicationError> {
+        if let Some(before) = &self.system {
+            if before.system_id != now.system_id {
+                return Err(ReplicationError::definite(format!(
+                    "the database URL now leads to another PostgreSQL cluster (system {} instead \
+                     of {}), which does not have the history of slot {slot}; restart \
+                     walcast-proxy to start over on it",
+                    now.system_id, before.system_id
+                )));
+            }
+            if before.timeline != now.timeline {
+                tracing::warn!(
+                    from = before.timeline,
+                    to = now.timeline,
+                    "the server is on a new timeline (a standby was promoted); going on from the slot's confirmed position"
+                );
+            }
+        }
+        self.system = Some(now);
+        Ok(())
+    }
+}
+
+/// The live path's source: the proxy's slot, read into the hub.
+pub struct Reader {
+    cfg: ReaderConfig,
+    hub: Hub,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    slot: Slot,
+    handed: Handed,
+}
+
 /// Runs until `shutdown` becomes true or a definite error stops streaming.
 pub async fn run(
     cfg: ReaderConfig,
     hub: Hub,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    let mut backoff = Backoff::default();
-    let mut slot_seen = false;
-    let mut position = Handed::default();
-    loop {
-        if *shutdown.borrow() {
-            return;
-        }
-        let before = position.committed;
-        let result = stream_once(
-            &cfg,
-            &hub,
-            &metrics,
-            &health,
-            &mut shutdown,
-            &mut slot_seen,
-            &mut position,
-        )
-        .await;
-        // A connection that got transactions through was a success: the
-        // next failure starts the backoff again.
-        if position.committed > before {
-            backoff.reset();
-        }
-        match result {
-            Ok(()) => return,
-            Err(e) if e.kind == ErrorKind::Transient => {
-                let what = "replication interrupted; reconnecting";
-                if !retry_after(&e, what, &mut backoff, &health, &metrics, &mut shutdown).await {
+    let span = tracing::info_span!("reader", slot = %cfg.slot);
+    let reader = Reader {
+        cfg,
+        hub,
+        metrics,
+        health,
+        slot: Slot::default(),
+        handed: Handed::default(),
+    };
+    reader.run(shutdown).instrument(span).await
+}
+
+impl Reader {
+    async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = Backoff::default();
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let before = self.handed.committed;
+            let result = self.stream_once(&mut shutdown).await;
+            // A connection that got transactions through was a success: the
+            // next failure starts the backoff again.
+            if self.handed.committed > before {
+                backoff.reset();
+            }
+            match result {
+                Ok(()) => return,
+                Err(e) if e.kind == ErrorKind::Transient => {
+                    let what = "replication interrupted; reconnecting";
+                    let (health, metrics) = (&self.health, &self.metrics);
+                    if !retry_after(&e, what, &mut backoff, health, metrics, &mut shutdown).await {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "replication stopped");
+                    self.health.failed(&e.message);
+                    self.hub
+                        .close_all(&format!("replication stopped: {}", e.message));
                     return;
                 }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "replication stopped");
-                health.failed(&e.message);
-                hub.close_all(&format!("replication stopped: {}", e.message));
-                return;
             }
         }
     }
@@ -161,106 +218,118 @@ impl Backoff {
     }
 }
 
-async fn stream_once(
-    cfg: &ReaderConfig,
-    hub: &Hub,
-    metrics: &Metrics,
-    health: &Health,
-    shutdown: &mut watch::Receiver<bool>,
-    slot_seen: &mut bool,
-    position: &mut Handed,
-) -> Result<(), ReplicationError> {
-    let (mut stream, slot_start) = open(cfg, slot_seen, position.committed).await?;
-    // Every transaction committed from here on will come (PostgreSQL
-    // decodes those whose commit is at or after the start).
-    hub.stream_starts_at(Position::new(position.committed.max(slot_start), 0));
-    // Between transactions: keepalive positions may be confirmed.
-    stream.set_caught_up(true);
-    health.streaming();
-    tracing::info!(slot = %cfg.slot, "streaming changes");
-    let mut backlog_report = tokio::time::interval(Duration::from_secs(1));
-    let mut batch: Vec<Change> = Vec::with_capacity(BATCH);
-    let mut scratch = PublishScratch::default();
-    // Changes at or before this are in the log already (a reconnect inside
-    // a transaction sends it again from its start).
-    let mut last = hub.last_position();
-    loop {
-        let next = tokio::select! {
-            _ = shutdown.changed() => {
-                // Confirm the last position and end the copy cleanly.
-                let _ = tokio::time::timeout(Duration::from_secs(2), stream.close()).await;
-                return Ok(());
-            }
-            _ = backlog_report.tick() => {
-                health.positions(stream.confirmed(), stream.received());
-                metrics.lag_bytes.store(stream.received().0.saturating_sub(stream.confirmed().0), Ordering::Relaxed);
-                continue;
-            }
-            n = stream.next() => n?,
-        };
-        let Some(msg) = next else {
-            return Err(ReplicationError::transient(
-                "PostgreSQL ended the replication stream",
-            ));
-        };
-        // With batch-bytes a message holds several objects.
-        for part in objects(&msg.data) {
-            metrics.changes_in.fetch_add(1, Ordering::Relaxed);
-            let change = match Change::parse(part, msg.wal_start) {
-                Ok(c) => c,
-                Err(e) => {
-                    metrics.unparseable_messages.fetch_add(1, Ordering::Relaxed);
-                    crate::limited!(error, error = %e, lsn = %msg.wal_start, "skipping a plugin message the proxy cannot parse");
+impl Reader {
+    /// One replication connection, until it fails or shutdown.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: dropped mid-transaction, `handed` says what is in
+    /// the log, and the next call resumes from it. It is only ever awaited
+    /// to completion (shutdown is one of its own `select!` arms).
+    async fn stream_once(
+        &mut self,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), ReplicationError> {
+        let Reader {
+            cfg,
+            hub,
+            metrics,
+            health,
+            slot,
+            handed: position,
+        } = self;
+        let (mut stream, slot_start) = open(cfg, slot, position.committed).await?;
+        // Every transaction committed from here on will come (PostgreSQL
+        // decodes those whose commit is at or after the start).
+        hub.stream_starts_at(Position::new(position.committed.max(slot_start), 0));
+        // Between transactions: keepalive positions may be confirmed.
+        stream.set_caught_up(true);
+        health.streaming();
+        tracing::info!(slot = %cfg.slot, "streaming changes");
+        let mut backlog_report = tokio::time::interval(Duration::from_secs(1));
+        let mut batch: Vec<Change> = Vec::with_capacity(BATCH);
+        let mut scratch = PublishScratch::default();
+        // Changes at or before this are in the log already (a reconnect inside
+        // a transaction sends it again from its start).
+        let mut last = hub.last_position();
+        loop {
+            let next = tokio::select! {
+                _ = shutdown.changed() => {
+                    // Confirm the last position and end the copy cleanly.
+                    let _ = tokio::time::timeout(Duration::from_secs(2), stream.close()).await;
+                    return Ok(());
+                }
+                _ = backlog_report.tick() => {
+                    health.positions(stream.confirmed(), stream.received());
+                    metrics.lag_bytes.store(stream.received().0.saturating_sub(stream.confirmed().0), Ordering::Relaxed);
                     continue;
                 }
+                n = stream.next() => n?,
             };
-            match change.action {
-                Action::Begin => {
-                    stream.set_caught_up(false);
-                    position.in_txn = true;
-                }
-                Action::Commit => {
-                    hub.publish(std::mem::take(&mut batch), &mut scratch);
-                    // Activity is noted once per transaction, not per change.
-                    metrics.activity();
-                    stream.set_caught_up(true);
-                    // Every change of the transaction is in the log now.
-                    let end = change.end_lsn.unwrap_or(msg.wal_start);
-                    stream.confirm(end);
-                    position.committed = end;
-                    position.in_txn = false;
-                    metrics.confirmed_lsn.store(end.0, Ordering::Relaxed);
-                }
-                // Row changes, and the watermarks of backfills.
-                _ if change.row_action().is_some() || is_mark(&change) => {
-                    let Some(pos) = change.pos else {
-                        return Err(ReplicationError::definite(
-                            "the walcast plugin on the server wrote a change without \"pos\": \
-                             install the walcast extension of the same version as walcast-proxy",
-                        ));
-                    };
-                    if last.is_some_and(|l| pos <= l) {
+            let Some(msg) = next else {
+                return Err(ReplicationError::transient(
+                    "PostgreSQL ended the replication stream",
+                ));
+            };
+            // With batch-bytes a message holds several objects.
+            for part in objects(&msg.data) {
+                metrics.changes_in.fetch_add(1, Ordering::Relaxed);
+                let change = match Change::parse(part, msg.wal_start) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        metrics.unparseable_messages.fetch_add(1, Ordering::Relaxed);
+                        crate::limited!(error, error = %e, lsn = %msg.wal_start, "skipping a plugin message the proxy cannot parse");
                         continue;
                     }
-                    last = Some(pos);
-                    if change.row_action().is_some() {
-                        metrics.count_action(change.action.label());
+                };
+                match change.action {
+                    Action::Begin => {
+                        stream.set_caught_up(false);
+                        position.in_txn = true;
                     }
-                    batch.push(change);
-                    if batch.len() >= BATCH {
-                        hub.publish(
-                            std::mem::replace(&mut batch, Vec::with_capacity(BATCH)),
-                            &mut scratch,
-                        );
+                    Action::Commit => {
+                        hub.publish(std::mem::take(&mut batch), &mut scratch);
+                        // Activity is noted once per transaction, not per change.
+                        metrics.activity();
+                        stream.set_caught_up(true);
+                        // Every change of the transaction is in the log now.
+                        let end = change.end_lsn.unwrap_or(msg.wal_start);
+                        stream.confirm(end);
+                        position.committed = end;
+                        position.in_txn = false;
+                        metrics.confirmed_lsn.store(end.0, Ordering::Relaxed);
                     }
+                    // Row changes, and the watermarks of backfills.
+                    _ if change.row_action().is_some() || is_mark(&change) => {
+                        let Some(pos) = change.pos else {
+                            return Err(ReplicationError::definite(
+                                "the walcast plugin on the server wrote a change without \"pos\": \
+                             install the walcast extension of the same version as walcast-proxy",
+                            ));
+                        };
+                        if last.is_some_and(|l| pos <= l) {
+                            continue;
+                        }
+                        last = Some(pos);
+                        if change.row_action().is_some() {
+                            metrics.count_action(change.action.label());
+                        }
+                        batch.push(change);
+                        if batch.len() >= BATCH {
+                            hub.publish(
+                                std::mem::replace(&mut batch, Vec::with_capacity(BATCH)),
+                                &mut scratch,
+                            );
+                        }
+                    }
+                    // Between transactions: nothing before a heartbeat is left to
+                    // hand over, so the slot may advance to it.
+                    _ if change.is_heartbeat() && !position.in_txn => {
+                        stream.confirm(msg.wal_start);
+                        position.committed = position.committed.max(msg.wal_start);
+                    }
+                    _ => {}
                 }
-                // Between transactions: nothing before a heartbeat is left to
-                // hand over, so the slot may advance to it.
-                _ if change.is_heartbeat() && !position.in_txn => {
-                    stream.confirm(msg.wal_start);
-                    position.committed = position.committed.max(msg.wal_start);
-                }
-                _ => {}
             }
         }
     }
@@ -269,17 +338,17 @@ async fn stream_once(
 /// Connects, creates the slot on first start (or checks it is the walcast
 /// plugin's) and starts streaming from `from` (0/0: the slot's confirmed
 /// position) with the options every reader of the slot uses. Returns the
-/// stream and the slot's confirmed position when it started. `slot_seen`
-/// turns a slot that disappears later into a definite error.
+/// stream and the slot's confirmed position when it started. `slot`
+/// remembers what the last connection saw (see [`Slot`]).
 pub(crate) async fn open(
     cfg: &ReaderConfig,
-    slot_seen: &mut bool,
+    slot: &mut Slot,
     from: Lsn,
 ) -> Result<(ReplicationStream, Lsn), ReplicationError> {
     let mut client = ReplicationClient::connect(&cfg.database).await?;
-    let _system = client.identify_system().await?;
+    slot.identified(&cfg.slot, client.identify_system().await?)?;
     let slot_start = match client.slot(&cfg.slot).await? {
-        None if *slot_seen => {
+        None if slot.seen => {
             return Err(ReplicationError::definite(format!(
             "the replication slot {} was dropped while the proxy used it; changes since its last \
                  confirmed position are lost. Restart walcast-proxy to create a new slot",
@@ -299,7 +368,7 @@ pub(crate) async fn open(
         }
         Some(info) => info.confirmed_flush.unwrap_or(Lsn::INVALID),
     };
-    *slot_seen = true;
+    slot.seen = true;
     let mut options: Vec<(&str, &str)> = vec![
         ("include-transaction", "on"),
         ("include-position", "on"),

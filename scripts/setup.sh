@@ -98,6 +98,24 @@ if [ "$WALCAST_SETUP" = full ]; then
     log "installing cargo-fuzz ${CARGO_FUZZ_VERSION}"
     cargo install cargo-fuzz --version "${CARGO_FUZZ_VERSION}" --locked
   fi
+  # The TypeScript client (clients/js): Node.js and its locked dev
+  # dependencies (the TypeScript compiler), from the npm registry.
+  if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
+    log "Node.js $(node --version) present"
+  else
+    log "installing Node.js and npm"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends nodejs npm
+  fi
+  js_dir="$(cd "$(dirname "$0")/.." && pwd)/clients/js"
+  js_stamp="$js_dir/node_modules/.walcast-lock"
+  if [ -x "$js_dir/node_modules/.bin/tsc" ] && cmp -s "$js_dir/package-lock.json" "$js_stamp"; then
+    log "clients/js dependencies present"
+  else
+    log "npm ci in clients/js"
+    (cd "$js_dir" && npm ci --no-audit --no-fund --loglevel=error)
+    cp "$js_dir/package-lock.json" "$js_stamp"
+  fi
   for comp in rustfmt clippy; do
     if ! rustup component list --installed 2>/dev/null | grep -q "^${comp}"; then
       log "adding rustup component ${comp}"

@@ -4,7 +4,7 @@ use clap::Parser;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use walcast_format::TablePattern;
 use walcast_proxy::auth::{jwt, Auth};
 use walcast_proxy::catalog::Catalog;
@@ -119,26 +119,31 @@ async fn relay(args: walcast_proxy::config::ServeArgs) -> Result<(), String> {
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(slot = %args.slot, stream = %cfg.nats.stream, "relay listening on http://{local}/");
     println!("walcast-proxy relay listening on http://{local}/");
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let shutdown = CancellationToken::new();
     let ops = http::ops::relay_routes(health.clone(), metrics.clone());
-    let mut stop_ops = shutdown_rx.clone();
+    let stop_ops = shutdown.clone();
     let server = tokio::spawn(async move {
         let _ = axum::serve(listener, ops)
-            .with_graceful_shutdown(async move {
-                let _ = stop_ops.wait_for(|s| *s).await;
-            })
+            .with_graceful_shutdown(stop_ops.cancelled_owned())
             .await;
     });
-    let mut task = tokio::spawn(nats::relay::run(cfg, js, db, metrics, health, shutdown_rx));
+    let mut task = tokio::spawn(nats::relay::run(
+        cfg,
+        js,
+        db,
+        metrics,
+        health,
+        shutdown.clone(),
+    ));
     let result = tokio::select! {
         _ = wait_for_signal() => {
             tracing::info!("shutting down: confirming what JetStream acknowledged");
-            let _ = shutdown_tx.send(true);
+            shutdown.cancel();
             task.await
         }
         r = &mut task => r,
     };
-    let _ = shutdown_tx.send(true);
+    shutdown.cancel();
     let _ = server.await;
     result.map_err(|e| format!("the relay task failed: {e}"))?
 }
@@ -268,7 +273,10 @@ async fn serve(args: walcast_proxy::config::ServeArgs) -> Result<(), String> {
             .max(1 << 20),
     );
     hub.set_match_budget(std::time::Duration::from_millis(args.match_budget_ms));
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    // Every task of the server: cancelled together at shutdown, then
+    // waited for.
+    let shutdown = CancellationToken::new();
+    let tasks = tokio_util::task::TaskTracker::new();
 
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
@@ -276,7 +284,14 @@ async fn serve(args: walcast_proxy::config::ServeArgs) -> Result<(), String> {
                 cert.clone(),
                 key.clone(),
             )?);
-            tokio::spawn(walcast_proxy::http::tls::reload_on_sighup(tls.clone()));
+            let stop = shutdown.clone();
+            let reload = walcast_proxy::http::tls::reload_on_sighup(tls.clone());
+            tasks.spawn(async move {
+                tokio::select! {
+                    () = reload => {}
+                    () = stop.cancelled() => {}
+                }
+            });
             Some(tls)
         }
         _ => None,
@@ -291,21 +306,21 @@ async fn serve(args: walcast_proxy::config::ServeArgs) -> Result<(), String> {
     );
     println!("walcast-proxy listening on {scheme}://{local}/");
 
-    let reader = match nats.clone() {
-        Some(js) => tokio::spawn(nats::edge::run(
+    match nats.clone() {
+        Some(js) => tasks.spawn(nats::edge::run(
             args.nats_stream.clone(),
             js,
             hub.clone(),
             metrics.clone(),
             health.clone(),
-            shutdown_rx.clone(),
+            shutdown.clone(),
         )),
-        None => tokio::spawn(reader::run(
+        None => tasks.spawn(reader::run(
             reader_config(&args, &database)?,
             hub.clone(),
             metrics.clone(),
             health.clone(),
-            shutdown_rx.clone(),
+            shutdown.clone(),
         )),
     };
     let pool = SqlPool::new(database.clone(), 8);
@@ -334,18 +349,18 @@ async fn serve(args: walcast_proxy::config::ServeArgs) -> Result<(), String> {
         }
         None => streams,
     });
-    let guard = tokio::spawn(durable::guard::run_lag_guard(
+    tasks.spawn(durable::guard::run_lag_guard(
         streams.clone(),
-        shutdown_rx.clone(),
+        shutdown.clone(),
     ));
-    let heartbeat = streams.cfg.heartbeat.map(|interval| {
-        tokio::spawn(durable::guard::run_heartbeat(
+    if let Some(interval) = streams.cfg.heartbeat {
+        tasks.spawn(durable::guard::run_heartbeat(
             streams.clone(),
             metrics.clone(),
             interval,
-            shutdown_rx.clone(),
-        ))
-    });
+            shutdown.clone(),
+        ));
+    }
     let filters = Arc::new(
         Filters::new(
             FilterLimits {
@@ -363,7 +378,6 @@ async fn serve(args: walcast_proxy::config::ServeArgs) -> Result<(), String> {
         )
         .map_err(|e| format!("WASM filters: {e}"))?,
     );
-    let tasks = tokio_util::task::TaskTracker::new();
     let state = Arc::new(AppState {
         hub,
         metrics: metrics.clone(),
@@ -383,7 +397,7 @@ async fn serve(args: walcast_proxy::config::ServeArgs) -> Result<(), String> {
             handshake_timeout: Duration::from_secs(args.handshake_timeout),
         },
         tables: tables.map(Arc::new),
-        shutdown: shutdown_rx.clone(),
+        shutdown: shutdown.clone(),
         connections: Connections::new(front.limits, metrics.clone()),
         timeouts: Timeouts {
             header: Duration::from_secs(args.header_timeout),
@@ -399,28 +413,24 @@ async fn serve(args: walcast_proxy::config::ServeArgs) -> Result<(), String> {
             },
         )),
     });
-    let server = tokio::spawn(http::serve(listener, state, shutdown_rx, tls.clone()));
+    let server = tokio::spawn(http::serve(listener, state, shutdown.clone(), tls.clone()));
 
     wait_for_signal().await;
     tracing::info!("shutting down: closing clients (1001) and the replication stream");
-    let _ = shutdown_tx.send(true);
+    shutdown.cancel();
     let _ = server.await;
-    // Every connection answers its request in progress and every websocket
-    // closes with 1001; a client that takes no close frame is cut off.
+    // Every connection answers its request in progress, every websocket
+    // closes with 1001, the reader confirms its last position; a client that
+    // takes no close frame is cut off.
     tasks.close();
-    if tokio::time::timeout(Duration::from_secs(5), tasks.wait())
+    if tokio::time::timeout(Duration::from_secs(10), tasks.wait())
         .await
         .is_err()
     {
         tracing::warn!(
             left = tasks.len(),
-            "connections still open 5 s after shutdown began; stopping without them"
+            "tasks still running 10 s after shutdown began; stopping without them"
         );
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(5), reader).await;
-    guard.abort();
-    if let Some(h) = heartbeat {
-        h.abort();
     }
     Ok(())
 }

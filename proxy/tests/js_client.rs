@@ -80,6 +80,6 @@ fn the_typescript_client_subscribes_resumes_and_reports_typed_errors() {
     );
     assert!(out.status.success(), "node --test failed:\n{report}");
     // Every test ran and passed: none was skipped or left out.
-    assert!(report.contains("ℹ pass 7"), "{report}");
+    assert!(report.contains("ℹ pass 8"), "{report}");
     assert!(report.contains("ℹ fail 0"), "{report}");
 }

@@ -28,6 +28,7 @@ use tokio::sync::watch;
 use tokio_postgres::error::SqlState;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use walcast_format::{Lsn, TablePattern};
 
@@ -540,13 +541,13 @@ impl Consumer {
 
     async fn run(
         &mut self,
-        shutdown: &mut watch::Receiver<bool>,
+        shutdown: &CancellationToken,
         stop: &mut watch::Receiver<Option<String>>,
     ) -> End {
         loop {
             let expiry = self.opts.access.deadline();
             tokio::select! {
-                _ = shutdown.changed() => return End::Close(CloseCode::Away, "server shutting down; reconnect to resume from your last ACK".into()),
+                _ = shutdown.cancelled() => return End::Close(CloseCode::Away, "server shutting down; reconnect to resume from your last ACK".into()),
                 _ = tokio::time::sleep_until(expiry.unwrap_or_else(tokio::time::Instant::now)), if expiry.is_some() => {
                     self.metrics.count_close(crate::metrics::CloseReason::TokenExpired);
                     return End::Close(CloseCode::Policy, "token expired".into());
@@ -625,7 +626,7 @@ pub async fn run(
     opened: Opened,
     opts: Options,
     metrics: Arc<Metrics>,
-    shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) {
     let span = tracing::info_span!("consumer", slot = %opened.slot);
     serve(ws, opened, opts, metrics, shutdown)
@@ -638,7 +639,7 @@ async fn serve(
     opened: Opened,
     opts: Options,
     metrics: Arc<Metrics>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) {
     let Opened {
         slot,
@@ -671,7 +672,7 @@ async fn serve(
     consumer.update_caught_up();
     // A client already gone is noticed by the loop.
     let _ = consumer.requested(first).await;
-    let end = consumer.run(&mut shutdown, &mut guard.stop).await;
+    let end = consumer.run(&shutdown, &mut guard.stop).await;
     let Consumer {
         mut ws,
         stream,

@@ -10,15 +10,15 @@ use crate::metrics::{now_ms, Metrics};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 /// Refreshes the per-slot lag every `lag_check_interval` until shutdown.
-pub async fn run_lag_guard(streams: Arc<Streams>, mut shutdown: watch::Receiver<bool>) {
+pub async fn run_lag_guard(streams: Arc<Streams>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(streams.cfg.lag_check_interval);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = shutdown.changed() => return,
+            _ = shutdown.cancelled() => return,
         }
         if let Err(e) = check_once(&streams).await {
             tracing::warn!(error = %e, "could not check the durable streams' lag");
@@ -71,13 +71,13 @@ pub async fn run_heartbeat(
     streams: Arc<Streams>,
     metrics: Arc<Metrics>,
     interval: std::time::Duration,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) {
     metrics.activity();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
-            _ = shutdown.changed() => return,
+            _ = shutdown.cancelled() => return,
         }
         let idle_ms = now_ms().saturating_sub(metrics.last_activity_ms.load(Ordering::Relaxed));
         if idle_ms < interval.as_millis() as u64 {

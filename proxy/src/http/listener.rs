@@ -16,7 +16,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 
 /// The caps.
 #[derive(Debug, Clone, Copy)]
@@ -255,7 +256,7 @@ fn out_of_resources(e: &io::Error) -> bool {
 pub async fn run<F>(
     listener: TcpListener,
     conns: Arc<Connections>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
     serve: F,
 ) where
     F: Fn(TcpStream, SocketAddr, Slot),
@@ -274,7 +275,7 @@ pub async fn run<F>(
                     crate::limited!(warn, error = %e, "cannot accept connections: out of file descriptors or memory; pausing (raise the descriptor limit or lower --max-connections)");
                     tokio::select! {
                         _ = tokio::time::sleep(pause) => {}
-                        _ = shutdown.changed() => return,
+                        _ = shutdown.cancelled() => return,
                     }
                     pause = (pause * 2).min(LONGEST_PAUSE);
                     continue;
@@ -285,7 +286,7 @@ pub async fn run<F>(
                     continue;
                 }
             },
-            _ = shutdown.changed() => return,
+            _ = shutdown.cancelled() => return,
         };
         match conns.admit(addr.ip()) {
             Ok(slot) => serve(stream, addr, slot),

@@ -53,7 +53,7 @@ use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use walcast_format::TablePattern;
 
 /// Everything a request handler needs.
@@ -75,7 +75,7 @@ pub struct AppState {
     pub tables: Option<Arc<Vec<TablePattern>>>,
     pub streams: Arc<Streams>,
     pub filters: Arc<Filters>,
-    pub shutdown: watch::Receiver<bool>,
+    pub shutdown: CancellationToken,
     /// Open connections and their caps.
     pub connections: Arc<Connections>,
     pub timeouts: Timeouts,

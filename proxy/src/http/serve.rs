@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 /// Serves HTTP (HTTPS with `tls`) on the connections `listener.rs` admits
@@ -20,7 +20,7 @@ use tower::ServiceExt;
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
-    shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
     tls: Option<Arc<crate::http::tls::Tls>>,
 ) {
     let conns = state.connections.clone();
@@ -69,7 +69,7 @@ async fn connection<S>(
     slot: Slot,
     state: Arc<AppState>,
     app: Router,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -85,7 +85,7 @@ async fn connection<S>(
     tokio::pin!(conn);
     // Cancel safe: dropping it only stops waiting (the guard is not held).
     let stopping = async {
-        let _ = shutdown.wait_for(|stop| *stop).await;
+        shutdown.cancelled().await;
     };
     let result = tokio::select! {
         r = conn.as_mut() => r,

@@ -19,9 +19,9 @@ use futures_util::{SinkExt, StreamExt};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
 use walcast_format::Position;
 
 /// Frames written before each flush when a client has a backlog.
@@ -174,7 +174,7 @@ pub struct Context {
     pub filters: Arc<Filters>,
     pub metrics: Arc<Metrics>,
     pub liveness: Liveness,
-    pub shutdown: watch::Receiver<bool>,
+    pub shutdown: CancellationToken,
     /// For first-frame queries: does the table exist, may the client have it.
     pub catalog: crate::catalog::Catalog,
     pub tables: Option<Arc<Vec<walcast_format::TablePattern>>>,
@@ -381,7 +381,7 @@ async fn serve(
         ..
     } = ctx.liveness;
     let metrics = &ctx.metrics;
-    let mut shutdown = ctx.shutdown.clone();
+    let shutdown = ctx.shutdown.clone();
     let mut ping =
         tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -461,7 +461,7 @@ async fn serve(
         let paused = if have { None } else { cursor.throttle() };
         tokio::select! {
             biased;
-            _ = shutdown.changed() => {
+            _ = shutdown.cancelled() => {
                 return End::Close(CloseCode::Away, "server shutting down".into());
             }
             msg = ws.next() => match msg {

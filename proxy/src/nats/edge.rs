@@ -26,7 +26,7 @@ use async_nats::jetstream::{self, Context};
 use futures_util::{FutureExt, StreamExt};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use walcast_format::Position;
 
 /// Where the edge is in the stream, kept across reconnects.
@@ -52,12 +52,12 @@ pub async fn run(
     hub: Hub,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) {
     let mut backoff = Backoff::default();
     let mut at = Follow::default();
     loop {
-        if *shutdown.borrow() {
+        if shutdown.is_cancelled() {
             return;
         }
         let before = at.received;
@@ -67,7 +67,7 @@ pub async fn run(
             &hub,
             &metrics,
             &health,
-            &mut shutdown,
+            &shutdown,
             &mut at,
         )
         .await;
@@ -81,7 +81,7 @@ pub async fn run(
         metrics.nats.reconnects.fetch_add(1, Ordering::Relaxed);
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = shutdown.changed() => return,
+            _ = shutdown.cancelled() => return,
         }
     }
 }
@@ -93,7 +93,7 @@ async fn follow(
     hub: &Hub,
     metrics: &Metrics,
     health: &Health,
-    shutdown: &mut watch::Receiver<bool>,
+    shutdown: &CancellationToken,
     at: &mut Follow,
 ) -> Result<(), String> {
     let mut stream = js.get_stream(stream_name).await.map_err(|e| {
@@ -155,7 +155,7 @@ async fn follow(
     let mut connected = true;
     loop {
         let first = tokio::select! {
-            _ = shutdown.changed() => return Ok(()),
+            _ = shutdown.cancelled() => return Ok(()),
             _ = check.tick() => {
                 // The client reconnects by itself and the ordered consumer
                 // picks up where it was; meanwhile /healthz says so.

@@ -26,6 +26,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use walcast_format::Lsn;
 
@@ -104,7 +105,7 @@ pub async fn run(
     db: String,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
-    shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) -> Result<(), String> {
     let span = tracing::info_span!("relay", slot = %cfg.reader.slot, stream = %cfg.nats.stream);
     relay(cfg, js, db, metrics, health, shutdown)
@@ -118,12 +119,12 @@ async fn relay(
     db: String,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) -> Result<(), String> {
     let mut backoff = reader::Backoff::default();
     let mut slot = reader::Slot::default();
     loop {
-        if *shutdown.borrow() {
+        if shutdown.is_cancelled() {
             return Ok(());
         }
         let mut streamed = false;
@@ -135,7 +136,7 @@ async fn relay(
                 metrics: &metrics,
                 health: &health,
             },
-            &mut shutdown,
+            &shutdown,
             &mut slot,
             &mut streamed,
         )
@@ -147,8 +148,7 @@ async fn relay(
             Ok(()) => return Ok(()),
             Err(e) if e.kind == ErrorKind::Transient => {
                 let what = "relay interrupted; starting again from the slot's confirmed position";
-                if !reader::retry_after(&e, what, &mut backoff, &health, &metrics, &mut shutdown)
-                    .await
+                if !reader::retry_after(&e, what, &mut backoff, &health, &metrics, &shutdown).await
                 {
                     return Ok(());
                 }
@@ -188,7 +188,7 @@ async fn relay_once(
     js: &Context,
     db: &str,
     shared: Shared<'_>,
-    shutdown: &mut watch::Receiver<bool>,
+    shutdown: &CancellationToken,
     slot: &mut reader::Slot,
     streamed: &mut bool,
 ) -> Result<(), ReplicationError> {
@@ -216,7 +216,7 @@ async fn relay_once(
     stream.set_caught_up(true);
     loop {
         let next = tokio::select! {
-            _ = shutdown.changed() => {
+            _ = shutdown.cancelled() => {
                 // Give the acknowledgements in flight a moment, confirm, end.
                 let _ = tokio::time::timeout(Duration::from_secs(2), async {
                     while acked.borrow().clone() != Acked::Upto(sent_upto) {

@@ -20,7 +20,7 @@ use bytes::Bytes;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use walcast_format::{Lsn, Position};
 
@@ -110,7 +110,7 @@ pub async fn run(
     hub: Hub,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
-    shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) {
     let span = tracing::info_span!("reader", slot = %cfg.slot);
     let reader = Reader {
@@ -125,14 +125,14 @@ pub async fn run(
 }
 
 impl Reader {
-    async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+    async fn run(mut self, shutdown: CancellationToken) {
         let mut backoff = Backoff::default();
         loop {
-            if *shutdown.borrow() {
+            if shutdown.is_cancelled() {
                 return;
             }
             let before = self.handed.committed;
-            let result = self.stream_once(&mut shutdown).await;
+            let result = self.stream_once(&shutdown).await;
             // A connection that got transactions through was a success: the
             // next failure starts the backoff again.
             if self.handed.committed > before {
@@ -143,7 +143,7 @@ impl Reader {
                 Err(e) if e.kind == ErrorKind::Transient => {
                     let what = "replication interrupted; reconnecting";
                     let (health, metrics) = (&self.health, &self.metrics);
-                    if !retry_after(&e, what, &mut backoff, health, metrics, &mut shutdown).await {
+                    if !retry_after(&e, what, &mut backoff, health, metrics, &shutdown).await {
                         return;
                     }
                 }
@@ -167,7 +167,7 @@ pub(crate) async fn retry_after(
     backoff: &mut Backoff,
     health: &Health,
     metrics: &Metrics,
-    shutdown: &mut watch::Receiver<bool>,
+    shutdown: &CancellationToken,
 ) -> bool {
     let wait = backoff.wait();
     tracing::warn!(error = %e, "{what} in {wait:?}");
@@ -177,7 +177,7 @@ pub(crate) async fn retry_after(
         .fetch_add(1, Ordering::Relaxed);
     tokio::select! {
         _ = tokio::time::sleep(wait) => true,
-        _ = shutdown.changed() => false,
+        _ = shutdown.cancelled() => false,
     }
 }
 
@@ -226,10 +226,7 @@ impl Reader {
     /// Not cancel safe: dropped mid-transaction, `handed` says what is in
     /// the log, and the next call resumes from it. It is only ever awaited
     /// to completion (shutdown is one of its own `select!` arms).
-    async fn stream_once(
-        &mut self,
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> Result<(), ReplicationError> {
+    async fn stream_once(&mut self, shutdown: &CancellationToken) -> Result<(), ReplicationError> {
         let Reader {
             cfg,
             hub,
@@ -254,7 +251,7 @@ impl Reader {
         let mut last = hub.last_position();
         loop {
             let next = tokio::select! {
-                _ = shutdown.changed() => {
+                _ = shutdown.cancelled() => {
                     // Confirm the last position and end the copy cleanly.
                     let _ = tokio::time::timeout(Duration::from_secs(2), stream.close()).await;
                     return Ok(());

@@ -1,0 +1,65 @@
+// The errors of the walcast client, and what the live and durable halves share.
+
+/** Close codes the proxy uses (docs/proxy.md, "Errors and close codes"). */
+export const CloseCode = {
+  Normal: 1000,
+  GoingAway: 1001,
+  Abnormal: 1006,
+  Policy: 1008,
+  ServerError: 1011,
+  TryAgainLater: 1013,
+} as const;
+
+/** Every error of this client. `code` is the proxy's code when it sent one. */
+export class WalcastError extends Error {
+  readonly code: string | undefined;
+  constructor(message: string, code?: string) {
+    super(message);
+    this.name = "WalcastError";
+    this.code = code;
+  }
+}
+
+/** The proxy no longer holds the changes after the requested position. */
+export class PositionGoneError extends WalcastError {
+  /** The oldest position the proxy holds, or null when it started after the position. */
+  readonly oldest: string | null;
+  constructor(message: string, oldest: string | null) {
+    super(message, "POSITION_GONE");
+    this.name = "PositionGoneError";
+    this.oldest = oldest;
+  }
+}
+
+/** The subscription was refused: a bad query, a table that does not exist or is not allowed, a filter that cannot start, a missing or invalid token. */
+export class RefusedError extends WalcastError {
+  /** The HTTP status when the refusal came as one. */
+  readonly status: number | undefined;
+  /** The byte offset of a query error. */
+  readonly position: number | undefined;
+  constructor(message: string, code?: string, status?: number, position?: number) {
+    super(message, code);
+    this.name = "RefusedError";
+    this.status = status;
+    this.position = position;
+  }
+}
+
+/** The proxy closed the socket for a reason retrying cannot fix. */
+export class ClosedError extends WalcastError {
+  readonly closeCode: number;
+  readonly reason: string;
+  constructor(closeCode: number, reason: string) {
+    super(`closed by the proxy (${closeCode}): ${reason}`);
+    this.name = "ClosedError";
+    this.closeCode = closeCode;
+    this.reason = reason;
+  }
+}
+
+/** A constructor with the standard WebSocket interface. */
+export type WebSocketConstructor = new (url: string) => WebSocket;
+
+/** A token, or a function that returns a fresh one (called at every connect and refresh). */
+export type TokenSource = string | (() => string | Promise<string>);
+

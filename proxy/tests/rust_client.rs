@@ -1,0 +1,211 @@
+//! The Rust client (`clients/rust`, crate `walcast-client`) against a real
+//! proxy and cluster: a filtered query, a connection dropped in the middle
+//! of a burst (every change once, in order), a saved position, a position no
+//! longer held, a snapshot, typed refusals.
+
+mod support;
+
+use std::time::Duration;
+use support::Proxy;
+use walcast_client::{Action, Error, Frame, Options, Subscription};
+use walcast_tests::{cluster, TestDb};
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// The next change (skipping other frames), failing after 20 s.
+async fn next_change(sub: &mut Subscription) -> walcast_client::Change {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), sub.next()).await {
+            Ok(Ok(Some(Frame::Change(c)))) => return *c,
+            Ok(Ok(Some(_))) => {}
+            other => panic!("no change within 20 s: {other:?}"),
+        }
+    }
+}
+
+/// Lets a new subscription's first frame be taken before writes commit.
+async fn subscribed(sub: &mut Subscription) {
+    // The first read connects and subscribes; nothing is written yet.
+    let _ = tokio::time::timeout(Duration::from_millis(500), sub.next()).await;
+}
+
+fn id(c: &walcast_client::Change) -> i64 {
+    c.columns
+        .as_ref()
+        .and_then(|m| m.get("id"))
+        .and_then(|v| v.as_i64())
+        .unwrap_or(-1)
+}
+
+#[test]
+fn the_rust_client_subscribes_resumes_and_reports_typed_errors() {
+    let mut db = TestDb::new("rust_client");
+    db.client
+        .batch_execute(
+            "CREATE TABLE items (id int PRIMARY KEY, kind text);
+             CREATE TABLE snap (id int PRIMARY KEY);
+             INSERT INTO snap SELECT generate_series(1, 25);",
+        )
+        .expect("tables");
+    let proxy = Proxy::start(cluster(), &db.name, "rust_client_proxy", &[]);
+    let url = format!("ws://127.0.0.1:{}", proxy.port);
+    let conninfo = cluster().conninfo(&db.name);
+    let write = move |sql: String| {
+        let conninfo = conninfo.clone();
+        std::thread::spawn(move || {
+            let mut c = postgres::Client::connect(&conninfo, postgres::NoTls).expect("connect");
+            c.batch_execute(&sql).expect("write");
+        })
+    };
+    let rt = runtime();
+    rt.block_on(async {
+        // A filtered query, then a burst with the connection dropped twice.
+        let mut sub =
+            Subscription::new(&url, "insert:items:kind.eq.keep", Options::default()).expect("sub");
+        subscribed(&mut sub).await;
+        let writer = write(
+            "DO $$ BEGIN FOR i IN 1..30 LOOP \
+               INSERT INTO items SELECT g, CASE WHEN g % 3 = 0 THEN 'drop' ELSE 'keep' END \
+               FROM generate_series(i * 100 - 99, i * 100) g; COMMIT; END LOOP; END $$"
+                .into(),
+        );
+        let want: Vec<i64> = (1..=3000).filter(|g| g % 3 != 0).collect();
+        let mut got = Vec::new();
+        while got.len() < want.len() {
+            let c = next_change(&mut sub).await;
+            assert_eq!(c.action, Action::Insert);
+            got.push(id(&c));
+            if got.len() == 500 || got.len() == 1500 {
+                sub.reconnect();
+            }
+        }
+        assert_eq!(got, want, "every matching insert once, in order");
+        let saved = sub.position().expect("a position").to_owned();
+        sub.close().await;
+        let _ = writer.join();
+
+        // A saved position resumes in a new subscription.
+        write("INSERT INTO items VALUES (5001, 'keep'), (5002, 'drop'), (5003, 'keep')".into())
+            .join()
+            .expect("write");
+        let mut again = Subscription::new(
+            &url,
+            "insert:items:kind.eq.keep",
+            Options {
+                after: Some(saved),
+                ..Options::default()
+            },
+        )
+        .expect("sub");
+        assert_eq!(id(&next_change(&mut again).await), 5001);
+        assert_eq!(id(&next_change(&mut again).await), 5003);
+        again.close().await;
+
+        // A position the proxy does not hold.
+        let mut gone = Subscription::new(
+            &url,
+            "insert:items",
+            Options {
+                after: Some("0000000000000001:00000000".into()),
+                ..Options::default()
+            },
+        )
+        .expect("sub");
+        match tokio::time::timeout(Duration::from_secs(20), gone.next()).await {
+            Ok(Err(Error::PositionGone { oldest, .. })) => {
+                assert!(oldest.as_ref().is_none_or(|o| o.len() == 25), "{oldest:?}")
+            }
+            other => panic!("{other:?}"),
+        }
+
+        // A snapshot: read events, the done frame, then changes.
+        let mut snap = Subscription::new(
+            &url,
+            "*:snap",
+            Options {
+                snapshot: true,
+                ..Options::default()
+            },
+        )
+        .expect("sub");
+        let mut reads = Vec::new();
+        loop {
+            match tokio::time::timeout(Duration::from_secs(20), snap.next()).await {
+                Ok(Ok(Some(Frame::Change(c)))) if c.action == Action::Read => reads.push(id(&c)),
+                Ok(Ok(Some(Frame::Snapshot(p)))) if p["state"] == "done" => break,
+                Ok(Ok(Some(_))) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        reads.sort_unstable();
+        assert_eq!(reads, (1..=25).collect::<Vec<i64>>());
+        write("INSERT INTO snap VALUES (26)".into())
+            .join()
+            .expect("write");
+        let c = next_change(&mut snap).await;
+        assert_eq!((c.action, id(&c)), (Action::Insert, 26));
+        snap.close().await;
+
+        // Refusals are typed and end the subscription.
+        for (query, want_code) in [
+            ("insert:no_such_table", Some("UNKNOWN_TABLE")),
+            ("insert:items:id.zz.3", None),
+        ] {
+            let mut bad = Subscription::new(&url, query, Options::default()).expect("sub");
+            match tokio::time::timeout(Duration::from_secs(20), bad.next()).await {
+                Ok(Err(Error::Refused { code, position, .. })) => {
+                    assert_eq!(code.as_deref(), want_code, "{query}");
+                    assert_eq!(position.is_some(), want_code.is_none(), "{query}");
+                }
+                other => panic!("{query}: {other:?}"),
+            }
+            assert!(matches!(bad.next().await, Ok(None)), "ended");
+        }
+    });
+}
+
+#[test]
+fn a_refused_token_is_a_typed_refusal_with_its_status() {
+    let mut db = TestDb::new("rust_client_auth");
+    db.client
+        .batch_execute("CREATE TABLE items (id int PRIMARY KEY)")
+        .expect("table");
+    let proxy = Proxy::start(
+        cluster(),
+        &db.name,
+        "rust_client_auth_proxy",
+        &["--token", "right-token-0123456789"],
+    );
+    let url = format!("ws://127.0.0.1:{}", proxy.port);
+    runtime().block_on(async {
+        let wrong = Options {
+            token: Some("wrong".into()),
+            ..Options::default()
+        };
+        let mut sub = Subscription::new(&url, "insert:items", wrong).expect("sub");
+        match tokio::time::timeout(Duration::from_secs(20), sub.next()).await {
+            Ok(Err(Error::Refused { status, .. })) => assert_eq!(status, Some(401)),
+            other => panic!("{other:?}"),
+        }
+        let right = Options {
+            token: Some("right-token-0123456789".into()),
+            ..Options::default()
+        };
+        let mut sub = Subscription::new(&url, "insert:items", right).expect("sub");
+        subscribed(&mut sub).await;
+        // The synchronous client runs a runtime of its own: off this one.
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                db.client
+                    .batch_execute("INSERT INTO items VALUES (7)")
+                    .expect("insert")
+            });
+        });
+        assert_eq!(id(&next_change(&mut sub).await), 7);
+    });
+}

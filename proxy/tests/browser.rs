@@ -91,11 +91,9 @@ impl Page {
 /// The table's rows as text, one per line: `action class|cells`.
 const ROWS: &str = "Array.from(document.querySelectorAll('#rows tr')).map(r => r.className + '|' + r.textContent).join('\\n')";
 
-#[test]
-fn demo_page_shows_an_inserted_row() {
-    let mut db = TestDb::new("browser");
-    db.exec("CREATE TABLE users (id int PRIMARY KEY, name text, age int)");
-    let proxy = Proxy::start(cluster(), &db.name, &format!("{}_proxy", db.name), &[]);
+/// Chromium (headless) on the proxy's demo page, and that page's devtools
+/// connection.
+fn open(proxy_port: u16) -> (Browser, Page) {
     let dbg = free_port();
     let profile = std::env::temp_dir().join(format!("walcast-chromium-{}", std::process::id()));
     let child = Command::new("chromium")
@@ -111,7 +109,7 @@ fn demo_page_shows_an_inserted_row() {
         ])
         .arg(format!("--user-data-dir={}", profile.display()))
         .arg(format!("--remote-debugging-port={dbg}"))
-        .arg(format!("http://127.0.0.1:{}/", proxy.port))
+        .arg(format!("http://127.0.0.1:{}/", proxy_port))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -135,7 +133,7 @@ fn demo_page_shows_an_inserted_row() {
                     p["type"] == "page"
                         && p["url"]
                             .as_str()
-                            .is_some_and(|u| u.contains(&proxy.port.to_string()))
+                            .is_some_and(|u| u.contains(&proxy_port.to_string()))
                 })
                 .and_then(|p| p["webSocketDebuggerUrl"].as_str().map(str::to_owned))
         });
@@ -149,7 +147,17 @@ fn demo_page_shows_an_inserted_row() {
         std::thread::sleep(Duration::from_millis(100));
     };
     let (ws, _) = tungstenite::connect(ws_url.as_str()).expect("CDP websocket");
-    let mut page = Page { ws, next_id: 0 };
+    let page = Page { ws, next_id: 0 };
+
+    (browser, page)
+}
+
+#[test]
+fn demo_page_shows_an_inserted_row() {
+    let mut db = TestDb::new("browser");
+    db.exec("CREATE TABLE users (id int PRIMARY KEY, name text, age int)");
+    let proxy = Proxy::start(cluster(), &db.name, &format!("{}_proxy", db.name), &[]);
+    let (browser, mut page) = open(proxy.port);
 
     page.wait_for(
         "document.getElementById('status').textContent",
@@ -191,6 +199,96 @@ fn demo_page_shows_an_inserted_row() {
             .as_str()
             .is_some_and(|s| s.starts_with("subscribed to")),
         "{status}"
+    );
+    drop(browser);
+}
+
+/// Serves `dir`'s `.js` files as modules any origin may import, until the
+/// test process ends.
+fn serve_modules(dir: std::path::PathBuf) -> u16 {
+    use std::io::{Read, Write};
+    let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut head = [0u8; 2048];
+            let n = conn.read(&mut head).unwrap_or(0);
+            let head = String::from_utf8_lossy(&head[..n]);
+            let name = head
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or("/")
+                .trim_start_matches('/')
+                .to_owned();
+            let file = (!name.contains('/') && name.ends_with(".js"))
+                .then(|| std::fs::read(dir.join(&name)).ok())
+                .flatten();
+            let (status, body) = match file {
+                Some(b) => ("200 OK", b),
+                None => ("404 Not Found", Vec::new()),
+            };
+            let _ = conn.write_all(
+                format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: text/javascript\r\nAccess-Control-Allow-Origin: *\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+            let _ = conn.write_all(&body);
+        }
+    });
+    port
+}
+
+#[test]
+fn the_typescript_client_subscribes_and_resumes_in_the_browser() {
+    let dist = support::js::build();
+    let modules = serve_modules(dist);
+    let mut db = TestDb::new("browser_client");
+    db.exec("CREATE TABLE bundle (id int PRIMARY KEY)");
+    let proxy = Proxy::start(cluster(), &db.name, &format!("{}_proxy", db.name), &[]);
+    let (browser, mut page) = open(proxy.port);
+    // The client module, imported by the page, subscribed to the proxy it
+    // was served by.
+    page.eval(&format!(
+        "window.got = []; window.opened = 0; window.failed = null;
+         import('http://127.0.0.1:{modules}/index.js').then(m => {{
+           window.sub = m.subscribe(location.origin, 'insert:bundle');
+           window.sub.on('open', () => window.opened++);
+           (async () => {{
+             try {{ for await (const f of window.sub) if (m.isChange(f)) window.got.push(f.columns.id); }}
+             catch (e) {{ window.failed = String(e); }}
+           }})();
+         }}, e => {{ window.failed = String(e); }}); 0"
+    ));
+    page.wait_for(
+        "window.failed || window.opened",
+        |v| v.as_i64().is_some_and(|n| n >= 1) || v.is_string(),
+        "the client to connect",
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    db.exec("INSERT INTO bundle SELECT generate_series(1, 5)");
+    page.wait_for(
+        "window.failed || window.got.length",
+        |v| v.as_i64() == Some(5) || v.is_string(),
+        "five inserts",
+    );
+    // A dropped socket: the client reconnects and resumes after id 5.
+    page.eval("window.sub.reconnect(); 0");
+    db.exec("INSERT INTO bundle SELECT generate_series(6, 9)");
+    let got = page.wait_for(
+        "window.failed || JSON.stringify(window.got)",
+        |v| {
+            v.as_str()
+                .is_some_and(|s| s.contains(",9]") || !s.starts_with('['))
+        },
+        "the inserts after the reconnect",
+    );
+    assert_eq!(got.as_str(), Some("[1,2,3,4,5,6,7,8,9]"), "{got}");
+    assert!(
+        page.eval("window.opened").as_i64() >= Some(2),
+        "reconnected"
     );
     drop(browser);
 }

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod js;
 pub mod model;
 pub mod rng;
 pub mod rows;

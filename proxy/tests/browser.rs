@@ -95,7 +95,11 @@ const ROWS: &str = "Array.from(document.querySelectorAll('#rows tr')).map(r => r
 /// connection.
 fn open(proxy_port: u16) -> (Browser, Page) {
     let dbg = free_port();
-    let profile = std::env::temp_dir().join(format!("walcast-chromium-{}", std::process::id()));
+    // A profile of its own: a second Chromium on the same profile hands its
+    // page to the first and exits (the tests of this file run at once).
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let profile = std::env::temp_dir().join(format!("walcast-chromium-{}-{n}", std::process::id()));
     let child = Command::new("chromium")
         .args([
             "--headless",

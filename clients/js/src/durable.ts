@@ -13,7 +13,16 @@
 //     if (frame.action === "C") stream.ack(frame);   // only once it is processed
 //   }
 
-import { ClosedError, CloseCode, RefusedError, WalcastError, type TokenSource, type WebSocketConstructor } from "./errors.js";
+import {
+  backoffMs,
+  ClosedError,
+  CloseCode,
+  detachSocket,
+  RefusedError,
+  WalcastError,
+  type TokenSource,
+  type WebSocketConstructor,
+} from "./errors.js";
 import type { Value } from "./index.js";
 
 /** A frame of a durable stream: transaction boundaries, changes, read events, progress. */
@@ -220,7 +229,7 @@ export class DurableStream implements AsyncIterable<DurableFrame> {
     if (this.ended) return;
     const s = this.socket;
     this.socket = undefined;
-    this.detach(s);
+    detachSocket(s);
     this.schedule(0);
   }
 
@@ -331,12 +340,10 @@ export class DurableStream implements AsyncIterable<DurableFrame> {
         // Out of reach: retry.
       }
     }
-    const initial = this.options.backoff?.initialMs ?? 100;
-    const max = this.options.backoff?.maxMs ?? 10_000;
-    const full = Math.min(max, initial * 2 ** Math.min(this.attempt, 20));
+    const wait = backoffMs(this.attempt, this.options.backoff);
     this.attempt += 1;
     for (const l of this.reconnectListeners) l({ closeCode: code, reason });
-    this.schedule(Math.round(full * (0.5 + Math.random() / 2)));
+    this.schedule(wait);
   }
 
   private schedule(ms: number): void {
@@ -347,16 +354,6 @@ export class DurableStream implements AsyncIterable<DurableFrame> {
     }, ms);
   }
 
-  private detach(s: WebSocket | undefined): void {
-    if (!s) return;
-    s.onopen = s.onmessage = s.onclose = s.onerror = null;
-    try {
-      s.close(CloseCode.Normal, "client reconnects");
-    } catch {
-      // Already closing.
-    }
-  }
-
   private finish(error: WalcastError | null): void {
     if (this.ended) return;
     this.ended = true;
@@ -364,7 +361,7 @@ export class DurableStream implements AsyncIterable<DurableFrame> {
     if (this.timer !== undefined) clearTimeout(this.timer);
     const s = this.socket;
     this.socket = undefined;
-    this.detach(s);
+    detachSocket(s);
     if (this.waiter) {
       const [ok, fail] = [this.waiter, this.waiterFail];
       this.waiter = this.waiterFail = undefined;

@@ -63,3 +63,24 @@ export type WebSocketConstructor = new (url: string) => WebSocket;
 /** A token, or a function that returns a fresh one (called at every connect and refresh). */
 export type TokenSource = string | (() => string | Promise<string>);
 
+
+/** The wait before reconnect number `attempt` (from 0): doubling from the
+ * first wait (100 ms) to the longest (10 s), each drawn between half and all
+ * of it. */
+export function backoffMs(attempt: number, backoff?: { initialMs?: number; maxMs?: number }): number {
+  const initial = backoff?.initialMs ?? 100;
+  const max = backoff?.maxMs ?? 10_000;
+  const full = Math.min(max, initial * 2 ** Math.min(attempt, 20));
+  return Math.round(full * (0.5 + Math.random() / 2));
+}
+
+/** Stops listening to a socket and closes it. */
+export function detachSocket(s: WebSocket | undefined): void {
+  if (!s) return;
+  s.onopen = s.onmessage = s.onclose = s.onerror = null;
+  try {
+    s.close(CloseCode.Normal, "client reconnects");
+  } catch {
+    // Already closing.
+  }
+}

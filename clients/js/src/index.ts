@@ -71,8 +71,10 @@ export {
   type WebSocketConstructor,
 } from "./errors.js";
 import {
+  backoffMs,
   CloseCode,
   ClosedError,
+  detachSocket,
   PositionGoneError,
   RefusedError,
   WalcastError,
@@ -399,13 +401,7 @@ export class Subscription implements AsyncIterable<Frame> {
 
   private detach(s: WebSocket | undefined): void {
     this.stopRefresh();
-    if (!s) return;
-    s.onopen = s.onmessage = s.onclose = s.onerror = null;
-    try {
-      s.close(CloseCode.Normal, "client reconnects");
-    } catch {
-      // Already closing.
-    }
+    detachSocket(s);
   }
 
   private async onClose(code: number, reason: string, opened: boolean): Promise<void> {
@@ -483,11 +479,8 @@ export class Subscription implements AsyncIterable<Frame> {
   }
 
   private retry(closeCode: number, reason: string): void {
-    const initial = this.options.backoff?.initialMs ?? 100;
-    const max = this.options.backoff?.maxMs ?? 10_000;
-    const full = Math.min(max, initial * 2 ** Math.min(this.attempt, 20));
+    const inMs = backoffMs(this.attempt, this.options.backoff);
     this.attempt += 1;
-    const inMs = Math.round(full * (0.5 + Math.random() / 2));
     this.emit("reconnect", { closeCode, reason, inMs });
     this.scheduleConnect(inMs);
   }

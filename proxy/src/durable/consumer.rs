@@ -29,7 +29,6 @@ use tokio_postgres::error::SqlState;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 use walcast_format::{Lsn, TablePattern};
 
 /// Frames written before each flush when PostgreSQL has more ready.
@@ -621,20 +620,8 @@ impl Consumer {
 /// Serves one consumer until it leaves, the stream is deleted, replication
 /// fails or the server stops; then confirms the last ACK and ends the
 /// replication connection.
+#[tracing::instrument(name = "consumer", skip_all, fields(slot = %opened.slot))]
 pub async fn run(
-    ws: Ws,
-    opened: Opened,
-    opts: Options,
-    metrics: Arc<Metrics>,
-    shutdown: CancellationToken,
-) {
-    let span = tracing::info_span!("consumer", slot = %opened.slot);
-    serve(ws, opened, opts, metrics, shutdown)
-        .instrument(span)
-        .await
-}
-
-async fn serve(
     ws: Ws,
     opened: Opened,
     opts: Options,

@@ -27,7 +27,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 use walcast_format::Lsn;
 
 /// What the relay needs.
@@ -99,21 +98,8 @@ pub async fn prepare(cfg: &RelayConfig, js: &Context) -> Result<String, String> 
 }
 
 /// Runs until `shutdown` becomes true or a definite error stops it (returned).
+#[tracing::instrument(name = "relay", skip_all, fields(slot = %cfg.reader.slot, stream = %cfg.nats.stream))]
 pub async fn run(
-    cfg: RelayConfig,
-    js: Context,
-    db: String,
-    metrics: Arc<Metrics>,
-    health: Arc<Health>,
-    shutdown: CancellationToken,
-) -> Result<(), String> {
-    let span = tracing::info_span!("relay", slot = %cfg.reader.slot, stream = %cfg.nats.stream);
-    relay(cfg, js, db, metrics, health, shutdown)
-        .instrument(span)
-        .await
-}
-
-async fn relay(
     cfg: RelayConfig,
     js: Context,
     db: String,

@@ -8,6 +8,8 @@
 # them fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# One build from scratch: incremental caches would only take disk.
+export CARGO_INCREMENTAL=0
 ./scripts/setup.sh
 ./scripts/install-extension.sh
 ./scripts/build-filters.sh

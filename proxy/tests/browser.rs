@@ -1,5 +1,6 @@
-//! The live demo page in headless Chromium: load it, insert a row, see the
-//! row appear in the page's table.
+//! Pages in headless Chromium, all through the JavaScript client the proxy
+//! serves (`/client/index.js`): the demo page, the client imported by a
+//! page, and the browser example opened as a file.
 
 mod support;
 
@@ -91,9 +92,8 @@ impl Page {
 /// The table's rows as text, one per line: `action class|cells`.
 const ROWS: &str = "Array.from(document.querySelectorAll('#rows tr')).map(r => r.className + '|' + r.textContent).join('\\n')";
 
-/// Chromium (headless) on the proxy's demo page, and that page's devtools
-/// connection.
-fn open(proxy_port: u16) -> (Browser, Page) {
+/// Chromium (headless) on `url`, and the devtools connection of its page.
+fn open(url: &str) -> (Browser, Page) {
     let dbg = free_port();
     // A profile of its own: a second Chromium on the same profile hands its
     // page to the first and exits (the tests of this file run at once).
@@ -113,7 +113,7 @@ fn open(proxy_port: u16) -> (Browser, Page) {
         ])
         .arg(format!("--user-data-dir={}", profile.display()))
         .arg(format!("--remote-debugging-port={dbg}"))
-        .arg(format!("http://127.0.0.1:{}/", proxy_port))
+        .arg(url)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -135,9 +135,9 @@ fn open(proxy_port: u16) -> (Browser, Page) {
                 .iter()
                 .find(|p| {
                     p["type"] == "page"
-                        && p["url"]
-                            .as_str()
-                            .is_some_and(|u| u.contains(&proxy_port.to_string()))
+                        && p["url"].as_str().is_some_and(|u| {
+                            u.split(['?', '#']).next() == url.split(['?', '#']).next()
+                        })
                 })
                 .and_then(|p| p["webSocketDebuggerUrl"].as_str().map(str::to_owned))
         });
@@ -146,7 +146,7 @@ fn open(proxy_port: u16) -> (Browser, Page) {
         }
         assert!(
             Instant::now() < deadline,
-            "chromium never showed the demo page: {last:?}"
+            "chromium never showed {url}: {last:?}"
         );
         std::thread::sleep(Duration::from_millis(100));
     };
@@ -161,7 +161,7 @@ fn demo_page_shows_an_inserted_row() {
     let mut db = TestDb::new("browser");
     db.exec("CREATE TABLE users (id int PRIMARY KEY, name text, age int)");
     let proxy = Proxy::start(cluster(), &db.name, &format!("{}_proxy", db.name), &[]);
-    let (browser, mut page) = open(proxy.port);
+    let (browser, mut page) = open(&format!("http://127.0.0.1:{}/", proxy.port));
 
     page.wait_for(
         "document.getElementById('status').textContent",
@@ -186,8 +186,8 @@ fn demo_page_shows_an_inserted_row() {
     assert!(text.contains("\"id\":42"), "{text}");
 
     // The connection drops; a row committed while it is away arrives after
-    // the page reconnects with `after`, and nothing is shown twice.
-    page.eval("socket.close()");
+    // the client reconnects with `after`, and nothing is shown twice.
+    page.eval("window.subscription.reconnect(); 0");
     db.exec("INSERT INTO users VALUES (43, 'while-away', 34)");
     let rows = page.wait_for(
         ROWS,
@@ -207,58 +207,19 @@ fn demo_page_shows_an_inserted_row() {
     drop(browser);
 }
 
-/// Serves `dir`'s `.js` files as modules any origin may import, until the
-/// test process ends.
-fn serve_modules(dir: std::path::PathBuf) -> u16 {
-    use std::io::{Read, Write};
-    let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
-    let port = listener.local_addr().expect("addr").port();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            let mut head = [0u8; 2048];
-            let n = conn.read(&mut head).unwrap_or(0);
-            let head = String::from_utf8_lossy(&head[..n]);
-            let name = head
-                .split_whitespace()
-                .nth(1)
-                .unwrap_or("/")
-                .trim_start_matches('/')
-                .to_owned();
-            let file = (!name.contains('/') && name.ends_with(".js"))
-                .then(|| std::fs::read(dir.join(&name)).ok())
-                .flatten();
-            let (status, body) = match file {
-                Some(b) => ("200 OK", b),
-                None => ("404 Not Found", Vec::new()),
-            };
-            let _ = conn.write_all(
-                format!(
-                    "HTTP/1.1 {status}\r\nContent-Type: text/javascript\r\nAccess-Control-Allow-Origin: *\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                    body.len()
-                )
-                .as_bytes(),
-            );
-            let _ = conn.write_all(&body);
-        }
-    });
-    port
-}
-
 #[test]
 fn the_typescript_client_subscribes_and_resumes_in_the_browser() {
-    let dist = support::js::build();
-    let modules = serve_modules(dist);
+    support::js::build();
     let mut db = TestDb::new("browser_client");
     db.exec("CREATE TABLE bundle (id int PRIMARY KEY)");
     let proxy = Proxy::start(cluster(), &db.name, &format!("{}_proxy", db.name), &[]);
-    let (browser, mut page) = open(proxy.port);
-    // The client module, imported by the page, subscribed to the proxy it
-    // was served by.
+    let (browser, mut page) = open(&format!("http://127.0.0.1:{}/healthz", proxy.port));
+    // The client module, as the proxy serves it, subscribed to that proxy.
+    let port = proxy.port;
     page.eval(&format!(
         "window.got = []; window.opened = 0; window.failed = null;
-         import('http://127.0.0.1:{modules}/index.js').then(m => {{
-           window.sub = m.subscribe(location.origin, 'insert:bundle');
+         import('http://127.0.0.1:{port}/client/index.js').then(m => {{
+           window.sub = m.subscribe('http://127.0.0.1:{port}', 'insert:bundle');
            window.sub.on('open', () => window.opened++);
            (async () => {{
              try {{ for await (const f of window.sub) if (m.isChange(f)) window.got.push(f.columns.id); }}
@@ -293,6 +254,63 @@ fn the_typescript_client_subscribes_and_resumes_in_the_browser() {
     assert!(
         page.eval("window.opened").as_i64() >= Some(2),
         "reconnected"
+    );
+    drop(browser);
+}
+
+#[test]
+fn the_browser_example_opened_as_a_file_shows_current_rows_then_changes() {
+    support::js::build();
+    let mut db = TestDb::new("browser_example");
+    db.exec("CREATE TABLE people (id int PRIMARY KEY, name text, age int)");
+    db.exec("INSERT INTO people VALUES (1, 'ann', 30), (2, 'bob', 31), (3, 'carol', 32)");
+    let proxy = Proxy::start(cluster(), &db.name, &format!("{}_proxy", db.name), &[]);
+    let file = walcast_tests::repo_root()
+        .join("examples/browser/live-table.html")
+        .canonicalize()
+        .expect("examples/browser/live-table.html");
+    // A file:// page: its origin is "null", so the client module comes from
+    // the proxy by CORS.
+    let (browser, mut page) = open(&format!(
+        "file://{}?host=127.0.0.1:{}&query=*:people&key=id",
+        file.display(),
+        proxy.port
+    ));
+    const TABLE: &str = "Array.from(document.querySelectorAll('#rows tr')).map(r => Array.from(r.cells).map(c => c.textContent).join(',')).sort().join(';')";
+    const STATUS: &str = "document.getElementById('status').textContent";
+    page.wait_for(
+        STATUS,
+        |v| {
+            v.as_str()
+                .is_some_and(|s| s.contains("rows appear as they change") || s.contains("error"))
+        },
+        "the current rows to be read",
+    );
+    let status = page.eval(STATUS);
+    assert!(
+        status
+            .as_str()
+            .is_some_and(|s| s.contains("rows appear as they change")),
+        "{status}"
+    );
+    assert_eq!(
+        page.eval(TABLE).as_str(),
+        Some("1,ann,30;2,bob,31;3,carol,32"),
+        "the current rows"
+    );
+    db.exec("INSERT INTO people VALUES (4, 'dave', 33)");
+    db.exec("UPDATE people SET name = 'bobby' WHERE id = 2");
+    db.exec("DELETE FROM people WHERE id = 1");
+    let table = page.wait_for(
+        TABLE,
+        |v| v.as_str() == Some("2,bobby,31;3,carol,32;4,dave,33"),
+        "the insert, update and delete",
+    );
+    assert_eq!(table.as_str(), Some("2,bobby,31;3,carol,32;4,dave,33"));
+    assert_eq!(
+        page.eval("document.getElementById('count').textContent")
+            .as_str(),
+        Some("3 rows")
     );
     drop(browser);
 }

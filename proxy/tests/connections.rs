@@ -232,6 +232,7 @@ fn exhaust(name: &str, extra: &[&str]) -> (Proxy, Vec<String>, ExhaustFigures) {
             nofile: Some(LIMIT),
             stderr: Some(log),
             log: Some("info"),
+            ..Launch::default()
         },
     );
     let pid = proxy.child.id();

@@ -1,13 +1,18 @@
 //! The Rust client (`clients/rust`, crate `walcast-client`) against a real
 //! proxy and cluster: a filtered query, a connection dropped in the middle
 //! of a burst (every change once, in order), a saved position, a position no
-//! longer held, a snapshot, typed refusals.
+//! longer held, a snapshot, typed refusals; and a durable stream read at
+//! least once through dropped connections and a failing handler, ending
+//! equal to the table.
 
 mod support;
 
 use std::time::Duration;
 use support::Proxy;
-use walcast_client::{Action, Error, Frame, Options, Subscription};
+use walcast_client::{
+    Action, Create, Durable, DurableOptions, Error, Event, Frame, HandlerError, Options,
+    StreamOptions, Subscription,
+};
 use walcast_tests::{cluster, TestDb};
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -207,5 +212,209 @@ fn a_refused_token_is_a_typed_refusal_with_its_status() {
             });
         });
         assert_eq!(id(&next_change(&mut sub).await), 7);
+    });
+}
+
+/// Applies a transaction's changes to the rows.
+fn apply(rows: &mut support::rows::Rows, tx: &walcast_client::Transaction) {
+    for c in &tx.changes {
+        rows.apply(&c.raw);
+    }
+}
+
+/// The test's end mark: a transactional logical message.
+fn is_end_mark(tx: &walcast_client::Transaction) -> bool {
+    tx.changes
+        .iter()
+        .any(|c| c.action == Action::Message && c.raw["prefix"] == "test.end")
+}
+
+#[test]
+fn the_rust_client_reads_a_durable_stream_at_least_once() {
+    use support::rows::{assert_same, item_operation, items, Rows, Writer};
+    let seed = support::rng::seed();
+    let mut db = TestDb::new("rust_durable");
+    items(&mut db, 1500);
+    let proxy = Proxy::start(cluster(), &db.name, "rust_durable_proxy", &[]);
+    let url = format!("http://127.0.0.1:{}", proxy.port);
+    let rt = runtime();
+    let api = Durable::new(&url, DurableOptions::default()).expect("api");
+    let created = rt
+        .block_on(api.create(&Create {
+            name: Some("rustclient".into()),
+            tables: vec!["public.items".into()],
+            ..Create::default()
+        }))
+        .expect("create");
+    let slot = created.slot_name.clone();
+    assert!(created.snapshot.is_some(), "{created:?}");
+    let mut writer = Writer::start(&db.name, seed, item_operation);
+
+    let mut rows = Rows::new(&["id"]);
+    let mut stream = rt.block_on(async {
+        // The snapshot, page by page, while the writer runs.
+        let mut after = None;
+        let mut pages = 0;
+        loop {
+            let page = api
+                .snapshot_page(&slot, "public.items", 400, after.as_ref())
+                .await
+                .expect("snapshot page");
+            if page.rows.is_empty() {
+                break;
+            }
+            pages += 1;
+            for r in page.rows {
+                let v = serde_json::Value::Object(r);
+                let k = rows.key_of(&v, &v);
+                rows.rows.insert(k, v);
+            }
+            after = page.next;
+        }
+        assert_eq!(pages, 4, "1500 rows in pages of 400 (seed {seed})");
+
+        // The stream, transaction by transaction, ACKed after each is
+        // applied, with the connection dropped twice: each transaction
+        // once, in commit order.
+        let mut stream = api.stream(&slot, StreamOptions::default());
+        let mut last_end: Option<String> = None;
+        let mut applied = 0;
+        while applied < 60 {
+            let event = tokio::time::timeout(Duration::from_secs(30), stream.next_event())
+                .await
+                .expect("a transaction within 30 s")
+                .expect("the stream goes on")
+                .expect("not closed");
+            let Event::Transaction(tx) = event else {
+                continue;
+            };
+            if let Some(prev) = &last_end {
+                assert_eq!(
+                    walcast_client::compare_lsn(&tx.end_lsn, prev),
+                    Some(std::cmp::Ordering::Greater),
+                    "a transaction came twice or out of order (seed {seed})"
+                );
+            }
+            apply(&mut rows, &tx);
+            last_end = Some(tx.end_lsn.clone());
+            stream.ack(&tx.end_lsn).await.expect("ack");
+            applied += 1;
+            if applied == 20 || applied == 40 {
+                stream.reconnect();
+            }
+        }
+
+        // A handler that fails: its transaction is not ACKed and comes
+        // again on the next connection.
+        let mut failed_at: Option<String> = None;
+        let mut calls = 0;
+        let out = stream
+            .process(|event| {
+                calls += 1;
+                let outcome = match event {
+                    Event::Transaction(tx) if calls >= 5 => {
+                        failed_at = Some(tx.end_lsn.clone());
+                        Err("the application failed")
+                    }
+                    Event::Transaction(tx) => {
+                        apply(&mut rows, &tx);
+                        Ok(())
+                    }
+                    _ => Ok(()),
+                };
+                async move { outcome }
+            })
+            .await;
+        assert!(
+            matches!(out, Err(HandlerError::Handler("the application failed"))),
+            "{out:?}"
+        );
+        stream.close().await;
+        let failed_at = failed_at.expect("the handler failed on a transaction");
+        let mut stream = api.stream(&slot, StreamOptions::default());
+        let again = loop {
+            match tokio::time::timeout(Duration::from_secs(30), stream.next_event()).await {
+                Ok(Ok(Some(Event::Transaction(tx)))) => break tx,
+                Ok(Ok(Some(_))) => {}
+                other => panic!("no transaction after reopening: {other:?}"),
+            }
+        };
+        assert_eq!(
+            again.end_lsn, failed_at,
+            "the unACKed transaction comes first"
+        );
+        apply(&mut rows, &again);
+        stream.ack(&again.end_lsn).await.expect("ack");
+        stream
+    });
+
+    // The writer stops; an end mark commits after its last transaction.
+    writer.stop();
+    assert!(writer.count() > 0, "the writer wrote");
+    db.exec("SELECT pg_logical_emit_message(true, 'test.end', '')");
+    let ended = rt.block_on(async {
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            stream.process(|event| {
+                let outcome = match event {
+                    Event::Transaction(tx) if is_end_mark(&tx) => Err("end"),
+                    Event::Transaction(tx) => {
+                        apply(&mut rows, &tx);
+                        Ok(())
+                    }
+                    _ => Ok(()),
+                };
+                async move { outcome }
+            }),
+        )
+        .await
+        .expect("the end mark within 60 s")
+    });
+    assert!(
+        matches!(ended, Err(HandlerError::Handler("end"))),
+        "{ended:?}"
+    );
+    assert_same(&rows, &Rows::read(&mut db, "items", &["id"]), seed);
+
+    // Listed; deleted while a consumer is connected: it ends with 1000.
+    rt.block_on(async {
+        let listed = api.list().await.expect("list");
+        assert!(
+            listed.iter().any(|s| s["slotName"] == slot.as_str()),
+            "{listed:?}"
+        );
+        let consumer = async {
+            loop {
+                match stream.next().await {
+                    Ok(Some(_)) => {}
+                    other => break other,
+                }
+            }
+        };
+        let delete = async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            api.delete(&slot).await
+        };
+        let (closed, deleted) = tokio::time::timeout(Duration::from_secs(30), async {
+            tokio::join!(consumer, delete)
+        })
+        .await
+        .expect("the delete and the close within 30 s");
+        deleted.expect("delete");
+        assert!(
+            matches!(closed, Err(Error::Closed { code: 1000, .. })),
+            "{closed:?}"
+        );
+        let gone = api.delete(&slot).await;
+        assert!(
+            matches!(
+                gone,
+                Err(Error::Refused {
+                    status: Some(404),
+                    ..
+                })
+            ),
+            "{gone:?}"
+        );
     });
 }

@@ -1,4 +1,5 @@
-//! A client for walcast-proxy's live change streams, for Rust services.
+//! A client for walcast-proxy, for Rust services on tokio: live
+//! subscriptions ([`Subscription`]) and durable streams ([`Durable`]).
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), walcast_client::Error> {
@@ -19,21 +20,78 @@
 //! order. It reads from the socket only when the application asks for the
 //! next frame, so a slow application holds no backlog in this process (the
 //! proxy keeps the changes in its log, up to its `--buffer-size`).
+//!
+//! A durable stream is a replication slot of its own: changes are kept in
+//! PostgreSQL until the application ACKs them, so none is lost across
+//! restarts of the application or the proxy (at least once):
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use walcast_client::{Create, Durable, DurableOptions, Event, StreamOptions};
+//!
+//! let api = Durable::new("http://localhost:8080", DurableOptions::default())?;
+//! let created = api.create(&Create { name: Some("orders".into()), ..Create::default() }).await?;
+//! let mut stream = api.stream(&created.slot_name, StreamOptions::default());
+//! while let Some(event) = stream.next_event().await? {
+//!     if let Event::Transaction(tx) = event {
+//!         println!("{} changes", tx.changes.len()); // apply them
+//!         stream.ack(&tx.end_lsn).await?; // only once they are applied
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
 
-use futures_util::{SinkExt, StreamExt};
+mod durable;
+mod http;
+mod live;
+
+pub use durable::{
+    compare_lsn, Create, Created, Durable, DurableFrame, DurableOptions, DurableStream, Event,
+    HandlerError, SnapshotPage, StreamOptions, Transaction,
+};
+pub use live::{Frame, Options, Selection, Subscription};
+
+use futures_util::StreamExt;
 use serde_json::{Map, Value};
 use std::time::Duration;
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// Why a subscription ended. Everything else (a dropped connection, the
-/// proxy restarting its websocket side, a full proxy, a client that fell
-/// behind) is retried.
+/// What reading a socket gave.
+enum Read {
+    Text(Utf8Bytes),
+    Closed {
+        code: u16,
+        reason: String,
+    },
+    /// The connection broke without a close frame.
+    Lost,
+}
+
+/// The next text frame or close of a socket; pings and other frames are
+/// skipped (tungstenite answers pings itself).
+async fn read(socket: &mut Socket) -> Read {
+    loop {
+        match socket.next().await {
+            Some(Ok(Message::Text(t))) => return Read::Text(t),
+            Some(Ok(Message::Close(close))) => {
+                let (code, reason) = close
+                    .map(|c| (u16::from(c.code), c.reason.to_string()))
+                    .unwrap_or((1005, String::new()));
+                return Read::Closed { code, reason };
+            }
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => return Read::Lost,
+        }
+    }
+}
+
+/// Why a subscription, a stream or a request ended. Everything else (a
+/// dropped connection, the proxy restarting, a full proxy, a client that
+/// fell behind) is retried.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum Error {
     /// The proxy no longer holds the changes after the position: re-sync,
@@ -44,9 +102,9 @@ pub enum Error {
         /// The oldest position held, or `None` when the proxy started after it.
         oldest: Option<String>,
     },
-    /// The subscription was refused: a malformed query (`position`), an
-    /// unknown or forbidden table, a filter that cannot start, a refused
-    /// token (`status` 401).
+    /// Refused: a malformed query (`position`), an unknown or forbidden
+    /// table, a filter that cannot start, a refused token (`status` 401), a
+    /// stream that does not exist (404).
     #[error("{message}")]
     Refused {
         message: String,
@@ -54,9 +112,14 @@ pub enum Error {
         status: Option<u16>,
         position: Option<usize>,
     },
-    /// Closed by policy (a token expired, a filter detached).
+    /// Closed by the proxy for a reason retrying cannot fix: a policy close
+    /// (1008: a token expired, a filter detached), or a durable stream
+    /// deleted (1000).
     #[error("closed by the proxy ({code}): {reason}")]
     Closed { code: u16, reason: String },
+    /// An HTTP request of the durable stream API could not reach the proxy.
+    #[error("cannot reach the proxy: {0}")]
+    Transport(String),
     /// The URL or the options cannot work.
     #[error("{0}")]
     Invalid(String),
@@ -114,325 +177,67 @@ pub struct Change {
     pub columns: Option<Map<String, Value>>,
     /// The key (or old row) of an update or delete.
     pub identity: Option<Map<String, Value>>,
-    /// Where the change is in the stream; absent on read events.
+    /// Where the change is in a live stream; absent on read events and in
+    /// durable streams.
     pub pos: Option<String>,
+    /// The change's WAL position (`X/Y`); absent on read events.
+    pub lsn: Option<String>,
     pub raw: Value,
 }
 
-/// What a subscription returns.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Frame {
-    Change(Box<Change>),
-    /// `{"type":"snapshot",...}`: a snapshot's progress (`state` `done` at the end).
-    Snapshot(Value),
-    /// `{"type":"filter_error",...}`: the client's WASM filter failed on a change.
-    FilterError(Value),
-    /// Anything else, such as a WASM filter's own objects.
-    Other(Value),
-}
-
-/// What a subscription asks for.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Selection {
-    Query(String),
-    /// An uploaded WASM filter, after an optional query.
-    Filter {
-        id: String,
-        config: Value,
-        query: Option<String>,
-    },
-}
-
-impl From<&str> for Selection {
-    fn from(q: &str) -> Selection {
-        Selection::Query(q.to_owned())
-    }
-}
-
-/// How a subscription connects.
-#[derive(Debug, Clone)]
-pub struct Options {
-    /// Resume after this position.
-    pub after: Option<String>,
-    /// The query's current rows first, as read events.
-    pub snapshot: bool,
-    /// Sent as `access_token`.
-    pub token: Option<String>,
-    /// First and longest wait between reconnects.
-    pub backoff: (Duration, Duration),
-}
-
-impl Default for Options {
-    fn default() -> Options {
-        Options {
-            after: None,
-            snapshot: false,
-            token: None,
-            backoff: (Duration::from_millis(100), Duration::from_secs(10)),
-        }
-    }
-}
-
-/// A live subscription.
-pub struct Subscription {
-    url: String,
-    selection: Selection,
-    options: Options,
-    socket: Option<Socket>,
-    /// The position of the last change returned: where a reconnect resumes.
-    position: Option<String>,
-    snapshot_pending: bool,
-    attempt: u32,
-    ended: bool,
-}
-
-fn is_position(s: &str) -> bool {
-    let b = s.as_bytes();
-    b.len() == 25
-        && b[16] == b':'
-        && b.iter()
-            .enumerate()
-            .all(|(i, c)| i == 16 || c.is_ascii_digit() || (b'A'..=b'F').contains(c))
-}
-
-impl Subscription {
-    /// A subscription to `url` (the proxy's base, `ws://` or `wss://`); it
-    /// connects at the first [`Subscription::next`].
-    pub fn new(
-        url: &str,
-        selection: impl Into<Selection>,
-        options: Options,
-    ) -> Result<Subscription, Error> {
-        if let Some(a) = &options.after {
-            if !is_position(a) {
-                return Err(Error::Invalid(format!(
-                    "after: {a:?} is not a position like 0000000001A2B400:00000000"
-                )));
-            }
-        }
-        let base = url.trim_end_matches('/').trim_end_matches("/ws");
-        let ws = if let Some(rest) = base.strip_prefix("http") {
-            format!("ws{rest}/ws")
-        } else {
-            format!("{base}/ws")
-        };
-        if !ws.starts_with("ws://") && !ws.starts_with("wss://") {
-            return Err(Error::Invalid(format!(
-                "{url}: the proxy's URL starts with ws://, wss://, http:// or https://"
-            )));
-        }
-        Ok(Subscription {
-            url: ws,
-            selection: selection.into(),
-            snapshot_pending: options.snapshot,
-            position: options.after.clone(),
-            options,
-            socket: None,
-            attempt: 0,
-            ended: false,
-        })
-    }
-
-    /// The position of the last change returned (save it to resume).
-    pub fn position(&self) -> Option<&str> {
-        self.position.as_deref()
-    }
-
-    /// Drops the connection; the next read reconnects and resumes.
-    pub fn reconnect(&mut self) {
-        self.socket = None;
-    }
-
-    /// The next frame; `Ok(None)` once closed, `Err` when it ended for good.
-    pub async fn next(&mut self) -> Result<Option<Frame>, Error> {
-        loop {
-            if self.ended {
-                return Ok(None);
-            }
-            let Some(socket) = self.socket.as_mut() else {
-                self.connect().await?;
-                continue;
-            };
-            let msg = match socket.next().await {
-                Some(Ok(m)) => m,
-                Some(Err(_)) | None => {
-                    self.socket = None;
-                    self.wait().await;
-                    continue;
-                }
-            };
-            match msg {
-                Message::Text(text) => {
-                    if let Some(frame) = self.frame(text.as_str())? {
-                        return Ok(Some(frame));
-                    }
-                }
-                Message::Close(close) => {
-                    self.socket = None;
-                    let (code, reason) = close
-                        .map(|c| (u16::from(c.code), c.reason.to_string()))
-                        .unwrap_or((1005, String::new()));
-                    if code == u16::from(CloseCode::Policy) {
-                        self.ended = true;
-                        return Err(Error::Closed { code, reason });
-                    }
-                    self.wait().await;
-                }
-                _ => {}
-            }
-        }
-    }
-
-    /// Ends the subscription.
-    pub async fn close(&mut self) {
-        self.ended = true;
-        if let Some(mut s) = self.socket.take() {
-            let _ = s.close(None).await;
-        }
-    }
-
-    /// One text frame: a frame for the application, nothing (a frame seen
-    /// already, a token answer), or the error that ends the subscription.
-    fn frame(&mut self, text: &str) -> Result<Option<Frame>, Error> {
-        let Ok(v) = serde_json::from_str::<Value>(text) else {
-            return Ok(Some(Frame::Other(Value::String(text.to_owned()))));
-        };
-        if let Some(message) = v.get("error").and_then(Value::as_str) {
-            if v.get("action").is_none() && v.get("type").is_none() {
-                let code = v.get("code").and_then(Value::as_str).map(str::to_owned);
-                if code.as_deref() == Some("NOT_READY") {
-                    // Retried: the proxy closes the socket next.
-                    return Ok(None);
-                }
-                self.ended = true;
-                self.socket = None;
-                return Err(refusal(&v, message, code, None));
-            }
-        }
-        match v.get("type").and_then(Value::as_str) {
-            Some("token") => return Ok(None),
-            Some("snapshot") => {
-                if v.get("state").and_then(Value::as_str) == Some("done") {
-                    self.snapshot_pending = false;
-                }
-                return Ok(Some(Frame::Snapshot(v)));
-            }
-            Some("filter_error") => return Ok(Some(Frame::FilterError(v))),
-            _ => {}
-        }
+impl Change {
+    /// The change a frame holds, or the frame back when it is not one.
+    fn parse(v: Value) -> Result<Change, Value> {
         let Some(action) = v
             .get("action")
             .and_then(Value::as_str)
             .and_then(Action::parse)
         else {
-            return Ok(Some(Frame::Other(v)));
+            return Err(v);
         };
-        let pos = v.get("pos").and_then(Value::as_str).map(str::to_owned);
-        if let Some(p) = &pos {
-            // Positions compare as strings; one at or before the last
-            // returned was returned already.
-            if self
-                .position
-                .as_deref()
-                .is_some_and(|last| p.as_str() <= last)
-            {
-                return Ok(None);
-            }
-            self.position = Some(p.clone());
-        }
         let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
         let object = |k: &str| v.get(k).and_then(Value::as_object).cloned();
-        Ok(Some(Frame::Change(Box::new(Change {
+        Ok(Change {
             action,
             schema: text("schema"),
             table: text("table"),
             columns: object("columns"),
             identity: object("identity"),
-            pos,
+            pos: text("pos"),
+            lsn: text("lsn"),
             raw: v,
-        }))))
+        })
     }
+}
 
-    fn subscribe_frame(&self) -> String {
-        let mut sub = Map::new();
-        match &self.selection {
-            Selection::Query(q) => {
-                sub.insert("query".into(), q.clone().into());
-            }
-            Selection::Filter { id, config, query } => {
-                if let Some(q) = query {
-                    sub.insert("query".into(), q.clone().into());
-                }
-                sub.insert(
-                    "filter".into(),
-                    serde_json::json!({"id": id, "config": config}),
-                );
-            }
-        }
-        if let Some(p) = &self.position {
-            sub.insert("after".into(), p.clone().into());
-        }
-        if self.snapshot_pending {
-            sub.insert("snapshot".into(), true.into());
-        }
-        serde_json::json!({ "subscribe": sub }).to_string()
-    }
+/// Waits between reconnects: doubling from the first to the longest wait,
+/// each drawn between half and all of it; back to the first after a
+/// success.
+#[derive(Debug, Clone)]
+struct Backoff {
+    first: Duration,
+    max: Duration,
+    attempt: u32,
+}
 
-    async fn connect(&mut self) -> Result<(), Error> {
-        let url = match &self.options.token {
-            Some(t) => format!("{}?access_token={}", self.url, encode(t)),
-            None => self.url.clone(),
-        };
-        let request = url
-            .into_client_request()
-            .map_err(|e| Error::Invalid(format!("{}: {e}", self.url)))?;
-        match tokio_tungstenite::connect_async(request).await {
-            Ok((mut socket, _)) => {
-                if socket
-                    .send(Message::Text(self.subscribe_frame().into()))
-                    .await
-                    .is_ok()
-                {
-                    self.socket = Some(socket);
-                    self.attempt = 0;
-                } else {
-                    self.wait().await;
-                }
-                Ok(())
-            }
-            Err(tungstenite::Error::Http(response)) => {
-                let status = response.status().as_u16();
-                if status == 429 || status >= 500 {
-                    self.wait().await;
-                    return Ok(());
-                }
-                let body: Value = response
-                    .body()
-                    .as_deref()
-                    .and_then(|b| serde_json::from_slice(b).ok())
-                    .unwrap_or(Value::Null);
-                let message = body
-                    .get("error")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned)
-                    .unwrap_or_else(|| format!("HTTP {status}"));
-                let code = body.get("code").and_then(Value::as_str).map(str::to_owned);
-                self.ended = true;
-                Err(refusal(&body, &message, code, Some(status)))
-            }
-            Err(_) => {
-                // Out of reach: retried.
-                self.wait().await;
-                Ok(())
-            }
+impl Backoff {
+    fn new((first, max): (Duration, Duration)) -> Backoff {
+        Backoff {
+            first,
+            max,
+            attempt: 0,
         }
     }
 
-    /// Waits the next backoff: doubling from the first to the longest
-    /// wait, each drawn between half and all of it.
+    fn reset(&mut self) {
+        self.attempt = 0;
+    }
+
     async fn wait(&mut self) {
-        let (first, max) = self.options.backoff;
-        let full = first.saturating_mul(1u32 << self.attempt.min(20)).min(max);
+        let full = self
+            .first
+            .saturating_mul(1u32 << self.attempt.min(20))
+            .min(self.max);
         self.attempt += 1;
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -443,6 +248,10 @@ impl Subscription {
     }
 }
 
+/// The default first and longest wait between reconnects.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(10));
+
+/// The error an error object of the proxy (`{"error","code",...}`) means.
 fn refusal(v: &Value, message: &str, code: Option<String>, status: Option<u16>) -> Error {
     if code.as_deref() == Some("POSITION_GONE") {
         return Error::PositionGone {
@@ -459,6 +268,18 @@ fn refusal(v: &Value, message: &str, code: Option<String>, status: Option<u16>) 
             .and_then(Value::as_u64)
             .and_then(|p| usize::try_from(p).ok()),
     }
+}
+
+/// The error of a refused HTTP answer: its `{"error","code"}` body, or its
+/// status alone.
+fn refused_http(status: u16, body: &Value) -> Error {
+    let message = body
+        .get("error")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("HTTP {status}"));
+    let code = body.get("code").and_then(Value::as_str).map(str::to_owned);
+    refusal(body, &message, code, Some(status))
 }
 
 /// Percent-encodes a query parameter's value.
@@ -479,37 +300,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn urls_and_positions() {
-        let s = Subscription::new("http://h:1/", "insert:t", Options::default()).expect("url");
-        assert_eq!(s.url, "ws://h:1/ws");
-        let s = Subscription::new("wss://h/ws", "insert:t", Options::default()).expect("url");
-        assert_eq!(s.url, "wss://h/ws");
-        assert!(Subscription::new("ftp://h", "insert:t", Options::default()).is_err());
-        let bad = Options {
-            after: Some("0/1".into()),
-            ..Options::default()
-        };
-        assert!(Subscription::new("ws://h", "insert:t", bad).is_err());
-        assert!(is_position("0000000001A2B400:00000000"));
-        assert!(!is_position("0000000001a2b400:00000000"));
+    fn changes_parse_and_other_frames_come_back() {
+        let c = Change::parse(serde_json::json!({
+            "action": "U", "lsn": "0/16B3748", "table": "t",
+            "columns": {"id": 1}, "identity": {"id": 2}
+        }))
+        .expect("a change");
+        assert_eq!(c.action, Action::Update);
+        assert_eq!(c.lsn.as_deref(), Some("0/16B3748"));
+        assert_eq!(
+            c.identity.and_then(|m| m.get("id").cloned()),
+            Some(2.into())
+        );
+        let other = serde_json::json!({"type": "snapshot"});
+        assert_eq!(Change::parse(other.clone()), Err(other));
         assert_eq!(encode("a b/+"), "a%20b%2F%2B");
-    }
-
-    #[test]
-    fn frames_are_typed_and_repeats_dropped() {
-        let mut s = Subscription::new("ws://h", "insert:t", Options::default()).expect("url");
-        let c =
-            r#"{"action":"I","pos":"0000000000000010:00000000","table":"t","columns":{"id":1}}"#;
-        let Ok(Some(Frame::Change(change))) = s.frame(c) else {
-            panic!("a change")
-        };
-        assert_eq!(change.action, Action::Insert);
-        assert_eq!(s.position(), Some("0000000000000010:00000000"));
-        assert_eq!(s.frame(c), Ok(None), "a repeat is dropped");
-        let gone = r#"{"error":"gone","code":"POSITION_GONE","oldest":null}"#;
-        assert!(matches!(
-            s.frame(gone),
-            Err(Error::PositionGone { oldest: None, .. })
-        ));
     }
 }

@@ -1,8 +1,10 @@
-//! What operators and first-time users look at: `/healthz`, `/metrics`
-//! and the live demo page `/`. No credential needed.
+//! What operators and first-time users look at: `/healthz`, `/metrics`,
+//! the live demo page `/` and the JavaScript client it imports,
+//! `/client/*.js`. No credential needed.
 
-use super::{respond, AppState, Resp};
-use axum::extract::State;
+use super::{json_error, respond, AppState, Resp};
+use axum::extract::{Path, State};
+use hyper::header::{HeaderValue, ACCESS_CONTROL_ALLOW_ORIGIN, CACHE_CONTROL};
 use hyper::StatusCode;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -12,6 +14,60 @@ const DEMO_PAGE: &str = include_str!("../demo.html");
 /// `GET /`: the live demo page.
 pub async fn demo() -> Resp {
     respond(StatusCode::OK, "text/html; charset=utf-8", DEMO_PAGE)
+}
+
+/// The TypeScript client (`clients/js`) as built into `clients/js/dist`
+/// (a test checks that the committed build is the build of its sources).
+const CLIENT_MODULES: &[(&str, &str)] = &[
+    (
+        "index.js",
+        include_str!("../../../clients/js/dist/index.js"),
+    ),
+    (
+        "durable.js",
+        include_str!("../../../clients/js/dist/durable.js"),
+    ),
+    (
+        "errors.js",
+        include_str!("../../../clients/js/dist/errors.js"),
+    ),
+    (
+        "index.d.ts",
+        include_str!("../../../clients/js/dist/index.d.ts"),
+    ),
+    (
+        "durable.d.ts",
+        include_str!("../../../clients/js/dist/durable.d.ts"),
+    ),
+    (
+        "errors.d.ts",
+        include_str!("../../../clients/js/dist/errors.d.ts"),
+    ),
+];
+
+/// `GET /client/{file}`: the JavaScript client's modules, for the demo page
+/// and any page that imports them (`import { subscribe } from
+/// "http://proxy:8080/client/index.js"`). Modules are fetched with CORS, and
+/// they are public code, so every origin may read them.
+pub async fn client_module(Path(name): Path<String>) -> Resp {
+    let Some((_, text)) = CLIENT_MODULES.iter().find(|(n, _)| *n == name) else {
+        return json_error(
+            StatusCode::NOT_FOUND,
+            "no such client module (try /client/index.js)",
+            None,
+        );
+    };
+    let kind = if name.ends_with(".d.ts") {
+        "application/typescript; charset=utf-8"
+    } else {
+        "text/javascript; charset=utf-8"
+    };
+    let mut r = respond(StatusCode::OK, kind, *text);
+    let headers = r.headers_mut();
+    headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    // The modules change with the proxy's version: revalidate each time.
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
 }
 
 /// `GET /healthz`: 200 while streaming, 503 otherwise, with the details.

@@ -70,6 +70,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(from_fn(limit_query_string));
     Router::new()
         .route("/", only(get(ops::demo), "use GET"))
+        .route("/client/{name}", only(get(ops::client_module), "use GET"))
         .route("/healthz", only(get(ops::healthz), "use GET"))
         .route("/metrics", only(get(ops::metrics), "use GET"))
         .merge(browsers)

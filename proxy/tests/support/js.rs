@@ -10,7 +10,9 @@ pub fn dir() -> PathBuf {
     repo_root().join("clients/js")
 }
 
-/// Builds `clients/js/dist` and returns it.
+/// Builds `clients/js/src` into a temporary directory and checks that the
+/// committed `clients/js/dist` is that build (the proxy serves it, and the
+/// node tests import it); returns `clients/js/dist`.
 pub fn build() -> PathBuf {
     let dir = dir();
     let tsc = dir.join("node_modules/.bin/tsc");
@@ -19,8 +21,13 @@ pub fn build() -> PathBuf {
         "{} is missing: run ./scripts/setup.sh (npm ci in clients/js)",
         tsc.display()
     );
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let out_dir = std::env::temp_dir().join(format!("walcast-js-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out_dir);
     let out = Command::new(&tsc)
-        .args(["-p", "."])
+        .args(["-p", ".", "--outDir"])
+        .arg(&out_dir)
         .current_dir(&dir)
         .output()
         .expect("running tsc");
@@ -30,7 +37,39 @@ pub fn build() -> PathBuf {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    dir.join("dist")
+    let dist = dir.join("dist");
+    let names = |d: &std::path::Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .map(|it| {
+                it.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    let built = names(&out_dir);
+    assert!(
+        !built.is_empty(),
+        "tsc wrote nothing into {}",
+        out_dir.display()
+    );
+    assert_eq!(
+        names(&dist),
+        built,
+        "clients/js/dist does not hold the files the build makes: run `npm run build` in clients/js and commit dist/"
+    );
+    for name in &built {
+        let fresh = std::fs::read(out_dir.join(name)).expect("reading the build");
+        let committed = std::fs::read(dist.join(name)).expect("reading clients/js/dist");
+        assert!(
+            fresh == committed,
+            "clients/js/dist/{name} is not the build of clients/js/src: run `npm run build` in clients/js and commit dist/"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&out_dir);
+    dist
 }
 
 /// `node`, with the flag that gives Node.js 20 its global WebSocket (22+

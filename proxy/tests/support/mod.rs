@@ -46,6 +46,8 @@ pub struct Launch {
     pub stderr: Option<std::fs::File>,
     /// Its RUST_LOG (default: WALCAST_TEST_LOG, or warn).
     pub log: Option<&'static str>,
+    /// Where it listens (default: a free port on 127.0.0.1).
+    pub listen: Option<String>,
 }
 
 /// A running proxy; killed on drop.
@@ -82,7 +84,7 @@ impl Proxy {
             "--database-url",
             url,
             "--listen",
-            "127.0.0.1:0",
+            how.listen.as_deref().unwrap_or("127.0.0.1:0"),
             "--slot",
             slot,
         ])

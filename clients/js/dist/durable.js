@@ -1,0 +1,341 @@
+// Durable streams (docs/streams.md): a slot of their own, a snapshot
+// consistent with it, a stream that resumes after the last ACK. Delivery is
+// at least once: transactions after the last ACK come again after a
+// reconnect (applying a change again must be harmless, or the application
+// skips transactions whose end_lsn it has applied).
+//
+//   const api = new Durable("http://localhost:8080", { token });
+//   const { slotName } = await api.create({ name: "orders", tables: ["public.orders"] });
+//   for await (const rows of api.snapshotPages(slotName, "public.orders")) load(rows);
+//   const stream = api.stream(slotName);
+//   for await (const frame of stream) {
+//     apply(frame);
+//     if (frame.action === "C") stream.ack(frame);   // only once it is processed
+//   }
+import { backoffMs, ClosedError, CloseCode, detachSocket, RefusedError, WalcastError, } from "./errors.js";
+/** Compares two LSNs (`X/Y`): negative, zero or positive. */
+export function compareLsn(a, b) {
+    const parse = (l) => {
+        const [hi, lo] = l.split("/");
+        return (BigInt(`0x${hi}`) << 32n) | BigInt(`0x${lo}`);
+    };
+    const [x, y] = [parse(a), parse(b)];
+    return x < y ? -1 : x > y ? 1 : 0;
+}
+/** The durable stream endpoints of one proxy. */
+export class Durable {
+    options;
+    http;
+    ws;
+    constructor(url, options = {}) {
+        this.options = options;
+        const base = url.replace(/\/+$/, "");
+        this.http = base.replace(/^ws(s?):/, "http$1:");
+        this.ws = base.replace(/^http(s?):/, "ws$1:");
+    }
+    async token() {
+        const t = this.options.token;
+        return typeof t === "function" ? await t() : t;
+    }
+    async request(method, path, body) {
+        const headers = {};
+        const token = await this.token();
+        if (token !== undefined)
+            headers.authorization = `Bearer ${token}`;
+        if (body !== undefined)
+            headers["content-type"] = "application/json";
+        const res = await fetch(this.http + path, {
+            method,
+            headers,
+            body: body === undefined ? undefined : JSON.stringify(body),
+        });
+        if (!res.ok) {
+            let message = `HTTP ${res.status}`;
+            let code;
+            try {
+                const e = await res.json();
+                if (typeof e.error === "string")
+                    message = e.error;
+                if (typeof e.code === "string")
+                    code = e.code;
+            }
+            catch {
+                // Described by the status alone.
+            }
+            throw new RefusedError(message, code, res.status);
+        }
+        return res;
+    }
+    /** Creates a stream: a slot and (unless `exportSnapshot` is false) a snapshot consistent with it. */
+    async create(opts = {}) {
+        const body = {};
+        if (opts.name !== undefined)
+            body.name = opts.name;
+        if (opts.tables !== undefined)
+            body.tables = opts.tables;
+        if (opts.exportSnapshot === false)
+            body.export_snapshot = false;
+        return (await this.request("POST", "/v1/streams", body)).json();
+    }
+    /** The streams of this proxy's database. */
+    async list() {
+        return (await (await this.request("GET", "/v1/streams")).json()).streams;
+    }
+    /** Drops a stream and its slot. */
+    async drop(slotName) {
+        await this.request("DELETE", `/v1/streams/${encodeURIComponent(slotName)}`);
+    }
+    /** A table's rows inside the stream's snapshot, page by page (keyset paging by primary key). */
+    async *snapshotPages(slotName, table, limit = 1000) {
+        let after;
+        for (;;) {
+            const body = { slotName, table, limit };
+            if (after !== undefined)
+                body.after = after;
+            const res = await this.request("POST", "/v1/snapshot/data", body);
+            const rows = await res.json();
+            if (rows.length === 0)
+                return;
+            yield rows;
+            const next = res.headers.get("x-walcast-after");
+            if (next === null) {
+                throw new WalcastError(`${table} has no primary key: page it with offset instead`);
+            }
+            after = JSON.parse(next);
+        }
+    }
+    /** Asks for tables' current rows inside the open stream (read events), without a held snapshot. */
+    async resnapshot(slotName, tables, after) {
+        const body = { tables };
+        if (after !== undefined)
+            body.after = after;
+        await this.request("POST", `/v1/streams/${encodeURIComponent(slotName)}/snapshot`, body);
+    }
+    /** Opens the stream; it reconnects after interruptions and resumes after the last ACK. */
+    stream(slotName, opts = {}) {
+        const params = new URLSearchParams({ slotName });
+        if (opts.query !== undefined)
+            params.set("query", opts.query);
+        if (opts.filter !== undefined) {
+            params.set("filter", opts.filter.id);
+            if (opts.filter.config !== undefined)
+                params.set("config", opts.filter.config);
+        }
+        if (opts.heartbeats)
+            params.set("heartbeats", "true");
+        return new DurableStream(`${this.ws}/v1/lr/stream`, `${this.http}/v1/lr/stream`, params, this.options, () => this.token());
+    }
+}
+/** An open durable stream: an async iterator of frames, and `ack`. */
+export class DurableStream {
+    wsUrl;
+    httpUrl;
+    params;
+    options;
+    token;
+    /** The last position ACKed (sent to the proxy). */
+    acked;
+    socket;
+    opened = false;
+    ended = false;
+    failure;
+    attempt = 0;
+    timer;
+    queue = [];
+    waiter;
+    waiterFail;
+    Ws;
+    reconnectListeners = new Set();
+    constructor(wsUrl, httpUrl, params, options, token) {
+        this.wsUrl = wsUrl;
+        this.httpUrl = httpUrl;
+        this.params = params;
+        this.options = options;
+        this.token = token;
+        const Ws = options.WebSocket ?? globalThis.WebSocket;
+        if (!Ws)
+            throw new WalcastError("no WebSocket in this runtime: pass options.WebSocket");
+        this.Ws = Ws;
+        void this.connect();
+    }
+    /** Called after each interruption, before the stream resumes after the last ACK. */
+    onReconnect(fn) {
+        this.reconnectListeners.add(fn);
+        return () => this.reconnectListeners.delete(fn);
+    }
+    /**
+     * Says that every transaction up to this one is processed: a `C` frame
+     * (its `end_lsn`) or an LSN. Call it only once the application has
+     * processed the transaction: what is not ACKed comes again after a
+     * reconnect.
+     */
+    ack(commit) {
+        const lsn = typeof commit === "string" ? commit : commit.end_lsn;
+        if (typeof lsn !== "string")
+            throw new WalcastError("ack a C frame (it has end_lsn) or an LSN");
+        if (this.acked === undefined || compareLsn(lsn, this.acked) > 0)
+            this.acked = lsn;
+        // Sent even when not beyond `acked`: after a reconnect, transactions
+        // the proxy sends again are ACKed again on the new connection.
+        if (this.socket && this.opened)
+            this.socket.send(JSON.stringify({ lsn }));
+    }
+    /** Drops the socket and resumes after the last ACK (transactions after it come again). */
+    reconnect() {
+        if (this.ended)
+            return;
+        const s = this.socket;
+        this.socket = undefined;
+        detachSocket(s);
+        this.schedule(0);
+    }
+    /** Ends the stream (the slot stays; `Durable.drop` removes it). */
+    close() {
+        this.finish(null);
+    }
+    [Symbol.asyncIterator]() {
+        return {
+            next: () => {
+                const f = this.queue.shift();
+                if (f !== undefined)
+                    return Promise.resolve({ value: f, done: false });
+                if (this.ended) {
+                    return this.failure ? Promise.reject(this.failure) : Promise.resolve({ value: undefined, done: true });
+                }
+                return new Promise((resolve, reject) => {
+                    this.waiter = resolve;
+                    this.waiterFail = reject;
+                });
+            },
+            return: async () => {
+                this.close();
+                return { value: undefined, done: true };
+            },
+        };
+    }
+    async connect() {
+        if (this.ended)
+            return;
+        const params = new URLSearchParams(this.params);
+        const token = await this.token().catch(() => undefined);
+        if (token !== undefined)
+            params.set("access_token", token);
+        const socket = new this.Ws(`${this.wsUrl}?${params}`);
+        this.socket = socket;
+        this.opened = false;
+        const closed = (code, reason) => {
+            if (this.socket !== socket)
+                return;
+            this.socket = undefined;
+            void this.onClose(code, reason);
+        };
+        socket.onopen = () => {
+            if (this.socket !== socket)
+                return;
+            this.opened = true;
+            this.attempt = 0;
+        };
+        socket.onmessage = (ev) => {
+            if (this.socket !== socket)
+                return;
+            let v;
+            try {
+                v = JSON.parse(String(ev.data));
+            }
+            catch {
+                return;
+            }
+            // Answers to ACKs and token refreshes are not frames of the stream.
+            if ("ack" in v || "warning" in v || "error" in v || v.type === "token")
+                return;
+            this.push(v);
+        };
+        socket.onclose = (ev) => closed(ev.code, ev.reason);
+        socket.onerror = () => {
+            if (!this.opened)
+                closed(CloseCode.Abnormal, "the websocket upgrade failed");
+        };
+    }
+    push(frame) {
+        if (this.waiter) {
+            const w = this.waiter;
+            this.waiter = this.waiterFail = undefined;
+            w({ value: frame, done: false });
+        }
+        else {
+            this.queue.push(frame);
+        }
+    }
+    async onClose(code, reason) {
+        if (this.ended)
+            return;
+        if (code === CloseCode.Normal) {
+            // The stream was deleted.
+            this.finish(new ClosedError(code, reason));
+            return;
+        }
+        if (code === CloseCode.Policy) {
+            this.finish(new ClosedError(code, reason));
+            return;
+        }
+        if (!this.opened) {
+            // Refused before the upgrade: ask why with a plain GET. 409 (another
+            // consumer, or the previous connection still leaving) and 503 are
+            // worth waiting for; the rest is final.
+            const params = new URLSearchParams(this.params);
+            const token = await this.token().catch(() => undefined);
+            if (token !== undefined)
+                params.set("access_token", token);
+            try {
+                const res = await fetch(`${this.httpUrl}?${params}`);
+                if (![400, 409, 429].includes(res.status) && res.status < 500) {
+                    const e = await res.json().catch(() => ({}));
+                    this.finish(new RefusedError(typeof e.error === "string" ? e.error : `HTTP ${res.status}`, e.code, res.status));
+                    return;
+                }
+                if (res.status === 400) {
+                    const e = await res.json().catch(() => ({}));
+                    if (typeof e.error === "string" && !/websocket/i.test(e.error)) {
+                        this.finish(new RefusedError(e.error, e.code, 400));
+                        return;
+                    }
+                }
+            }
+            catch {
+                // Out of reach: retry.
+            }
+        }
+        const wait = backoffMs(this.attempt, this.options.backoff);
+        this.attempt += 1;
+        for (const l of this.reconnectListeners)
+            l({ closeCode: code, reason });
+        this.schedule(wait);
+    }
+    schedule(ms) {
+        if (this.timer !== undefined)
+            clearTimeout(this.timer);
+        this.timer = setTimeout(() => {
+            this.timer = undefined;
+            void this.connect();
+        }, ms);
+    }
+    finish(error) {
+        if (this.ended)
+            return;
+        this.ended = true;
+        this.failure = error ?? undefined;
+        if (this.timer !== undefined)
+            clearTimeout(this.timer);
+        const s = this.socket;
+        this.socket = undefined;
+        detachSocket(s);
+        if (this.waiter) {
+            const [ok, fail] = [this.waiter, this.waiterFail];
+            this.waiter = this.waiterFail = undefined;
+            if (error && fail)
+                fail(error);
+            else
+                ok({ value: undefined, done: true });
+        }
+    }
+}

@@ -10,7 +10,7 @@ mod support;
 use std::time::Duration;
 use support::Proxy;
 use walcast_client::{
-    Action, Create, Durable, DurableOptions, Error, Event, Frame, HandlerError, Options,
+    Action, Create, Durable, DurableOptions, Error, Event, Frame, HandlerError, Options, Selection,
     StreamOptions, Subscription,
 };
 use walcast_tests::{cluster, TestDb};
@@ -212,6 +212,100 @@ fn a_refused_token_is_a_typed_refusal_with_its_status() {
             });
         });
         assert_eq!(id(&next_change(&mut sub).await), 7);
+    });
+}
+
+const SECRET: &str = "walcast-rust-client-test-secret-0123456789";
+
+/// An HS256 JWT for [`SECRET`] with these walcast claims, valid `secs`.
+fn jwt(secs: u64, walcast: serde_json::Value) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &serde_json::json!({"sub": "rust-client", "exp": now + secs, "walcast": walcast}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .expect("signing")
+}
+
+#[test]
+fn the_rust_client_filters_with_wasm_and_keeps_its_socket_with_fresh_tokens() {
+    let mut db = TestDb::new("rust_client_wasm");
+    db.exec("CREATE TABLE orders (id int PRIMARY KEY, total int)");
+    let proxy = Proxy::start(
+        cluster(),
+        &db.name,
+        "rust_client_wasm_proxy",
+        &["--jwt-secret", SECRET, "--jwt-leeway", "0"],
+    );
+    let wasm_path = walcast_tests::repo_root()
+        .join("filters/target/wasm32-unknown-unknown/release/walcast_filter_threshold.wasm");
+    let wasm = std::fs::read(&wasm_path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; build the example filters with ./scripts/build-filters.sh",
+            wasm_path.display()
+        )
+    });
+    let mut upload = format!(
+        "POST /v1/filters HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+         Authorization: Bearer {}\r\nContent-Type: application/wasm\r\nContent-Length: {}\r\n\r\n",
+        jwt(300, serde_json::json!({"filters": true})),
+        wasm.len()
+    )
+    .into_bytes();
+    upload.extend_from_slice(&wasm);
+    let (status, _, body) = support::exchange(proxy.port, &upload).expect("upload");
+    assert_eq!(status, 200, "{body}");
+    let filter = support::json(&body)["id"]
+        .as_str()
+        .expect("the filter's id")
+        .to_owned();
+    let url = format!("ws://127.0.0.1:{}", proxy.port);
+    let rt = runtime();
+    rt.block_on(async {
+        // The proxy's leeway is 0: a 3 s token closes the socket at 3 s
+        // unless a fresh one comes first.
+        let mut sub = Subscription::new(
+            &url,
+            Selection::Filter {
+                id: filter,
+                config: serde_json::json!({"table": "orders", "column": "total", "min": 100}),
+                query: Some("insert:orders".into()),
+            },
+            Options {
+                token: Some(jwt(3, serde_json::json!({}))),
+                ..Options::default()
+            },
+        )
+        .expect("sub");
+        subscribed(&mut sub).await;
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            sub.set_token(jwt(3, serde_json::json!({})))
+                .await
+                .expect("a fresh token");
+        }
+        let conninfo = cluster().conninfo(&db.name);
+        std::thread::spawn(move || {
+            let mut c = postgres::Client::connect(&conninfo, postgres::NoTls).expect("connect");
+            c.batch_execute(
+                "INSERT INTO orders VALUES (1, 50), (2, 150), (3, 99), (4, 300); \
+                 UPDATE orders SET total = 500 WHERE id = 1",
+            )
+            .expect("writes");
+        })
+        .join()
+        .expect("the writer");
+        let got = [next_change(&mut sub).await, next_change(&mut sub).await];
+        assert_eq!(
+            got.iter().map(id).collect::<Vec<_>>(),
+            vec![2, 4],
+            "the inserts the filter keeps, the query's update left out"
+        );
+        assert_eq!(sub.reconnects(), 0, "the socket lived past its first token");
     });
 }
 

@@ -7,7 +7,9 @@
 //! applies each one once.
 
 use crate::http::{request, Endpoint};
-use crate::{encode, read, refused_http, Backoff, Change, Error, Read, Socket, BACKOFF};
+use crate::{
+    close_socket, encode, read, refused_http, Backoff, Change, Error, Read, Socket, BACKOFF,
+};
 use futures_util::SinkExt;
 use hyper::header::{HeaderValue, AUTHORIZATION};
 use hyper::Method;
@@ -283,6 +285,7 @@ impl Durable {
             acked: None,
             connected_before: false,
             building: None,
+            lost: 0,
             ended: false,
         }
     }
@@ -357,6 +360,8 @@ pub struct DurableStream {
     connected_before: bool,
     /// The transaction [`DurableStream::next_event`] is collecting.
     building: Option<(Value, Vec<Change>)>,
+    /// Open connections lost so far.
+    lost: u64,
     ended: bool,
 }
 
@@ -364,6 +369,12 @@ impl DurableStream {
     /// The last LSN ACKed.
     pub fn acked(&self) -> Option<&str> {
         self.acked.as_deref()
+    }
+
+    /// How many times an open connection was lost (and opened again on the
+    /// next read), [`DurableStream::reconnect`] aside.
+    pub fn reconnects(&self) -> u64 {
+        self.lost
     }
 
     /// The next frame; `Ok(None)` once closed, `Err` when the stream ended
@@ -398,6 +409,7 @@ impl DurableStream {
                 }
                 Read::Closed { .. } | Read::Lost => {
                     self.socket = None;
+                    self.lost += 1;
                     self.backoff.wait().await;
                 }
             }
@@ -521,8 +533,8 @@ impl DurableStream {
     /// Ends the stream (the slot stays; [`Durable::delete`] drops it).
     pub async fn close(&mut self) {
         self.ended = true;
-        if let Some(mut s) = self.socket.take() {
-            let _ = s.close(None).await;
+        if let Some(s) = self.socket.take() {
+            close_socket(s).await;
         }
     }
 

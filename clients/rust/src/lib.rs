@@ -71,6 +71,18 @@ enum Read {
     Lost,
 }
 
+/// Closes a socket with the closing handshake: the close frame, then
+/// reading until the server's own close (for at most 2 s). Dropping a
+/// socket with frames still unread would reset the connection, and the
+/// server could lose what was sent just before (a durable stream's last
+/// ACK).
+async fn close_socket(mut socket: Socket) {
+    if socket.close(None).await.is_ok() {
+        let drain = async { while let Some(Ok(_)) = socket.next().await {} };
+        let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+    }
+}
+
 /// The next text frame or close of a socket; pings and other frames are
 /// skipped (tungstenite answers pings itself).
 async fn read(socket: &mut Socket) -> Read {

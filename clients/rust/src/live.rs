@@ -2,7 +2,10 @@
 //! selects, from now (or from a saved position), resumed across dropped
 //! connections without a gap or a repeat.
 
-use crate::{encode, read, refusal, refused_http, Backoff, Change, Error, Read, Socket, BACKOFF};
+use crate::{
+    close_socket, encode, read, refusal, refused_http, Backoff, Change, Error, Read, Socket,
+    BACKOFF,
+};
 use futures_util::{SinkExt, Stream};
 use serde_json::{Map, Value};
 use std::time::Duration;
@@ -74,6 +77,8 @@ pub struct Subscription {
     position: Option<String>,
     snapshot_pending: bool,
     backoff: Backoff,
+    /// Open connections lost so far.
+    lost: u64,
     ended: bool,
 }
 
@@ -120,6 +125,7 @@ impl Subscription {
             backoff: Backoff::new(options.backoff),
             options,
             socket: None,
+            lost: 0,
             ended: false,
         })
     }
@@ -127,6 +133,12 @@ impl Subscription {
     /// The position of the last change returned (save it to resume).
     pub fn position(&self) -> Option<&str> {
         self.position.as_deref()
+    }
+
+    /// How many times an open connection was lost (and opened again on the
+    /// next read), [`Subscription::reconnect`] aside.
+    pub fn reconnects(&self) -> u64 {
+        self.lost
     }
 
     /// Drops the connection; the next read reconnects and resumes.
@@ -160,6 +172,7 @@ impl Subscription {
                 }
                 Read::Closed { .. } | Read::Lost => {
                     self.socket = None;
+                    self.lost += 1;
                     self.backoff.wait().await;
                 }
             }
@@ -169,8 +182,8 @@ impl Subscription {
     /// Ends the subscription.
     pub async fn close(&mut self) {
         self.ended = true;
-        if let Some(mut s) = self.socket.take() {
-            let _ = s.close(None).await;
+        if let Some(s) = self.socket.take() {
+            close_socket(s).await;
         }
     }
 

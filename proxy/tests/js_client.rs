@@ -27,6 +27,11 @@ fn the_typescript_client_subscribes_resumes_and_reports_typed_errors() {
         .env("WALCAST_PSQL", cluster().bin("psql"))
         .env("WALCAST_CONNINFO", cluster().conninfo(&db.name))
         .env("WALCAST_JWT_SECRET", SECRET)
+        .env(
+            "WALCAST_FILTER_WASM",
+            walcast_tests::repo_root()
+                .join("filters/target/wasm32-unknown-unknown/release/walcast_filter_threshold.wasm"),
+        )
         .output()
         .expect("running node --test");
     let report = format!(
@@ -36,7 +41,7 @@ fn the_typescript_client_subscribes_resumes_and_reports_typed_errors() {
     );
     assert!(out.status.success(), "node --test failed:\n{report}");
     // Every test ran and passed: none was skipped or left out.
-    assert!(report.contains("ℹ pass 8"), "{report}");
+    assert!(report.contains("ℹ pass 9"), "{report}");
     assert!(report.contains("ℹ fail 0"), "{report}");
 }
 

@@ -3,16 +3,19 @@
 //   WALCAST_URL        the proxy's base URL (ws://127.0.0.1:port)
 //   WALCAST_PSQL       psql, and WALCAST_CONNINFO for the database
 //   WALCAST_JWT_SECRET the proxy's --jwt-secret
+//   WALCAST_FILTER_WASM the threshold example filter (scripts/build-filters.sh)
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync, spawn } from "node:child_process";
 import { createHmac } from "node:crypto";
+import { readFileSync } from "node:fs";
 import { subscribe, isChange, PositionGoneError, RefusedError } from "../dist/index.js";
 
 const URL = need("WALCAST_URL");
 const PSQL = need("WALCAST_PSQL");
 const CONNINFO = need("WALCAST_CONNINFO");
 const SECRET = need("WALCAST_JWT_SECRET");
+const FILTER_WASM = need("WALCAST_FILTER_WASM");
 
 function need(name) {
   const v = process.env[name];
@@ -92,6 +95,33 @@ test("a query selects its changes, typed, in commit order", async () => {
   const positions = got.map((c) => c.pos);
   assert.deepEqual([...positions].sort(), positions, "positions grow");
   assert.equal(sub.position, positions.at(-1), "position is the last change handed over");
+});
+
+test("a WASM filter after a query keeps what its config says", async () => {
+  sql("CREATE TABLE f_orders (id int PRIMARY KEY, total int)");
+  const upload = await fetch(URL.replace(/^ws/, "http") + "/v1/filters", {
+    method: "POST",
+    headers: { authorization: `Bearer ${jwt(300, { filters: true })}`, "content-type": "application/wasm" },
+    body: readFileSync(FILTER_WASM),
+  });
+  assert.equal(upload.status, 200, await upload.clone().text());
+  const { id } = await upload.json();
+  const sub = subscribe(
+    URL,
+    { query: "insert:f_orders", filter: { id, config: { table: "f_orders", column: "total", min: 100 } } },
+    { token },
+  );
+  await opened(sub);
+  sql("INSERT INTO f_orders VALUES (1, 50), (2, 150), (3, 99), (4, 300)");
+  sql("UPDATE f_orders SET total = 500 WHERE id = 1");
+  sql("INSERT INTO f_orders VALUES (5, 100)");
+  const got = await take(sub, 3);
+  sub.close();
+  assert.deepEqual(
+    got.map((c) => [c.action, c.columns.id]),
+    [["I", 2], ["I", 4], ["I", 5]],
+    "the inserts at or over 100; the update is not in the query",
+  );
 });
 
 test("a socket dropped in the middle of a burst resumes with every change once", async () => {

@@ -29,8 +29,9 @@ fn the_typescript_client_subscribes_resumes_and_reports_typed_errors() {
         .env("WALCAST_JWT_SECRET", SECRET)
         .env(
             "WALCAST_FILTER_WASM",
-            walcast_tests::repo_root()
-                .join("filters/target/wasm32-unknown-unknown/release/walcast_filter_threshold.wasm"),
+            walcast_tests::repo_root().join(
+                "filters/target/wasm32-unknown-unknown/release/walcast_filter_threshold.wasm",
+            ),
         )
         .output()
         .expect("running node --test");

@@ -203,9 +203,15 @@ fn whitespace(position: usize) -> QueryError {
 /// Parses a query such as `insert,update:public.users:age.gt.30`.
 pub fn parse(input: &str) -> Result<Query, QueryError> {
     if input.len() > MAX_QUERY_LEN {
+        // The first byte past the limit, moved back to the start of its
+        // character so that the position is one a client can slice at.
+        let at = (0..=MAX_QUERY_LEN)
+            .rev()
+            .find(|&i| input.is_char_boundary(i))
+            .unwrap_or(0);
         return Err(error(
             QueryErrorKind::TooLong,
-            MAX_QUERY_LEN,
+            at,
             format!(
                 "the query is {} bytes, over the limit of {MAX_QUERY_LEN}: shorten it (fewer \
                 filters, shorter values)",
@@ -1178,6 +1184,12 @@ mod tests {
         assert!(e.message.contains("4097 bytes"), "{}", e.message);
         // The length check comes first, even for otherwise broken input.
         assert_eq!(err(&" ".repeat(5000)).kind, QueryErrorKind::TooLong);
+        // A character across the limit: the position is where it starts
+        // (found by the query fuzz target).
+        let across = format!("{}é{}", "a".repeat(MAX_QUERY_LEN - 1), "a".repeat(10));
+        let e = err(&across);
+        assert_eq!(e.position, MAX_QUERY_LEN - 1);
+        assert!(across.is_char_boundary(e.position));
     }
 
     #[test]

@@ -245,7 +245,19 @@ fn health_and_metrics_report_the_stream() {
     assert!(metrics.contains("walcast_clients 1"), "{metrics}");
     let (s, page) = proxy.get("/").expect("demo page");
     assert_eq!(s, 200);
-    assert!(page.contains("new WebSocket"));
+    assert!(page.contains(r#"from "/client/index.js""#), "{page}");
+    // The JavaScript client the page imports: a module any origin may load.
+    let (s, head, module) = support::exchange(
+        proxy.port,
+        b"GET /client/index.js HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .expect("client module");
+    assert_eq!(s, 200, "{head}");
+    assert!(head.contains("content-type: text/javascript"), "{head}");
+    assert!(head.contains("access-control-allow-origin: *"), "{head}");
+    assert!(module.contains("export function subscribe"));
+    let (s, body) = proxy.get("/client/nosuch.js").expect("unknown module");
+    assert_eq!(s, 404, "{body}");
 }
 
 #[test]

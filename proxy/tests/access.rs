@@ -9,28 +9,16 @@ mod support;
 
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use support::{encode as url, json, openssl, Client, Got, Proxy};
+use std::time::{Duration, Instant};
+use support::{encode as url, json, openssl, unix_now as now, Client, Got, Proxy};
 use walcast_tests::{cluster, repo_root, TestDb};
 
 const WAIT: Duration = Duration::from_secs(10);
 const SECRET: &str = "test-secret-of-at-least-thirty-two-bytes";
 const ADMIN: &str = "admin-token";
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 fn hs256(claims: serde_json::Value) -> String {
-    encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .expect("signing")
+    support::hs256(SECRET, claims)
 }
 
 /// A token for `walcast` claims, valid for `secs`.

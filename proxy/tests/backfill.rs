@@ -442,11 +442,7 @@ fn snapshot_requests_are_checked_and_a_wasm_filter_sees_read_events() {
     assert_eq!(json(&frames[2])["state"], "done");
 
     // Read events go through the client's WASM filter like changes.
-    let wasm = std::fs::read(
-        walcast_tests::repo_root()
-            .join("filters/target/wasm32-unknown-unknown/release/walcast_filter_redact.wasm"),
-    )
-    .expect("the example filters are built by ./scripts/build-filters.sh");
+    let wasm = support::example_filter("redact");
     let (status, body) = proxy.post_bytes("/v1/filters", "application/wasm", &wasm);
     assert_eq!(status, 200, "{body}");
     let id = json(&body)["id"].as_str().expect("id").to_owned();

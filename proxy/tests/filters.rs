@@ -13,15 +13,7 @@ use walcast_tests::{cluster, repo_root, TestDb};
 const WAIT: Duration = Duration::from_secs(15);
 
 fn example(name: &str) -> Vec<u8> {
-    let path = repo_root()
-        .join("filters/target/wasm32-unknown-unknown/release")
-        .join(format!("walcast_filter_{name}.wasm"));
-    std::fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}; build the example filters with ./scripts/build-filters.sh",
-            path.display()
-        )
-    })
+    support::example_filter(name)
 }
 
 fn upload(proxy: &Proxy, bytes: &[u8]) -> String {

@@ -29,9 +29,7 @@ fn the_typescript_client_subscribes_resumes_and_reports_typed_errors() {
         .env("WALCAST_JWT_SECRET", SECRET)
         .env(
             "WALCAST_FILTER_WASM",
-            walcast_tests::repo_root().join(
-                "filters/target/wasm32-unknown-unknown/release/walcast_filter_threshold.wasm",
-            ),
+            support::example_filter_path("threshold"),
         )
         .output()
         .expect("running node --test");
@@ -113,9 +111,11 @@ try {{
     let position = last.rsplit(' ').next().unwrap_or("").to_owned();
     // The proxy confirms a transaction's end once it is in its log: wait
     // until the slot is past the transaction's commit record.
-    let commit = u64::from_str_radix(position.split(':').next().unwrap_or(""), 16)
-        .expect("a position starts with the commit LSN");
-    let commit = format!("{:X}/{:X}", commit >> 32, commit & 0xFFFF_FFFF);
+    let commit = position
+        .parse::<walcast_format::Position>()
+        .expect("a position")
+        .commit
+        .to_string();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let past: bool = db

@@ -219,16 +219,10 @@ const SECRET: &str = "walcast-rust-client-test-secret-0123456789";
 
 /// An HS256 JWT for [`SECRET`] with these walcast claims, valid `secs`.
 fn jwt(secs: u64, walcast: serde_json::Value) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &serde_json::json!({"sub": "rust-client", "exp": now + secs, "walcast": walcast}),
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    support::hs256(
+        SECRET,
+        serde_json::json!({"sub": "rust-client", "exp": support::unix_now() + secs, "walcast": walcast}),
     )
-    .expect("signing")
 }
 
 #[test]
@@ -241,14 +235,7 @@ fn the_rust_client_filters_with_wasm_and_keeps_its_socket_with_fresh_tokens() {
         "rust_client_wasm_proxy",
         &["--jwt-secret", SECRET, "--jwt-leeway", "0"],
     );
-    let wasm_path = walcast_tests::repo_root()
-        .join("filters/target/wasm32-unknown-unknown/release/walcast_filter_threshold.wasm");
-    let wasm = std::fs::read(&wasm_path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}; build the example filters with ./scripts/build-filters.sh",
-            wasm_path.display()
-        )
-    });
+    let wasm = support::example_filter("threshold");
     let mut upload = format!(
         "POST /v1/filters HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
          Authorization: Bearer {}\r\nContent-Type: application/wasm\r\nContent-Length: {}\r\n\r\n",

@@ -8,17 +8,17 @@
 
 use crate::http::{request, Endpoint};
 use crate::{
-    close_socket, encode, read, refused_http, Backoff, Change, Error, Read, Socket, BACKOFF,
+    close_socket, encode, read, refused_http, send_text, upgrade_body, Backoff, Change, Error,
+    Read, Socket, BACKOFF,
 };
-use futures_util::SinkExt;
 use hyper::header::{HeaderValue, AUTHORIZATION};
 use hyper::Method;
 use serde_json::{Map, Value};
 use std::cmp::Ordering;
 use std::future::Future;
 use std::time::Duration;
+use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::{self, Message};
 
 /// An LSN (`X/Y`, hexadecimal) as a number.
 fn parse_lsn(s: &str) -> Option<u64> {
@@ -503,24 +503,16 @@ impl DurableStream {
     /// Sends an ACK on the open socket; a failed send drops the socket (the
     /// next read reconnects and resumes after the ACKs that got through).
     async fn send_ack(&mut self, lsn: &str) {
-        if let Some(s) = self.socket.as_mut() {
-            let frame = serde_json::json!({ "lsn": lsn }).to_string();
-            if s.send(Message::Text(frame.into())).await.is_err() {
-                self.socket = None;
-            }
-        }
+        let frame = serde_json::json!({ "lsn": lsn }).to_string();
+        send_text(&mut self.socket, frame).await;
     }
 
     /// A fresh token: sent on the open socket (`{"access_token": ...}`), so
     /// the stream outlives the token it opened with, and used for every
     /// reconnect.
     pub async fn set_token(&mut self, token: String) {
-        if let Some(s) = self.socket.as_mut() {
-            let frame = serde_json::json!({ "access_token": token }).to_string();
-            if s.send(Message::Text(frame.into())).await.is_err() {
-                self.socket = None;
-            }
-        }
+        let frame = serde_json::json!({ "access_token": token }).to_string();
+        send_text(&mut self.socket, frame).await;
         self.token = Some(token);
     }
 
@@ -559,11 +551,6 @@ impl DurableStream {
             }
             Err(tungstenite::Error::Http(response)) => {
                 let status = response.status().as_u16();
-                let body: Value = response
-                    .body()
-                    .as_deref()
-                    .and_then(|b| serde_json::from_slice(b).ok())
-                    .unwrap_or(Value::Null);
                 // 409: the previous connection is still leaving; 429 and
                 // 5xx: a full or restarting proxy, PostgreSQL out of reach.
                 let transient = matches!(status, 409 | 429) || status >= 500;
@@ -572,7 +559,7 @@ impl DurableStream {
                     return Ok(false);
                 }
                 self.ended = true;
-                Err(refused_http(status, &body))
+                Err(refused_http(status, &upgrade_body(&response)))
             }
             Err(_) => {
                 // Out of reach: retried.

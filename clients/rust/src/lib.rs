@@ -71,6 +71,26 @@ enum Read {
     Lost,
 }
 
+/// Sends a text frame on the open socket, if there is one; a failed send
+/// drops the socket, so the next read reconnects.
+async fn send_text(socket: &mut Option<Socket>, text: String) {
+    use futures_util::SinkExt;
+    if let Some(s) = socket.as_mut() {
+        if s.send(Message::Text(text.into())).await.is_err() {
+            *socket = None;
+        }
+    }
+}
+
+/// The body of a refused websocket upgrade as JSON (`Null` when it is not).
+fn upgrade_body(response: &tokio_tungstenite::tungstenite::handshake::client::Response) -> Value {
+    response
+        .body()
+        .as_deref()
+        .and_then(|b| serde_json::from_slice(b).ok())
+        .unwrap_or(Value::Null)
+}
+
 /// Closes a socket with the closing handshake: the close frame, then
 /// reading until the server's own close (for at most 2 s). Dropping a
 /// socket with frames still unread would reset the connection, and the

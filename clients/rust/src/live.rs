@@ -3,8 +3,8 @@
 //! connections without a gap or a repeat.
 
 use crate::{
-    close_socket, encode, read, refusal, refused_http, Backoff, Change, Error, Read, Socket,
-    BACKOFF,
+    close_socket, encode, read, refusal, refused_http, send_text, upgrade_body, Backoff, Change,
+    Error, Read, Socket, BACKOFF,
 };
 use futures_util::{SinkExt, Stream};
 use serde_json::{Map, Value};
@@ -191,13 +191,9 @@ impl Subscription {
     /// the connection outlives the token it opened with, and used for every
     /// reconnect.
     pub async fn set_token(&mut self, token: String) -> Result<(), Error> {
-        if let Some(s) = self.socket.as_mut() {
-            let frame = serde_json::json!({ "access_token": token }).to_string();
-            if s.send(Message::Text(frame.into())).await.is_err() {
-                // The next read reconnects, with the new token.
-                self.socket = None;
-            }
-        }
+        // A failed send: the next read reconnects, with the new token.
+        let frame = serde_json::json!({ "access_token": token }).to_string();
+        send_text(&mut self.socket, frame).await;
         self.options.token = Some(token);
         Ok(())
     }
@@ -315,13 +311,8 @@ impl Subscription {
                     self.backoff.wait().await;
                     return Ok(());
                 }
-                let body: Value = response
-                    .body()
-                    .as_deref()
-                    .and_then(|b| serde_json::from_slice(b).ok())
-                    .unwrap_or(Value::Null);
                 self.ended = true;
-                Err(refused_http(status, &body))
+                Err(refused_http(status, &upgrade_body(&response)))
             }
             Err(_) => {
                 // Out of reach: retried.

@@ -16,34 +16,23 @@ pub async fn demo() -> Resp {
     respond(StatusCode::OK, "text/html; charset=utf-8", DEMO_PAGE)
 }
 
+/// The pairs of `name` and the file `clients/js/dist/<name>`.
+macro_rules! client_modules {
+    ($($name:literal),* $(,)?) => {
+        &[$(($name, include_str!(concat!("../../../clients/js/dist/", $name)))),*]
+    };
+}
+
 /// The TypeScript client (`clients/js`) as built into `clients/js/dist`
 /// (a test checks that the committed build is the build of its sources).
-const CLIENT_MODULES: &[(&str, &str)] = &[
-    (
-        "index.js",
-        include_str!("../../../clients/js/dist/index.js"),
-    ),
-    (
-        "durable.js",
-        include_str!("../../../clients/js/dist/durable.js"),
-    ),
-    (
-        "errors.js",
-        include_str!("../../../clients/js/dist/errors.js"),
-    ),
-    (
-        "index.d.ts",
-        include_str!("../../../clients/js/dist/index.d.ts"),
-    ),
-    (
-        "durable.d.ts",
-        include_str!("../../../clients/js/dist/durable.d.ts"),
-    ),
-    (
-        "errors.d.ts",
-        include_str!("../../../clients/js/dist/errors.d.ts"),
-    ),
-];
+const CLIENT_MODULES: &[(&str, &str)] = client_modules!(
+    "index.js",
+    "durable.js",
+    "errors.js",
+    "index.d.ts",
+    "durable.d.ts",
+    "errors.d.ts",
+);
 
 /// `GET /client/{file}`: the JavaScript client's modules, for the demo page
 /// and any page that imports them (`import { subscribe } from

@@ -12,8 +12,13 @@ pub fn dir() -> PathBuf {
 
 /// Builds `clients/js/src` into a temporary directory and checks that the
 /// committed `clients/js/dist` is that build (the proxy serves it, and the
-/// node tests import it); returns `clients/js/dist`.
+/// node tests import it); returns `clients/js/dist`. Once per test binary.
 pub fn build() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT.get_or_init(build_and_compare).clone()
+}
+
+fn build_and_compare() -> PathBuf {
     let dir = dir();
     let tsc = dir.join("node_modules/.bin/tsc");
     assert!(
@@ -21,9 +26,7 @@ pub fn build() -> PathBuf {
         "{} is missing: run ./scripts/setup.sh (npm ci in clients/js)",
         tsc.display()
     );
-    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let out_dir = std::env::temp_dir().join(format!("walcast-js-{}-{n}", std::process::id()));
+    let out_dir = std::env::temp_dir().join(format!("walcast-js-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out_dir);
     let out = Command::new(&tsc)
         .args(["-p", ".", "--outDir"])

@@ -30,6 +30,43 @@ pub fn proxy_command(nofile: Option<u64>) -> Command {
     }
 }
 
+/// An example WASM filter's module as `scripts/build-filters.sh` builds it
+/// (`walcast_filter_<name>.wasm`).
+pub fn example_filter_path(name: &str) -> std::path::PathBuf {
+    walcast_tests::repo_root()
+        .join("filters/target/wasm32-unknown-unknown/release")
+        .join(format!("walcast_filter_{name}.wasm"))
+}
+
+/// The bytes of [`example_filter_path`]; fails saying how to build them.
+pub fn example_filter(name: &str) -> Vec<u8> {
+    let path = example_filter_path(name);
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; build the example filters with ./scripts/build-filters.sh",
+            path.display()
+        )
+    })
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// An HS256 JWT of `claims` signed with `secret`.
+pub fn hs256(secret: &str, claims: serde_json::Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("signing")
+}
+
 /// The value of the series `name` (with its labels) in a `/metrics` body.
 pub fn metric_value(body: &str, name: &str) -> Option<u64> {
     body.lines()

@@ -7,6 +7,10 @@
 #     walcast-bench, release builds).
 #
 #   ./scripts/bench-filters.sh
+#
+# RUNS (default 1) pairs of end-to-end runs, interleaved; the proxy runs
+# with its default filter budgets (walcast_filter_fuel_waits_total, printed
+# at the end, counts the pauses --filter-budget-ms imposed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,9 +29,13 @@ id="$(curl -fsS --data-binary @filters/target/wasm32-unknown-unknown/release/wal
         -H 'content-type: application/wasm' http://127.0.0.1:18182/v1/filters |
       python3 -c 'import json, sys; print(json.load(sys.stdin)["id"])')"
 
-echo "== K=100, N=100000, unpaced: query filter insert:bench_events:k.gte.0 (every row passes)"
-scenario -k 100 -n 100000 --query 'insert:bench_events:k.gte.0' --sample 100
-echo "== K=100, N=100000, unpaced: WASM filter (threshold example: table bench_events, k >= 0)"
-scenario -k 100 -n 100000 --query 'insert:bench_events' --filter "$id" \
-  --filter-config '{"table":"bench_events","column":"k","min":0}' --sample 100
+for run in $(seq 1 "${RUNS:-1}"); do
+  echo "== run $run: K=100, N=100000, unpaced: query filter insert:bench_events:k.gte.0 (every row passes)"
+  scenario -k 100 -n 100000 --query 'insert:bench_events:k.gte.0' --sample 100
+  echo "== run $run: K=100, N=100000, unpaced: WASM filter (threshold example: table bench_events, k >= 0)"
+  scenario -k 100 -n 100000 --query 'insert:bench_events' --filter "$id" \
+    --filter-config '{"table":"bench_events","column":"k","min":0}' --sample 100
+done
+echo "== the proxy's filter counters"
+curl -fsS http://127.0.0.1:18182/metrics | grep -E '^walcast_filter' || true
 scenarios_done

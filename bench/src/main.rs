@@ -73,17 +73,34 @@ fn now_micros() -> i64 {
 /// transaction number (`payload` is `t<txn>:<row>`) of a frame. Read by
 /// searching the text, not parsing it, so that the load tool takes as little
 /// of the machine as it can (the same for every proxy it measures).
+///
+/// Frames in walcast's format carry `"sent_us":<n>` and `"payload":"t<txn>:`;
+/// frames of proxies that forward wal2json's format 1 (such as Speculare
+/// PGCDC, measured beside walcast) carry the row as `"columnvalues":[id, k,
+/// "t<txn>:<row>", sent_us]`.
 fn sent_and_txn(frame: &str) -> Option<(i64, Option<usize>)> {
-    fn digits_after<'a>(text: &'a str, key: &str) -> Option<&'a str> {
-        let at = text.find(key)? + key.len();
-        let rest = &text[at..];
-        let end = rest
+    fn digits(text: &str) -> &str {
+        let end = text
             .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        Some(&rest[..end])
+            .unwrap_or(text.len());
+        &text[..end]
     }
-    let sent = digits_after(frame, "\"sent_us\":")?.parse().ok()?;
-    let txn = digits_after(frame, "\"payload\":\"t").and_then(|t| t.parse().ok());
+    fn after<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+        Some(&text[text.find(key)? + key.len()..])
+    }
+    if let Some(sent) = after(frame, "\"sent_us\":") {
+        let sent = digits(sent).parse().ok()?;
+        let txn = after(frame, "\"payload\":\"t").and_then(|t| digits(t).parse().ok());
+        return Some((sent, txn));
+    }
+    let values = after(frame, "\"columnvalues\":[")?;
+    let values = &values[..values.find(']')?];
+    let mut fields = values.split(',').map(str::trim);
+    let txn = fields
+        .nth(2)
+        .and_then(|p| p.strip_prefix("\"t"))
+        .and_then(|t| digits(t).parse().ok());
+    let sent = digits(fields.next()?).parse().ok()?;
     Some((sent, txn))
 }
 
@@ -293,4 +310,26 @@ async fn main() -> Result<()> {
         bail!("not every event was delivered");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sent_and_txn;
+
+    #[test]
+    fn reads_walcast_frames() {
+        let frame = r#"{"action":"I","schema":"public","table":"bench_events","columns":{"id":7,"k":7,"payload":"t12:7","sent_us":1764000000123456}}"#;
+        assert_eq!(sent_and_txn(frame), Some((1764000000123456, Some(12))));
+    }
+
+    #[test]
+    fn reads_wal2json_format_1_frames() {
+        let frame = r#"{"kind":"insert","schema":"public","table":"bench_events","columnnames":["id","k","payload","sent_us"],"columntypes":["bigint","integer","text","bigint"],"columnvalues":[7,7,"t12:7",1764000000123456]}"#;
+        assert_eq!(sent_and_txn(frame), Some((1764000000123456, Some(12))));
+    }
+
+    #[test]
+    fn other_frames_have_no_sample() {
+        assert_eq!(sent_and_txn(r#"{"action":"B","xid":5}"#), None);
+    }
 }

@@ -2,7 +2,7 @@
 //! WASM filter that uses much of its fuel) runs with the async worker's
 //! other tasks handed to another thread first, so that no other client
 //! waits behind it. Its CPU time stays bounded by the client's own budgets
-//! (`--match-budget-ms`, `--filter-fuel-per-second`).
+//! (`--match-budget-ms`, `--filter-budget-ms`).
 
 use tokio::runtime::{Handle, RuntimeFlavor};
 

@@ -387,14 +387,26 @@ pub struct ServeArgs {
     )]
     pub filter_fuel_per_byte: u64,
 
-    /// Fuel one subscription's filter may use per second; past it the
-    /// subscription waits (and is closed with 1013 if it falls out of the buffer).
+    /// Milliseconds per second one subscription's filter may run; past it
+    /// the subscription waits for the next second (and is closed with 1013
+    /// if it falls out of the buffer). A filter slows only itself.
+    #[arg(
+        long,
+        global = true,
+        env = "WALCAST_FILTER_BUDGET_MS",
+        default_value_t = FilterLimits::default().time_per_second.as_millis() as u64,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub filter_budget_ms: u64,
+
+    /// Fuel one subscription's filter may use per second, a cap that does
+    /// not depend on the machine's speed; past it the subscription waits as
+    /// for --filter-budget-ms. 0: no cap (the default).
     #[arg(
         long,
         global = true,
         env = "WALCAST_FILTER_FUEL_PER_SECOND",
-        default_value_t = 100_000_000,
-        value_parser = clap::value_parser!(u64).range(1000..)
+        default_value_t = FilterLimits::default().fuel_per_second
     )]
     pub filter_fuel_per_second: u64,
 
@@ -551,6 +563,10 @@ mod tests {
         assert_eq!(d.filter_memory, f.max_memory_bytes as u64);
         assert_eq!(d.filter_max_module_size, f.max_module_bytes as u64);
         assert_eq!(d.filter_fuel_per_second, f.fuel_per_second);
+        assert_eq!(
+            std::time::Duration::from_millis(d.filter_budget_ms),
+            f.time_per_second
+        );
         assert_eq!(d.filter_max_instances, f.max_instances);
         let ok = parse(&["--filter-memory", "64MB", "--ping-interval", "1"]).expect("in range");
         assert_eq!((ok.filter_memory, ok.ping_interval), (64 << 20, 1));

@@ -368,6 +368,7 @@ async fn serve(args: walcast_proxy::config::ServeArgs) -> Result<(), String> {
                 max_memory_bytes: args.filter_memory as usize,
                 fuel_per_event: args.filter_fuel_per_event,
                 fuel_per_byte: args.filter_fuel_per_byte,
+                time_per_second: std::time::Duration::from_millis(args.filter_budget_ms),
                 fuel_per_second: args.filter_fuel_per_second,
                 max_errors: args.filter_max_errors,
                 max_instances: args.filter_max_instances,

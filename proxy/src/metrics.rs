@@ -61,6 +61,9 @@ pub struct Metrics {
     pub filter_errors: AtomicU64,
     /// Filters detached after repeated failures.
     pub filters_detached: AtomicU64,
+    /// Pauses of a subscription whose filter used its budget for the second
+    /// (`--filter-budget-ms`, `--filter-fuel-per-second`).
+    pub filter_fuel_waits: AtomicU64,
     /// Filter modules compiled (uploads served from a cache not counted).
     pub filter_compiles: AtomicU64,
     /// Per durable stream slot: bytes of WAL it holds back, and whether that
@@ -300,6 +303,12 @@ impl Metrics {
             "counter",
             "Filters detached after failing too often in a row.",
             g(&self.filters_detached).to_string(),
+        );
+        line(
+            "walcast_filter_fuel_waits_total",
+            "counter",
+            "Pauses of a subscription whose filter used its time or fuel budget for the second.",
+            g(&self.filter_fuel_waits).to_string(),
         );
         line(
             "walcast_filter_compiles_total",

@@ -51,8 +51,11 @@ pub struct FilterInstance {
     config: Vec<u8>,
     live: Option<Live>,
     consecutive_errors: u32,
+    /// The current one-second window and what the filter used in it: fuel,
+    /// and time spent in its calls.
     window: Instant,
     used_in_window: u64,
+    time_in_window: Duration,
     /// Fuel used in all, for metrics and benchmarks.
     pub fuel_used: u64,
     /// Fuel per change of the last [`FilterInstance::run_batch`] or
@@ -100,6 +103,7 @@ impl FilterInstance {
             consecutive_errors: 0,
             window: Instant::now(),
             used_in_window: 0,
+            time_in_window: Duration::ZERO,
             fuel_used: 0,
             recent_fuel_per_event: 0,
         };
@@ -187,34 +191,60 @@ impl FilterInstance {
         Ok(())
     }
 
+    /// Whether the filter used its budget for the current second: its
+    /// time (`--filter-budget-ms`) or, when set, its fuel
+    /// (`--filter-fuel-per-second`).
+    fn over_budget(&self) -> bool {
+        self.time_in_window >= self.limits.time_per_second
+            || (self.limits.fuel_per_second > 0
+                && self.used_in_window >= self.limits.fuel_per_second)
+    }
+
     /// How long to wait before the next event: the subscription used its
-    /// fuel budget for this second.
+    /// filter budget for this second.
     pub fn throttle(&mut self) -> Option<Duration> {
-        // Under budget: no need to read the clock (this runs per change).
-        if self.used_in_window < self.limits.fuel_per_second {
+        // Under budget: no need to read the clock (this runs per batch).
+        if !self.over_budget() {
             return None;
         }
         let elapsed = self.window.elapsed();
         if elapsed >= Duration::from_secs(1) {
             self.window = Instant::now();
             self.used_in_window = 0;
+            self.time_in_window = Duration::ZERO;
             return None;
         }
-        (self.used_in_window >= self.limits.fuel_per_second)
-            .then(|| Duration::from_secs(1) - elapsed)
+        Some(Duration::from_secs(1) - elapsed)
     }
 
-    /// Runs the filter on one change (off the async workers when the
-    /// filter is costly, see [`FilterInstance::costly`]).
-    pub fn run(&mut self, change: &Change) -> Verdict {
-        let before = self.fuel_used;
-        let v = if self.costly() {
-            crate::blocking::off_workers(|| self.judge(change))
+    /// Runs `f` (off the async workers when the filter is costly, see
+    /// [`FilterInstance::costly`]); `f` returns the number of changes it
+    /// judged, for the fuel per change. With `clock`, its time counts
+    /// against the budget per second.
+    fn timed(&mut self, clock: bool, f: impl FnOnce(&mut Self) -> usize) {
+        let (start, fuel) = (clock.then(Instant::now), self.fuel_used);
+        let events = if self.costly() {
+            crate::blocking::off_workers(|| f(self))
         } else {
-            self.judge(change)
+            f(self)
         };
-        self.recent_fuel_per_event = self.fuel_used.saturating_sub(before);
-        v
+        if let Some(start) = start {
+            self.time_in_window += start.elapsed();
+        }
+        self.recent_fuel_per_event = self.fuel_used.saturating_sub(fuel) / (events as u64).max(1);
+    }
+
+    /// Runs the filter on one change. For durable streams, which have no
+    /// budget per second (a stream's filter slows only its own stream): its
+    /// time is not measured, since reading the clock twice would double the
+    /// cost of a cheap filter. Live sessions use [`FilterInstance::run_batch`].
+    pub fn run(&mut self, change: &Change) -> Verdict {
+        let mut verdict = Verdict::Keep;
+        self.timed(false, |f| {
+            verdict = f.judge(change);
+            1
+        });
+        verdict
     }
 
     fn judge(&mut self, change: &Change) -> Verdict {
@@ -257,14 +287,10 @@ impl FilterInstance {
     /// the module exports it, each change through `walcast_filter`
     /// otherwise; either way the verdicts are those of one call per change.
     pub fn run_batch<C: Borrow<Change>>(&mut self, changes: &[C], verdicts: &mut Vec<Verdict>) {
-        let before = self.fuel_used;
-        if self.costly() {
-            crate::blocking::off_workers(|| self.judge_batch(changes, verdicts));
-        } else {
-            self.judge_batch(changes, verdicts);
-        }
-        let events = (verdicts.len() as u64).max(1);
-        self.recent_fuel_per_event = self.fuel_used.saturating_sub(before) / events;
+        self.timed(true, |f| {
+            f.judge_batch(changes, verdicts);
+            verdicts.len()
+        });
     }
 
     /// Whether the last batch or call used more than [`COSTLY_FUEL_PER_EVENT`] per change.
@@ -659,13 +685,10 @@ mod tests {
         (loop $l (local.set $n (i32.sub (local.get $n) (i32.const 1))) (br_if $l (local.get $n)))
         (i32.const 1)))"#;
 
-    #[test]
-    fn the_fuel_budget_per_second_throttles() {
-        let limits = FilterLimits {
-            fuel_per_second: 10_000,
-            max_instances: 2,
-            ..FilterLimits::default()
-        };
+    /// Runs `BUSY` under `limits` until its budget for the second is used;
+    /// checks the wait and that the next second gives the budget back.
+    /// Returns the number of events run and the instance.
+    fn run_until_throttled(limits: FilterLimits, most: u32) -> (u32, FilterInstance) {
         let mut f = instance(BUSY, limits);
         let change = Change::parse(
             Bytes::from_static(
@@ -674,20 +697,47 @@ mod tests {
             Lsn(0),
         )
         .expect("a change");
-        let mut runs = 0;
+        let (mut runs, mut verdicts) = (0, Vec::new());
         while f.throttle().is_none() {
-            assert!(matches!(f.run(&change), Verdict::Keep));
+            f.run_batch(std::slice::from_ref(&change), &mut verdicts);
+            assert!(matches!(verdicts[..], [Verdict::Keep]));
             runs += 1;
-            assert!(runs < 1000, "never throttled");
+            assert!(runs < most, "never throttled");
         }
-        // About 300 fuel per event: the budget lasts a few dozen events.
-        assert!(runs > 5, "throttled after {runs} events");
         let wait = f.throttle().expect("still throttled");
         assert!(wait <= Duration::from_secs(1));
+        let used = (f.used_in_window, f.time_in_window);
         // A second later the budget is back.
         f.window -= Duration::from_secs(2);
         assert!(f.throttle().is_none());
-        assert_eq!(f.used_in_window, 0);
+        assert_eq!((f.used_in_window, f.time_in_window), (0, Duration::ZERO));
+        (f.used_in_window, f.time_in_window) = used;
+        (runs, f)
+    }
+
+    #[test]
+    fn the_fuel_budget_per_second_throttles() {
+        let limits = FilterLimits {
+            fuel_per_second: 10_000,
+            max_instances: 2,
+            ..FilterLimits::default()
+        };
+        let (runs, f) = run_until_throttled(limits, 1000);
+        // About 300 fuel per event: the budget lasts a few dozen events.
+        assert!(runs > 5, "throttled after {runs} events");
+        assert!(f.used_in_window >= 10_000);
+    }
+
+    #[test]
+    fn the_time_budget_per_second_throttles() {
+        let limits = FilterLimits {
+            time_per_second: Duration::from_micros(300),
+            max_instances: 2,
+            ..FilterLimits::default()
+        };
+        assert_eq!(limits.fuel_per_second, 0, "no fuel cap by default");
+        let (_, f) = run_until_throttled(limits, 1_000_000);
+        assert!(f.time_in_window >= Duration::from_micros(300));
     }
 
     /// Judges by action, one way per call and another per batch, so that a

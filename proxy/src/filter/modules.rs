@@ -26,6 +26,9 @@ pub struct FilterLimits {
     pub fuel_per_event: u64,
     pub fuel_per_byte: u64,
     pub init_fuel: u64,
+    /// Time one subscription's filter may run per second.
+    pub time_per_second: std::time::Duration,
+    /// Fuel one subscription's filter may use per second; 0: no cap.
     pub fuel_per_second: u64,
     pub max_output_bytes: usize,
     pub max_errors: u32,
@@ -41,7 +44,8 @@ impl Default for FilterLimits {
             fuel_per_event: 200_000,
             fuel_per_byte: 64,
             init_fuel: 10_000_000,
-            fuel_per_second: 100_000_000,
+            time_per_second: std::time::Duration::from_millis(50),
+            fuel_per_second: 0,
             max_output_bytes: 1 << 20,
             max_errors: 10,
             max_instances: 1024,

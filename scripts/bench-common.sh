@@ -11,6 +11,11 @@
 # scenario ARGS...: runs walcast-bench with P and ARGS; a failure is reported
 #   and counted, and the other scenarios still run.
 # scenarios_done: exits with status 1 when a scenario failed.
+# ticks PID: the CPU time (user + system) the process used, in clock ticks
+#   (HZ per second).
+
+HZ="$(getconf CLK_TCK)"
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 
 bench_prepare() {
   [ -n "${WALCAST_BENCH_INSIDE:-}" ] && return 0

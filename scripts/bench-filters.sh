@@ -9,7 +9,7 @@
 #   ./scripts/bench-filters.sh
 #
 # RUNS (default 1) pairs of end-to-end runs, interleaved; the proxy runs
-# with its default filter budgets (walcast_filter_fuel_waits_total, printed
+# with its default filter budgets (walcast_filter_budget_waits_total, printed
 # at the end, counts the pauses --filter-budget-ms imposed).
 set -euo pipefail
 cd "$(dirname "$0")/.."

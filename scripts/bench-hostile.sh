@@ -67,5 +67,5 @@ for run in $(seq 1 "${RUNS:-3}"); do
   [ -n "${PACED_ONLY:-}" ] || pair "unpaced" --sample 100
 done
 echo "== the proxy's matching counters"
-curl -fsS http://127.0.0.1:18183/metrics | grep -E '^walcast_(match_deferred_total|match_throttled_total|filter_errors_total|filters_detached_total|filter_fuel_waits_total|clients_closed_total)' || true
+curl -fsS http://127.0.0.1:18183/metrics | grep -E '^walcast_(match_deferred_total|match_throttled_total|filter_errors_total|filters_detached_total|filter_budget_waits_total|clients_closed_total)' || true
 scenarios_done

@@ -43,7 +43,6 @@ CONFIG
 PEER_PID=""
 trap 'kill $PEER_PID 2>/dev/null || true; rm -f "$config"' EXIT
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 wait_for_slot() { # SQL condition on pg_replication_slots
   for _ in $(seq 1 300); do
     psql -XqAt -c "SELECT 1 FROM pg_replication_slots WHERE $1 AND active" | grep -q 1 && { sleep 0.5; return 0; }
@@ -56,21 +55,20 @@ wait_for_slot() { # SQL condition on pg_replication_slots
 # One walcast-bench run against the proxy on PORT: one summary line.
 measure() {
   local name="$1" port="$2"; shift 2
-  local walsender out p0 w0 p1 w1 tick
-  tick=$(getconf CLK_TCK)
+  local walsender out p0 w0 p1 w1
   walsender=$(psql -XqAt -c "SELECT active_pid FROM pg_replication_slots WHERE active LIMIT 1")
-  p0=$(cpu_ticks "$PEER_PID"); w0=$(cpu_ticks "$walsender")
+  p0=$(ticks "$PEER_PID"); w0=$(ticks "$walsender")
   if ! out=$(./target/release/walcast-bench --proxy "ws://127.0.0.1:$port" --proxy-pid "$PEER_PID" -k 1 -n 100000 "$@" 2>&1); then
     echo "$name $* | failed: $(echo "$out" | grep -m1 -E 'Error|closed' || true)"
     BENCH_FAILED=$((BENCH_FAILED + 1))
     return 0
   fi
-  p1=$(cpu_ticks "$PEER_PID"); w1=$(cpu_ticks "$walsender")
+  p1=$(ticks "$PEER_PID"); w1=$(ticks "$walsender")
   printf '%-9s %-14s | inserts %s | from COMMIT p50 / p99 %s | CPU proxy %d ms, walsender %d ms\n' \
     "$name" "${*:-unpaced}" \
     "$(echo "$out" | sed -n 's/^rows inserted *100000 in //p')" \
     "$(echo "$out" | sed -n 's/^from COMMIT p50 \/ p99 *\([^(]*\).*/\1/p' | xargs)" \
-    $(( (p1 - p0) * 1000 / tick )) $(( (w1 - w0) * 1000 / tick ))
+    $(( (p1 - p0) * 1000 / HZ )) $(( (w1 - w0) * 1000 / HZ ))
 }
 
 for round in $(seq 1 "${ROUNDS:-5}"); do

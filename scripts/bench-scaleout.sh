@@ -26,7 +26,6 @@ bench_in_cluster "$0" "$@"
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 psql -XqAt -c "CREATE TABLE IF NOT EXISTS bench_events (id bigserial PRIMARY KEY, k int, payload text, sent_us bigint NOT NULL)"
 BIN="${WALCAST_PROXY_BIN:-./target/release/walcast-proxy}"
-HZ="$(getconf CLK_TCK)"
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "${NATS_DIR:-/nonexistent}"; }
 trap cleanup EXIT
@@ -57,7 +56,6 @@ drop_slot() {
   done
 }
 
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 wait_healthy() {
   for _ in $(seq 1 200); do
     curl -fsS "http://127.0.0.1:$1/healthz" >/dev/null 2>&1 && return 0

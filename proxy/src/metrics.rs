@@ -63,7 +63,7 @@ pub struct Metrics {
     pub filters_detached: AtomicU64,
     /// Pauses of a subscription whose filter used its budget for the second
     /// (`--filter-budget-ms`, `--filter-fuel-per-second`).
-    pub filter_fuel_waits: AtomicU64,
+    pub filter_budget_waits: AtomicU64,
     /// Filter modules compiled (uploads served from a cache not counted).
     pub filter_compiles: AtomicU64,
     /// Per durable stream slot: bytes of WAL it holds back, and whether that
@@ -305,10 +305,10 @@ impl Metrics {
             g(&self.filters_detached).to_string(),
         );
         line(
-            "walcast_filter_fuel_waits_total",
+            "walcast_filter_budget_waits_total",
             "counter",
             "Pauses of a subscription whose filter used its time or fuel budget for the second.",
-            g(&self.filter_fuel_waits).to_string(),
+            g(&self.filter_budget_waits).to_string(),
         );
         line(
             "walcast_filter_compiles_total",

@@ -12,10 +12,6 @@ use walcast_tests::{cluster, repo_root, TestDb};
 
 const WAIT: Duration = Duration::from_secs(15);
 
-fn example(name: &str) -> Vec<u8> {
-    support::example_filter(name)
-}
-
 fn upload(proxy: &Proxy, bytes: &[u8]) -> String {
     let (status, body) = proxy.post_bytes("/v1/filters", "application/wasm", bytes);
     assert_eq!(status, 200, "{body}");
@@ -76,15 +72,18 @@ fn frames(c: &mut Client, n: usize) -> Vec<serde_json::Value> {
 #[test]
 fn example_filters_keep_redact_and_sample() {
     let (mut db, proxy) = setup("filters_examples", &[]);
-    let threshold = upload(&proxy, &example("threshold"));
-    let redact = upload(&proxy, &example("redact"));
-    let sample = upload(&proxy, &example("sample"));
+    let threshold = upload(&proxy, &support::example_filter("threshold"));
+    let redact = upload(&proxy, &support::example_filter("redact"));
+    let sample = upload(&proxy, &support::example_filter("sample"));
     let inserts_only = upload(
         &proxy,
         &std::fs::read(repo_root().join("filters/examples/wat/inserts_only.wat")).expect("wat"),
     );
     // Uploading the same bytes again gives the same id.
-    assert_eq!(upload(&proxy, &example("threshold")), threshold);
+    assert_eq!(
+        upload(&proxy, &support::example_filter("threshold")),
+        threshold
+    );
 
     let config = encode(r#"{"table":"orders","column":"total","min":100}"#);
     let mut big = proxy.ws_params(&format!("filter={threshold}&config={config}"));
@@ -287,7 +286,7 @@ fn bad_modules_are_refused_at_upload_with_a_code() {
         Err((404, body)) => assert_eq!(json(&body)["code"], "FILTER_NOT_FOUND"),
         other => panic!("expected 404, got {:?}", other.err()),
     }
-    let threshold = upload(&proxy, &example("threshold"));
+    let threshold = upload(&proxy, &support::example_filter("threshold"));
     match proxy.try_ws_url(&format!(
         "ws://127.0.0.1:{}/ws?filter={threshold}&config={}",
         proxy.port,
@@ -419,7 +418,7 @@ fn misbehaving_filters_are_reported_to_their_client_and_others_are_served() {
 #[test]
 fn fifty_clients_uploading_the_same_module_compile_it_once() {
     let (_db, proxy) = setup("filters_concurrent", &[]);
-    let bytes = example("redact");
+    let bytes = support::example_filter("redact");
     let port = proxy.port;
     let ids: Vec<String> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..50)
@@ -463,7 +462,7 @@ fn uploads_can_be_restricted_to_tokens() {
 #[test]
 fn a_durable_stream_can_use_a_filter() {
     let (mut db, proxy) = setup("filters_durable", &[]);
-    let redact = upload(&proxy, &example("redact"));
+    let redact = upload(&proxy, &support::example_filter("redact"));
     let (status, body) = proxy.get("/v1/init").expect("init");
     assert_eq!(status, 200, "{body}");
     let slot = json(&body)["slotName"].as_str().expect("slot").to_owned();
@@ -496,11 +495,11 @@ fn compiled_filters_survive_a_restart_in_the_cache_directory() {
             .expect("compiles metric")
     };
     let first = Proxy::start(cluster(), &db.name, &slot, &["--filter-cache-dir", &cache]);
-    let id = upload(&first, &example("sample"));
+    let id = upload(&first, &support::example_filter("sample"));
     assert_eq!(compiles(&first), 1);
     drop(first);
     let second = Proxy::start(cluster(), &db.name, &slot, &["--filter-cache-dir", &cache]);
-    assert_eq!(upload(&second, &example("sample")), id);
+    assert_eq!(upload(&second, &support::example_filter("sample")), id);
     assert_eq!(compiles(&second), 0, "served from the cache directory");
     let mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(&dir).expect("cache dir").permissions(),

@@ -218,12 +218,12 @@ impl FilterInstance {
     }
 
     /// Runs `f` (off the async workers when the filter is costly, see
-    /// [`FilterInstance::costly`]); `f` returns the number of changes it
-    /// judged, for the fuel per change. With `clock`, its time counts
-    /// against the budget per second.
-    fn timed(&mut self, clock: bool, f: impl FnOnce(&mut Self) -> usize) {
+    /// [`FilterInstance::costly`]); `f` returns its result and the number of
+    /// changes it judged, for the fuel per change. With `clock`, its time
+    /// counts against the budget per second.
+    fn timed<T>(&mut self, clock: bool, f: impl FnOnce(&mut Self) -> (T, usize)) -> T {
         let (start, fuel) = (clock.then(Instant::now), self.fuel_used);
-        let events = if self.costly() {
+        let (out, events) = if self.costly() {
             crate::blocking::off_workers(|| f(self))
         } else {
             f(self)
@@ -232,6 +232,7 @@ impl FilterInstance {
             self.time_in_window += start.elapsed();
         }
         self.recent_fuel_per_event = self.fuel_used.saturating_sub(fuel) / (events as u64).max(1);
+        out
     }
 
     /// Runs the filter on one change. For durable streams, which have no
@@ -239,12 +240,7 @@ impl FilterInstance {
     /// time is not measured, since reading the clock twice would double the
     /// cost of a cheap filter. Live sessions use [`FilterInstance::run_batch`].
     pub fn run(&mut self, change: &Change) -> Verdict {
-        let mut verdict = Verdict::Keep;
-        self.timed(false, |f| {
-            verdict = f.judge(change);
-            1
-        });
-        verdict
+        self.timed(false, |f| (f.judge(change), 1))
     }
 
     fn judge(&mut self, change: &Change) -> Verdict {
@@ -289,7 +285,7 @@ impl FilterInstance {
     pub fn run_batch<C: Borrow<Change>>(&mut self, changes: &[C], verdicts: &mut Vec<Verdict>) {
         self.timed(true, |f| {
             f.judge_batch(changes, verdicts);
-            verdicts.len()
+            ((), verdicts.len())
         });
     }
 
@@ -687,8 +683,8 @@ mod tests {
 
     /// Runs `BUSY` under `limits` until its budget for the second is used;
     /// checks the wait and that the next second gives the budget back.
-    /// Returns the number of events run and the instance.
-    fn run_until_throttled(limits: FilterLimits, most: u32) -> (u32, FilterInstance) {
+    /// Returns the number of events run and the fuel and time they used.
+    fn run_until_throttled(limits: FilterLimits, most: u32) -> (u32, u64, Duration) {
         let mut f = instance(BUSY, limits);
         let change = Change::parse(
             Bytes::from_static(
@@ -706,13 +702,12 @@ mod tests {
         }
         let wait = f.throttle().expect("still throttled");
         assert!(wait <= Duration::from_secs(1));
-        let used = (f.used_in_window, f.time_in_window);
+        let (fuel, time) = (f.used_in_window, f.time_in_window);
         // A second later the budget is back.
         f.window -= Duration::from_secs(2);
         assert!(f.throttle().is_none());
         assert_eq!((f.used_in_window, f.time_in_window), (0, Duration::ZERO));
-        (f.used_in_window, f.time_in_window) = used;
-        (runs, f)
+        (runs, fuel, time)
     }
 
     #[test]
@@ -722,10 +717,10 @@ mod tests {
             max_instances: 2,
             ..FilterLimits::default()
         };
-        let (runs, f) = run_until_throttled(limits, 1000);
+        let (runs, fuel, _) = run_until_throttled(limits, 1000);
         // About 300 fuel per event: the budget lasts a few dozen events.
         assert!(runs > 5, "throttled after {runs} events");
-        assert!(f.used_in_window >= 10_000);
+        assert!(fuel >= 10_000);
     }
 
     #[test]
@@ -736,8 +731,8 @@ mod tests {
             ..FilterLimits::default()
         };
         assert_eq!(limits.fuel_per_second, 0, "no fuel cap by default");
-        let (_, f) = run_until_throttled(limits, 1_000_000);
-        assert!(f.time_in_window >= Duration::from_micros(300));
+        let (_, _, time) = run_until_throttled(limits, 1_000_000);
+        assert!(time >= Duration::from_micros(300));
     }
 
     /// Judges by action, one way per call and another per batch, so that a

@@ -563,7 +563,7 @@ async fn write_burst(
         if let Some(f) = filter.as_deref_mut() {
             if let Some(wait) = f.throttle() {
                 // The filter used its CPU budget for this second.
-                metrics.filter_fuel_waits.fetch_add(1, Ordering::Relaxed);
+                metrics.filter_budget_waits.fetch_add(1, Ordering::Relaxed);
                 within(stall, ws.flush()).await?;
                 tokio::time::sleep(wait).await;
             }

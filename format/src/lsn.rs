@@ -36,6 +36,40 @@ fn write_hex_u32(out: &mut Vec<u8>, v: u32) {
     out.extend_from_slice(&buf[i..]);
 }
 
+/// The value of each byte as a hexadecimal digit (either case), or 0xFF.
+const HEX_VALUE: [u8; 256] = {
+    let mut t = [0xFF; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'A' as usize + i] = 10 + i as u8;
+        t[b'a' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
+
+/// 1 to `max` (at most 16) hexadecimal digits, either case. Checks every
+/// digit without a branch per digit: this runs for every change the proxy
+/// reads (`lsn` and `pos`).
+pub(crate) fn parse_hex(digits: &[u8], max: usize) -> Option<u64> {
+    if digits.is_empty() || digits.len() > max.min(16) {
+        return None;
+    }
+    let mut v = 0u64;
+    let mut invalid = 0u8;
+    for &d in digits {
+        let n = HEX_VALUE[usize::from(d)];
+        invalid |= n;
+        v = (v << 4) | u64::from(n & 0xF);
+    }
+    (invalid & 0x80 == 0).then_some(v)
+}
+
 impl fmt::Display for Lsn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:X}/{:X}", self.0 >> 32, self.0 as u32)
@@ -64,14 +98,9 @@ impl FromStr for Lsn {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let err = || ParseLsnError(s.to_owned());
         let (hi, lo) = s.split_once('/').ok_or_else(err)?;
-        let valid =
-            |p: &str| !p.is_empty() && p.len() <= 8 && p.bytes().all(|b| b.is_ascii_hexdigit());
-        if !valid(hi) || !valid(lo) {
-            return Err(err());
-        }
-        let hi = u32::from_str_radix(hi, 16).map_err(|_| err())?;
-        let lo = u32::from_str_radix(lo, 16).map_err(|_| err())?;
-        Ok(Lsn((u64::from(hi) << 32) | u64::from(lo)))
+        let hi = parse_hex(hi.as_bytes(), 8).ok_or_else(err)?;
+        let lo = parse_hex(lo.as_bytes(), 8).ok_or_else(err)?;
+        Ok(Lsn((hi << 32) | lo))
     }
 }
 
@@ -115,6 +144,10 @@ mod tests {
             " 1/2",
             "-1/2",
             "+1/2",
+            "g/1",
+            "1/G",
+            "1/\u{e9}",
+            "1/:",
         ] {
             assert!(bad.parse::<Lsn>().is_err(), "{bad:?} should not parse");
         }

@@ -9,7 +9,7 @@
 //! text order the position order, so clients may compare positions as
 //! strings.
 
-use crate::lsn::Lsn;
+use crate::lsn::{parse_hex, Lsn};
 use std::fmt;
 use std::str::FromStr;
 
@@ -83,24 +83,6 @@ impl FromStr for Position {
     }
 }
 
-/// 1 to `max` hexadecimal digits (either case).
-fn parse_hex(digits: &[u8], max: usize) -> Option<u64> {
-    if digits.is_empty() || digits.len() > max {
-        return None;
-    }
-    let mut v = 0u64;
-    for &d in digits {
-        let n = match d {
-            b'0'..=b'9' => d - b'0',
-            b'A'..=b'F' => d - b'A' + 10,
-            b'a'..=b'f' => d - b'a' + 10,
-            _ => return None,
-        };
-        v = (v << 4) | u64::from(n);
-    }
-    Some(v)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,6 +131,10 @@ mod tests {
             "00000000000000000:0",
             "0:000000000",
             " 1:1",
+            "1:g",
+            "G:1",
+            "1:\u{e9}",
+            "1:/",
         ] {
             let e = bad.parse::<Position>().unwrap_err();
             assert!(e.to_string().contains("invalid position"), "{bad}: {e}");

@@ -83,7 +83,7 @@ fn main() {
         ),
     ];
     let events: Vec<Change> = (0..1000).map(event).collect();
-    let avg_len = events.iter().map(|e| e.raw.len()).sum::<usize>() / events.len();
+    let avg_len = events.iter().map(|e| e.raw().len()).sum::<usize>() / events.len();
     println!(
         "{n} filter runs per case: events of {avg_len} bytes of JSON on average, each through {SUBSCRIPTIONS} subscriptions' own instances"
     );

@@ -7,7 +7,8 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use std::borrow::Cow;
-use std::sync::OnceLock;
+use std::cell::RefCell;
+use std::sync::{Arc, OnceLock};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use walcast_format::{Lsn, Position};
 
@@ -100,10 +101,10 @@ struct Header<'a> {
     pos: Option<&'a str>,
     #[serde(default)]
     xid: Option<u32>,
-    #[serde(default)]
-    schema: Option<String>,
-    #[serde(default)]
-    table: Option<String>,
+    #[serde(default, borrow)]
+    schema: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    table: Option<Cow<'a, str>>,
     #[serde(default)]
     tables: Option<Vec<String>>,
     #[serde(default)]
@@ -114,40 +115,142 @@ struct Header<'a> {
     identity: Option<&'a RawValue>,
 }
 
-/// One change, shared by all subscribers.
+/// A schema or table name. Changes of the same table share one copy
+/// (see [`Name::of`]), so a change in the log costs no allocation for
+/// its names.
+#[derive(Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Name(Arc<str>);
+
+/// Names kept for sharing per thread at most; past that, a name gets a
+/// copy of its own (a bound, whatever the schema).
+const SHARED_NAMES: usize = 64;
+
+impl Name {
+    /// The shared copy of `s` when one is at hand, else a new one (which
+    /// is then shared): the newest names are looked up first.
+    pub fn of(s: &str) -> Name {
+        thread_local! {
+            static RECENT: RefCell<Vec<Arc<str>>> = const { RefCell::new(Vec::new()) };
+        }
+        RECENT
+            .try_with(|recent| {
+                let mut recent = recent.try_borrow_mut().ok()?;
+                if let Some(i) = recent.iter().rposition(|n| **n == *s) {
+                    let name = recent[i].clone();
+                    if i + 1 != recent.len() {
+                        recent.remove(i);
+                        recent.push(name.clone());
+                    }
+                    return Some(Name(name));
+                }
+                if recent.len() >= SHARED_NAMES {
+                    recent.remove(0);
+                }
+                let name: Arc<str> = Arc::from(s);
+                recent.push(name.clone());
+                Some(Name(name))
+            })
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| Name(Arc::from(s)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for Name {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for Name {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<str> for Name {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl PartialEq<str> for Name {
+    fn eq(&self, other: &str) -> bool {
+        *self.0 == *other
+    }
+}
+
+impl PartialEq<&str> for Name {
+    fn eq(&self, other: &&str) -> bool {
+        *self.0 == **other
+    }
+}
+
+impl PartialEq<String> for Name {
+    fn eq(&self, other: &String) -> bool {
+        *self.0 == **other
+    }
+}
+
+impl std::fmt::Display for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::fmt::Debug for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+/// What only some kinds of change carry, kept out of line so that the
+/// row changes the log holds stay small.
+#[derive(Debug, Default)]
+struct Rare {
+    end_lsn: Option<Lsn>,
+    truncated: Vec<(String, String)>,
+    prefix: Option<String>,
+}
+
+/// One change, shared by all subscribers. Kept small: the log holds one
+/// per change it retains.
 #[derive(Debug)]
 pub struct Change {
     pub action: Action,
+    pub xid: Option<u32>,
     /// The change's own LSN (`lsn` in the JSON), or the stream position.
     pub lsn: Lsn,
-    /// For commits: the position after the commit record (what to confirm).
-    pub end_lsn: Option<Lsn>,
     /// The change's position (`pos`, with the plugin's `include-position`).
     pub pos: Option<Position>,
-    pub xid: Option<u32>,
-    pub schema: String,
-    pub table: String,
-    /// For truncates: the (schema, table) pairs named.
-    pub truncated: Vec<(String, String)>,
-    /// For logical messages: the prefix.
-    pub prefix: Option<String>,
-    /// The plugin's bytes, sent to clients unchanged.
-    pub raw: Bytes,
-    /// The same bytes as websocket text (checked to be UTF-8 once).
+    pub schema: Name,
+    pub table: Name,
+    /// The plugin's bytes, sent to clients unchanged (checked to be UTF-8
+    /// once, so every client's frame reuses them as websocket text).
     pub text: Utf8Bytes,
-    /// Byte ranges of `columns` and `identity` inside `raw`.
-    columns_at: Option<(usize, usize)>,
-    identity_at: Option<(usize, usize)>,
-    row: OnceLock<Option<Map<String, Value>>>,
+    /// Byte ranges of `columns` and `identity` inside the bytes.
+    columns_at: Option<(u32, u32)>,
+    identity_at: Option<(u32, u32)>,
+    rare: Option<Box<Rare>>,
+    /// Boxed: a `Map` is large, and the log's changes keep no row.
+    row: OnceLock<Option<Box<Map<String, Value>>>>,
     /// The head of a WASM filter's input record (filter/record.rs): the
     /// same for every subscription, so built once.
     filter_head: OnceLock<Box<[u8]>>,
 }
 
-fn range_in(raw: &[u8], part: &RawValue) -> Option<(usize, usize)> {
+fn range_in(raw: &[u8], part: &RawValue) -> Option<(u32, u32)> {
     let start = (part.get().as_ptr() as usize).checked_sub(raw.as_ptr() as usize)?;
     let end = start + part.get().len();
-    (end <= raw.len()).then_some((start, end))
+    if end > raw.len() {
+        return None;
+    }
+    Some((u32::try_from(start).ok()?, u32::try_from(end).ok()?))
 }
 
 impl Change {
@@ -155,7 +258,7 @@ impl Change {
     pub fn parse(raw: Bytes, wal_start: Lsn) -> Result<Change, ChangeError> {
         // Checked as UTF-8 once: the JSON parser then does not check its
         // strings again, and every client's frame reuses it.
-        let text = Utf8Bytes::try_from(raw.clone()).map_err(|_| ChangeError::NotUtf8)?;
+        let text = Utf8Bytes::try_from(raw).map_err(|_| ChangeError::NotUtf8)?;
         let h: Header = serde_json::from_str(text.as_str())?;
         let action = Action::parse(h.action)
             .ok_or_else(|| ChangeError::UnknownAction(h.action.to_owned()))?;
@@ -175,44 +278,77 @@ impl Change {
                     .map_err(|_| ChangeError::BadPosition(p.to_owned()))
             })
             .transpose()?;
-        let truncated = h
+        let truncated: Vec<(String, String)> = h
             .tables
             .unwrap_or_default()
             .iter()
             .map(|t| split_qualified(t))
             .collect();
-        let columns_at = h.columns.and_then(|c| range_in(&raw, c));
-        let identity_at = h.identity.and_then(|c| range_in(&raw, c));
+        let bytes = text.as_str().as_bytes();
+        let columns_at = h.columns.and_then(|c| range_in(bytes, c));
+        let identity_at = h.identity.and_then(|c| range_in(bytes, c));
+        let rare = (end_lsn.is_some() || !truncated.is_empty() || h.prefix.is_some()).then(|| {
+            Box::new(Rare {
+                end_lsn,
+                truncated,
+                prefix: h.prefix,
+            })
+        });
+        let name = |n: Option<Cow<'_, str>>| n.map(|n| Name::of(&n)).unwrap_or_default();
         Ok(Change {
             action,
-            lsn,
-            end_lsn,
-            pos,
             xid: h.xid,
-            schema: h.schema.unwrap_or_default(),
-            table: h.table.unwrap_or_default(),
-            truncated,
-            prefix: h.prefix,
-            raw,
-            text,
+            lsn,
+            pos,
+            schema: name(h.schema),
+            table: name(h.table),
             columns_at,
             identity_at,
+            rare,
             row: OnceLock::new(),
             filter_head: OnceLock::new(),
+            text,
         })
+    }
+
+    /// The plugin's bytes.
+    pub fn raw(&self) -> &[u8] {
+        self.text.as_str().as_bytes()
+    }
+
+    /// The plugin's bytes, shared (no copy).
+    pub fn bytes(&self) -> Bytes {
+        Bytes::from(self.text.clone())
+    }
+
+    /// For commits: the position after the commit record (what to confirm).
+    pub fn end_lsn(&self) -> Option<Lsn> {
+        self.rare.as_ref().and_then(|r| r.end_lsn)
+    }
+
+    /// For truncates: the (schema, table) pairs named.
+    pub fn truncated(&self) -> &[(String, String)] {
+        self.rare.as_ref().map_or(&[], |r| &r.truncated)
+    }
+
+    /// For logical messages: the prefix.
+    pub fn prefix(&self) -> Option<&str> {
+        self.rare.as_ref().and_then(|r| r.prefix.as_deref())
     }
 
     /// The row a filter looks at: `columns` for inserts and updates,
     /// `identity` for deletes; parsed on first use, then kept.
     pub fn row(&self) -> Option<&Map<String, Value>> {
-        self.row.get_or_init(|| self.parse_row()).as_ref()
+        self.row
+            .get_or_init(|| self.parse_row().map(Box::new))
+            .as_deref()
     }
 
     /// The row as [`Change::row`] gives it, without keeping it when it
     /// was not parsed yet (a change in the log is shared and keeps no row).
     pub fn row_uncached(&self) -> Option<Cow<'_, Map<String, Value>>> {
         match self.row.get() {
-            Some(row) => row.as_ref().map(Cow::Borrowed),
+            Some(row) => row.as_deref().map(Cow::Borrowed),
             None => self.parse_row().map(Cow::Owned),
         }
     }
@@ -224,7 +360,7 @@ impl Change {
             self.columns_at
         };
         let (s, e) = at?;
-        match serde_json::from_slice::<Value>(self.raw.get(s..e)?) {
+        match serde_json::from_slice::<Value>(self.raw().get(s as usize..e as usize)?) {
             Ok(Value::Object(m)) => Some(m),
             _ => None,
         }
@@ -238,12 +374,12 @@ impl Change {
 
     /// Byte range of `columns` inside `raw`.
     pub fn columns_range(&self) -> Option<(usize, usize)> {
-        self.columns_at
+        self.columns_at.map(|(s, e)| (s as usize, e as usize))
     }
 
     /// Byte range of `identity` inside `raw`.
     pub fn identity_range(&self) -> Option<(usize, usize)> {
-        self.identity_at
+        self.identity_at.map(|(s, e)| (s as usize, e as usize))
     }
 
     /// The head of a WASM filter's input record, made by `build` the first
@@ -280,7 +416,7 @@ impl Change {
             query,
             |c| c.row().map(Cow::Borrowed),
             Some(false),
-            |v| query.matches_within(v, self.raw.len(), budget),
+            |v| query.matches_within(v, self.raw().len(), budget),
         )
     }
 
@@ -308,14 +444,14 @@ impl Change {
             action,
             schema: &self.schema,
             table: &self.table,
-            truncated: &self.truncated,
+            truncated: self.truncated(),
             row: row.as_deref(),
         })
     }
 
     /// Whether this is a heartbeat the proxy wrote (`walcast.heartbeat`).
     pub fn is_heartbeat(&self) -> bool {
-        self.action == Action::Message && self.prefix.as_deref() == Some(HEARTBEAT_PREFIX)
+        self.action == Action::Message && self.prefix() == Some(HEARTBEAT_PREFIX)
     }
 
     /// The action as queries name it, for the row changes clients
@@ -377,7 +513,7 @@ mod tests {
         assert_eq!(c.lsn, Lsn(0x16B3748));
         assert_eq!(c.xid, Some(740));
         assert_eq!((c.schema.as_str(), c.table.as_str()), ("public", "users"));
-        assert_eq!(c.raw, raw);
+        assert_eq!(c.raw(), &raw[..]);
         assert_eq!(
             c.row().and_then(|r| r.get("name")).and_then(|v| v.as_str()),
             Some("ann")
@@ -403,11 +539,37 @@ mod tests {
         )
         .expect("parse");
         assert_eq!(
-            t.truncated,
+            t.truncated(),
             vec![
                 ("public".into(), "a".into()),
                 ("My Schema".into(), "Tab.le \"x\"".into())
             ]
+        );
+    }
+
+    #[test]
+    fn changes_of_one_table_share_its_names_and_stay_small() {
+        let parse = |raw: &'static str| Change::parse(Bytes::from_static(raw.as_bytes()), Lsn(0));
+        let a = parse(r#"{"action":"I","schema":"public","table":"users","columns":{"id":1}}"#)
+            .expect("parse");
+        let b = parse(r#"{"action":"D","schema":"public","table":"users","identity":{"id":1}}"#)
+            .expect("parse");
+        assert!(Arc::ptr_eq(&a.table.0, &b.table.0));
+        assert!(Arc::ptr_eq(&a.schema.0, &b.schema.0));
+        // Escaped names are unescaped, and still shared.
+        let c = parse(r#"{"action":"I","schema":"public","table":"us\u0065rs"}"#).expect("parse");
+        assert_eq!(c.table, "users");
+        assert!(Arc::ptr_eq(&a.table.0, &c.table.0));
+        // Past the bound a name is still right, only not shared.
+        for i in 0..2 * SHARED_NAMES {
+            assert_eq!(Name::of(&format!("t{i}")), format!("t{i}"));
+        }
+        assert_eq!(Name::of("users"), "users");
+        // The log holds one `Change` per change it retains (ENTRY_OVERHEAD).
+        assert!(
+            std::mem::size_of::<Change>() <= 192,
+            "{}",
+            std::mem::size_of::<Change>()
         );
     }
 
@@ -418,7 +580,7 @@ mod tests {
             Lsn(0),
         )
         .expect("parse");
-        assert_eq!(c.end_lsn, Some(Lsn(0x20)));
+        assert_eq!(c.end_lsn(), Some(Lsn(0x20)));
         assert!(Change::parse(Bytes::from_static(b"not json"), Lsn(0)).is_err());
         assert!(Change::parse(Bytes::from_static(br#"{"action":"X"}"#), Lsn(0)).is_err());
         assert!(

@@ -7,7 +7,7 @@
 //! live:    WAL -> walcast plugin -> walsender (the proxy's one slot)
 //!   replication/   the replication protocol (conn.rs, stream.rs, error.rs) and
 //!                  reader.rs: the slot read once, reconnects, confirms positions
-//!   change.rs      plugin bytes -> Change { action, schema, table, lsn, pos, raw }
+//!   change.rs      plugin bytes -> Change { action, schema, table, lsn, pos, text }
 //!   live/hub.rs    each change stored once in the log (live/log.rs), its seq on
 //!                  the match list of every query group it matches
 //!   live/cursor.rs what a client has read: its next seq and its group

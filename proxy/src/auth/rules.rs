@@ -194,7 +194,7 @@ impl Rules {
         }
         if action == query::RowAction::Truncate {
             return change
-                .truncated
+                .truncated()
                 .iter()
                 .any(|(s, t)| self.table_allowed(s, t));
         }

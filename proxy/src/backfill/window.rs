@@ -160,7 +160,7 @@ impl Watch {
             }
         }
         if let Some((s, e)) = change.identity_range() {
-            match serde_json::from_slice::<Map<String, Value>>(&change.raw[s..e])
+            match serde_json::from_slice::<Map<String, Value>>(&change.raw()[s..e])
                 .ok()
                 .and_then(|r| key_text(&r, &self.spec.key))
             {
@@ -225,7 +225,7 @@ pub struct Windows {
 
 /// Whether a change is one of the proxy's watermarks.
 pub fn is_mark(change: &Change) -> bool {
-    change.action == Action::Message && change.prefix.as_deref() == Some(super::marks::PREFIX)
+    change.action == Action::Message && change.prefix() == Some(super::marks::PREFIX)
 }
 
 /// A watermark's content.
@@ -235,7 +235,7 @@ fn mark_of(change: &Change) -> Option<Mark> {
         #[serde(borrow)]
         content: Option<&'a str>,
     }
-    let c: Content = serde_json::from_slice(&change.raw).ok()?;
+    let c: Content = serde_json::from_slice(change.raw()).ok()?;
     Mark::parse(c.content?)
 }
 
@@ -320,7 +320,7 @@ impl Windows {
                     change.schema == w.spec.schema && change.table == w.spec.table
                 }
                 Action::Truncate => change
-                    .truncated
+                    .truncated()
                     .iter()
                     .any(|(s, t)| *s == w.spec.schema && *t == w.spec.table),
                 _ => false,

@@ -27,7 +27,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_postgres::error::SqlState;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 use walcast_format::{Lsn, TablePattern};
 
@@ -273,7 +273,7 @@ fn allowed_by(g: &[TablePattern], c: &Change) -> bool {
             g.iter().any(|p| p.matches(&c.schema, &c.table))
         }
         Action::Truncate => c
-            .truncated
+            .truncated()
             .iter()
             .any(|(s, t)| g.iter().any(|p| p.matches(s, t))),
         _ => true,
@@ -318,7 +318,7 @@ impl Consumer {
                 return Ok(());
             }
         };
-        let position = change.end_lsn.unwrap_or(change.lsn).max(msg.wal_start);
+        let position = change.end_lsn().unwrap_or(change.lsn).max(msg.wal_start);
         let mut replaced = None;
         let forward = match change.action {
             Action::Begin | Action::Commit => true,
@@ -387,13 +387,11 @@ impl Consumer {
                 .map_err(|_| End::Client)?;
             self.metrics.frames_out.fetch_add(1, Ordering::Relaxed);
         } else if forward {
-            if let Ok(text) = Utf8Bytes::try_from(change.raw.clone()) {
-                self.ws
-                    .feed(Message::Text(text))
-                    .await
-                    .map_err(|_| End::Client)?;
-                self.metrics.frames_out.fetch_add(1, Ordering::Relaxed);
-            }
+            self.ws
+                .feed(Message::Text(change.text.clone()))
+                .await
+                .map_err(|_| End::Client)?;
+            self.metrics.frames_out.fetch_add(1, Ordering::Relaxed);
         }
         if due {
             self.send_chunk().await?;

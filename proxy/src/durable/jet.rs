@@ -265,7 +265,7 @@ impl JetStreams {
             .get(async_nats::header::NATS_MESSAGE_ID)
             .and_then(|v| v.as_str().parse::<Position>().ok())?;
         let c = Change::parse(m.payload, Lsn(0)).ok()?;
-        Some((c.end_lsn.unwrap_or(c.lsn), pos))
+        Some((c.end_lsn().unwrap_or(c.lsn), pos))
     }
 
     /// Every durable stream with its state.
@@ -380,7 +380,7 @@ impl JetSource {
             let data = m.payload.clone();
             if let Ok(change) = Change::parse(data.clone(), pos.commit) {
                 if change.action == Action::Commit {
-                    let end = change.end_lsn.unwrap_or(change.lsn);
+                    let end = change.end_lsn().unwrap_or(change.lsn);
                     self.commits.push_back((end, m));
                 }
             }

@@ -44,7 +44,7 @@ pub fn action_code(a: Action) -> u8 {
 
 /// The record's length for `change`, with or without its JSON.
 pub fn record_len(change: &Change, with_json: bool) -> usize {
-    let json = if with_json { change.raw.len() } else { 0 };
+    let json = if with_json { change.raw().len() } else { 0 };
     head(change).len() + json
 }
 
@@ -71,7 +71,7 @@ fn build_head(change: &Change) -> Box<[u8]> {
         (8, table.len() as u32),
         (12, change.xid.unwrap_or(0)),
         (24, json_offset as u32),
-        (28, change.raw.len() as u32),
+        (28, change.raw().len() as u32),
         (32, co),
         (36, cl),
         (40, io),
@@ -104,7 +104,7 @@ const NO_JSON: [u8; 20] = {
 /// place). Returns the record's length, or `None` when `out` is too small.
 pub fn write_record(change: &Change, with_json: bool, out: &mut [u8]) -> Option<usize> {
     let head = head(change);
-    let json: &[u8] = if with_json { &change.raw } else { &[] };
+    let json: &[u8] = if with_json { change.raw() } else { &[] };
     let len = head.len() + json.len();
     let (h, rest) = out.get_mut(..len)?.split_at_mut(head.len());
     h.copy_from_slice(head);

@@ -268,7 +268,7 @@ impl Index {
     fn candidates_of(&self, change: &Change, action: query::RowAction, out: &mut Vec<u64>) {
         if action == query::RowAction::Truncate {
             // A truncate has no row: every group of a table it names may want it.
-            for (_, t) in &change.truncated {
+            for (_, t) in change.truncated() {
                 for (key, ids) in &self.index {
                     let table = match key {
                         IndexKey::Table(t) | IndexKey::Eq { table: t, .. } => t,
@@ -818,10 +818,10 @@ mod tests {
                 }
             }
         }
-        let sizes: Vec<usize> = got.iter().map(|e| e.change.raw.len()).collect();
+        let sizes: Vec<usize> = got.iter().map(|e| e.change.raw().len()).collect();
         assert_eq!(got.len(), 2, "{sizes:?}");
-        assert!(got[0].change.raw.len() > HUB_MATCH_COST);
-        assert!(got[1].change.raw.len() < 200);
+        assert!(got[0].change.raw().len() > HUB_MATCH_COST);
+        assert!(got[1].change.raw().len() < 200);
     }
 
     #[test]

@@ -18,9 +18,10 @@ use std::sync::{Arc, RwLock};
 use walcast_format::Position;
 
 /// Bytes a change costs beyond its JSON: the `Change` struct and its
-/// allocation, its log slot, its schema and table names, its share of the
-/// protocol framing and read buffers kept with its bytes, and the filter
-/// record head (the slot twice: the ring grows by doubling). Measured: a
+/// allocation, its log slot, its share of the protocol framing and read
+/// buffers kept with its bytes, and the filter record head (the slot
+/// twice: the ring grows by doubling). Schema and table names are shared
+/// between changes (`change::Name`). Measured: a
 /// full log of 250-byte changes took about this
 /// much per change in RSS (docs/benchmarks.md).
 pub const ENTRY_OVERHEAD: usize =
@@ -172,7 +173,7 @@ impl ChangeLog {
         };
         let first = s.first_seq + s.entries.len() as u64;
         for (change, pos, matches) in changes {
-            let cost = change.raw.len() + ENTRY_OVERHEAD + matches * MATCH_COST;
+            let cost = change.raw().len() + ENTRY_OVERHEAD + matches * MATCH_COST;
             s.bytes += cost;
             s.last = Some(pos);
             s.entries.push_back(Entry { change, pos, cost });
@@ -286,7 +287,7 @@ mod tests {
 
     #[test]
     fn the_oldest_changes_go_when_over_the_bound_and_readers_learn_it() {
-        let one = change(0, 100).0.raw.len() + ENTRY_OVERHEAD;
+        let one = change(0, 100).0.raw().len() + ENTRY_OVERHEAD;
         let log = ChangeLog::new(one * 3);
         log.set_floor(Position::new(Lsn(50), 0));
         assert_eq!(log.append((0..5).map(|i| change(i, 100))), 0);

@@ -238,7 +238,15 @@ async fn within<F>(stall: Duration, write: F) -> Result<(), End>
 where
     F: std::future::Future<Output = Result<(), tokio_tungstenite::tungstenite::Error>>,
 {
-    match tokio::time::timeout(stall, write).await {
+    let mut write = std::pin::pin!(write);
+    // Most writes only fill the send buffer and are done at the first poll:
+    // they need no timer (one per frame would read the clock per frame).
+    // A write that must wait is polled again below, with the task's waker.
+    let done = match futures_util::FutureExt::now_or_never(write.as_mut()) {
+        Some(done) => Ok(done),
+        None => tokio::time::timeout(stall, write).await,
+    };
+    match done {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) => Err(End::Gone),
         Err(_) => Err(End::Stalled),

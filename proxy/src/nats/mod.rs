@@ -114,7 +114,7 @@ pub fn subject(db: &str, change: &Change) -> Option<String> {
         ),
         Action::Truncate => "truncate".to_owned(),
         Action::Ddl => "ddl".to_owned(),
-        Action::Message => format!("message.{}", token(change.prefix.as_deref().unwrap_or(""))),
+        Action::Message => format!("message.{}", token(change.prefix().unwrap_or(""))),
         Action::Begin => "begin".to_owned(),
         Action::Commit => "commit".to_owned(),
         _ => return None,

@@ -261,7 +261,7 @@ async fn relay_once(
                     continue;
                 }
                 Action::Commit => {
-                    let end = change.end_lsn.unwrap_or(msg.wal_start);
+                    let end = change.end_lsn().unwrap_or(msg.wal_start);
                     if published_in_txn > 0 {
                         let id = commit_position(change.lsn);
                         let ack = publish(js, db, &change, &id.to_string()).await?;
@@ -316,14 +316,14 @@ async fn publish(
         )));
     };
     let message = PublishMessage::build()
-        .payload(change.raw.clone())
+        .payload(change.bytes())
         .message_id(id);
     js.send_publish(subject, message).await.map_err(|e| {
         if e.kind() == PublishErrorKind::MaxPayloadExceeded {
             ReplicationError::definite(format!(
                 "the change at {id} is {} bytes, more than the NATS server accepts in one message \
                  ({e}): raise max_payload in the nats-server configuration (at most 64MB)",
-                change.raw.len()
+                change.raw().len()
             ))
         } else {
             ReplicationError::transient(format!("cannot publish to JetStream: {e}"))

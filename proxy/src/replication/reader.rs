@@ -290,7 +290,7 @@ impl Reader {
                         metrics.activity();
                         stream.set_caught_up(true);
                         // Every change of the transaction is in the log now.
-                        let end = change.end_lsn.unwrap_or(msg.wal_start);
+                        let end = change.end_lsn().unwrap_or(msg.wal_start);
                         stream.confirm(end);
                         position.committed = end;
                         position.in_txn = false;

@@ -15,6 +15,8 @@
 # ROUNDS (default 5) rounds, each: a fresh walcast slot and proxy, UNPACED
 # (default 2) unpaced runs and one paced run, then the same for Speculare
 # (a temporary slot of its own). Only one of the two decodes at a time.
+# BUSY=N (default 0) keeps N busy loops running for the whole measurement:
+# a machine whose cores are shared with other work, the same for both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,7 +43,12 @@ binding = "127.0.0.1:18282"
 CONFIG
 
 PEER_PID=""
-trap 'kill $PEER_PID 2>/dev/null || true; rm -f "$config"' EXIT
+BUSY_PIDS=()
+trap 'kill $PEER_PID "${BUSY_PIDS[@]}" 2>/dev/null || true; rm -f "$config"' EXIT
+for _ in $(seq 1 "${BUSY:-0}"); do
+  (while :; do :; done) &
+  BUSY_PIDS+=($!)
+done
 
 wait_for_slot() { # SQL condition on pg_replication_slots
   for _ in $(seq 1 300); do

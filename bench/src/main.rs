@@ -6,7 +6,7 @@
 //! `--rate` rows/s, and reports the events delivered per second, two
 //! latencies (p50/p99) to the moment a client read the frame: from the row's
 //! insert, and from the moment its transaction's COMMIT returned to the
-//! inserting client; and the proxy's peak RSS.
+//! inserting client; and the proxy's peak RSS, CPU time and page faults.
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
@@ -51,7 +51,7 @@ struct Args {
     /// Events each client is expected to receive (default: all rows).
     #[arg(long)]
     expect_per_client: Option<u64>,
-    /// PID of walcast-proxy, to report its peak RSS.
+    /// PID of walcast-proxy, to report its peak RSS, CPU time and page faults.
     #[arg(long)]
     proxy_pid: Option<u32>,
     /// Measure latency on every n-th frame of every n-th client (1: all).
@@ -112,6 +112,24 @@ fn peak_rss_kb(pid: u32) -> Option<u64> {
         .nth(1)?
         .parse()
         .ok()
+}
+
+/// CPU time (user and system, in ms) and minor page faults of a process
+/// so far, from `/proc/<pid>/stat`.
+fn cpu_ms_and_faults(pid: u32) -> Option<(f64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name, which is in parentheses and may hold spaces:
+    // fields from the 3rd (state) on.
+    let fields: Vec<&str> = stat
+        .get(stat.rfind(')')? + 1..)?
+        .split_whitespace()
+        .collect();
+    let field = |n: usize| fields.get(n - 3)?.parse::<u64>().ok();
+    let (minflt, utime, stime) = (field(10)?, field(14)?, field(15)?);
+    // SAFETY: sysconf reads a configuration value and touches no memory of ours.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = if hz > 0 { hz as f64 } else { 100.0 };
+    Some(((utime + stime) as f64 * 1000.0 / hz, minflt))
 }
 
 fn current_rss_kb(pid: u32) -> Option<u64> {
@@ -224,6 +242,7 @@ async fn main() -> Result<()> {
         return Ok(());
     }
 
+    let cpu_before = args.proxy_pid.and_then(cpu_ms_and_faults);
     let start = Instant::now();
     let mut inserted = 0u64;
     // When each transaction's COMMIT returned (microseconds since the epoch).
@@ -255,6 +274,7 @@ async fn main() -> Result<()> {
             expect * args.clients as u64
         ),
     };
+    let cpu_after = args.proxy_pid.and_then(cpu_ms_and_faults);
     let end = last_frame
         .lock()
         .map(|l| *l)
@@ -304,6 +324,14 @@ async fn main() -> Result<()> {
         println!(
             "proxy peak RSS          {} kB",
             peak_rss_kb(pid).unwrap_or(0)
+        );
+    }
+    if let (Some((ms0, f0)), Some((ms1, f1))) = (cpu_before, cpu_after) {
+        let ms = ms1 - ms0;
+        println!(
+            "proxy CPU               {ms:.0} ms ({:.2} µs per event delivered), {} page faults",
+            ms * 1000.0 / total.max(1) as f64,
+            f1.saturating_sub(f0)
         );
     }
     if total < expect * args.clients as u64 {

@@ -17,6 +17,7 @@
 # (a temporary slot of its own). Only one of the two decodes at a time.
 # BUSY=N (default 0) keeps N busy loops running for the whole measurement:
 # a machine whose cores are shared with other work, the same for both.
+# WALCAST_PROXY_BIN runs another walcast-proxy binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -62,25 +63,27 @@ wait_for_slot() { # SQL condition on pg_replication_slots
 # One walcast-bench run against the proxy on PORT: one summary line.
 measure() {
   local name="$1" port="$2"; shift 2
-  local walsender out p0 w0 p1 w1
+  local walsender out w0 w1
   walsender=$(psql -XqAt -c "SELECT active_pid FROM pg_replication_slots WHERE active LIMIT 1")
-  p0=$(ticks "$PEER_PID"); w0=$(ticks "$walsender")
+  w0=$(ticks "$walsender")
   if ! out=$(./target/release/walcast-bench --proxy "ws://127.0.0.1:$port" --proxy-pid "$PEER_PID" -k 1 -n 100000 "$@" 2>&1); then
     echo "$name $* | failed: $(echo "$out" | grep -m1 -E 'Error|closed' || true)"
     BENCH_FAILED=$((BENCH_FAILED + 1))
     return 0
   fi
-  p1=$(ticks "$PEER_PID"); w1=$(ticks "$walsender")
-  printf '%-9s %-14s | inserts %s | from COMMIT p50 / p99 %s | CPU proxy %d ms, walsender %d ms\n' \
+  w1=$(ticks "$walsender")
+  # The proxy's CPU as walcast-bench measured it (--proxy-pid).
+  printf '%-9s %-14s | inserts %s | from COMMIT p50 / p99 %s | CPU proxy %s ms, walsender %d ms\n' \
     "$name" "${*:-unpaced}" \
     "$(echo "$out" | sed -n 's/^rows inserted *100000 in //p')" \
     "$(echo "$out" | sed -n 's/^from COMMIT p50 \/ p99 *\([^(]*\).*/\1/p' | xargs)" \
-    $(( (p1 - p0) * 1000 / HZ )) $(( (w1 - w0) * 1000 / HZ ))
+    "$(echo "$out" | sed -n 's/^proxy CPU *\([0-9]*\) ms.*/\1/p')" \
+    $(( (w1 - w0) * 1000 / HZ ))
 }
 
 for round in $(seq 1 "${ROUNDS:-5}"); do
   echo "== round $round"
-  ./target/release/walcast-proxy --database-url "$DATABASE_URL" --listen 127.0.0.1:18181 \
+  "${WALCAST_PROXY_BIN:-./target/release/walcast-proxy}" --database-url "$DATABASE_URL" --listen 127.0.0.1:18181 \
     --slot "peer_$round" >/dev/null 2>/tmp/walcast-peer-proxy.log &
   PEER_PID=$!
   wait_for_slot "slot_name = 'peer_$round'"

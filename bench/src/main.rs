@@ -104,12 +104,13 @@ fn sent_and_txn(frame: &str) -> Option<(i64, Option<usize>)> {
     Some((sent, txn))
 }
 
-fn peak_rss_kb(pid: u32) -> Option<u64> {
+/// A size in kB from `/proc/<pid>/status`: `VmHWM` (peak RSS) or `VmRSS`.
+fn status_kb(pid: u32, field: &str) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     s.lines()
-        .find(|l| l.starts_with("VmHWM:"))?
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
         .split_whitespace()
-        .nth(1)?
+        .next()?
         .parse()
         .ok()
 }
@@ -130,16 +131,6 @@ fn cpu_ms_and_faults(pid: u32) -> Option<(f64, u64)> {
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     let hz = if hz > 0 { hz as f64 } else { 100.0 };
     Some(((utime + stime) as f64 * 1000.0 / hz, minflt))
-}
-
-fn current_rss_kb(pid: u32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
 }
 
 fn percentile(sorted: &[i64], p: f64) -> f64 {
@@ -236,7 +227,10 @@ async fn main() -> Result<()> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     if args.rows == 0 {
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let rss = args.proxy_pid.and_then(current_rss_kb).unwrap_or(0);
+        let rss = args
+            .proxy_pid
+            .and_then(|pid| status_kb(pid, "VmRSS"))
+            .unwrap_or(0);
         println!("clients                 {} (idle)", args.clients);
         println!("proxy RSS               {rss} kB");
         return Ok(());
@@ -323,7 +317,7 @@ async fn main() -> Result<()> {
     if let Some(pid) = args.proxy_pid {
         println!(
             "proxy peak RSS          {} kB",
-            peak_rss_kb(pid).unwrap_or(0)
+            status_kb(pid, "VmHWM").unwrap_or(0)
         );
     }
     if let (Some((ms0, f0)), Some((ms1, f1))) = (cpu_before, cpu_after) {

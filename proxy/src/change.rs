@@ -118,7 +118,7 @@ struct Header<'a> {
 /// A schema or table name. Changes of the same table share one copy
 /// (see [`Name::of`]), so a change in the log costs no allocation for
 /// its names.
-#[derive(Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Name(Arc<str>);
 
 /// Names kept for sharing per thread at most; past that, a name gets a
@@ -136,12 +136,9 @@ impl Name {
             .try_with(|recent| {
                 let mut recent = recent.try_borrow_mut().ok()?;
                 if let Some(i) = recent.iter().rposition(|n| **n == *s) {
-                    let name = recent[i].clone();
-                    if i + 1 != recent.len() {
-                        recent.remove(i);
-                        recent.push(name.clone());
-                    }
-                    return Some(Name(name));
+                    // The newest last.
+                    recent[i..].rotate_left(1);
+                    return recent.last().map(|n| Name(n.clone()));
                 }
                 if recent.len() >= SHARED_NAMES {
                     recent.remove(0);
@@ -167,24 +164,6 @@ impl std::ops::Deref for Name {
     }
 }
 
-impl AsRef<str> for Name {
-    fn as_ref(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::borrow::Borrow<str> for Name {
-    fn borrow(&self) -> &str {
-        &self.0
-    }
-}
-
-impl PartialEq<str> for Name {
-    fn eq(&self, other: &str) -> bool {
-        *self.0 == *other
-    }
-}
-
 impl PartialEq<&str> for Name {
     fn eq(&self, other: &&str) -> bool {
         *self.0 == **other
@@ -197,12 +176,6 @@ impl PartialEq<String> for Name {
     }
 }
 
-impl std::fmt::Display for Name {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
 impl std::fmt::Debug for Name {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         std::fmt::Debug::fmt(&*self.0, f)
@@ -211,7 +184,7 @@ impl std::fmt::Debug for Name {
 
 /// What only some kinds of change carry, kept out of line so that the
 /// row changes the log holds stay small.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Rare {
     end_lsn: Option<Lsn>,
     truncated: Vec<(String, String)>,

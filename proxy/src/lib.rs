@@ -56,6 +56,7 @@ pub mod filter;
 pub mod health;
 pub mod http;
 pub mod live;
+pub mod liveness;
 pub mod metrics;
 pub mod nats;
 pub mod query;

@@ -16,7 +16,7 @@ use walcast_proxy::http::descriptors;
 use walcast_proxy::http::listener::{Connections, Limits};
 use walcast_proxy::http::{self, AppState, Timeouts};
 use walcast_proxy::live::hub::Hub;
-use walcast_proxy::live::session::Liveness;
+use walcast_proxy::liveness::Liveness;
 use walcast_proxy::metrics::Metrics;
 use walcast_proxy::nats::{self, relay::RelayConfig};
 use walcast_proxy::replication::reader::{self, ReaderConfig};

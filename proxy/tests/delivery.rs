@@ -114,6 +114,83 @@ fn a_throttled_reader_gets_a_whole_bulk_transaction_and_a_stalled_client_is_clos
     assert!(peak_mb < 256 + 64, "peak RSS {peak_mb} MB");
 }
 
+/// Closes counted for clients judged gone (not reading, not answering).
+fn liveness_closes(proxy: &Proxy) -> u64 {
+    proxy.metric("walcast_clients_closed_total{reason=\"stalled\"}")
+        + proxy.metric("walcast_clients_closed_total{reason=\"ping_timeout\"}")
+}
+
+#[test]
+fn slow_readers_get_every_row_whatever_their_ping_round_trip_and_a_frozen_one_is_closed() {
+    // Three-second pings and a five-second stall timeout: the pings of this
+    // test wait behind 6 to 30 s of frames in the socket buffers, so a
+    // round-trip rule would close both readers. (Shorter settings would
+    // close the small-buffer reader fairly: its kernel opens its window
+    // only when half its buffer is free, about every 2 s at 200 frames/s.)
+    let (mut db, proxy) = setup(
+        "slow_readers",
+        &["--ping-interval", "3", "--stall-timeout", "5"],
+    );
+    let q = format!("query={}", encode("insert:items"));
+    let steady = proxy.ws_params(&q);
+    let small = proxy.ws_with_rcvbuf(&format!("/ws?{q}"), 256 * 1024);
+    let mut frozen = proxy.ws_params(&q);
+    let rows = 6_000usize;
+    let reader = |mut c: Client, per_second: f64| {
+        std::thread::spawn(move || {
+            let mut last = 0i64;
+            c.read_at(per_second, rows, Duration::from_secs(90), |t| {
+                let (id, _) = id_and_pos(t);
+                assert_eq!(id, last + 1, "frames arrive in order, none missing");
+                last = id;
+            });
+            last
+        })
+    };
+    let (steady, small) = (reader(steady, 1000.0), reader(small, 200.0));
+    // About 3 MB in one transaction: more than a second of reading for
+    // either client sits in the socket buffers.
+    db.exec(&format!(
+        "INSERT INTO items SELECT g, 'bulk', repeat('x', 480) FROM generate_series(1, {rows}) g"
+    ));
+    // The frozen client reads a little, then takes nothing more: it is
+    // closed within the documented bound: the longer of three ping
+    // intervals and the stall timeout and a second (9 s).
+    assert_eq!(frozen.texts(100, WAIT).len(), 100);
+    let froze = Instant::now();
+    let took = {
+        let deadline = froze + Duration::from_secs(30);
+        loop {
+            if liveness_closes(&proxy) >= 1 {
+                break froze.elapsed();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the frozen client was not closed"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    eprintln!("the frozen client was closed after {took:?}");
+    assert!(
+        took <= Duration::from_millis(10_500),
+        "closed after {took:?}"
+    );
+    assert_eq!(steady.join().expect("1,000 frames/s reader"), rows as i64);
+    assert_eq!(small.join().expect("200 frames/s reader"), rows as i64);
+    let (_, metrics) = proxy.get("/metrics").expect("metrics");
+    let closed: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("walcast_clients_closed_total"))
+        .collect();
+    assert_eq!(
+        liveness_closes(&proxy),
+        1,
+        "only the frozen client was closed: {closed:?}"
+    );
+    drop(frozen);
+}
+
 #[test]
 fn a_reader_slower_than_the_buffer_holds_is_closed_with_the_reason() {
     let (mut db, proxy) = setup("slow_reader", &["--buffer-size", "1MB"]);

@@ -662,3 +662,147 @@ fn a_stream_past_the_lag_limit_with_a_consumer_is_reported_not_dropped() {
         .get(0);
     assert_eq!(present, 1, "not dropped without --drop-lagging-streams");
 }
+
+fn new_stream(proxy: &Proxy, name: &str) -> String {
+    init(proxy, &format!("/v1/init?name={name}"))["slotName"]
+        .as_str()
+        .expect("slotName")
+        .to_owned()
+}
+
+#[test]
+fn a_slow_consumer_gets_every_change_and_a_frozen_one_is_closed() {
+    // Three-second pings, a five-second stall timeout, and a test cluster
+    // whose walsenders give up after 10 s without a word from the proxy:
+    // the slow consumer's writes may wait longer than that, so the proxy
+    // keeps its replication connection alive while they wait.
+    let (mut db, proxy) = setup(
+        "durable_slow",
+        &["--ping-interval", "3", "--stall-timeout", "5"],
+    );
+    db.exec("ALTER TABLE items ADD COLUMN pad text");
+    let (slow_slot, frozen_slot) = (new_stream(&proxy, "slow"), new_stream(&proxy, "frozen"));
+    let mut slow = proxy.ws_with_rcvbuf(&format!("/v1/lr/stream?slotName={slow_slot}"), 256 * 1024);
+    let mut frozen = stream(&proxy, &frozen_slot);
+    let rows = 10_000usize;
+    // About 6 MB in one transaction.
+    db.exec(&format!(
+        "INSERT INTO items (id, name, pad) SELECT g, 'r', repeat('x', 480) FROM generate_series(1, {rows}) g"
+    ));
+    let reading = std::thread::spawn(move || {
+        let (mut ids, mut end) = (0usize, String::new());
+        slow.read_at(500.0, rows + 2, Duration::from_secs(120), |t| {
+            let f = json(t);
+            match f["action"].as_str() {
+                Some("I") => {
+                    ids += 1;
+                    assert_eq!(f["columns"]["id"], ids as i64, "in order, none missing");
+                }
+                Some("C") => end = f["end_lsn"].as_str().unwrap_or_default().to_owned(),
+                _ => {}
+            }
+        });
+        slow.send(&format!(r#"{{"lsn":"{end}","reply":true}}"#));
+        assert_eq!(frame(&mut slow)["ack"], end.as_str());
+        (ids, end)
+    });
+    assert_eq!(frozen.texts(100, WAIT).len(), 100);
+    let froze = Instant::now();
+    let closes = |p: &Proxy| {
+        p.metric("walcast_clients_closed_total{reason=\"stalled\"}")
+            + p.metric("walcast_clients_closed_total{reason=\"ping_timeout\"}")
+    };
+    while closes(&proxy) == 0 {
+        assert!(
+            froze.elapsed() < Duration::from_secs(20),
+            "the frozen consumer was not closed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let took = froze.elapsed();
+    // The documented bound: three ping intervals (9 s).
+    assert!(
+        took <= Duration::from_millis(10_500),
+        "closed after {took:?}"
+    );
+    let (ids, end) = reading.join().expect("slow consumer");
+    assert_eq!(ids, rows);
+    assert_eq!(confirmed_flush(&mut db, &slow_slot), end);
+    assert_eq!(closes(&proxy), 1, "only the frozen consumer was closed");
+    // The frozen consumer's place is free again: it resumes from the start.
+    drop(frozen);
+    let mut again = stream(&proxy, &frozen_slot);
+    assert_eq!(frame(&mut again)["action"], "B");
+}
+
+#[test]
+fn acked_resumes_after_an_ack_that_never_reached_the_proxy() {
+    let (mut db, proxy) = setup("durable_acked", &[]);
+    let slot = new_stream(&proxy, "acked");
+    let mut c = stream(&proxy, &slot);
+    for i in 1..=3 {
+        db.exec(&format!("INSERT INTO items VALUES ({i}, 'n', {i}, now())"));
+    }
+    let ends: Vec<String> = (0..3)
+        .map(|_| {
+            transaction(&mut c).2["end_lsn"]
+                .as_str()
+                .expect("end_lsn")
+                .to_owned()
+        })
+        .collect();
+    // The ACK of the second transaction is lost with the connection.
+    drop(c);
+    let before: walcast_format::Lsn = confirmed_flush(&mut db, &slot).parse().expect("an LSN");
+    let first: walcast_format::Lsn = ends[0].parse().expect("an LSN");
+    assert!(before < first, "nothing was ACKed: {before}");
+    let url = |acked: &str| {
+        format!(
+            "ws://127.0.0.1:{}/v1/lr/stream?slotName={slot}&acked={acked}",
+            proxy.port
+        )
+    };
+    // The next connection says where the client was: the slot is
+    // confirmed there at once and the stream resumes after it.
+    let mut c = loop {
+        match proxy.try_ws_url(&url(&ends[1])) {
+            Ok(c) => break c,
+            Err((409, _)) => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => panic!("reconnecting with acked: {e:?}"),
+        }
+    };
+    let (_, rows, _) = transaction(&mut c);
+    assert_eq!(
+        rows[0]["columns"]["id"], 3,
+        "transactions up to the ACK are skipped"
+    );
+    let deadline = Instant::now() + WAIT;
+    while confirmed_flush(&mut db, &slot) != ends[1] {
+        assert!(
+            Instant::now() < deadline,
+            "the slot was not confirmed at the acked position"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(c);
+    // An older acked changes nothing; a malformed one or one past the end
+    // of WAL is refused before the upgrade.
+    for (acked, want) in [("zz", 400), ("FFFF/0", 400)] {
+        match proxy.try_ws_url(&url(acked)) {
+            Err((status, body)) => assert_eq!(status, want, "{body}"),
+            Ok(_) => panic!("acked={acked} was accepted"),
+        }
+    }
+    let mut c = loop {
+        match proxy.try_ws_url(&url(&ends[0])) {
+            Ok(c) => break c,
+            Err((409, _)) => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => panic!("reconnecting with an older acked: {e:?}"),
+        }
+    };
+    let (_, rows, _) = transaction(&mut c);
+    assert_eq!(
+        rows[0]["columns"]["id"], 3,
+        "the slot's position wins over an older acked"
+    );
+}

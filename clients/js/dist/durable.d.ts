@@ -77,8 +77,15 @@ export declare class DurableStream implements AsyncIterable<DurableFrame> {
     private readonly params;
     private readonly options;
     private readonly token;
-    /** The last position ACKed (sent to the proxy). */
+    /** The last position given to `ack`: every connection resumes after it. */
     acked: string | undefined;
+    /** The last ACK the proxy has taken (on a socket that had sent it, or in a connection's URL). */
+    private delivered;
+    /** The furthest end_lsn received on the open socket (or carried by its URL): what it may ACK. */
+    private reach;
+    /** `close()` waits for a connection to carry the last ACK. */
+    private closing;
+    private closeTimer;
     private socket;
     private opened;
     private ended;
@@ -103,13 +110,33 @@ export declare class DurableStream implements AsyncIterable<DurableFrame> {
      * reconnect.
      */
     ack(commit: DurableFrame | string): void;
-    /** Drops the socket and resumes after the last ACK (transactions after it come again). */
+    /**
+     * Sends an ACK on the open socket when that socket sent the transaction
+     * (the proxy refuses an ACK beyond what its connection sent). Otherwise
+     * it waits: the next connection carries `acked`, or the transaction
+     * comes again on this one and is ACKed then.
+     */
+    private sendAck;
+    /** Whether the last ACK has not reached the proxy yet. */
+    private undelivered;
+    /**
+     * Drops the socket and resumes after the last ACK: frames of the old
+     * socket not yet taken are dropped, and the transaction in progress
+     * comes again whole from its `B`.
+     */
     reconnect(): void;
-    /** Ends the stream (the slot stays; `Durable.drop` removes it). */
-    close(): void;
+    /**
+     * Ends the stream (the slot stays; `Durable.drop` removes it). Resolves
+     * once the proxy has the last ACK: when it has not reached the proxy yet
+     * (given while reconnecting), one short connection carries it. Rejects
+     * when that connection fails.
+     */
+    close(timeoutMs?: number): Promise<void>;
     [Symbol.asyncIterator](): AsyncIterator<DurableFrame>;
     private connect;
     private push;
+    /** An interruption: frames of the old socket not yet taken are dropped; listeners hear of it. */
+    private interrupted;
     private onClose;
     private schedule;
     private finish;

@@ -1,16 +1,22 @@
 // Durable streams (docs/streams.md): a slot of their own, a snapshot
 // consistent with it, a stream that resumes after the last ACK. Delivery is
-// at least once: transactions after the last ACK come again after a
-// reconnect (applying a change again must be harmless, or the application
-// skips transactions whose end_lsn it has applied).
+// at least once: after a reconnect, the stream resumes after the last ACK
+// given to `ack` (each connection carries it), and the transaction that was
+// in progress comes again whole from its `B`. The application collects a
+// transaction from its `B` (a `B` starts afresh), applies it at its `C`,
+// then ACKs it; it skips a transaction whose end_lsn it applied already
+// (only its own crash, an ACK it had not given yet, or an edge proxy sends
+// one again).
 //
 //   const api = new Durable("http://localhost:8080", { token });
 //   const { slotName } = await api.create({ name: "orders", tables: ["public.orders"] });
 //   for await (const rows of api.snapshotPages(slotName, "public.orders")) load(rows);
 //   const stream = api.stream(slotName);
+//   let txn = [];
 //   for await (const frame of stream) {
-//     apply(frame);
-//     if (frame.action === "C") stream.ack(frame);   // only once it is processed
+//     if (frame.action === "B") txn = [];
+//     else if (frame.action === "C") { apply(txn, frame.end_lsn); stream.ack(frame); }
+//     else txn.push(frame);
 //   }
 
 import {
@@ -176,8 +182,15 @@ export class Durable {
 
 /** An open durable stream: an async iterator of frames, and `ack`. */
 export class DurableStream implements AsyncIterable<DurableFrame> {
-  /** The last position ACKed (sent to the proxy). */
+  /** The last position given to `ack`: every connection resumes after it. */
   acked: string | undefined;
+  /** The last ACK the proxy has taken (on a socket that had sent it, or in a connection's URL). */
+  private delivered: string | undefined;
+  /** The furthest end_lsn received on the open socket (or carried by its URL): what it may ACK. */
+  private reach: string | undefined;
+  /** `close()` waits for a connection to carry the last ACK. */
+  private closing: { resolve: () => void; reject: (e: unknown) => void }[] | undefined;
+  private closeTimer: ReturnType<typeof setTimeout> | undefined;
   private socket: WebSocket | undefined;
   private opened = false;
   private ended = false;
@@ -219,23 +232,65 @@ export class DurableStream implements AsyncIterable<DurableFrame> {
     const lsn = typeof commit === "string" ? commit : commit.end_lsn;
     if (typeof lsn !== "string") throw new WalcastError("ack a C frame (it has end_lsn) or an LSN");
     if (this.acked === undefined || compareLsn(lsn, this.acked) > 0) this.acked = lsn;
-    // Sent even when not beyond `acked`: after a reconnect, transactions
-    // the proxy sends again are ACKed again on the new connection.
-    if (this.socket && this.opened) this.socket.send(JSON.stringify({ lsn }));
+    this.sendAck(lsn);
   }
 
-  /** Drops the socket and resumes after the last ACK (transactions after it come again). */
+  /**
+   * Sends an ACK on the open socket when that socket sent the transaction
+   * (the proxy refuses an ACK beyond what its connection sent). Otherwise
+   * it waits: the next connection carries `acked`, or the transaction
+   * comes again on this one and is ACKed then.
+   */
+  private sendAck(lsn: string): void {
+    if (!this.socket || !this.opened) return;
+    if (this.reach === undefined || compareLsn(lsn, this.reach) > 0) return;
+    this.socket.send(JSON.stringify({ lsn }));
+    if (this.delivered === undefined || compareLsn(lsn, this.delivered) > 0) this.delivered = lsn;
+  }
+
+  /** Whether the last ACK has not reached the proxy yet. */
+  private undelivered(): boolean {
+    return this.acked !== undefined && (this.delivered === undefined || compareLsn(this.acked, this.delivered) > 0);
+  }
+
+  /**
+   * Drops the socket and resumes after the last ACK: frames of the old
+   * socket not yet taken are dropped, and the transaction in progress
+   * comes again whole from its `B`.
+   */
   reconnect(): void {
-    if (this.ended) return;
+    if (this.ended || this.closing) return;
     const s = this.socket;
     this.socket = undefined;
     detachSocket(s);
+    this.interrupted(CloseCode.Normal, "reconnect()");
     this.schedule(0);
   }
 
-  /** Ends the stream (the slot stays; `Durable.drop` removes it). */
-  close(): void {
-    this.finish(null);
+  /**
+   * Ends the stream (the slot stays; `Durable.drop` removes it). Resolves
+   * once the proxy has the last ACK: when it has not reached the proxy yet
+   * (given while reconnecting), one short connection carries it. Rejects
+   * when that connection fails.
+   */
+  close(timeoutMs = 10_000): Promise<void> {
+    if (this.ended) return Promise.resolve();
+    if (!this.undelivered()) {
+      this.finish(null);
+      return Promise.resolve();
+    }
+    const wait = new Promise<void>((resolve, reject) => (this.closing ??= []).push({ resolve, reject }));
+    if (this.closing?.length === 1) {
+      // Dropping the socket first: a new connection's URL carries the ACK.
+      const s = this.socket;
+      this.socket = undefined;
+      detachSocket(s);
+      this.schedule(0);
+      this.closeTimer = setTimeout(() => {
+        this.finish(new WalcastError(`the last ACK ${this.acked} did not reach the proxy within ${timeoutMs} ms`));
+      }, timeoutMs);
+    }
+    return wait;
   }
 
   [Symbol.asyncIterator](): AsyncIterator<DurableFrame> {
@@ -252,7 +307,7 @@ export class DurableStream implements AsyncIterable<DurableFrame> {
         });
       },
       return: async () => {
-        this.close();
+        await this.close();
         return { value: undefined, done: true };
       },
     };
@@ -263,9 +318,13 @@ export class DurableStream implements AsyncIterable<DurableFrame> {
     const params = new URLSearchParams(this.params);
     const token = await this.token().catch(() => undefined);
     if (token !== undefined) params.set("access_token", token);
+    // The proxy resumes after the last ACK, even one that never reached it.
+    const acked = this.acked;
+    if (acked !== undefined) params.set("acked", acked);
     const socket = new this.Ws(`${this.wsUrl}?${params}`);
     this.socket = socket;
     this.opened = false;
+    this.reach = acked;
     const closed = (code: number, reason: string) => {
       if (this.socket !== socket) return;
       this.socket = undefined;
@@ -275,6 +334,11 @@ export class DurableStream implements AsyncIterable<DurableFrame> {
       if (this.socket !== socket) return;
       this.opened = true;
       this.attempt = 0;
+      // The proxy confirmed the URL's ACK as it started.
+      if (acked !== undefined && (this.delivered === undefined || compareLsn(acked, this.delivered) > 0)) {
+        this.delivered = acked;
+      }
+      if (this.closing && !this.undelivered()) this.finish(null);
     };
     socket.onmessage = (ev: MessageEvent) => {
       if (this.socket !== socket) return;
@@ -286,6 +350,14 @@ export class DurableStream implements AsyncIterable<DurableFrame> {
       }
       // Answers to ACKs and token refreshes are not frames of the stream.
       if ("ack" in v || "warning" in v || "error" in v || v.type === "token") return;
+      if (v.action === "C" && typeof v.end_lsn === "string") {
+        if (this.reach === undefined || compareLsn(v.end_lsn, this.reach) > 0) this.reach = v.end_lsn;
+        // A transaction the application ACKed already, sent again (an edge
+        // resumes at its own position): ACKed again here.
+        if (this.acked !== undefined && compareLsn(v.end_lsn, this.acked) <= 0) this.sendAck(v.end_lsn);
+        // An ACK given before this connection sent its transaction.
+        if (this.undelivered() && this.acked !== undefined) this.sendAck(this.acked);
+      }
       this.push(v);
     };
     socket.onclose = (ev: CloseEvent) => closed(ev.code, ev.reason);
@@ -302,6 +374,13 @@ export class DurableStream implements AsyncIterable<DurableFrame> {
     } else {
       this.queue.push(frame);
     }
+  }
+
+  /** An interruption: frames of the old socket not yet taken are dropped; listeners hear of it. */
+  private interrupted(code: number, reason: string): void {
+    this.queue.length = 0;
+    this.reach = undefined;
+    for (const l of this.reconnectListeners) l({ closeCode: code, reason });
   }
 
   private async onClose(code: number, reason: string): Promise<void> {
@@ -342,7 +421,7 @@ export class DurableStream implements AsyncIterable<DurableFrame> {
     }
     const wait = backoffMs(this.attempt, this.options.backoff);
     this.attempt += 1;
-    for (const l of this.reconnectListeners) l({ closeCode: code, reason });
+    this.interrupted(code, reason);
     this.schedule(wait);
   }
 
@@ -359,9 +438,15 @@ export class DurableStream implements AsyncIterable<DurableFrame> {
     this.ended = true;
     this.failure = error ?? undefined;
     if (this.timer !== undefined) clearTimeout(this.timer);
+    if (this.closeTimer !== undefined) clearTimeout(this.closeTimer);
     const s = this.socket;
     this.socket = undefined;
     detachSocket(s);
+    for (const c of this.closing ?? []) {
+      if (error) c.reject(error);
+      else c.resolve();
+    }
+    this.closing = undefined;
     if (this.waiter) {
       const [ok, fail] = [this.waiter, this.waiterFail];
       this.waiter = this.waiterFail = undefined;

@@ -16,7 +16,8 @@ use crate::change::{Action, Change};
 use crate::delivery::{self, filter_change, Outcome};
 use crate::http::upgrade::{close, Ws};
 use crate::http::ApiError;
-use crate::metrics::{Gauge, Metrics};
+use crate::liveness::{Dead, Due, KeepAlive, Watch};
+use crate::metrics::{CloseReason, Gauge, Metrics};
 use crate::query::Query;
 use crate::replication::{ReplicationClient, ReplicationError, ReplicationStream, XLogData};
 use futures_util::{FutureExt, SinkExt, StreamExt};
@@ -93,6 +94,15 @@ impl Source {
         }
     }
 
+    /// Tells PostgreSQL the proxy is there while a client's write waits (a
+    /// walsender that hears nothing for `wal_sender_timeout` ends the
+    /// connection). A failure shows at the next read.
+    async fn keep_alive(&mut self) {
+        if let Source::Slot(s) = self {
+            let _ = s.send_status(false).await;
+        }
+    }
+
     async fn close(self) {
         match self {
             Source::Slot(s) => {
@@ -105,12 +115,24 @@ impl Source {
     }
 }
 
+impl KeepAlive for Source {
+    fn keep_alive(&mut self) -> impl std::future::Future<Output = ()> + Send {
+        Source::keep_alive(self)
+    }
+}
+
 /// A stream started and waiting for its websocket.
 pub struct Opened {
     slot: String,
     stream: Source,
-    /// The slot's confirmed position when streaming started.
+    /// Where streaming starts: the slot's confirmed position, or the
+    /// client's last ACK (`acked=`) when that is further.
     start: Lsn,
+    /// The client's `acked=` moved the start past the slot's position:
+    /// confirm it to PostgreSQL at once.
+    confirm_start: bool,
+    /// A warning frame sent first.
+    notice: Option<String>,
     guard: ConsumerGuard,
     /// Allow-lists checked here (each must admit a row change): the
     /// proxy-wide one when the plugin applied the stream's own, both on an
@@ -118,10 +140,36 @@ pub struct Opened {
     global_tables: Vec<Vec<TablePattern>>,
 }
 
-/// Claims the consumer place of `slot` and starts streaming from it.
-pub async fn open(streams: &Streams, slot: &str) -> Result<Opened, ApiError> {
+/// Where a stream resumes: after the client's last ACK `acked` when it is
+/// past the slot's confirmed position (an ACK that never reached
+/// PostgreSQL, the connection having dropped first), else after the slot's
+/// position. An `acked` beyond the end of WAL (`confirmed + lag`) is no
+/// position this stream ever sent: refused.
+pub fn resume_point(
+    confirmed: Lsn,
+    lag_bytes: Option<i64>,
+    acked: Option<Lsn>,
+) -> Result<Lsn, ApiError> {
+    let Some(acked) = acked.filter(|a| *a > confirmed) else {
+        return Ok(confirmed);
+    };
+    if let Some(lag) = lag_bytes {
+        let end = Lsn(confirmed.0.saturating_add(lag.max(0) as u64));
+        if acked > end {
+            return Err(ApiError::bad_request(format!(
+                "acked={acked} is ahead of the end of WAL ({end}): pass the end_lsn of the last transaction you ACKed"
+            ))
+            .code("ACKED_AHEAD"));
+        }
+    }
+    Ok(acked)
+}
+
+/// Claims the consumer place of `slot` and starts streaming from it, or
+/// from `acked` (see [`resume_point`]).
+pub async fn open(streams: &Streams, slot: &str, acked: Option<Lsn>) -> Result<Opened, ApiError> {
     if let Some(jet) = &streams.jet {
-        return open_on_jetstream(streams, jet, slot).await;
+        return open_on_jetstream(streams, jet, slot, acked).await;
     }
     let mut info = streams.require(slot).await?;
     // One wait for both: this proxy's previous consumer leaving, then
@@ -141,6 +189,8 @@ pub async fn open(streams: &Streams, slot: &str) -> Result<Opened, ApiError> {
             ),
         ));
     }
+    let confirmed = info.confirmed_lsn.unwrap_or(Lsn::INVALID);
+    let from = resume_point(confirmed, info.lag_bytes, acked)?;
     let own = streams.stream_tables(slot).await?;
     let (tables, global_tables) = match (&own, &streams.cfg.tables) {
         (Some(own), Some((_, global))) => (Some(own.clone()), vec![global.clone()]),
@@ -163,15 +213,21 @@ pub async fn open(streams: &Streams, slot: &str) -> Result<Opened, ApiError> {
     let client = ReplicationClient::connect(streams.database())
         .await
         .map_err(start_failed)?;
-    // 0/0: PostgreSQL starts at the slot's confirmed position.
+    // 0/0: PostgreSQL starts at the slot's confirmed position. Past it,
+    // PostgreSQL skips every transaction whose commit ends at or before
+    // `from`, as an ACK of `from` says.
+    let confirm_start = from > confirmed;
+    let requested = if confirm_start { from } else { Lsn::INVALID };
     let stream = client
-        .start(slot, Lsn::INVALID, &options, streams.cfg.status_interval)
+        .start(slot, requested, &options, streams.cfg.status_interval)
         .await
         .map_err(start_failed)?;
     Ok(Opened {
         slot: slot.to_owned(),
         stream: Source::Slot(stream),
-        start: info.confirmed_lsn.unwrap_or(Lsn::INVALID),
+        start: from,
+        confirm_start,
+        notice: None,
         guard,
         global_tables,
     })
@@ -183,6 +239,7 @@ async fn open_on_jetstream(
     streams: &Streams,
     jet: &super::jet::JetStreams,
     slot: &str,
+    acked: Option<Lsn>,
 ) -> Result<Opened, ApiError> {
     streams.require(slot).await?;
     let deadline = tokio::time::Instant::now() + RELEASE_WAIT;
@@ -197,10 +254,16 @@ async fn open_on_jetstream(
         global_tables.push(global.clone());
     }
     let (source, start) = jet.take_over(slot).await?;
+    // The JetStream consumer resumes at its own acknowledged position.
+    let notice = acked.filter(|a| *a > start).map(|a| {
+        format!("acked={a} is past this stream's position {start} on this edge: transactions up to it come again; ACK them again")
+    });
     Ok(Opened {
         slot: slot.to_owned(),
         stream: Source::Jet(Box::new(source)),
         start,
+        confirm_start: false,
+        notice,
         guard,
         global_tables,
     })
@@ -282,6 +345,8 @@ fn allowed_by(g: &[TablePattern], c: &Change) -> bool {
 
 struct Consumer {
     ws: Ws,
+    /// The client's pings and progress (liveness.rs).
+    watch: Watch,
     stream: Source,
     acks: Acks,
     opts: Options,
@@ -301,6 +366,44 @@ enum End {
 }
 
 impl Consumer {
+    /// Runs a websocket write while the client keeps taking bytes; the
+    /// replication connection hears from the proxy while it waits.
+    async fn write(&mut self, msg: Option<Message>, flush: bool) -> Result<(), End> {
+        let Consumer {
+            ws,
+            watch,
+            stream,
+            metrics,
+            ..
+        } = self;
+        let done = match msg {
+            Some(m) if flush => watch.write_keeping(ws.send(m), stream).await,
+            Some(m) => watch.write_keeping(ws.feed(m), stream).await,
+            None => watch.write_keeping(ws.flush(), stream).await,
+        };
+        done.map_err(|d| dead(watch, metrics, d))
+    }
+
+    /// Queues a text frame (sent at the next flush).
+    async fn feed(
+        &mut self,
+        text: impl Into<tokio_tungstenite::tungstenite::Utf8Bytes>,
+    ) -> Result<(), End> {
+        self.write(Some(Message::Text(text.into())), false).await
+    }
+
+    /// Sends a text frame and everything queued before it.
+    async fn send(
+        &mut self,
+        text: impl Into<tokio_tungstenite::tungstenite::Utf8Bytes>,
+    ) -> Result<(), End> {
+        self.write(Some(Message::Text(text.into())), true).await
+    }
+
+    async fn flush(&mut self) -> Result<(), End> {
+        self.write(None, false).await
+    }
+
     fn allowed_globally(&self, c: &Change) -> bool {
         self.global_tables.iter().all(|g| allowed_by(g, c))
     }
@@ -331,7 +434,7 @@ impl Consumer {
                     );
                 if selected && self.opts.filter.is_some() {
                     if let Some(wait) = self.opts.filter.as_mut().and_then(|f| f.throttle()) {
-                        self.ws.flush().await.map_err(|_| End::Client)?;
+                        self.flush().await?;
                         tokio::time::sleep(wait).await;
                     }
                     match filter_change(self.opts.filter.as_mut(), &change, &self.metrics) {
@@ -339,7 +442,7 @@ impl Consumer {
                         Outcome::Skip => {}
                         Outcome::Report(frame) => replaced = Some(frame.into()),
                         Outcome::Detach(frame, reason) => {
-                            let _ = self.ws.send(Message::Text(frame.into())).await;
+                            let _ = self.send(frame).await;
                             return Err(End::Close(CloseCode::Policy, reason));
                         }
                     }
@@ -381,16 +484,10 @@ impl Consumer {
         self.update_caught_up();
         let due = self.backfills.observe(&change);
         if let Some(text) = replaced {
-            self.ws
-                .feed(Message::Text(text))
-                .await
-                .map_err(|_| End::Client)?;
+            self.feed(text).await?;
             self.metrics.frames_out.fetch_add(1, Ordering::Relaxed);
         } else if forward {
-            self.ws
-                .feed(Message::Text(change.text.clone()))
-                .await
-                .map_err(|_| End::Client)?;
+            self.feed(change.text.clone()).await?;
             self.metrics.frames_out.fetch_add(1, Ordering::Relaxed);
         }
         if due {
@@ -414,14 +511,11 @@ impl Consumer {
                         Outcome::Skip => continue,
                         Outcome::Report(frame) => frame.into(),
                         Outcome::Detach(frame, reason) => {
-                            let _ = self.ws.send(Message::Text(frame.into())).await;
+                            let _ = self.send(frame).await;
                             return Err(End::Close(CloseCode::Policy, reason));
                         }
                     };
-                    self.ws
-                        .feed(Message::Text(text))
-                        .await
-                        .map_err(|_| End::Client)?;
+                    self.feed(text).await?;
                 }
                 self.metrics
                     .frames_out
@@ -430,10 +524,7 @@ impl Consumer {
             }
             Err(frame) => frame,
         };
-        self.ws
-            .feed(Message::Text(frame.into()))
-            .await
-            .map_err(|_| End::Client)
+        self.feed(frame).await
     }
 
     /// Checks re-snapshots against this consumer's own rules and query,
@@ -489,23 +580,14 @@ impl Consumer {
     }
 
     async fn reply(&mut self, body: serde_json::Value) -> Result<(), End> {
-        self.ws
-            .send(Message::Text(body.to_string().into()))
-            .await
-            .map_err(|_| End::Client)
+        self.send(body.to_string()).await
     }
 
     /// Handles a frame from the client (an ACK).
     async fn client_frame(&mut self, text: &str) -> Result<(), End> {
         match self.opts.access.on_frame(text) {
             None => {}
-            Some(Ok(reply)) => {
-                return self
-                    .ws
-                    .send(Message::Text(reply.into()))
-                    .await
-                    .map_err(|_| End::Client)
-            }
+            Some(Ok(reply)) => return self.send(reply).await,
             Some(Err(reason)) => return Err(End::Close(CloseCode::Policy, reason)),
         }
         match self.acks.judge(text) {
@@ -556,8 +638,19 @@ impl Consumer {
                     };
                     return End::Close(CloseCode::Normal, format!("stream deleted {reason}").trim().to_owned());
                 }
+                _ = self.watch.tick() => {
+                    let due = match self.watch.on_tick() {
+                        Ok(Due::Ping) => self.write(Some(Message::Ping(Default::default())), true).await,
+                        Ok(Due::Wait) => Ok(()),
+                        Err(d) => Err(dead(&self.watch, &self.metrics, d)),
+                    };
+                    if let Err(end) = due {
+                        return end;
+                    }
+                }
                 msg = self.ws.next() => match msg {
                     Some(Ok(Message::Text(t))) => {
+                        self.watch.heard();
                         if let Err(end) = self.client_frame(t.as_str()).await {
                             return end;
                         }
@@ -568,14 +661,15 @@ impl Consumer {
                         }
                     }
                     None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return End::Client,
-                    Some(Ok(_)) => {}
+                    // Any frame (a pong above all) shows the client is there.
+                    Some(Ok(_)) => self.watch.heard(),
                 },
                 step = self.backfills.next() => {
                     let done = match step {
                         super::backfill::Step::Requested(plans) => self.requested(plans).await,
                         super::backfill::Step::Failed(frame) => {
                             self.backfills.finish();
-                            self.ws.send(Message::Text(frame.into())).await.map_err(|_| End::Client)
+                            self.send(frame).await
                         }
                         super::backfill::Step::Ended => {
                             self.backfills.finish();
@@ -606,11 +700,32 @@ impl Consumer {
                             next = self.stream.next().now_or_never();
                         }
                     }
-                    if self.ws.flush().await.is_err() {
-                        return End::Client;
+                    if let Err(end) = self.flush().await {
+                        return end;
                     }
                 }
             }
+        }
+    }
+}
+
+/// How a consumer that is judged gone ends (liveness.rs).
+fn dead(watch: &Watch, metrics: &Metrics, d: Dead) -> End {
+    match d {
+        Dead::Gone => End::Client,
+        Dead::Stalled => {
+            metrics.count_close(CloseReason::Stalled);
+            End::Close(
+                CloseCode::Again,
+                format!(
+                    "{}; reconnect to resume from your last ACK",
+                    watch.stalled_reason()
+                ),
+            )
+        }
+        Dead::Silent => {
+            metrics.count_close(CloseReason::PingTimeout);
+            End::Close(CloseCode::Away, watch.silent_reason())
         }
     }
 }
@@ -621,6 +736,7 @@ impl Consumer {
 #[tracing::instrument(name = "consumer", skip_all, fields(slot = %opened.slot))]
 pub async fn run(
     ws: Ws,
+    watch: Watch,
     opened: Opened,
     opts: Options,
     metrics: Arc<Metrics>,
@@ -630,6 +746,8 @@ pub async fn run(
         slot,
         stream,
         start,
+        confirm_start,
+        notice,
         mut guard,
         global_tables,
     } = opened;
@@ -642,6 +760,7 @@ pub async fn run(
         super::backfill::Backfills::new(guard.backfills.take(), pool, shared, metrics.clone());
     let mut consumer = Consumer {
         ws,
+        watch,
         stream,
         acks: Acks {
             last: start,
@@ -655,7 +774,16 @@ pub async fn run(
         backfills,
     };
     consumer.update_caught_up();
+    if confirm_start {
+        consumer.stream.confirm(start);
+        if let Err(e) = consumer.stream.send_status().await {
+            crate::limited!(warn, slot = %slot, error = %e, "could not confirm the client's acked position at start; it is confirmed with the next status update");
+        }
+    }
     // A client already gone is noticed by the loop.
+    if let Some(n) = notice {
+        let _ = consumer.reply(serde_json::json!({ "warning": n })).await;
+    }
     let _ = consumer.requested(first).await;
     let end = consumer.run(&shutdown, &mut guard.stop).await;
     let Consumer {

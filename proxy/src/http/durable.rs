@@ -360,6 +360,18 @@ pub async fn lr_stream(
             )
         }
     };
+    // The client's last ACK, which may not have reached PostgreSQL.
+    let acked = match params.get("acked").map(|a| a.parse::<walcast_format::Lsn>()) {
+        None => None,
+        Some(Ok(l)) => Some(l),
+        Some(Err(_)) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "acked must be an LSN (X/Y in hexadecimal): the end_lsn of the last transaction you ACKed",
+                None,
+            )
+        }
+    };
     let handshake = match begin(&req, &state) {
         Ok(h) => h,
         Err(r) => return *r,
@@ -388,7 +400,7 @@ pub async fn lr_stream(
     };
     // Start streaming before answering, so a missing or busy slot is an
     // HTTP status rather than a closed socket.
-    let opened = match consumer::open(&state.streams, &slot).await {
+    let opened = match consumer::open(&state.streams, &slot, acked).await {
         Ok(o) => o,
         Err(e) => return e.into_response(),
     };
@@ -403,6 +415,7 @@ pub async fn lr_stream(
             slot,
             handshake,
             client,
+            socket,
         }) = upgrade.open().await
         {
             drop(handshake);
@@ -414,7 +427,8 @@ pub async fn lr_stream(
                 backfills,
                 backfill_runner: (state.streams.pool.clone(), state.backfills.clone()),
             };
-            consumer::run(ws, opened, opts, metrics, shutdown).await;
+            let watch = crate::liveness::Watch::new(state.liveness, socket);
+            consumer::run(ws, watch, opened, opts, metrics, shutdown).await;
             drop((slot, client));
         }
     });

@@ -41,7 +41,6 @@ use crate::filter::Filters;
 use crate::health::Health;
 use crate::http::listener::Connections;
 use crate::live::hub::Hub;
-use crate::live::session;
 use crate::metrics::Metrics;
 use axum::body::Body;
 use axum::response::IntoResponse;
@@ -70,8 +69,8 @@ pub struct AppState {
     pub clients: Arc<tokio::sync::Semaphore>,
     /// Every connection's and websocket's task, waited for at shutdown.
     pub tasks: tokio_util::task::TaskTracker,
-    /// Pings and stall timeout of live clients.
-    pub liveness: session::Liveness,
+    /// Pings and stall timeout of websocket clients.
+    pub liveness: crate::liveness::Liveness,
     pub tables: Option<Arc<Vec<TablePattern>>>,
     pub streams: Arc<Streams>,
     pub filters: Arc<Filters>,
@@ -104,6 +103,10 @@ pub type Resp = axum::response::Response;
 /// The client's address, on every request.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub IpAddr);
+
+/// The client's TCP socket, on every request: how much it has read.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientSocket(pub crate::liveness::Socket);
 
 /// An answer with a body and its content type.
 pub fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Resp {

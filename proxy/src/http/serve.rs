@@ -2,7 +2,7 @@
 //! the TLS handshake when serving HTTPS, and one hyper HTTP/1.1 connection
 //! per client, answered by the router.
 
-use super::{router, AppState, ClientAddr};
+use super::{router, AppState, ClientAddr, ClientSocket};
 use crate::http::listener::{self, Slot};
 use axum::Router;
 use hyper::body::Incoming;
@@ -28,18 +28,29 @@ pub async fn serve(
     let stop = shutdown.clone();
     listener::run(listener, conns, shutdown, move |stream, addr, slot| {
         let _ = stream.set_nodelay(true);
+        let socket = ClientSocket(crate::liveness::Socket::of(&stream));
         let (state, app, stop) = (state.clone(), app.clone(), stop.clone());
         let tasks = state.tasks.clone();
         match tls.as_ref().and_then(|t| t.acceptor()) {
             None => {
-                tasks.spawn(connection(stream, addr.ip(), slot, state, app, stop));
+                tasks.spawn(connection(
+                    stream,
+                    addr.ip(),
+                    socket,
+                    slot,
+                    state,
+                    app,
+                    stop,
+                ));
             }
             Some(acceptor) => {
                 tasks.spawn(async move {
                     // The TLS handshake is part of sending the request head.
                     let header = state.timeouts.header;
                     match tokio::time::timeout(header, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => connection(tls, addr.ip(), slot, state, app, stop).await,
+                        Ok(Ok(tls)) => {
+                            connection(tls, addr.ip(), socket, slot, state, app, stop).await
+                        }
                         Ok(Err(e)) => {
                             crate::limited!(debug, error = %e, "TLS handshake failed");
                         }
@@ -66,6 +77,7 @@ pub async fn serve(
 async fn connection<S>(
     stream: S,
     addr: IpAddr,
+    socket: ClientSocket,
     slot: Slot,
     state: Arc<AppState>,
     app: Router,
@@ -75,6 +87,7 @@ async fn connection<S>(
 {
     let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         req.extensions_mut().insert(ClientAddr(addr));
+        req.extensions_mut().insert(socket);
         app.clone().oneshot(req)
     });
     let conn = hyper::server::conn::http1::Builder::new()

@@ -2,7 +2,7 @@
 //! websocket key, room for another client), the `101 Switching Protocols`
 //! answer, and the socket once hyper hands the connection over.
 
-use super::{json_error, unavailable, AppState, ClientAddr, Resp};
+use super::{json_error, unavailable, AppState, ClientAddr, ClientSocket, Resp};
 use crate::http::listener::{Handshake, Slot};
 use crate::metrics::Metrics;
 use axum::body::Body;
@@ -85,6 +85,7 @@ pub struct Upgrade {
     slot: Option<Slot>,
     handshake: Handshake,
     client: OwnedSemaphorePermit,
+    socket: Option<crate::liveness::Socket>,
     timeout: Duration,
     metrics: Arc<Metrics>,
 }
@@ -97,6 +98,8 @@ pub struct Opened {
     pub slot: Option<Slot>,
     pub handshake: Handshake,
     pub client: OwnedSemaphorePermit,
+    /// The TCP socket under it, for liveness by progress.
+    pub socket: Option<crate::liveness::Socket>,
 }
 
 impl Upgrade {
@@ -110,6 +113,7 @@ impl Upgrade {
                 slot: self.slot,
                 handshake: self.handshake,
                 client: self.client,
+                socket: self.socket,
             }),
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "websocket upgrade failed");
@@ -168,6 +172,7 @@ pub fn accept_upgrade(
             .map(|a| state.connections.hold(a.0)),
         handshake,
         client,
+        socket: req.extensions().get::<ClientSocket>().map(|s| s.0),
         timeout: state.timeouts.handshake,
         metrics: state.metrics.clone(),
     })

@@ -1,8 +1,8 @@
 //! One websocket client's loop: receive its subscription, read the change
 //! log through its cursor and forward what it gets as text frames (the
 //! plugin's bytes unchanged), ping the client, and close with a code and
-//! reason when it falls out of the log, stops reading, stops answering
-//! pings, the stream stops or the server shuts down.
+//! reason when it falls out of the log, stops reading (liveness.rs), the
+//! stream stops or the server shuts down.
 
 use crate::auth;
 use crate::backfill::{self, Event};
@@ -13,12 +13,12 @@ use crate::http::ApiError;
 use crate::live::cursor::{Cursor, Stop};
 use crate::live::hub::{Hub, SubscribeError};
 use crate::live::log::Entry;
+use crate::liveness::{Dead, Due, Liveness, Watch};
 use crate::metrics::{CloseReason, Gauge, Metrics};
 use crate::query::{self, Query};
 use futures_util::{SinkExt, StreamExt};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
@@ -155,18 +155,6 @@ pub enum Start {
     FirstFrame,
 }
 
-/// How the server watches a client's liveness.
-#[derive(Debug, Clone, Copy)]
-pub struct Liveness {
-    /// A ping goes out this often; no answer by the next one closes the client.
-    pub ping_interval: Duration,
-    /// A client that takes this long to take one write while changes wait
-    /// for it is closed.
-    pub stall_timeout: Duration,
-    /// A client that subscribes in its first frame must send it this soon.
-    pub handshake_timeout: Duration,
-}
-
 /// What every session shares.
 #[derive(Clone)]
 pub struct Context {
@@ -226,31 +214,30 @@ enum End {
     Gone,
     /// Close with this code and reason.
     Close(CloseCode, String),
-    /// The client could not take a write for the stall timeout.
+    /// The client took nothing for the stall timeout while a write waited.
     Stalled,
+    /// The client neither answered a ping nor read for a ping interval.
+    Silent,
     /// The client's token expired and no new one came.
     Expired,
 }
 
-/// Runs a websocket write, ending the session when the client takes longer
-/// than the stall timeout.
-async fn within<F>(stall: Duration, write: F) -> Result<(), End>
+impl From<Dead> for End {
+    fn from(d: Dead) -> End {
+        match d {
+            Dead::Gone => End::Gone,
+            Dead::Stalled => End::Stalled,
+            Dead::Silent => End::Silent,
+        }
+    }
+}
+
+/// Runs a websocket write while the client keeps taking bytes (liveness.rs).
+async fn within<F>(watch: &Watch, write: F) -> Result<(), End>
 where
     F: std::future::Future<Output = Result<(), tokio_tungstenite::tungstenite::Error>>,
 {
-    let mut write = std::pin::pin!(write);
-    // Most writes only fill the send buffer and are done at the first poll:
-    // they need no timer (one per frame would read the clock per frame).
-    // A write that must wait is polled again below, with the task's waker.
-    let done = match futures_util::FutureExt::now_or_never(write.as_mut()) {
-        Some(done) => Ok(done),
-        None => tokio::time::timeout(stall, write).await,
-    };
-    match done {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err(End::Gone),
-        Err(_) => Err(End::Stalled),
-    }
+    watch.write(write).await.map_err(End::from)
 }
 
 /// Serves one client until it leaves, is disconnected or the server stops.
@@ -273,6 +260,7 @@ pub(crate) async fn run(
         slot: _slot,
         handshake,
         client: _client,
+        socket,
     } = open;
     let mut plan = plan;
     let (cursor, filter) = match start {
@@ -347,8 +335,17 @@ pub(crate) async fn run(
     let _client = Gauge::up(&ctx.metrics.clients);
     // The helpers above and below are boxed: a waiting client's task holds
     // only the state of the loop it is in (10,000 idle clients: docs/benchmarks.md).
-    let end = serve(&mut ws, cursor, filter, &ctx, &mut access, events).await;
-    let stall = ctx.liveness.stall_timeout;
+    let mut watch = Watch::new(ctx.liveness, socket);
+    let end = serve(
+        &mut ws,
+        cursor,
+        filter,
+        &ctx,
+        &mut access,
+        events,
+        &mut watch,
+    )
+    .await;
     match end {
         End::Gone => {}
         End::Close(code, reason) => Box::pin(close(&mut ws, code, &reason)).await,
@@ -358,11 +355,12 @@ pub(crate) async fn run(
         }
         End::Stalled => {
             ctx.metrics.count_close(CloseReason::Stalled);
-            let reason = format!(
-                "stalled: read nothing for {} s while changes waited; reconnect with after",
-                stall.as_secs_f64().round()
-            );
+            let reason = format!("{}; reconnect with after", watch.stalled_reason());
             Box::pin(close(&mut ws, CloseCode::Again, &reason)).await;
+        }
+        End::Silent => {
+            ctx.metrics.count_close(CloseReason::PingTimeout);
+            Box::pin(close(&mut ws, CloseCode::Away, &watch.silent_reason())).await;
         }
     }
 }
@@ -382,18 +380,10 @@ async fn serve(
     ctx: &Context,
     access: &mut auth::Access,
     mut events: Option<backfill::driver::Handle>,
+    watch: &mut Watch,
 ) -> End {
-    let Liveness {
-        ping_interval,
-        stall_timeout,
-        ..
-    } = ctx.liveness;
     let metrics = &ctx.metrics;
     let shutdown = ctx.shutdown.clone();
-    let mut ping =
-        tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut awaiting_pong = false;
     // Grown by the bursts that come, not reserved up front: idle clients
     // cost nothing.
     let (mut burst, mut verdicts): (Vec<Entry>, Vec<Verdict>) = (Vec::new(), Vec::new());
@@ -448,7 +438,7 @@ async fn serve(
                         filter.as_mut(),
                         &mut verdicts,
                         metrics,
-                        stall_timeout,
+                        watch,
                     ));
                     if let Err(e) = write.await {
                         return e;
@@ -475,11 +465,11 @@ async fn serve(
             msg = ws.next() => match msg {
                 None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return End::Gone,
                 Some(Ok(Message::Text(t))) => {
-                    awaiting_pong = false;
+                    watch.heard();
                     match access.on_frame(t.as_str()) {
                         None => {}
                         Some(Ok(reply)) => {
-                            if let Err(e) = Box::pin(within(stall_timeout, ws.send(Message::Text(reply.into())))).await {
+                            if let Err(e) = Box::pin(within(watch, ws.send(Message::Text(reply.into())))).await {
                                 return e;
                             }
                         }
@@ -487,27 +477,23 @@ async fn serve(
                     }
                 }
                 // Any frame (a pong above all) shows the client is there.
-                Some(Ok(_)) => awaiting_pong = false,
+                Some(Ok(_)) => watch.heard(),
             },
             _ = tokio::time::sleep_until(expiry.unwrap_or_else(tokio::time::Instant::now)), if expiry.is_some() => {
                 return End::Expired;
             }
-            _ = ping.tick() => {
-                if awaiting_pong {
-                    metrics.count_close(CloseReason::PingTimeout);
-                    return End::Close(
-                        CloseCode::Away,
-                        format!("no answer to a ping within {} s", ping_interval.as_secs_f64().round()),
-                    );
+            _ = watch.tick() => match watch.on_tick() {
+                Ok(Due::Ping) => {
+                    if let Err(e) = Box::pin(within(watch, ws.send(Message::Ping(Default::default())))).await {
+                        return e;
+                    }
                 }
-                awaiting_pong = true;
-                if let Err(e) = Box::pin(within(stall_timeout, ws.send(Message::Ping(Default::default())))).await {
-                    return e;
-                }
-            }
+                Ok(Due::Wait) => {}
+                Err(d) => return d.into(),
+            },
             _ = std::future::ready(()), if have => {
                 // Boxed: an idle client's task does not carry the writer's state.
-                let write = Box::pin(write_burst(ws, &burst[..writable], filter.as_mut(), &mut verdicts, metrics, stall_timeout));
+                let write = Box::pin(write_burst(ws, &burst[..writable], filter.as_mut(), &mut verdicts, metrics, watch));
                 if let Err(e) = write.await {
                     return e;
                 }
@@ -546,13 +532,13 @@ async fn write_chunk(
     mut filter: Option<&mut FilterInstance>,
     verdicts: &mut Vec<Verdict>,
     metrics: &Metrics,
-    stall: Duration,
+    watch: &Watch,
 ) -> Result<(), End> {
     if !before.is_empty() {
-        write_burst(ws, before, filter.as_deref_mut(), verdicts, metrics, stall).await?;
+        write_burst(ws, before, filter.as_deref_mut(), verdicts, metrics, watch).await?;
     }
-    write_burst(ws, &ready.rows, filter, verdicts, metrics, stall).await?;
-    within(stall, ws.send(Message::Text(ready.frame.clone().into()))).await?;
+    write_burst(ws, &ready.rows, filter, verdicts, metrics, watch).await?;
+    within(watch, ws.send(Message::Text(ready.frame.clone().into()))).await?;
     metrics.frames_out.fetch_add(1, Ordering::Relaxed);
     Ok(())
 }
@@ -564,7 +550,7 @@ async fn write_burst(
     mut filter: Option<&mut FilterInstance>,
     verdicts: &mut Vec<Verdict>,
     metrics: &Metrics,
-    stall: Duration,
+    watch: &Watch,
 ) -> Result<(), End> {
     let mut sent = 0u64;
     for chunk in burst.chunks(BATCH_EVENTS) {
@@ -572,7 +558,7 @@ async fn write_burst(
             if let Some(wait) = f.throttle() {
                 // The filter used its CPU budget for this second.
                 metrics.filter_budget_waits.fetch_add(1, Ordering::Relaxed);
-                within(stall, ws.flush()).await?;
+                within(watch, ws.flush()).await?;
                 tokio::time::sleep(wait).await;
             }
             f.run_batch(chunk, verdicts);
@@ -592,17 +578,17 @@ async fn write_burst(
                 Outcome::Skip => continue,
                 Outcome::Report(frame) => frame.into(),
                 Outcome::Detach(frame, reason) => {
-                    within(stall, ws.send(Message::Text(frame.into()))).await?;
+                    within(watch, ws.send(Message::Text(frame.into()))).await?;
                     return Err(End::Close(CloseCode::Policy, reason));
                 }
             };
-            within(stall, ws.feed(Message::Text(text))).await?;
+            within(watch, ws.feed(Message::Text(text))).await?;
             sent += 1;
         }
     }
     // Counted before the flush that lets the client see them, so that a
     // client never sees a frame /metrics does not count yet.
     metrics.frames_out.fetch_add(sent, Ordering::Relaxed);
-    within(stall, ws.flush()).await?;
+    within(watch, ws.flush()).await?;
     Ok(())
 }

@@ -249,6 +249,25 @@ impl Proxy {
             .unwrap_or_else(|e| panic!("/ws?{params}: {e:?}"))
     }
 
+    /// A websocket client for `path_and_query` whose socket has a receive
+    /// buffer of `rcvbuf` bytes (set before connecting, so the window the
+    /// client advertises stays that small).
+    pub fn ws_with_rcvbuf(&self, path_and_query: &str, rcvbuf: usize) -> Client {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("a socket");
+        socket.set_recv_buffer_size(rcvbuf).expect("SO_RCVBUF");
+        let addr: std::net::SocketAddr = ([127, 0, 0, 1], self.port).into();
+        socket.connect(&addr.into()).expect("connecting");
+        let stream: TcpStream = socket.into();
+        stream
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("read timeout");
+        let url = format!("ws://127.0.0.1:{}{path_and_query}", self.port);
+        let (ws, _) = tungstenite::client(url.as_str(), MaybeTlsStream::Plain(stream))
+            .unwrap_or_else(|e| panic!("websocket {url}: {e}"));
+        Client { ws }
+    }
+
     /// A websocket client for a full URL.
     pub fn ws_url(&self, url: &str) -> Client {
         let (ws, _) = tungstenite::connect(url).unwrap_or_else(|e| panic!("websocket {url}: {e}"));
@@ -364,6 +383,39 @@ impl Client {
             }
         }
         None
+    }
+
+    /// Reads text frames at a steady `per_second` until `n` arrived or
+    /// `within` passed, handing each to `each`; panics on a close.
+    pub fn read_at(
+        &mut self,
+        per_second: f64,
+        n: usize,
+        within: Duration,
+        mut each: impl FnMut(&str),
+    ) {
+        let start = Instant::now();
+        let mut got = 0usize;
+        while got < n {
+            assert!(
+                start.elapsed() < within,
+                "{got} of {n} frames within {within:?}"
+            );
+            match self.next() {
+                Some(Got::Text(t)) => {
+                    each(&t);
+                    got += 1;
+                    let due = start + Duration::from_secs_f64(got as f64 / per_second);
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                }
+                Some(Got::Closed(code, reason)) => {
+                    panic!("closed after {got} of {n} frames: {code} {reason}")
+                }
+                None => {}
+            }
+        }
     }
 
     /// Sends a text frame.

@@ -3,7 +3,8 @@
 //! of a burst (every change once, in order), a saved position, a position no
 //! longer held, a snapshot, typed refusals; and a durable stream read at
 //! least once through dropped connections and a failing handler, ending
-//! equal to the table.
+//! equal to the table; `reconnect()` at seeded random points inside
+//! transactions with ACKs in flight, each transaction applied once.
 
 mod support;
 
@@ -410,7 +411,7 @@ fn the_rust_client_reads_a_durable_stream_at_least_once() {
             matches!(out, Err(HandlerError::Handler("the application failed"))),
             "{out:?}"
         );
-        stream.close().await;
+        stream.close().await.expect("closed");
         let failed_at = failed_at.expect("the handler failed on a transaction");
         let mut stream = api.stream(&slot, StreamOptions::default());
         let again = loop {
@@ -498,4 +499,133 @@ fn the_rust_client_reads_a_durable_stream_at_least_once() {
             "{gone:?}"
         );
     });
+}
+
+#[test]
+fn reconnects_inside_transactions_with_acks_in_flight_apply_each_transaction_once() {
+    use walcast_client::DurableFrame;
+    let first = support::rng::seed();
+    let mut db = TestDb::new("rust_reconnects");
+    db.exec("CREATE TABLE ledger (txn int, n int, PRIMARY KEY (txn, n))");
+    let proxy = Proxy::start(cluster(), &db.name, "rust_reconnects_proxy", &[]);
+    let url = format!("http://127.0.0.1:{}", proxy.port);
+    let rt = runtime();
+    let api = Durable::new(&url, DurableOptions::default()).expect("api");
+    for run in 0..6u64 {
+        let seed = first.wrapping_add(run);
+        let mut rng = support::rng::Rng(seed);
+        let slot = rt
+            .block_on(api.create(&Create {
+                name: Some(format!("reconnects_{}", (b'a' + run as u8) as char)),
+                tables: vec!["public.ledger".into()],
+                without_snapshot: true,
+            }))
+            .expect("create")
+            .slot_name;
+        // Transactions of 1 to 6 rows, committed before the stream opens.
+        let txns = 30u64;
+        let mut sizes = Vec::new();
+        let mut script = String::new();
+        for t in 1..=txns {
+            let n = 1 + rng.below(6);
+            sizes.push(n as usize);
+            script.push_str(&format!(
+                "BEGIN; INSERT INTO ledger SELECT {}, g FROM generate_series(1, {n}) g; COMMIT;",
+                run * 1000 + t
+            ));
+        }
+        db.client.batch_execute(&script).expect("the transactions");
+        let mut stream = api.stream(&slot, StreamOptions::default());
+        // The application of the README: a transaction collected from its
+        // Begin, applied at its Commit unless its end_lsn was applied.
+        let mut applied = std::collections::BTreeMap::<i64, usize>::new();
+        let mut applied_up_to: Option<String> = None;
+        let mut txn: Option<Vec<i64>> = None;
+        let mut deferred: Option<String> = None;
+        let mut reconnects = 0;
+        rt.block_on(async {
+            while applied.len() < txns as usize {
+                let frame = tokio::time::timeout(Duration::from_secs(30), stream.next())
+                    .await
+                    .unwrap_or_else(|_| panic!("a frame within 30 s (seed {seed})"))
+                    .expect("the stream goes on")
+                    .expect("not closed");
+                if deferred.is_some() && rng.chance(50) {
+                    let lsn = deferred.take().unwrap_or_default();
+                    stream.ack(&lsn).await.expect("ack");
+                }
+                match frame {
+                    DurableFrame::Begin(_) | DurableFrame::Resumed => txn = Some(Vec::new()),
+                    DurableFrame::Change(c) => {
+                        let id = c
+                            .columns
+                            .as_ref()
+                            .and_then(|m| m.get("txn"))
+                            .and_then(|v| v.as_i64());
+                        if let (Some(t), Some(id)) = (txn.as_mut(), id) {
+                            t.push(id);
+                        }
+                    }
+                    DurableFrame::Commit { end_lsn, .. } => {
+                        let rows = txn
+                            .take()
+                            .unwrap_or_else(|| panic!("a Commit without its Begin (seed {seed})"));
+                        let newer = applied_up_to.as_deref().is_none_or(|a| {
+                            walcast_client::compare_lsn(&end_lsn, a)
+                                == Some(std::cmp::Ordering::Greater)
+                        });
+                        if newer && !rows.is_empty() {
+                            let id = rows[0];
+                            assert!(
+                                rows.iter().all(|r| *r == id),
+                                "one transaction's rows (seed {seed})"
+                            );
+                            let size = sizes[(id - run as i64 * 1000 - 1) as usize];
+                            assert_eq!(rows.len(), size, "transaction {id} whole (seed {seed})");
+                            *applied.entry(id).or_default() += 1;
+                            applied_up_to = Some(end_lsn.clone());
+                        }
+                        if rng.chance(30) {
+                            if let Some(lsn) = deferred.replace(end_lsn) {
+                                stream.ack(&lsn).await.expect("ack");
+                            }
+                        } else {
+                            stream.ack(&end_lsn).await.expect("ack");
+                        }
+                    }
+                    _ => {}
+                }
+                if rng.chance(12) {
+                    reconnects += 1;
+                    stream.reconnect();
+                }
+            }
+            if let Some(lsn) = deferred.take() {
+                stream.ack(&lsn).await.expect("ack");
+            }
+            stream
+                .close()
+                .await
+                .expect("closed with the last ACK delivered");
+        });
+        assert!(reconnects > 0, "seed {seed}: reconnected");
+        assert!(
+            applied.values().all(|n| *n == 1),
+            "seed {seed}: each transaction once: {applied:?}"
+        );
+        let confirmed: String = db
+            .client
+            .query_one(
+                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .expect("slot")
+            .get(0);
+        assert_eq!(
+            Some(confirmed.as_str()),
+            stream.acked(),
+            "seed {seed}: the slot is at the last ACK after close()"
+        );
+        rt.block_on(api.delete(&slot)).expect("delete");
+    }
 }

@@ -283,6 +283,8 @@ impl Durable {
             backoff: Backoff::new(self.options.backoff),
             socket: None,
             acked: None,
+            delivered: None,
+            reach: None,
             connected_before: false,
             building: None,
             lost: 0,
@@ -354,8 +356,14 @@ pub struct DurableStream {
     token: Option<String>,
     backoff: Backoff,
     socket: Option<Socket>,
-    /// The last LSN ACKed.
+    /// The last LSN ACKed: every connection resumes after it (`acked=`).
     acked: Option<String>,
+    /// The last ACK the proxy has taken (sent on a socket that had sent
+    /// its transaction, or carried by a connection's URL).
+    delivered: Option<String>,
+    /// The furthest `end_lsn` the open socket sent (or its URL carried):
+    /// what it may ACK (the proxy refuses ACKs beyond what it sent).
+    reach: Option<String>,
     /// Whether a connection opened before (the next one resumes).
     connected_before: bool,
     /// The transaction [`DurableStream::next_event`] is collecting.
@@ -398,6 +406,16 @@ impl DurableStream {
                     // interruption waits the shortest time again.
                     self.backoff.reset();
                     if let Some(frame) = frame(text.as_str()) {
+                        if let DurableFrame::Commit { end_lsn, .. } = &frame {
+                            raise(&mut self.reach, end_lsn);
+                            // An ACK given before this connection sent its
+                            // transaction.
+                            if self.undelivered() {
+                                if let Some(a) = self.acked.clone() {
+                                    self.send_ack(&a).await;
+                                }
+                            }
+                        }
                         return Ok(Some(frame));
                     }
                 }
@@ -409,6 +427,7 @@ impl DurableStream {
                 }
                 Read::Closed { .. } | Read::Lost => {
                     self.socket = None;
+                    self.reach = None;
                     self.lost += 1;
                     self.backoff.wait().await;
                 }
@@ -489,22 +508,38 @@ impl DurableStream {
                 "{end_lsn:?} is not an LSN: ACK the end_lsn of a C frame"
             )));
         }
-        let newer = self
-            .acked
-            .as_deref()
-            .is_none_or(|a| compare_lsn(end_lsn, a) == Some(Ordering::Greater));
-        if newer {
-            self.acked = Some(end_lsn.to_owned());
-        }
+        raise(&mut self.acked, end_lsn);
         self.send_ack(end_lsn).await;
         Ok(())
     }
 
-    /// Sends an ACK on the open socket; a failed send drops the socket (the
-    /// next read reconnects and resumes after the ACKs that got through).
+    /// Sends an ACK on the open socket when that socket sent its
+    /// transaction; otherwise it waits: the next connection carries
+    /// `acked`, or the transaction comes again here and is ACKed then. A
+    /// failed send drops the socket (the next read reconnects and resumes
+    /// after the last ACK).
     async fn send_ack(&mut self, lsn: &str) {
+        let within = self
+            .reach
+            .as_deref()
+            .is_some_and(|r| compare_lsn(lsn, r).is_some_and(|o| o != Ordering::Greater));
+        if self.socket.is_none() || !within {
+            return;
+        }
         let frame = serde_json::json!({ "lsn": lsn }).to_string();
         send_text(&mut self.socket, frame).await;
+        if self.socket.is_some() {
+            raise(&mut self.delivered, lsn);
+        }
+    }
+
+    /// Whether the last ACK has not reached the proxy yet.
+    fn undelivered(&self) -> bool {
+        match (&self.acked, &self.delivered) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(a), Some(d)) => compare_lsn(a, d) == Some(Ordering::Greater),
+        }
     }
 
     /// A fresh token: sent on the open socket (`{"access_token": ...}`), so
@@ -517,24 +552,54 @@ impl DurableStream {
     }
 
     /// Drops the connection; the next read reconnects and resumes after
-    /// the last ACK.
+    /// the last ACK (the transaction in progress comes again whole).
     pub fn reconnect(&mut self) {
         self.socket = None;
+        self.reach = None;
     }
 
-    /// Ends the stream (the slot stays; [`Durable::delete`] drops it).
-    pub async fn close(&mut self) {
-        self.ended = true;
+    /// Ends the stream (the slot stays; [`Durable::delete`] drops it) once
+    /// the proxy has the last ACK: when it has not reached the proxy yet
+    /// (given while reconnecting), one short connection carries it. `Err`
+    /// when that connection cannot be made within 10 s.
+    pub async fn close(&mut self) -> Result<(), Error> {
         if let Some(s) = self.socket.take() {
             close_socket(s).await;
         }
+        let result = if self.ended || !self.undelivered() {
+            Ok(())
+        } else {
+            let carried = tokio::time::timeout(Duration::from_secs(10), async {
+                // `connect` waits between tries.
+                while !self.connect().await? {}
+                Ok::<_, Error>(())
+            })
+            .await;
+            if let Some(s) = self.socket.take() {
+                close_socket(s).await;
+            }
+            match carried {
+                Ok(done) => done,
+                Err(_) => Err(Error::Invalid(format!(
+                    "the last ACK {} did not reach the proxy within 10 s",
+                    self.acked.as_deref().unwrap_or_default()
+                ))),
+            }
+        };
+        self.ended = true;
+        result
     }
 
     /// Opens a connection: `Ok(true)` when one is open, `Ok(false)` after a
     /// wait when it should be tried again, `Err` when it is refused for good.
     async fn connect(&mut self) -> Result<bool, Error> {
-        let mut request = self
-            .url
+        // The proxy resumes after the last ACK, even one that never reached
+        // it, and confirms it as it starts.
+        let url = match &self.acked {
+            Some(a) => format!("{}&acked={}", self.url, encode(a)),
+            None => self.url.clone(),
+        };
+        let mut request = url
             .as_str()
             .into_client_request()
             .map_err(|e| Error::Invalid(format!("{}: {e}", self.url)))?;
@@ -547,6 +612,10 @@ impl DurableStream {
             Ok((socket, _)) => {
                 self.socket = Some(socket);
                 self.connected_before = true;
+                self.reach = self.acked.clone();
+                if let Some(a) = self.acked.clone() {
+                    raise(&mut self.delivered, &a);
+                }
                 Ok(true)
             }
             Err(tungstenite::Error::Http(response)) => {
@@ -567,6 +636,16 @@ impl DurableStream {
                 Ok(false)
             }
         }
+    }
+}
+
+/// Sets `slot` to `lsn` when that is further.
+fn raise(slot: &mut Option<String>, lsn: &str) {
+    let further = slot
+        .as_deref()
+        .is_none_or(|s| compare_lsn(lsn, s) == Some(Ordering::Greater));
+    if further {
+        *slot = Some(lsn.to_owned());
     }
 }
 

@@ -63,11 +63,12 @@ pub struct ServeArgs {
     pub tables: Option<String>,
 
     /// Bytes of changes the proxy keeps for its live clients (kB, MB, GB
-    /// suffixes allowed): each change is stored once, however many clients
-    /// read it. A client whose unread changes are dropped to stay within it
-    /// is closed (1013) and may resume from its last position while the log
-    /// still holds what follows it.
-    #[arg(long, global = true, env = "WALCAST_BUFFER_SIZE", default_value = "256MB", value_parser = parse_bytes)]
+    /// suffixes, in units of 1024: 1MB is 1,048,576 bytes; at least 1MB):
+    /// each change is stored once, however many clients read it. A client
+    /// whose unread changes are dropped to stay within it is closed (1013)
+    /// and may resume from its last position while the log still holds
+    /// what follows it.
+    #[arg(long, global = true, env = "WALCAST_BUFFER_SIZE", default_value = "256MB", value_parser = buffer_size)]
     pub buffer_size: u64,
 
     /// Rows per chunk of a `snapshot=1` subscription's initial rows: each
@@ -110,8 +111,10 @@ pub struct ServeArgs {
     #[arg(long, global = true, env = "WALCAST_QUEUE_BOUND", hide = true)]
     pub queue_bound: Option<usize>,
 
-    /// Seconds between websocket pings; a client that has not answered one
-    /// by the next is closed (1001).
+    /// Seconds between websocket pings on a quiet connection; a client that
+    /// shows no sign of life (a frame, or reading what was sent) for two
+    /// intervals is closed (1001). A client that is reading is never closed
+    /// for a late answer.
     #[arg(
         long,
         global = true,
@@ -121,8 +124,8 @@ pub struct ServeArgs {
     )]
     pub ping_interval: u64,
 
-    /// Seconds a live client may take to accept a write while changes wait
-    /// for it; past that it is closed (1013).
+    /// Seconds a client (live or durable) may take nothing while a write
+    /// waits for it; past that it is closed (1013).
     #[arg(
         long,
         global = true,
@@ -502,6 +505,12 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s:?} is too large"))
 }
 
+/// `--buffer-size`: at least 1 MiB (a smaller log would hold only a few
+/// changes, and every client would fall behind at once).
+fn buffer_size(s: &str) -> Result<u64, String> {
+    bytes_within(s, 1 << 20, u64::MAX)
+}
+
 /// A byte count (as [`parse_bytes`] reads it) between `min` and `max`.
 fn bytes_within(s: &str, min: u64, max: u64) -> Result<u64, String> {
     let n = parse_bytes(s)?;
@@ -550,6 +559,7 @@ mod tests {
             &["--filter-memory", "1kB"],
             &["--filter-max-module-size", "1GB"],
             &["--snapshot-chunk-rows", "0"],
+            &["--buffer-size", "512kB"],
         ] {
             let e = match parse(bad) {
                 Ok(_) => panic!("{bad:?} was accepted"),
@@ -568,7 +578,16 @@ mod tests {
             f.time_per_second
         );
         assert_eq!(d.filter_max_instances, f.max_instances);
-        let ok = parse(&["--filter-memory", "64MB", "--ping-interval", "1"]).expect("in range");
+        let ok = parse(&[
+            "--filter-memory",
+            "64MB",
+            "--ping-interval",
+            "1",
+            "--buffer-size",
+            "1MB",
+        ])
+        .expect("in range");
         assert_eq!((ok.filter_memory, ok.ping_interval), (64 << 20, 1));
+        assert_eq!(ok.buffer_size, 1 << 20, "1MB is 2^20 bytes");
     }
 }

@@ -12,6 +12,7 @@
 //!                  the match list of every query group it matches
 //!   live/cursor.rs what a client has read: its next seq and its group
 //!   live/session.rs one websocket: bursts from its cursor, pings, stalls
+//!   liveness.rs    is a client still there: it reads (TCP_INFO), or answers
 //!   delivery.rs    what a client receives: query, the user's rules, its filter
 //!   backfill/      snapshot=1: a table read in chunks between watermarks,
 //!                  each chunk's rows judged in stream order (window.rs)

@@ -505,6 +505,10 @@ fn the_rust_client_reads_a_durable_stream_at_least_once() {
 fn reconnects_inside_transactions_with_acks_in_flight_apply_each_transaction_once() {
     use walcast_client::DurableFrame;
     let first = support::rng::seed();
+    eprintln!(
+        "seeds {first} to {} (WALCAST_SEED={first} replays them)",
+        first + 5
+    );
     let mut db = TestDb::new("rust_reconnects");
     db.exec("CREATE TABLE ledger (txn int, n int, PRIMARY KEY (txn, n))");
     let proxy = Proxy::start(cluster(), &db.name, "rust_reconnects_proxy", &[]);

@@ -142,6 +142,62 @@ impl Catalog {
         Ok(exists)
     }
 
+    /// The columns that identify a row of `schema.name` in the change
+    /// stream, in key order: the replica identity index (`REPLICA IDENTITY
+    /// USING INDEX`), else the primary key (`DEFAULT`, and `FULL` when the
+    /// table has one). `None` when rows have no key (`NOTHING`, or no
+    /// primary key) or there is no such table.
+    pub async fn replica_key(
+        &self,
+        schema: Option<&str>,
+        name: &str,
+    ) -> Result<Option<Vec<String>>, String> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT a.attname::text \
+                 FROM pg_catalog.pg_class c \
+                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                 JOIN pg_catalog.pg_index i ON i.indrelid = c.oid \
+                   AND CASE c.relreplident WHEN 'i' THEN i.indisreplident \
+                                           WHEN 'n' THEN false \
+                                           ELSE i.indisprimary END \
+                 CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord) \
+                 JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum \
+                 WHERE c.relname = $1 AND c.relkind IN ('r', 'p') \
+                 AND (CASE WHEN $2::text IS NULL THEN pg_catalog.pg_table_is_visible(c.oid) \
+                      ELSE n.nspname = $2 END) \
+                 ORDER BY k.ord",
+                &[&name, &schema],
+            )
+            .await
+            .map_err(|e| format!("reading the catalog failed: {e}"))?;
+        let key: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        Ok((!key.is_empty()).then_some(key))
+    }
+
+    /// Whether `schema.name` has `REPLICA IDENTITY FULL` (its deletes and
+    /// updates carry the whole old row); `None` when there is no such table.
+    pub async fn identity_is_full(
+        &self,
+        schema: Option<&str>,
+        name: &str,
+    ) -> Result<Option<bool>, String> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT c.relreplident = 'f' FROM pg_catalog.pg_class c \
+                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.relname = $1 AND c.relkind IN ('r', 'p') \
+                 AND (CASE WHEN $2::text IS NULL THEN pg_catalog.pg_table_is_visible(c.oid) \
+                      ELSE n.nspname = $2 END)",
+                &[&name, &schema],
+            )
+            .await
+            .map_err(|e| format!("reading the catalog failed: {e}"))?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
     /// The table `schema.name`; without a schema, the one the search path
     /// finds. `None` when there is no such table.
     pub async fn table_info(

@@ -106,6 +106,19 @@ pub struct ServeArgs {
     )]
     pub match_budget_ms: u64,
 
+    /// Rows one live client's view may hold: a client whose query has row
+    /// filters is told when a row it holds is deleted or leaves the query,
+    /// so the proxy keeps a hash of each row it sent (about 16 bytes). A
+    /// client that would hold more is closed (1008) with the reason.
+    #[arg(
+        long,
+        global = true,
+        env = "WALCAST_VIEW_MAX_ROWS",
+        default_value_t = 1_000_000,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub view_max_rows: u64,
+
     /// Deprecated and ignored: clients read from the shared change log
     /// (--buffer-size) instead of per-client queues.
     #[arg(long, global = true, env = "WALCAST_QUEUE_BOUND", hide = true)]

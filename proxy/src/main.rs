@@ -406,6 +406,7 @@ async fn serve(args: walcast_proxy::config::ServeArgs) -> Result<(), String> {
             handshake: Duration::from_secs(args.handshake_timeout),
         },
         descriptor_warning: front.warning,
+        view_max_rows: usize::try_from(args.view_max_rows).unwrap_or(usize::MAX),
         backfills: Arc::new(walcast_proxy::backfill::driver::Shared::new(
             walcast_proxy::backfill::Settings {
                 chunk_rows: args.snapshot_chunk_rows as usize,

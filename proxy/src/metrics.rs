@@ -41,6 +41,10 @@ pub struct Metrics {
     pub closed_token_expired: AtomicU64,
     /// Clients closed because the source lost changes they would have had.
     pub closed_stream_gap: AtomicU64,
+    /// Clients closed because their view would pass `--view-max-rows`.
+    pub closed_view_full: AtomicU64,
+    /// Rows held by live clients' views (`live/view.rs`).
+    pub view_rows: std::sync::Arc<AtomicI64>,
     pub unparseable_messages: AtomicU64,
     pub replication_reconnects: AtomicU64,
     pub lag_bytes: AtomicU64,
@@ -166,6 +170,8 @@ pub enum CloseReason {
     /// The source lost changes the client would have had (an edge whose
     /// JetStream stream dropped them before it read them).
     StreamGap,
+    /// The client's view would hold more than `--view-max-rows` rows.
+    ViewFull,
 }
 
 /// The change log and its readers, as `/metrics` shows them.
@@ -202,6 +208,7 @@ impl Metrics {
             CloseReason::PingTimeout => &self.closed_ping_timeout,
             CloseReason::TokenExpired => &self.closed_token_expired,
             CloseReason::StreamGap => &self.closed_stream_gap,
+            CloseReason::ViewFull => &self.closed_view_full,
         };
         c.fetch_add(1, Ordering::Relaxed);
     }
@@ -233,12 +240,14 @@ impl Metrics {
              walcast_clients_closed_total{{reason=\"stalled\"}} {}\n\
              walcast_clients_closed_total{{reason=\"ping_timeout\"}} {}\n\
              walcast_clients_closed_total{{reason=\"token_expired\"}} {}\n\
-             walcast_clients_closed_total{{reason=\"stream_gap\"}} {}",
+             walcast_clients_closed_total{{reason=\"stream_gap\"}} {}\n\
+             walcast_clients_closed_total{{reason=\"view_full\"}} {}",
             self.closed_fell_behind.load(Ordering::Relaxed),
             self.closed_stalled.load(Ordering::Relaxed),
             self.closed_ping_timeout.load(Ordering::Relaxed),
             self.closed_token_expired.load(Ordering::Relaxed),
             self.closed_stream_gap.load(Ordering::Relaxed),
+            self.closed_view_full.load(Ordering::Relaxed),
         );
         let g = |v: &AtomicU64| v.load(Ordering::Relaxed);
         let mut line = |name: &str, kind: &str, help: &str, value: String| {
@@ -261,6 +270,12 @@ impl Metrics {
             "gauge",
             "Connected websocket clients.",
             self.clients.load(Ordering::Relaxed).to_string(),
+        );
+        line(
+            "walcast_view_rows",
+            "gauge",
+            "Rows held by live clients' views (queries with row filters), one key hash each.",
+            self.view_rows.load(Ordering::Relaxed).to_string(),
         );
         line(
             "walcast_unparseable_messages_total",

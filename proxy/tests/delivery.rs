@@ -441,3 +441,167 @@ fn ten_thousand_idle_clients_stay_small() {
     drop(proxy);
     drop(clients);
 }
+
+/// A filtered view: its subscription, the SQL that selects the same rows,
+/// and the marker row after which it has seen every change.
+struct ViewClient {
+    query: &'static str,
+    sql: &'static str,
+    snapshot: bool,
+    client: Client,
+    rows: support::rows::Rows,
+    last_marker: i64,
+}
+
+impl ViewClient {
+    fn open(proxy: &Proxy, query: &'static str, sql: &'static str, snapshot: bool) -> ViewClient {
+        let params = format!(
+            "query={}{}",
+            encode(query),
+            if snapshot { "&snapshot=1" } else { "" }
+        );
+        ViewClient {
+            query,
+            sql,
+            snapshot,
+            client: proxy.ws_params(&params),
+            rows: support::rows::Rows::new(&["id"]),
+            last_marker: 0,
+        }
+    }
+
+    /// Applies frames until `stop` holds for one; `done` frames end a re-sync.
+    fn read_until(&mut self, seed: u64, mut stop: impl FnMut(&serde_json::Value) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "seed {seed}: {} waited too long",
+                self.query
+            );
+            match self.client.next() {
+                Some(Got::Text(t)) => {
+                    let v = json(&t);
+                    self.rows.apply(&v);
+                    if stop(&v) {
+                        return;
+                    }
+                }
+                Some(Got::Closed(code, reason)) => {
+                    panic!("seed {seed}: {} closed with {code} {reason}", self.query)
+                }
+                None => {}
+            }
+        }
+    }
+}
+
+#[test]
+fn filtered_views_hear_of_rows_that_are_deleted_or_leave_and_end_equal_to_their_query() {
+    use support::rows::{assert_same, item_operation, items, Rows, Writer};
+    let seed = support::rng::seed();
+    eprintln!("seed {seed} (WALCAST_SEED={seed} replays it)");
+    let mut db = TestDb::new("views");
+    items(&mut db, 1500);
+    let proxy = Proxy::start(cluster(), &db.name, "views_proxy", &[]);
+    let mut views = vec![
+        ViewClient::open(&proxy, "*:items:v.lt.30", "v < 30", true),
+        ViewClient::open(
+            &proxy,
+            "*:items:v.gte.50:v.lt.60",
+            "v >= 50 AND v < 60",
+            true,
+        ),
+        ViewClient::open(&proxy, "*:items:v.in.(1,2,3,4,5)", "v IN (1,2,3,4,5)", true),
+        ViewClient::open(&proxy, "*:items:pad.like.\"ppp%\"", "pad LIKE 'ppp%'", true),
+        ViewClient::open(&proxy, "*:items:v.eq.7", "v = 7", true),
+        // Without a snapshot it holds only what it was sent since.
+        ViewClient::open(&proxy, "*:items:v.lt.30", "v < 30", false),
+    ];
+    // Updates of `v` move rows in and out of every filter; keys change;
+    // rows are deleted; a truncate empties the table halfway.
+    let mut writer = Writer::start(&db.name, seed, item_operation);
+    // A view that drops its connection re-syncs with a snapshot (the
+    // documented way: rows not read again by its `done` are gone).
+    let mut resync = ViewClient::open(&proxy, "*:items:v.lt.50", "v < 50", true);
+    std::thread::sleep(Duration::from_millis(300));
+    for v in views.iter_mut() {
+        let _ = v.client.next_within(Duration::from_millis(50));
+    }
+    resync.read_until(seed, |f| f["type"] == "snapshot" && f["state"] == "done");
+    drop(std::mem::replace(
+        &mut resync.client,
+        proxy.ws_params(&format!("query={}&snapshot=1", encode(resync.query))),
+    ));
+    let before: std::collections::BTreeSet<String> = resync.rows.rows.keys().cloned().collect();
+    let mut reread = std::collections::BTreeSet::new();
+    let mut touched = std::collections::BTreeSet::new();
+    resync.read_until(seed, |f| {
+        let key = |o: &serde_json::Value| format!("[{}]", o["id"]);
+        match f["action"].as_str() {
+            Some("R") => {
+                reread.insert(key(&f["columns"]));
+            }
+            Some("I" | "U") => {
+                touched.insert(key(&f["columns"]));
+            }
+            _ => {}
+        }
+        f["type"] == "snapshot" && f["state"] == "done"
+    });
+    for k in before {
+        if !reread.contains(&k) && !touched.contains(&k) {
+            resync.rows.rows.remove(&k);
+        }
+    }
+    views.push(resync);
+    db.exec("TRUNCATE items; INSERT INTO items SELECT g, g % 100, repeat('p', (g % 5)::int) FROM generate_series(1, 800) g");
+    std::thread::sleep(Duration::from_millis(1500));
+    writer.stop();
+    assert!(writer.count() > 50, "seed {seed}: the writer wrote");
+    // One last transaction: a marker row for every view, in id order.
+    let markers = [(900_001, 7, "pppp"), (900_002, 55, "x"), (900_003, 3, "x")];
+    let values: Vec<String> = markers
+        .iter()
+        .map(|(id, v, pad)| format!("({id}, {v}, '{pad}')"))
+        .collect();
+    db.exec(&format!("INSERT INTO items VALUES {}", values.join(", ")));
+    for view in views.iter_mut() {
+        let matching: Vec<i64> = db
+            .client
+            .query(
+                &format!(
+                    "SELECT id FROM items WHERE id > 900000 AND ({}) ORDER BY id",
+                    view.sql
+                ),
+                &[],
+            )
+            .expect("markers")
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        view.last_marker = *matching.last().expect("a marker for every view");
+        let last = view.last_marker;
+        view.read_until(seed, |f| f["action"] == "I" && f["columns"]["id"] == last);
+        let table = Rows::read(
+            &mut db,
+            &format!("(SELECT * FROM items WHERE {})", view.sql),
+            &["id"],
+        );
+        if view.snapshot {
+            eprintln!("{}: {} rows", view.query, view.rows.rows.len());
+            assert_same(&view.rows, &table, seed);
+        } else {
+            // Only rows that match now, as they are now.
+            for (k, row) in &view.rows.rows {
+                assert_eq!(
+                    table.rows.get(k),
+                    Some(row),
+                    "seed {seed}: {} holds {k} which its query does not select now",
+                    view.query
+                );
+            }
+        }
+    }
+    assert!(proxy.metric("walcast_view_rows") > 0, "views are counted");
+}

@@ -806,3 +806,46 @@ fn acked_resumes_after_an_ack_that_never_reached_the_proxy() {
         "the slot's position wins over an older acked"
     );
 }
+
+#[test]
+fn a_filtered_query_on_a_table_without_full_identity_is_warned_about() {
+    let (mut db, proxy) = setup("durable_filtered", &[]);
+    let slot = new_stream(&proxy, "filtered");
+    let open = |query: &str| {
+        proxy
+            .try_ws_url(&format!(
+                "ws://127.0.0.1:{}/v1/lr/stream?slotName={slot}&query={}",
+                proxy.port,
+                encode(query)
+            ))
+            .unwrap_or_else(|e| panic!("{query}: {e:?}"))
+    };
+    let mut c = open("*:items:n.gt.10");
+    let w = frame(&mut c);
+    let text = w["warning"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a warning first: {w}"));
+    assert!(text.contains("REPLICA IDENTITY FULL"), "{text}");
+    drop(c);
+    // With FULL identity, or for inserts only, nothing to warn about: the
+    // first frame is the stream's.
+    db.exec("ALTER TABLE items REPLICA IDENTITY FULL");
+    for query in ["*:items:n.gt.10", "insert:nokey:a.eq.1"] {
+        let mut c = loop {
+            match proxy.try_ws_url(&format!(
+                "ws://127.0.0.1:{}/v1/lr/stream?slotName={slot}&query={}",
+                proxy.port,
+                encode(query)
+            )) {
+                Ok(c) => break c,
+                Err((409, _)) => std::thread::sleep(Duration::from_millis(50)),
+                Err(e) => panic!("{query}: {e:?}"),
+            }
+        };
+        db.exec("INSERT INTO items VALUES (100, 'w', 50, now())");
+        let f = frame(&mut c);
+        assert_eq!(f["action"], "B", "{query}: {f}");
+        db.exec("DELETE FROM items WHERE id = 100");
+        drop(c);
+    }
+}

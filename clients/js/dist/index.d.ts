@@ -1,5 +1,9 @@
-/** What a change is: insert, update, delete, truncate, message, DDL, read event. */
-export type Action = "I" | "U" | "D" | "T" | "M" | "DDL" | "R";
+/**
+ * What a change is: insert, update, delete, truncate, message, DDL, read
+ * event, or `L`: a row the subscription held left its filtered query (an
+ * update moved it out; `identity` holds its key). Apply `L` like `D`.
+ */
+export type Action = "I" | "U" | "D" | "T" | "M" | "DDL" | "R" | "L";
 /** A column value as the stream writes it (see docs/format.md). */
 export type Value = null | boolean | number | string | Value[] | {
     [key: string]: Value;

@@ -10,8 +10,12 @@
 // restarts of the websocket. When the proxy no longer holds that position it
 // ends with a PositionGoneError naming the oldest position held.
 
-/** What a change is: insert, update, delete, truncate, message, DDL, read event. */
-export type Action = "I" | "U" | "D" | "T" | "M" | "DDL" | "R";
+/**
+ * What a change is: insert, update, delete, truncate, message, DDL, read
+ * event, or `L`: a row the subscription held left its filtered query (an
+ * update moved it out; `identity` holds its key). Apply `L` like `D`.
+ */
+export type Action = "I" | "U" | "D" | "T" | "M" | "DDL" | "R" | "L";
 
 /** A column value as the stream writes it (see docs/format.md). */
 export type Value = null | boolean | number | string | Value[] | { [key: string]: Value };

@@ -168,6 +168,9 @@ pub enum Action {
     Ddl,
     /// A read event of a snapshot: "put this row".
     Read,
+    /// A row the subscription held left its filtered query (an update
+    /// moved it out); `identity` holds its key. Apply it like a delete.
+    Leave,
 }
 
 impl Action {
@@ -180,6 +183,7 @@ impl Action {
             "M" => Action::Message,
             "DDL" => Action::Ddl,
             "R" => Action::Read,
+            "L" => Action::Leave,
             _ => return None,
         })
     }
@@ -195,6 +199,7 @@ impl std::fmt::Display for Action {
             Action::Message => "M",
             Action::Ddl => "DDL",
             Action::Read => "R",
+            Action::Leave => "L",
         })
     }
 }

@@ -51,6 +51,8 @@ pub struct Options {
     pub access: crate::auth::Access,
     /// Tables whose current rows to send first (`&snapshot=`), and how.
     pub backfills: Vec<crate::backfill::driver::Plan>,
+    /// Warning frames sent first (`{"warning": ...}`).
+    pub warnings: Vec<String>,
     pub backfill_runner: (crate::sql::SqlPool, Arc<crate::backfill::driver::Shared>),
 }
 
@@ -781,7 +783,8 @@ pub async fn run(
         }
     }
     // A client already gone is noticed by the loop.
-    if let Some(n) = notice {
+    let warnings = std::mem::take(&mut consumer.opts.warnings);
+    for n in notice.into_iter().chain(warnings) {
         let _ = consumer.reply(serde_json::json!({ "warning": n })).await;
     }
     let _ = consumer.requested(first).await;

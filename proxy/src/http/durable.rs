@@ -335,6 +335,28 @@ async fn page(state: &AppState, grant: &Grant, b: &[u8]) -> Result<Resp, ApiErro
     Ok(r)
 }
 
+/// What a durable stream with a filtered query misses on a table without
+/// `REPLICA IDENTITY FULL` (a stream keeps no view: docs/proxy.md#live-views).
+async fn filtered_stream_warning(state: &AppState, q: &crate::query::Query) -> Option<String> {
+    use crate::query::RowAction;
+    if !(q.may_leave(RowAction::Delete) || q.may_leave(RowAction::Update)) {
+        return None;
+    }
+    let full = state
+        .catalog
+        .identity_is_full(q.table.schema.as_deref(), &q.table.name)
+        .await
+        .ok()
+        .flatten()?;
+    let table = match &q.table.schema {
+        Some(s) => format!("{s}.{}", q.table.name),
+        None => q.table.name.clone(),
+    };
+    (!full).then(|| format!(
+        "{table} has no REPLICA IDENTITY FULL: with this query's row filters, a delete reaches the stream only when its key matches them, and an update that moves a row out of the query is not sent; ALTER TABLE {table} REPLICA IDENTITY FULL matches deletes on the whole old row (docs/streams.md)"
+    ))
+}
+
 /// `GET /v1/lr/stream?slotName=`: the websocket of a stream's consumer.
 pub async fn lr_stream(
     State(state): State<Arc<AppState>>,
@@ -379,6 +401,13 @@ pub async fn lr_stream(
     let Selection { query, filter } = match selection(&state, &params, &grant).await {
         Ok(s) => s,
         Err(r) => return *r,
+    };
+    let warnings = match &query {
+        Some(q) => filtered_stream_warning(&state, q)
+            .await
+            .into_iter()
+            .collect(),
+        None => Vec::new(),
     };
     let tables: Vec<String> = params
         .get("snapshot")
@@ -426,6 +455,7 @@ pub async fn lr_stream(
                 access,
                 backfills,
                 backfill_runner: (state.streams.pool.clone(), state.backfills.clone()),
+                warnings,
             };
             let watch = crate::liveness::Watch::new(state.liveness, socket);
             consumer::run(ws, watch, opened, opts, metrics, shutdown).await;

@@ -106,6 +106,7 @@ pub async fn websocket(
         catalog: state.catalog.clone(),
         tables: state.tables.clone(),
         backfills: state.backfills.clone(),
+        view_max_rows: state.view_max_rows,
     };
     let access = auth::Access::new(state.auth.clone(), grant);
     let response = switching_protocols(&upgrade.accept);

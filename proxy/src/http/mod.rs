@@ -82,6 +82,8 @@ pub struct AppState {
     pub descriptor_warning: Option<String>,
     /// `snapshot=1` subscriptions' turns and rate.
     pub backfills: Arc<crate::backfill::driver::Shared>,
+    /// Rows one live client's view may hold (`--view-max-rows`).
+    pub view_max_rows: usize,
 }
 
 /// How long a client may take over each step of a request.

@@ -23,7 +23,7 @@
 //! if it waits long enough to fall out of the log, it is closed like any
 //! client that fell behind.
 
-use crate::live::hub::{listed, Group, Hub};
+use crate::live::hub::{listed, may_leave, Group, Hub, Listed};
 use crate::live::log::{Entry, Missing};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -276,7 +276,11 @@ impl Cursor {
                 if !self.clock.has_time() {
                     break;
                 }
+                let mut e = e;
                 if self.clock.time(|| e.change.matched_by_without_caching(q)) {
+                    out.push(e);
+                } else if may_leave(q, &e.change) {
+                    e.unmatched = true;
                     out.push(e);
                 }
                 self.next += 1;
@@ -313,20 +317,33 @@ impl Cursor {
         let read = out.len() - before;
         // Matches the hub deferred: evaluated here, within the clock.
         let mut consumed = read;
-        if self.seqs[..read].iter().any(|code| listed(*code).1) {
+        if self.seqs[..read]
+            .iter()
+            .any(|code| listed(*code).1 != Listed::Matched)
+        {
             let mut kept = before;
             for j in 0..read {
-                let keep = if listed(self.seqs[j]).1 {
-                    if !self.clock.has_time() {
-                        consumed = j;
-                        break;
+                let keep = match listed(self.seqs[j]).1 {
+                    Listed::Matched => true,
+                    Listed::Unmatched => {
+                        out[before + j].unmatched = true;
+                        true
                     }
-                    let change = &out[before + j].change;
-                    self.clock.time(|| {
-                        crate::blocking::off_workers(|| change.matched_by_without_caching(q))
-                    })
-                } else {
-                    true
+                    Listed::Deferred => {
+                        if !self.clock.has_time() {
+                            consumed = j;
+                            break;
+                        }
+                        let e = &mut out[before + j];
+                        let change = &e.change;
+                        let matched = self.clock.time(|| {
+                            crate::blocking::off_workers(|| change.matched_by_without_caching(q))
+                        });
+                        if !matched && may_leave(q, &e.change) {
+                            e.unmatched = true;
+                        }
+                        matched || e.unmatched
+                    }
                 };
                 if keep {
                     out.swap(kept, before + j);

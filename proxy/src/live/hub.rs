@@ -33,10 +33,21 @@ use walcast_format::Position;
 /// within their time budget (`cursor.rs`), and the hub goes on.
 pub const HUB_MATCH_COST: usize = 64 << 10;
 
+/// How a change is on a group's list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Listed {
+    /// The query matched it.
+    Matched,
+    /// Too costly for the hub: the cursor evaluates it.
+    Deferred,
+    /// The query did not match it, but it may remove a row a client of the
+    /// group holds (an update or delete of its table, `view.rs`).
+    Unmatched,
+}
+
 /// A group's match list: the seqs of the log entries its query matched.
 pub(crate) struct Matches {
-    /// Each match as `seq << 1 | deferred` (in seq order): deferred ones
-    /// were not decided by the hub and the cursor evaluates them.
+    /// Each match as `seq << 2 | how` (in seq order, see [`listed`]).
     pub seqs: VecDeque<u64>,
     /// The list holds every match from this seq on (the log's head when the
     /// group was made); before it, cursors evaluate the query themselves.
@@ -47,19 +58,29 @@ pub(crate) struct Matches {
 }
 
 impl Matches {
-    fn push(&mut self, seq: u64, deferred: bool) {
-        self.seqs.push_back(seq << 1 | u64::from(deferred));
+    fn push(&mut self, seq: u64, how: Listed) {
+        let how = match how {
+            Listed::Matched => 0,
+            Listed::Deferred => 1,
+            Listed::Unmatched => 2,
+        };
+        self.seqs.push_back(seq << 2 | how);
     }
 
     /// The index of the first listed match at or after `seq`.
     pub(crate) fn index_of(&self, seq: u64) -> usize {
-        self.seqs.partition_point(|s| s >> 1 < seq)
+        self.seqs.partition_point(|s| s >> 2 < seq)
     }
 }
 
-/// A listed match: its seq, and whether the cursor must evaluate it.
-pub(crate) fn listed(code: u64) -> (u64, bool) {
-    (code >> 1, code & 1 == 1)
+/// A listed change: its seq, and how it is on the list.
+pub(crate) fn listed(code: u64) -> (u64, Listed) {
+    let how = match code & 3 {
+        0 => Listed::Matched,
+        1 => Listed::Deferred,
+        _ => Listed::Unmatched,
+    };
+    (code >> 2, how)
 }
 
 /// Clients with the same query (or, with `query: None`, every row change).
@@ -134,6 +155,19 @@ fn number_key(s: &str) -> Option<EqKey> {
     Some(EqKey::Number(f.to_bits()))
 }
 
+/// Whether a group's clients keep views: the hub lists its table's updates
+/// and deletes for it even when its query does not match them.
+fn leaves(q: &Query) -> bool {
+    q.may_leave(query::RowAction::Update) || q.may_leave(query::RowAction::Delete)
+}
+
+/// Whether `c`, which `q` does not match, is listed for `q`'s clients all
+/// the same: an update or delete of its table that may remove a row they
+/// hold (`view.rs`).
+pub(crate) fn may_leave(q: &Query, c: &Change) -> bool {
+    c.row_action().is_some_and(|a| q.may_leave(a)) && q.matches_table(&c.schema, &c.table)
+}
+
 /// The index key of a query: its first `eq` filter whose operand is a value.
 fn index_key(q: &Query) -> IndexKey {
     for f in &q.filters {
@@ -157,6 +191,10 @@ struct Index {
     index: HashMap<IndexKey, Vec<u64>>,
     /// Per table, the columns that some group's `eq` index uses.
     eq_columns: HashMap<String, HashMap<String, usize>>,
+    /// Per table, the groups with row filters that want updates or
+    /// deletes: every update and delete of the table is listed for them
+    /// (`Listed::Unmatched` when their query does not match it).
+    leaving: HashMap<String, Vec<u64>>,
     next_id: u64,
 }
 
@@ -182,6 +220,12 @@ impl Index {
         }
         self.next_id += 1;
         let id = self.next_id;
+        if leaves(&query) {
+            self.leaving
+                .entry(query.table.name.clone())
+                .or_default()
+                .push(id);
+        }
         let group = Arc::new(Group {
             query: Some(query),
             matches: Mutex::new(Matches {
@@ -211,6 +255,12 @@ impl Index {
         };
         if let Some(q) = &g.query {
             self.by_query.remove(&format!("{q:?}"));
+            if let Some(ids) = self.leaving.get_mut(&q.table.name) {
+                ids.retain(|x| *x != id);
+                if ids.is_empty() {
+                    self.leaving.remove(&q.table.name);
+                }
+            }
         }
         if let Some(ids) = self.index.get_mut(&key) {
             ids.retain(|x| *x != id);
@@ -264,8 +314,14 @@ impl Index {
         }
     }
 
-    /// Groups that may want `change`.
+    /// Groups that may want `change`, and (updates, deletes) the groups
+    /// whose clients may hold its row.
     fn candidates_of(&self, change: &Change, action: query::RowAction, out: &mut Vec<u64>) {
+        if matches!(action, query::RowAction::Update | query::RowAction::Delete) {
+            if let Some(ids) = self.leaving.get(&*change.table) {
+                out.extend(ids);
+            }
+        }
         if action == query::RowAction::Truncate {
             // A truncate has no row: every group of a table it names may want it.
             for (_, t) in change.truncated() {
@@ -347,7 +403,7 @@ pub struct Hub {
 #[derive(Default)]
 pub struct PublishScratch {
     candidates: Vec<u64>,
-    matched: Vec<(usize, Arc<Group>, bool)>,
+    matched: Vec<(usize, Arc<Group>, Listed)>,
     counts: Vec<usize>,
 }
 
@@ -468,13 +524,14 @@ impl Hub {
                         continue;
                     };
                     let Some(q) = &g.query else { continue };
-                    let deferred = match change.matched_within(q, HUB_MATCH_COST) {
+                    let how = match change.matched_within(q, HUB_MATCH_COST) {
+                        Some(true) => Listed::Matched,
+                        None => Listed::Deferred,
+                        Some(false) if may_leave(q, change) => Listed::Unmatched,
                         Some(false) => continue,
-                        Some(true) => false,
-                        None => true,
                     };
-                    deferred_count += u64::from(deferred);
-                    matched.push((i, g.clone(), deferred));
+                    deferred_count += u64::from(how == Listed::Deferred);
+                    matched.push((i, g.clone(), how));
                     n += 1;
                 }
             }
@@ -487,9 +544,9 @@ impl Hub {
             Some((Arc::new(c), pos, *n))
         });
         let first = self.inner.log.append(entries);
-        for (i, g, deferred) in matched.iter() {
+        for (i, g, how) in matched.iter() {
             if let Ok(mut m) = g.matches.lock() {
-                m.push(first + *i as u64, *deferred);
+                m.push(first + *i as u64, *how);
             }
         }
         if deferred_count > 0 {
@@ -786,6 +843,66 @@ mod tests {
                 assert_eq!(got.len(), usize::from(want), "query {q:?} on row {row}");
             }
         }
+    }
+
+    fn row_change(n: u32, action: &str, body: &str) -> Change {
+        let raw = format!(
+            r#"{{"action":"{action}","lsn":"0/1","pos":"{}","schema":"public","table":"t",{body}}}"#,
+            Position::new(Lsn(u64::from(n) + 1), 0)
+        );
+        Change::parse(Bytes::from(raw), Lsn(1)).expect("change")
+    }
+
+    #[test]
+    fn updates_and_deletes_reach_filtered_views_as_unmatched_on_every_path() {
+        let hub = Hub::new(1 << 20);
+        hub.stream_starts_at(Position::default());
+        let batch = || {
+            vec![
+                row_change(1, "I", r#""columns":{"id":1,"a":1}"#),
+                row_change(2, "U", r#""columns":{"id":1,"a":2},"identity":{"id":1}"#),
+                row_change(3, "D", r#""identity":{"id":1}"#),
+                row_change(4, "U", r#""columns":{"id":2,"a":1},"identity":{"id":2}"#),
+            ]
+        };
+        let how = |cur: &mut Cursor| -> Vec<(String, bool)> {
+            let mut got = Vec::new();
+            cur.fill(64, &mut got).expect("fill");
+            got.iter()
+                .map(|e| (format!("{:?}", e.change.action), e.unmatched))
+                .collect()
+        };
+        let want_view = vec![
+            ("Insert".to_owned(), false),
+            ("Update".to_owned(), true),
+            ("Delete".to_owned(), true),
+            ("Update".to_owned(), false),
+        ];
+        let mut scratch = PublishScratch::default();
+        // Listed by the hub: a view gets the unmatched update and delete;
+        // an insert-only query and an unfiltered one get what they match.
+        let subscribe = |q: &str| {
+            hub.subscribe(Some(query::parse(q).expect("query")), None)
+                .expect("subscribe")
+        };
+        let (mut view, mut inserts, mut all) = (
+            subscribe("*:t:a.eq.1"),
+            subscribe("insert:t:a.eq.1"),
+            subscribe("*:t"),
+        );
+        hub.publish(batch(), &mut scratch);
+        assert_eq!(how(&mut view), want_view);
+        assert_eq!(how(&mut inserts), vec![("Insert".to_owned(), false)]);
+        assert!(how(&mut all).iter().all(|(_, unmatched)| !unmatched));
+        // Read by a resuming cursor's own scan (from before its group
+        // existed): the same.
+        let mut late = hub
+            .subscribe(
+                Some(query::parse("*:t:a.lt.2").expect("query")),
+                Some(Position::default()),
+            )
+            .expect("resume");
+        assert_eq!(how(&mut late), want_view);
     }
 
     #[test]

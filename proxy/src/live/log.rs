@@ -34,8 +34,13 @@ pub const MATCH_COST: usize = 8;
 pub struct Entry {
     pub change: Arc<Change>,
     pub pos: Position,
-    /// What this entry counts against the bound.
-    cost: usize,
+    /// What this entry counts against the bound (saturated: a change over
+    /// 4 GiB counts as 4 GiB).
+    cost: u32,
+    /// Handed to a client whose query did not match it: an update or
+    /// delete that may remove a row the client holds (`view.rs`). Always
+    /// false in the log itself.
+    pub unmatched: bool,
 }
 
 impl Entry {
@@ -46,6 +51,7 @@ impl Entry {
             change,
             pos,
             cost: 0,
+            unmatched: false,
         }
     }
 }
@@ -174,15 +180,21 @@ impl ChangeLog {
         let first = s.first_seq + s.entries.len() as u64;
         for (change, pos, matches) in changes {
             let cost = change.raw().len() + ENTRY_OVERHEAD + matches * MATCH_COST;
-            s.bytes += cost;
+            let cost = u32::try_from(cost).unwrap_or(u32::MAX);
+            s.bytes += cost as usize;
             s.last = Some(pos);
-            s.entries.push_back(Entry { change, pos, cost });
+            s.entries.push_back(Entry {
+                change,
+                pos,
+                cost,
+                unmatched: false,
+            });
         }
         while s.bytes > self.max_bytes {
             let Some(e) = s.entries.pop_front() else {
                 break;
             };
-            s.bytes -= e.cost;
+            s.bytes -= e.cost as usize;
             s.first_seq += 1;
             s.evicted += 1;
             s.floor = Some(e.pos);

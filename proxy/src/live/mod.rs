@@ -8,9 +8,12 @@
 //!                       cursor.rs  one client's place: next seq, its group
 //!                       session.rs one websocket: bursts from the cursor through
 //!                                  the delivery rules, pings, stalls, snapshot chunks
+//!                       view.rs    with row filters: the rows a client holds, so a
+//!                                  held row that is deleted or moves out reaches it
 //! ```
 
 pub mod cursor;
 pub mod hub;
 pub mod log;
 pub mod session;
+pub mod view;

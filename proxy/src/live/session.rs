@@ -13,6 +13,7 @@ use crate::http::ApiError;
 use crate::live::cursor::{Cursor, Stop};
 use crate::live::hub::{Hub, SubscribeError};
 use crate::live::log::Entry;
+use crate::live::view::{Step, View};
 use crate::liveness::{Dead, Due, Liveness, Watch};
 use crate::metrics::{CloseReason, Gauge, Metrics};
 use crate::query::{self, Query};
@@ -168,6 +169,8 @@ pub struct Context {
     pub tables: Option<Arc<Vec<walcast_format::TablePattern>>>,
     /// Backfills' turns, rate and settings.
     pub backfills: Arc<backfill::driver::Shared>,
+    /// Rows one client's view may hold (`--view-max-rows`).
+    pub view_max_rows: usize,
 }
 
 /// The error as a frame, then a close (1008) with its message.
@@ -321,6 +324,13 @@ pub(crate) async fn run(
         },
     };
     drop(handshake);
+    let view = match Box::pin(view_for(&cursor, &ctx)).await {
+        Ok(v) => v,
+        Err(reason) => {
+            Box::pin(close(&mut ws, CloseCode::Error, &reason)).await;
+            return;
+        }
+    };
     // The backfill starts after the cursor: its rows land after what the
     // cursor reads. It ends with the session (the task is aborted).
     let events = plan.map(|plan| {
@@ -339,7 +349,7 @@ pub(crate) async fn run(
     let end = serve(
         &mut ws,
         cursor,
-        filter,
+        Decide { filter, view },
         &ctx,
         &mut access,
         events,
@@ -365,6 +375,26 @@ pub(crate) async fn run(
     }
 }
 
+/// The view of a subscription whose group lists unmatched changes (a query
+/// with row filters, see `view.rs`): the table's key from the catalog.
+/// `None` for other subscriptions, and for a table whose rows have no key
+/// (docs/proxy.md#live-views says what such a client misses).
+async fn view_for(cursor: &Cursor, ctx: &Context) -> Result<Option<View>, String> {
+    let Some(q) = &cursor.group().query else {
+        return Ok(None);
+    };
+    use crate::query::RowAction;
+    if !(q.may_leave(RowAction::Update) || q.may_leave(RowAction::Delete)) {
+        return Ok(None);
+    }
+    let key = ctx
+        .catalog
+        .replica_key(q.table.schema.as_deref(), &q.table.name)
+        .await
+        .map_err(|e| format!("cannot read the table's key for the live view: {e}"))?;
+    Ok(key.map(|k| View::new(k, ctx.view_max_rows, ctx.metrics.view_rows.clone())))
+}
+
 /// Waits for a backfill's next event; never, without a backfill.
 async fn next_event(events: &mut Option<backfill::driver::Handle>) -> Option<Event> {
     match events {
@@ -373,15 +403,25 @@ async fn next_event(events: &mut Option<backfill::driver::Handle>) -> Option<Eve
     }
 }
 
+/// What a session decides its frames with: the client's filter and view.
+struct Decide {
+    filter: Option<FilterInstance>,
+    view: Option<View>,
+}
+
 async fn serve(
     ws: &mut Ws,
     mut cursor: Cursor,
-    mut filter: Option<FilterInstance>,
+    decide: Decide,
     ctx: &Context,
     access: &mut auth::Access,
     mut events: Option<backfill::driver::Handle>,
     watch: &mut Watch,
 ) -> End {
+    let Decide {
+        mut filter,
+        mut view,
+    } = decide;
     let metrics = &ctx.metrics;
     let shutdown = ctx.shutdown.clone();
     // Grown by the bursts that come, not reserved up front: idle clients
@@ -435,9 +475,12 @@ async fn serve(
                         ws,
                         &burst[..cut],
                         ready,
-                        filter.as_mut(),
-                        &mut verdicts,
-                        metrics,
+                        Judge {
+                            filter: filter.as_mut(),
+                            view: view.as_mut(),
+                            verdicts: &mut verdicts,
+                            metrics,
+                        },
                         watch,
                     ));
                     if let Err(e) = write.await {
@@ -493,7 +536,8 @@ async fn serve(
             },
             _ = std::future::ready(()), if have => {
                 // Boxed: an idle client's task does not carry the writer's state.
-                let write = Box::pin(write_burst(ws, &burst[..writable], filter.as_mut(), &mut verdicts, metrics, watch));
+                let judge = Judge { filter: filter.as_mut(), view: view.as_mut(), verdicts: &mut verdicts, metrics };
+                let write = Box::pin(write_burst(ws, &burst[..writable], judge, watch));
                 if let Err(e) = write.await {
                     return e;
                 }
@@ -523,21 +567,40 @@ fn fell_behind(hub: &Hub, behind_changes: u64) -> String {
     )
 }
 
+/// What decides each entry's frame: the client's filter (on what its
+/// query matched) and its view (on what it did not).
+struct Judge<'a> {
+    filter: Option<&'a mut FilterInstance>,
+    view: Option<&'a mut View>,
+    verdicts: &'a mut Vec<Verdict>,
+    metrics: &'a Metrics,
+}
+
+impl Judge<'_> {
+    fn reborrow(&mut self) -> Judge<'_> {
+        Judge {
+            filter: self.filter.as_deref_mut(),
+            view: self.view.as_deref_mut(),
+            verdicts: self.verdicts,
+            metrics: self.metrics,
+        }
+    }
+}
+
 /// Writes the entries before a backfill's chunk, the chunk's rows (through
 /// the client's filter) and its progress frame.
 async fn write_chunk(
     ws: &mut Ws,
     before: &[Entry],
     ready: &backfill::Ready,
-    mut filter: Option<&mut FilterInstance>,
-    verdicts: &mut Vec<Verdict>,
-    metrics: &Metrics,
+    mut judge: Judge<'_>,
     watch: &Watch,
 ) -> Result<(), End> {
     if !before.is_empty() {
-        write_burst(ws, before, filter.as_deref_mut(), verdicts, metrics, watch).await?;
+        write_burst(ws, before, judge.reborrow(), watch).await?;
     }
-    write_burst(ws, &ready.rows, filter, verdicts, metrics, watch).await?;
+    let metrics = judge.metrics;
+    write_burst(ws, &ready.rows, judge, watch).await?;
     within(watch, ws.send(Message::Text(ready.frame.clone().into()))).await?;
     metrics.frames_out.fetch_add(1, Ordering::Relaxed);
     Ok(())
@@ -547,12 +610,18 @@ async fn write_chunk(
 async fn write_burst(
     ws: &mut Ws,
     burst: &[Entry],
-    mut filter: Option<&mut FilterInstance>,
-    verdicts: &mut Vec<Verdict>,
-    metrics: &Metrics,
+    judge: Judge<'_>,
     watch: &Watch,
 ) -> Result<(), End> {
+    let Judge {
+        mut filter,
+        mut view,
+        verdicts,
+        metrics,
+    } = judge;
     let mut sent = 0u64;
+    // What the filter judges: the entries the query matched.
+    let mut matched: Vec<Entry> = Vec::new();
     for chunk in burst.chunks(BATCH_EVENTS) {
         if let Some(f) = filter.as_deref_mut() {
             if let Some(wait) = f.throttle() {
@@ -561,11 +630,29 @@ async fn write_burst(
                 within(watch, ws.flush()).await?;
                 tokio::time::sleep(wait).await;
             }
-            f.run_batch(chunk, verdicts);
+            if chunk.iter().any(|e| e.unmatched) {
+                matched.clear();
+                matched.extend(chunk.iter().filter(|e| !e.unmatched).cloned());
+                f.run_batch(&matched, verdicts);
+            } else {
+                f.run_batch(chunk, verdicts);
+            }
         }
         let mut judged = verdicts.drain(..);
         for entry in chunk {
             let change = &*entry.change;
+            if entry.unmatched {
+                // A row the client may hold, deleted or gone from its
+                // query: its view decides (the filter never sees it).
+                let text = match view.as_deref_mut().map(|v| v.unmatched(change)) {
+                    None | Some(Step::Skip) => continue,
+                    Some(Step::Send) => change.text.clone(),
+                    Some(Step::Leave(frame)) => frame.into(),
+                };
+                within(watch, ws.feed(Message::Text(text))).await?;
+                sent += 1;
+                continue;
+            }
             let outcome = match filter {
                 None => unfiltered(change),
                 Some(_) => match judged.next() {
@@ -574,7 +661,15 @@ async fn write_burst(
                 },
             };
             let text = match outcome {
-                Outcome::Send(text) => text,
+                Outcome::Send(text) => {
+                    if let Some(v) = view.as_deref_mut() {
+                        if let Err(full) = v.sent(change) {
+                            metrics.count_close(CloseReason::ViewFull);
+                            return Err(End::Close(CloseCode::Policy, full.to_string()));
+                        }
+                    }
+                    text
+                }
                 Outcome::Skip => continue,
                 Outcome::Report(frame) => frame.into(),
                 Outcome::Detach(frame, reason) => {

@@ -130,6 +130,17 @@ impl Query {
     pub fn wants(&self, action: RowAction) -> bool {
         self.actions.contains(action)
     }
+
+    /// Whether a change with `action` that this query does not match may
+    /// still concern its clients: with row filters, an update can move a
+    /// row a client holds out of the query, and a delete (matched on the
+    /// old key, which may not hold the filtered columns) can remove one
+    /// (`live/view.rs`).
+    pub fn may_leave(&self, action: RowAction) -> bool {
+        !self.filters.is_empty()
+            && matches!(action, RowAction::Update | RowAction::Delete)
+            && self.wants(action)
+    }
 }
 
 impl Filter {

@@ -12,7 +12,8 @@ use walcast_tests::{cluster, TestDb};
 
 /// Rows by the JSON of their key columns, changed by frames as a client
 /// applies them: `R` and `I` put the row, `U` moves it from its old key,
-/// `D` removes it, `T` empties the table.
+/// `D` and `L` (a held row left a filtered view) remove it, `T` empties
+/// the table.
 pub struct Rows {
     pub key: Vec<&'static str>,
     pub rows: BTreeMap<String, Value>,
@@ -53,7 +54,7 @@ impl Rows {
                 let k = self.key_of(&frame["columns"], frame);
                 self.rows.insert(k, frame["columns"].clone());
             }
-            Some("D") => {
+            Some("D" | "L") => {
                 let k = self.key_of(&frame["identity"], frame);
                 self.rows.remove(&k);
             }

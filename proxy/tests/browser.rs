@@ -263,7 +263,7 @@ fn the_browser_example_opened_as_a_file_shows_current_rows_then_changes() {
     support::js::build();
     let mut db = TestDb::new("browser_example");
     db.exec("CREATE TABLE people (id int PRIMARY KEY, name text, age int)");
-    db.exec("INSERT INTO people VALUES (1, 'ann', 30), (2, 'bob', 31), (3, 'carol', 32)");
+    db.exec("INSERT INTO people VALUES (1, 'ann', 30), (2, 'bob', 31), (3, 'carol', 32), (5, 'eve', 60)");
     let proxy = Proxy::start(cluster(), &db.name, &format!("{}_proxy", db.name), &[]);
     let file = walcast_tests::repo_root()
         .join("examples/browser/live-table.html")
@@ -272,7 +272,7 @@ fn the_browser_example_opened_as_a_file_shows_current_rows_then_changes() {
     // A file:// page: its origin is "null", so the client module comes from
     // the proxy by CORS.
     let (browser, mut page) = open(&format!(
-        "file://{}?host=127.0.0.1:{}&query=*:people&key=id",
+        "file://{}?host=127.0.0.1:{}&query=*:people:age.lt.40&key=id",
         file.display(),
         proxy.port
     ));
@@ -282,7 +282,7 @@ fn the_browser_example_opened_as_a_file_shows_current_rows_then_changes() {
         STATUS,
         |v| {
             v.as_str()
-                .is_some_and(|s| s.contains("rows appear as they change") || s.contains("error"))
+                .is_some_and(|s| s.contains("rows appear, change and go") || s.contains("error"))
         },
         "the current rows to be read",
     );
@@ -290,7 +290,7 @@ fn the_browser_example_opened_as_a_file_shows_current_rows_then_changes() {
     assert!(
         status
             .as_str()
-            .is_some_and(|s| s.contains("rows appear as they change")),
+            .is_some_and(|s| s.contains("rows appear, change and go")),
         "{status}"
     );
     assert_eq!(
@@ -312,5 +312,27 @@ fn the_browser_example_opened_as_a_file_shows_current_rows_then_changes() {
             .as_str(),
         Some("3 rows")
     );
+    // Rows leave the filtered view (an update moves one out), enter it (an
+    // update moves one in, its key changes) and go (a delete).
+    db.exec("UPDATE people SET age = 45 WHERE id = 3");
+    db.exec("UPDATE people SET age = 35 WHERE id = 5");
+    db.exec("UPDATE people SET id = 40 WHERE id = 4");
+    let table = page.wait_for(
+        TABLE,
+        |v| v.as_str() == Some("2,bobby,31;40,dave,33;5,eve,35"),
+        "a row moved out, one moved in, a key changed",
+    );
+    assert_eq!(table.as_str(), Some("2,bobby,31;40,dave,33;5,eve,35"));
+    // The socket drops; while it is away a row is deleted and one moves
+    // out: the view reads its rows again and both go.
+    page.eval("window.view.subscription.reconnect(); 0");
+    db.exec("DELETE FROM people WHERE id = 2");
+    db.exec("UPDATE people SET age = 70 WHERE id = 5");
+    let table = page.wait_for(
+        TABLE,
+        |v| v.as_str() == Some("40,dave,33"),
+        "the rows gone while the socket was down",
+    );
+    assert_eq!(table.as_str(), Some("40,dave,33"));
     drop(browser);
 }

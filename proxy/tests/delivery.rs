@@ -134,7 +134,10 @@ fn slow_readers_get_every_row_whatever_their_ping_round_trip_and_a_frozen_one_is
     let q = format!("query={}", encode("insert:items"));
     let steady = proxy.ws_params(&q);
     let small = proxy.ws_with_rcvbuf(&format!("/ws?{q}"), 256 * 1024);
-    let mut frozen = proxy.ws_params(&q);
+    // A small receive buffer: once the client stops reading, its kernel
+    // stops taking bytes at once (a large one takes bytes for a while,
+    // which counts as reading).
+    let mut frozen = proxy.ws_with_rcvbuf(&format!("/ws?{q}"), 64 * 1024);
     let rows = 4_000usize;
     let reader = |mut c: Client, per_second: f64| {
         std::thread::spawn(move || {

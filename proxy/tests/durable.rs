@@ -683,7 +683,10 @@ fn a_slow_consumer_gets_every_change_and_a_frozen_one_is_closed() {
     db.exec("ALTER TABLE items ADD COLUMN pad text");
     let (slow_slot, frozen_slot) = (new_stream(&proxy, "slow"), new_stream(&proxy, "frozen"));
     let mut slow = proxy.ws_with_rcvbuf(&format!("/v1/lr/stream?slotName={slow_slot}"), 256 * 1024);
-    let mut frozen = stream(&proxy, &frozen_slot);
+    // A small receive buffer: once it stops reading, its kernel stops
+    // taking bytes at once.
+    let mut frozen =
+        proxy.ws_with_rcvbuf(&format!("/v1/lr/stream?slotName={frozen_slot}"), 64 * 1024);
     let rows = 10_000usize;
     // About 6 MB in one transaction.
     db.exec(&format!(

@@ -49,11 +49,19 @@ export declare function isChange(frame: Frame): frame is Change;
 export { CloseCode, ClosedError, PositionGoneError, RefusedError, WalcastError, type TokenSource, type WebSocketConstructor, } from "./errors.js";
 import { WalcastError, type TokenSource, type WebSocketConstructor } from "./errors.js";
 export { Durable, DurableStream, compareLsn, type Created, type DurableFrame, type DurableOptions, type StreamOptions } from "./durable.js";
+export { liveView, LiveView, type ViewChange, type ViewOptions } from "./view.js";
 export interface SubscribeOptions {
     /** Resume after this position (a `pos` the application processed, saved across reloads). */
     after?: string;
     /** The rows the query matches now as read events (`R`) first, then the changes. */
     snapshot?: boolean;
+    /**
+     * After an interruption, subscribe again with a snapshot instead of
+     * resuming after the last position: a live view's rows are read again, so
+     * rows that left it while the socket was down are noticed (`LiveView` uses
+     * it; docs/proxy.md#live-views).
+     */
+    resync?: boolean;
     /** Sent as `access_token` when connecting. */
     token?: TokenSource;
     /** With a token function: send a fresh token on the open socket this often (ms). */
@@ -87,9 +95,10 @@ interface Events {
     token: {
         expires_at: number | null;
     };
-    /** A socket opened and the subscription was sent. */
+    /** A socket opened and the subscription was sent (`resync`: with a snapshot, after an interruption). */
     open: {
         after: string | undefined;
+        resync: boolean;
     };
     /** A socket closed and the subscription will reconnect in `inMs`. */
     reconnect: {
@@ -111,6 +120,7 @@ export declare class Subscription implements AsyncIterable<Frame> {
     /** The `pos` of the last change received: where a reconnect resumes. */
     private received;
     private snapshotPending;
+    private openedBefore;
     private readonly wsUrl;
     private readonly httpUrl;
     private readonly Ws;

@@ -16,6 +16,7 @@ export function isChange(frame) {
 export { CloseCode, ClosedError, PositionGoneError, RefusedError, WalcastError, } from "./errors.js";
 import { backoffMs, CloseCode, ClosedError, detachSocket, PositionGoneError, RefusedError, WalcastError, } from "./errors.js";
 export { Durable, DurableStream, compareLsn } from "./durable.js";
+export { liveView, LiveView } from "./view.js";
 const POSITION = /^[0-9A-F]{16}:[0-9A-F]{8}$/;
 /** Opens a live subscription; it connects at once and until `close()`. */
 export function subscribe(url, selection, options = {}) {
@@ -30,6 +31,7 @@ export class Subscription {
     /** The `pos` of the last change received: where a reconnect resumes. */
     received;
     snapshotPending;
+    openedBefore = false;
     wsUrl;
     httpUrl;
     Ws;
@@ -179,8 +181,15 @@ export class Subscription {
             if (this.socket !== socket)
                 return;
             this.opened = true;
+            const resync = this.options.resync === true && this.openedBefore;
+            if (resync) {
+                // A view reads its rows again rather than resuming.
+                this.snapshotPending = true;
+                this.received = undefined;
+            }
+            this.openedBefore = true;
             socket.send(this.subscribeFrame());
-            this.emit("open", { after: this.received });
+            this.emit("open", { after: this.received, resync });
             this.startRefresh(socket);
         };
         socket.onmessage = (ev) => {

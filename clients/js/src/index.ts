@@ -86,12 +86,20 @@ import {
   type WebSocketConstructor,
 } from "./errors.js";
 export { Durable, DurableStream, compareLsn, type Created, type DurableFrame, type DurableOptions, type StreamOptions } from "./durable.js";
+export { liveView, LiveView, type ViewChange, type ViewOptions } from "./view.js";
 
 export interface SubscribeOptions {
   /** Resume after this position (a `pos` the application processed, saved across reloads). */
   after?: string;
   /** The rows the query matches now as read events (`R`) first, then the changes. */
   snapshot?: boolean;
+  /**
+   * After an interruption, subscribe again with a snapshot instead of
+   * resuming after the last position: a live view's rows are read again, so
+   * rows that left it while the socket was down are noticed (`LiveView` uses
+   * it; docs/proxy.md#live-views).
+   */
+  resync?: boolean;
   /** Sent as `access_token` when connecting. */
   token?: TokenSource;
   /** With a token function: send a fresh token on the open socket this often (ms). */
@@ -118,8 +126,8 @@ interface Events {
   filter_error: FilterErrorFrame;
   /** The proxy took a refreshed token: its new expiry (unix seconds). */
   token: { expires_at: number | null };
-  /** A socket opened and the subscription was sent. */
-  open: { after: string | undefined };
+  /** A socket opened and the subscription was sent (`resync`: with a snapshot, after an interruption). */
+  open: { after: string | undefined; resync: boolean };
   /** A socket closed and the subscription will reconnect in `inMs`. */
   reconnect: { closeCode: number; reason: string; inMs: number };
   /** The subscription ended: with an error, or null when closed by the application. */
@@ -140,6 +148,7 @@ export class Subscription implements AsyncIterable<Frame> {
   /** The `pos` of the last change received: where a reconnect resumes. */
   private received: string | undefined;
   private snapshotPending: boolean;
+  private openedBefore = false;
   private readonly wsUrl: string;
   private readonly httpUrl: string;
   private readonly Ws: WebSocketConstructor;
@@ -286,8 +295,15 @@ export class Subscription implements AsyncIterable<Frame> {
     socket.onopen = () => {
       if (this.socket !== socket) return;
       this.opened = true;
+      const resync = this.options.resync === true && this.openedBefore;
+      if (resync) {
+        // A view reads its rows again rather than resuming.
+        this.snapshotPending = true;
+        this.received = undefined;
+      }
+      this.openedBefore = true;
       socket.send(this.subscribeFrame());
-      this.emit("open", { after: this.received });
+      this.emit("open", { after: this.received, resync });
       this.startRefresh(socket);
     };
     socket.onmessage = (ev: MessageEvent) => {

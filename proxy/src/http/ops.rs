@@ -29,9 +29,11 @@ const CLIENT_MODULES: &[(&str, &str)] = client_modules!(
     "index.js",
     "durable.js",
     "errors.js",
+    "view.js",
     "index.d.ts",
     "durable.d.ts",
     "errors.d.ts",
+    "view.d.ts",
 );
 
 /// `GET /client/{file}`: the JavaScript client's modules, for the demo page

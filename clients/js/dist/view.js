@@ -1,0 +1,134 @@
+// A live view (docs/proxy.md#live-views): the rows a filtered query selects,
+// by key, kept current by applying every frame of a `snapshot: true`
+// subscription, with an event per change.
+//
+//   const view = liveView("wss://rt.example.com", "*:orders:status.eq.open", { key: ["id"] });
+//   view.on("change", (c) => c.kind === "put" ? render(c.key, c.row) : unrender(c.key));
+//   view.on("ready", () => hideSpinner());       // the current rows are in
+//
+// `R`, `I` and `U` put a row, `D` and `L` (a held row left the query)
+// remove one, `T` empties the view. After an interruption the subscription
+// reads the rows again (`resync`); rows from before that it did not put
+// again by its `done` frame are removed.
+import { subscribe } from "./index.js";
+/** Opens a live view of `query`. */
+export function liveView(url, query, options = {}) {
+    return new LiveView(url, query, options);
+}
+/** The rows of a filtered query, kept current. */
+export class LiveView {
+    /** The rows, by the JSON array of their key values. */
+    rows = new Map();
+    /** Whether the current rows are in (the last snapshot is done). */
+    ready = false;
+    subscription;
+    key;
+    /** During a resync: the keys from before not put again yet. */
+    stale;
+    listeners = new Map();
+    constructor(url, query, options = {}) {
+        this.key = options.key ?? ["id"];
+        this.subscription = subscribe(url, query, { ...options, snapshot: true, resync: true });
+        this.subscription.on("open", ({ resync }) => {
+            if (resync) {
+                this.ready = false;
+                this.stale = new Set(this.rows.keys());
+            }
+        });
+        this.subscription.on("frame", (f) => this.apply(f));
+        this.subscription.on("end", (e) => this.emit("end", e));
+    }
+    /** Adds a listener; returns a function that removes it. */
+    on(event, fn) {
+        let set = this.listeners.get(event);
+        if (!set) {
+            set = new Set();
+            this.listeners.set(event, set);
+        }
+        set.add(fn);
+        return () => set.delete(fn);
+    }
+    /** Ends the view's subscription. */
+    close() {
+        this.subscription.close();
+    }
+    /** The key of a row (or of an `identity`): the JSON array of its key values. */
+    keyOf(row) {
+        const values = this.key.map((k) => row[k]);
+        return values.some((v) => v === undefined) ? undefined : JSON.stringify(values);
+    }
+    emit(event, v) {
+        for (const fn of this.listeners.get(event) ?? [])
+            fn(v);
+    }
+    put(row, frame) {
+        const key = this.keyOf(row);
+        if (key === undefined)
+            return;
+        this.stale?.delete(key);
+        this.rows.set(key, row);
+        this.emit("change", { kind: "put", key, row, frame });
+    }
+    remove(key, reason, frame) {
+        if (key === undefined)
+            return;
+        const row = this.rows.get(key);
+        if (row === undefined)
+            return;
+        this.rows.delete(key);
+        this.stale?.delete(key);
+        this.emit("change", { kind: "remove", key, row, reason, frame });
+    }
+    apply(f) {
+        if ("type" in f) {
+            if (f.type === "snapshot" && f.state === "done") {
+                for (const key of this.stale ?? [])
+                    this.remove(key, "resync");
+                this.stale = undefined;
+                this.ready = true;
+                this.emit("ready", undefined);
+            }
+            return;
+        }
+        const c = f;
+        switch (c.action) {
+            case "R":
+            case "I":
+                if (c.columns)
+                    this.put(c.columns, c);
+                break;
+            case "U": {
+                if (!c.columns)
+                    break;
+                const old = c.identity ? this.keyOf(c.identity) : undefined;
+                const key = this.keyOf(c.columns);
+                // Unchanged TOASTed columns are left out of an update: keep them.
+                const before = this.rows.get(old ?? key ?? "");
+                if (old !== undefined && old !== key)
+                    this.remove(old, "leave", c);
+                const row = before && Array.isArray(c.unchanged_toast) ? { ...pick(before, c.unchanged_toast), ...c.columns } : c.columns;
+                this.put(row, c);
+                break;
+            }
+            case "D":
+                if (c.identity)
+                    this.remove(this.keyOf(c.identity), "delete", c);
+                break;
+            case "L":
+                if (c.identity)
+                    this.remove(this.keyOf(c.identity), "leave", c);
+                break;
+            case "T":
+                for (const key of [...this.rows.keys()])
+                    this.remove(key, "truncate", c);
+                break;
+        }
+    }
+}
+function pick(row, columns) {
+    const out = {};
+    for (const c of columns)
+        if (c in row)
+            out[c] = row[c];
+    return out;
+}

@@ -633,3 +633,81 @@ fn reconnects_inside_transactions_with_acks_in_flight_apply_each_transaction_onc
         rt.block_on(api.delete(&slot)).expect("delete");
     }
 }
+
+#[test]
+fn the_rust_view_keeps_a_filtered_query_s_rows_through_moves_deletes_and_a_reconnect() {
+    use walcast_client::{View, ViewEvent};
+    let mut db = TestDb::new("rust_view");
+    db.exec("CREATE TABLE people (id int PRIMARY KEY, age int)");
+    db.exec("INSERT INTO people SELECT g, g FROM generate_series(1, 50) g");
+    let proxy = Proxy::start(cluster(), &db.name, "rust_view_proxy", &[]);
+    let url = format!("ws://127.0.0.1:{}", proxy.port);
+    let rt = runtime();
+    let mut view =
+        View::new(&url, "*:people:age.lt.20", &["id"], Options::default()).expect("view");
+    let table = |db: &mut TestDb| -> Vec<(i32, i32)> {
+        db.client
+            .query("SELECT id, age FROM people WHERE age < 20 ORDER BY id", &[])
+            .expect("rows")
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+    };
+    let held = |view: &View| -> Vec<(i32, i32)> {
+        let mut v: Vec<(i32, i32)> = view
+            .rows()
+            .values()
+            .map(|r| {
+                (
+                    r["id"].as_i64().unwrap_or(-1) as i32,
+                    r["age"].as_i64().unwrap_or(-1) as i32,
+                )
+            })
+            .collect();
+        v.sort_unstable();
+        v
+    };
+    // Reads events until the view equals the table.
+    let settle = |view: &mut View, want: Vec<(i32, i32)>, what: &str| {
+        rt.block_on(async {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            while held(view) != want || !view.is_ready() {
+                match tokio::time::timeout_at(deadline, view.next()).await {
+                    Ok(Ok(Some(_))) => {}
+                    other => panic!("{what}: {other:?}; held {:?}, want {want:?}", held(view)),
+                }
+            }
+        })
+    };
+    settle(&mut view, table(&mut db), "the current rows");
+    assert_eq!(view.rows().len(), 19);
+    db.exec("UPDATE people SET age = 90 WHERE id = 3"); // leaves
+    db.exec("DELETE FROM people WHERE id = 4"); // deleted
+    db.exec("UPDATE people SET age = 5 WHERE id = 40"); // enters
+    db.exec("UPDATE people SET id = 400 WHERE id = 5"); // its key changes
+    settle(
+        &mut view,
+        table(&mut db),
+        "moves, a delete and a key change",
+    );
+    // The connection drops; while it is down rows leave and go: the view
+    // reads its rows again and removes them.
+    view.subscription().reconnect();
+    db.exec("DELETE FROM people WHERE id = 6; UPDATE people SET age = 80 WHERE id = 7");
+    let mut removed = Vec::new();
+    rt.block_on(async {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            match tokio::time::timeout_at(deadline, view.next()).await {
+                Ok(Ok(Some(ViewEvent::Remove { key, why, .. }))) => removed.push((key, why)),
+                Ok(Ok(Some(ViewEvent::Ready))) => break,
+                Ok(Ok(Some(_))) => {}
+                other => panic!("the resync: {other:?}"),
+            }
+        }
+    });
+    assert!(removed.iter().any(|(k, _)| k == "[6]"), "{removed:?}");
+    assert!(removed.iter().any(|(k, _)| k == "[7]"), "{removed:?}");
+    assert_eq!(held(&view), table(&mut db));
+    rt.block_on(view.close());
+}

@@ -21,6 +21,26 @@
 //! next frame, so a slow application holds no backlog in this process (the
 //! proxy keeps the changes in its log, up to its `--buffer-size`).
 //!
+//! A live view ([`View`]) keeps the rows a filtered query selects, by key:
+//! it applies every frame of a snapshot subscription, including the
+//! deletes and leaves of rows it holds, and reads its rows again after a
+//! dropped connection:
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), walcast_client::Error> {
+//! use walcast_client::{Options, View, ViewEvent};
+//!
+//! let mut view = View::new("ws://localhost:8080", "*:orders:status.eq.open", &["id"], Options::default())?;
+//! while let Some(event) = view.next().await? {
+//!     match event {
+//!         ViewEvent::Put { key, row } => println!("{key}: {row:?}"),
+//!         ViewEvent::Remove { key, .. } => println!("{key} gone"),
+//!         ViewEvent::Ready => println!("{} rows", view.rows().len()),
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+//!
 //! A durable stream is a replication slot of its own: changes are kept in
 //! PostgreSQL until the application ACKs them, so none is lost across
 //! restarts of the application or the proxy (at least once):
@@ -44,12 +64,14 @@
 mod durable;
 mod http;
 mod live;
+mod view;
 
 pub use durable::{
     compare_lsn, Create, Created, Durable, DurableFrame, DurableOptions, DurableStream, Event,
     HandlerError, SnapshotPage, StreamOptions, Transaction,
 };
 pub use live::{Frame, Options, Selection, Subscription};
+pub use view::{Removed, View, ViewEvent};
 
 use futures_util::StreamExt;
 use serde_json::{Map, Value};

@@ -23,6 +23,9 @@ pub enum Frame {
     FilterError(Value),
     /// Anything else, such as a WASM filter's own objects.
     Other(Value),
+    /// With [`Options::resync`]: the connection was lost and is open again,
+    /// with a snapshot: the frames after this read the rows again.
+    Resynced,
 }
 
 /// What a subscription asks for.
@@ -50,6 +53,11 @@ pub struct Options {
     pub after: Option<String>,
     /// The query's current rows first, as read events.
     pub snapshot: bool,
+    /// After an interruption, subscribe again with a snapshot instead of
+    /// resuming after the last position ([`Frame::Resynced`] first): a live
+    /// view's rows are read again, so rows that left it while the
+    /// connection was down are noticed (`View` uses it).
+    pub resync: bool,
     /// Sent as `access_token`.
     pub token: Option<String>,
     /// First and longest wait between reconnects.
@@ -61,6 +69,7 @@ impl Default for Options {
         Options {
             after: None,
             snapshot: false,
+            resync: false,
             token: None,
             backoff: BACKOFF,
         }
@@ -79,6 +88,10 @@ pub struct Subscription {
     backoff: Backoff,
     /// Open connections lost so far.
     lost: u64,
+    /// A connection opened before (with `resync`, the next one re-reads).
+    opened_before: bool,
+    /// A resync started: [`Frame::Resynced`] is returned next.
+    resynced: bool,
     ended: bool,
 }
 
@@ -126,6 +139,8 @@ impl Subscription {
             options,
             socket: None,
             lost: 0,
+            opened_before: false,
+            resynced: false,
             ended: false,
         })
     }
@@ -152,8 +167,21 @@ impl Subscription {
             if self.ended {
                 return Ok(None);
             }
+            if self.resynced {
+                self.resynced = false;
+                return Ok(Some(Frame::Resynced));
+            }
             let Some(socket) = self.socket.as_mut() else {
+                if self.options.resync && self.opened_before {
+                    // A view reads its rows again rather than resuming.
+                    self.snapshot_pending = true;
+                    self.position = None;
+                }
                 self.connect().await?;
+                if self.socket.is_some() {
+                    self.resynced = self.options.resync && self.opened_before;
+                    self.opened_before = true;
+                }
                 continue;
             };
             match read(socket).await {

@@ -418,6 +418,51 @@ impl Client {
         }
     }
 
+    /// Bytes this client's kernel has received on its socket
+    /// (`tcpi_bytes_received`): it stops growing once the client stops
+    /// reading and its receive buffer is full.
+    pub fn bytes_received(&self) -> u64 {
+        use std::os::fd::AsRawFd;
+        let MaybeTlsStream::Plain(s) = self.ws.get_ref() else {
+            panic!("a plain TCP client");
+        };
+        let mut info = [0u64; 17];
+        let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
+        // SAFETY: `info` is 136 writable bytes that outlive the call and
+        // `len` says so; the kernel writes at most `len` bytes.
+        let rc = unsafe {
+            libc::getsockopt(
+                s.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                info.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        assert!(rc == 0 && len >= 136, "TCP_INFO with tcpi_bytes_received");
+        // `tcpi_bytes_received` is at byte 128.
+        info[16]
+    }
+
+    /// Waits, reading nothing, until `closed` holds; the time from the last
+    /// byte this client's kernel took to then (its last sign of life).
+    pub fn silent_until(&self, mut closed: impl FnMut() -> bool) -> Duration {
+        let start = Instant::now();
+        let (mut seen, mut last) = (self.bytes_received(), Instant::now());
+        while !closed() {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "the silent client was not closed"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+            let now = self.bytes_received();
+            if now != seen {
+                (seen, last) = (now, Instant::now());
+            }
+        }
+        last.elapsed()
+    }
+
     /// Sends a text frame.
     pub fn send(&mut self, text: &str) {
         self.ws

@@ -702,3 +702,67 @@ fn snapshots_inside_the_stream_read_only_a_users_rows() {
     assert_eq!(rows.len(), 20);
     assert!(rows.iter().all(|(_, t)| *t == 1), "{rows:?}");
 }
+
+#[test]
+fn a_tenant_s_live_view_hears_of_its_rows_leaving_and_nothing_of_others() {
+    // No REPLICA IDENTITY FULL: deletes carry the key only.
+    let (mut db, proxy) = setup("access_views", &[]);
+    db.exec("INSERT INTO orders SELECT g, g % 2 + 1, 'old' FROM generate_series(1, 6) g");
+    let token = |tenant: i64| {
+        user(
+            serde_json::json!({"tables": ["public.orders"], "row_filter": format!("tenant_id.eq.{tenant}")}),
+            120,
+        )
+    };
+    let mut one = ws_ok(&proxy, &token(1), "query=*:orders&snapshot=1");
+    let mut frames = Vec::new();
+    while !frames
+        .iter()
+        .any(|f: &serde_json::Value| f["state"] == "done")
+    {
+        match one.next_within(WAIT) {
+            Some(Got::Text(t)) => frames.push(json(&t)),
+            other => panic!("the snapshot: {other:?}"),
+        }
+    }
+    let held: Vec<i64> = frames
+        .iter()
+        .filter(|f| f["action"] == "R")
+        .filter_map(|f| f["columns"]["id"].as_i64())
+        .collect();
+    assert_eq!(held.len(), 3, "tenant 1's rows: {frames:?}");
+    // Tenant 2's row deleted, tenant 1's row moved to tenant 2, tenant 1's
+    // row deleted, then a marker of tenant 1.
+    db.exec("DELETE FROM orders WHERE id = 1"); // tenant 2
+    db.exec("UPDATE orders SET tenant_id = 2 WHERE id = 2"); // leaves tenant 1
+    db.exec("DELETE FROM orders WHERE id = 4"); // tenant 1
+    db.exec("DELETE FROM orders WHERE id = 3"); // tenant 2
+    db.exec("INSERT INTO orders VALUES (100, 1, 'marker')");
+    let got: Vec<serde_json::Value> = one.texts(3, WAIT).iter().map(|t| json(t)).collect();
+    let seen: Vec<(String, String)> = got
+        .iter()
+        .map(|f| {
+            let o = if f["columns"].is_object() {
+                &f["columns"]
+            } else {
+                &f["identity"]
+            };
+            (
+                f["action"].as_str().unwrap_or("").to_owned(),
+                o["id"].to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("L".to_owned(), "2".to_owned()),
+            ("D".to_owned(), "4".to_owned()),
+            ("I".to_owned(), "100".to_owned())
+        ],
+        "{got:?}"
+    );
+    // The leave carries the key only, never the row's new tenant.
+    assert_eq!(got[0]["identity"], serde_json::json!({"id": 2}));
+    assert!(got[0].get("columns").is_none(), "{}", got[0]);
+}

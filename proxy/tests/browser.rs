@@ -204,6 +204,16 @@ fn demo_page_shows_an_inserted_row() {
             .is_some_and(|s| s.starts_with("subscribed to")),
         "{status}"
     );
+    // The page's live view holds the rows; a delete takes one away.
+    const VIEW: &str = "Array.from(document.querySelectorAll('#view tr')).map(r => r.cells[0].textContent).sort().join(';')";
+    page.wait_for(
+        VIEW,
+        |v| v.as_str() == Some("[42];[43]"),
+        "both rows in the view",
+    );
+    db.exec("DELETE FROM users WHERE id = 42");
+    let view = page.wait_for(VIEW, |v| v.as_str() == Some("[43]"), "the deleted row gone");
+    assert_eq!(view.as_str(), Some("[43]"));
     drop(browser);
 }
 

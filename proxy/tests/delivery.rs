@@ -410,7 +410,9 @@ fn ten_thousand_idle_clients_stay_small() {
     let mut clients = Vec::with_capacity(n);
     for i in 0..n {
         // A thousand different queries: groups are shared by identical ones.
-        let q = encode(&format!("insert:items:id.eq.{}", i % 1000));
+        // Each keeps a live view (a filter, updates and deletes wanted),
+        // empty while nothing was sent.
+        let q = encode(&format!("*:items:id.eq.{}", i % 1000));
         clients.push(proxy.ws_params(&format!("query={q}")));
     }
     wait_for_metric(&proxy, "walcast_clients", n as u64, WAIT);

@@ -7,6 +7,12 @@
 //! - `--mode pages`: a durable stream's exported snapshot, read with
 //!   `/v1/snapshot/data` pages by key (`after`), as PGDeltaStream clients do.
 //!
+//! `--query` changes the `stream` mode's query: with a row filter that
+//! every row passes (`*:bench_backfill:v.gte.0`) the client keeps a live
+//! view of every row (docs/proxy.md#live-views); with `--proxy-pid` the
+//! proxy's resident memory and `walcast_view_rows` are printed while the
+//! client still holds its rows.
+//!
 //! Prints the time to the last row, rows per second, the writes done
 //! meanwhile and the oldest `backend_xmin` seen in any session (its age in
 //! transactions, and how long one snapshot was held): what the read costs
@@ -50,6 +56,33 @@ struct Args {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 600)]
     timeout: u64,
+    /// The `stream` mode's query.
+    #[arg(long, default_value = "*:bench_backfill")]
+    query: String,
+    /// The proxy's process id: its resident memory is printed after the read.
+    #[arg(long)]
+    proxy_pid: Option<u32>,
+}
+
+/// A `/proc/<pid>/status` value in kB (`VmRSS:`, `VmHWM:`).
+fn proc_kb(pid: u32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// A metric's value from the proxy's `/metrics`.
+async fn metric(base: &str, name: &str) -> Result<u64> {
+    let (_, body) = request(base, "GET", "/metrics", "").await?;
+    Ok(body
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+        .unwrap_or(0.0) as u64)
 }
 
 /// Creates and fills the table unless it has the rows already.
@@ -136,11 +169,16 @@ async fn xmin_watch(url: String, stop: Arc<AtomicBool>) -> Result<(i64, Duration
     Ok((oldest_age, longest))
 }
 
-/// Reads every row with `snapshot=1`; the rows read.
-async fn by_stream(base: &str) -> Result<u64> {
+/// The socket of a finished `snapshot=1` read, kept open (its view held).
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Reads every row with `snapshot=1`; the rows read, and the open socket.
+async fn by_stream(base: &str, query: &str) -> Result<(u64, Socket)> {
     let url = format!(
-        "{}/ws?query=*:bench_backfill&snapshot=1",
-        base.replace("http://", "ws://")
+        "{}/ws?query={}&snapshot=1",
+        base.replace("http://", "ws://"),
+        query.replace('*', "%2A").replace(':', "%3A")
     );
     let (mut ws, _) = tokio_tungstenite::connect_async(&url)
         .await
@@ -154,7 +192,7 @@ async fn by_stream(base: &str) -> Result<u64> {
         } else if t.starts_with(r#"{"type":"snapshot""#) {
             let v: serde_json::Value = serde_json::from_str(t)?;
             match v["state"].as_str() {
-                Some("done") => return Ok(rows),
+                Some("done") => return Ok((rows, ws)),
                 Some("failed") => bail!("the snapshot failed: {t}"),
                 _ => {}
             }
@@ -213,18 +251,32 @@ async fn main() -> Result<()> {
     let watch = tokio::spawn(xmin_watch(args.database_url.clone(), stop.clone()));
     // The writer runs a moment before the read starts.
     tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_before = args.proxy_pid.map(|p| proc_kb(p, "VmRSS:"));
     let (before, start) = (writes.load(Ordering::Relaxed), Instant::now());
     let read = async {
         match args.mode.as_str() {
-            "stream" => by_stream(&base).await,
-            "pages" => by_pages(&base, args.page_rows).await,
+            "stream" => by_stream(&base, &args.query)
+                .await
+                .map(|(rows, ws)| (rows, Some(ws))),
+            "pages" => by_pages(&base, args.page_rows).await.map(|r| (r, None)),
             other => bail!("--mode must be stream or pages (got {other:?})"),
         }
     };
-    let rows = tokio::time::timeout(Duration::from_secs(args.timeout), read)
+    let (rows, open) = tokio::time::timeout(Duration::from_secs(args.timeout), read)
         .await
         .context("timed out")??;
     let took = start.elapsed();
+    if let (Some(pid), Some(before_kb)) = (args.proxy_pid, rss_before) {
+        // While the client still holds its rows.
+        let view_rows = metric(&base, "walcast_view_rows").await?;
+        let after_kb = proc_kb(pid, "VmRSS:");
+        println!(
+            "query={} view_rows={view_rows} proxy_rss_kb_before={before_kb} proxy_rss_kb_after={after_kb} proxy_hwm_kb={}",
+            args.query,
+            proc_kb(pid, "VmHWM:")
+        );
+    }
+    drop(open);
     let during = writes.load(Ordering::Relaxed) - before;
     stop.store(true, Ordering::Relaxed);
     w.await??;

@@ -108,7 +108,7 @@ pub struct ServeArgs {
 
     /// Rows one live client's view may hold: a client whose query has row
     /// filters is told when a row it holds is deleted or leaves the query,
-    /// so the proxy keeps a hash of each row it sent (about 16 bytes). A
+    /// so the proxy keeps a hash of each row it sent (10 to 21 bytes). A
     /// client that would hold more is closed (1008) with the reason.
     #[arg(
         long,

@@ -497,6 +497,8 @@ fn filtered_views_hear_of_rows_that_are_deleted_or_leave_and_end_equal_to_their_
     eprintln!("seed {seed} (WALCAST_SEED={seed} replays it)");
     let mut db = TestDb::new("views");
     items(&mut db, 1500);
+    // Some rows without a pad, for `is.null`.
+    db.exec("UPDATE items SET pad = NULL WHERE id % 9 = 0");
     let proxy = Proxy::start(cluster(), &db.name, "views_proxy", &[]);
     let mut views = vec![
         ViewClient::open(&proxy, "*:items:v.lt.30", "v < 30", true),
@@ -509,6 +511,12 @@ fn filtered_views_hear_of_rows_that_are_deleted_or_leave_and_end_equal_to_their_
         ViewClient::open(&proxy, "*:items:v.in.(1,2,3,4,5)", "v IN (1,2,3,4,5)", true),
         ViewClient::open(&proxy, "*:items:pad.like.\"ppp%\"", "pad LIKE 'ppp%'", true),
         ViewClient::open(&proxy, "*:items:v.eq.7", "v = 7", true),
+        ViewClient::open(
+            &proxy,
+            "*:items:pad.is.null:v.gt.20",
+            "pad IS NULL AND v > 20",
+            true,
+        ),
         // Without a snapshot it holds only what it was sent since.
         ViewClient::open(&proxy, "*:items:v.lt.30", "v < 30", false),
     ];
@@ -549,15 +557,20 @@ fn filtered_views_hear_of_rows_that_are_deleted_or_leave_and_end_equal_to_their_
         }
     }
     views.push(resync);
-    db.exec("TRUNCATE items; INSERT INTO items SELECT g, g % 100, repeat('p', (g % 5)::int) FROM generate_series(1, 800) g");
+    db.exec("TRUNCATE items; INSERT INTO items SELECT g, g % 100, CASE WHEN g % 9 = 0 THEN NULL ELSE repeat('p', (g % 5)::int) END FROM generate_series(1, 800) g");
     std::thread::sleep(Duration::from_millis(1500));
     writer.stop();
     assert!(writer.count() > 50, "seed {seed}: the writer wrote");
     // One last transaction: a marker row for every view, in id order.
-    let markers = [(900_001, 7, "pppp"), (900_002, 55, "x"), (900_003, 3, "x")];
+    let markers = [
+        (900_001, 7, "'pppp'"),
+        (900_002, 55, "'x'"),
+        (900_003, 3, "'x'"),
+        (900_004, 90, "NULL"),
+    ];
     let values: Vec<String> = markers
         .iter()
-        .map(|(id, v, pad)| format!("({id}, {v}, '{pad}')"))
+        .map(|(id, v, pad)| format!("({id}, {v}, {pad})"))
         .collect();
     db.exec(&format!("INSERT INTO items VALUES {}", values.join(", ")));
     for view in views.iter_mut() {

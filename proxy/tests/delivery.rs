@@ -436,6 +436,10 @@ fn ten_thousand_idle_clients_stay_small() {
     drop(clients);
 }
 
+/// The views test's admin token and JWT secret.
+const VIEW_ADMIN: &str = "views-admin";
+const VIEW_SECRET: &str = "views-secret-of-at-least-thirty-two-bytes";
+
 /// A filtered view: its subscription, the SQL that selects the same rows,
 /// and the marker row after which it has seen every change.
 struct ViewClient {
@@ -449,10 +453,22 @@ struct ViewClient {
 
 impl ViewClient {
     fn open(proxy: &Proxy, query: &'static str, sql: &'static str, snapshot: bool) -> ViewClient {
+        ViewClient::open_as(proxy, VIEW_ADMIN, query, sql, snapshot)
+    }
+
+    /// The same with a token (a user's JWT, or the admin token).
+    fn open_as(
+        proxy: &Proxy,
+        token: &str,
+        query: &'static str,
+        sql: &'static str,
+        snapshot: bool,
+    ) -> ViewClient {
         let params = format!(
-            "query={}{}",
+            "query={}{}&access_token={}",
             encode(query),
-            if snapshot { "&snapshot=1" } else { "" }
+            if snapshot { "&snapshot=1" } else { "" },
+            encode(token)
         );
         ViewClient {
             query,
@@ -499,8 +515,26 @@ fn filtered_views_hear_of_rows_that_are_deleted_or_leave_and_end_equal_to_their_
     items(&mut db, 1500);
     // Some rows without a pad, for `is.null`.
     db.exec("UPDATE items SET pad = NULL WHERE id % 9 = 0");
-    let proxy = Proxy::start(cluster(), &db.name, "views_proxy", &[]);
+    let proxy = Proxy::start(
+        cluster(),
+        &db.name,
+        "views_proxy",
+        &["--jwt-secret", VIEW_SECRET, "--token", VIEW_ADMIN],
+    );
+    // A user whose rules filter rows: its query is narrowed by them.
+    let user = support::hs256(
+        VIEW_SECRET,
+        serde_json::json!({"sub": "u", "exp": support::unix_now() + 600,
+            "walcast": {"tables": ["public.items"], "row_filter": "v.lt.40"}}),
+    );
     let mut views = vec![
+        ViewClient::open_as(
+            &proxy,
+            &user,
+            "*:items:pad.like.\"p%\"",
+            "v < 40 AND pad LIKE 'p%'",
+            true,
+        ),
         ViewClient::open(&proxy, "*:items:v.lt.30", "v < 30", true),
         ViewClient::open(
             &proxy,
@@ -533,7 +567,10 @@ fn filtered_views_hear_of_rows_that_are_deleted_or_leave_and_end_equal_to_their_
     resync.read_until(seed, |f| f["type"] == "snapshot" && f["state"] == "done");
     drop(std::mem::replace(
         &mut resync.client,
-        proxy.ws_params(&format!("query={}&snapshot=1", encode(resync.query))),
+        proxy.ws_params(&format!(
+            "query={}&snapshot=1&access_token={VIEW_ADMIN}",
+            encode(resync.query)
+        )),
     ));
     let before: std::collections::BTreeSet<String> = resync.rows.rows.keys().cloned().collect();
     let mut reread = std::collections::BTreeSet::new();

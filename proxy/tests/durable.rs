@@ -845,3 +845,20 @@ fn a_filtered_query_on_a_table_without_full_identity_is_warned_about() {
         drop(c);
     }
 }
+
+#[test]
+fn creating_a_stream_of_a_table_without_full_identity_warns() {
+    let (mut db, proxy) = setup("durable_create_warns", &[]);
+    let created = init(&proxy, "/v1/init?name=warned&tables=public.items");
+    let warnings = created["warnings"].as_array().cloned().unwrap_or_default();
+    assert_eq!(warnings.len(), 1, "{created}");
+    assert!(
+        warnings[0]
+            .as_str()
+            .is_some_and(|w| w.contains("public.items has no REPLICA IDENTITY FULL")),
+        "{created}"
+    );
+    db.exec("ALTER TABLE items REPLICA IDENTITY FULL");
+    let created = init(&proxy, "/v1/init?name=unwarned&tables=public.items");
+    assert!(created.get("warnings").is_none(), "{created}");
+}

@@ -284,15 +284,39 @@ async fn create_stream(state: &AppState, grant: &Grant, create: Create) -> Resul
             create.export_snapshot,
         )
         .await?;
-    Ok(json(
-        StatusCode::OK,
-        serde_json::json!({
-            "slotName": c.slot,
-            "snapshot": c.snapshot.as_ref().map(|(name, _)| name),
-            "lsn": c.lsn.to_string(),
-            "snapshotExpiresAt": c.snapshot.as_ref().map(|(_, at)| unix_seconds(*at)),
-        }),
-    ))
+    let mut body = serde_json::json!({
+        "slotName": c.slot,
+        "snapshot": c.snapshot.as_ref().map(|(name, _)| name),
+        "lsn": c.lsn.to_string(),
+        "snapshotExpiresAt": c.snapshot.as_ref().map(|(_, at)| unix_seconds(*at)),
+    });
+    let warnings = identity_warnings(state, tables.as_deref()).await;
+    if !warnings.is_empty() {
+        body["warnings"] = warnings.into();
+    }
+    Ok(json(StatusCode::OK, body))
+}
+
+/// The tables a stream names (without wildcards) that lack `REPLICA
+/// IDENTITY FULL`: a query with row filters on them gets a delete only when
+/// its key matches, and no update that moves a row out (docs/streams.md).
+async fn identity_warnings(state: &AppState, tables: Option<&str>) -> Vec<String> {
+    let mut out = Vec::new();
+    for t in tables.unwrap_or_default().split(',').map(str::trim) {
+        if t.is_empty() || t.contains('*') || t.contains('\\') {
+            continue;
+        }
+        let (schema, name) = match t.split_once('.') {
+            Some((s, n)) => (Some(s), n),
+            None => (None, t),
+        };
+        if let Ok(Some(false)) = state.catalog.identity_is_full(schema, name).await {
+            out.push(format!(
+                "{t} has no REPLICA IDENTITY FULL: a stream query with row filters on it gets a delete only when the row's key matches the filters, and no update that moves a row out (ALTER TABLE {t} REPLICA IDENTITY FULL; docs/streams.md)"
+            ));
+        }
+    }
+    out
 }
 
 /// `GET /v1/streams`: every stream, its position, lag and snapshot.

@@ -11,7 +11,7 @@
 //! - a client that takes nothing for `--stall-timeout` while a write waits
 //!   for it (`Dead::Stalled`);
 //! - a client with a ping out that shows no sign of life (a frame, more
-//!   than a control frame's bytes acknowledged, a window that opened) for
+//!   than a control frame's bytes acknowledged, a window opened by a segment) for
 //!   two ping intervals (`Dead::Silent`): an idle peer that vanished without
 //!   a FIN, or a frozen one.
 //!
@@ -89,17 +89,21 @@ impl Socket {
     #[cfg(target_os = "linux")]
     pub fn read(&self) -> Taken {
         /// The kernel's `struct tcp_info` up to `tcpi_snd_wnd`:
-        /// `tcpi_bytes_acked` at byte 120 (Linux 4.1+), `tcpi_snd_wnd` at
-        /// byte 228 (Linux 5.4+).
+        /// `tcpi_snd_mss` at byte 16, `tcpi_bytes_acked` at byte 120
+        /// (Linux 4.1+), `tcpi_snd_wnd` at byte 228 (Linux 5.4+).
         #[repr(C)]
         struct TcpInfo {
-            head: [u8; 120],
+            head: [u8; 16],
+            snd_mss: u32,
+            before_acked: [u8; 100],
             bytes_acked: u64,
             middle: [u8; 100],
             snd_wnd: u32,
         }
         let mut info = TcpInfo {
-            head: [0; 120],
+            head: [0; 16],
+            snd_mss: 0,
+            before_acked: [0; 100],
             bytes_acked: 0,
             middle: [0; 100],
             snd_wnd: 0,
@@ -122,6 +126,7 @@ impl Socket {
         Taken {
             acked: (len >= 128).then_some(info.bytes_acked),
             window: (len >= 232).then_some(info.snd_wnd),
+            mss: info.snd_mss,
         }
     }
 
@@ -139,15 +144,22 @@ pub struct Taken {
     /// The receive window the peer advertises: it grows as its
     /// application reads what its kernel holds.
     pub window: Option<u32>,
+    /// The segment size: a window that grew by less has not let a segment
+    /// through, and a peer's kernel may grow it a little without its
+    /// application reading (reclaiming buffer space).
+    pub mss: u32,
 }
 
 impl Taken {
     /// Whether the peer read something between `self` and `later`: more
-    /// than a control frame acknowledged, or its window opened.
+    /// than a control frame acknowledged, or its window opened by a
+    /// segment or more.
     fn read_until(&self, later: &Taken) -> bool {
         let acked =
             matches!((self.acked, later.acked), (Some(a), Some(b)) if b > a + CONTROL_BYTES);
-        let window = matches!((self.window, later.window), (Some(a), Some(b)) if b > a);
+        let mss = u64::from(later.mss.max(1));
+        let window = matches!((self.window, later.window),
+            (Some(a), Some(b)) if u64::from(b) >= u64::from(a) + mss);
         acked || window
     }
 }

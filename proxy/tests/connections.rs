@@ -379,12 +379,36 @@ fn one_address_over_its_cap_is_refused_while_another_is_served() {
         Launch::default(),
     );
     let port = proxy.port;
+    // Open connections as the proxy counts them, asked from an address of
+    // their own (this question's connection is one of them).
+    let open = || {
+        let (_, answer) = get_on(
+            connect_from("127.0.0.3", port),
+            "/metrics",
+            Duration::from_secs(5),
+        );
+        support::metric_value(&answer, "walcast_connections_open").unwrap_or(0)
+    };
+    let settle = |want: u64, what: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while open() != want {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}: {} open",
+                open()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    // The start-up's health checks have closed (one of them still open from
+    // 127.0.0.1 would take a place of the four).
+    settle(1, "only this question's connection");
     let mut held: Vec<TcpStream> = (0..4).map(|_| connect_from("127.0.0.1", port)).collect();
     for s in &mut held {
         s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
             .expect("write");
     }
-    std::thread::sleep(Duration::from_millis(200));
+    settle(5, "the four held connections");
     assert_eq!(
         healthz_on(connect_from("127.0.0.1", port)),
         0,

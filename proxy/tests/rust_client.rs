@@ -658,7 +658,18 @@ fn reconnects_inside_transactions_with_acks_in_flight_apply_each_transaction_onc
             "seed {seed}: an applied transaction came again"
         );
         rt.block_on(again.close()).expect("closed");
-        rt.block_on(api.delete(&slot)).expect("delete");
+        // The consumer just closed may still hold the slot for a moment (409).
+        rt.block_on(async {
+            for tries in 0.. {
+                match api.delete(&slot).await {
+                    Ok(()) => break,
+                    Err(Error::Refused {
+                        status: Some(409), ..
+                    }) if tries < 100 => tokio::time::sleep(Duration::from_millis(50)).await,
+                    Err(e) => panic!("seed {seed}: deleting the stream: {e:?}"),
+                }
+            }
+        });
     }
 }
 

@@ -203,6 +203,15 @@ test("reconnect() at random points with ACKs in flight: each transaction applied
         break;
       }
     }
-    await api.drop(slotName);
+    // The consumer just closed may still hold the slot for a moment (409).
+    for (let tries = 0; ; tries++) {
+      try {
+        await api.drop(slotName);
+        break;
+      } catch (e) {
+        if (!(e instanceof RefusedError && e.status === 409) || tries >= 100) throw e;
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    }
   }
 });

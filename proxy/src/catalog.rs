@@ -17,6 +17,16 @@ pub const KNOWN_FOR: Duration = Duration::from_secs(5);
 /// Most tables remembered; past it the memory is cleared.
 const MAX_KNOWN: usize = 10_000;
 
+/// The `WHERE` clause that finds a table (`c`, in namespace `n`) by name
+/// (`$1`) and schema (`$2`; without one, the table the search path finds).
+macro_rules! table_named {
+    () => {
+        "WHERE c.relname = $1 AND c.relkind IN ('r', 'p') \
+         AND (CASE WHEN $2::text IS NULL THEN pg_catalog.pg_table_is_visible(c.oid) \
+              ELSE n.nspname = $2 END)"
+    };
+}
+
 /// A table as a query names it: `(schema, name)`, schema optional.
 type TableName = (Option<String>, String);
 
@@ -155,7 +165,8 @@ impl Catalog {
         let client = self.pool.get().await?;
         let rows = client
             .query(
-                "SELECT a.attname::text \
+                concat!(
+                    "SELECT a.attname::text \
                  FROM pg_catalog.pg_class c \
                  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
                  JOIN pg_catalog.pg_index i ON i.indrelid = c.oid \
@@ -164,10 +175,10 @@ impl Catalog {
                                            ELSE i.indisprimary END \
                  CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord) \
                  JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum \
-                 WHERE c.relname = $1 AND c.relkind IN ('r', 'p') \
-                 AND (CASE WHEN $2::text IS NULL THEN pg_catalog.pg_table_is_visible(c.oid) \
-                      ELSE n.nspname = $2 END) \
-                 ORDER BY k.ord",
+                 ",
+                    table_named!(),
+                    " ORDER BY k.ord"
+                ),
                 &[&name, &schema],
             )
             .await
@@ -186,11 +197,12 @@ impl Catalog {
         let client = self.pool.get().await?;
         let row = client
             .query_opt(
-                "SELECT c.relreplident = 'f' FROM pg_catalog.pg_class c \
+                concat!(
+                    "SELECT c.relreplident = 'f' FROM pg_catalog.pg_class c \
                  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE c.relname = $1 AND c.relkind IN ('r', 'p') \
-                 AND (CASE WHEN $2::text IS NULL THEN pg_catalog.pg_table_is_visible(c.oid) \
-                      ELSE n.nspname = $2 END)",
+                 ",
+                    table_named!()
+                ),
                 &[&name, &schema],
             )
             .await
@@ -209,12 +221,13 @@ impl Catalog {
         let failed = |e: tokio_postgres::Error| format!("reading the catalog failed: {e}");
         let rel = client
             .query_opt(
-                "SELECT c.oid, n.nspname::text, c.relname::text, c.relkind = 'p' \
+                concat!(
+                    "SELECT c.oid, n.nspname::text, c.relname::text, c.relkind = 'p' \
                  FROM pg_catalog.pg_class c \
                  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE c.relname = $1 AND c.relkind IN ('r', 'p') \
-                 AND (CASE WHEN $2::text IS NULL THEN pg_catalog.pg_table_is_visible(c.oid) \
-                      ELSE n.nspname = $2 END)",
+                 ",
+                    table_named!()
+                ),
                 &[&name, &schema],
             )
             .await

@@ -286,10 +286,12 @@ impl Cluster {
     }
 
     fn write_config(&self, config: &Config) -> Result<()> {
+        // One cluster serves a whole test binary, and the slots its tests
+        // leave behind stay until it stops: room for all of them.
         let mut conf = format!(
             "\n# walcast private cluster\nlisten_addresses = '127.0.0.1'\nport = {}\n\
-             unix_socket_directories = '{}'\nwal_level = logical\nmax_replication_slots = 64\n\
-             max_wal_senders = 64\nwal_sender_timeout = '10s'\nfsync = off\nfull_page_writes = off\n\
+             unix_socket_directories = '{}'\nwal_level = logical\nmax_replication_slots = 1024\nmax_wal_senders = 64\n\
+             wal_sender_timeout = '10s'\nfsync = off\nfull_page_writes = off\n\
              timezone = 'UTC'\ntrack_commit_timestamp = on\nshared_buffers = '128MB'\nmax_connections = 200\n\
              log_min_messages = warning\nlog_line_prefix = '%m [%p] %q%u@%d '\n",
             self.port,

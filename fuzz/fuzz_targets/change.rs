@@ -8,10 +8,10 @@
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
+use walcast_core::change::{split_qualified, Change};
+use walcast_core::query;
+use walcast_core::record::{record_len, write_record, HEADER_LEN};
 use walcast_format::Lsn;
-use walcast_proxy::change::{split_qualified, Change};
-use walcast_proxy::filter::record::{record_len, write_record, HEADER_LEN};
-use walcast_proxy::query;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {

@@ -12,13 +12,12 @@
 
 use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
+use walcast_core::auth::{jwt, refresh_frame, rules, Auth, Rules};
+use walcast_core::marks::{Mark, Visibility};
+use walcast_core::requests::{
+    parse_create, parse_first_frame, parse_request, AckOutcome, Acks, FirstFrameError,
+};
 use walcast_format::Lsn;
-use walcast_proxy::auth::{jwt, refresh_frame, rules, Auth, Rules};
-use walcast_proxy::backfill::marks::{Mark, Visibility};
-use walcast_proxy::durable::consumer::{AckOutcome, Acks};
-use walcast_proxy::durable::snapshot::parse_request;
-use walcast_proxy::http::durable::parse_create;
-use walcast_proxy::live::session::{parse_first_frame, FirstFrameError};
 
 /// The secret of the seed tokens (fuzz/corpus/frames/jwt-*).
 const SECRET: &str = "walcast-fuzz-secret-0123456789abcdef";

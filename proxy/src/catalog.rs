@@ -59,10 +59,7 @@ pub struct TableInfo {
     pub partitioned: bool,
 }
 
-/// Quotes an identifier as `quote_ident` does, always with double quotes.
-pub fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
+pub use walcast_core::sql::quote_ident;
 
 impl TableInfo {
     /// `"schema"."name"`.

@@ -8,6 +8,8 @@
 //!   replication/   the replication protocol (conn.rs, stream.rs, error.rs) and
 //!                  reader.rs: the slot read once, reconnects, confirms positions
 //!   change.rs      plugin bytes -> Change { action, schema, table, lsn, pos, text }
+//!                  (walcast-core, like query/, auth's tokens and rules, and
+//!                  what clients send: core/src/lib.rs)
 //!   live/hub.rs    each change stored once in the log (live/log.rs), its seq on
 //!                  the match list of every query group it matches
 //!   live/cursor.rs what a client has read: its next seq and its group
@@ -32,8 +34,9 @@
 //!                  upgrade.rs, ops.rs (/healthz, /metrics)
 //!   auth/          who may read what: tokens, JWT claims, row rules, refresh
 //!   filter/        WASM filters: modules.rs (uploads, compile cache),
-//!                  instance.rs (one sandbox per client), record.rs (its input)
-//!   query/         the query syntax (insert:users:age.gt.30): parse, match
+//!                  instance.rs (one sandbox per client); its input record is
+//!                  walcast-core's record.rs
+//!   query/         the query syntax (insert:users:age.gt.30): parse, match (walcast-core)
 //! ```
 //!
 //! Beside the flow: `config.rs` (CLI and environment), `health.rs` and
@@ -41,26 +44,30 @@
 //! work moved off the async workers), `throttle.rs` (log lines a client can
 //! repeat, written once per interval), `database.rs` (the database URL, TLS
 //! as `sslmode` says), `sql.rs` (a pool of ordinary connections),
-//! `catalog.rs` (table lookups over it), `doctor.rs` (`walcast-proxy doctor`).
+//! `catalog.rs` (table lookups over it), `doctor.rs` (`walcast-proxy doctor`),
+//! `fuzzing.rs` (the hub's and the filter host's checks for the fuzz targets
+//! and seeded tests).
 
 pub mod auth;
 pub mod backfill;
 pub mod blocking;
 pub mod catalog;
-pub mod change;
+pub use walcast_core::change;
 pub mod config;
 pub mod database;
 pub mod delivery;
 pub mod doctor;
 pub mod durable;
 pub mod filter;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod health;
 pub mod http;
 pub mod live;
 pub mod liveness;
 pub mod metrics;
 pub mod nats;
-pub mod query;
+pub use walcast_core::query;
 pub mod replication;
 pub mod sql;
 pub mod throttle;

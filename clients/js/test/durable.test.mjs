@@ -12,7 +12,7 @@ const PSQL = process.env.WALCAST_PSQL;
 const CONNINFO = process.env.WALCAST_CONNINFO;
 const SECRET = process.env.WALCAST_JWT_SECRET;
 if (!URL || !PSQL || !CONNINFO || !SECRET) {
-  throw new Error("run these tests through cargo test -p walcast-proxy --test js_client");
+  throw new Error("run these tests through cargo test -p walcast-proxy --test e2e js_client::");
 }
 
 function sql(text) {

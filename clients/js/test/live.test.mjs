@@ -1,5 +1,5 @@
 // The client against a real walcast-proxy and PostgreSQL cluster, started by
-// proxy/tests/js_client.rs, which passes:
+// proxy/tests/e2e/js_client.rs, which passes:
 //   WALCAST_URL        the proxy's base URL (ws://127.0.0.1:port)
 //   WALCAST_PSQL       psql, and WALCAST_CONNINFO for the database
 //   WALCAST_JWT_SECRET the proxy's --jwt-secret
@@ -19,7 +19,7 @@ const FILTER_WASM = need("WALCAST_FILTER_WASM");
 
 function need(name) {
   const v = process.env[name];
-  if (!v) throw new Error(`${name} is not set: run these tests through cargo test -p walcast-proxy --test js_client`);
+  if (!v) throw new Error(`${name} is not set: run these tests through cargo test -p walcast-proxy --test e2e js_client::`);
   return v;
 }
 

@@ -24,7 +24,7 @@
 
 pub mod chunk;
 pub mod driver;
-pub mod marks;
+pub use walcast_core::marks;
 pub mod window;
 
 use crate::live::log::Entry;

@@ -30,6 +30,7 @@ use tokio_postgres::error::SqlState;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
+pub use walcast_core::requests::{AckOutcome, Acks};
 use walcast_format::{Lsn, TablePattern};
 
 /// Frames written before each flush when PostgreSQL has more ready.
@@ -269,66 +270,6 @@ async fn open_on_jetstream(
         guard,
         global_tables,
     })
-}
-
-/// A client frame's verdict.
-#[derive(Debug, PartialEq, Eq)]
-pub enum AckOutcome {
-    /// Accepted: confirm this position; reply when asked.
-    Accepted { lsn: Lsn, reply: bool },
-    /// Nothing to do (the same position again).
-    Unchanged,
-    /// Ignored with a warning frame.
-    Warning(String),
-    /// Ignored with an error frame.
-    Error(String),
-}
-
-/// ACK bookkeeping of one connection.
-#[derive(Debug, Clone, Copy)]
-pub struct Acks {
-    /// The last accepted ACK (the slot's position at the start).
-    pub last: Lsn,
-    /// The highest position of any frame handled, sent or filtered out.
-    pub sent: Lsn,
-}
-
-impl Acks {
-    /// Judges a client frame `{"lsn":"X/Y"[,"reply":true]}`.
-    pub fn judge(&self, text: &str) -> AckOutcome {
-        let v: serde_json::Value = match serde_json::from_str(text) {
-            Ok(v) => v,
-            Err(e) => {
-                return AckOutcome::Error(format!("not JSON ({e}); send {{\"lsn\":\"X/Y\"}}"))
-            }
-        };
-        let Some(given) = v.get("lsn") else {
-            return AckOutcome::Error("no \"lsn\": send {\"lsn\":\"X/Y\"} to ACK".into());
-        };
-        let Some(lsn) = given.as_str().and_then(|s| s.parse::<Lsn>().ok()) else {
-            return AckOutcome::Error(format!("{given} is not an LSN (X/Y in hexadecimal)"));
-        };
-        let reply = v.get("reply").and_then(|r| r.as_bool()).unwrap_or(false);
-        if lsn > self.sent {
-            AckOutcome::Error(format!(
-                "ACK {lsn} is ahead of what was sent (up to {}); ignored",
-                self.sent
-            ))
-        } else if lsn < self.last {
-            AckOutcome::Warning(format!(
-                "ACK {lsn} is behind the last ACK {}; ignored",
-                self.last
-            ))
-        } else if lsn == self.last {
-            if reply {
-                AckOutcome::Accepted { lsn, reply }
-            } else {
-                AckOutcome::Unchanged
-            }
-        } else {
-            AckOutcome::Accepted { lsn, reply }
-        }
-    }
 }
 
 /// Whether the allow-list `g` admits a row change (other objects pass).
@@ -802,44 +743,4 @@ pub async fn run(
     }
     crate::limited!(info, slot = %slot, last_ack = %acks.last, "durable stream consumer left");
     drop(guard);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ack_rules() {
-        let a = Acks {
-            last: Lsn(0x100),
-            sent: Lsn(0x200),
-        };
-        assert_eq!(
-            a.judge(r#"{"lsn":"0/180"}"#),
-            AckOutcome::Accepted {
-                lsn: Lsn(0x180),
-                reply: false
-            }
-        );
-        assert_eq!(
-            a.judge(r#"{"lsn":"0/200","reply":true}"#),
-            AckOutcome::Accepted {
-                lsn: Lsn(0x200),
-                reply: true
-            }
-        );
-        assert_eq!(a.judge(r#"{"lsn":"0/100"}"#), AckOutcome::Unchanged);
-        assert!(matches!(
-            a.judge(r#"{"lsn":"0/80"}"#),
-            AckOutcome::Warning(_)
-        ));
-        assert!(matches!(
-            a.judge(r#"{"lsn":"0/201"}"#),
-            AckOutcome::Error(_)
-        ));
-        assert!(matches!(a.judge(r#"{"lsn":"zz"}"#), AckOutcome::Error(_)));
-        assert!(matches!(a.judge(r#"{"lsn":5}"#), AckOutcome::Error(_)));
-        assert!(matches!(a.judge("{}"), AckOutcome::Error(_)));
-        assert!(matches!(a.judge("nope"), AckOutcome::Error(_)));
-    }
 }

@@ -13,35 +13,9 @@ use crate::change::split_qualified;
 use crate::http::ApiError;
 use futures_util::{pin_mut, TryStreamExt};
 use hyper::StatusCode;
-use serde::Deserialize;
 use serde_json::Value;
 use tokio_postgres::types::ToSql;
-
-/// The request body (PGDeltaStream's, plus `after`).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PageRequest {
-    #[serde(rename = "slotName")]
-    pub slot_name: String,
-    pub table: String,
-    #[serde(default)]
-    pub offset: Option<i64>,
-    #[serde(default)]
-    pub limit: Option<i64>,
-    #[serde(default)]
-    pub order_by: Option<OrderBy>,
-    /// Primary key values of the last row of the previous page.
-    #[serde(default)]
-    pub after: Option<Value>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OrderBy {
-    pub column: String,
-    #[serde(default)]
-    pub order: Option<String>,
-}
+pub use walcast_core::requests::{parse_request, OrderBy, PageRequest, DEFAULT_LIMIT};
 
 /// One page: the JSON array, and the `after` value for the next page.
 pub struct Page {
@@ -49,40 +23,6 @@ pub struct Page {
     pub rows: usize,
     /// JSON array of the last row's primary key values (tables with a key).
     pub next_after: Option<String>,
-}
-
-/// Rows per page when the request names no limit.
-pub const DEFAULT_LIMIT: i64 = 1000;
-
-/// Parses and checks the body; `cap` is the most rows a page may have.
-pub fn parse_request(body: &[u8], cap: u64) -> Result<PageRequest, ApiError> {
-    let req: PageRequest = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))?;
-    if let Some(l) = req.limit {
-        if l < 1 {
-            return Err(ApiError::bad_request(format!(
-                "limit must be at least 1 (got {l})"
-            )));
-        }
-        if l as u64 > cap {
-            return Err(ApiError::bad_request(format!(
-                "limit {l} is over the page cap of {cap} rows"
-            )));
-        }
-    }
-    if let Some(o) = req.offset {
-        if o < 0 {
-            return Err(ApiError::bad_request(format!(
-                "offset must not be negative (got {o})"
-            )));
-        }
-    }
-    if req.after.is_some() && (req.offset.is_some_and(|o| o > 0) || req.order_by.is_some()) {
-        return Err(ApiError::bad_request(
-            "after pages by the primary key: it cannot be combined with offset or order_by",
-        ));
-    }
-    Ok(req)
 }
 
 fn order_word(order: Option<&str>) -> Result<&'static str, ApiError> {
@@ -388,29 +328,12 @@ mod tests {
     }
 
     #[test]
-    fn request_checks() {
-        assert!(parse_request(br#"{"slotName":"s","table":"t"}"#, 10).is_ok());
-        for bad in [
-            &br#"{"slotName":"s","table":"t","limit":-1}"#[..],
-            br#"{"slotName":"s","table":"t","limit":11}"#,
-            br#"{"slotName":"s","table":"t","offset":-5}"#,
-            br#"{"slotName":"s","table":"t","after":[1],"offset":3}"#,
-            br#"{"slotName":"s","table":"t","whatever":1}"#,
-            br#"{"slotName":"s"#,
-            br#"[1]"#,
-        ] {
-            let e = parse_request(bad, 10).expect_err("must be refused");
-            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{}", e.message);
-        }
-    }
-
-    #[test]
     fn sql_quotes_names_and_binds_values() {
         let req = parse_request(
             br#"{"slotName":"s","table":"t","after":["1') OR true --"]}"#,
             10,
         )
-        .unwrap_or_else(|e| panic!("{}", e.message));
+        .unwrap_or_else(|e| panic!("{}", e.0));
         let (sql, params) =
             build_sql(&table(), &req, 5, None).unwrap_or_else(|e| panic!("{}", e.message));
         assert_eq!(
@@ -424,7 +347,7 @@ mod tests {
             br#"{"slotName":"s","table":"t","offset":20,"order_by":{"column":"name; DROP TABLE x","order":"DESC"}}"#,
             10,
         )
-        .unwrap_or_else(|e| panic!("{}", e.message));
+        .unwrap_or_else(|e| panic!("{}", e.0));
         let (sql, params) =
             build_sql(&table(), &req, 5, None).unwrap_or_else(|e| panic!("{}", e.message));
         assert!(sql.ends_with(
@@ -438,7 +361,7 @@ mod tests {
             br#"{"slotName":"s","table":"t","after":[1,2]}"#,
             br#"{"slotName":"s","table":"t","after":[null]}"#,
         ] {
-            let req = parse_request(bad, 10).unwrap_or_else(|e| panic!("{}", e.message));
+            let req = parse_request(bad, 10).unwrap_or_else(|e| panic!("{}", e.0));
             let e = build_sql(&table(), &req, 5, None).expect_err("must be refused");
             assert_eq!(e.status, StatusCode::BAD_REQUEST);
         }

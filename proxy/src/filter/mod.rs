@@ -16,7 +16,7 @@
 
 pub mod instance;
 pub mod modules;
-pub mod record;
+pub use walcast_core::record;
 pub mod upload;
 
 pub use instance::{FilterInstance, Verdict, BATCH_EVENTS};

@@ -23,6 +23,7 @@ use hyper::header::HeaderValue;
 use hyper::StatusCode;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
+use walcast_core::requests::{parse_create, Create};
 
 /// Largest request body accepted on `/v1/` (bytes).
 const MAX_BODY: usize = 64 * 1024;
@@ -177,55 +178,6 @@ pub async fn backfill(
         StatusCode::ACCEPTED,
         serde_json::json!({"slotName": slot, "tables": names}),
     ))
-}
-
-/// What creating a stream asks for.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Create {
-    pub name: Option<String>,
-    pub tables: Option<String>,
-    /// Export a snapshot for `/v1/snapshot/data` (default); without it the
-    /// rows are read inside the stream.
-    pub export_snapshot: bool,
-}
-
-/// `{"name":"orders","tables":"public.orders","export_snapshot":false}`, all
-/// optional; an empty body is `{}`.
-pub fn parse_create(b: &[u8]) -> Result<Create, ApiError> {
-    if b.iter().all(u8::is_ascii_whitespace) {
-        return Ok(Create {
-            name: None,
-            tables: None,
-            export_snapshot: true,
-        });
-    }
-    #[derive(serde::Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Body {
-        #[serde(default)]
-        name: Option<String>,
-        #[serde(default)]
-        tables: Option<TablesField>,
-        #[serde(default)]
-        export_snapshot: Option<bool>,
-    }
-    #[derive(serde::Deserialize)]
-    #[serde(untagged)]
-    enum TablesField {
-        One(String),
-        Many(Vec<String>),
-    }
-    let body: Body = serde_json::from_slice(b)
-        .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))?;
-    let tables = body.tables.map(|t| match t {
-        TablesField::One(s) => s,
-        TablesField::Many(v) => v.join(","),
-    });
-    Ok(Create {
-        name: body.name,
-        tables,
-        export_snapshot: body.export_snapshot.unwrap_or(true),
-    })
 }
 
 /// The tables of a stream a user creates: within the user's `tables`

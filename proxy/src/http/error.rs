@@ -110,6 +110,13 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<walcast_core::requests::BadRequest> for ApiError {
+    /// A request the client must correct: 400.
+    fn from(e: walcast_core::requests::BadRequest) -> ApiError {
+        ApiError::bad_request(e.0)
+    }
+}
+
 impl From<UploadError> for ApiError {
     /// A module that is too large is 413, a compiler that stopped 503, any
     /// other refusal 422.

@@ -10,7 +10,7 @@
 //! proxy's own, 404 and 405 included, is a JSON `{"error": ...}`.
 
 use super::{durable, json_error, live, ops, query_params, unauthorized, AppState, Resp};
-use crate::auth::{Auth, UploadDenied};
+use crate::auth::{self, UploadDenied};
 use crate::http::origin;
 use crate::query::MAX_QUERY_LEN;
 
@@ -135,7 +135,7 @@ async fn check_origin(State(state): State<Arc<AppState>>, req: Request, next: Ne
 /// 401 without a valid one.
 async fn require_grant(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Resp {
     let params = query_params(req.uri());
-    match state.auth.check(Auth::credential(req.headers(), &params)) {
+    match state.auth.check(auth::credential(req.headers(), &params)) {
         Ok(grant) => {
             req.extensions_mut().insert(grant);
             next.run(req).await
@@ -147,7 +147,7 @@ async fn require_grant(State(state): State<Arc<AppState>>, mut req: Request, nex
 /// Whether the credential may upload filters: 401 or 403 when not.
 async fn require_upload(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Resp {
     let params = query_params(req.uri());
-    match state.auth.check_upload(Auth::credential(req.headers(), &params)) {
+    match state.auth.check_upload(auth::credential(req.headers(), &params)) {
         Ok(()) => next.run(req).await,
         Err(UploadDenied::NoUploadToken) => unauthorized(
             "uploading filters needs a bearer token allowed to upload (--filter-upload-token, or --token when that is not set, or a JWT whose walcast claim has \"filters\": true)",

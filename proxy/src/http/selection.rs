@@ -46,7 +46,13 @@ pub async fn selection(
             Some(
                 auth::admit_query(&state.catalog, tables, grant, q)
                     .await
-                    .map_err(|e| Box::new(json_error(e.status(), &e.to_string(), None)))?,
+                    .map_err(|e| {
+                        Box::new(json_error(
+                            crate::auth::refused_status(&e),
+                            &e.to_string(),
+                            None,
+                        ))
+                    })?,
             )
         }
     };

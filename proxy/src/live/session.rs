@@ -16,13 +16,14 @@ use crate::live::log::Entry;
 use crate::live::view::{Step, View};
 use crate::liveness::{Dead, Due, Liveness, Watch};
 use crate::metrics::{CloseReason, Gauge, Metrics};
-use crate::query::{self, Query};
+use crate::query;
 use futures_util::{SinkExt, StreamExt};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
+pub use walcast_core::requests::{parse_first_frame, FirstFrame, FirstFrameError};
 use walcast_format::Position;
 
 /// Frames written before each flush when a client has a backlog.
@@ -31,36 +32,6 @@ const MAX_BATCH: usize = 512;
 async fn error_frame(ws: &mut Ws, err: &query::QueryError) {
     let body = serde_json::json!({"error": err.message, "position": err.position});
     let _ = ws.send(Message::Text(body.to_string().into())).await;
-}
-
-/// What a first frame asks for.
-#[derive(Debug)]
-pub struct FirstFrame {
-    pub query: Option<Query>,
-    /// The filter's id and the bytes given to its `walcast_init`.
-    pub filter: Option<(String, Vec<u8>)>,
-    pub after: Option<Position>,
-    /// The matching rows first (`"snapshot": true`).
-    pub snapshot: bool,
-}
-
-/// Why a first frame was refused.
-#[derive(Debug)]
-pub enum FirstFrameError {
-    /// The query does not parse: an error frame with its position, then a close.
-    Query(query::QueryError),
-    /// Anything else: the close reason.
-    Invalid(String),
-}
-
-/// The bytes given to `walcast_init`: a JSON string's content, or the
-/// compact JSON text of any other value.
-pub fn config_bytes(v: &serde_json::Value) -> Vec<u8> {
-    match v {
-        serde_json::Value::String(s) => s.as_bytes().to_vec(),
-        serde_json::Value::Null => Vec::new(),
-        other => other.to_string().into_bytes(),
-    }
 }
 
 /// Reads `{"subscribe":{"query":"...","filter":{"id":"sha256:...","config":...},"after":"..."}}`
@@ -89,64 +60,6 @@ async fn first_frame(ws: &mut Ws, ctx: &Context) -> Result<FirstFrame, String> {
             Err(format!("invalid query: {e}"))
         }
     }
-}
-
-/// Parses a first frame's text.
-pub fn parse_first_frame(text: &str) -> Result<FirstFrame, FirstFrameError> {
-    use FirstFrameError::Invalid;
-    let v: serde_json::Value = serde_json::from_str(text)
-        .map_err(|e| Invalid(format!("subscription frame is not JSON: {e}")))?;
-    let sub = v.get("subscribe");
-    let q = sub.and_then(|s| s.get("query")).and_then(|q| q.as_str());
-    let filter = match sub.and_then(|s| s.get("filter")) {
-        None => None,
-        Some(f) => {
-            let id = f.get("id").and_then(|i| i.as_str()).ok_or_else(|| {
-                Invalid("the filter needs an \"id\" (from POST /v1/filters)".into())
-            })?;
-            let config = f.get("config").map(config_bytes).unwrap_or_default();
-            Some((id.to_owned(), config))
-        }
-    };
-    let after = match sub.and_then(|s| s.get("after")) {
-        None | Some(serde_json::Value::Null) => None,
-        Some(serde_json::Value::String(p)) => Some(
-            p.parse::<Position>()
-                .map_err(|e| Invalid(format!("\"after\": {e}")))?,
-        ),
-        Some(_) => {
-            return Err(Invalid(
-                "\"after\" must be a position string (the \"pos\" of a change)".into(),
-            ))
-        }
-    };
-    let snapshot = match sub.and_then(|s| s.get("snapshot")) {
-        None | Some(serde_json::Value::Null) => false,
-        Some(serde_json::Value::Bool(b)) => *b,
-        Some(_) => return Err(Invalid("\"snapshot\" must be true or false".into())),
-    };
-    if snapshot && q.is_none() {
-        return Err(Invalid(
-            "\"snapshot\": true needs a \"query\" naming the table to read".into(),
-        ));
-    }
-    if q.is_none() && filter.is_none() {
-        return Err(Invalid(
-            "subscription frame needs {\"subscribe\":{\"query\":\"...\"}} and/or a \"filter\""
-                .into(),
-        ));
-    }
-    let query = match q.map(query::parse) {
-        None => None,
-        Some(Ok(q)) => Some(q),
-        Some(Err(e)) => return Err(FirstFrameError::Query(e)),
-    };
-    Ok(FirstFrame {
-        query,
-        filter,
-        after,
-        snapshot,
-    })
 }
 
 /// How a session starts: subscribed before the upgrade was answered (URL
@@ -287,7 +200,9 @@ pub(crate) async fn run(
                         match auth::admit_query(&ctx.catalog, tables, access.grant(), q).await {
                             Ok(q) => Some(q),
                             Err(e) => {
-                                let err = ApiError::new(e.status(), e.to_string()).code(e.code());
+                                let err =
+                                    ApiError::new(crate::auth::refused_status(&e), e.to_string())
+                                        .code(e.code());
                                 Box::pin(error_close(&mut ws, err)).await;
                                 return;
                             }

@@ -114,7 +114,7 @@ macro_rules! golden {
             for entry in fs::read_dir(&dir).expect("listing sql/tests") {
                 let path = entry.expect("reading sql/tests").path();
                 if let Some(stem) = path.file_stem().and_then(|s| s.to_str()) {
-                    assert!(listed.contains(&stem), "sql/tests/{stem}.sql is not listed in tests/tests/golden.rs");
+                    assert!(listed.contains(&stem), "sql/tests/{stem}.sql is not listed in tests/tests/plugin/golden.rs");
                 }
             }
         }

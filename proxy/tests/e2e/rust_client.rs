@@ -6,7 +6,7 @@
 //! equal to the table; `reconnect()` at seeded random points inside
 //! transactions with ACKs in flight, each transaction applied once.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 use support::Proxy;

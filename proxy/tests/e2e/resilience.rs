@@ -2,7 +2,7 @@
 //! proxy (slow and stalled clients: delivery.rs). This binary has its own cluster,
 //! because it restarts it.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 use support::{json, Proxy};

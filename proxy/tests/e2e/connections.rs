@@ -5,7 +5,7 @@
 //! descriptors, and the caps (per client address, handshakes in flight)
 //! refuse only what is over them.
 
-mod support;
+use crate::support;
 
 use socket2::{Domain, SockAddr, Socket, Type};
 use std::io::{ErrorKind, Read, Write};

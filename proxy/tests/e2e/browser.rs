@@ -2,7 +2,7 @@
 //! serves (`/client/index.js`): the demo page, the client imported by a
 //! page, and the browser example opened as a file.
 
-mod support;
+use crate::support;
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
@@ -242,7 +242,7 @@ fn the_typescript_client_subscribes_and_resumes_in_the_browser() {
         |v| v.as_i64().is_some_and(|n| n >= 1) || v.is_string(),
         "the client to connect",
     );
-    std::thread::sleep(Duration::from_millis(300));
+    proxy.wait_clients(1);
     db.exec("INSERT INTO bundle SELECT generate_series(1, 5)");
     page.wait_for(
         "window.failed || window.got.length",

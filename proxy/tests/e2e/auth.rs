@@ -2,7 +2,7 @@
 //! password), a wrong password reported as a definite error, and graceful
 //! shutdown. This binary has its own cluster, because it changes pg_hba.conf.
 
-mod support;
+use crate::support;
 
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};

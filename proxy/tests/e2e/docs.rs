@@ -217,33 +217,44 @@ fn every_metric_is_documented_and_every_documented_metric_exists() {
     );
 }
 
-/// The source files a text names (`live/hub.rs`, `proxy/src/change.rs`),
-/// relative to `proxy/src`.
+/// The source files a text names (`live/hub.rs`, `proxy/src/change.rs`,
+/// `core/src/query/eval.rs`), relative to `proxy/src` or `core/src`.
 fn source_files(text: &str) -> BTreeSet<String> {
     text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '/' || c == '.'))
         .filter(|t| t.ends_with(".rs") && t.len() > 3)
-        .map(|t| t.trim_start_matches("proxy/src/").to_owned())
+        .map(|t| {
+            t.trim_start_matches("proxy/src/")
+                .trim_start_matches("core/src/")
+                .to_owned()
+        })
         .collect()
 }
 
 #[test]
 fn the_architecture_names_files_that_exist() {
-    let src = repo_root().join("proxy/src");
-    let dirs: Vec<_> = std::fs::read_dir(&src)
-        .expect("proxy/src")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_dir())
-        .collect();
+    // The proxy's sources and the core crate's.
+    let roots = [repo_root().join("proxy/src"), repo_root().join("core/src")];
+    let mut dirs = roots.to_vec();
+    for root in &roots {
+        let subdirs = std::fs::read_dir(root)
+            .unwrap_or_else(|e| panic!("{}: {e}", root.display()))
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_dir());
+        dirs.extend(subdirs);
+    }
     // A bare name (`hub.rs`) may be in a directory the text speaks of.
-    let exists = |f: &str| src.join(f).is_file() || dirs.iter().any(|d| d.join(f).is_file());
-    let lib_doc: String = read("proxy/src/lib.rs")
-        .lines()
-        .filter(|l| l.starts_with("//!"))
-        .map(|l| format!("{l}\n"))
-        .collect();
+    let exists = |f: &str| dirs.iter().any(|d| d.join(f).is_file());
+    let doc_of = |path: &str| -> String {
+        read(path)
+            .lines()
+            .filter(|l| l.starts_with("//!"))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    };
     for (doc, text) in [
         ("docs/architecture.md", read("docs/architecture.md")),
-        ("proxy/src/lib.rs", lib_doc),
+        ("proxy/src/lib.rs", doc_of("proxy/src/lib.rs")),
+        ("core/src/lib.rs", doc_of("core/src/lib.rs")),
         ("proxy/src/live/mod.rs", read("proxy/src/live/mod.rs")),
         ("proxy/src/http/mod.rs", read("proxy/src/http/mod.rs")),
         ("proxy/src/durable/mod.rs", read("proxy/src/durable/mod.rs")),

@@ -157,7 +157,20 @@ fn a_plugin_the_server_does_not_list_is_told_how_to_list_it() {
     ] {
         cluster.psql("postgres", sql).expect(sql);
     }
-    std::thread::sleep(Duration::from_millis(300));
+    // The reload is asynchronous: wait until new sessions see the setting.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while cluster
+        .psql("postgres", "SHOW output_plugin_libraries")
+        .expect("SHOW")
+        .trim()
+        != "pgoutput"
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the setting never applied"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let e = runtime()
         .block_on(async {
             let mut c = client(&cluster.url("postgres")).await?;

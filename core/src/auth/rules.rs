@@ -232,7 +232,7 @@ impl Rules {
 }
 
 /// One filter as SQL (see [`Rules::sql_condition`]).
-pub(crate) fn filter_sql(f: &Filter, ty: Option<String>, params: &mut Vec<String>) -> String {
+pub fn filter_sql(f: &Filter, ty: Option<String>, params: &mut Vec<String>) -> String {
     let Some(ty) = ty else {
         return if matches!((f.op, &f.operand), (Op::Is, Operand::Null)) {
             "true".into()
@@ -240,7 +240,7 @@ pub(crate) fn filter_sql(f: &Filter, ty: Option<String>, params: &mut Vec<String
             "false".into()
         };
     };
-    let col = format!("t.{}", crate::catalog::quote_ident(&f.column));
+    let col = format!("t.{}", crate::sql::quote_ident(&f.column));
     let mut bind = |v: &str| {
         params.push(v.to_owned());
         format!("${}::text::{ty}", params.len())

@@ -5,7 +5,7 @@
 //! same table gets their own rows, token refresh on an open socket and the
 //! close at `exp`.
 
-mod support;
+use crate::support;
 
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use std::path::PathBuf;

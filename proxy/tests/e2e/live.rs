@@ -1,7 +1,7 @@
 //! End to end: a real walcast-proxy against a private cluster, real
 //! websocket clients, SQL, and exactly the expected frames for each query.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 use support::{json, Got, Proxy};
@@ -274,7 +274,7 @@ fn table_allow_list_and_client_limit_are_enforced() {
     assert_eq!(s, 404, "a table outside the allow-list is unknown: {body}");
     let mut a = proxy.ws("insert:users");
     let _b = proxy.ws("insert:public.users");
-    std::thread::sleep(Duration::from_millis(200));
+    proxy.wait_clients(2);
     let refused = tungstenite::connect(format!(
         "ws://127.0.0.1:{}/ws?query=insert:users",
         proxy.port

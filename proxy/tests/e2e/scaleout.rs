@@ -3,7 +3,7 @@
 //! real websocket clients. Faults are real too: SIGKILL of the relay and of
 //! an edge, nats-server killed and started again on the same store.
 
-mod support;
+use crate::support;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;

@@ -3,7 +3,7 @@
 //! stream client (examples/python), which must end with an exact copy of a
 //! table changed while it streams, across a dropped connection.
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 use support::Proxy;

@@ -5,7 +5,7 @@
 //! without a gap or a duplicate (also through a query and a WASM filter).
 //! Real cluster, real proxy process, real websocket clients.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 use support::{encode, json, Client, Got, Proxy};
@@ -36,24 +36,6 @@ fn proc_kb(pid: u32, key: &str) -> u64 {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
-}
-
-fn wait_for_metric(proxy: &Proxy, name: &str, want: u64, within: Duration) -> Duration {
-    let start = Instant::now();
-    loop {
-        if proxy.metric(name) >= want {
-            return start.elapsed();
-        }
-        if start.elapsed() >= within {
-            let (_, body) = proxy.get("/metrics").expect("metrics");
-            let why: Vec<&str> = body
-                .lines()
-                .filter(|l| l.starts_with("walcast_c") || l.starts_with("walcast_refused"))
-                .collect();
-            panic!("{name} did not reach {want} within {within:?}: {why:#?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]
@@ -97,8 +79,7 @@ fn a_throttled_reader_gets_a_whole_bulk_transaction_and_a_stalled_client_is_clos
     let (got, took) = reading.join().expect("reader thread");
     assert_eq!(got, rows, "the reading client got every row (in {took:?})");
     // The stalled client was closed for not reading (1013 stalled).
-    wait_for_metric(
-        &proxy,
+    proxy.wait_metric(
         "walcast_clients_closed_total{reason=\"stalled\"}",
         1,
         Duration::from_secs(30),
@@ -194,8 +175,7 @@ fn a_reader_slower_than_the_buffer_holds_is_closed_with_the_reason() {
     ));
     // The client reads nothing until the proxy has it all, then reads what
     // its socket holds and finds the close.
-    wait_for_metric(
-        &proxy,
+    proxy.wait_metric(
         "walcast_changes_by_action_total{action=\"insert\"}",
         rows as u64,
         WAIT,
@@ -309,8 +289,7 @@ fn a_position_older_than_the_buffer_gets_410_with_the_oldest_held() {
     drop(probe);
     db.exec("INSERT INTO items SELECT g, 'a', repeat('z', 900) FROM generate_series(2, 4001) g");
     // All of it in (and the first ones dropped from the 1 MB buffer).
-    wait_for_metric(
-        &proxy,
+    proxy.wait_metric(
         "walcast_changes_by_action_total{action=\"insert\"}",
         4001,
         WAIT,
@@ -415,7 +394,7 @@ fn ten_thousand_idle_clients_stay_small() {
         let q = encode(&format!("*:items:id.eq.{}", i % 1000));
         clients.push(proxy.ws_params(&format!("query={q}")));
     }
-    wait_for_metric(&proxy, "walcast_clients", n as u64, WAIT);
+    proxy.wait_metric("walcast_clients", n as u64, WAIT);
     let rss_mb = proc_kb(pid, "VmRSS:") / 1024;
     eprintln!(
         "proxy RSS with {n} idle clients: {rss_mb} MB (before: {} MB)",
@@ -560,7 +539,7 @@ fn filtered_views_hear_of_rows_that_are_deleted_or_leave_and_end_equal_to_their_
     // A view that drops its connection re-syncs with a snapshot (the
     // documented way: rows not read again by its `done` are gone).
     let mut resync = ViewClient::open(&proxy, "*:items:v.lt.50", "v < 50", true);
-    std::thread::sleep(Duration::from_millis(300));
+    writer.write_more(100);
     for v in views.iter_mut() {
         let _ = v.client.next_within(Duration::from_millis(50));
     }
@@ -595,7 +574,7 @@ fn filtered_views_hear_of_rows_that_are_deleted_or_leave_and_end_equal_to_their_
     }
     views.push(resync);
     db.exec("TRUNCATE items; INSERT INTO items SELECT g, g % 100, CASE WHEN g % 9 = 0 THEN NULL ELSE repeat('p', (g % 5)::int) END FROM generate_series(1, 800) g");
-    std::thread::sleep(Duration::from_millis(1500));
+    writer.write_more(300);
     writer.stop();
     assert!(writer.count() > 50, "seed {seed}: the writer wrote");
     // One last transaction: a marker row for every view, in id order.

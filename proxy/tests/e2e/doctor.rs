@@ -2,7 +2,7 @@
 //! may not stream, and a server that is not there; and the descriptor limit
 //! against `--max-clients`.
 
-mod support;
+use crate::support;
 
 use walcast_tests::{cluster, TestDb};
 

@@ -2,7 +2,7 @@
 //! builds it with its own `tsc`, then runs its `node --test` suite with the
 //! proxy's address, psql for the writes and the proxy's JWT secret.
 
-mod support;
+use crate::support;
 
 use support::Proxy;
 use walcast_tests::{cluster, TestDb};
@@ -110,7 +110,7 @@ try {{
         }
     };
     wait_for("open -", &mut seen);
-    std::thread::sleep(Duration::from_millis(300));
+    first.wait_clients(1);
     db.exec("INSERT INTO restart SELECT generate_series(1, 3)");
     let last = wait_for("change 3 ", &mut seen);
     let position = last.rsplit(' ').next().unwrap_or("").to_owned();

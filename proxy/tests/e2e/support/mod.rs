@@ -169,6 +169,48 @@ impl Proxy {
         }
     }
 
+    /// Waits until the `/metrics` series `name` is at least `want`, for at
+    /// most `within`; returns how long that took.
+    pub fn wait_metric(&self, name: &str, want: u64, within: Duration) -> Duration {
+        self.wait_metric_until(name, |v| v >= want, &format!("reach {want}"), within)
+    }
+
+    /// Waits until the gauge `name` is exactly `want`, for at most 30 s.
+    pub fn wait_gauge(&self, name: &str, want: u64) {
+        let within = Duration::from_secs(30);
+        self.wait_metric_until(name, |v| v == want, &format!("come to {want}"), within);
+    }
+
+    fn wait_metric_until(
+        &self,
+        name: &str,
+        done: impl Fn(u64) -> bool,
+        what: &str,
+        within: Duration,
+    ) -> Duration {
+        let start = Instant::now();
+        loop {
+            if done(self.metric(name)) {
+                return start.elapsed();
+            }
+            if start.elapsed() >= within {
+                let (_, body) = self.get("/metrics").expect("metrics");
+                let why: Vec<&str> = body
+                    .lines()
+                    .filter(|l| l.starts_with("walcast_c") || l.starts_with("walcast_refused"))
+                    .collect();
+                panic!("{name} did not {what} within {within:?}: {why:#?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until `n` live clients are subscribed (`walcast_clients`): a
+    /// change committed after this reaches all of them.
+    pub fn wait_clients(&self, n: u64) {
+        self.wait_metric("walcast_clients", n, Duration::from_secs(30));
+    }
+
     /// The value of a `/metrics` series, by its name with labels.
     pub fn metric(&self, name: &str) -> u64 {
         let (_, body) = self.get("/metrics").expect("metrics");

@@ -23,7 +23,7 @@
 //! The seed is printed; `WALCAST_SEED=<seed>` replays the same operations.
 //! This binary has its own cluster, because it restarts it.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

@@ -4,7 +4,7 @@
 //! filter reported to its own client only, while other clients keep being
 //! served.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 use support::{encode, json, Client, Got, Proxy};
@@ -101,7 +101,7 @@ fn example_filters_keep_redact_and_sample() {
     let mut every_third =
         proxy.ws_params(&format!("filter={sample}&config={}", encode(r#"{"n":3}"#)));
     let mut inserts = proxy.ws_params(&format!("filter={inserts_only}"));
-    std::thread::sleep(Duration::from_millis(300));
+    proxy.wait_clients(5);
 
     db.exec("INSERT INTO orders VALUES (1, 50, 'small'), (2, 150, 'big'), (3, 100, 'edge')");
     db.exec("UPDATE orders SET total = 500 WHERE id = 1");
@@ -362,7 +362,7 @@ fn misbehaving_filters_are_reported_to_their_client_and_others_are_served() {
     );
     let mut replaced = proxy.ws_params(&format!("filter={good}&query={}", encode("insert:orders")));
     let mut plain = proxy.ws("insert:orders");
-    std::thread::sleep(Duration::from_millis(300));
+    proxy.wait_clients(clients.len() as u64 + 2);
 
     let start = Instant::now();
     for i in 0..3 {

@@ -143,6 +143,27 @@ impl Writer {
         self.done.load(Ordering::Relaxed)
     }
 
+    /// Waits until the writer has committed `n` more transactions (for at
+    /// most a minute): changes that happen while something else goes on.
+    pub fn write_more(&self, n: u64) {
+        let want = self.count() + n;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while self.count() < want {
+            let running = self.thread.as_ref().is_some_and(|t| !t.is_finished());
+            assert!(
+                running,
+                "the writer stopped at {} transactions",
+                self.count()
+            );
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the writer committed {} of {want} transactions within a minute",
+                self.count()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Stops the writer and waits for its last transaction to commit.
     pub fn stop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);

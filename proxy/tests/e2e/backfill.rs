@@ -4,7 +4,7 @@
 //! must end with exactly the table's rows. The writers' operations come from
 //! a printed seed (`WALCAST_SEED=<seed>` replays them).
 
-mod support;
+use crate::support;
 
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -142,7 +142,7 @@ fn a_chunked_snapshot_under_concurrent_writes_ends_with_the_tables_rows() {
     });
     let during = w.count() - before;
     // Writes go on after the snapshot, then stop.
-    std::thread::sleep(Duration::from_millis(300));
+    w.write_more(100);
     w.stop();
     sync(&mut db, &mut c, &mut rows, &mut seen, -1);
     let table = Rows::read(&mut db, "items", &["id"]);
@@ -529,7 +529,7 @@ fn a_durable_stream_reads_current_rows_while_acks_go_on_and_resumes_after_a_disc
         v["action"] == "R"
     });
     drop(c);
-    std::thread::sleep(Duration::from_millis(300));
+    proxy.wait_gauge("walcast_stream_consumers", 0);
 
     // Back: the stream resumes after the last ACK; the snapshot goes on
     // from the last chunk the client had, asked for on the open stream.
@@ -551,7 +551,7 @@ fn a_durable_stream_reads_current_rows_while_acks_go_on_and_resumes_after_a_disc
     read_durable(&mut c, &mut rows, &mut seen, "snapshot done", |_, s| {
         s.done.is_some()
     });
-    std::thread::sleep(Duration::from_millis(300));
+    w.write_more(100);
     w.stop();
     db.exec("INSERT INTO items VALUES (-1, 0, 'sync')");
     read_durable(&mut c, &mut rows, &mut seen, "the sync row", |v, _| {

@@ -1,7 +1,7 @@
 //! `sslmode=require`: the replication and catalog connections use TLS. This
 //! binary has its own cluster, with ssl on and only hostssl entries.
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 use std::time::{Duration, Instant};

@@ -45,6 +45,8 @@ phase "the example WASM filters"
 ./scripts/build-filters.sh
 phase "container files (hadolint, COPY sources, compose)"
 ./scripts/check-docker.sh
+phase "the proxy's layers: the domain never uses http, no import cycle"
+python3 scripts/check-layers.py >/dev/null
 phase "cargo fmt --check"
 cargo fmt --all -- --check
 (cd filters && cargo fmt --all -- --check)
@@ -56,8 +58,11 @@ cargo clippy --workspace --all-targets -- -D warnings
 (cd filters && cargo clippy --workspace --target wasm32-unknown-unknown -- -D warnings)
 phase "the filters' tests"
 (cd filters && cargo test --workspace)
+# The end-to-end tests mostly wait on processes, sockets and clocks (two
+# at a time kept half a core busy): four at a time.
+e2e_threads=(-- --test-threads 4)
 phase "cargo test --workspace (PostgreSQL 15)"
-WALCAST_PG_MAJOR=15 cargo test --workspace
+WALCAST_PG_MAJOR=15 cargo test --workspace "${e2e_threads[@]}"
 # Every other supported major: the plugin's suite (golden, values, TOAST,
 # streaming, errors, doctor, positions) against a cluster of that major, and
 # the proxy's on the newest. `--workspace` with a test target keeps the
@@ -70,7 +75,7 @@ for major in 16 17 18; do
   WALCAST_PG_MAJOR="$major" PG_CONFIG="$pg_config" cargo test --workspace --test plugin
   if [ "$major" = 18 ]; then
     phase "PostgreSQL ${major}: the proxy's end-to-end tests"
-    WALCAST_PG_MAJOR="$major" PG_CONFIG="$pg_config" cargo test --workspace --test e2e
+    WALCAST_PG_MAJOR="$major" PG_CONFIG="$pg_config" cargo test --workspace --test e2e "${e2e_threads[@]}"
   fi
 done
 phase "fuzzing: the parsers' targets for 30 s each"

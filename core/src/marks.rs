@@ -114,6 +114,11 @@ impl Visibility {
     }
 }
 
+/// Whether a change is one of the proxy's watermarks.
+pub fn is_mark(change: &crate::change::Change) -> bool {
+    change.action == crate::change::Action::Message && change.prefix() == Some(PREFIX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,10 +15,9 @@
 use crate::auth::Rules;
 use crate::change::Change;
 use crate::filter::{FilterInstance, Filters, Verdict};
-use crate::http::ApiError;
 use crate::metrics::Metrics;
 use crate::query::Query;
-use hyper::StatusCode;
+use crate::refusal::{Kind, Refusal};
 use std::sync::atomic::Ordering;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -100,10 +99,10 @@ pub fn open_filter(
     filters: &Filters,
     id: &str,
     config: Vec<u8>,
-) -> Result<FilterInstance, ApiError> {
+) -> Result<FilterInstance, Refusal> {
     let module = filters.get(id).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
+        Refusal::new(
+            Kind::NotFound,
             format!("no filter {id:?} on this proxy: upload it with POST /v1/filters"),
         )
         .code("FILTER_NOT_FOUND")
@@ -111,9 +110,9 @@ pub fn open_filter(
     FilterInstance::new(filters, module, config).map_err(|e| {
         let code = e.code.as_str();
         let status = match code {
-            "INSTANTIATE_FAILED" => StatusCode::SERVICE_UNAVAILABLE,
-            _ => StatusCode::BAD_REQUEST,
+            "INSTANTIATE_FAILED" => Kind::Unavailable,
+            _ => Kind::Invalid,
         };
-        ApiError::new(status, e.message).code(code)
+        Refusal::new(status, e.message).code(code)
     })
 }

@@ -247,13 +247,13 @@ async fn plugin_check(config: &crate::database::Database) -> Check {
 /// room for) and `--max-clients`.
 pub fn descriptors_check(max_connections: Option<usize>, max_clients: usize) -> Check {
     let item = "descriptor limit";
-    let limit = match crate::http::descriptors::raise() {
+    let limit = match crate::descriptors::raise() {
         Ok(l) => l,
         Err(e) => return check(Status::Warn, item, format!("cannot read it: {e}")),
     };
-    let room = crate::http::descriptors::connections_for(limit.soft);
+    let room = crate::descriptors::connections_for(limit.soft);
     let max_connections = max_connections.unwrap_or(room);
-    if let Some(why) = crate::http::descriptors::too_low(&limit, max_connections, max_clients) {
+    if let Some(why) = crate::descriptors::too_low(&limit, max_connections, max_clients) {
         return check(Status::Warn, item, why);
     }
     if max_connections > room {

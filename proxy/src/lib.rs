@@ -10,7 +10,7 @@
 //!   change.rs      plugin bytes -> Change { action, schema, table, lsn, pos, text }
 //!                  (walcast-core, like query/, auth's tokens and rules, and
 //!                  what clients send: core/src/lib.rs)
-//!   live/hub.rs    each change stored once in the log (live/log.rs), its seq on
+//!   live/hub.rs    each change stored once in the log (log.rs), its seq on
 //!                  the match list of every query group it matches
 //!   live/cursor.rs what a client has read: its next seq and its group
 //!   live/session.rs one websocket: bursts from its cursor, pings, stalls
@@ -45,8 +45,13 @@
 //! repeat, written once per interval), `database.rs` (the database URL, TLS
 //! as `sslmode` says), `sql.rs` (a pool of ordinary connections),
 //! `catalog.rs` (table lookups over it), `doctor.rs` (`walcast-proxy doctor`),
+//! `descriptors.rs` (the file descriptor limit and the connections it allows),
 //! `fuzzing.rs` (the hub's and the filter host's checks for the fuzz targets
-//! and seeded tests).
+//! and seeded tests). Shared by the layers above them: `refusal.rs` (why a
+//! request is refused; `http/` turns it into a status), `ws.rs` (a client's
+//! websocket and its close), `sink.rs` (where a source hands its changes),
+//! `log.rs` (the change log). docs/architecture.md#layers has the rules;
+//! `scripts/check-layers.py` checks them.
 
 pub mod auth;
 pub mod backfill;
@@ -56,6 +61,7 @@ pub use walcast_core::change;
 pub mod config;
 pub mod database;
 pub mod delivery;
+pub mod descriptors;
 pub mod doctor;
 pub mod durable;
 pub mod filter;
@@ -65,9 +71,13 @@ pub mod health;
 pub mod http;
 pub mod live;
 pub mod liveness;
+pub mod log;
 pub mod metrics;
 pub mod nats;
 pub use walcast_core::query;
+pub mod refusal;
 pub mod replication;
+pub mod sink;
 pub mod sql;
 pub mod throttle;
+pub mod ws;

@@ -9,10 +9,10 @@ use walcast_format::TablePattern;
 use walcast_proxy::auth::{jwt, Auth};
 use walcast_proxy::catalog::Catalog;
 use walcast_proxy::config::{Cli, Command};
+use walcast_proxy::descriptors;
 use walcast_proxy::durable::{self, Streams, StreamsConfig};
 use walcast_proxy::filter::{FilterLimits, Filters};
 use walcast_proxy::health::Health;
-use walcast_proxy::http::descriptors;
 use walcast_proxy::http::listener::{Connections, Limits};
 use walcast_proxy::http::{self, AppState, Timeouts};
 use walcast_proxy::live::hub::Hub;
@@ -310,14 +310,14 @@ async fn serve(args: walcast_proxy::config::ServeArgs) -> Result<(), String> {
         Some(js) => tasks.spawn(nats::edge::run(
             args.nats_stream.clone(),
             js,
-            hub.clone(),
+            hub.publisher(),
             metrics.clone(),
             health.clone(),
             shutdown.clone(),
         )),
         None => tasks.spawn(reader::run(
             reader_config(&args, &database)?,
-            hub.clone(),
+            hub.publisher(),
             metrics.clone(),
             health.clone(),
             shutdown.clone(),

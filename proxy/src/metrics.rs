@@ -176,7 +176,7 @@ pub enum CloseReason {
 
 /// The change log and its readers, as `/metrics` shows them.
 pub struct LogReport {
-    pub stats: crate::live::log::LogStats,
+    pub stats: crate::log::LogStats,
     /// Changes waiting for each client.
     pub waiting: Vec<u64>,
     pub groups: usize,

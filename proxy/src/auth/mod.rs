@@ -26,13 +26,15 @@ pub fn credential<'a>(
         .or_else(|| params.get("access_token").map(String::as_str))
 }
 
-/// The HTTP status that answers a refused query.
-pub fn refused_status(r: &Refused) -> hyper::StatusCode {
-    match r {
-        Refused::UnknownTable(_) => hyper::StatusCode::NOT_FOUND,
-        Refused::Forbidden(_) => hyper::StatusCode::FORBIDDEN,
-        Refused::Unavailable(_) => hyper::StatusCode::SERVICE_UNAVAILABLE,
-    }
+/// A refused query as the proxy answers it, with its code.
+pub fn refusal(r: &Refused) -> crate::refusal::Refusal {
+    use crate::refusal::{Kind, Refusal};
+    let kind = match r {
+        Refused::UnknownTable(_) => Kind::NotFound,
+        Refused::Forbidden(_) => Kind::Forbidden,
+        Refused::Unavailable(_) => Kind::Unavailable,
+    };
+    Refusal::new(kind, r.to_string()).code(r.code())
 }
 
 /// A client's query as it may have it: its table exists and `--tables`

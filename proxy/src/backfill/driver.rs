@@ -11,7 +11,7 @@ use super::window::{ChunkRead, Spec, Verdict, Windows};
 use super::{Event, Places, Ready, Settings};
 use crate::catalog::{Catalog, TableInfo};
 use crate::change::Change;
-use crate::live::log::Entry;
+use crate::log::Entry;
 use crate::metrics::{Gauge, Metrics};
 use crate::query::{Filter, Query};
 use crate::sql::SqlPool;

@@ -27,7 +27,7 @@ pub mod driver;
 pub use walcast_core::marks;
 pub mod window;
 
-use crate::live::log::Entry;
+use crate::log::Entry;
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use walcast_format::Position;

@@ -223,10 +223,7 @@ pub struct Windows {
     recent: Recent,
 }
 
-/// Whether a change is one of the proxy's watermarks.
-pub fn is_mark(change: &Change) -> bool {
-    change.action == Action::Message && change.prefix() == Some(super::marks::PREFIX)
-}
+pub use walcast_core::marks::is_mark;
 
 /// A watermark's content.
 fn mark_of(change: &Change) -> Option<Mark> {

@@ -14,14 +14,13 @@
 use super::streams::{ConsumerGuard, Streams};
 use crate::change::{Action, Change};
 use crate::delivery::{self, filter_change, Outcome};
-use crate::http::upgrade::{close, Ws};
-use crate::http::ApiError;
 use crate::liveness::{Dead, Due, KeepAlive, Watch};
 use crate::metrics::{CloseReason, Gauge, Metrics};
 use crate::query::Query;
+use crate::refusal::{Kind, Refusal};
 use crate::replication::{ReplicationClient, ReplicationError, ReplicationStream, XLogData};
+use crate::ws::{close, Ws};
 use futures_util::{FutureExt, SinkExt, StreamExt};
-use hyper::StatusCode;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -152,14 +151,14 @@ pub fn resume_point(
     confirmed: Lsn,
     lag_bytes: Option<i64>,
     acked: Option<Lsn>,
-) -> Result<Lsn, ApiError> {
+) -> Result<Lsn, Refusal> {
     let Some(acked) = acked.filter(|a| *a > confirmed) else {
         return Ok(confirmed);
     };
     if let Some(lag) = lag_bytes {
         let end = Lsn(confirmed.0.saturating_add(lag.max(0) as u64));
         if acked > end {
-            return Err(ApiError::bad_request(format!(
+            return Err(Refusal::invalid(format!(
                 "acked={acked} is ahead of the end of WAL ({end}): pass the end_lsn of the last transaction you ACKed"
             ))
             .code("ACKED_AHEAD"));
@@ -170,7 +169,7 @@ pub fn resume_point(
 
 /// Claims the consumer place of `slot` and starts streaming from it, or
 /// from `acked` (see [`resume_point`]).
-pub async fn open(streams: &Streams, slot: &str, acked: Option<Lsn>) -> Result<Opened, ApiError> {
+pub async fn open(streams: &Streams, slot: &str, acked: Option<Lsn>) -> Result<Opened, Refusal> {
     if let Some(jet) = &streams.jet {
         return open_on_jetstream(streams, jet, slot, acked).await;
     }
@@ -184,8 +183,8 @@ pub async fn open(streams: &Streams, slot: &str, acked: Option<Lsn>) -> Result<O
         info = streams.require(slot).await?;
     }
     if info.active {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
+        return Err(Refusal::new(
+            Kind::InUse,
             format!(
                 "{slot} is in use by another connection (walsender pid {}); one consumer per stream at a time",
                 info.active_pid.unwrap_or(0)
@@ -207,11 +206,11 @@ pub async fn open(streams: &Streams, slot: &str, acked: Option<Lsn>) -> Result<O
     }
     let start_failed = |e: ReplicationError| {
         let status = if e.is(&SqlState::OBJECT_IN_USE) {
-            StatusCode::CONFLICT
+            Kind::InUse
         } else {
-            StatusCode::SERVICE_UNAVAILABLE
+            Kind::Unavailable
         };
-        ApiError::new(status, format!("cannot start streaming {slot}: {e}"))
+        Refusal::new(status, format!("cannot start streaming {slot}: {e}"))
     };
     let client = ReplicationClient::connect(streams.database())
         .await
@@ -243,14 +242,14 @@ async fn open_on_jetstream(
     jet: &super::jet::JetStreams,
     slot: &str,
     acked: Option<Lsn>,
-) -> Result<Opened, ApiError> {
+) -> Result<Opened, Refusal> {
     streams.require(slot).await?;
     let deadline = tokio::time::Instant::now() + RELEASE_WAIT;
     let guard = streams.claim_consumer(slot, deadline).await?;
     let mut global_tables = Vec::new();
     if let Some(own) = streams.stream_tables(slot).await? {
         global_tables.push(TablePattern::parse_list(&own).map_err(|e| {
-            ApiError::unavailable(format!("the stream's recorded tables do not parse: {e}"))
+            Refusal::unavailable(format!("the stream's recorded tables do not parse: {e}"))
         })?);
     }
     if let Some((_, global)) = &streams.cfg.tables {

@@ -20,13 +20,12 @@
 //!   generations, and the newest wins.
 
 use crate::change::{Action, Change};
-use crate::http::ApiError;
 use crate::nats::{begin_id, is_begin_subject};
+use crate::refusal::{Kind, Refusal};
 use crate::replication::XLogData;
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::{self, Context};
 use futures_util::StreamExt;
-use hyper::StatusCode;
 use std::collections::VecDeque;
 use std::time::Duration;
 use walcast_format::{Lsn, Position};
@@ -90,8 +89,8 @@ pub struct JetInfo {
     pub lag_bytes: i64,
 }
 
-fn unavailable(what: &str, e: impl std::fmt::Display) -> ApiError {
-    ApiError::unavailable(format!("{what}: {e} (JetStream)"))
+fn unavailable(what: &str, e: impl std::fmt::Display) -> Refusal {
+    Refusal::unavailable(format!("{what}: {e} (JetStream)"))
 }
 
 /// `walcast_amber1_g3` -> (`walcast_amber1`, 3).
@@ -108,7 +107,7 @@ impl JetStreams {
         JetStreams { js, stream }
     }
 
-    async fn get(&self) -> Result<jetstream::stream::Stream, ApiError> {
+    async fn get(&self) -> Result<jetstream::stream::Stream, Refusal> {
         self.js
             .get_stream(&self.stream)
             .await
@@ -116,7 +115,7 @@ impl JetStreams {
     }
 
     /// The stream sequence the next message will get.
-    pub async fn next_sequence(&self) -> Result<u64, ApiError> {
+    pub async fn next_sequence(&self) -> Result<u64, Refusal> {
         let mut s = self.get().await?;
         let info = s
             .info()
@@ -126,7 +125,7 @@ impl JetStreams {
     }
 
     /// Every durable stream's consumers: name -> generations, oldest first.
-    async fn generations(&self) -> Result<Vec<(String, Vec<u64>)>, ApiError> {
+    async fn generations(&self) -> Result<Vec<(String, Vec<u64>)>, Refusal> {
         let s = self.get().await?;
         let mut names = s.consumer_names();
         let mut all: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
@@ -146,7 +145,7 @@ impl JetStreams {
     }
 
     /// The generations of `name`, oldest first (none: no such stream).
-    async fn generations_of(&self, name: &str) -> Result<Vec<u64>, ApiError> {
+    async fn generations_of(&self, name: &str) -> Result<Vec<u64>, Refusal> {
         Ok(self
             .generations()
             .await?
@@ -157,7 +156,7 @@ impl JetStreams {
     }
 
     /// Whether a durable stream (any generation) is called `name`.
-    pub async fn exists(&self, name: &str) -> Result<bool, ApiError> {
+    pub async fn exists(&self, name: &str) -> Result<bool, Refusal> {
         Ok(!self.generations_of(name).await?.is_empty())
     }
 
@@ -180,7 +179,7 @@ impl JetStreams {
     }
 
     /// Creates the first generation of the stream `name`.
-    pub async fn create(&self, name: &str, origin: Origin) -> Result<(), ApiError> {
+    pub async fn create(&self, name: &str, origin: Origin) -> Result<(), Refusal> {
         let s = self.get().await?;
         s.create_consumer(Self::config(name, 1, origin, origin.start))
             .await
@@ -191,12 +190,12 @@ impl JetStreams {
     /// Takes the stream over: a new generation from right after the last
     /// acknowledged message, the older ones deleted. 404 when there is no
     /// such stream.
-    pub async fn take_over(&self, name: &str) -> Result<(JetSource, Lsn), ApiError> {
+    pub async fn take_over(&self, name: &str) -> Result<(JetSource, Lsn), Refusal> {
         let s = self.get().await?;
         let gens = self.generations_of(name).await?;
         let Some(&g) = gens.last() else {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
+            return Err(Refusal::new(
+                Kind::NotFound,
                 format!("no durable stream {name:?} (see GET /v1/streams)"),
             ));
         };
@@ -211,7 +210,7 @@ impl JetStreams {
             .as_deref()
             .and_then(Origin::parse)
             .ok_or_else(|| {
-                ApiError::unavailable(format!(
+                Refusal::unavailable(format!(
                     "the consumer {old} was not made by walcast (its description says nothing of a snapshot)"
                 ))
             })?;
@@ -269,7 +268,7 @@ impl JetStreams {
     }
 
     /// Every durable stream with its state.
-    pub async fn list(&self) -> Result<Vec<JetInfo>, ApiError> {
+    pub async fn list(&self) -> Result<Vec<JetInfo>, Refusal> {
         let mut s = self.get().await?;
         let state = s
             .info()
@@ -298,12 +297,12 @@ impl JetStreams {
     }
 
     /// Deletes every generation of `name`; 404 when there is none.
-    pub async fn delete(&self, name: &str) -> Result<(), ApiError> {
+    pub async fn delete(&self, name: &str) -> Result<(), Refusal> {
         let s = self.get().await?;
         let gens = self.generations_of(name).await?;
         if gens.is_empty() {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
+            return Err(Refusal::new(
+                Kind::NotFound,
                 format!("no durable stream {name:?} (see GET /v1/streams)"),
             ));
         }

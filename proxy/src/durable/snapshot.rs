@@ -10,9 +10,8 @@ use super::streams::Streams;
 use crate::auth::Rules;
 use crate::catalog::{quote_ident, TableInfo};
 use crate::change::split_qualified;
-use crate::http::ApiError;
+use crate::refusal::{Kind, Refusal};
 use futures_util::{pin_mut, TryStreamExt};
-use hyper::StatusCode;
 use serde_json::Value;
 use tokio_postgres::types::ToSql;
 pub use walcast_core::requests::{parse_request, OrderBy, PageRequest, DEFAULT_LIMIT};
@@ -25,22 +24,20 @@ pub struct Page {
     pub next_after: Option<String>,
 }
 
-fn order_word(order: Option<&str>) -> Result<&'static str, ApiError> {
+fn order_word(order: Option<&str>) -> Result<&'static str, Refusal> {
     match order.map(str::to_ascii_lowercase).as_deref() {
         None | Some("asc") => Ok("ASC"),
         Some("desc") => Ok("DESC"),
-        Some(other) => Err(ApiError::bad_request(format!(
+        Some(other) => Err(Refusal::invalid(format!(
             "order must be \"asc\" or \"desc\" (got {other:?})"
         ))),
     }
 }
 
 /// A bind parameter's text for a key value given in JSON.
-fn key_text(v: &Value) -> Result<String, ApiError> {
+fn key_text(v: &Value) -> Result<String, Refusal> {
     match v {
-        Value::Null => Err(ApiError::bad_request(
-            "after: primary key values are never null",
-        )),
+        Value::Null => Err(Refusal::invalid("after: primary key values are never null")),
         Value::String(s) => Ok(s.clone()),
         other => Ok(other.to_string()),
     }
@@ -52,7 +49,7 @@ fn build_sql(
     req: &PageRequest,
     limit: i64,
     rules: Option<&Rules>,
-) -> Result<(String, Vec<String>), ApiError> {
+) -> Result<(String, Vec<String>), Refusal> {
     let from = table.qualified_sql();
     let key_cols = table.key_columns_sql();
     let mut params = vec![limit.to_string()];
@@ -64,7 +61,7 @@ fn build_sql(
     }
     if let Some(after) = &req.after {
         if key_cols.is_empty() {
-            return Err(ApiError::bad_request(format!(
+            return Err(Refusal::invalid(format!(
                 "after pages by the primary key, and {}.{} has none: use offset",
                 table.schema, table.name
             )));
@@ -74,7 +71,7 @@ fn build_sql(
             single => vec![single],
         };
         if values.len() != key_cols.len() {
-            return Err(ApiError::bad_request(format!(
+            return Err(Refusal::invalid(format!(
                 "after needs {} value(s), the primary key ({}) in order",
                 key_cols.len(),
                 table
@@ -97,7 +94,7 @@ fn build_sql(
     let mut order: Vec<String> = Vec::new();
     if let Some(ob) = &req.order_by {
         let col = table.column(&ob.column).ok_or_else(|| {
-            ApiError::bad_request(format!(
+            Refusal::invalid(format!(
                 "order_by: {}.{} has no column {:?}",
                 table.schema, table.name, ob.column
             ))
@@ -139,18 +136,18 @@ pub async fn stream_table(
     slot: &str,
     name: &str,
     rules: Option<&Rules>,
-) -> Result<TableInfo, ApiError> {
+) -> Result<TableInfo, Refusal> {
     let (schema, bare) = split_qualified(name);
     if bare.is_empty() {
-        return Err(ApiError::bad_request("table is empty"));
+        return Err(Refusal::invalid("table is empty"));
     }
     let schema = (!schema.is_empty()).then_some(schema);
     let table = streams
         .catalog
         .table_info(schema.as_deref(), &bare)
         .await
-        .map_err(ApiError::unavailable)?
-        .ok_or_else(|| ApiError::bad_request(format!("unknown table {name:?}")))?;
+        .map_err(Refusal::unavailable)?
+        .ok_or_else(|| Refusal::invalid(format!("unknown table {name:?}")))?;
     let mut lists = Vec::new();
     if let Some((_, global)) = &streams.cfg.tables {
         lists.push(global.clone());
@@ -159,13 +156,13 @@ pub async fn stream_table(
         lists.push(walcast_format::TablePattern::parse_list(&own).unwrap_or_default());
     }
     if lists.iter().any(|l| !allowed(l, &table)) {
-        return Err(ApiError::bad_request(format!(
+        return Err(Refusal::invalid(format!(
             "table {name:?} is not in this stream's table allow-list"
         )));
     }
     if rules.is_some_and(|r| !r.table_allowed(&table.schema, &table.name)) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
+        return Err(Refusal::new(
+            Kind::Forbidden,
             format!("this token does not allow the table {name:?}"),
         ));
     }
@@ -177,7 +174,7 @@ pub async fn read_page(
     streams: &Streams,
     req: &PageRequest,
     rules: Option<&Rules>,
-) -> Result<Page, ApiError> {
+) -> Result<Page, Refusal> {
     let snapshot = streams.snapshot_name(&req.slot_name).await?;
     let table = stream_table(streams, &req.slot_name, &req.table, rules).await?;
     let limit = req
@@ -185,14 +182,14 @@ pub async fn read_page(
         .unwrap_or(DEFAULT_LIMIT.min(streams.cfg.page_cap as i64));
     let (sql, params) = build_sql(&table, req, limit, rules)?;
 
-    let mut conn = streams.pool.get().await.map_err(ApiError::unavailable)?;
+    let mut conn = streams.pool.get().await.map_err(Refusal::unavailable)?;
     let tx = conn
         .build_transaction()
         .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
         .read_only(true)
         .start()
         .await
-        .map_err(|e| ApiError::unavailable(format!("snapshot read failed: {e}")))?;
+        .map_err(|e| Refusal::unavailable(format!("snapshot read failed: {e}")))?;
     if let Err(e) = tx
         .batch_execute(&format!(
             "SET TRANSACTION SNAPSHOT '{}'",
@@ -201,8 +198,8 @@ pub async fn read_page(
         .await
     {
         streams.snapshot_lost(&req.slot_name);
-        return Err(ApiError::new(
-            StatusCode::GONE,
+        return Err(Refusal::new(
+            Kind::Gone,
             format!(
                 "the snapshot of {} is no longer readable: {}",
                 req.slot_name,
@@ -222,8 +219,8 @@ pub async fn read_page(
     while let Some(row) = rows.try_next().await.map_err(|e| query_error(&e))? {
         let text: &str = row.get(0);
         if body.len() + text.len() + 2 > streams.cfg.page_max_bytes as usize {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
+            return Err(Refusal::new(
+                Kind::TooLarge,
                 format!(
                     "this page would be over {} bytes after {count} rows; ask for fewer rows (limit)",
                     streams.cfg.page_max_bytes
@@ -252,8 +249,8 @@ pub async fn read_page(
         .map_err(|e| query_error(&e))?;
     let same_file: Option<bool> = files.get(0);
     if same_file == Some(false) {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
+        return Err(Refusal::new(
+            Kind::InUse,
             format!(
                 "{}.{} was truncated or rewritten after the snapshot was taken (TRUNCATE is not \
                  MVCC-safe), so its rows as of the snapshot are gone; the stream carries the \
@@ -290,15 +287,15 @@ pub async fn read_page(
     })
 }
 
-fn query_error(e: &tokio_postgres::Error) -> ApiError {
+fn query_error(e: &tokio_postgres::Error) -> Refusal {
     match e.as_db_error() {
         // A key value of the wrong type (22P02 invalid text representation, 22xxx data errors).
-        Some(d) if d.code().code().starts_with("22") => ApiError::bad_request(format!(
+        Some(d) if d.code().code().starts_with("22") => Refusal::invalid(format!(
             "a value does not fit its column (in after, or in the token's row_filter): {}",
             d.message()
         )),
-        Some(d) => ApiError::unavailable(format!("snapshot read failed: {}", d.message())),
-        None => ApiError::unavailable(format!("snapshot read failed: {e}")),
+        Some(d) => Refusal::unavailable(format!("snapshot read failed: {}", d.message())),
+        None => Refusal::unavailable(format!("snapshot read failed: {e}")),
     }
 }
 
@@ -363,7 +360,7 @@ mod tests {
         ] {
             let req = parse_request(bad, 10).unwrap_or_else(|e| panic!("{}", e.0));
             let e = build_sql(&table(), &req, 5, None).expect_err("must be refused");
-            assert_eq!(e.status, StatusCode::BAD_REQUEST);
+            assert_eq!(e.kind, Kind::Invalid);
         }
     }
 }

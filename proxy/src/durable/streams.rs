@@ -6,11 +6,10 @@
 use super::{is_stream_slot_name, valid_word};
 use crate::backfill::driver::Plan;
 use crate::catalog::Catalog;
-use crate::http::ApiError;
 use crate::metrics::Metrics;
+use crate::refusal::{Kind, Refusal};
 use crate::replication::ReplicationClient;
 use crate::sql::SqlPool;
-use hyper::StatusCode;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -44,9 +43,9 @@ pub struct StreamsConfig {
 }
 
 /// 404 for a slot that is not a durable stream.
-fn not_found(slot: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
+fn not_found(slot: &str) -> Refusal {
+    Refusal::new(
+        Kind::NotFound,
         format!("no durable stream {slot:?} (see GET /v1/streams)"),
     )
 }
@@ -199,10 +198,10 @@ impl Streams {
         &self.database
     }
 
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Inner>, ApiError> {
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Inner>, Refusal> {
         self.inner
             .lock()
-            .map_err(|_| ApiError::unavailable("internal state poisoned"))
+            .map_err(|_| Refusal::unavailable("internal state poisoned"))
     }
 
     /// Creates a stream: a permanent slot `walcast_<word><n>` with an
@@ -212,11 +211,11 @@ impl Streams {
         word: Option<&str>,
         tables: Option<&str>,
         export: bool,
-    ) -> Result<Created, ApiError> {
+    ) -> Result<Created, Refusal> {
         let word = match word {
             Some(w) if valid_word(w) => w.to_owned(),
             Some(w) => {
-                return Err(ApiError::bad_request(format!(
+                return Err(Refusal::invalid(format!(
                     "invalid stream name {w:?}: use 1 to 40 lower case letters, with single underscores between words"
                 )))
             }
@@ -224,12 +223,12 @@ impl Streams {
         };
         if let Some(t) = tables {
             let patterns = TablePattern::parse_list(t)
-                .map_err(|e| ApiError::bad_request(format!("invalid tables: {e}")))?;
+                .map_err(|e| Refusal::invalid(format!("invalid tables: {e}")))?;
             if patterns.is_empty() {
-                return Err(ApiError::bad_request("tables is empty"));
+                return Err(Refusal::invalid("tables is empty"));
             }
             if !self.metadata_table().await? {
-                return Err(ApiError::bad_request(
+                return Err(Refusal::invalid(
                     "a table allow-list per stream is kept in walcast.streams: run CREATE EXTENSION walcast in this database first",
                 ));
             }
@@ -242,7 +241,7 @@ impl Streams {
             Some(s) => s,
             None if !export => String::new(),
             None => {
-                return Err(ApiError::unavailable(
+                return Err(Refusal::unavailable(
                     "PostgreSQL exported no snapshot for the new slot",
                 ))
             }
@@ -252,7 +251,7 @@ impl Streams {
                 .pool
                 .get()
                 .await
-                .map_err(ApiError::unavailable)?
+                .map_err(Refusal::unavailable)?
                 .execute(
                     "INSERT INTO walcast.streams (slot_name, tables) VALUES ($1, $2) \
                      ON CONFLICT (slot_name) DO UPDATE SET tables = EXCLUDED.tables, created_at = now()",
@@ -264,7 +263,7 @@ impl Streams {
                     Some(jet) => jet.delete(&created.name).await,
                     None => self.drop_slot_sql(&created.name).await,
                 };
-                return Err(ApiError::unavailable(format!(
+                return Err(Refusal::unavailable(format!(
                     "cannot record the stream's tables in walcast.streams: {e}"
                 )));
             }
@@ -327,17 +326,17 @@ impl Streams {
         &self,
         word: &str,
         export: bool,
-    ) -> Result<(ReplicationClient, crate::replication::CreatedSlot), ApiError> {
+    ) -> Result<(ReplicationClient, crate::replication::CreatedSlot), Refusal> {
         let mut client = ReplicationClient::connect(&self.database)
             .await
-            .map_err(|e| ApiError::unavailable(format!("cannot create the stream: {e}")))?;
+            .map_err(|e| Refusal::unavailable(format!("cannot create the stream: {e}")))?;
         let mut n = 1u32;
         let created = loop {
             let name = format!("walcast_{word}{n}");
             if client
                 .slot(&name)
                 .await
-                .map_err(|e| ApiError::unavailable(e.message))?
+                .map_err(|e| Refusal::unavailable(e.message))?
                 .is_some()
             {
                 n += 1;
@@ -348,13 +347,13 @@ impl Streams {
                 // Someone else took the name between the check and the creation.
                 Err(e) if e.is(&SqlState::DUPLICATE_OBJECT) => n += 1,
                 Err(e) => {
-                    return Err(ApiError::unavailable(format!(
+                    return Err(Refusal::unavailable(format!(
                         "cannot create the stream: {e}"
                     )))
                 }
             }
             if n > 10_000 {
-                return Err(ApiError::unavailable(
+                return Err(Refusal::unavailable(
                     "no free stream name; drop unused streams",
                 ));
             }
@@ -369,13 +368,13 @@ impl Streams {
         &self,
         jet: &super::jet::JetStreams,
         word: &str,
-    ) -> Result<(ReplicationClient, crate::replication::CreatedSlot), ApiError> {
+    ) -> Result<(ReplicationClient, crate::replication::CreatedSlot), Refusal> {
         // Every message from here on committed after this moment or was
         // published late; the consistent point tells them apart.
         let start = jet.next_sequence().await?;
         let mut client = ReplicationClient::connect(&self.database)
             .await
-            .map_err(|e| ApiError::unavailable(format!("cannot create the stream: {e}")))?;
+            .map_err(|e| Refusal::unavailable(format!("cannot create the stream: {e}")))?;
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos())
@@ -384,7 +383,7 @@ impl Streams {
         let mut created = client
             .create_slot(&temporary, true, true)
             .await
-            .map_err(|e| ApiError::unavailable(format!("cannot create the stream: {e}")))?;
+            .map_err(|e| Refusal::unavailable(format!("cannot create the stream: {e}")))?;
         let mut n = 1u32;
         let name = loop {
             let name = format!("walcast_{word}{n}");
@@ -393,7 +392,7 @@ impl Streams {
             }
             n += 1;
             if n > 10_000 {
-                return Err(ApiError::unavailable(
+                return Err(Refusal::unavailable(
                     "no free stream name; drop unused streams",
                 ));
             }
@@ -412,16 +411,16 @@ impl Streams {
     }
 
     /// The snapshot of `slot` if it is still readable (404: no stream; 410: ended).
-    pub async fn snapshot_name(&self, slot: &str) -> Result<String, ApiError> {
+    pub async fn snapshot_name(&self, slot: &str) -> Result<String, Refusal> {
         self.require(slot).await?;
         match self.lock()?.snapshots.get(slot) {
             Some(Snapshot::Held { name, .. }) => Ok(name.clone()),
-            Some(Snapshot::Ended { reason }) => Err(ApiError::new(
-                StatusCode::GONE,
+            Some(Snapshot::Ended { reason }) => Err(Refusal::new(
+                Kind::Gone,
                 format!("the snapshot of {slot} is no longer readable: {reason}"),
             )),
-            None => Err(ApiError::new(
-                StatusCode::GONE,
+            None => Err(Refusal::new(
+                Kind::Gone,
                 format!("the snapshot of {slot} is no longer readable (the proxy restarted since the stream was created)"),
             )),
         }
@@ -448,7 +447,7 @@ impl Streams {
         &self,
         slot: &str,
         deadline: tokio::time::Instant,
-    ) -> Result<ConsumerGuard, ApiError> {
+    ) -> Result<ConsumerGuard, Refusal> {
         loop {
             // Registered before the check, so a release in between wakes us.
             let released = self.released.notified();
@@ -458,15 +457,15 @@ impl Streams {
                 return Ok(guard);
             }
             if tokio::time::timeout_at(deadline, released).await.is_err() {
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
+                return Err(Refusal::new(
+                    Kind::InUse,
                     format!("{slot} already has a consumer; one consumer per stream at a time"),
                 ));
             }
         }
     }
 
-    fn try_claim(&self, slot: &str) -> Result<Option<ConsumerGuard>, ApiError> {
+    fn try_claim(&self, slot: &str) -> Result<Option<ConsumerGuard>, Refusal> {
         let mut inner = self.lock()?;
         if inner.consumers.contains_key(slot) {
             return Ok(None);
@@ -499,11 +498,11 @@ impl Streams {
     }
 
     /// Hands re-snapshots to the consumer of `slot` connected to this proxy.
-    pub fn request_backfill(&self, slot: &str, plans: Vec<Plan>) -> Result<(), ApiError> {
+    pub fn request_backfill(&self, slot: &str, plans: Vec<Plan>) -> Result<(), Refusal> {
         let inner = self.lock()?;
         let Some(c) = inner.consumers.get(slot) else {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
+            return Err(Refusal::new(
+                Kind::InUse,
                 format!(
                     "{slot} has no consumer on this proxy: the rows are sent on the stream, so \
                      connect /v1/lr/stream?slotName={slot} first (or add &snapshot=<tables> to it)"
@@ -511,8 +510,8 @@ impl Streams {
             ));
         };
         c.backfills.try_send(plans).map_err(|_| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::new(
+                Kind::Unavailable,
                 format!("{slot} has {BACKFILL_REQUESTS} snapshot requests waiting; retry later"),
             )
         })
@@ -534,31 +533,31 @@ impl Streams {
             .unwrap_or(false)
     }
 
-    async fn metadata_table(&self) -> Result<bool, ApiError> {
-        let c = self.pool.get().await.map_err(ApiError::unavailable)?;
+    async fn metadata_table(&self) -> Result<bool, Refusal> {
+        let c = self.pool.get().await.map_err(Refusal::unavailable)?;
         let row = c
             .query_one(
                 "SELECT pg_catalog.to_regclass('walcast.streams') IS NOT NULL",
                 &[],
             )
             .await
-            .map_err(|e| ApiError::unavailable(format!("reading the catalog failed: {e}")))?;
+            .map_err(|e| Refusal::unavailable(format!("reading the catalog failed: {e}")))?;
         Ok(row.get(0))
     }
 
     /// The table allow-list recorded for `slot` at creation, if any.
-    pub async fn stream_tables(&self, slot: &str) -> Result<Option<String>, ApiError> {
+    pub async fn stream_tables(&self, slot: &str) -> Result<Option<String>, Refusal> {
         if !self.metadata_table().await? {
             return Ok(None);
         }
-        let c = self.pool.get().await.map_err(ApiError::unavailable)?;
+        let c = self.pool.get().await.map_err(Refusal::unavailable)?;
         let row = c
             .query_opt(
                 "SELECT tables FROM walcast.streams WHERE slot_name = $1",
                 &[&slot],
             )
             .await
-            .map_err(|e| ApiError::unavailable(format!("reading walcast.streams failed: {e}")))?;
+            .map_err(|e| Refusal::unavailable(format!("reading walcast.streams failed: {e}")))?;
         Ok(row.and_then(|r| r.get(0)))
     }
 
@@ -567,15 +566,15 @@ impl Streams {
     async fn recorded_tables(
         &self,
         wanted: bool,
-    ) -> Result<HashMap<String, Option<String>>, ApiError> {
+    ) -> Result<HashMap<String, Option<String>>, Refusal> {
         if !wanted || !self.metadata_table().await? {
             return Ok(HashMap::new());
         }
-        let c = self.pool.get().await.map_err(ApiError::unavailable)?;
+        let c = self.pool.get().await.map_err(Refusal::unavailable)?;
         Ok(
             c.query("SELECT slot_name::text, tables FROM walcast.streams", &[])
                 .await
-                .map_err(|e| ApiError::unavailable(format!("reading walcast.streams failed: {e}")))?
+                .map_err(|e| Refusal::unavailable(format!("reading walcast.streams failed: {e}")))?
                 .into_iter()
                 .map(|r| (r.get(0), r.get(1)))
                 .collect(),
@@ -583,7 +582,7 @@ impl Streams {
     }
 
     /// Every durable stream slot of this database.
-    pub async fn list(&self) -> Result<Vec<StreamInfo>, ApiError> {
+    pub async fn list(&self) -> Result<Vec<StreamInfo>, Refusal> {
         match &self.jet {
             Some(jet) => self.consumers(jet, None).await,
             None => self.slots(None).await,
@@ -596,7 +595,7 @@ impl Streams {
         &self,
         jet: &super::jet::JetStreams,
         only: Option<&str>,
-    ) -> Result<Vec<StreamInfo>, ApiError> {
+    ) -> Result<Vec<StreamInfo>, Refusal> {
         let found = match only {
             Some(name) => {
                 if !jet.exists(name).await? {
@@ -633,8 +632,8 @@ impl Streams {
 
     /// The stream slots of this database (only `only`, when given). The
     /// table lists are read for a full listing only.
-    async fn slots(&self, only: Option<&str>) -> Result<Vec<StreamInfo>, ApiError> {
-        let c = self.pool.get().await.map_err(ApiError::unavailable)?;
+    async fn slots(&self, only: Option<&str>) -> Result<Vec<StreamInfo>, Refusal> {
+        let c = self.pool.get().await.map_err(Refusal::unavailable)?;
         let rows = c
             .query(
                 "SELECT slot_name::text, active, active_pid, confirmed_flush_lsn::text, \
@@ -646,7 +645,7 @@ impl Streams {
                 &[&only],
             )
             .await
-            .map_err(|e| ApiError::unavailable(format!("listing slots failed: {e}")))?;
+            .map_err(|e| Refusal::unavailable(format!("listing slots failed: {e}")))?;
         drop(c);
         let tables = self.recorded_tables(only.is_none()).await?;
         let inner = self.lock()?;
@@ -674,7 +673,7 @@ impl Streams {
     /// The stream `slot` (404 when it is not a durable stream of this
     /// database); one query, so `tables` is not filled in (see
     /// [`Streams::stream_tables`]).
-    pub async fn require(&self, slot: &str) -> Result<StreamInfo, ApiError> {
+    pub async fn require(&self, slot: &str) -> Result<StreamInfo, Refusal> {
         if !is_stream_slot_name(slot) || slot == self.cfg.live_slot {
             return Err(not_found(slot));
         }
@@ -688,22 +687,22 @@ impl Streams {
             .ok_or_else(|| not_found(slot))
     }
 
-    async fn drop_slot_sql(&self, slot: &str) -> Result<(), ApiError> {
-        let c = self.pool.get().await.map_err(ApiError::unavailable)?;
+    async fn drop_slot_sql(&self, slot: &str) -> Result<(), Refusal> {
+        let c = self.pool.get().await.map_err(Refusal::unavailable)?;
         c.execute("SELECT pg_catalog.pg_drop_replication_slot($1)", &[&slot])
             .await
             .map_err(|e| {
                 let in_use = e.code() == Some(&SqlState::OBJECT_IN_USE);
                 let status = if in_use {
-                    StatusCode::CONFLICT
+                    Kind::InUse
                 } else {
-                    StatusCode::SERVICE_UNAVAILABLE
+                    Kind::Unavailable
                 };
                 let text = e
                     .as_db_error()
                     .map(|d| d.message().to_owned())
                     .unwrap_or_else(|| e.to_string());
-                ApiError::new(status, format!("cannot drop {slot}: {text}"))
+                Refusal::new(status, format!("cannot drop {slot}: {text}"))
             })?;
         Ok(())
     }
@@ -711,7 +710,7 @@ impl Streams {
     /// Drops the stream: its consumer here is closed (1000, with `reason`),
     /// its slot and its record are removed. 409 while another connection
     /// (not this proxy) streams from the slot.
-    pub async fn delete(&self, slot: &str, reason: &str) -> Result<(), ApiError> {
+    pub async fn delete(&self, slot: &str, reason: &str) -> Result<(), Refusal> {
         let info = self.require(slot).await?;
         let ours = {
             let mut inner = self.lock()?;
@@ -732,8 +731,8 @@ impl Streams {
             // Its connection, on whichever edge, ends with the consumer.
             jet.delete(slot).await?;
         } else if info.active && !ours {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
+            return Err(Refusal::new(
+                Kind::InUse,
                 format!(
                     "{slot} is in use by another connection (walsender pid {}); stop that consumer first",
                     info.active_pid.unwrap_or(0)
@@ -745,10 +744,7 @@ impl Streams {
         while self.jet.is_none() {
             match self.drop_slot_sql(slot).await {
                 Ok(()) => break,
-                Err(e)
-                    if e.status == StatusCode::CONFLICT
-                        && tokio::time::Instant::now() < deadline =>
-                {
+                Err(e) if e.kind == Kind::InUse && tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(50)).await
                 }
                 Err(e) => return Err(e),

@@ -17,7 +17,6 @@
 pub mod instance;
 pub mod modules;
 pub use walcast_core::record;
-pub mod upload;
 
 pub use instance::{FilterInstance, Verdict, BATCH_EVENTS};
 pub use modules::{FilterLimits, FilterModule, Filters, UploadError};

@@ -92,6 +92,7 @@ pub async fn drop_stream(
         .delete(&slot, "deleted through the API")
         .await
         .map(|()| json(StatusCode::OK, serde_json::json!({ "dropped": slot })))
+        .map_err(ApiError::from)
 }
 
 /// `POST /v1/snapshot/data`: one page of a table inside the snapshot.
@@ -407,7 +408,7 @@ pub async fn lr_stream(
     // HTTP status rather than a closed socket.
     let opened = match consumer::open(&state.streams, &slot, acked).await {
         Ok(o) => o,
-        Err(e) => return e.into_response(),
+        Err(e) => return ApiError::from(e).into_response(),
     };
     let (metrics, shutdown) = (state.metrics.clone(), state.shutdown.clone());
     let access = crate::auth::Access::new(state.auth.clone(), grant);
@@ -417,10 +418,9 @@ pub async fn lr_stream(
         // with the upgrade (there is no subscription frame).
         if let Some(Opened {
             ws,
-            slot,
-            handshake,
-            client,
             socket,
+            places,
+            handshake,
         }) = upgrade.open().await
         {
             drop(handshake);
@@ -435,7 +435,7 @@ pub async fn lr_stream(
             };
             let watch = crate::liveness::Watch::new(state.liveness, socket);
             consumer::run(ws, watch, opened, opts, metrics, shutdown).await;
-            drop((slot, client));
+            drop(places);
         }
     });
     response

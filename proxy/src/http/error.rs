@@ -7,6 +7,7 @@
 
 use super::{respond, Resp};
 use crate::filter::UploadError;
+use crate::refusal::{Kind, Refusal};
 use axum::response::IntoResponse;
 use hyper::header::HeaderValue;
 use hyper::StatusCode;
@@ -76,14 +77,7 @@ impl ApiError {
 
     /// The JSON body, also sent as a websocket error frame.
     pub fn body(&self) -> serde_json::Value {
-        let mut body = serde_json::json!({"error": self.message});
-        if let Some(code) = self.code {
-            body["code"] = code.into();
-        }
-        if let Some(p) = self.position {
-            body["position"] = p.into();
-        }
-        body
+        crate::refusal::error_body(&self.message, self.code, self.position)
     }
 }
 
@@ -107,6 +101,26 @@ impl IntoResponse for ApiError {
                 .insert("www-authenticate", HeaderValue::from_static("Bearer"));
         }
         r
+    }
+}
+
+impl From<Refusal> for ApiError {
+    /// The status that answers each kind of refusal.
+    fn from(r: Refusal) -> ApiError {
+        let status = match r.kind {
+            Kind::Invalid => StatusCode::BAD_REQUEST,
+            Kind::Forbidden => StatusCode::FORBIDDEN,
+            Kind::NotFound => StatusCode::NOT_FOUND,
+            Kind::InUse => StatusCode::CONFLICT,
+            Kind::Gone => StatusCode::GONE,
+            Kind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Kind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError {
+            code: r.code,
+            position: r.position,
+            ..ApiError::new(status, r.message)
+        }
     }
 }
 

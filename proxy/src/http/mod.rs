@@ -2,8 +2,8 @@
 //! are answered.
 //!
 //! ```text
-//! listener.rs   accept loop: connection and handshake caps (descriptors.rs:
-//!               the descriptor limit)
+//! listener.rs   accept loop: connection and handshake caps (the descriptor
+//!               limit: crate::descriptors)
 //! serve.rs      one hyper connection each, TLS (tls.rs) when configured
 //! router.rs     the routes, and the layers in front of them: query string
 //!               length, browser origin (origin.rs), credential (auth/)
@@ -11,16 +11,15 @@
 //! durable.rs    /v1/init, /v1/streams, /v1/snapshot/data, /v1/lr/stream:
 //!               durable streams
 //! ops.rs        GET /, /healthz, /metrics
+//! filters.rs    POST /v1/filters: a WASM filter's upload (crate::filter
+//!               compiles and caches it)
 //! selection.rs  what a websocket URL asks for (query, filter), checked
 //! upgrade.rs    the websocket upgrade: checks, 101, the socket, its close
 //! ```
-//!
-//! Filter uploads (`filter/upload.rs`) are routes too; they use the
-//! plumbing here (`AppState`, answers, bodies), never the router.
 
-pub mod descriptors;
 pub mod durable;
 pub mod error;
+pub mod filters;
 pub mod listener;
 pub mod live;
 pub mod ops;

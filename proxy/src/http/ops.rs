@@ -132,7 +132,7 @@ pub fn relay_routes(
         let metrics = metrics.clone();
         async move {
             let none = crate::metrics::LogReport {
-                stats: crate::live::log::LogStats::default(),
+                stats: crate::log::LogStats::default(),
                 waiting: Vec::new(),
                 groups: 0,
                 match_deferred: 0,

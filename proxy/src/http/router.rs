@@ -61,7 +61,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let uploads = Router::new()
         .route(
             "/v1/filters",
-            only(post(crate::filter::upload::upload), "use POST"),
+            only(post(super::filters::upload), "use POST"),
         )
         .layer(from_fn_with_state(state.clone(), require_upload));
     let browsers = granted

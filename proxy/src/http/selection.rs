@@ -47,11 +47,8 @@ pub async fn selection(
                 auth::admit_query(&state.catalog, tables, grant, q)
                     .await
                     .map_err(|e| {
-                        Box::new(json_error(
-                            crate::auth::refused_status(&e),
-                            &e.to_string(),
-                            None,
-                        ))
+                        let status = super::ApiError::from(auth::refusal(&e)).status;
+                        Box::new(json_error(status, &e.to_string(), None))
                     })?,
             )
         }
@@ -65,7 +62,7 @@ pub async fn selection(
                 .unwrap_or_default();
             match delivery::open_filter(&state.filters, id, config) {
                 Ok(f) => Some(f),
-                Err(e) => return Err(Box::new(e.into_response())),
+                Err(e) => return Err(Box::new(super::ApiError::from(e).into_response())),
             }
         }
     };

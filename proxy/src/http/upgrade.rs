@@ -7,9 +7,7 @@ use crate::http::listener::{Handshake, Slot};
 use crate::metrics::Metrics;
 use axum::body::Body;
 use axum::extract::Request;
-use futures_util::SinkExt;
 use hyper::header::{HeaderValue, CONNECTION, UPGRADE};
-use hyper::upgrade::Upgraded;
 use hyper::StatusCode;
 use hyper_util::rt::TokioIo;
 use std::sync::atomic::Ordering;
@@ -17,36 +15,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
-/// A server-side websocket over an upgraded HTTP connection.
-pub type Ws = WebSocketStream<TokioIo<Upgraded>>;
-
-/// How long a close frame may take to leave before the connection is dropped.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Sends a close frame (reason cut to the protocol's 123 bytes) and closes.
-pub async fn close(ws: &mut Ws, code: CloseCode, reason: &str) {
-    // Close reasons are limited to 123 bytes by the protocol.
-    let mut r = reason.to_owned();
-    while r.len() > 123 {
-        r.pop();
-    }
-    // A client that reads nothing would hold this forever: bounded.
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-        let _ = ws
-            .send(Message::Close(Some(CloseFrame {
-                code,
-                reason: r.into(),
-            })))
-            .await;
-        let _ = ws.close(None).await;
-    })
-    .await;
-}
+pub use crate::ws::{close, Opened, Ws};
 
 /// Checks the address's upgrade rate, then takes a handshake place: the
 /// handshake, or the answer (429 or 503).
@@ -90,18 +62,6 @@ pub struct Upgrade {
     metrics: Arc<Metrics>,
 }
 
-/// An open websocket and what it holds: its connection's slot and its
-/// place among `--max-clients` for its life, and the handshake until its
-/// subscription is made.
-pub struct Opened {
-    pub ws: Ws,
-    pub slot: Option<Slot>,
-    pub handshake: Handshake,
-    pub client: OwnedSemaphorePermit,
-    /// The TCP socket under it, for liveness by progress.
-    pub socket: Option<crate::liveness::Socket>,
-}
-
 impl Upgrade {
     /// The websocket, once the 101 answer is out; `None` when the client
     /// left or took longer than the handshake timeout.
@@ -110,10 +70,9 @@ impl Upgrade {
         match tokio::time::timeout(timeout, self.on_upgrade).await {
             Ok(Ok(upgraded)) => Some(Opened {
                 ws: server_socket(upgraded).await,
-                slot: self.slot,
-                handshake: self.handshake,
-                client: self.client,
                 socket: self.socket,
+                places: Box::new((self.slot, self.client)),
+                handshake: Box::new(self.handshake),
             }),
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "websocket upgrade failed");

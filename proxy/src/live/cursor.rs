@@ -24,7 +24,7 @@
 //! client that fell behind.
 
 use crate::live::hub::{listed, may_leave, Group, Hub, Listed};
-use crate::live::log::{Entry, Missing};
+use crate::log::{Entry, Missing};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

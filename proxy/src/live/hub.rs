@@ -17,7 +17,7 @@
 use crate::backfill::window::{is_mark, Windows};
 use crate::change::Change;
 use crate::live::cursor::{Cursor, CursorShared};
-use crate::live::log::{ChangeLog, Resume};
+use crate::log::{ChangeLog, Resume};
 use crate::metrics::LogReport;
 use crate::query::{self, Query};
 use std::collections::{HashMap, VecDeque};
@@ -756,6 +756,49 @@ pub(crate) fn trim(m: &mut Matches, first_seq: u64) {
         }
         m.seqs.pop_front();
         m.lost_upto = m.lost_upto.max(s + 1);
+    }
+}
+
+/// The hub as the sink of a source (the replication reader, a NATS edge):
+/// it publishes with scratch space of its own.
+pub struct Publisher {
+    hub: Hub,
+    scratch: PublishScratch,
+}
+
+impl Hub {
+    /// A sink that hands a source's changes to this hub.
+    pub fn publisher(&self) -> Publisher {
+        Publisher {
+            hub: self.clone(),
+            scratch: PublishScratch::default(),
+        }
+    }
+}
+
+impl crate::sink::Sink for Publisher {
+    fn starts_at(&self, floor: Position) {
+        self.hub.stream_starts_at(floor);
+    }
+
+    fn last_position(&self) -> Option<Position> {
+        self.hub.last_position()
+    }
+
+    fn publish(&mut self, batch: Vec<Change>) {
+        self.hub.publish(batch, &mut self.scratch);
+    }
+
+    fn lost(&self, floor: Position, reason: &str) {
+        self.hub.lost(floor, reason);
+    }
+
+    fn close_all(&self, reason: &str) {
+        self.hub.close_all(reason);
+    }
+
+    fn max_bytes(&self) -> usize {
+        self.hub.log().max_bytes()
     }
 }
 

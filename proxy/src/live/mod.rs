@@ -2,9 +2,9 @@
 //! JetStream stream), stored once, read by many websocket clients.
 //!
 //! ```text
-//! reader / nats edge -> hub.rs     each change into the log, its seq onto the match
+//! reader / nats edge -> hub.rs     each change into the log (crate::log: stream
+//!                                  order, byte-bounded), its seq onto the match
 //!                                  list of every query group it matches
-//!                       log.rs     the change log: stream order, byte-bounded
 //!                       cursor.rs  one client's place: next seq, its group
 //!                       session.rs one websocket: bursts from the cursor through
 //!                                  the delivery rules, pings, stalls, snapshot chunks
@@ -14,6 +14,5 @@
 
 pub mod cursor;
 pub mod hub;
-pub mod log;
 pub mod session;
 pub mod view;

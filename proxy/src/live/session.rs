@@ -8,15 +8,15 @@ use crate::auth;
 use crate::backfill::{self, Event};
 use crate::delivery::{self, outcome, unfiltered, Outcome};
 use crate::filter::{FilterInstance, Filters, Verdict, BATCH_EVENTS};
-use crate::http::upgrade::{close, Opened, Ws};
-use crate::http::ApiError;
 use crate::live::cursor::{Cursor, Stop};
 use crate::live::hub::{Hub, SubscribeError};
-use crate::live::log::Entry;
 use crate::live::view::{Step, View};
 use crate::liveness::{Dead, Due, Liveness, Watch};
+use crate::log::Entry;
 use crate::metrics::{CloseReason, Gauge, Metrics};
 use crate::query;
+use crate::refusal::Refusal;
+use crate::ws::{close, Opened, Ws};
 use futures_util::{SinkExt, StreamExt};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -87,7 +87,7 @@ pub struct Context {
 }
 
 /// The error as a frame, then a close (1008) with its message.
-async fn error_close(ws: &mut Ws, e: ApiError) {
+async fn error_close(ws: &mut Ws, e: Refusal) {
     let _ = ws.send(Message::Text(e.body().to_string().into())).await;
     close(ws, CloseCode::Policy, &e.message).await;
 }
@@ -100,7 +100,7 @@ async fn refused(ws: &mut Ws, err: SubscribeError) {
             close(ws, CloseCode::Policy, "position no longer held: re-sync").await;
         }
         SubscribeError::NotReady => {
-            error_close(ws, ApiError::unavailable(NOT_READY).code("NOT_READY")).await
+            error_close(ws, Refusal::unavailable(NOT_READY).code("NOT_READY")).await
         }
         SubscribeError::Closed(reason) => close(ws, CloseCode::Error, &reason).await,
     }
@@ -173,10 +173,9 @@ pub(crate) async fn run(
     // subscription is made.
     let Opened {
         mut ws,
-        slot: _slot,
-        handshake,
-        client: _client,
         socket,
+        places: _places,
+        handshake,
     } = open;
     let mut plan = plan;
     let (cursor, filter) = match start {
@@ -200,10 +199,7 @@ pub(crate) async fn run(
                         match auth::admit_query(&ctx.catalog, tables, access.grant(), q).await {
                             Ok(q) => Some(q),
                             Err(e) => {
-                                let err =
-                                    ApiError::new(crate::auth::refused_status(&e), e.to_string())
-                                        .code(e.code());
-                                Box::pin(error_close(&mut ws, err)).await;
+                                Box::pin(error_close(&mut ws, auth::refusal(&e))).await;
                                 return;
                             }
                         }
@@ -216,7 +212,7 @@ pub(crate) async fn run(
                             Err(message) => {
                                 Box::pin(error_close(
                                     &mut ws,
-                                    ApiError::bad_request(message).code("SNAPSHOT_REFUSED"),
+                                    Refusal::invalid(message).code("SNAPSHOT_REFUSED"),
                                 ))
                                 .await;
                                 return;

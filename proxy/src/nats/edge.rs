@@ -17,10 +17,10 @@
 use super::before;
 use crate::change::Change;
 use crate::health::Health;
-use crate::live::hub::{Hub, PublishScratch};
-use crate::live::log::ENTRY_OVERHEAD;
+use crate::log::ENTRY_OVERHEAD;
 use crate::metrics::Metrics;
 use crate::replication::reader::{Backoff, BATCH};
+use crate::sink::Sink;
 use async_nats::jetstream::consumer::{pull, DeliverPolicy};
 use async_nats::jetstream::{self, Context};
 use futures_util::{FutureExt, StreamExt};
@@ -49,7 +49,7 @@ struct Follow {
 pub async fn run(
     stream_name: String,
     js: Context,
-    hub: Hub,
+    mut sink: impl Sink,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     shutdown: CancellationToken,
@@ -64,7 +64,7 @@ pub async fn run(
         let result = follow(
             &stream_name,
             &js,
-            &hub,
+            &mut sink,
             &metrics,
             &health,
             &shutdown,
@@ -90,7 +90,7 @@ pub async fn run(
 async fn follow(
     stream_name: &str,
     js: &Context,
-    hub: &Hub,
+    sink: &mut dyn Sink,
     metrics: &Metrics,
     health: &Health,
     shutdown: &CancellationToken,
@@ -112,14 +112,14 @@ async fn follow(
         Some(next) => (next, false),
         None if state.last_sequence == 0 => {
             // A stream that never had a message: everything is to come.
-            hub.stream_starts_at(Position::default());
+            sink.starts_at(Position::default());
             at.floor_set = true;
             (1, false)
         }
         None => {
             // As many of the newest messages as the log holds.
             let mean = state.bytes.checked_div(state.messages).unwrap_or(0);
-            let fit = (hub.log().max_bytes() as u64) / (mean + ENTRY_OVERHEAD as u64);
+            let fit = (sink.max_bytes() as u64) / (mean + ENTRY_OVERHEAD as u64);
             let start = (state.last_sequence + 1)
                 .saturating_sub(fit)
                 .max(state.first_sequence);
@@ -148,7 +148,6 @@ async fn follow(
     let mut take = Take {
         floor_from_first,
         batch: Vec::with_capacity(BATCH),
-        scratch: PublishScratch::default(),
     };
     let client = js.client();
     let mut check = tokio::time::interval(std::time::Duration::from_millis(500));
@@ -181,7 +180,7 @@ async fn follow(
         // What is ready goes to the hub as one batch.
         while let Some(m) = item.take() {
             match m {
-                Ok(m) => take.message(&m, hub, metrics, at),
+                Ok(m) => take.message(&m, sink, metrics, at),
                 Err(e) => {
                     failed = Some(format!("reading the JetStream stream {stream_name}: {e}"));
                     break;
@@ -192,7 +191,7 @@ async fn follow(
                 item = messages.next().now_or_never().flatten();
             }
         }
-        take.flush(hub, metrics);
+        take.flush(sink, metrics);
         if let Some(e) = failed {
             return Err(e);
         }
@@ -203,19 +202,24 @@ async fn follow(
 struct Take {
     floor_from_first: bool,
     batch: Vec<Change>,
-    scratch: PublishScratch,
 }
 
 impl Take {
     /// Hands the batch to the hub.
-    fn flush(&mut self, hub: &Hub, metrics: &Metrics) {
+    fn flush(&mut self, sink: &mut dyn Sink, metrics: &Metrics) {
         if !self.batch.is_empty() {
-            hub.publish(std::mem::take(&mut self.batch), &mut self.scratch);
+            sink.publish(std::mem::take(&mut self.batch));
             metrics.activity();
         }
     }
 
-    fn message(&mut self, m: &jetstream::Message, hub: &Hub, metrics: &Metrics, at: &mut Follow) {
+    fn message(
+        &mut self,
+        m: &jetstream::Message,
+        sink: &mut dyn Sink,
+        metrics: &Metrics,
+        at: &mut Follow,
+    ) {
         let foreign = |why: &str| {
             metrics.nats.foreign.fetch_add(1, Ordering::Relaxed);
             crate::limited!(warn, subject = %m.subject, "skipping a message of the JetStream stream: {why}");
@@ -267,13 +271,13 @@ impl Take {
             // The message before the first one this edge serves: every
             // change after it is to come.
             self.floor_from_first = false;
-            hub.stream_starts_at(pos);
+            sink.starts_at(pos);
             at.floor_set = true;
             at.last = Some(pos);
             return;
         }
         if !at.floor_set {
-            hub.stream_starts_at(before(pos));
+            sink.starts_at(before(pos));
             at.floor_set = true;
         } else if at.gap > 0 {
             let lost = std::mem::take(&mut at.gap);
@@ -284,8 +288,8 @@ impl Take {
                  edge read them; its clients are closed, and resuming from before {pos} answers 410"
             );
             // What came before the gap goes first; then the hub learns.
-            self.flush(hub, metrics);
-            hub.lost(
+            self.flush(sink, metrics);
+            sink.lost(
                 before(pos),
                 &format!(
                     "this edge could not read {lost} messages of the JetStream stream (its retention \
@@ -302,7 +306,7 @@ impl Take {
         // Live clients get row changes; commits, DDL and messages are for
         // other consumers of the stream.
         // (and the watermarks of backfills).
-        if crate::backfill::window::is_mark(&change) {
+        if walcast_core::marks::is_mark(&change) {
             self.batch.push(change);
             return;
         }

@@ -8,20 +8,20 @@
 //! reconnects with backoff after transient errors and stops (reporting on
 //! `/healthz`, closing clients with the reason) after definite ones.
 
-use crate::backfill::window::is_mark;
 use crate::change::{Action, Change};
 use crate::health::Health;
-use crate::live::hub::{Hub, PublishScratch};
 use crate::metrics::Metrics;
 use crate::replication::{
     ErrorKind, ReplicationClient, ReplicationError, ReplicationStream, SystemInfo,
 };
+use crate::sink::Sink;
 use bytes::Bytes;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+use walcast_core::marks::is_mark;
 use walcast_format::{Lsn, Position};
 
 /// Row changes handed to the hub at once at most.
@@ -94,10 +94,10 @@ impl Slot {
     }
 }
 
-/// The live path's source: the proxy's slot, read into the hub.
+/// The live path's source: the proxy's slot, read into a sink (the hub).
 pub struct Reader {
     cfg: ReaderConfig,
-    hub: Hub,
+    sink: Box<dyn Sink>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     slot: Slot,
@@ -107,7 +107,7 @@ pub struct Reader {
 /// Runs until `shutdown` becomes true or a definite error stops streaming.
 pub async fn run(
     cfg: ReaderConfig,
-    hub: Hub,
+    sink: impl Sink + 'static,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     shutdown: CancellationToken,
@@ -115,7 +115,7 @@ pub async fn run(
     let span = tracing::info_span!("reader", slot = %cfg.slot);
     let reader = Reader {
         cfg,
-        hub,
+        sink: Box::new(sink),
         metrics,
         health,
         slot: Slot::default(),
@@ -150,7 +150,7 @@ impl Reader {
                 Err(e) => {
                     tracing::error!(error = %e, "replication stopped");
                     self.health.failed(&e.message);
-                    self.hub
+                    self.sink
                         .close_all(&format!("replication stopped: {}", e.message));
                     return;
                 }
@@ -229,7 +229,7 @@ impl Reader {
     async fn stream_once(&mut self, shutdown: &CancellationToken) -> Result<(), ReplicationError> {
         let Reader {
             cfg,
-            hub,
+            sink,
             metrics,
             health,
             slot,
@@ -238,17 +238,16 @@ impl Reader {
         let (mut stream, slot_start) = open(cfg, slot, position.committed).await?;
         // Every transaction committed from here on will come (PostgreSQL
         // decodes those whose commit is at or after the start).
-        hub.stream_starts_at(Position::new(position.committed.max(slot_start), 0));
+        sink.starts_at(Position::new(position.committed.max(slot_start), 0));
         // Between transactions: keepalive positions may be confirmed.
         stream.set_caught_up(true);
         health.streaming();
         tracing::info!(slot = %cfg.slot, "streaming changes");
         let mut backlog_report = tokio::time::interval(Duration::from_secs(1));
         let mut batch: Vec<Change> = Vec::with_capacity(BATCH);
-        let mut scratch = PublishScratch::default();
         // Changes at or before this are in the log already (a reconnect inside
         // a transaction sends it again from its start).
-        let mut last = hub.last_position();
+        let mut last = sink.last_position();
         loop {
             let next = tokio::select! {
                 _ = shutdown.cancelled() => {
@@ -285,7 +284,7 @@ impl Reader {
                         position.in_txn = true;
                     }
                     Action::Commit => {
-                        hub.publish(std::mem::take(&mut batch), &mut scratch);
+                        sink.publish(std::mem::take(&mut batch));
                         // Activity is noted once per transaction, not per change.
                         metrics.activity();
                         stream.set_caught_up(true);
@@ -313,10 +312,7 @@ impl Reader {
                         }
                         batch.push(change);
                         if batch.len() >= BATCH {
-                            hub.publish(
-                                std::mem::replace(&mut batch, Vec::with_capacity(BATCH)),
-                                &mut scratch,
-                            );
+                            sink.publish(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)));
                         }
                     }
                     // Between transactions: nothing before a heartbeat is left to

@@ -48,6 +48,7 @@ fn is_closed(s: &mut TcpStream) -> bool {
             Ok(0) => return true,
             Ok(_) => continue,
             Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(_) => return true,
         }
     }

@@ -401,10 +401,14 @@ impl Client {
             Ok(Message::Close(Some(f))) => Some(Got::Closed(f.code.into(), f.reason.to_string())),
             Ok(Message::Close(None)) => Some(Got::Closed(1005, String::new())),
             Ok(_) => None,
+            // A read under a socket timeout is not restarted after a signal
+            // (SIGCHLD of another test's child process): EINTR, try again.
             Err(tungstenite::Error::Io(e))
                 if matches!(
                     e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
                 ) =>
             {
                 None

@@ -1,0 +1,23 @@
+//! Where a source of changes (the replication reader, a NATS edge) hands
+//! what it reads. The live hub is one (`live::hub::Publisher`); the sources
+//! know nothing else of the live path.
+
+use crate::change::Change;
+use walcast_format::Position;
+
+/// What a source tells the changes' destination.
+pub trait Sink: Send {
+    /// Every change after `floor` is to come.
+    fn starts_at(&self, floor: Position);
+    /// The position of the last change handed over, if any.
+    fn last_position(&self) -> Option<Position>;
+    /// Changes in stream order.
+    fn publish(&mut self, batch: Vec<Change>);
+    /// The changes after `floor` up to here will never come; `reason` says
+    /// why to the clients that needed them.
+    fn lost(&self, floor: Position, reason: &str);
+    /// The source stopped for good: every client is closed with `reason`.
+    fn close_all(&self, reason: &str);
+    /// The most bytes of changes the sink holds.
+    fn max_bytes(&self) -> usize;
+}

@@ -12,64 +12,9 @@ use std::sync::{Arc, OnceLock};
 use tungstenite::Utf8Bytes;
 use walcast_format::{Lsn, Position};
 
-/// The kind of a plugin message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Action {
-    Insert,
-    Update,
-    Delete,
-    Truncate,
-    Message,
-    Ddl,
-    /// A row read by a backfill (never from the plugin).
-    Read,
-    Begin,
-    Commit,
-    StreamStart,
-    StreamStop,
-    StreamCommit,
-    StreamAbort,
-}
-
-impl Action {
-    fn parse(s: &str) -> Option<Action> {
-        Some(match s {
-            "I" => Action::Insert,
-            "U" => Action::Update,
-            "D" => Action::Delete,
-            "T" => Action::Truncate,
-            "M" => Action::Message,
-            "DDL" => Action::Ddl,
-            "R" => Action::Read,
-            "B" => Action::Begin,
-            "C" => Action::Commit,
-            "SS" => Action::StreamStart,
-            "SE" => Action::StreamStop,
-            "SC" => Action::StreamCommit,
-            "SA" => Action::StreamAbort,
-            _ => return None,
-        })
-    }
-
-    /// The label used in metrics.
-    pub fn label(self) -> &'static str {
-        match self {
-            Action::Insert => "insert",
-            Action::Update => "update",
-            Action::Delete => "delete",
-            Action::Truncate => "truncate",
-            Action::Message => "message",
-            Action::Ddl => "ddl",
-            Action::Read => "read",
-            Action::Begin => "begin",
-            Action::Commit => "commit",
-            Action::StreamStart => "stream_start",
-            Action::StreamStop => "stream_stop",
-            Action::StreamCommit => "stream_commit",
-            Action::StreamAbort => "stream_abort",
-        }
-    }
-}
+/// What a plugin message is (its `action` letters, `walcast-abi`). The
+/// plugin never writes `L` (the proxy's frame of a row leaving a view).
+pub use walcast_abi::Action;
 
 /// The prefix of the proxy's heartbeat messages.
 pub const HEARTBEAT_PREFIX: &str = "walcast.heartbeat";
@@ -233,7 +178,8 @@ impl Change {
         // strings again, and every client's frame reuses it.
         let text = Utf8Bytes::try_from(raw).map_err(|_| ChangeError::NotUtf8)?;
         let h: Header = serde_json::from_str(text.as_str())?;
-        let action = Action::parse(h.action)
+        let action = Action::from_letter(h.action)
+            .filter(|a| *a != Action::Leave)
             .ok_or_else(|| ChangeError::UnknownAction(h.action.to_owned()))?;
         let parse_lsn = |s: &str| {
             s.parse::<Lsn>()

@@ -21,26 +21,9 @@
 //! A module that exports the `walcast_header_only` marker gets records
 //! without the JSON (length 0, no `columns` or `identity`).
 
-use crate::change::{Action, Change};
-
-/// Size of the fixed header.
-pub const HEADER_LEN: usize = 48;
-/// The record version written at offset 0.
-pub const RECORD_VERSION: u8 = 1;
-
-/// The action byte of a change.
-pub fn action_code(a: Action) -> u8 {
-    match a {
-        Action::Insert => 1,
-        Action::Update => 2,
-        Action::Delete => 3,
-        Action::Truncate => 4,
-        Action::Message => 5,
-        Action::Ddl => 6,
-        Action::Read => 7,
-        _ => 0,
-    }
-}
+use crate::change::Change;
+use walcast_abi::filter::offset;
+pub use walcast_abi::filter::{ABSENT, HEADER_LEN, RECORD_VERSION};
 
 /// The record's length for `change`, with or without its JSON.
 pub fn record_len(change: &Change, with_json: bool) -> usize {
@@ -59,36 +42,36 @@ fn build_head(change: &Change) -> Box<[u8]> {
     let json_offset = HEADER_LEN + schema.len() + table.len();
     let range = |r: Option<(usize, usize)>| match r {
         Some((s, e)) => (s as u32, (e - s) as u32),
-        None => (u32::MAX, 0),
+        None => (ABSENT, 0),
     };
     let (co, cl) = range(change.columns_range());
     let (io, il) = range(change.identity_range());
     let mut head = vec![0u8; json_offset];
-    head[0] = RECORD_VERSION;
-    head[1] = action_code(change.action);
+    head[offset::VERSION] = RECORD_VERSION;
+    head[offset::ACTION] = change.action.record_code();
     let words = [
-        (4, schema.len() as u32),
-        (8, table.len() as u32),
-        (12, change.xid.unwrap_or(0)),
-        (24, json_offset as u32),
-        (28, change.raw().len() as u32),
-        (32, co),
-        (36, cl),
-        (40, io),
-        (44, il),
+        (offset::SCHEMA_LEN, schema.len() as u32),
+        (offset::TABLE_LEN, table.len() as u32),
+        (offset::XID, change.xid.unwrap_or(0)),
+        (offset::JSON_OFFSET, json_offset as u32),
+        (offset::JSON_LEN, change.raw().len() as u32),
+        (offset::COLUMNS_OFFSET, co),
+        (offset::COLUMNS_LEN, cl),
+        (offset::IDENTITY_OFFSET, io),
+        (offset::IDENTITY_LEN, il),
     ];
     for (at, v) in words {
         head[at..at + 4].copy_from_slice(&v.to_le_bytes());
     }
-    head[16..24].copy_from_slice(&change.lsn.0.to_le_bytes());
+    head[offset::LSN..offset::LSN + 8].copy_from_slice(&change.lsn.0.to_le_bytes());
     head[HEADER_LEN..HEADER_LEN + schema.len()].copy_from_slice(schema);
     head[HEADER_LEN + schema.len()..].copy_from_slice(table);
     head.into_boxed_slice()
 }
 
-/// Header bytes 28..48 of a record without the JSON: length 0, no
-/// `columns`, no `identity`.
-const NO_JSON: [u8; 20] = {
+/// Header bytes from the JSON's length on, of a record without the JSON:
+/// length 0, no `columns`, no `identity`.
+const NO_JSON: [u8; HEADER_LEN - offset::JSON_LEN] = {
     let mut b = [0u8; 20];
     let mut i = 4;
     while i < 8 {
@@ -111,7 +94,7 @@ pub fn write_record(change: &Change, with_json: bool, out: &mut [u8]) -> Option<
     if with_json {
         rest.copy_from_slice(json);
     } else {
-        h[28..48].copy_from_slice(&NO_JSON);
+        h[offset::JSON_LEN..HEADER_LEN].copy_from_slice(&NO_JSON);
     }
     Some(len)
 }

@@ -5,6 +5,7 @@ use crate::decoder::{update_progress, Decoder, RowChange, Ts};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use std::ffi::CStr;
+use walcast_abi::Action;
 
 /// Fills PostgreSQL's callback table.
 pub fn register(cb: &mut pg_sys::OutputPluginCallbacks) {
@@ -134,7 +135,7 @@ unsafe extern "C-unwind" fn commit(
         // SAFETY: as above.
         unsafe {
             d.commit(
-                b"C",
+                Action::Commit.letter().as_bytes(),
                 (*txn).xid.into_inner(),
                 commit_lsn,
                 (*txn).end_lsn,
@@ -381,7 +382,7 @@ mod streaming {
         unsafe {
             let d = decoder(ctx);
             d.commit(
-                b"SC",
+                Action::StreamCommit.letter().as_bytes(),
                 (*txn).xid.into_inner(),
                 commit_lsn,
                 (*txn).end_lsn,

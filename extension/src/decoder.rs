@@ -8,6 +8,7 @@
 use crate::relation::{RelCache, RelInfo};
 use crate::tuple::{self, Deformed, Which};
 use pgrx::pg_sys;
+use walcast_abi::Action;
 use walcast_format::{json, timestamp, Lsn, Options, Position};
 
 /// The prefix of the logical messages written by walcast's DDL event trigger.
@@ -278,9 +279,18 @@ impl Decoder {
     pub unsafe fn row_change(&mut self, rel: pg_sys::Relation, c: &RowChange) -> bool {
         use pg_sys::ReorderBufferChangeType::*;
         let (code, wanted): (&[u8], bool) = match c.action {
-            REORDER_BUFFER_CHANGE_INSERT => (b"I", self.options.actions.insert),
-            REORDER_BUFFER_CHANGE_UPDATE => (b"U", self.options.actions.update),
-            REORDER_BUFFER_CHANGE_DELETE => (b"D", self.options.actions.delete),
+            REORDER_BUFFER_CHANGE_INSERT => (
+                Action::Insert.letter().as_bytes(),
+                self.options.actions.insert,
+            ),
+            REORDER_BUFFER_CHANGE_UPDATE => (
+                Action::Update.letter().as_bytes(),
+                self.options.actions.update,
+            ),
+            REORDER_BUFFER_CHANGE_DELETE => (
+                Action::Delete.letter().as_bytes(),
+                self.options.actions.delete,
+            ),
             _ => return false,
         };
         if !wanted {
@@ -327,7 +337,7 @@ impl Decoder {
                 )
             };
         }
-        if code != b"I" {
+        if code != Action::Insert.letter().as_bytes() {
             self.out.extend_from_slice(b",\"identity\":");
             let full = info.replident == pg_sys::REPLICA_IDENTITY_FULL;
             let which = if full { Which::All } else { Which::IdentityKey };
@@ -407,7 +417,7 @@ impl Decoder {
         if names.is_empty() {
             return false;
         }
-        self.change_header(b"T", lsn, xid, ts);
+        self.change_header(Action::Truncate.letter().as_bytes(), lsn, xid, ts);
         self.out.extend_from_slice(b",\"tables\":[");
         for (i, name) in names.iter().enumerate() {
             if i > 0 {
@@ -439,7 +449,7 @@ impl Decoder {
                 if !self.options.actions.ddl {
                     return false;
                 }
-                self.change_header(b"DDL", lsn, xid, ts);
+                self.change_header(Action::Ddl.letter().as_bytes(), lsn, xid, ts);
                 self.out.extend_from_slice(b",\"tag\":");
                 json::write_str(&mut self.out, ddl.tag.as_bytes());
                 self.out.extend_from_slice(b",\"object\":");
@@ -457,7 +467,7 @@ impl Decoder {
         if !self.options.actions.message || !self.options.message_allowed(&prefix_str) {
             return false;
         }
-        self.begin_object(b"M");
+        self.begin_object(Action::Message.letter().as_bytes());
         self.put_lsn(b",\"lsn\":", lsn);
         if let (Some((xid, _)), true) = (txn, self.options.include_xids) {
             self.put_xid(xid);
@@ -488,7 +498,7 @@ impl Decoder {
 
     /// `{"action":"B",...}` (with `include-transaction`).
     pub fn begin(&mut self, xid: u32, first_lsn: u64) {
-        self.begin_object(b"B");
+        self.begin_object(Action::Begin.letter().as_bytes());
         self.put_xid(xid);
         self.put_lsn(b",\"lsn\":", first_lsn);
         self.out.push(b'}');
@@ -509,7 +519,7 @@ impl Decoder {
 
     /// `SS` (stream start) with whether this is the transaction's first block.
     pub fn stream_start(&mut self, xid: u32, first: bool) {
-        self.begin_object(b"SS");
+        self.begin_object(Action::StreamStart.letter().as_bytes());
         self.put_xid(xid);
         self.out.extend_from_slice(if first {
             b",\"first\":true}"
@@ -520,14 +530,14 @@ impl Decoder {
 
     /// `SE` (stream stop).
     pub fn stream_stop(&mut self, xid: u32) {
-        self.begin_object(b"SE");
+        self.begin_object(Action::StreamStop.letter().as_bytes());
         self.put_xid(xid);
         self.out.push(b'}');
     }
 
     /// `SA` (stream abort) of a transaction or of one of its subtransactions.
     pub fn stream_abort(&mut self, xid: u32, top_xid: u32, abort_lsn: u64) {
-        self.begin_object(b"SA");
+        self.begin_object(Action::StreamAbort.letter().as_bytes());
         self.put_xid(xid);
         self.out.extend_from_slice(b",\"top_xid\":");
         json::write_u64(&mut self.out, u64::from(top_xid));

@@ -1,5 +1,5 @@
 import { type TokenSource, type WebSocketConstructor } from "./errors.js";
-import type { Value } from "./index.js";
+import type { Value } from "./live.js";
 /** A frame of a durable stream: transaction boundaries, changes, read events, progress. */
 export interface DurableFrame {
     action?: "B" | "C" | "I" | "U" | "D" | "T" | "M" | "DDL" | "R";

@@ -1,4 +1,4 @@
-import { type Change, type SubscribeOptions, type Subscription, type Value } from "./index.js";
+import { type Change, type SubscribeOptions, type Subscription, type Value } from "./live.js";
 import type { WalcastError } from "./errors.js";
 export interface ViewOptions extends Omit<SubscribeOptions, "snapshot" | "resync" | "after"> {
     /** The table's key columns (its primary key, or replica identity index): default `["id"]`. */

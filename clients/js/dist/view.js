@@ -10,7 +10,7 @@
 // remove one, `T` empties the view. After an interruption the subscription
 // reads the rows again (`resync`); rows from before that it did not put
 // again by its `done` frame are removed.
-import { subscribe } from "./index.js";
+import { subscribe } from "./live.js";
 /** Opens a live view of `query`. */
 export function liveView(url, query, options = {}) {
     return new LiveView(url, query, options);

@@ -29,7 +29,7 @@ import {
   type TokenSource,
   type WebSocketConstructor,
 } from "./errors.js";
-import type { Value } from "./index.js";
+import type { Value } from "./live.js";
 
 /** A frame of a durable stream: transaction boundaries, changes, read events, progress. */
 export interface DurableFrame {

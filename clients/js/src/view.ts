@@ -11,7 +11,7 @@
 // reads the rows again (`resync`); rows from before that it did not put
 // again by its `done` frame are removed.
 
-import { subscribe, type Change, type Frame, type SubscribeOptions, type Subscription, type Value } from "./index.js";
+import { subscribe, type Change, type Frame, type SubscribeOptions, type Subscription, type Value } from "./live.js";
 import type { WalcastError } from "./errors.js";
 
 export interface ViewOptions extends Omit<SubscribeOptions, "snapshot" | "resync" | "after"> {

@@ -662,9 +662,13 @@ fn frame(text: &str) -> Option<DurableFrame> {
     {
         return None;
     }
-    match v.get("action").and_then(Value::as_str) {
-        Some("B") => return Some(DurableFrame::Begin(v)),
-        Some("C") => {
+    let action = v
+        .get("action")
+        .and_then(Value::as_str)
+        .and_then(crate::Action::from_letter);
+    match action {
+        Some(crate::Action::Begin) => return Some(DurableFrame::Begin(v)),
+        Some(crate::Action::Commit) => {
             return Some(match v.get("end_lsn").and_then(Value::as_str) {
                 Some(end) => DurableFrame::Commit {
                     end_lsn: end.to_owned(),

@@ -179,52 +179,11 @@ pub enum Error {
     Invalid(String),
 }
 
-/// What a change is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    Insert,
-    Update,
-    Delete,
-    Truncate,
-    Message,
-    Ddl,
-    /// A read event of a snapshot: "put this row".
-    Read,
-    /// A row the subscription held left its filtered query (an update
-    /// moved it out); `identity` holds its key. Apply it like a delete.
-    Leave,
-}
-
-impl Action {
-    fn parse(s: &str) -> Option<Action> {
-        Some(match s {
-            "I" => Action::Insert,
-            "U" => Action::Update,
-            "D" => Action::Delete,
-            "T" => Action::Truncate,
-            "M" => Action::Message,
-            "DDL" => Action::Ddl,
-            "R" => Action::Read,
-            "L" => Action::Leave,
-            _ => return None,
-        })
-    }
-}
-
-impl std::fmt::Display for Action {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Action::Insert => "I",
-            Action::Update => "U",
-            Action::Delete => "D",
-            Action::Truncate => "T",
-            Action::Message => "M",
-            Action::Ddl => "DDL",
-            Action::Read => "R",
-            Action::Leave => "L",
-        })
-    }
-}
+/// What a change is: its `action` letters (docs/format.md). A [`Change`]
+/// is a row change (`I U D T`), a read event (`R`), a held row leaving a
+/// view (`L`), a message (`M`) or a schema change (`DDL`); transactions'
+/// `B` and `C` are frames of durable streams.
+pub use walcast_abi::Action;
 
 /// One change (docs/format.md); `raw` has every field.
 #[derive(Debug, Clone, PartialEq)]
@@ -250,7 +209,18 @@ impl Change {
         let Some(action) = v
             .get("action")
             .and_then(Value::as_str)
-            .and_then(Action::parse)
+            .and_then(Action::from_letter)
+            .filter(|a| {
+                !matches!(
+                    a,
+                    Action::Begin
+                        | Action::Commit
+                        | Action::StreamStart
+                        | Action::StreamStop
+                        | Action::StreamCommit
+                        | Action::StreamAbort
+                )
+            })
         else {
             return Err(v);
         };

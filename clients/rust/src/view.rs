@@ -196,7 +196,8 @@ impl View {
                     self.remove(Some(k), Removed::Truncate);
                 }
             }
-            Action::Message | Action::Ddl => {}
+            // Not rows: messages, schema changes, transaction frames.
+            _ => {}
         }
     }
 }

@@ -29,7 +29,9 @@ use alloc::vec::Vec;
 pub use json::{Object, Str, Value};
 
 /// The ABI version this crate implements.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = walcast_abi::filter::ABI_VERSION;
+
+use walcast_abi::filter::{offset, ABSENT, HEADER_LEN as HEADER, RECORD_VERSION};
 
 /// A change's kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,19 +42,23 @@ pub enum Action {
     Truncate,
     Message,
     Ddl,
+    /// A row read by a snapshot inside the stream (`R`), shaped like an insert.
+    Read,
     Other(u8),
 }
 
 impl Action {
     fn from_code(c: u8) -> Action {
-        match c {
-            1 => Action::Insert,
-            2 => Action::Update,
-            3 => Action::Delete,
-            4 => Action::Truncate,
-            5 => Action::Message,
-            6 => Action::Ddl,
-            other => Action::Other(other),
+        use walcast_abi::Action as A;
+        match A::from_record_code(c) {
+            Some(A::Insert) => Action::Insert,
+            Some(A::Update) => Action::Update,
+            Some(A::Delete) => Action::Delete,
+            Some(A::Truncate) => Action::Truncate,
+            Some(A::Message) => Action::Message,
+            Some(A::Ddl) => Action::Ddl,
+            Some(A::Read) => Action::Read,
+            _ => Action::Other(c),
         }
     }
 }
@@ -67,9 +73,6 @@ pub enum Verdict {
     /// Deliver these bytes instead (UTF-8 text, usually JSON).
     Replace(Vec<u8>),
 }
-
-/// Header size of the input record.
-const HEADER: usize = 48;
 
 /// One change as the proxy hands it over: a binary header (action, schema,
 /// table, xid, lsn) in front of the plugin's JSON, which is only looked at
@@ -89,12 +92,14 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
 impl<'a> Event<'a> {
     /// Reads a record; `None` when it is not a version 1 record.
     pub fn parse(record: &'a [u8]) -> Option<Event<'a>> {
-        if record.len() < HEADER || record[0] != 1 {
+        if record.len() < HEADER || record[offset::VERSION] != RECORD_VERSION {
             return None;
         }
         let e = Event { record };
         let end = HEADER + e.schema_len() + e.table_len();
-        let json_end = (u32_at(record, 24) as usize).checked_add(u32_at(record, 28) as usize)?;
+        let json_end =
+            (u32_at(record, offset::JSON_OFFSET) as usize)
+                .checked_add(u32_at(record, offset::JSON_LEN) as usize)?;
         // Only this record (in a batch, others follow it).
         let record = record.get(..end.max(json_end))?;
         Some(Event { record })
@@ -106,16 +111,16 @@ impl<'a> Event<'a> {
     }
 
     fn schema_len(&self) -> usize {
-        u32_at(self.record, 4) as usize
+        u32_at(self.record, offset::SCHEMA_LEN) as usize
     }
 
     fn table_len(&self) -> usize {
-        u32_at(self.record, 8) as usize
+        u32_at(self.record, offset::TABLE_LEN) as usize
     }
 
     /// Insert, update, delete, truncate, message or DDL.
     pub fn action(&self) -> Action {
-        Action::from_code(self.record[1])
+        Action::from_code(self.record[offset::ACTION])
     }
 
     /// The table's schema (`""` for a truncate, a message or DDL).
@@ -139,13 +144,13 @@ impl<'a> Event<'a> {
 
     /// The transaction id, when the plugin wrote one.
     pub fn xid(&self) -> Option<u32> {
-        Some(u32_at(self.record, 12)).filter(|x| *x != 0)
+        Some(u32_at(self.record, offset::XID)).filter(|x| *x != 0)
     }
 
     /// The change's LSN as a number (`X/Y` is `X << 32 | Y`).
     pub fn lsn(&self) -> u64 {
         self.record
-            .get(16..24)
+            .get(offset::LSN..offset::LSN + 8)
             .and_then(|s| s.try_into().ok())
             .map(u64::from_le_bytes)
             .unwrap_or(0)
@@ -154,8 +159,8 @@ impl<'a> Event<'a> {
     /// The plugin's JSON object for this change, as bytes.
     pub fn json(&self) -> &'a [u8] {
         let (o, l) = (
-            u32_at(self.record, 24) as usize,
-            u32_at(self.record, 28) as usize,
+            u32_at(self.record, offset::JSON_OFFSET) as usize,
+            u32_at(self.record, offset::JSON_LEN) as usize,
         );
         &self.record[o..o + l]
     }
@@ -167,7 +172,7 @@ impl<'a> Event<'a> {
 
     fn part(&self, at: usize) -> Option<Object<'a>> {
         let (o, l) = (u32_at(self.record, at), u32_at(self.record, at + 4));
-        if o == u32::MAX {
+        if o == ABSENT {
             return None;
         }
         let json = self.json();
@@ -176,12 +181,12 @@ impl<'a> Event<'a> {
 
     /// `columns` (inserts, updates): the new row.
     pub fn columns(&self) -> Option<Object<'a>> {
-        self.part(32)
+        self.part(offset::COLUMNS_OFFSET)
     }
 
     /// `identity` (updates, deletes): the old key or row.
     pub fn identity(&self) -> Option<Object<'a>> {
-        self.part(40)
+        self.part(offset::IDENTITY_OFFSET)
     }
 
     /// The row a filter usually looks at: `columns`, or `identity` for a delete.
@@ -409,7 +414,7 @@ macro_rules! export {
 mod tests {
     use super::*;
 
-    /// A record as the proxy writes it (see proxy/src/filter/record.rs).
+    /// A record as the proxy writes it (core/src/record.rs), byte by byte.
     fn record(
         action: u8,
         schema: &str,
@@ -467,6 +472,26 @@ mod tests {
                 .and_then(|s| s.as_plain()),
             Some("I")
         );
+    }
+
+    #[test]
+    fn every_action_byte_the_proxy_writes_has_its_name() {
+        let named = [
+            (1, Action::Insert),
+            (2, Action::Update),
+            (3, Action::Delete),
+            (4, Action::Truncate),
+            (5, Action::Message),
+            (6, Action::Ddl),
+            (7, Action::Read),
+            (0, Action::Other(0)),
+            (9, Action::Other(9)),
+        ];
+        for (code, action) in named {
+            let r = record(code, "s", "t", "{}", None);
+            let e = Event::parse(&r).expect("a record");
+            assert_eq!(e.action(), action, "byte {code}");
+        }
     }
 
     #[test]

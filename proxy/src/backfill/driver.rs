@@ -10,7 +10,7 @@ use super::marks::{Edge, Mark, PREFIX};
 use super::window::{ChunkRead, Spec, Verdict, Windows};
 use super::{Event, Places, Ready, Settings};
 use crate::catalog::{Catalog, TableInfo};
-use crate::change::Change;
+use crate::change::{Action, Change};
 use crate::log::Entry;
 use crate::metrics::{Gauge, Metrics};
 use crate::query::{Filter, Query};
@@ -333,7 +333,9 @@ fn read_event(
         }
     }
     let mut raw = String::with_capacity(row.len() + 64 + table.name.len());
-    raw.push_str(r#"{"action":"R","schema":"#);
+    raw.push_str(r#"{"action":""#);
+    raw.push_str(Action::Read.letter());
+    raw.push_str(r#"","schema":"#);
     raw.push_str(&Value::from(table.schema.as_str()).to_string());
     raw.push_str(r#","table":"#);
     raw.push_str(&Value::from(table.name.as_str()).to_string());

@@ -21,13 +21,8 @@ pub use walcast_core::record;
 pub use instance::{FilterInstance, Verdict, BATCH_EVENTS};
 pub use modules::{FilterLimits, FilterModule, Filters, UploadError};
 
-/// The import module a filter may use.
-pub const IMPORT_MODULE: &str = "walcast_v1";
-/// The ABI marker export.
-pub const ABI_MARKER: &str = "walcast_abi_v1";
-/// The optional marker export of a filter that reads only the record
-/// header, schema and table: its records come without the JSON.
-pub const HEADER_ONLY_MARKER: &str = "walcast_header_only";
+/// The ABI's names (`walcast-abi`): the import module, the marker exports.
+pub use walcast_abi::filter::{ABI_MARKER, HEADER_ONLY_MARKER, IMPORT_MODULE};
 
 /// Why a filter failed on an event (or at init), as clients see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -27,10 +27,12 @@ macro_rules! client_modules {
 /// (a test checks that the committed build is the build of its sources).
 const CLIENT_MODULES: &[(&str, &str)] = client_modules!(
     "index.js",
+    "live.js",
     "durable.js",
     "errors.js",
     "view.js",
     "index.d.ts",
+    "live.d.ts",
     "durable.d.ts",
     "errors.d.ts",
     "view.d.ts",

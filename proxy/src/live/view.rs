@@ -228,7 +228,8 @@ impl View {
             key.push_str(identity.get(col.as_str())?.get());
         }
         key.push('}');
-        let mut out = format!(r#"{{"action":"L","lsn":"{}""#, c.lsn);
+        let leave = crate::change::Action::Leave.letter();
+        let mut out = format!(r#"{{"action":"{leave}","lsn":"{}""#, c.lsn);
         if let Some(x) = c.xid {
             out.push_str(&format!(r#","xid":{x}"#));
         }

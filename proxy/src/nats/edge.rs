@@ -314,7 +314,7 @@ impl Take {
             return;
         }
         metrics.changes_in.fetch_add(1, Ordering::Relaxed);
-        metrics.count_action(change.action.label());
+        metrics.count_action(change.action.name());
         self.batch.push(change);
     }
 }

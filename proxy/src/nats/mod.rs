@@ -110,7 +110,7 @@ pub fn subject(db: &str, change: &Change) -> Option<String> {
             "{}.{}.{}",
             token(&change.schema),
             token(&change.table),
-            change.action.label()
+            change.action.name()
         ),
         Action::Truncate => "truncate".to_owned(),
         Action::Ddl => "ddl".to_owned(),

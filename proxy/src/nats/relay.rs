@@ -290,7 +290,7 @@ async fn relay_once(
                         let ack = publish(js, db, &b, &begin_id(pos.commit)).await?;
                         send(&tx, Pending::Ack(ack)).await?;
                     }
-                    if let Some(label) = change.row_action().map(|_| change.action.label()) {
+                    if let Some(label) = change.row_action().map(|_| change.action.name()) {
                         metrics.count_action(label);
                     }
                     published_in_txn += 1;

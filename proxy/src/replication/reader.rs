@@ -308,7 +308,7 @@ impl Reader {
                         }
                         last = Some(pos);
                         if change.row_action().is_some() {
-                            metrics.count_action(change.action.label());
+                            metrics.count_action(change.action.name());
                         }
                         batch.push(change);
                         if batch.len() >= BATCH {

@@ -268,3 +268,50 @@ fn the_architecture_names_files_that_exist() {
         );
     }
 }
+
+/// The letters of a TypeScript union of string literals (`"I" | "U"`).
+fn ts_letters(union: &str) -> BTreeSet<String> {
+    union
+        .split('|')
+        .map(|s| s.trim().trim_matches('"').to_owned())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+#[test]
+fn the_typescript_client_speaks_the_action_letters_of_walcast_abi() {
+    use walcast_abi::Action;
+    let live = read("clients/js/src/live.ts");
+    let union = live
+        .lines()
+        .find_map(|l| l.strip_prefix("export type Action ="))
+        .expect("live.ts declares export type Action")
+        .trim_end_matches(';');
+    let transaction = [
+        Action::Begin,
+        Action::Commit,
+        Action::StreamStart,
+        Action::StreamStop,
+        Action::StreamCommit,
+        Action::StreamAbort,
+    ];
+    // A change a client holds is every action but a transaction's frames.
+    let changes: BTreeSet<String> = Action::ALL
+        .into_iter()
+        .filter(|a| !transaction.contains(a))
+        .map(|a| a.letter().to_owned())
+        .collect();
+    assert_eq!(ts_letters(union), changes, "live.ts's Action");
+    let durable = read("clients/js/src/durable.ts");
+    let union = durable
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("action?:"))
+        .expect("durable.ts types a frame's action")
+        .trim_end_matches(';');
+    for letter in ts_letters(union) {
+        assert!(
+            Action::from_letter(&letter).is_some(),
+            "durable.ts names an action walcast-abi does not: {letter:?}"
+        );
+    }
+}

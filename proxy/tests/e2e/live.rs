@@ -255,7 +255,11 @@ fn health_and_metrics_report_the_stream() {
     assert_eq!(s, 200, "{head}");
     assert!(head.contains("content-type: text/javascript"), "{head}");
     assert!(head.contains("access-control-allow-origin: *"), "{head}");
-    assert!(module.contains("export function subscribe"));
+    // The entry point re-exports what its modules define; each is served.
+    assert!(module.contains("subscribe,") && module.contains(r#"from "./live.js""#));
+    let (s, live) = proxy.get("/client/live.js").expect("the live module");
+    assert_eq!(s, 200);
+    assert!(live.contains("export function subscribe"));
     let (s, body) = proxy.get("/client/nosuch.js").expect("unknown module");
     assert_eq!(s, 404, "{body}");
 }

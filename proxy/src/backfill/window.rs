@@ -300,8 +300,17 @@ impl Windows {
         });
     }
 
-    /// Notes a row change given to the hub (not a watermark).
+    /// Notes a row change given to the hub (not a watermark), or a
+    /// transaction's commit: a stream whose changes carry no `pos` (a
+    /// durable stream) learns where its transactions committed from their
+    /// C frames, which the read of a chunk is checked against.
     pub fn observe(&mut self, change: &Change) {
+        if change.action == Action::Commit {
+            if let Some(xid) = change.xid {
+                self.recent.note(xid, change.lsn);
+            }
+            return;
+        }
         if let (Some(xid), Some(pos)) = (change.xid, change.pos) {
             self.recent.note(xid, pos.commit);
         }
@@ -546,6 +555,56 @@ mod tests {
         // Seen committing after the low mark, it is an ordinary window change.
         let v = run(&[row("U", 105, 1500, 1, None)], &[], &[]);
         assert_eq!(kept(v), vec![1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn a_stream_without_positions_learns_commits_from_its_c_frames() {
+        // A durable stream: no `pos` on its changes or watermarks; its C
+        // frames carry the xid and the commit LSN. 105 committed at 0x384,
+        // before the low watermark at 0x3E8, yet the read counted it as
+        // running: the chunk is read again.
+        let verdict = |commit: &str| {
+            let mut ws = Windows::default();
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            ws.add(9, spec(), tx, Arc::default());
+            ws.observe(&change(format!(
+                r#"{{"action":"C","xid":105,"lsn":"{commit}","end_lsn":"0/500"}}"#
+            )));
+            ws.expect(9, 1, 0);
+            let watermark = |m: Mark, lsn: &str| {
+                change(format!(
+                    r#"{{"action":"M","lsn":"{lsn}","xid":1,"transactional":true,"prefix":"{}","content":"{}"}}"#,
+                    super::super::marks::PREFIX,
+                    m.content()
+                ))
+            };
+            let mut out = Vec::new();
+            ws.mark(&watermark(edge(Edge::Low), "0/3E8"), 0, &mut out);
+            ws.read(
+                9,
+                1,
+                0,
+                ChunkRead {
+                    visibility: Visibility::parse("100:110:105").expect("vis"),
+                    keys: (1..=5).map(|i| format!("[{i}]")).collect(),
+                    rows: 5,
+                },
+            );
+            ws.mark(&watermark(edge(Edge::High), "0/7D0"), 1, &mut out);
+            for (tx, v) in out {
+                let _ = tx.send(v);
+            }
+            rx.try_recv().expect("verdict")
+        };
+        let v = verdict("0/384");
+        assert!(matches!(v, Verdict::Retry { .. }), "{v:?}");
+        // Committed after the low watermark: an ordinary window change
+        // (no row of it was seen here, so every row is kept).
+        let v = verdict("0/400");
+        assert!(
+            matches!(v, Verdict::Rows { ref keep, .. } if keep.len() == 5),
+            "{v:?}"
+        );
     }
 
     #[test]

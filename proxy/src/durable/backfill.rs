@@ -8,7 +8,7 @@
 use crate::backfill::driver::{self, Plan, Shared};
 use crate::backfill::window::{is_mark, Windows};
 use crate::backfill::{Event, Ready};
-use crate::change::Change;
+use crate::change::{Action, Change};
 use crate::metrics::Metrics;
 use crate::sql::SqlPool;
 use std::collections::VecDeque;
@@ -104,7 +104,8 @@ impl Backfills {
         if let Ok(mut w) = self.windows.lock() {
             if is_mark(change) {
                 w.mark(change, 0, &mut verdicts);
-            } else if change.row_action().is_some() {
+            } else if change.row_action().is_some() || change.action == Action::Commit {
+                // Commits too: this stream's changes carry no `pos`.
                 w.observe(change);
             }
         }

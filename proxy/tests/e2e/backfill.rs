@@ -529,11 +529,7 @@ fn a_durable_stream_reads_current_rows_while_acks_go_on_and_resumes_after_a_disc
         v["action"] == "R"
     });
     drop(c);
-    // A pause before coming back: reconnecting the moment the consumer
-    // is gone (waiting on `walcast_stream_consumers` instead) ended, in
-    // some runs under the load of the whole suite, with one row older than
-    // the table's; the cause is not found yet.
-    std::thread::sleep(Duration::from_millis(300));
+    proxy.wait_gauge("walcast_stream_consumers", 0);
 
     // Back: the stream resumes after the last ACK; the snapshot goes on
     // from the last chunk the client had, asked for on the open stream.

@@ -301,12 +301,18 @@ impl Proxy {
         let addr: std::net::SocketAddr = ([127, 0, 0, 1], self.port).into();
         socket.connect(&addr.into()).expect("connecting");
         let stream: TcpStream = socket.into();
+        // The handshake may wait for a durable stream's slot: no short
+        // timeout until the socket is open.
         stream
-            .set_read_timeout(Some(Duration::from_millis(200)))
+            .set_read_timeout(Some(Duration::from_secs(30)))
             .expect("read timeout");
         let url = format!("ws://127.0.0.1:{}{path_and_query}", self.port);
         let (ws, _) = tungstenite::client(url.as_str(), MaybeTlsStream::Plain(stream))
             .unwrap_or_else(|e| panic!("websocket {url}: {e}"));
+        if let MaybeTlsStream::Plain(s) = ws.get_ref() {
+            s.set_read_timeout(Some(Duration::from_millis(200)))
+                .expect("read timeout");
+        }
         Client { ws }
     }
 

@@ -168,10 +168,10 @@ fn generated(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<u8>> {
 /// `wasm-smith`. Through the size limit, validation, the ABI check,
 /// instantiation with fuel and a 4 MB memory limit, single and batch calls
 /// on four changes: an error, never a crash; every call ends (fuel).
-/// Returns whether a module got as far as running.
-pub fn filter(data: &[u8]) -> bool {
+/// Returns how far the module got.
+pub fn filter(data: &[u8]) -> Reached {
     let Some((&mode, rest)) = data.split_first() else {
-        return false;
+        return Reached::NoModule;
     };
     let mut u = Unstructured::new(rest);
     let bytes = if mode & 1 == 0 {
@@ -179,7 +179,7 @@ pub fn filter(data: &[u8]) -> bool {
     } else {
         match generated(&mut u) {
             Ok(b) => b,
-            Err(_) => return false,
+            Err(_) => return Reached::NoModule,
         }
     };
     let host = host();
@@ -187,7 +187,7 @@ pub fn filter(data: &[u8]) -> bool {
         Ok(m) => m,
         Err(e) => {
             assert!(!e.code.is_empty() && !e.message.is_empty());
-            return false;
+            return Reached::Refused(e.code);
         }
     };
     let config: Vec<u8> = u.arbitrary().unwrap_or_default();
@@ -195,12 +195,12 @@ pub fn filter(data: &[u8]) -> bool {
         Ok(f) => f,
         Err(e) => {
             assert!(!e.message.is_empty());
-            return false;
+            return Reached::Uploaded;
         }
     };
     for c in &host.changes {
         if let Verdict::Detached(_) = f.run(c) {
-            return true;
+            return Reached::Ran;
         }
     }
     let mut verdicts = Vec::new();
@@ -208,7 +208,20 @@ pub fn filter(data: &[u8]) -> bool {
     assert!(!verdicts.is_empty() && verdicts.len() <= host.changes.len());
     let ended = matches!(verdicts.last(), Some(Verdict::Detached(_)));
     assert!(verdicts.len() == host.changes.len() || ended);
-    true
+    Reached::Ran
+}
+
+/// How far [`filter`]'s module got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reached {
+    /// No module: no input, or bytes `wasm-smith` could not build one from.
+    NoModule,
+    /// Refused at upload, with its code.
+    Refused(&'static str),
+    /// Uploaded, but it could not be instantiated or its `walcast_init` failed.
+    Uploaded,
+    /// Called on the changes.
+    Ran,
 }
 
 #[cfg(test)]
@@ -279,8 +292,13 @@ mod tests {
             }
             let run = std::panic::catch_unwind(|| super::filter(&input));
             match run {
-                Ok(true) => ran += 1,
-                Ok(false) => {}
+                Ok(super::Reached::Ran) => ran += 1,
+                // A module wasm-smith builds for the ABI is one the engine
+                // accepts: the generator matches the engine's features.
+                Ok(super::Reached::Refused(code)) if n % 2 == 1 => {
+                    panic!("a generated module was refused ({code}): WALCAST_SEED={seed}")
+                }
+                Ok(_) => {}
                 Err(_) => panic!("WALCAST_SEED={seed}"),
             }
         }

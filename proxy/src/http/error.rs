@@ -127,7 +127,7 @@ impl From<Refusal> for ApiError {
 impl From<walcast_core::requests::BadRequest> for ApiError {
     /// A request the client must correct: 400.
     fn from(e: walcast_core::requests::BadRequest) -> ApiError {
-        ApiError::bad_request(e.0)
+        ApiError::from(Refusal::from(e))
     }
 }
 

@@ -197,13 +197,13 @@ pub async fn read_page(
         ))
         .await
     {
-        streams.snapshot_lost(&req.slot_name);
+        let detail = e.as_db_error().map(|d| d.message()).unwrap_or("unknown");
+        let reason = streams.snapshot_lost(&req.slot_name, detail);
         return Err(Refusal::new(
             Kind::Gone,
             format!(
-                "the snapshot of {} is no longer readable: {}",
-                req.slot_name,
-                e.as_db_error().map(|d| d.message()).unwrap_or("unknown")
+                "the snapshot of {} is no longer readable: {reason}",
+                req.slot_name
             ),
         ));
     }

@@ -304,12 +304,15 @@ impl Streams {
                 _ = tokio::time::sleep(ttl) => "the snapshot's time to live passed",
                 _ = release_rx => "the stream was opened",
             };
-            drop(client);
+            // Ended before the connection goes, so a page read from now on
+            // is told why rather than what PostgreSQL says of a snapshot it
+            // no longer has.
             if let Ok(mut i) = inner.lock() {
                 if let Some(s @ Snapshot::Held { .. }) = i.snapshots.get_mut(&slot) {
                     *s = Snapshot::Ended { reason };
                 }
             }
+            drop(client);
             tracing::info!(slot = %slot, "snapshot released: {reason}");
         });
         tracing::info!(slot = %created.name, lsn = %created.consistent_point, "created durable stream");
@@ -426,15 +429,25 @@ impl Streams {
         }
     }
 
-    /// Ends a held snapshot (a snapshot read found it invalid).
-    pub fn snapshot_lost(&self, slot: &str) {
-        if let Ok(mut i) = self.inner.lock() {
-            i.snapshots.insert(
-                slot.to_owned(),
-                Snapshot::Ended {
-                    reason: "PostgreSQL no longer knows it",
-                },
-            );
+    /// PostgreSQL refused to import the snapshot of `slot`: its reason, the
+    /// one the proxy recorded if it ended the snapshot itself (a read that
+    /// began just before the time to live passed), else PostgreSQL's
+    /// `detail`, recorded for the next request.
+    pub fn snapshot_lost(&self, slot: &str, detail: &str) -> String {
+        let Ok(mut i) = self.inner.lock() else {
+            return detail.to_owned();
+        };
+        match i.snapshots.get(slot) {
+            Some(Snapshot::Ended { reason }) => (*reason).to_owned(),
+            _ => {
+                i.snapshots.insert(
+                    slot.to_owned(),
+                    Snapshot::Ended {
+                        reason: "PostgreSQL no longer knows it",
+                    },
+                );
+                detail.to_owned()
+            }
         }
     }
 

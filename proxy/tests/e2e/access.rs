@@ -651,6 +651,7 @@ fn snapshots_inside_the_stream_read_only_a_users_rows() {
     for (t, tenant) in [(&one, 1), (&two, 2)] {
         let mut c = ws_ok(&proxy, t, "query=*:orders&snapshot=1");
         let frames = c.texts(21, WAIT);
+        assert_eq!(frames.len(), 21, "20 rows and done: {frames:?}");
         assert_eq!(json(&frames[20])["state"], "done", "{frames:?}");
         let rows = tenant_ids(&frames[..20]);
         assert!(rows.iter().all(|(_, t)| *t == tenant), "{rows:?}");
@@ -686,17 +687,28 @@ fn snapshots_inside_the_stream_read_only_a_users_rows() {
     assert!(body.contains("allow-list"), "{body}");
     let (code, body) = ask(&one, "orders");
     assert_eq!(code, 202, "{body}");
-    let mut rows = Vec::new();
+    let (mut rows, mut others) = (Vec::new(), Vec::new());
     let deadline = Instant::now() + WAIT;
     loop {
-        assert!(Instant::now() < deadline, "no done frame: {rows:?}");
-        if let Some(Got::Text(t)) = durable.next() {
-            let v = json(&t);
-            if v["action"] == "R" {
-                rows.extend(tenant_ids(&[t]));
-            } else if v["type"] == "snapshot" && v["state"] == "done" {
-                break;
+        assert!(
+            Instant::now() < deadline,
+            "no done frame: rows {rows:?}, other frames {others:?}"
+        );
+        match durable.next() {
+            Some(Got::Text(t)) => {
+                let v = json(&t);
+                if v["action"] == "R" {
+                    rows.extend(tenant_ids(&[t]));
+                } else if v["type"] == "snapshot" && v["state"] == "done" {
+                    break;
+                } else {
+                    others.push(t);
+                }
             }
+            Some(Got::Closed(code, reason)) => {
+                panic!("the stream closed with {code} {reason}; frames {others:?}")
+            }
+            _ => {}
         }
     }
     assert_eq!(rows.len(), 20);

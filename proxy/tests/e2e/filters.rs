@@ -473,7 +473,14 @@ fn a_durable_stream_can_use_a_filter() {
         ))
         .expect("stream");
     db.exec("INSERT INTO people VALUES (1, 'ann', 'ann@example.com', NULL)");
-    let got = frames(&mut c, 3);
+    // The server's own transactions (autovacuum's ANALYZE) arrive as a B
+    // and a C with nothing between: passed over.
+    let got = loop {
+        let got = frames(&mut c, 2);
+        if got[1]["action"] != "C" {
+            break [got, frames(&mut c, 1)].concat();
+        }
+    };
     assert_eq!(got[0]["action"], "B");
     assert_eq!(got[1]["columns"]["email"], "***");
     assert_eq!(got[2]["action"], "C");

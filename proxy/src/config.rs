@@ -1,9 +1,20 @@
 //! Command line and environment configuration (`--kebab-name` or
 //! `WALCAST_SNAKE_NAME`; an optional `.env` file is read first).
 
+use crate::auth::{jwt, Auth};
+use crate::backfill;
+use crate::database::Database;
+use crate::durable::StreamsConfig;
 use crate::filter::FilterLimits;
+use crate::http::Timeouts;
+use crate::liveness::Liveness;
+use crate::nats::NatsSettings;
+use crate::replication::reader::ReaderConfig;
+use crate::replication::validate_slot_name;
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
+use std::time::Duration;
+use walcast_format::TablePattern;
 
 /// walcast-proxy: real-time PostgreSQL change streams over websockets.
 #[derive(Debug, Clone, Parser)]
@@ -31,22 +42,37 @@ pub enum Command {
     Doctor,
 }
 
-/// Settings of the server.
+/// Settings of the server, in groups (each its own heading in `--help`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub listen: ListenArgs,
+    #[command(flatten)]
+    pub live: LiveArgs,
+    #[command(flatten)]
+    pub snapshots: SnapshotArgs,
+    #[command(flatten)]
+    pub connections: ConnectionArgs,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+    #[command(flatten)]
+    pub durable: DurableArgs,
+    #[command(flatten)]
+    pub filters: FilterArgs,
+    #[command(flatten)]
+    pub nats: NatsArgs,
+}
+
+/// The database and the proxy's slot.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "The database and the proxy's slot")]
+pub struct DatabaseArgs {
     /// PostgreSQL URL or key=value connection string of the database to stream
     /// (the role needs the REPLICATION attribute).
     #[arg(long, global = true, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
-
-    /// Address to listen on.
-    #[arg(
-        long,
-        global = true,
-        env = "WALCAST_LISTEN",
-        default_value = "127.0.0.1:8080"
-    )]
-    pub listen: SocketAddr,
 
     /// Name of the proxy's permanent replication slot; a restart resumes from it.
     #[arg(
@@ -62,6 +88,56 @@ pub struct ServeArgs {
     #[arg(long, global = true, env = "WALCAST_TABLES")]
     pub tables: Option<String>,
 
+    /// Seconds between standby status updates to PostgreSQL.
+    #[arg(
+        long,
+        global = true,
+        env = "WALCAST_STATUS_INTERVAL",
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub status_interval: u64,
+}
+
+/// Listening.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Listening")]
+pub struct ListenArgs {
+    /// Address to listen on.
+    #[arg(
+        long,
+        global = true,
+        env = "WALCAST_LISTEN",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub listen: SocketAddr,
+
+    /// PEM certificate chain to serve HTTPS and WSS with (with --tls-key);
+    /// read again on SIGHUP. Default: plain HTTP.
+    #[arg(long, global = true, env = "WALCAST_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, global = true, env = "WALCAST_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+
+    /// Web origins allowed to use /ws and /v1/* from a browser (comma
+    /// separated, `https://app.example.com`; `*` for any). Others get 403,
+    /// preflights included. Default: any origin without tokens, only the
+    /// proxy's own with --token or a JWT key.
+    #[arg(
+        long,
+        global = true,
+        env = "WALCAST_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub allowed_origins: Vec<String>,
+}
+
+/// Live clients.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Live clients")]
+pub struct LiveArgs {
     /// Bytes of changes the proxy keeps for its live clients (kB, MB, GB
     /// suffixes, in units of 1024: 1MB is 1,048,576 bytes; at least 1MB):
     /// each change is stored once, however many clients read it. A client
@@ -70,28 +146,6 @@ pub struct ServeArgs {
     /// what follows it.
     #[arg(long, global = true, env = "WALCAST_BUFFER_SIZE", default_value = "256MB", value_parser = buffer_size)]
     pub buffer_size: u64,
-
-    /// Rows per chunk of a `snapshot=1` subscription's initial rows: each
-    /// chunk is read in its own short transaction between two watermarks.
-    #[arg(long, global = true, env = "WALCAST_SNAPSHOT_CHUNK_ROWS", default_value_t = 1000,
-          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
-    pub snapshot_chunk_rows: u64,
-
-    /// `snapshot=1` subscriptions reading at once; more wait for a turn
-    /// (they get live changes meanwhile).
-    #[arg(long, global = true, env = "WALCAST_SNAPSHOT_MAX_RUNNING", default_value_t = 4,
-          value_parser = clap::value_parser!(u64).range(1..=1024))]
-    pub snapshot_max_running: u64,
-
-    /// Rows per second all `snapshot=1` subscriptions together may read
-    /// from one table (0: no limit).
-    #[arg(
-        long,
-        global = true,
-        env = "WALCAST_SNAPSHOT_ROWS_PER_SECOND",
-        default_value_t = 0
-    )]
-    pub snapshot_rows_per_second: u64,
 
     /// Milliseconds per second of matching each live client may use on its
     /// own task: the matches too costly for the shared reader (a `like`
@@ -156,7 +210,39 @@ pub struct ServeArgs {
         default_value_t = 10_000
     )]
     pub max_clients: usize,
+}
 
+/// Live snapshots (snapshot=1).
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Live snapshots (snapshot=1)")]
+pub struct SnapshotArgs {
+    /// Rows per chunk of a `snapshot=1` subscription's initial rows: each
+    /// chunk is read in its own short transaction between two watermarks.
+    #[arg(long, global = true, env = "WALCAST_SNAPSHOT_CHUNK_ROWS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub snapshot_chunk_rows: u64,
+
+    /// `snapshot=1` subscriptions reading at once; more wait for a turn
+    /// (they get live changes meanwhile).
+    #[arg(long, global = true, env = "WALCAST_SNAPSHOT_MAX_RUNNING", default_value_t = 4,
+          value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub snapshot_max_running: u64,
+
+    /// Rows per second all `snapshot=1` subscriptions together may read
+    /// from one table (0: no limit).
+    #[arg(
+        long,
+        global = true,
+        env = "WALCAST_SNAPSHOT_ROWS_PER_SECOND",
+        default_value_t = 0
+    )]
+    pub snapshot_rows_per_second: u64,
+}
+
+/// Connections.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Connections")]
+pub struct ConnectionArgs {
     /// Open client connections at once (HTTP and websocket); more are closed
     /// at once. Default: what the descriptor limit leaves room for (the limit
     /// minus an eighth, 64 to 1024, kept for PostgreSQL, filters and logs).
@@ -228,7 +314,12 @@ pub struct ServeArgs {
         value_parser = clap::value_parser!(u64).range(1..)
     )]
     pub handshake_timeout: u64,
+}
 
+/// Access.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Access")]
+pub struct AuthArgs {
     /// Bearer token(s) required on /ws and /v1/* (comma separated). Clients send
     /// `Authorization: Bearer <token>` or `?access_token=<token>`. Default: no token.
     #[arg(
@@ -273,37 +364,22 @@ pub struct ServeArgs {
     #[arg(long, global = true, env = "WALCAST_JWT_LEEWAY", default_value_t = 30)]
     pub jwt_leeway: u64,
 
-    /// Web origins allowed to use /ws and /v1/* from a browser (comma
-    /// separated, `https://app.example.com`; `*` for any). Others get 403,
-    /// preflights included. Default: any origin without tokens, only the
-    /// proxy's own with --token or a JWT key.
+    /// Bearer token(s) allowed to upload WASM filters (comma separated).
+    /// Default: whoever may use the other endpoints (--token).
     #[arg(
         long,
         global = true,
-        env = "WALCAST_ALLOWED_ORIGINS",
+        env = "WALCAST_FILTER_UPLOAD_TOKEN",
+        hide_env_values = true,
         value_delimiter = ','
     )]
-    pub allowed_origins: Vec<String>,
+    pub filter_upload_token: Vec<String>,
+}
 
-    /// PEM certificate chain to serve HTTPS and WSS with (with --tls-key);
-    /// read again on SIGHUP. Default: plain HTTP.
-    #[arg(long, global = true, env = "WALCAST_TLS_CERT", requires = "tls_key")]
-    pub tls_cert: Option<std::path::PathBuf>,
-
-    /// PEM private key of --tls-cert.
-    #[arg(long, global = true, env = "WALCAST_TLS_KEY", requires = "tls_cert")]
-    pub tls_key: Option<std::path::PathBuf>,
-
-    /// Seconds between standby status updates to PostgreSQL.
-    #[arg(
-        long,
-        global = true,
-        env = "WALCAST_STATUS_INTERVAL",
-        default_value_t = 10,
-        value_parser = clap::value_parser!(u64).range(1..)
-    )]
-    pub status_interval: u64,
-
+/// Durable streams.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Durable streams")]
+pub struct DurableArgs {
     /// Seconds a durable stream's exported snapshot stays readable after
     /// `/v1/init` (it ends earlier when the stream is first opened).
     #[arg(
@@ -361,18 +437,12 @@ pub struct ServeArgs {
         default_value_t = 30
     )]
     pub heartbeat_interval: u64,
+}
 
-    /// Bearer token(s) allowed to upload WASM filters (comma separated).
-    /// Default: whoever may use the other endpoints (--token).
-    #[arg(
-        long,
-        global = true,
-        env = "WALCAST_FILTER_UPLOAD_TOKEN",
-        hide_env_values = true,
-        value_delimiter = ','
-    )]
-    pub filter_upload_token: Vec<String>,
-
+/// WASM filters.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "WASM filters")]
+pub struct FilterArgs {
     /// Largest filter module accepted (bytes; kB, MB suffixes allowed; 1kB to 64MB).
     #[arg(long, global = true, env = "WALCAST_FILTER_MAX_MODULE_SIZE",
           default_value_t = FilterLimits::default().max_module_bytes as u64, value_parser = parse_module_size)]
@@ -389,7 +459,7 @@ pub struct ServeArgs {
         long,
         global = true,
         env = "WALCAST_FILTER_FUEL_PER_EVENT",
-        default_value_t = 200_000,
+        default_value_t = FilterLimits::default().fuel_per_event,
         value_parser = clap::value_parser!(u64).range(1000..)
     )]
     pub filter_fuel_per_event: u64,
@@ -450,7 +520,12 @@ pub struct ServeArgs {
     /// again (created private, mode 0700). Default: memory only.
     #[arg(long, global = true, env = "WALCAST_FILTER_CACHE_DIR")]
     pub filter_cache_dir: Option<std::path::PathBuf>,
+}
 
+/// Scale-out (NATS JetStream).
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Scale-out (NATS JetStream)")]
+pub struct NatsArgs {
     /// NATS server(s) of the scale-out mode (`nats://host:4222`, comma
     /// separated). With `relay`: where changes are published. With `serve`:
     /// the edge reads changes from the JetStream stream instead of its own
@@ -492,6 +567,147 @@ pub struct ServeArgs {
         value_parser = clap::value_parser!(u64).range(1..)
     )]
     pub nats_duplicate_window: u64,
+}
+
+impl ServeArgs {
+    /// How the proxy judges a client alive.
+    pub fn liveness(&self) -> Liveness {
+        Liveness {
+            ping_interval: Duration::from_secs(self.live.ping_interval),
+            stall_timeout: Duration::from_secs(self.live.stall_timeout),
+            handshake_timeout: Duration::from_secs(self.connections.handshake_timeout),
+        }
+    }
+
+    /// The durable streams' settings.
+    pub fn streams_config(&self, tables: Option<Vec<TablePattern>>) -> StreamsConfig {
+        let d = &self.durable;
+        StreamsConfig {
+            snapshot_ttl: Duration::from_secs(d.snapshot_ttl),
+            page_cap: d.snapshot_page_cap,
+            page_max_bytes: d.snapshot_max_bytes.max(1024),
+            max_lag: d.max_slot_lag,
+            drop_lagging: d.drop_lagging_streams,
+            lag_check_interval: Duration::from_secs(d.lag_check_interval),
+            heartbeat: (d.heartbeat_interval > 0)
+                .then(|| Duration::from_secs(d.heartbeat_interval)),
+            status_interval: Duration::from_secs(self.database.status_interval),
+            live_slot: self.database.slot.clone(),
+            tables: self.database.tables.clone().zip(tables),
+        }
+    }
+}
+
+impl DatabaseArgs {
+    /// The database to stream.
+    pub fn database(&self) -> Result<Database, String> {
+        let url = self.database_url.clone().ok_or(
+            "no database: pass --database-url or set DATABASE_URL (postgres://user@host/db)",
+        )?;
+        Database::parse(&url).map_err(|e| format!("invalid --database-url: {e}"))
+    }
+
+    /// `--tables` read, `None` for all tables; the slot name checked too.
+    pub fn tables(&self) -> Result<Option<Vec<TablePattern>>, String> {
+        validate_slot_name(&self.slot).map_err(|e| format!("invalid --slot: {e}"))?;
+        self.tables
+            .as_deref()
+            .map(|t| TablePattern::parse_list(t).map_err(|e| format!("invalid --tables: {e}")))
+            .transpose()
+    }
+
+    /// What the reader of the proxy's slot needs.
+    pub fn reader_config(&self, database: &Database) -> Result<ReaderConfig, String> {
+        self.tables()?;
+        Ok(ReaderConfig {
+            database: database.clone(),
+            slot: self.slot.clone(),
+            tables: self.tables.clone(),
+            status_interval: Duration::from_secs(self.status_interval),
+        })
+    }
+}
+
+impl LiveArgs {
+    /// The change log's size in bytes (at least 1 MiB).
+    pub fn log_bytes(&self) -> usize {
+        usize::try_from(self.buffer_size)
+            .unwrap_or(usize::MAX)
+            .max(1 << 20)
+    }
+}
+
+impl SnapshotArgs {
+    /// How live subscriptions' snapshots are read.
+    pub fn settings(&self) -> backfill::Settings {
+        backfill::Settings {
+            chunk_rows: usize::try_from(self.snapshot_chunk_rows).unwrap_or(usize::MAX),
+            max_running: usize::try_from(self.snapshot_max_running).unwrap_or(usize::MAX),
+            rows_per_second: self.snapshot_rows_per_second,
+        }
+    }
+}
+
+impl ConnectionArgs {
+    /// How long a client may take over each step of a request.
+    pub fn timeouts(&self) -> Timeouts {
+        Timeouts {
+            header: Duration::from_secs(self.header_timeout),
+            body: Duration::from_secs(self.body_timeout),
+            handshake: Duration::from_secs(self.handshake_timeout),
+        }
+    }
+}
+
+impl AuthArgs {
+    /// The credentials: static tokens and the keys of user JWTs (empty
+    /// values, as an unset variable gives, are none).
+    pub fn auth(&self) -> Result<Auth, String> {
+        let nonempty =
+            |v: &[String]| -> Vec<String> { v.iter().filter(|t| !t.is_empty()).cloned().collect() };
+        let verifier = jwt::Verifier::new(&jwt::KeySources {
+            secret: self.jwt_secret.clone().filter(|s| !s.is_empty()),
+            public_key: self.jwt_public_key.clone(),
+            jwks: self.jwks_file.clone(),
+            audience: nonempty(&self.jwt_audience),
+            leeway: self.jwt_leeway,
+        })?;
+        Ok(Auth::new(
+            nonempty(&self.token),
+            nonempty(&self.filter_upload_token),
+            verifier,
+        ))
+    }
+}
+
+impl FilterArgs {
+    /// What one filter may use.
+    pub fn limits(&self) -> FilterLimits {
+        FilterLimits {
+            max_module_bytes: usize::try_from(self.filter_max_module_size).unwrap_or(usize::MAX),
+            max_memory_bytes: usize::try_from(self.filter_memory).unwrap_or(usize::MAX),
+            fuel_per_event: self.filter_fuel_per_event,
+            fuel_per_byte: self.filter_fuel_per_byte,
+            time_per_second: Duration::from_millis(self.filter_budget_ms),
+            fuel_per_second: self.filter_fuel_per_second,
+            max_errors: self.filter_max_errors,
+            max_instances: self.filter_max_instances,
+            ..FilterLimits::default()
+        }
+    }
+}
+
+impl NatsArgs {
+    /// Where the JetStream stream is and how a relay creates it.
+    pub fn settings(&self, url: &str) -> NatsSettings {
+        NatsSettings {
+            url: url.to_owned(),
+            stream: self.nats_stream.clone(),
+            max_bytes: self.nats_max_bytes,
+            max_age: Duration::from_secs(self.nats_max_age),
+            duplicate_window: Duration::from_secs(self.nats_duplicate_window),
+        }
+    }
 }
 
 /// Parses a byte count: `1048576`, `512kB`, `64MB`, `2GB` (powers of 1024).
@@ -583,14 +799,15 @@ mod tests {
         // The defaults are the filter limits' own.
         let d = parse(&[]).expect("defaults");
         let f = crate::filter::FilterLimits::default();
-        assert_eq!(d.filter_memory, f.max_memory_bytes as u64);
-        assert_eq!(d.filter_max_module_size, f.max_module_bytes as u64);
-        assert_eq!(d.filter_fuel_per_second, f.fuel_per_second);
+        assert_eq!(d.filters.filter_memory, f.max_memory_bytes as u64);
+        assert_eq!(d.filters.filter_max_module_size, f.max_module_bytes as u64);
+        assert_eq!(d.filters.filter_fuel_per_second, f.fuel_per_second);
         assert_eq!(
-            std::time::Duration::from_millis(d.filter_budget_ms),
+            std::time::Duration::from_millis(d.filters.filter_budget_ms),
             f.time_per_second
         );
-        assert_eq!(d.filter_max_instances, f.max_instances);
+        assert_eq!(d.filters.filter_max_instances, f.max_instances);
+        assert_eq!(d.filters.filter_fuel_per_event, f.fuel_per_event);
         let ok = parse(&[
             "--filter-memory",
             "64MB",
@@ -600,7 +817,10 @@ mod tests {
             "1MB",
         ])
         .expect("in range");
-        assert_eq!((ok.filter_memory, ok.ping_interval), (64 << 20, 1));
-        assert_eq!(ok.buffer_size, 1 << 20, "1MB is 2^20 bytes");
+        assert_eq!(
+            (ok.filters.filter_memory, ok.live.ping_interval),
+            (64 << 20, 1)
+        );
+        assert_eq!(ok.live.buffer_size, 1 << 20, "1MB is 2^20 bytes");
     }
 }

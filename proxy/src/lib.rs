@@ -39,7 +39,8 @@
 //!   query/         the query syntax (insert:users:age.gt.30): parse, match (walcast-core)
 //! ```
 //!
-//! Beside the flow: `config.rs` (CLI and environment), `health.rs` and
+//! Beside the flow: `config.rs` (CLI and environment, in groups) and `app.rs`
+//! (the commands built from them), `health.rs` and
 //! `metrics.rs` (what `/healthz` and `/metrics` report), `blocking.rs` (long
 //! work moved off the async workers), `throttle.rs` (log lines a client can
 //! repeat, written once per interval), `database.rs` (the database URL, TLS
@@ -53,6 +54,7 @@
 //! `log.rs` (the change log). docs/architecture.md#layers has the rules;
 //! `scripts/check-layers.py` checks them.
 
+pub mod app;
 pub mod auth;
 pub mod backfill;
 pub mod blocking;

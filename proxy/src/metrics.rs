@@ -227,320 +227,317 @@ impl Metrics {
 
     /// The Prometheus text exposition, with the change log's gauges.
     pub fn render(&self, log: &LogReport) -> String {
+        let mut families = log_families(log);
+        families.extend(connection_families(&self.connections));
+        families.extend(nats_families(&self.nats));
+        families.extend(backfill_families(&self.backfill));
+        families.extend(self.stream_families());
+        families.extend(self.filter_families());
+        families.extend(self.durable_families());
         let mut s = String::new();
-        render_log(&mut s, log);
-        render_connections(&mut s, &self.connections);
-        render_nats(&mut s, &self.nats);
-        render_backfill(&mut s, &self.backfill);
-        let _ = writeln!(
-            s,
-            "# HELP walcast_clients_closed_total Live clients the server closed, by reason.\n\
-             # TYPE walcast_clients_closed_total counter\n\
-             walcast_clients_closed_total{{reason=\"fell_behind\"}} {}\n\
-             walcast_clients_closed_total{{reason=\"stalled\"}} {}\n\
-             walcast_clients_closed_total{{reason=\"ping_timeout\"}} {}\n\
-             walcast_clients_closed_total{{reason=\"token_expired\"}} {}\n\
-             walcast_clients_closed_total{{reason=\"stream_gap\"}} {}\n\
-             walcast_clients_closed_total{{reason=\"view_full\"}} {}",
-            self.closed_fell_behind.load(Ordering::Relaxed),
-            self.closed_stalled.load(Ordering::Relaxed),
-            self.closed_ping_timeout.load(Ordering::Relaxed),
-            self.closed_token_expired.load(Ordering::Relaxed),
-            self.closed_stream_gap.load(Ordering::Relaxed),
-            self.closed_view_full.load(Ordering::Relaxed),
-        );
-        let g = |v: &AtomicU64| v.load(Ordering::Relaxed);
-        let mut line = |name: &str, kind: &str, help: &str, value: String| {
-            metric(&mut s, name, kind, help, value)
-        };
-        line(
-            "walcast_changes_in_total",
-            "counter",
-            "Plugin messages received from PostgreSQL.",
-            g(&self.changes_in).to_string(),
-        );
-        line(
-            "walcast_frames_out_total",
-            "counter",
-            "Websocket frames sent to clients.",
-            g(&self.frames_out).to_string(),
-        );
-        line(
-            "walcast_clients",
-            "gauge",
-            "Connected websocket clients.",
-            self.clients.load(Ordering::Relaxed).to_string(),
-        );
-        line(
-            "walcast_view_rows",
-            "gauge",
-            "Rows held by live clients' views (queries with row filters), one key hash each.",
-            self.view_rows.load(Ordering::Relaxed).to_string(),
-        );
-        line(
-            "walcast_unparseable_messages_total",
-            "counter",
-            "Plugin messages the proxy could not parse (logged, not forwarded).",
-            g(&self.unparseable_messages).to_string(),
-        );
-        line(
-            "walcast_replication_reconnects_total",
-            "counter",
-            "Reconnections of the replication stream after transient errors.",
-            g(&self.replication_reconnects).to_string(),
-        );
-        line(
-            "walcast_replication_lag_bytes",
-            "gauge",
-            "Server WAL end minus the confirmed position.",
-            g(&self.lag_bytes).to_string(),
-        );
-        line(
-            "walcast_confirmed_lsn",
-            "gauge",
-            "The slot position confirmed to PostgreSQL, as a number.",
-            g(&self.confirmed_lsn).to_string(),
-        );
-        line(
-            "walcast_filter_events_total",
-            "counter",
-            "Changes given to WASM filters.",
-            g(&self.filter_events).to_string(),
-        );
-        line(
-            "walcast_filter_errors_total",
-            "counter",
-            "Changes a WASM filter failed on (trap, fuel, bad return or output).",
-            g(&self.filter_errors).to_string(),
-        );
-        line(
-            "walcast_filters_detached_total",
-            "counter",
-            "Filters detached after failing too often in a row.",
-            g(&self.filters_detached).to_string(),
-        );
-        line(
-            "walcast_filter_budget_waits_total",
-            "counter",
-            "Pauses of a subscription whose filter used its time or fuel budget for the second.",
-            g(&self.filter_budget_waits).to_string(),
-        );
-        line(
-            "walcast_filter_compiles_total",
-            "counter",
-            "Filter modules compiled (cached uploads are not compiled again).",
-            g(&self.filter_compiles).to_string(),
-        );
-        line(
-            "walcast_stream_consumers",
-            "gauge",
-            "Connected durable stream consumers.",
-            self.stream_consumers.load(Ordering::Relaxed).to_string(),
-        );
-        line(
-            "walcast_stream_acks_total",
-            "counter",
-            "ACKs accepted from durable stream consumers.",
-            g(&self.acks).to_string(),
-        );
-        line(
-            "walcast_heartbeats_total",
-            "counter",
-            "Heartbeat messages emitted into the WAL while the database was idle.",
-            g(&self.heartbeats).to_string(),
-        );
-        line(
-            "walcast_streams_dropped_for_lag_total",
-            "counter",
-            "Durable stream slots dropped because they held back more WAL than allowed.",
-            g(&self.streams_dropped_for_lag).to_string(),
-        );
-        let _ = writeln!(
-            s,
-            "# HELP walcast_changes_by_action_total Row changes received, by action.\n\
-             # TYPE walcast_changes_by_action_total counter\n\
-             walcast_changes_by_action_total{{action=\"insert\"}} {}\n\
-             walcast_changes_by_action_total{{action=\"update\"}} {}\n\
-             walcast_changes_by_action_total{{action=\"delete\"}} {}\n\
-             walcast_changes_by_action_total{{action=\"truncate\"}} {}",
-            g(&self.inserts),
-            g(&self.updates),
-            g(&self.deletes),
-            g(&self.truncates)
-        );
-        if let Ok(lags) = self.stream_lag.lock() {
-            let _ = writeln!(
-                s,
-                "# HELP walcast_stream_lag_bytes WAL held back by each durable stream slot.\n\
-                 # TYPE walcast_stream_lag_bytes gauge"
-            );
-            for (slot, (lag, _)) in lags.iter() {
-                let _ = writeln!(s, "walcast_stream_lag_bytes{{slot=\"{slot}\"}} {lag}");
-            }
-            let _ = writeln!(
-                s,
-                "# HELP walcast_stream_over_max_lag Whether a durable stream slot is past --max-slot-lag.\n\
-                 # TYPE walcast_stream_over_max_lag gauge"
-            );
-            for (slot, (_, over)) in lags.iter() {
-                let _ = writeln!(
-                    s,
-                    "walcast_stream_over_max_lag{{slot=\"{slot}\"}} {}",
-                    u8::from(*over)
-                );
-            }
+        for f in &families {
+            f.write(&mut s);
         }
         s
     }
-}
 
-/// Writes one metric with its HELP and TYPE lines.
-fn metric(s: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
-    let _ = writeln!(
-        s,
-        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-    );
-}
+    /// What arrives from PostgreSQL and what leaves for the clients.
+    fn stream_families(&self) -> Vec<Family> {
+        let closed = [
+            ("fell_behind", &self.closed_fell_behind),
+            ("stalled", &self.closed_stalled),
+            ("ping_timeout", &self.closed_ping_timeout),
+            ("token_expired", &self.closed_token_expired),
+            ("stream_gap", &self.closed_stream_gap),
+            ("view_full", &self.closed_view_full),
+        ];
+        let actions = [
+            ("insert", &self.inserts),
+            ("update", &self.updates),
+            ("delete", &self.deletes),
+            ("truncate", &self.truncates),
+        ];
+        vec![
+            by(
+                COUNTER,
+                "walcast_clients_closed_total",
+                "Live clients the server closed, by reason.",
+                "reason",
+                &closed,
+            ),
+            counter(
+                "walcast_changes_in_total",
+                "Plugin messages received from PostgreSQL.",
+                load(&self.changes_in),
+            ),
+            counter(
+                "walcast_frames_out_total",
+                "Websocket frames sent to clients.",
+                load(&self.frames_out),
+            ),
+            gauge(
+                "walcast_clients",
+                "Connected websocket clients.",
+                level(&self.clients),
+            ),
+            gauge(
+                "walcast_view_rows",
+                "Rows held by live clients' views (queries with row filters), one key hash each.",
+                level(&self.view_rows),
+            ),
+            counter(
+                "walcast_unparseable_messages_total",
+                "Plugin messages the proxy could not parse (logged, not forwarded).",
+                load(&self.unparseable_messages),
+            ),
+            counter(
+                "walcast_replication_reconnects_total",
+                "Reconnections of the replication stream after transient errors.",
+                load(&self.replication_reconnects),
+            ),
+            gauge(
+                "walcast_replication_lag_bytes",
+                "Server WAL end minus the confirmed position.",
+                load(&self.lag_bytes),
+            ),
+            gauge(
+                "walcast_confirmed_lsn",
+                "The slot position confirmed to PostgreSQL, as a number.",
+                load(&self.confirmed_lsn),
+            ),
+            by(
+                COUNTER,
+                "walcast_changes_by_action_total",
+                "Row changes received, by action.",
+                "action",
+                &actions,
+            ),
+        ]
+    }
 
-fn render_nats(s: &mut String, n: &NatsMetrics) {
-    let g = |v: &AtomicU64| v.load(Ordering::Relaxed);
-    for (name, kind, help, value) in [
-        ("walcast_nats_published_total", "counter", "Messages the relay published to JetStream and JetStream acknowledged.", g(&n.published)),
-        ("walcast_nats_duplicates_total", "counter", "Of those, messages JetStream already had (published again after a relay restart) and dropped by their id.", g(&n.duplicates)),
-        ("walcast_nats_received_total", "counter", "Messages the edge read from the JetStream stream.", g(&n.received)),
-        ("walcast_nats_foreign_total", "counter", "Messages the edge skipped: not written by a walcast relay, or unreadable.", g(&n.foreign)),
-        ("walcast_nats_reconnects_total", "counter", "Times the relay or edge lost NATS or its stream and started again.", g(&n.reconnects)),
-        ("walcast_nats_lost_total", "counter", "Messages the edge found dropped by the stream's retention while it was away.", g(&n.lost)),
-        ("walcast_nats_sequence", "gauge", "Stream sequence of the last message the relay published or the edge read.", g(&n.sequence)),
-    ] {
-        metric(s, name, kind, help, value);
+    fn filter_families(&self) -> Vec<Family> {
+        vec![
+            counter("walcast_filter_events_total", "Changes given to WASM filters.", load(&self.filter_events)),
+            counter("walcast_filter_errors_total", "Changes a WASM filter failed on (trap, fuel, bad return or output).", load(&self.filter_errors)),
+            counter("walcast_filters_detached_total", "Filters detached after failing too often in a row.", load(&self.filters_detached)),
+            counter("walcast_filter_budget_waits_total", "Pauses of a subscription whose filter used its time or fuel budget for the second.", load(&self.filter_budget_waits)),
+            counter("walcast_filter_compiles_total", "Filter modules compiled (cached uploads are not compiled again).", load(&self.filter_compiles)),
+        ]
+    }
+
+    fn durable_families(&self) -> Vec<Family> {
+        let mut families = vec![
+            gauge(
+                "walcast_stream_consumers",
+                "Connected durable stream consumers.",
+                level(&self.stream_consumers),
+            ),
+            counter(
+                "walcast_stream_acks_total",
+                "ACKs accepted from durable stream consumers.",
+                load(&self.acks),
+            ),
+            counter(
+                "walcast_heartbeats_total",
+                "Heartbeat messages emitted into the WAL while the database was idle.",
+                load(&self.heartbeats),
+            ),
+            counter(
+                "walcast_streams_dropped_for_lag_total",
+                "Durable stream slots dropped because they held back more WAL than allowed.",
+                load(&self.streams_dropped_for_lag),
+            ),
+        ];
+        let lags = match self.stream_lag.lock() {
+            Ok(l) => l.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        families.push(Family {
+            name: "walcast_stream_lag_bytes",
+            kind: GAUGE,
+            help: "WAL held back by each durable stream slot.",
+            values: Values::By(
+                "slot",
+                lags.iter().map(|(s, (lag, _))| (s.clone(), *lag)).collect(),
+            ),
+        });
+        families.push(Family {
+            name: "walcast_stream_over_max_lag",
+            kind: GAUGE,
+            help: "Whether a durable stream slot is past --max-slot-lag.",
+            values: Values::By(
+                "slot",
+                lags.iter()
+                    .map(|(s, (_, over))| (s.clone(), u64::from(*over)))
+                    .collect(),
+            ),
+        });
+        families
     }
 }
 
-fn render_backfill(s: &mut String, b: &BackfillMetrics) {
-    let g = |v: &AtomicU64| v.load(Ordering::Relaxed);
-    let running = b.running.load(Ordering::Relaxed).max(0) as u64;
-    let waiting = b.waiting.load(Ordering::Relaxed).max(0) as u64;
-    for (name, kind, help, value) in [
-        (
+/// Prometheus's metric types.
+const COUNTER: &str = "counter";
+const GAUGE: &str = "gauge";
+
+/// One metric family: its HELP and TYPE lines, then its values.
+struct Family {
+    name: &'static str,
+    kind: &'static str,
+    help: &'static str,
+    values: Values,
+}
+
+enum Values {
+    One(u64),
+    /// One value per value of a label.
+    By(&'static str, Vec<(String, u64)>),
+}
+
+impl Family {
+    fn write(&self, s: &mut String) {
+        let (name, kind, help) = (self.name, self.kind, self.help);
+        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        match &self.values {
+            Values::One(v) => {
+                let _ = writeln!(s, "{name} {v}");
+            }
+            Values::By(label, values) => {
+                for (l, v) in values {
+                    let _ = writeln!(s, "{name}{{{label}=\"{l}\"}} {v}");
+                }
+            }
+        }
+    }
+}
+
+fn counter(name: &'static str, help: &'static str, value: u64) -> Family {
+    Family {
+        name,
+        kind: COUNTER,
+        help,
+        values: Values::One(value),
+    }
+}
+
+fn gauge(name: &'static str, help: &'static str, value: u64) -> Family {
+    Family {
+        name,
+        kind: GAUGE,
+        help,
+        values: Values::One(value),
+    }
+}
+
+/// A family with a label, from counters.
+fn by(
+    kind: &'static str,
+    name: &'static str,
+    help: &'static str,
+    label: &'static str,
+    values: &[(&str, &AtomicU64)],
+) -> Family {
+    let values = values
+        .iter()
+        .map(|(l, v)| ((*l).to_owned(), load(v)))
+        .collect();
+    Family {
+        name,
+        kind,
+        help,
+        values: Values::By(label, values),
+    }
+}
+
+fn load(v: &AtomicU64) -> u64 {
+    v.load(Ordering::Relaxed)
+}
+
+/// A level that goes up and down, never shown below zero.
+fn level(v: &AtomicI64) -> u64 {
+    v.load(Ordering::Relaxed).max(0) as u64
+}
+
+fn nats_families(n: &NatsMetrics) -> Vec<Family> {
+    vec![
+        counter("walcast_nats_published_total", "Messages the relay published to JetStream and JetStream acknowledged.", load(&n.published)),
+        counter("walcast_nats_duplicates_total", "Of those, messages JetStream already had (published again after a relay restart) and dropped by their id.", load(&n.duplicates)),
+        counter("walcast_nats_received_total", "Messages the edge read from the JetStream stream.", load(&n.received)),
+        counter("walcast_nats_foreign_total", "Messages the edge skipped: not written by a walcast relay, or unreadable.", load(&n.foreign)),
+        counter("walcast_nats_reconnects_total", "Times the relay or edge lost NATS or its stream and started again.", load(&n.reconnects)),
+        counter("walcast_nats_lost_total", "Messages the edge found dropped by the stream's retention while it was away.", load(&n.lost)),
+        gauge("walcast_nats_sequence", "Stream sequence of the last message the relay published or the edge read.", load(&n.sequence)),
+    ]
+}
+
+fn backfill_families(b: &BackfillMetrics) -> Vec<Family> {
+    vec![
+        gauge(
             "walcast_backfills_running",
-            "gauge",
             "Snapshots inside the stream reading now (at most --snapshot-max-running).",
-            running,
+            level(&b.running),
         ),
-        (
+        gauge(
             "walcast_backfills_waiting",
-            "gauge",
             "Snapshots inside the stream waiting for a turn to read.",
-            waiting,
+            level(&b.waiting),
         ),
-        (
+        counter(
             "walcast_backfills_done_total",
-            "counter",
             "Backfills that sent their last chunk.",
-            g(&b.done),
+            load(&b.done),
         ),
-        (
+        counter(
             "walcast_backfills_failed_total",
-            "counter",
             "Backfills stopped by an error (their client was closed with the reason).",
-            g(&b.failed),
+            load(&b.failed),
         ),
-        (
+        counter(
             "walcast_backfill_chunks_total",
-            "counter",
             "Chunks of initial rows sent to clients.",
-            g(&b.chunks),
+            load(&b.chunks),
         ),
-        (
+        counter(
             "walcast_backfill_rows_total",
-            "counter",
             "Initial rows sent to clients as read events.",
-            g(&b.rows),
+            load(&b.rows),
         ),
-        (
+        counter(
             "walcast_backfill_retries_total",
-            "counter",
             "Chunks read again because their watermark window could not be trusted.",
-            g(&b.retries),
+            load(&b.retries),
         ),
-    ] {
-        metric(s, name, kind, help, value);
-    }
+    ]
 }
 
-fn render_connections(s: &mut String, c: &ConnectionMetrics) {
-    let g = |v: &AtomicU64| v.load(Ordering::Relaxed);
-    metric(
-        s,
-        "walcast_connections_open",
-        "gauge",
-        "Open client connections (HTTP, and the websockets they became).",
-        c.open.load(Ordering::Relaxed),
-    );
-    metric(
-        s,
-        "walcast_connections_max",
-        "gauge",
-        "The cap on open connections (--max-connections).",
-        g(&c.max),
-    );
-    metric(
-        s,
-        "walcast_websocket_handshakes",
-        "gauge",
-        "Websocket handshakes in flight (upgrades being checked, subscriptions not yet sent).",
-        c.handshakes.load(Ordering::Relaxed),
-    );
-    metric(
-        s,
-        "walcast_descriptor_limit",
-        "gauge",
-        "The process's soft limit on open files, after raising it to the hard limit.",
-        g(&c.descriptor_limit),
-    );
-    metric(
-        s,
-        "walcast_log_lines_suppressed_total",
-        "counter",
-        "Repeated log lines left out (each call site logs at most once per 10 s, with a count).",
-        crate::throttle::SUPPRESSED.load(Ordering::Relaxed),
-    );
-    let _ = writeln!(
-        s,
-        "# HELP walcast_connections_refused_total Connections closed at once and upgrades answered 503 or 429, by the cap that was full.\n\
-         # TYPE walcast_connections_refused_total counter\n\
-         walcast_connections_refused_total{{reason=\"max_connections\"}} {}\n\
-         walcast_connections_refused_total{{reason=\"per_address\"}} {}\n\
-         walcast_connections_refused_total{{reason=\"handshakes\"}} {}\n\
-         walcast_connections_refused_total{{reason=\"max_clients\"}} {}\n\
-         walcast_connections_refused_total{{reason=\"upgrade_rate\"}} {}",
-        g(&c.refused_total),
-        g(&c.refused_address),
-        g(&c.refused_handshakes),
-        g(&c.refused_clients),
-        g(&c.refused_upgrade_rate),
-    );
-    let _ = writeln!(
-        s,
-        "# HELP walcast_accept_errors_total Failed accepts: out of descriptors or memory (the loop pauses), or one connection's error.\n\
-         # TYPE walcast_accept_errors_total counter\n\
-         walcast_accept_errors_total{{kind=\"resources\"}} {}\n\
-         walcast_accept_errors_total{{kind=\"other\"}} {}",
-        g(&c.accept_errors_resources),
-        g(&c.accept_errors_other),
-    );
-    let _ = writeln!(
-        s,
-        "# HELP walcast_connections_timed_out_total Connections cut off for being too slow, by phase.\n\
-         # TYPE walcast_connections_timed_out_total counter\n\
-         walcast_connections_timed_out_total{{phase=\"header\"}} {}\n\
-         walcast_connections_timed_out_total{{phase=\"body\"}} {}\n\
-         walcast_connections_timed_out_total{{phase=\"handshake\"}} {}",
-        g(&c.timed_out_header),
-        g(&c.timed_out_body),
-        g(&c.timed_out_handshake),
-    );
+fn connection_families(c: &ConnectionMetrics) -> Vec<Family> {
+    let refused = [
+        ("max_connections", &c.refused_total),
+        ("per_address", &c.refused_address),
+        ("handshakes", &c.refused_handshakes),
+        ("max_clients", &c.refused_clients),
+        ("upgrade_rate", &c.refused_upgrade_rate),
+    ];
+    let accept_errors = [
+        ("resources", &c.accept_errors_resources),
+        ("other", &c.accept_errors_other),
+    ];
+    let timed_out = [
+        ("header", &c.timed_out_header),
+        ("body", &c.timed_out_body),
+        ("handshake", &c.timed_out_handshake),
+    ];
+    let count = |v: &AtomicUsize| v.load(Ordering::Relaxed) as u64;
+    vec![
+        gauge("walcast_connections_open", "Open client connections (HTTP, and the websockets they became).", count(&c.open)),
+        gauge("walcast_connections_max", "The cap on open connections (--max-connections).", load(&c.max)),
+        gauge("walcast_websocket_handshakes", "Websocket handshakes in flight (upgrades being checked, subscriptions not yet sent).", count(&c.handshakes)),
+        gauge("walcast_descriptor_limit", "The process's soft limit on open files, after raising it to the hard limit.", load(&c.descriptor_limit)),
+        counter("walcast_log_lines_suppressed_total", "Repeated log lines left out (each call site logs at most once per 10 s, with a count).", load(&crate::throttle::SUPPRESSED)),
+        by(COUNTER, "walcast_connections_refused_total", "Connections closed at once and upgrades answered 503 or 429, by the cap that was full.", "reason", &refused),
+        by(COUNTER, "walcast_accept_errors_total", "Failed accepts: out of descriptors or memory (the loop pauses), or one connection's error.", "kind", &accept_errors),
+        by(COUNTER, "walcast_connections_timed_out_total", "Connections cut off for being too slow, by phase.", "phase", &timed_out),
+    ]
 }
 
 /// Lag buckets of `walcast_clients_by_lag`: (label, lowest lag in it).
@@ -551,79 +548,36 @@ const LAG_BUCKETS: [(&str, u64); 4] = [
     ("100000+", 100_000),
 ];
 
-fn render_log(s: &mut String, log: &LogReport) {
+fn log_families(log: &LogReport) -> Vec<Family> {
     let st = &log.stats;
-    let mut gauge =
-        |name: &str, kind: &str, help: &str, value: u64| metric(s, name, kind, help, value);
-    gauge(
-        "walcast_buffer_bytes",
-        "gauge",
-        "Bytes the change log holds (JSON plus per-change and match-list overhead).",
-        st.bytes as u64,
-    );
-    gauge(
-        "walcast_buffer_max_bytes",
-        "gauge",
-        "The change log's bound (--buffer-size).",
-        st.max_bytes as u64,
-    );
-    gauge(
-        "walcast_buffer_changes",
-        "gauge",
-        "Changes the change log holds.",
-        st.changes as u64,
-    );
-    gauge(
-        "walcast_buffer_evicted_total",
-        "counter",
-        "Changes dropped from the change log to stay within its bound.",
-        st.evicted,
-    );
-    gauge(
-        "walcast_buffer_oldest_commit_lsn",
-        "gauge",
-        "Commit LSN (as a number) of the oldest change the log holds; 0 when empty.",
-        st.oldest.map(|p| p.commit.0).unwrap_or(0),
-    );
-    gauge(
-        "walcast_match_groups",
-        "gauge",
-        "Distinct queries of connected clients (clients with the same query share a match list).",
-        log.groups as u64,
-    );
-    gauge(
-        "walcast_match_deferred_total",
-        "counter",
-        "Matches too costly for the shared reader, evaluated by the clients' own tasks instead.",
-        log.match_deferred,
-    );
-    gauge(
-        "walcast_match_throttled_total",
-        "counter",
-        "Times a live client waited because it used its matching time (--match-budget-ms).",
-        log.match_throttled,
-    );
-    gauge(
-        "walcast_slowest_client_changes_waiting",
-        "gauge",
-        "Changes waiting for the slowest live client.",
-        log.waiting.iter().copied().max().unwrap_or(0),
-    );
-    let _ = writeln!(
-        s,
-        "# HELP walcast_clients_by_lag Live clients by changes waiting for them.\n\
-         # TYPE walcast_clients_by_lag gauge"
-    );
-    for (i, (label, low)) in LAG_BUCKETS.iter().enumerate() {
-        let high = LAG_BUCKETS.get(i + 1).map(|b| b.1).unwrap_or(u64::MAX);
-        let n = log
-            .waiting
-            .iter()
-            .filter(|w| **w >= *low && **w < high)
-            .count();
-        let _ = writeln!(
-            s,
-            "walcast_clients_by_lag{{changes_waiting=\"{label}\"}} {n}"
-        );
-    }
+    let by_lag = LAG_BUCKETS
+        .iter()
+        .enumerate()
+        .map(|(i, (label, low))| {
+            let high = LAG_BUCKETS.get(i + 1).map(|b| b.1).unwrap_or(u64::MAX);
+            let n = log
+                .waiting
+                .iter()
+                .filter(|w| **w >= *low && **w < high)
+                .count();
+            ((*label).to_owned(), n as u64)
+        })
+        .collect();
+    vec![
+        gauge("walcast_buffer_bytes", "Bytes the change log holds (JSON plus per-change and match-list overhead).", st.bytes as u64),
+        gauge("walcast_buffer_max_bytes", "The change log's bound (--buffer-size).", st.max_bytes as u64),
+        gauge("walcast_buffer_changes", "Changes the change log holds.", st.changes as u64),
+        counter("walcast_buffer_evicted_total", "Changes dropped from the change log to stay within its bound.", st.evicted),
+        gauge("walcast_buffer_oldest_commit_lsn", "Commit LSN (as a number) of the oldest change the log holds; 0 when empty.", st.oldest.map(|p| p.commit.0).unwrap_or(0)),
+        gauge("walcast_match_groups", "Distinct queries of connected clients (clients with the same query share a match list).", log.groups as u64),
+        counter("walcast_match_deferred_total", "Matches too costly for the shared reader, evaluated by the clients' own tasks instead.", log.match_deferred),
+        counter("walcast_match_throttled_total", "Times a live client waited because it used its matching time (--match-budget-ms).", log.match_throttled),
+        gauge("walcast_slowest_client_changes_waiting", "Changes waiting for the slowest live client.", log.waiting.iter().copied().max().unwrap_or(0)),
+        Family {
+            name: "walcast_clients_by_lag",
+            kind: GAUGE,
+            help: "Live clients by changes waiting for them.",
+            values: Values::By("changes_waiting", by_lag),
+        },
+    ]
 }

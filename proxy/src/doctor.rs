@@ -5,6 +5,7 @@
 use crate::replication::ReplicationClient;
 use crate::sql::SqlPool;
 use std::time::Duration;
+use tokio_postgres::{Client, Row};
 
 /// How a check came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,153 +50,194 @@ fn judge(
 
 /// Runs every check against `config`.
 pub async fn run(config: &crate::database::Database) -> Vec<Check> {
-    let mut out = Vec::new();
     let pool = SqlPool::new(config.clone(), 1);
     let client = match pool.get().await {
         Ok(c) => c,
         Err(e) => {
-            out.push(check(
+            return vec![check(
                 Status::Fix,
                 "connection",
                 format!(
                     "{e}; check the URL (host, port, user, password, database) and pg_hba.conf"
                 ),
-            ));
-            return out;
+            )]
         }
     };
-    let q = |sql: &'static str| {
-        let c = &client;
-        async move {
-            c.query_one(sql, &[]).await.map_err(|e| {
-                e.as_db_error()
-                    .map(|d| d.message().to_owned())
-                    .unwrap_or_else(|| e.to_string())
-            })
-        }
-    };
-    match q(
+    let mut out = server(&client).await;
+    out.push(wal_level(&client).await);
+    out.push(privilege(&client).await);
+    out.extend(capacity(&client).await);
+    out.extend(plugin_allowed(&client).await);
+    out.push(plugin_check(config).await);
+    out.push(extension(&client).await);
+    out.push(keep_size(&client).await);
+    out.extend(slots(&client).await);
+    out
+}
+
+/// One row of `sql`, or the server's message.
+async fn one(client: &Client, sql: &str) -> Result<Row, String> {
+    client.query_one(sql, &[]).await.map_err(|e| {
+        e.as_db_error()
+            .map(|d| d.message().to_owned())
+            .unwrap_or_else(|| e.to_string())
+    })
+}
+
+/// Who is connected to what, the server's version and the encoding.
+async fn server(client: &Client) -> Vec<Check> {
+    let r = match one(
+        client,
         "SELECT current_setting('server_version_num')::int, current_setting('server_version'), \
              current_user::text, current_database()::text, pg_encoding_to_char(encoding)::text \
              FROM pg_database WHERE datname = current_database()",
     )
     .await
     {
-        Ok(r) => {
-            let (num, version, user, db, enc): (i32, String, String, String, String) =
-                (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
-            out.push(check(
-                Status::Ok,
-                "connection",
-                format!("{user}@{db}, PostgreSQL {version}"),
-            ));
-            let advice = format!("{version}: walcast needs PostgreSQL 13 or later");
-            out.push(judge(
-                num >= 130000,
-                Status::Fix,
-                "server version",
-                version,
-                advice,
-            ));
-            let advice = format!("{enc}: walcast streams UTF8 databases only (JSON is UTF-8)");
-            out.push(judge(
-                enc == "UTF8",
-                Status::Fix,
-                "database encoding",
-                enc,
-                advice,
-            ));
-        }
-        Err(e) => out.push(check(Status::Fix, "connection", e)),
-    }
-    match q("SELECT current_setting('wal_level')").await {
+        Ok(r) => r,
+        Err(e) => return vec![check(Status::Fix, "connection", e)],
+    };
+    let (num, version, user, db, enc): (i32, String, String, String, String) =
+        (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+    let too_old = format!("{version}: walcast needs PostgreSQL 13 or later");
+    let not_utf8 = format!("{enc}: walcast streams UTF8 databases only (JSON is UTF-8)");
+    vec![
+        check(
+            Status::Ok,
+            "connection",
+            format!("{user}@{db}, PostgreSQL {version}"),
+        ),
+        judge(
+            num >= 130000,
+            Status::Fix,
+            "server version",
+            version,
+            too_old,
+        ),
+        judge(
+            enc == "UTF8",
+            Status::Fix,
+            "database encoding",
+            enc,
+            not_utf8,
+        ),
+    ]
+}
+
+async fn wal_level(client: &Client) -> Check {
+    match one(client, "SELECT current_setting('wal_level')").await {
         Ok(r) => {
             let v: String = r.get(0);
             let advice =
                 format!("{v}: run ALTER SYSTEM SET wal_level = logical; and restart PostgreSQL");
-            out.push(judge(v == "logical", Status::Fix, "wal_level", v, advice));
+            judge(v == "logical", Status::Fix, "wal_level", v, advice)
         }
-        Err(e) => out.push(check(Status::Fix, "wal_level", e)),
+        Err(e) => check(Status::Fix, "wal_level", e),
     }
-    match q("SELECT rolsuper OR rolreplication FROM pg_roles WHERE rolname = current_user").await {
-        Ok(r) if r.get::<_, bool>(0) => out.push(check(Status::Ok, "replication privilege", "yes")),
-        Ok(_) => out.push(check(
+}
+
+async fn privilege(client: &Client) -> Check {
+    match one(client, "SELECT rolsuper OR rolreplication FROM pg_roles WHERE rolname = current_user").await {
+        Ok(r) if r.get::<_, bool>(0) => check(Status::Ok, "replication privilege", "yes"),
+        Ok(_) => check(
             Status::Fix,
             "replication privilege",
             "this role cannot stream: run ALTER ROLE <role> REPLICATION; as a superuser (and allow it a replication line in pg_hba.conf)",
-        )),
-        Err(e) => out.push(check(Status::Fix, "replication privilege", e)),
+        ),
+        Err(e) => check(Status::Fix, "replication privilege", e),
     }
-    match q("SELECT current_setting('max_replication_slots')::int, \
+}
+
+/// Free replication slots and WAL senders.
+async fn capacity(client: &Client) -> Vec<Check> {
+    let r = match one(
+        client,
+        "SELECT current_setting('max_replication_slots')::int, \
              (SELECT count(*)::int FROM pg_replication_slots), \
              current_setting('max_wal_senders')::int, \
-             (SELECT count(*)::int FROM pg_stat_replication)")
+             (SELECT count(*)::int FROM pg_stat_replication)",
+    )
     .await
     {
-        Ok(r) => {
-            let (slots, used, senders, busy): (i32, i32, i32, i32) =
-                (r.get(0), r.get(1), r.get(2), r.get(3));
-            out.push(judge(
-                used < slots,
-                Status::Fix,
-                "replication slots",
-                format!("{} of {slots} free", slots - used),
-                format!("all {slots} in use: drop unused slots or raise max_replication_slots (restart)"),
-            ));
-            out.push(judge(
-                busy < senders,
-                Status::Fix,
-                "WAL senders",
-                format!("{} of {senders} free", senders - busy),
-                format!("all {senders} busy: raise max_wal_senders (restart)"),
-            ));
-        }
-        Err(e) => out.push(check(Status::Fix, "replication slots", e)),
-    }
-    if let Ok(r) = q(
+        Ok(r) => r,
+        Err(e) => return vec![check(Status::Fix, "replication slots", e)],
+    };
+    let (slots, used, senders, busy): (i32, i32, i32, i32) =
+        (r.get(0), r.get(1), r.get(2), r.get(3));
+    vec![
+        judge(
+            used < slots,
+            Status::Fix,
+            "replication slots",
+            format!("{} of {slots} free", slots - used),
+            format!(
+                "all {slots} in use: drop unused slots or raise max_replication_slots (restart)"
+            ),
+        ),
+        judge(
+            busy < senders,
+            Status::Fix,
+            "WAL senders",
+            format!("{} of {senders} free", senders - busy),
+            format!("all {senders} busy: raise max_wal_senders (restart)"),
+        ),
+    ]
+}
+
+/// `output_plugin_libraries`, on servers that have it.
+async fn plugin_allowed(client: &Client) -> Option<Check> {
+    let r = one(
+        client,
         "SELECT setting FROM pg_settings WHERE name = 'output_plugin_libraries' \
                       UNION ALL SELECT NULL LIMIT 1",
     )
     .await
-    {
-        if let Some(v) = r.get::<_, Option<String>>(0) {
-            let allowed = v
-                .split(',')
-                .any(|p| p.trim().trim_matches('"') == "walcast");
-            let advice = format!("{v}: walcast is not allowed; run ALTER SYSTEM SET output_plugin_libraries = 'pgoutput', 'test_decoding', 'walcast'; then restart");
-            out.push(judge(
-                allowed,
-                Status::Fix,
-                "output_plugin_libraries",
-                v,
-                advice,
-            ));
-        }
-    }
-    out.push(plugin_check(config).await);
-    match q("SELECT count(*)::int FROM pg_extension WHERE extname = 'walcast'").await {
-        Ok(r) if r.get::<_, i32>(0) == 1 => out.push(check(Status::Ok, "extension", "walcast is installed in this database")),
-        Ok(_) => out.push(check(
+    .ok()?;
+    let v = r.get::<_, Option<String>>(0)?;
+    let allowed = v
+        .split(',')
+        .any(|p| p.trim().trim_matches('"') == "walcast");
+    let advice = format!("{v}: walcast is not allowed; run ALTER SYSTEM SET output_plugin_libraries = 'pgoutput', 'test_decoding', 'walcast'; then restart");
+    Some(judge(
+        allowed,
+        Status::Fix,
+        "output_plugin_libraries",
+        v,
+        advice,
+    ))
+}
+
+async fn extension(client: &Client) -> Check {
+    match one(client, "SELECT count(*)::int FROM pg_extension WHERE extname = 'walcast'").await {
+        Ok(r) if r.get::<_, i32>(0) == 1 => check(Status::Ok, "extension", "walcast is installed in this database"),
+        Ok(_) => check(
             Status::Warn,
             "extension",
             "not installed in this database: streaming works, but DDL capture, walcast.doctor() and per-stream table lists need CREATE EXTENSION walcast",
-        )),
-        Err(e) => out.push(check(Status::Warn, "extension", e)),
+        ),
+        Err(e) => check(Status::Warn, "extension", e),
     }
-    match q("SELECT current_setting('max_slot_wal_keep_size')").await {
+}
+
+async fn keep_size(client: &Client) -> Check {
+    match one(client, "SELECT current_setting('max_slot_wal_keep_size')").await {
         Ok(r) => {
             let v: String = r.get(0);
-            out.push(judge(
+            judge(
                 v != "-1",
                 Status::Warn,
                 "max_slot_wal_keep_size",
                 v,
                 "unlimited: a slot nobody reads keeps all WAL; consider ALTER SYSTEM SET max_slot_wal_keep_size = '10GB'",
-            ));
+            )
         }
-        Err(e) => out.push(check(Status::Warn, "max_slot_wal_keep_size", e)),
+        Err(e) => check(Status::Warn, "max_slot_wal_keep_size", e),
     }
-    if let Ok(rows) = client
+}
+
+/// Each walcast slot: one nobody reads that holds much WAL is worth a look.
+async fn slots(client: &Client) -> Vec<Check> {
+    let Ok(rows) = client
         .query(
             "SELECT slot_name::text, active, \
              pg_size_pretty(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)), \
@@ -205,22 +247,23 @@ pub async fn run(config: &crate::database::Database) -> Vec<Check> {
             &[],
         )
         .await
-    {
-        for r in rows {
+    else {
+        return Vec::new();
+    };
+    rows.iter()
+        .map(|r| {
             let (name, active, behind, far): (String, bool, String, bool) =
                 (r.get(0), r.get(1), r.get(2), r.get(3));
-            let item = format!("slot {name}");
             let state = if active { "active" } else { "inactive" };
-            out.push(judge(
+            judge(
                 active || !far,
                 Status::Warn,
-                &item,
+                &format!("slot {name}"),
                 format!("{state}, {behind} behind"),
                 format!("inactive and holding {behind} of WAL: resume its consumer or drop it"),
-            ));
-        }
-    }
-    out
+            )
+        })
+        .collect()
 }
 
 /// Creates (and drops, by disconnecting) a temporary walcast slot: proves

@@ -180,59 +180,12 @@ pub(crate) async fn run(
     let mut plan = plan;
     let (cursor, filter) = match start {
         Start::Ready(c, f) => (*c, f.map(|f| *f)),
-        Start::FirstFrame => match Box::pin(first_frame(&mut ws, &ctx)).await {
-            Ok(first) => {
-                let filter = match first.filter {
-                    None => None,
-                    Some((id, config)) => match delivery::open_filter(&ctx.filters, &id, config) {
-                        Ok(f) => Some(f),
-                        Err(e) => {
-                            Box::pin(error_close(&mut ws, e)).await;
-                            return;
-                        }
-                    },
-                };
-                let query = match first.query {
-                    None => None,
-                    Some(q) => {
-                        let tables = ctx.tables.as_deref().map(|t| t.as_slice());
-                        match auth::admit_query(&ctx.catalog, tables, access.grant(), q).await {
-                            Ok(q) => Some(q),
-                            Err(e) => {
-                                Box::pin(error_close(&mut ws, auth::refusal(&e))).await;
-                                return;
-                            }
-                        }
-                    }
-                };
-                if first.snapshot {
-                    if let Some(q) = &query {
-                        match backfill::driver::plan_for(&ctx.catalog, q).await {
-                            Ok(p) => plan = Some(p),
-                            Err(message) => {
-                                Box::pin(error_close(
-                                    &mut ws,
-                                    Refusal::invalid(message).code("SNAPSHOT_REFUSED"),
-                                ))
-                                .await;
-                                return;
-                            }
-                        }
-                    }
-                }
-                match ctx.hub.subscribe(query, first.after) {
-                    Ok(c) => (c, filter),
-                    Err(e) => {
-                        Box::pin(refused(&mut ws, e)).await;
-                        return;
-                    }
-                }
+        Start::FirstFrame => {
+            match Box::pin(subscribe_first(&mut ws, &ctx, &access, &mut plan)).await {
+                Some(subscribed) => subscribed,
+                None => return,
             }
-            Err(reason) => {
-                Box::pin(close(&mut ws, CloseCode::Policy, &reason)).await;
-                return;
-            }
-        },
+        }
     };
     drop(handshake);
     let view = match Box::pin(view_for(&cursor, &ctx)).await {
@@ -267,21 +220,83 @@ pub(crate) async fn run(
         &mut watch,
     )
     .await;
+    Box::pin(finish(&mut ws, end, &watch, &ctx.metrics)).await;
+}
+
+/// A subscription from the client's first frame: its filter opened, its
+/// query admitted for the user, its snapshot planned. `None` when it was
+/// refused (the client has the error and the close).
+async fn subscribe_first(
+    ws: &mut Ws,
+    ctx: &Context,
+    access: &auth::Access,
+    plan: &mut Option<backfill::driver::Plan>,
+) -> Option<(Cursor, Option<FilterInstance>)> {
+    let first = match first_frame(ws, ctx).await {
+        Ok(first) => first,
+        Err(reason) => {
+            close(ws, CloseCode::Policy, &reason).await;
+            return None;
+        }
+    };
+    let filter = match first.filter {
+        None => None,
+        Some((id, config)) => match delivery::open_filter(&ctx.filters, &id, config) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                error_close(ws, e).await;
+                return None;
+            }
+        },
+    };
+    let query = match first.query {
+        None => None,
+        Some(q) => {
+            let tables = ctx.tables.as_deref().map(|t| t.as_slice());
+            match auth::admit_query(&ctx.catalog, tables, access.grant(), q).await {
+                Ok(q) => Some(q),
+                Err(e) => {
+                    error_close(ws, auth::refusal(&e)).await;
+                    return None;
+                }
+            }
+        }
+    };
+    if let (true, Some(q)) = (first.snapshot, &query) {
+        match backfill::driver::plan_for(&ctx.catalog, q).await {
+            Ok(p) => *plan = Some(p),
+            Err(message) => {
+                error_close(ws, Refusal::invalid(message).code("SNAPSHOT_REFUSED")).await;
+                return None;
+            }
+        }
+    }
+    match ctx.hub.subscribe(query, first.after) {
+        Ok(c) => Some((c, filter)),
+        Err(e) => {
+            refused(ws, e).await;
+            None
+        }
+    }
+}
+
+/// Closes the websocket as `end` says, counting why the server closed it.
+async fn finish(ws: &mut Ws, end: End, watch: &Watch, metrics: &Metrics) {
     match end {
         End::Gone => {}
-        End::Close(code, reason) => Box::pin(close(&mut ws, code, &reason)).await,
+        End::Close(code, reason) => close(ws, code, &reason).await,
         End::Expired => {
-            ctx.metrics.count_close(CloseReason::TokenExpired);
-            Box::pin(close(&mut ws, CloseCode::Policy, "token expired")).await;
+            metrics.count_close(CloseReason::TokenExpired);
+            close(ws, CloseCode::Policy, "token expired").await;
         }
         End::Stalled => {
-            ctx.metrics.count_close(CloseReason::Stalled);
+            metrics.count_close(CloseReason::Stalled);
             let reason = format!("{}; reconnect with after", watch.stalled_reason());
-            Box::pin(close(&mut ws, CloseCode::Again, &reason)).await;
+            close(ws, CloseCode::Again, &reason).await;
         }
         End::Silent => {
-            ctx.metrics.count_close(CloseReason::PingTimeout);
-            Box::pin(close(&mut ws, CloseCode::Away, &watch.silent_reason())).await;
+            metrics.count_close(CloseReason::PingTimeout);
+            close(ws, CloseCode::Away, &watch.silent_reason()).await;
         }
     }
 }
@@ -320,6 +335,48 @@ struct Decide {
     view: Option<View>,
 }
 
+impl Decide {
+    fn judge<'a>(&'a mut self, verdicts: &'a mut Vec<Verdict>, metrics: &'a Metrics) -> Judge<'a> {
+        Judge {
+            filter: self.filter.as_mut(),
+            view: self.view.as_mut(),
+            verdicts,
+            metrics,
+        }
+    }
+}
+
+/// Where the burst may be written up to.
+enum Placement {
+    /// All of it, or up to the place of a backfill chunk not read yet.
+    Upto(usize),
+    /// Its first entries, then the chunk read for this place.
+    Chunk(usize),
+}
+
+/// A backfill's chunk goes where its high watermark is: after the entries
+/// before it, before the ones after it. Until its rows are here, nothing
+/// after it is sent.
+fn placement(
+    events: Option<&backfill::driver::Handle>,
+    pending: Option<&backfill::Ready>,
+    burst: &[Entry],
+    cursor: &Cursor,
+) -> Placement {
+    let Some(place) = events.and_then(|h| h.places.next()) else {
+        return Placement::Upto(burst.len());
+    };
+    let cut = burst.partition_point(|e| e.pos < place.pos);
+    let due = cut < burst.len() || cursor.next_seq() >= place.seq;
+    match pending {
+        Some(ready) if due => {
+            debug_assert_eq!(ready.chunk, place.chunk);
+            Placement::Chunk(cut)
+        }
+        _ => Placement::Upto(cut),
+    }
+}
+
 async fn serve(
     ws: &mut Ws,
     mut cursor: Cursor,
@@ -329,10 +386,7 @@ async fn serve(
     mut events: Option<backfill::driver::Handle>,
     watch: &mut Watch,
 ) -> End {
-    let Decide {
-        mut filter,
-        mut view,
-    } = decide;
+    let mut decide = decide;
     let metrics = &ctx.metrics;
     let shutdown = ctx.shutdown.clone();
     // Grown by the bursts that come, not reserved up front: idle clients
@@ -355,58 +409,30 @@ async fn serve(
         if burst.is_empty() {
             // Armed before reading, so a batch published meanwhile wakes it.
             notified.as_mut().enable();
-            match cursor.fill(MAX_BATCH, &mut burst) {
-                Ok(()) => {}
-                Err(Stop::FellBehind { behind_changes }) => {
-                    metrics.count_close(CloseReason::FellBehind);
-                    return End::Close(CloseCode::Again, fell_behind(&ctx.hub, behind_changes));
-                }
-                Err(Stop::Closed(reason)) => return End::Close(CloseCode::Error, reason),
-                Err(Stop::Lost(reason)) => {
-                    metrics.count_close(CloseReason::StreamGap);
-                    return End::Close(CloseCode::Again, reason);
-                }
+            if let Err(e) = fill(&mut cursor, &mut burst, ctx) {
+                return e;
             }
             if let Some(rules) = &limits {
                 burst.retain(|e| delivery::selects(None, Some(rules), &e.change));
             }
         }
-        // A backfill's chunk goes where its high watermark is: after the
-        // entries before it, before the ones after it. Until its rows are
-        // here, nothing after it is sent.
-        let place = events.as_ref().and_then(|h| h.places.next());
-        let mut writable = burst.len();
-        if let Some(place) = place {
-            let cut = burst.partition_point(|e| e.pos < place.pos);
-            let due = cut < burst.len() || cursor.next_seq() >= place.seq;
-            match &pending {
-                Some(ready) if due => {
-                    debug_assert_eq!(ready.chunk, place.chunk);
-                    let write = Box::pin(write_chunk(
-                        ws,
-                        &burst[..cut],
-                        ready,
-                        Judge {
-                            filter: filter.as_mut(),
-                            view: view.as_mut(),
-                            verdicts: &mut verdicts,
-                            metrics,
-                        },
-                        watch,
-                    ));
+        let writable = match placement(events.as_ref(), pending.as_ref(), &burst, &cursor) {
+            Placement::Upto(n) => n,
+            Placement::Chunk(cut) => {
+                if let Some(ready) = pending.take() {
+                    let judge = decide.judge(&mut verdicts, metrics);
+                    let write = Box::pin(write_chunk(ws, &burst[..cut], &ready, judge, watch));
                     if let Err(e) = write.await {
                         return e;
                     }
                     burst.drain(..cut);
-                    pending = None;
                     if let Some(h) = &events {
                         h.places.sent();
                     }
-                    continue;
                 }
-                _ => writable = cut,
+                continue;
             }
-        }
+        };
         let have = writable > 0;
         let expiry = access.deadline();
         // The cursor used its matching time: new changes cannot help until then.
@@ -416,38 +442,22 @@ async fn serve(
             _ = shutdown.cancelled() => {
                 return End::Close(CloseCode::Away, "server shutting down".into());
             }
-            msg = ws.next() => match msg {
-                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return End::Gone,
-                Some(Ok(Message::Text(t))) => {
-                    watch.heard();
-                    match access.on_frame(t.as_str()) {
-                        None => {}
-                        Some(Ok(reply)) => {
-                            if let Err(e) = Box::pin(within(watch, ws.send(Message::Text(reply.into())))).await {
-                                return e;
-                            }
-                        }
-                        Some(Err(reason)) => return End::Close(CloseCode::Policy, reason),
-                    }
+            msg = ws.next() => {
+                if let Err(e) = Box::pin(heard(ws, msg, access, watch)).await {
+                    return e;
                 }
-                // Any frame (a pong above all) shows the client is there.
-                Some(Ok(_)) => watch.heard(),
-            },
+            }
             _ = tokio::time::sleep_until(expiry.unwrap_or_else(tokio::time::Instant::now)), if expiry.is_some() => {
                 return End::Expired;
             }
-            _ = watch.tick() => match watch.on_tick() {
-                Ok(Due::Ping) => {
-                    if let Err(e) = Box::pin(within(watch, ws.send(Message::Ping(Default::default())))).await {
-                        return e;
-                    }
+            _ = watch.tick() => {
+                if let Err(e) = Box::pin(tick(ws, watch)).await {
+                    return e;
                 }
-                Ok(Due::Wait) => {}
-                Err(d) => return d.into(),
-            },
+            }
             _ = std::future::ready(()), if have => {
                 // Boxed: an idle client's task does not carry the writer's state.
-                let judge = Judge { filter: filter.as_mut(), view: view.as_mut(), verdicts: &mut verdicts, metrics };
+                let judge = decide.judge(&mut verdicts, metrics);
                 let write = Box::pin(write_burst(ws, &burst[..writable], judge, watch));
                 if let Err(e) = write.await {
                     return e;
@@ -464,6 +474,60 @@ async fn serve(
             _ = tokio::time::sleep_until(paused.unwrap_or_else(std::time::Instant::now).into()), if paused.is_some() => {}
             _ = &mut notified, if !have && paused.is_none() => {}
         }
+    }
+}
+
+/// The next changes from the cursor, or why the client must go.
+fn fill(cursor: &mut Cursor, burst: &mut Vec<Entry>, ctx: &Context) -> Result<(), End> {
+    let metrics = &ctx.metrics;
+    match cursor.fill(MAX_BATCH, burst) {
+        Ok(()) => Ok(()),
+        Err(Stop::FellBehind { behind_changes }) => {
+            metrics.count_close(CloseReason::FellBehind);
+            Err(End::Close(
+                CloseCode::Again,
+                fell_behind(&ctx.hub, behind_changes),
+            ))
+        }
+        Err(Stop::Closed(reason)) => Err(End::Close(CloseCode::Error, reason)),
+        Err(Stop::Lost(reason)) => {
+            metrics.count_close(CloseReason::StreamGap);
+            Err(End::Close(CloseCode::Again, reason))
+        }
+    }
+}
+
+/// A frame from the client: a token refresh answered, any frame (a pong
+/// above all) taken as a sign of life.
+async fn heard(
+    ws: &mut Ws,
+    msg: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+    access: &mut auth::Access,
+    watch: &mut Watch,
+) -> Result<(), End> {
+    let text = match msg {
+        None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Err(End::Gone),
+        Some(Ok(Message::Text(t))) => t,
+        Some(Ok(_)) => {
+            watch.heard();
+            return Ok(());
+        }
+    };
+    watch.heard();
+    match access.on_frame(text.as_str()) {
+        None => Ok(()),
+        Some(Ok(reply)) => within(watch, ws.send(Message::Text(reply.into()))).await,
+        Some(Err(reason)) => Err(End::Close(CloseCode::Policy, reason)),
+    }
+}
+
+/// The liveness clock: a ping when one is due, or the end of a client that
+/// shows no sign of life.
+async fn tick(ws: &mut Ws, watch: &mut Watch) -> Result<(), End> {
+    match watch.on_tick() {
+        Ok(Due::Ping) => within(watch, ws.send(Message::Ping(Default::default()))).await,
+        Ok(Due::Wait) => Ok(()),
+        Err(d) => Err(d.into()),
     }
 }
 

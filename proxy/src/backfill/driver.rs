@@ -205,7 +205,7 @@ async fn drive(
     let id = super::window::new_id();
     let (verdict_tx, verdicts) = mpsc::unbounded_channel();
     judged(judge, |w| w.add(id, spec, verdict_tx, places));
-    let mut watch = Watch {
+    let watch = Watch {
         judge: judge.clone(),
         id,
         verdicts,
@@ -213,79 +213,26 @@ async fn drive(
     let limit = shared.settings.chunk_rows.max(1);
     let estimate = chunk::estimated_rows(&*pool.get().await?, table).await;
     let chunks_estimated = estimate.div_ceil(limit as u64).max(1);
+    let mut reader = Reader {
+        pool,
+        shared,
+        plan,
+        watch,
+        limit,
+        name: format!("{}.{}", table.schema, table.name),
+        metrics,
+    };
     let mut from: From = plan.after.clone();
-    let name = format!("{}.{}", table.schema, table.name);
     let mut total = 0u64;
     let mut n = 0u32;
     loop {
         n += 1;
-        let mut attempt = 0u32;
-        let (read, keep, pos) = loop {
-            shared.pace(table.oid, limit).await;
-            judged(judge, |w| w.expect(id, n, attempt));
-            let mark = |edge| Mark {
-                id,
-                chunk: n,
-                attempt,
-                edge,
-            };
-            emit(pool, mark(Edge::Low)).await?;
-            let read = {
-                let mut conn = pool.get().await?;
-                chunk::read(&mut conn, table, &plan.filters, &from, limit)
-                    .await
-                    .map_err(|e| match e {
-                        ReadError::Value(m) => {
-                            format!("a value of the query does not fit its column: {m}")
-                        }
-                        ReadError::Failed(m) => format!("reading {name} failed: {m}"),
-                    })?
-            };
-            let keys = ChunkRead {
-                visibility: read.visibility.clone(),
-                keys: read.keys.clone(),
-                rows: read.rows.len(),
-            };
-            judged(judge, |w| w.read(id, n, attempt, keys));
-            emit(pool, mark(Edge::High)).await?;
-            let verdict = loop {
-                let Some(v) = watch.verdicts.recv().await else {
-                    return Err("the change stream stopped".into());
-                };
-                match &v {
-                    Verdict::Rows {
-                        chunk, attempt: a, ..
-                    }
-                    | Verdict::Retry {
-                        chunk, attempt: a, ..
-                    } if *chunk == n && *a == attempt => break v,
-                    _ => continue,
-                }
-            };
-            match verdict {
-                Verdict::Rows { keep, pos, .. } => break (read, keep, pos),
-                Verdict::Retry { reason, .. } => {
-                    metrics.backfill.retries.fetch_add(1, Ordering::Relaxed);
-                    attempt += 1;
-                    if attempt >= MAX_ATTEMPTS {
-                        return Err(format!(
-                            "chunk {n} of {name} could not be read consistently in {MAX_ATTEMPTS} attempts: {reason}"
-                        ));
-                    }
-                    tracing::debug!(chunk = n, attempt, "reading a chunk again: {reason}");
-                    tokio::time::sleep(Duration::from_millis(5 * u64::from(attempt))).await;
-                }
-            }
-        };
-        let mut rows = Vec::with_capacity(keep.len());
-        for i in keep {
-            let Some(text) = read.rows.get(i) else {
-                continue;
-            };
-            if let Some(entry) = read_event(table, text, &plan.filters, pos) {
-                rows.push(entry);
-            }
-        }
+        let (read, keep, pos) = reader.chunk(n, &from).await?;
+        let rows: Vec<_> = keep
+            .into_iter()
+            .filter_map(|i| read.rows.get(i))
+            .filter_map(|text| read_event(table, text, &plan.filters, pos))
+            .collect();
         total += rows.len() as u64;
         metrics.backfill.chunks.fetch_add(1, Ordering::Relaxed);
         metrics
@@ -296,7 +243,7 @@ async fn drive(
         let frame = serde_json::json!({
             "type": "snapshot",
             "state": if last { "done" } else { "running" },
-            "table": name,
+            "table": reader.name,
             "chunk": n,
             "chunks_estimated": chunks_estimated.max(u64::from(n)),
             "rows": total,
@@ -314,6 +261,98 @@ async fn drive(
         match read.next {
             Some(next) => from = next,
             None => return Ok(true),
+        }
+    }
+}
+
+/// Reads a backfill's chunks between watermarks, each until its window can
+/// be trusted.
+struct Reader<'a> {
+    pool: &'a SqlPool,
+    shared: &'a Shared,
+    plan: &'a Plan,
+    watch: Watch,
+    limit: usize,
+    /// `schema.table`.
+    name: String,
+    metrics: &'a Metrics,
+}
+
+impl Reader<'_> {
+    /// Chunk `n` from `from`: the read, which of its rows to send (the
+    /// others changed while it was read: the stream carries them), and the
+    /// stream position the rows take.
+    async fn chunk(
+        &mut self,
+        n: u32,
+        from: &From,
+    ) -> Result<(chunk::Chunk, Vec<usize>, walcast_format::Position), String> {
+        let (id, table) = (self.watch.id, &self.plan.table);
+        let mut attempt = 0u32;
+        loop {
+            self.shared.pace(table.oid, self.limit).await;
+            judged(&self.watch.judge, |w| w.expect(id, n, attempt));
+            let mark = |edge| Mark {
+                id,
+                chunk: n,
+                attempt,
+                edge,
+            };
+            emit(self.pool, mark(Edge::Low)).await?;
+            let read = {
+                let mut conn = self.pool.get().await?;
+                chunk::read(&mut conn, table, &self.plan.filters, from, self.limit)
+                    .await
+                    .map_err(|e| match e {
+                        ReadError::Value(m) => {
+                            format!("a value of the query does not fit its column: {m}")
+                        }
+                        ReadError::Failed(m) => format!("reading {} failed: {m}", self.name),
+                    })?
+            };
+            let keys = ChunkRead {
+                visibility: read.visibility.clone(),
+                keys: read.keys.clone(),
+                rows: read.rows.len(),
+            };
+            judged(&self.watch.judge, |w| w.read(id, n, attempt, keys));
+            emit(self.pool, mark(Edge::High)).await?;
+            match self.verdict(n, attempt).await? {
+                Verdict::Rows { keep, pos, .. } => return Ok((read, keep, pos)),
+                Verdict::Retry { reason, .. } => {
+                    self.metrics
+                        .backfill
+                        .retries
+                        .fetch_add(1, Ordering::Relaxed);
+                    attempt += 1;
+                    if attempt >= MAX_ATTEMPTS {
+                        return Err(format!(
+                            "chunk {n} of {} could not be read consistently in {MAX_ATTEMPTS} attempts: {reason}",
+                            self.name
+                        ));
+                    }
+                    tracing::debug!(chunk = n, attempt, "reading a chunk again: {reason}");
+                    tokio::time::sleep(Duration::from_millis(5 * u64::from(attempt))).await;
+                }
+            }
+        }
+    }
+
+    /// The verdict on attempt `attempt` of chunk `n` (older ones are stale).
+    async fn verdict(&mut self, n: u32, attempt: u32) -> Result<Verdict, String> {
+        loop {
+            let Some(v) = self.watch.verdicts.recv().await else {
+                return Err("the change stream stopped".into());
+            };
+            match &v {
+                Verdict::Rows {
+                    chunk, attempt: a, ..
+                }
+                | Verdict::Retry {
+                    chunk, attempt: a, ..
+                } if *chunk == n && *a == attempt => return Ok(v),
+                _ => continue,
+            }
         }
     }
 }

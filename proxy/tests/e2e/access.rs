@@ -640,6 +640,14 @@ fn without_allowed_origins_only_the_same_origin_may_use_a_proxy_with_tokens() {
 fn snapshots_inside_the_stream_read_only_a_users_rows() {
     let (mut db, proxy) = setup("access_snapshots", &[]);
     db.exec("INSERT INTO orders SELECT g, g % 2 + 1, 'old' FROM generate_series(1, 40) g");
+    // Read by the proxy before anyone subscribes: a subscription begins
+    // where the proxy's stream is, so rows it had not read yet would also
+    // come as inserts after the snapshot's.
+    proxy.wait_metric(
+        r#"walcast_changes_by_action_total{action="insert"}"#,
+        40,
+        WAIT,
+    );
     let token = |tenant: i64| {
         user(
             serde_json::json!({"tables": ["public.orders"], "row_filter": format!("tenant_id.eq.{tenant}")}),
@@ -720,6 +728,12 @@ fn a_tenant_s_live_view_hears_of_its_rows_leaving_and_nothing_of_others() {
     // No REPLICA IDENTITY FULL: deletes carry the key only.
     let (mut db, proxy) = setup("access_views", &[]);
     db.exec("INSERT INTO orders SELECT g, g % 2 + 1, 'old' FROM generate_series(1, 6) g");
+    // Read by the proxy before the snapshot starts (see above).
+    proxy.wait_metric(
+        r#"walcast_changes_by_action_total{action="insert"}"#,
+        6,
+        WAIT,
+    );
     let token = |tenant: i64| {
         user(
             serde_json::json!({"tables": ["public.orders"], "row_filter": format!("tenant_id.eq.{tenant}")}),

@@ -79,20 +79,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         None => source.slot(&args, &database)?,
     };
     let pool = SqlPool::new(database.clone(), 8);
-    let streams = Streams::new(
-        args.streams_config(tables.clone()),
-        database,
-        pool.clone(),
-        metrics.clone(),
-    );
-    // On an edge, durable streams are consumers of the JetStream stream.
-    let streams = Arc::new(match nats {
-        Some(js) => streams.on_jetstream(durable::jet::JetStreams::new(
-            js,
-            args.nats.nats_stream.clone(),
-        )),
-        None => streams,
-    });
+    let streams = durable_streams(&args, database, &pool, &metrics, nats, tables.clone());
     source.guard(&streams);
     let filters = Arc::new(
         Filters::new(
@@ -135,6 +122,31 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
     let _ = server.await;
     finish(&tasks).await;
     Ok(())
+}
+
+/// The durable streams: slots of this database, or, on an edge, consumers
+/// of the relay's JetStream stream.
+fn durable_streams(
+    args: &ServeArgs,
+    database: crate::database::Database,
+    pool: &SqlPool,
+    metrics: &Arc<Metrics>,
+    nats: Option<jetstream::Context>,
+    tables: Option<Vec<walcast_format::TablePattern>>,
+) -> Arc<Streams> {
+    let streams = Streams::new(
+        args.streams_config(tables),
+        database,
+        pool.clone(),
+        metrics.clone(),
+    );
+    Arc::new(match nats {
+        Some(js) => streams.on_jetstream(durable::jet::JetStreams::new(
+            js,
+            args.nats.nats_stream.clone(),
+        )),
+        None => streams,
+    })
 }
 
 /// Waits for every task: each connection answers its request in progress,

@@ -12,6 +12,7 @@
 //!                  what clients send: core/src/lib.rs)
 //!   live/hub.rs    each change stored once in the log (log.rs), its seq on
 //!                  the match list of every query group it matches
+//!   live/group.rs  the clients of one query and their match list
 //!   live/cursor.rs what a client has read: its next seq and its group
 //!   live/session.rs one websocket: bursts from its cursor, pings, stalls
 //!   liveness.rs    is a client still there: it reads (TCP_INFO), or answers

@@ -23,12 +23,30 @@
 //! if it waits long enough to fall out of the log, it is closed like any
 //! client that fell behind.
 
-use crate::live::hub::{listed, may_leave, Group, Hub, Listed};
-use crate::log::{Entry, Missing};
+use crate::live::group::{listed, may_leave, Group, Listed};
+use crate::log::{ChangeLog, Entry, Missing};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use walcast_format::Position;
+
+/// What a cursor reads and reports to: the hub (hub.rs), as its cursors
+/// see it.
+pub(crate) trait Source: Send + Sync {
+    fn log(&self) -> &ChangeLog;
+    /// Seq after the last change whose matches are all published.
+    fn published(&self) -> u64;
+    /// Matching time per second a cursor may use.
+    fn match_budget(&self) -> Duration;
+    /// Why the stream stopped for everyone, once it did.
+    fn closed_reason(&self) -> Option<String>;
+    /// Why cursor `cursor` must stop: the source lost changes it needed.
+    fn lost_for(&self, cursor: u64) -> Option<String>;
+    /// A cursor paused: its client used its matching time.
+    fn count_throttled(&self);
+    /// A cursor ends.
+    fn leave(&self, cursor: u64, group: Option<u64>);
+}
 
 /// Log entries a cursor evaluates itself per call at most.
 const SCAN_BUDGET: u64 = 4096;
@@ -110,7 +128,7 @@ pub enum Stop {
     },
     /// The stream stopped for everyone.
     Closed(String),
-    /// The source lost changes this client would have had ([`Hub::lost`]).
+    /// The source lost changes this client would have had (the hub's `lost`).
     Lost(String),
 }
 
@@ -155,7 +173,7 @@ impl CursorShared {
 
 /// One client's read position.
 pub struct Cursor {
-    hub: Hub,
+    hub: Box<dyn Source>,
     id: u64,
     group_id: Option<u64>,
     group: Arc<Group>,
@@ -173,7 +191,7 @@ pub struct Cursor {
 impl Cursor {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
-        hub: Hub,
+        hub: Box<dyn Source>,
         id: u64,
         group_id: Option<u64>,
         group: Arc<Group>,
@@ -241,10 +259,7 @@ impl Cursor {
             }
         }
         if self.clock.over_budget {
-            self.hub
-                .match_counters()
-                .throttled
-                .fetch_add(1, Ordering::Relaxed);
+            self.hub.count_throttled();
         }
         self.shared.next.store(self.next, Ordering::Relaxed);
         result.map_err(|Missing::Evicted { behind_changes }| Stop::FellBehind { behind_changes })

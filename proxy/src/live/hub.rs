@@ -16,7 +16,9 @@
 
 use crate::backfill::window::{is_mark, Windows};
 use crate::change::Change;
-use crate::live::cursor::{Cursor, CursorShared};
+use crate::live::cursor::{Cursor, CursorShared, Source};
+use crate::live::group::{leaves, listed, may_leave, Group, Listed, Matches};
+
 use crate::log::{ChangeLog, Resume};
 use crate::metrics::LogReport;
 use crate::query::{self, Query};
@@ -32,64 +34,6 @@ use walcast_format::Position;
 /// as *deferred*: the group's cursors evaluate it on their own tasks,
 /// within their time budget (`cursor.rs`), and the hub goes on.
 pub const HUB_MATCH_COST: usize = 64 << 10;
-
-/// How a change is on a group's list.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Listed {
-    /// The query matched it.
-    Matched,
-    /// Too costly for the hub: the cursor evaluates it.
-    Deferred,
-    /// The query did not match it, but it may remove a row a client of the
-    /// group holds (an update or delete of its table, `view.rs`).
-    Unmatched,
-}
-
-/// A group's match list: the seqs of the log entries its query matched.
-pub(crate) struct Matches {
-    /// Each match as `seq << 2 | how` (in seq order, see [`listed`]).
-    pub seqs: VecDeque<u64>,
-    /// The list holds every match from this seq on (the log's head when the
-    /// group was made); before it, cursors evaluate the query themselves.
-    pub complete_from: u64,
-    /// One past the newest seq trimmed from the list because the log
-    /// dropped it: a cursor before it missed a match.
-    pub lost_upto: u64,
-}
-
-impl Matches {
-    fn push(&mut self, seq: u64, how: Listed) {
-        let how = match how {
-            Listed::Matched => 0,
-            Listed::Deferred => 1,
-            Listed::Unmatched => 2,
-        };
-        self.seqs.push_back(seq << 2 | how);
-    }
-
-    /// The index of the first listed match at or after `seq`.
-    pub(crate) fn index_of(&self, seq: u64) -> usize {
-        self.seqs.partition_point(|s| s >> 2 < seq)
-    }
-}
-
-/// A listed change: its seq, and how it is on the list.
-pub(crate) fn listed(code: u64) -> (u64, Listed) {
-    let how = match code & 3 {
-        0 => Listed::Matched,
-        1 => Listed::Deferred,
-        _ => Listed::Unmatched,
-    };
-    (code >> 2, how)
-}
-
-/// Clients with the same query (or, with `query: None`, every row change).
-pub struct Group {
-    pub query: Option<Query>,
-    pub(crate) matches: Mutex<Matches>,
-    /// Woken once per batch that added to this group.
-    pub notify: Notify,
-}
 
 /// Where a group is indexed: under its table, or, when its query has
 /// an `eq` filter, under (table, column, value) so that a change only meets
@@ -153,19 +97,6 @@ fn number_key(s: &str) -> Option<EqKey> {
     // -0.0 and 0.0 are equal.
     let f = if f == 0.0 { 0.0 } else { f };
     Some(EqKey::Number(f.to_bits()))
-}
-
-/// Whether a group's clients keep views: the hub lists its table's updates
-/// and deletes for it even when its query does not match them.
-fn leaves(q: &Query) -> bool {
-    q.may_leave(query::RowAction::Update) || q.may_leave(query::RowAction::Delete)
-}
-
-/// Whether `c`, which `q` does not match, is listed for `q`'s clients all
-/// the same: an update or delete of its table that may remove a row they
-/// hold (`view.rs`).
-pub(crate) fn may_leave(q: &Query, c: &Change) -> bool {
-    c.row_action().is_some_and(|a| q.may_leave(a)) && q.matches_table(&c.schema, &c.table)
 }
 
 /// The index key of a query: its first `eq` filter whose operand is a value.
@@ -397,6 +328,40 @@ pub struct MatchCounters {
 #[derive(Clone)]
 pub struct Hub {
     inner: Arc<Inner>,
+}
+
+/// The hub as its cursors see it.
+impl Source for Hub {
+    fn log(&self) -> &ChangeLog {
+        &self.inner.log
+    }
+
+    fn published(&self) -> u64 {
+        Hub::published(self)
+    }
+
+    fn match_budget(&self) -> std::time::Duration {
+        Hub::match_budget(self)
+    }
+
+    fn closed_reason(&self) -> Option<String> {
+        Hub::closed_reason(self)
+    }
+
+    fn lost_for(&self, cursor: u64) -> Option<String> {
+        Hub::lost_for(self, cursor)
+    }
+
+    fn count_throttled(&self) {
+        self.inner
+            .counters
+            .throttled
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn leave(&self, cursor: u64, group: Option<u64>) {
+        Hub::leave(self, cursor, group)
+    }
 }
 
 /// Reusable buffers of the source's task.
@@ -635,7 +600,7 @@ impl Hub {
             c.insert(id, shared.clone());
         }
         Ok(Cursor::new(
-            self.clone(),
+            Box::new(self.clone()),
             id,
             group_id,
             group,

@@ -5,6 +5,7 @@
 //! reader / nats edge -> hub.rs     each change into the log (crate::log: stream
 //!                                  order, byte-bounded), its seq onto the match
 //!                                  list of every query group it matches
+//!                       group.rs   the clients of one query and their match list
 //!                       cursor.rs  one client's place: next seq, its group
 //!                       session.rs one websocket: bursts from the cursor through
 //!                                  the delivery rules, pings, stalls, snapshot chunks
@@ -13,6 +14,7 @@
 //! ```
 
 pub mod cursor;
+pub mod group;
 pub mod hub;
 pub mod session;
 pub mod view;

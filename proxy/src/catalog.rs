@@ -118,7 +118,8 @@ impl Catalog {
     pub async fn table_exists(&self, schema: Option<&str>, name: &str) -> Result<bool, String> {
         let key = (schema.map(str::to_owned), name.to_owned());
         let now = Instant::now();
-        if let Ok(known) = self.known.lock() {
+        {
+            let known = crate::locks::lock(&self.known);
             if known
                 .get(&key)
                 .is_some_and(|at| now.duration_since(*at) < KNOWN_FOR)
@@ -139,7 +140,8 @@ impl Catalog {
             .map_err(|e| format!("checking the table failed: {e}"))?;
         let exists: bool = row.get(0);
         if exists {
-            if let Ok(mut known) = self.known.lock() {
+            {
+                let mut known = crate::locks::lock(&self.known);
                 if known.len() >= MAX_KNOWN {
                     known.clear();
                 }

@@ -60,7 +60,8 @@ impl Health {
     }
 
     fn update(&self, f: impl FnOnce(&mut Inner)) {
-        if let Ok(mut i) = self.inner.lock() {
+        {
+            let mut i = crate::locks::lock(&self.inner);
             f(&mut i);
         }
     }
@@ -104,12 +105,7 @@ impl Health {
 
     /// The `/healthz` body and whether the proxy is healthy.
     pub fn report(&self, clients: usize) -> (bool, serde_json::Value) {
-        let i = self.inner.lock().map(|i| i.clone()).unwrap_or(Inner {
-            state: State::Failed,
-            last_error: Some("health record poisoned".into()),
-            confirmed: Lsn(0),
-            received: Lsn(0),
-        });
+        let i = crate::locks::lock(&self.inner).clone();
         let status = match i.state {
             State::Starting => "starting",
             State::Streaming => "ok",

@@ -52,7 +52,8 @@
 //! and seeded tests). Shared by the layers above them: `refusal.rs` (why a
 //! request is refused; `http/` turns it into a status), `ws.rs` (a client's
 //! websocket and its close), `sink.rs` (where a source hands its changes),
-//! `log.rs` (the change log). docs/architecture.md#layers has the rules;
+//! `log.rs` (the change log), `locks.rs` (a lock whose holder panicked is
+//! taken, and said so). docs/architecture.md#layers has the rules;
 //! `scripts/check-layers.py` checks them.
 
 pub mod app;
@@ -74,6 +75,7 @@ pub mod health;
 pub mod http;
 pub mod live;
 pub mod liveness;
+pub mod locks;
 pub mod log;
 pub mod metrics;
 pub mod nats;

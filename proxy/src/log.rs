@@ -139,7 +139,8 @@ impl ChangeLog {
     /// The stream starts (or restarts) at `floor`: every change positioned
     /// after it is still to come. Only ever moves forward.
     pub fn set_floor(&self, floor: Position) {
-        if let Ok(mut s) = self.state.write() {
+        {
+            let mut s = crate::locks::write(&self.state);
             if s.entries.is_empty() && s.floor.is_none_or(|f| f < floor) {
                 s.floor = Some(floor);
             }
@@ -150,7 +151,8 @@ impl ChangeLog {
     /// here were lost (the source could not deliver them): a client
     /// resuming from before `floor` is told they are gone. Only moves forward.
     pub fn raise_floor(&self, floor: Position) {
-        if let Ok(mut s) = self.state.write() {
+        {
+            let mut s = crate::locks::write(&self.state);
             if s.floor.is_none_or(|f| f < floor) {
                 s.floor = Some(floor);
             }
@@ -159,24 +161,20 @@ impl ChangeLog {
 
     /// The newest position appended.
     pub fn last_position(&self) -> Option<Position> {
-        self.state.read().ok().and_then(|s| s.last)
+        crate::locks::read(&self.state).last
     }
 
     /// Seq the next appended change gets.
     pub fn next_seq(&self) -> u64 {
-        self.state
-            .read()
-            .map(|s| s.first_seq + s.entries.len() as u64)
-            .unwrap_or(0)
+        let s = crate::locks::read(&self.state);
+        s.first_seq + s.entries.len() as u64
     }
 
     /// Appends changes (in stream order) with the number of match-list
     /// entries each got, then drops the oldest while over the bound.
     /// Returns the seq of the first appended change.
     pub fn append(&self, changes: impl Iterator<Item = (Arc<Change>, Position, usize)>) -> u64 {
-        let Ok(mut s) = self.state.write() else {
-            return 0;
-        };
+        let mut s = crate::locks::write(&self.state);
         let first = s.first_seq + s.entries.len() as u64;
         for (change, pos, matches) in changes {
             let cost = change.raw().len() + ENTRY_OVERHEAD + matches * MATCH_COST;
@@ -205,9 +203,7 @@ impl ChangeLog {
     /// Copies entries from `seq` on (at most `max`) into `out`; `Err` when
     /// `seq` was dropped. Returns the seq after the last one copied.
     pub fn read(&self, seq: u64, max: usize, out: &mut Vec<Entry>) -> Result<u64, Missing> {
-        let Ok(s) = self.state.read() else {
-            return Ok(seq);
-        };
+        let s = crate::locks::read(&self.state);
         let start = s.check(seq)?;
         let end = (start + max).min(s.entries.len());
         out.extend(s.entries.range(start..end).cloned());
@@ -221,9 +217,7 @@ impl ChangeLog {
         seqs: impl Iterator<Item = u64>,
         out: &mut Vec<Entry>,
     ) -> Result<(), Missing> {
-        let Ok(s) = self.state.read() else {
-            return Ok(());
-        };
+        let s = crate::locks::read(&self.state);
         for seq in seqs {
             let i = s.check(seq)?;
             match s.entries.get(i) {
@@ -236,9 +230,7 @@ impl ChangeLog {
 
     /// Where a client resuming after `after` starts.
     pub fn resume(&self, after: Position) -> Resume {
-        let Ok(s) = self.state.read() else {
-            return Resume::NotReady;
-        };
+        let s = crate::locks::read(&self.state);
         let Some(floor) = s.floor else {
             return Resume::NotReady;
         };
@@ -253,9 +245,7 @@ impl ChangeLog {
 
     /// Sizes and positions.
     pub fn stats(&self) -> LogStats {
-        let Ok(s) = self.state.read() else {
-            return LogStats::default();
-        };
+        let s = crate::locks::read(&self.state);
         LogStats {
             changes: s.entries.len(),
             bytes: s.bytes,

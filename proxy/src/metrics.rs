@@ -348,10 +348,7 @@ impl Metrics {
                 load(&self.streams_dropped_for_lag),
             ),
         ];
-        let lags = match self.stream_lag.lock() {
-            Ok(l) => l.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        };
+        let lags = crate::locks::lock(&self.stream_lag).clone();
         families.push(Family {
             name: "walcast_stream_lag_bytes",
             kind: GAUGE,

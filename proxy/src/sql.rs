@@ -41,7 +41,8 @@ impl Drop for Conn {
         // SAFETY: `drop` runs once and `self.client` is not used after this.
         let client = unsafe { ManuallyDrop::take(&mut self.client) };
         if !client.is_closed() {
-            if let Ok(mut idle) = self.idle.lock() {
+            {
+                let mut idle = crate::locks::lock(&self.idle);
                 idle.push(client);
             }
         }
@@ -72,7 +73,7 @@ impl SqlPool {
             .await
             .map_err(|_| "the connection pool is closed".to_owned())?;
         let reused = loop {
-            let c = self.idle.lock().ok().and_then(|mut idle| idle.pop());
+            let c = crate::locks::lock(&self.idle).pop();
             match c {
                 Some(c) if c.is_closed() => continue,
                 other => break other,

@@ -54,9 +54,7 @@ impl Shared {
             return;
         }
         let start = {
-            let Ok(mut next) = self.next_read.lock() else {
-                return;
-            };
+            let mut next = crate::locks::lock(&self.next_read);
             let now = Instant::now();
             let slot = next.entry(table).or_insert(now);
             let start = (*slot).max(now);
@@ -86,8 +84,8 @@ pub struct Plan {
 pub type Judge = Arc<Mutex<Windows>>;
 
 /// Runs `f` on the judge's windows.
-fn judged<T>(judge: &Judge, f: impl FnOnce(&mut Windows) -> T) -> Option<T> {
-    judge.lock().ok().map(|mut w| f(&mut w))
+fn judged<T>(judge: &Judge, f: impl FnOnce(&mut Windows) -> T) -> T {
+    f(&mut crate::locks::lock(judge))
 }
 
 /// A backfill's watch; dropped, its judge forgets it.

@@ -71,19 +71,21 @@ pub struct Places(Mutex<VecDeque<Place>>);
 
 impl Places {
     pub fn push(&self, place: Place) {
-        if let Ok(mut q) = self.0.lock() {
+        {
+            let mut q = crate::locks::lock(&self.0);
             q.push_back(place);
         }
     }
 
     /// The next chunk's place.
     pub fn next(&self) -> Option<Place> {
-        self.0.lock().ok().and_then(|q| q.front().copied())
+        crate::locks::lock(&self.0).front().copied()
     }
 
     /// The next chunk was sent.
     pub fn sent(&self) {
-        if let Ok(mut q) = self.0.lock() {
+        {
+            let mut q = crate::locks::lock(&self.0);
             q.pop_front();
         }
     }

@@ -101,7 +101,8 @@ impl Backfills {
     /// when a chunk's rows are due right after it.
     pub fn observe(&mut self, change: &Change) -> bool {
         let mut verdicts = Vec::new();
-        if let Ok(mut w) = self.windows.lock() {
+        {
+            let mut w = crate::locks::lock(&self.windows);
             if is_mark(change) {
                 w.mark(change, 0, &mut verdicts);
             } else if change.row_action().is_some() || change.action == Action::Commit {

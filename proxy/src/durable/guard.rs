@@ -60,7 +60,8 @@ pub async fn check_once(streams: &Streams) -> Result<(), String> {
             tracing::warn!(slot = %s.slot, lag, limit, "durable stream holds back more WAL than --max-slot-lag");
         }
     }
-    if let Ok(mut m) = streams.metrics.stream_lag.lock() {
+    {
+        let mut m = crate::locks::lock(&streams.metrics.stream_lag);
         *m = lags;
     }
     Ok(())

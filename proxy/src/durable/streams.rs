@@ -120,7 +120,8 @@ pub struct ConsumerGuard {
 
 impl Drop for ConsumerGuard {
     fn drop(&mut self) {
-        if let Ok(mut inner) = self.inner.lock() {
+        {
+            let mut inner = crate::locks::lock(&self.inner);
             if inner.consumers.get(&self.slot).map(|c| c.id) == Some(self.id) {
                 inner.consumers.remove(&self.slot);
             }
@@ -198,10 +199,8 @@ impl Streams {
         &self.database
     }
 
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Inner>, Refusal> {
-        self.inner
-            .lock()
-            .map_err(|_| Refusal::unavailable("internal state poisoned"))
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        crate::locks::lock(&self.inner)
     }
 
     /// Creates a stream: a permanent slot `walcast_<word><n>` with an
@@ -270,7 +269,7 @@ impl Streams {
         }
         if !export {
             drop(client);
-            self.lock()?.snapshots.insert(
+            self.lock().snapshots.insert(
                 created.name.clone(),
                 Snapshot::Ended {
                     reason: NOT_EXPORTED,
@@ -285,7 +284,7 @@ impl Streams {
         }
         let expires = SystemTime::now() + self.cfg.snapshot_ttl;
         let (release_tx, release_rx) = oneshot::channel::<()>();
-        self.lock()?.snapshots.insert(
+        self.lock().snapshots.insert(
             created.name.clone(),
             Snapshot::Held {
                 name: snapshot.clone(),
@@ -307,7 +306,8 @@ impl Streams {
             // Ended before the connection goes, so a page read from now on
             // is told why rather than what PostgreSQL says of a snapshot it
             // no longer has.
-            if let Ok(mut i) = inner.lock() {
+            {
+                let mut i = crate::locks::lock(&inner);
                 if let Some(s @ Snapshot::Held { .. }) = i.snapshots.get_mut(&slot) {
                     *s = Snapshot::Ended { reason };
                 }
@@ -416,7 +416,7 @@ impl Streams {
     /// The snapshot of `slot` if it is still readable (404: no stream; 410: ended).
     pub async fn snapshot_name(&self, slot: &str) -> Result<String, Refusal> {
         self.require(slot).await?;
-        match self.lock()?.snapshots.get(slot) {
+        match self.lock().snapshots.get(slot) {
             Some(Snapshot::Held { name, .. }) => Ok(name.clone()),
             Some(Snapshot::Ended { reason }) => Err(Refusal::new(
                 Kind::Gone,
@@ -434,9 +434,7 @@ impl Streams {
     /// began just before the time to live passed), else PostgreSQL's
     /// `detail`, recorded for the next request.
     pub fn snapshot_lost(&self, slot: &str, detail: &str) -> String {
-        let Ok(mut i) = self.inner.lock() else {
-            return detail.to_owned();
-        };
+        let mut i = crate::locks::lock(&self.inner);
         match i.snapshots.get(slot) {
             Some(Snapshot::Ended { reason }) => (*reason).to_owned(),
             _ => {
@@ -479,7 +477,7 @@ impl Streams {
     }
 
     fn try_claim(&self, slot: &str) -> Result<Option<ConsumerGuard>, Refusal> {
-        let mut inner = self.lock()?;
+        let mut inner = self.lock();
         if inner.consumers.contains_key(slot) {
             return Ok(None);
         }
@@ -512,7 +510,7 @@ impl Streams {
 
     /// Hands re-snapshots to the consumer of `slot` connected to this proxy.
     pub fn request_backfill(&self, slot: &str, plans: Vec<Plan>) -> Result<(), Refusal> {
-        let inner = self.lock()?;
+        let inner = self.lock();
         let Some(c) = inner.consumers.get(slot) else {
             return Err(Refusal::new(
                 Kind::InUse,
@@ -532,18 +530,15 @@ impl Streams {
 
     /// Whether `slot`'s exported snapshot is still held (being read).
     pub fn snapshot_held(&self, slot: &str) -> bool {
-        self.inner
-            .lock()
-            .map(|i| matches!(i.snapshots.get(slot), Some(Snapshot::Held { .. })))
-            .unwrap_or(false)
+        matches!(
+            crate::locks::lock(&self.inner).snapshots.get(slot),
+            Some(Snapshot::Held { .. })
+        )
     }
 
     /// Whether this proxy serves a consumer of `slot` now.
     pub fn has_consumer(&self, slot: &str) -> bool {
-        self.inner
-            .lock()
-            .map(|i| i.consumers.contains_key(slot))
-            .unwrap_or(false)
+        crate::locks::lock(&self.inner).consumers.contains_key(slot)
     }
 
     async fn metadata_table(&self) -> Result<bool, Refusal> {
@@ -624,7 +619,7 @@ impl Streams {
             None => jet.list().await?,
         };
         let tables = self.recorded_tables(only.is_none()).await?;
-        let inner = self.lock()?;
+        let inner = self.lock();
         Ok(found
             .into_iter()
             .map(|j| {
@@ -661,7 +656,7 @@ impl Streams {
             .map_err(|e| Refusal::unavailable(format!("listing slots failed: {e}")))?;
         drop(c);
         let tables = self.recorded_tables(only.is_none()).await?;
-        let inner = self.lock()?;
+        let inner = self.lock();
         let mut out = Vec::new();
         for r in rows {
             let slot: String = r.get(0);
@@ -726,7 +721,7 @@ impl Streams {
     pub async fn delete(&self, slot: &str, reason: &str) -> Result<(), Refusal> {
         let info = self.require(slot).await?;
         let ours = {
-            let mut inner = self.lock()?;
+            let mut inner = self.lock();
             if let Some(Snapshot::Held { release, .. }) = inner.snapshots.get_mut(slot) {
                 if let Some(r) = release.take() {
                     let _ = r.send(());
@@ -763,7 +758,8 @@ impl Streams {
                 Err(e) => return Err(e),
             }
         }
-        if let Ok(mut inner) = self.inner.lock() {
+        {
+            let mut inner = crate::locks::lock(&self.inner);
             inner.snapshots.remove(slot);
         }
         if self.metadata_table().await.unwrap_or(false) {

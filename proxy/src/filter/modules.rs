@@ -198,7 +198,7 @@ impl Filters {
 
     /// The module `id` (`sha256:<hex>`) if it was uploaded.
     pub fn get(&self, id: &str) -> Option<Arc<FilterModule>> {
-        let mut cache = self.cache.lock().ok()?;
+        let mut cache = crate::locks::lock(&self.cache);
         cache.tick += 1;
         let tick = cache.tick;
         let (slot, used) = cache.entries.get_mut(id)?;
@@ -226,10 +226,7 @@ impl Filters {
         }
         let id = format!("sha256:{}", hex(&Sha256::digest(&bytes)));
         let slot = {
-            let mut cache = self
-                .cache
-                .lock()
-                .map_err(|_| UploadError::new("INVALID_MODULE", "filter cache poisoned"))?;
+            let mut cache = crate::locks::lock(&self.cache);
             cache.tick += 1;
             let tick = cache.tick;
             if !cache.entries.contains_key(&id) && cache.entries.len() >= CACHE_ENTRIES {

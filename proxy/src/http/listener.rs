@@ -106,17 +106,14 @@ impl Connections {
             return Err(Refusal::Total);
         }
         if self.limits.max_per_address > 0 {
-            let admitted = match self.per_address.lock() {
-                Ok(mut map) => {
-                    let n = map.entry(addr).or_insert(0);
-                    let fits = *n < self.limits.max_per_address;
-                    if fits {
-                        *n += 1;
-                    }
-                    fits
+            let admitted = {
+                let mut map = crate::locks::lock(&self.per_address);
+                let n = map.entry(addr).or_insert(0);
+                let fits = *n < self.limits.max_per_address;
+                if fits {
+                    *n += 1;
                 }
-                // A panic while holding the map: admit, uncounted per address.
-                Err(_) => true,
+                fits
             };
             if !admitted {
                 c.open.fetch_sub(1, Ordering::Relaxed);
@@ -138,7 +135,8 @@ impl Connections {
             .open
             .fetch_add(1, Ordering::Relaxed);
         if self.limits.max_per_address > 0 {
-            if let Ok(mut map) = self.per_address.lock() {
+            {
+                let mut map = crate::locks::lock(&self.per_address);
                 *map.entry(addr).or_insert(0) += 1;
             }
         }
@@ -157,24 +155,21 @@ impl Connections {
             return true;
         }
         let now = Instant::now();
-        let allowed = match self.upgrades.lock() {
-            Ok(mut map) => {
-                if map.len() >= MAX_UPGRADE_BUCKETS {
-                    // Buckets idle for a second are full again: forget them.
-                    map.retain(|_, (_, at)| now.duration_since(*at) < Duration::from_secs(1));
-                }
-                let (tokens, at) = map.entry(addr).or_insert((rate, now));
-                *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * rate).min(rate);
-                *at = now;
-                if *tokens >= 1.0 {
-                    *tokens -= 1.0;
-                    true
-                } else {
-                    false
-                }
+        let allowed = {
+            let mut map = crate::locks::lock(&self.upgrades);
+            if map.len() >= MAX_UPGRADE_BUCKETS {
+                // Buckets idle for a second are full again: forget them.
+                map.retain(|_, (_, at)| now.duration_since(*at) < Duration::from_secs(1));
             }
-            // A panic while holding the map: allow.
-            Err(_) => true,
+            let (tokens, at) = map.entry(addr).or_insert((rate, now));
+            *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * rate).min(rate);
+            *at = now;
+            if *tokens >= 1.0 {
+                *tokens -= 1.0;
+                true
+            } else {
+                false
+            }
         };
         if !allowed {
             self.metrics
@@ -213,7 +208,8 @@ impl Drop for Slot {
             .open
             .fetch_sub(1, Ordering::Relaxed);
         if conns.limits.max_per_address > 0 {
-            if let Ok(mut map) = conns.per_address.lock() {
+            {
+                let mut map = crate::locks::lock(&conns.per_address);
                 if let Some(n) = map.get_mut(&self.addr) {
                     *n = n.saturating_sub(1);
                     if *n == 0 {
@@ -363,7 +359,7 @@ mod tests {
         assert_eq!(m.refused_address.load(Ordering::Relaxed), 1);
         drop((a2, a3, b1));
         assert_eq!(m.open.load(Ordering::Relaxed), 0);
-        assert!(c.per_address.lock().map(|m| m.is_empty()).unwrap_or(false));
+        assert!(crate::locks::lock(&c.per_address).is_empty());
     }
 
     #[test]

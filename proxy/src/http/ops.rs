@@ -83,7 +83,8 @@ pub async fn healthz(State(state): State<Arc<AppState>>) -> Resp {
         "descriptor_limit": c.descriptor_limit.load(Ordering::Relaxed),
         "descriptor_warning": state.descriptor_warning,
     });
-    if let Ok(lags) = state.metrics.stream_lag.lock() {
+    {
+        let lags = crate::locks::lock(&state.metrics.stream_lag);
         let over: Vec<&String> = lags
             .iter()
             .filter(|(_, (_, over))| *over)

@@ -31,7 +31,7 @@ pub async fn serve(
         let socket = ClientSocket(crate::liveness::Socket::of(&stream));
         let (state, app, stop) = (state.clone(), app.clone(), stop.clone());
         let tasks = state.tasks.clone();
-        match tls.as_ref().and_then(|t| t.acceptor()) {
+        match tls.as_ref().map(|t| t.acceptor()) {
             None => {
                 tasks.spawn(connection(
                     stream,

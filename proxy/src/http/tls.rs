@@ -31,15 +31,13 @@ impl Tls {
     /// Reads the files again; new connections use them from now on.
     pub fn reload(&self) -> Result<(), String> {
         let next = acceptor(&self.cert, &self.key)?;
-        if let Ok(mut current) = self.current.write() {
-            *current = next;
-        }
+        *crate::locks::write(&self.current) = next;
         Ok(())
     }
 
     /// The acceptor for a new connection.
-    pub fn acceptor(&self) -> Option<TlsAcceptor> {
-        self.current.read().ok().map(|a| a.clone())
+    pub fn acceptor(&self) -> TlsAcceptor {
+        crate::locks::read(&self.current).clone()
     }
 }
 

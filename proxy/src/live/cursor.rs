@@ -158,15 +158,10 @@ impl CursorShared {
         let scan_until = self.scan_until.load(Ordering::Relaxed);
         let scanning = scan_until.saturating_sub(next);
         let from = next.max(scan_until);
-        let listed = self
-            .group
-            .matches
-            .lock()
-            .map(|m| {
-                let i = m.index_of(from);
-                (m.seqs.len() - i) as u64
-            })
-            .unwrap_or(0);
+        let listed = {
+            let m = crate::locks::lock(&self.group.matches);
+            (m.seqs.len() - m.index_of(from)) as u64
+        };
         scanning + listed
     }
 }
@@ -313,9 +308,7 @@ impl Cursor {
         let published = self.hub.published();
         let room = max - (out.len() - start);
         {
-            let Ok(m) = self.group.matches.lock() else {
-                return Ok(());
-            };
+            let m = crate::locks::lock(&self.group.matches);
             if self.next < m.lost_upto {
                 return Err(Missing::Evicted {
                     behind_changes: published.saturating_sub(self.next),

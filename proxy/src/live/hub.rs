@@ -449,9 +449,7 @@ impl Hub {
         if batch.is_empty() {
             return;
         }
-        let Ok(index) = self.inner.index.read() else {
-            return;
-        };
+        let index = crate::locks::read(&self.inner.index);
         let PublishScratch {
             candidates,
             matched,
@@ -462,7 +460,8 @@ impl Hub {
         let mut batch = batch;
         // Backfills see every change in order; watermarks go no further.
         let mut verdicts = Vec::new();
-        if let Ok(mut w) = self.inner.windows.lock() {
+        {
+            let mut w = crate::locks::lock(&self.inner.windows);
             let mut seq = self.inner.log.next_seq();
             let mut marks = false;
             for change in &batch {
@@ -510,7 +509,8 @@ impl Hub {
         });
         let first = self.inner.log.append(entries);
         for (i, g, how) in matched.iter() {
-            if let Ok(mut m) = g.matches.lock() {
+            {
+                let mut m = crate::locks::lock(&g.matches);
                 m.push(first + *i as u64, *how);
             }
         }
@@ -547,7 +547,8 @@ impl Hub {
         }
         self.inner.swept_at.store(stats.evicted, Ordering::Relaxed);
         for (g, _, _) in index.groups.values() {
-            if let Ok(mut m) = g.matches.lock() {
+            {
+                let mut m = crate::locks::lock(&g.matches);
                 trim(&mut m, stats.first_seq);
             }
         }
@@ -568,9 +569,7 @@ impl Hub {
         if let Some(reason) = self.closed_reason() {
             return Err(SubscribeError::Closed(reason));
         }
-        let Ok(mut index) = self.inner.index.write() else {
-            return Err(SubscribeError::NotReady);
-        };
+        let mut index = crate::locks::write(&self.inner.index);
         // No batch is being published while the index is held for writing.
         let head = self.inner.log.next_seq();
         let start = match after {
@@ -589,14 +588,11 @@ impl Hub {
             None => (None, self.inner.all.clone()),
         };
         drop(index);
-        let scan_until = group
-            .matches
-            .lock()
-            .map(|m| m.complete_from.max(start))
-            .unwrap_or(start);
+        let scan_until = crate::locks::lock(&group.matches).complete_from.max(start);
         let id = self.inner.next_cursor.fetch_add(1, Ordering::Relaxed);
         let shared = Arc::new(CursorShared::new(start, group.clone()));
-        if let Ok(mut c) = self.inner.cursors.lock() {
+        {
+            let mut c = crate::locks::lock(&self.inner.cursors);
             c.insert(id, shared.clone());
         }
         Ok(Cursor::new(
@@ -613,11 +609,13 @@ impl Hub {
 
     /// A cursor ends (called by `Cursor::drop`).
     pub(crate) fn leave(&self, cursor: u64, group: Option<u64>) {
-        if let Ok(mut c) = self.inner.cursors.lock() {
+        {
+            let mut c = crate::locks::lock(&self.inner.cursors);
             c.remove(&cursor);
         }
         if let Some(g) = group {
-            if let Ok(mut index) = self.inner.index.write() {
+            {
+                let mut index = crate::locks::write(&self.inner.index);
                 index.leave(g);
             }
         }
@@ -625,7 +623,7 @@ impl Hub {
 
     /// Number of cursors (clients reading the log).
     pub fn len(&self) -> usize {
-        self.inner.cursors.lock().map(|c| c.len()).unwrap_or(0)
+        crate::locks::lock(&self.inner.cursors).len()
     }
 
     /// True when nobody reads the log.
@@ -635,17 +633,19 @@ impl Hub {
 
     /// Number of match groups (distinct queries).
     pub fn groups(&self) -> usize {
-        self.inner.index.read().map(|i| i.groups.len()).unwrap_or(0)
+        crate::locks::read(&self.inner.index).groups.len()
     }
 
     /// Ends every subscription with `reason` (the stream stopped for good).
     pub fn close_all(&self, reason: &str) {
-        if let Ok(mut c) = self.inner.closed.lock() {
+        {
+            let mut c = crate::locks::lock(&self.inner.closed);
             *c = Some(reason.to_owned());
         }
         self.inner.is_closed.store(true, Ordering::Release);
         self.inner.all.notify.notify_waiters();
-        if let Ok(index) = self.inner.index.read() {
+        {
+            let index = crate::locks::read(&self.inner.index);
             for (g, _, _) in index.groups.values() {
                 g.notify.notify_waiters();
             }
@@ -660,12 +660,14 @@ impl Hub {
     pub fn lost(&self, floor: Position, reason: &str) {
         self.inner.log.raise_floor(floor);
         let first_after = self.inner.next_cursor.load(Ordering::Acquire);
-        if let Ok(mut g) = self.inner.gap.lock() {
+        {
+            let mut g = crate::locks::lock(&self.inner.gap);
             *g = Some((first_after, reason.to_owned()));
         }
         self.inner.has_gap.store(true, Ordering::Release);
         self.inner.all.notify.notify_waiters();
-        if let Ok(index) = self.inner.index.read() {
+        {
+            let index = crate::locks::read(&self.inner.index);
             for (g, _, _) in index.groups.values() {
                 g.notify.notify_waiters();
             }
@@ -677,7 +679,7 @@ impl Hub {
         if !self.inner.has_gap.load(Ordering::Acquire) {
             return None;
         }
-        let g = self.inner.gap.lock().ok()?;
+        let g = crate::locks::lock(&self.inner.gap);
         g.as_ref()
             .filter(|(first_after, _)| id < *first_after)
             .map(|(_, reason)| reason.clone())
@@ -688,7 +690,7 @@ impl Hub {
         if !self.inner.is_closed.load(Ordering::Acquire) {
             return None;
         }
-        self.inner.closed.lock().ok().and_then(|c| c.clone())
+        crate::locks::lock(&self.inner.closed).clone()
     }
 
     /// The log's sizes, every cursor's backlog in changes waiting for it,
@@ -696,12 +698,10 @@ impl Hub {
     pub fn report(&self) -> LogReport {
         let stats = self.inner.log.stats();
         let published = self.published();
-        let cursors: Vec<Arc<CursorShared>> = self
-            .inner
-            .cursors
-            .lock()
-            .map(|c| c.values().cloned().collect())
-            .unwrap_or_default();
+        let cursors: Vec<Arc<CursorShared>> = crate::locks::lock(&self.inner.cursors)
+            .values()
+            .cloned()
+            .collect();
         LogReport {
             stats,
             waiting: cursors.iter().map(|c| c.waiting(published)).collect(),

@@ -1,4 +1,5 @@
-import { type TokenSource, type WebSocketConstructor } from "./errors.js";
+import { Connection, type Backoff } from "./connection.js";
+import { WalcastError, type TokenSource, type WebSocketConstructor } from "./errors.js";
 import type { Value } from "./live.js";
 /** A frame of a durable stream: transaction boundaries, changes, read events, progress. */
 export interface DurableFrame {
@@ -26,11 +27,8 @@ export interface DurableOptions {
     token?: TokenSource;
     /** The WebSocket implementation (default: the global one). */
     WebSocket?: WebSocketConstructor;
-    /** First and longest wait between reconnects (ms). */
-    backoff?: {
-        initialMs?: number;
-        maxMs?: number;
-    };
+    /** First and longest wait between reconnects (ms); each wait is drawn between half and all of it. */
+    backoff?: Backoff;
 }
 export interface StreamOptions {
     /** Only the row changes this query selects (`B` and `C` always come). */
@@ -71,11 +69,10 @@ export declare class Durable {
     stream(slotName: string, opts?: StreamOptions): DurableStream;
 }
 /** An open durable stream: an async iterator of frames, and `ack`. */
-export declare class DurableStream implements AsyncIterable<DurableFrame> {
+export declare class DurableStream extends Connection<DurableFrame> implements AsyncIterable<DurableFrame> {
     private readonly wsUrl;
     private readonly httpUrl;
     private readonly params;
-    private readonly options;
     private readonly token;
     /** The last position given to `ack`: every connection resumes after it. */
     acked: string | undefined;
@@ -86,16 +83,8 @@ export declare class DurableStream implements AsyncIterable<DurableFrame> {
     /** `close()` waits for a connection to carry the last ACK. */
     private closing;
     private closeTimer;
-    private socket;
-    private opened;
-    private ended;
-    private failure;
-    private attempt;
-    private timer;
-    private readonly queue;
-    private waiter;
-    private waiterFail;
-    private readonly Ws;
+    /** The ACK the current socket's URL carries. */
+    private carried;
     private readonly reconnectListeners;
     constructor(wsUrl: string, httpUrl: string, params: URLSearchParams, options: DurableOptions, token: () => Promise<string | undefined>);
     /** Called after each interruption, before the stream resumes after the last ACK. */
@@ -133,11 +122,11 @@ export declare class DurableStream implements AsyncIterable<DurableFrame> {
      */
     close(timeoutMs?: number): Promise<void>;
     [Symbol.asyncIterator](): AsyncIterator<DurableFrame>;
-    private connect;
-    private push;
+    protected connect(): Promise<void>;
+    protected opens(): void;
+    protected receives(text: string): void;
     /** An interruption: frames of the old socket not yet taken are dropped; listeners hear of it. */
     private interrupted;
-    private onClose;
-    private schedule;
-    private finish;
+    protected closes(code: number, reason: string): Promise<void>;
+    protected ends(error: WalcastError | null): void;
 }

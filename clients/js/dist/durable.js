@@ -18,7 +18,8 @@
 //     else if (frame.action === "C") { apply(txn, frame.end_lsn); stream.ack(frame); }
 //     else txn.push(frame);
 //   }
-import { backoffMs, ClosedError, CloseCode, detachSocket, RefusedError, WalcastError, } from "./errors.js";
+import { Connection } from "./connection.js";
+import { ClosedError, CloseCode, RefusedError, WalcastError, } from "./errors.js";
 /** Compares two LSNs (`X/Y`): negative, zero or positive. */
 export function compareLsn(a, b) {
     const parse = (l) => {
@@ -133,11 +134,10 @@ export class Durable {
     }
 }
 /** An open durable stream: an async iterator of frames, and `ack`. */
-export class DurableStream {
+export class DurableStream extends Connection {
     wsUrl;
     httpUrl;
     params;
-    options;
     token;
     /** The last position given to `ack`: every connection resumes after it. */
     acked;
@@ -148,27 +148,15 @@ export class DurableStream {
     /** `close()` waits for a connection to carry the last ACK. */
     closing;
     closeTimer;
-    socket;
-    opened = false;
-    ended = false;
-    failure;
-    attempt = 0;
-    timer;
-    queue = [];
-    waiter;
-    waiterFail;
-    Ws;
+    /** The ACK the current socket's URL carries. */
+    carried;
     reconnectListeners = new Set();
     constructor(wsUrl, httpUrl, params, options, token) {
+        super(options.WebSocket, options.backoff, "no WebSocket in this runtime: pass options.WebSocket");
         this.wsUrl = wsUrl;
         this.httpUrl = httpUrl;
         this.params = params;
-        this.options = options;
         this.token = token;
-        const Ws = options.WebSocket ?? globalThis.WebSocket;
-        if (!Ws)
-            throw new WalcastError("no WebSocket in this runtime: pass options.WebSocket");
-        this.Ws = Ws;
         void this.connect();
     }
     /** Called after each interruption, before the stream resumes after the last ACK. */
@@ -217,9 +205,7 @@ export class DurableStream {
     reconnect() {
         if (this.ended || this.closing)
             return;
-        const s = this.socket;
-        this.socket = undefined;
-        detachSocket(s);
+        this.drop();
         this.interrupted(CloseCode.Normal, "reconnect()");
         this.schedule(0);
     }
@@ -239,9 +225,7 @@ export class DurableStream {
         const wait = new Promise((resolve, reject) => (this.closing ??= []).push({ resolve, reject }));
         if (this.closing?.length === 1) {
             // Dropping the socket first: a new connection's URL carries the ACK.
-            const s = this.socket;
-            this.socket = undefined;
-            detachSocket(s);
+            this.drop();
             this.schedule(0);
             this.closeTimer = setTimeout(() => {
                 this.finish(new WalcastError(`the last ACK ${this.acked} did not reach the proxy within ${timeoutMs} ms`));
@@ -251,18 +235,7 @@ export class DurableStream {
     }
     [Symbol.asyncIterator]() {
         return {
-            next: () => {
-                const f = this.queue.shift();
-                if (f !== undefined)
-                    return Promise.resolve({ value: f, done: false });
-                if (this.ended) {
-                    return this.failure ? Promise.reject(this.failure) : Promise.resolve({ value: undefined, done: true });
-                }
-                return new Promise((resolve, reject) => {
-                    this.waiter = resolve;
-                    this.waiterFail = reject;
-                });
-            },
+            next: () => this.take(),
             return: async () => {
                 await this.close();
                 return { value: undefined, done: true };
@@ -280,69 +253,43 @@ export class DurableStream {
         const acked = this.acked;
         if (acked !== undefined)
             params.set("acked", acked);
-        const socket = new this.Ws(`${this.wsUrl}?${params}`);
-        this.socket = socket;
-        this.opened = false;
+        this.carried = acked;
         this.reach = acked;
-        const closed = (code, reason) => {
-            if (this.socket !== socket)
-                return;
-            this.socket = undefined;
-            void this.onClose(code, reason);
-        };
-        socket.onopen = () => {
-            if (this.socket !== socket)
-                return;
-            this.opened = true;
-            this.attempt = 0;
-            // The proxy confirmed the URL's ACK as it started.
-            if (acked !== undefined && (this.delivered === undefined || compareLsn(acked, this.delivered) > 0)) {
-                this.delivered = acked;
-            }
-            if (this.closing && !this.undelivered())
-                this.finish(null);
-        };
-        socket.onmessage = (ev) => {
-            if (this.socket !== socket)
-                return;
-            let v;
-            try {
-                v = JSON.parse(String(ev.data));
-            }
-            catch {
-                return;
-            }
-            // Answers to ACKs and token refreshes are not frames of the stream.
-            if ("ack" in v || "warning" in v || "error" in v || v.type === "token")
-                return;
-            if (v.action === "C" && typeof v.end_lsn === "string") {
-                if (this.reach === undefined || compareLsn(v.end_lsn, this.reach) > 0)
-                    this.reach = v.end_lsn;
-                // A transaction the application ACKed already, sent again (an edge
-                // resumes at its own position): ACKed again here.
-                if (this.acked !== undefined && compareLsn(v.end_lsn, this.acked) <= 0)
-                    this.sendAck(v.end_lsn);
-                // An ACK given before this connection sent its transaction.
-                if (this.undelivered() && this.acked !== undefined)
-                    this.sendAck(this.acked);
-            }
-            this.push(v);
-        };
-        socket.onclose = (ev) => closed(ev.code, ev.reason);
-        socket.onerror = () => {
-            if (!this.opened)
-                closed(CloseCode.Abnormal, "the websocket upgrade failed");
-        };
+        this.open(`${this.wsUrl}?${params}`);
     }
-    push(frame) {
-        if (this.waiter) {
-            const w = this.waiter;
-            this.waiter = this.waiterFail = undefined;
-            w({ value: frame, done: false });
+    opens() {
+        this.attempt = 0;
+        // The proxy confirmed the URL's ACK as it started.
+        const acked = this.carried;
+        if (acked !== undefined && (this.delivered === undefined || compareLsn(acked, this.delivered) > 0)) {
+            this.delivered = acked;
         }
-        else {
-            this.queue.push(frame);
+        if (this.closing && !this.undelivered())
+            this.finish(null);
+    }
+    receives(text) {
+        let v;
+        try {
+            v = JSON.parse(text);
         }
+        catch {
+            return;
+        }
+        // Answers to ACKs and token refreshes are not frames of the stream.
+        if ("ack" in v || "warning" in v || "error" in v || v.type === "token")
+            return;
+        if (v.action === "C" && typeof v.end_lsn === "string") {
+            if (this.reach === undefined || compareLsn(v.end_lsn, this.reach) > 0)
+                this.reach = v.end_lsn;
+            // A transaction the application ACKed already, sent again (an edge
+            // resumes at its own position): ACKed again here.
+            if (this.acked !== undefined && compareLsn(v.end_lsn, this.acked) <= 0)
+                this.sendAck(v.end_lsn);
+            // An ACK given before this connection sent its transaction.
+            if (this.undelivered() && this.acked !== undefined)
+                this.sendAck(this.acked);
+        }
+        this.push(v);
     }
     /** An interruption: frames of the old socket not yet taken are dropped; listeners hear of it. */
     interrupted(code, reason) {
@@ -351,7 +298,7 @@ export class DurableStream {
         for (const l of this.reconnectListeners)
             l({ closeCode: code, reason });
     }
-    async onClose(code, reason) {
+    async closes(code, reason) {
         if (this.ended)
             return;
         if (code === CloseCode.Normal) {
@@ -390,31 +337,13 @@ export class DurableStream {
                 // Out of reach: retry.
             }
         }
-        const wait = backoffMs(this.attempt, this.options.backoff);
-        this.attempt += 1;
+        const wait = this.nextWait();
         this.interrupted(code, reason);
         this.schedule(wait);
     }
-    schedule(ms) {
-        if (this.timer !== undefined)
-            clearTimeout(this.timer);
-        this.timer = setTimeout(() => {
-            this.timer = undefined;
-            void this.connect();
-        }, ms);
-    }
-    finish(error) {
-        if (this.ended)
-            return;
-        this.ended = true;
-        this.failure = error ?? undefined;
-        if (this.timer !== undefined)
-            clearTimeout(this.timer);
+    ends(error) {
         if (this.closeTimer !== undefined)
             clearTimeout(this.closeTimer);
-        const s = this.socket;
-        this.socket = undefined;
-        detachSocket(s);
         for (const c of this.closing ?? []) {
             if (error)
                 c.reject(error);
@@ -422,13 +351,5 @@ export class DurableStream {
                 c.resolve();
         }
         this.closing = undefined;
-        if (this.waiter) {
-            const [ok, fail] = [this.waiter, this.waiterFail];
-            this.waiter = this.waiterFail = undefined;
-            if (error && fail)
-                fail(error);
-            else
-                ok({ value: undefined, done: true });
-        }
     }
 }

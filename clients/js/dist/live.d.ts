@@ -46,6 +46,7 @@ export interface FilterErrorFrame {
 export type Frame = Change | SnapshotProgress | FilterErrorFrame;
 /** Whether a frame is a change (or a read event), not a progress or error frame. */
 export declare function isChange(frame: Frame): frame is Change;
+import { Connection, type Backoff } from "./connection.js";
 import { WalcastError, type TokenSource, type WebSocketConstructor } from "./errors.js";
 export interface SubscribeOptions {
     /** Resume after this position (a `pos` the application processed, saved across reloads). */
@@ -64,10 +65,7 @@ export interface SubscribeOptions {
     /** With a token function: send a fresh token on the open socket this often (ms). */
     refreshTokenEveryMs?: number;
     /** First and longest wait between reconnects (ms); each wait is drawn between half and all of it. */
-    backoff?: {
-        initialMs?: number;
-        maxMs?: number;
-    };
+    backoff?: Backoff;
     /** Frames waiting for the iterator before the socket is closed, to be resumed once they are read (default 10,000). */
     maxBuffered?: number;
     /** The WebSocket implementation (default: the global one). */
@@ -109,7 +107,7 @@ interface Events {
 /** Opens a live subscription; it connects at once and until `close()`. */
 export declare function subscribe(url: string, selection: Selection, options?: SubscribeOptions): Subscription;
 /** A live subscription: an async iterator of frames and an event emitter. */
-export declare class Subscription implements AsyncIterable<Frame> {
+export declare class Subscription extends Connection<Frame> implements AsyncIterable<Frame> {
     private readonly selection;
     private readonly options;
     /** The `pos` of the last change handed to the application (save it to resume). */
@@ -120,19 +118,9 @@ export declare class Subscription implements AsyncIterable<Frame> {
     private openedBefore;
     private readonly wsUrl;
     private readonly httpUrl;
-    private readonly Ws;
-    private socket;
-    private opened;
-    private failure;
-    private ended;
     private paused;
-    private attempt;
-    private timer;
     private refresher;
-    private readonly queue;
     private iterating;
-    private waiter;
-    private waiterFail;
     private readonly listeners;
     constructor(url: string, selection: Selection, options: SubscribeOptions);
     /** Adds a listener; returns a function that removes it. */
@@ -142,23 +130,22 @@ export declare class Subscription implements AsyncIterable<Frame> {
     /** Drops the current socket and reconnects from the last position received (after a network change, say). */
     reconnect(): void;
     [Symbol.asyncIterator](): AsyncIterator<Frame>;
-    private next;
-    private handedOver;
+    protected handed(frame: Frame): void;
     private emit;
     private token;
     private subscribeFrame;
-    private connect;
+    protected connect(): Promise<void>;
+    protected opens(socket: WebSocket): void;
     private startRefresh;
     private stopRefresh;
-    private onText;
+    protected receives(text: string): void;
     private refusal;
     private deliver;
     private maybeResume;
-    private detach;
-    private onClose;
+    protected drop(): void;
+    protected closes(code: number, reason: string, opened: boolean): Promise<void>;
     private diagnose;
     private retry;
-    private scheduleConnect;
-    private finish;
+    protected ends(error: WalcastError | null): void;
 }
 export {};

@@ -10,14 +10,15 @@
 export function isChange(frame) {
     return typeof frame.action === "string" && !("type" in frame);
 }
-import { backoffMs, CloseCode, ClosedError, detachSocket, PositionGoneError, RefusedError, WalcastError, } from "./errors.js";
+import { Connection } from "./connection.js";
+import { CloseCode, ClosedError, PositionGoneError, RefusedError, WalcastError, } from "./errors.js";
 const POSITION = /^[0-9A-F]{16}:[0-9A-F]{8}$/;
 /** Opens a live subscription; it connects at once and until `close()`. */
 export function subscribe(url, selection, options = {}) {
     return new Subscription(url, selection, options);
 }
 /** A live subscription: an async iterator of frames and an event emitter. */
-export class Subscription {
+export class Subscription extends Connection {
     selection;
     options;
     /** The `pos` of the last change handed to the application (save it to resume). */
@@ -28,21 +29,12 @@ export class Subscription {
     openedBefore = false;
     wsUrl;
     httpUrl;
-    Ws;
-    socket;
-    opened = false;
-    failure;
-    ended = false;
     paused = false;
-    attempt = 0;
-    timer;
     refresher;
-    queue = [];
     iterating = false;
-    waiter;
-    waiterFail;
     listeners = new Map();
     constructor(url, selection, options) {
+        super(options.WebSocket, options.backoff, "no WebSocket in this runtime: use Node.js 22+ (or 20 with --experimental-websocket), or pass options.WebSocket");
         this.selection = selection;
         this.options = options;
         if (options.after !== undefined && !POSITION.test(options.after)) {
@@ -51,11 +43,6 @@ export class Subscription {
         const base = url.replace(/\/+$/, "").replace(/\/ws$/, "");
         this.wsUrl = base.replace(/^http(s?):/, "ws$1:") + "/ws";
         this.httpUrl = base.replace(/^ws(s?):/, "http$1:") + "/ws";
-        const Ws = options.WebSocket ?? globalThis.WebSocket;
-        if (!Ws) {
-            throw new WalcastError("no WebSocket in this runtime: use Node.js 22+ (or 20 with --experimental-websocket), or pass options.WebSocket");
-        }
-        this.Ws = Ws;
         this.received = options.after;
         this.position = options.after;
         this.snapshotPending = options.snapshot === true;
@@ -79,40 +66,24 @@ export class Subscription {
     reconnect() {
         if (this.ended)
             return;
-        const s = this.socket;
-        this.socket = undefined;
-        this.detach(s);
-        this.scheduleConnect(0);
+        this.drop();
+        this.schedule(0);
     }
     [Symbol.asyncIterator]() {
         this.iterating = true;
         return {
-            next: () => this.next(),
+            next: () => this.take(),
             return: async () => {
                 this.close();
                 return { value: undefined, done: true };
             },
         };
     }
-    next() {
-        const frame = this.queue.shift();
-        if (frame !== undefined) {
-            this.handedOver(frame);
-            this.maybeResume();
-            return Promise.resolve({ value: frame, done: false });
-        }
-        if (this.ended) {
-            return this.failure ? Promise.reject(this.failure) : Promise.resolve({ value: undefined, done: true });
-        }
-        return new Promise((resolve, reject) => {
-            this.waiter = resolve;
-            this.waiterFail = reject;
-        });
-    }
-    handedOver(frame) {
+    handed(frame) {
         const pos = frame.pos;
         if (typeof pos === "string")
             this.position = pos;
+        this.maybeResume();
     }
     emit(event, value) {
         for (const l of this.listeners.get(event) ?? []) {
@@ -161,50 +132,24 @@ export class Subscription {
         if (this.ended)
             return;
         const url = token === undefined ? this.wsUrl : `${this.wsUrl}?access_token=${encodeURIComponent(token)}`;
-        let socket;
         try {
-            socket = new this.Ws(url);
+            this.open(url);
         }
         catch (e) {
             this.finish(new WalcastError(`cannot open ${this.wsUrl}: ${String(e)}`));
-            return;
         }
-        this.socket = socket;
-        this.opened = false;
-        socket.onopen = () => {
-            if (this.socket !== socket)
-                return;
-            this.opened = true;
-            const resync = this.options.resync === true && this.openedBefore;
-            if (resync) {
-                // A view reads its rows again rather than resuming.
-                this.snapshotPending = true;
-                this.received = undefined;
-            }
-            this.openedBefore = true;
-            socket.send(this.subscribeFrame());
-            this.emit("open", { after: this.received, resync });
-            this.startRefresh(socket);
-        };
-        socket.onmessage = (ev) => {
-            if (this.socket !== socket)
-                return;
-            this.onText(typeof ev.data === "string" ? ev.data : String(ev.data));
-        };
-        const closed = (code, reason) => {
-            if (this.socket !== socket)
-                return;
-            this.socket = undefined;
-            this.stopRefresh();
-            void this.onClose(code, reason, this.opened);
-        };
-        socket.onclose = (ev) => closed(ev.code, ev.reason);
-        socket.onerror = () => {
-            // An open socket's close event follows with the code. A refused
-            // upgrade may get no close event at all (Node.js 20).
-            if (!this.opened)
-                closed(CloseCode.Abnormal, "the websocket upgrade failed");
-        };
+    }
+    opens(socket) {
+        const resync = this.options.resync === true && this.openedBefore;
+        if (resync) {
+            // A view reads its rows again rather than resuming.
+            this.snapshotPending = true;
+            this.received = undefined;
+        }
+        this.openedBefore = true;
+        socket.send(this.subscribeFrame());
+        this.emit("open", { after: this.received, resync });
+        this.startRefresh(socket);
     }
     startRefresh(socket) {
         const every = this.options.refreshTokenEveryMs;
@@ -227,7 +172,7 @@ export class Subscription {
             clearInterval(this.refresher);
         this.refresher = undefined;
     }
-    onText(text) {
+    receives(text) {
         let v;
         try {
             v = JSON.parse(text);
@@ -280,39 +225,31 @@ export class Subscription {
         else if (frame.type === "filter_error")
             this.emit("filter_error", frame);
         if (!this.iterating) {
-            this.handedOver(frame);
+            this.handed(frame);
             return;
         }
-        if (this.waiter) {
-            const w = this.waiter;
-            this.waiter = this.waiterFail = undefined;
-            this.handedOver(frame);
-            w({ value: frame, done: false });
-            return;
-        }
-        this.queue.push(frame);
+        this.push(frame);
         const max = this.options.maxBuffered ?? 10_000;
         if (this.queue.length >= max && !this.paused && this.socket) {
             // Memory stays bounded: stop reading, resume from the last frame
             // received once the application has caught up.
             this.paused = true;
-            const s = this.socket;
-            this.socket = undefined;
-            this.detach(s);
+            this.drop();
         }
     }
     maybeResume() {
         const max = this.options.maxBuffered ?? 10_000;
         if (this.paused && this.queue.length <= max / 2 && !this.ended) {
             this.paused = false;
-            this.scheduleConnect(0);
+            this.schedule(0);
         }
     }
-    detach(s) {
+    drop() {
         this.stopRefresh();
-        detachSocket(s);
+        super.drop();
     }
-    async onClose(code, reason, opened) {
+    async closes(code, reason, opened) {
+        this.stopRefresh();
         if (this.ended)
             return;
         const refused = this.failure;
@@ -394,37 +331,11 @@ export class Subscription {
         return new RefusedError(message, code, res.status, position);
     }
     retry(closeCode, reason) {
-        const inMs = backoffMs(this.attempt, this.options.backoff);
-        this.attempt += 1;
+        const inMs = this.nextWait();
         this.emit("reconnect", { closeCode, reason, inMs });
-        this.scheduleConnect(inMs);
+        this.schedule(inMs);
     }
-    scheduleConnect(inMs) {
-        if (this.timer !== undefined)
-            clearTimeout(this.timer);
-        this.timer = setTimeout(() => {
-            this.timer = undefined;
-            void this.connect();
-        }, inMs);
-    }
-    finish(error) {
-        if (this.ended)
-            return;
-        this.ended = true;
-        this.failure = error ?? undefined;
-        if (this.timer !== undefined)
-            clearTimeout(this.timer);
-        const s = this.socket;
-        this.socket = undefined;
-        this.detach(s);
+    ends(error) {
         this.emit("end", error);
-        if (this.waiter) {
-            const [ok, fail] = [this.waiter, this.waiterFail];
-            this.waiter = this.waiterFail = undefined;
-            if (error && fail)
-                fail(error);
-            else
-                ok({ value: undefined, done: true });
-        }
     }
 }

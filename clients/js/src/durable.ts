@@ -19,11 +19,10 @@
 //     else txn.push(frame);
 //   }
 
+import { Connection, type Backoff } from "./connection.js";
 import {
-  backoffMs,
   ClosedError,
   CloseCode,
-  detachSocket,
   RefusedError,
   WalcastError,
   type TokenSource,
@@ -59,8 +58,8 @@ export interface DurableOptions {
   token?: TokenSource;
   /** The WebSocket implementation (default: the global one). */
   WebSocket?: WebSocketConstructor;
-  /** First and longest wait between reconnects (ms). */
-  backoff?: { initialMs?: number; maxMs?: number };
+  /** First and longest wait between reconnects (ms); each wait is drawn between half and all of it. */
+  backoff?: Backoff;
 }
 
 export interface StreamOptions {
@@ -181,7 +180,7 @@ export class Durable {
 }
 
 /** An open durable stream: an async iterator of frames, and `ack`. */
-export class DurableStream implements AsyncIterable<DurableFrame> {
+export class DurableStream extends Connection<DurableFrame> implements AsyncIterable<DurableFrame> {
   /** The last position given to `ack`: every connection resumes after it. */
   acked: string | undefined;
   /** The last ACK the proxy has taken (on a socket that had sent it, or in a connection's URL). */
@@ -191,28 +190,18 @@ export class DurableStream implements AsyncIterable<DurableFrame> {
   /** `close()` waits for a connection to carry the last ACK. */
   private closing: { resolve: () => void; reject: (e: unknown) => void }[] | undefined;
   private closeTimer: ReturnType<typeof setTimeout> | undefined;
-  private socket: WebSocket | undefined;
-  private opened = false;
-  private ended = false;
-  private failure: WalcastError | undefined;
-  private attempt = 0;
-  private timer: ReturnType<typeof setTimeout> | undefined;
-  private readonly queue: DurableFrame[] = [];
-  private waiter: ((r: IteratorResult<DurableFrame>) => void) | undefined;
-  private waiterFail: ((e: unknown) => void) | undefined;
-  private readonly Ws: WebSocketConstructor;
+  /** The ACK the current socket's URL carries. */
+  private carried: string | undefined;
   private readonly reconnectListeners = new Set<(r: { closeCode: number; reason: string }) => void>();
 
   constructor(
     private readonly wsUrl: string,
     private readonly httpUrl: string,
     private readonly params: URLSearchParams,
-    private readonly options: DurableOptions,
+    options: DurableOptions,
     private readonly token: () => Promise<string | undefined>,
   ) {
-    const Ws = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
-    if (!Ws) throw new WalcastError("no WebSocket in this runtime: pass options.WebSocket");
-    this.Ws = Ws;
+    super(options.WebSocket, options.backoff, "no WebSocket in this runtime: pass options.WebSocket");
     void this.connect();
   }
 
@@ -260,9 +249,7 @@ export class DurableStream implements AsyncIterable<DurableFrame> {
    */
   reconnect(): void {
     if (this.ended || this.closing) return;
-    const s = this.socket;
-    this.socket = undefined;
-    detachSocket(s);
+    this.drop();
     this.interrupted(CloseCode.Normal, "reconnect()");
     this.schedule(0);
   }
@@ -282,9 +269,7 @@ export class DurableStream implements AsyncIterable<DurableFrame> {
     const wait = new Promise<void>((resolve, reject) => (this.closing ??= []).push({ resolve, reject }));
     if (this.closing?.length === 1) {
       // Dropping the socket first: a new connection's URL carries the ACK.
-      const s = this.socket;
-      this.socket = undefined;
-      detachSocket(s);
+      this.drop();
       this.schedule(0);
       this.closeTimer = setTimeout(() => {
         this.finish(new WalcastError(`the last ACK ${this.acked} did not reach the proxy within ${timeoutMs} ms`));
@@ -295,17 +280,7 @@ export class DurableStream implements AsyncIterable<DurableFrame> {
 
   [Symbol.asyncIterator](): AsyncIterator<DurableFrame> {
     return {
-      next: () => {
-        const f = this.queue.shift();
-        if (f !== undefined) return Promise.resolve({ value: f, done: false });
-        if (this.ended) {
-          return this.failure ? Promise.reject(this.failure) : Promise.resolve({ value: undefined, done: true });
-        }
-        return new Promise((resolve, reject) => {
-          this.waiter = resolve;
-          this.waiterFail = reject;
-        });
-      },
+      next: () => this.take(),
       return: async () => {
         await this.close();
         return { value: undefined, done: true };
@@ -313,7 +288,7 @@ export class DurableStream implements AsyncIterable<DurableFrame> {
     };
   }
 
-  private async connect(): Promise<void> {
+  protected async connect(): Promise<void> {
     if (this.ended) return;
     const params = new URLSearchParams(this.params);
     const token = await this.token().catch(() => undefined);
@@ -321,59 +296,39 @@ export class DurableStream implements AsyncIterable<DurableFrame> {
     // The proxy resumes after the last ACK, even one that never reached it.
     const acked = this.acked;
     if (acked !== undefined) params.set("acked", acked);
-    const socket = new this.Ws(`${this.wsUrl}?${params}`);
-    this.socket = socket;
-    this.opened = false;
+    this.carried = acked;
     this.reach = acked;
-    const closed = (code: number, reason: string) => {
-      if (this.socket !== socket) return;
-      this.socket = undefined;
-      void this.onClose(code, reason);
-    };
-    socket.onopen = () => {
-      if (this.socket !== socket) return;
-      this.opened = true;
-      this.attempt = 0;
-      // The proxy confirmed the URL's ACK as it started.
-      if (acked !== undefined && (this.delivered === undefined || compareLsn(acked, this.delivered) > 0)) {
-        this.delivered = acked;
-      }
-      if (this.closing && !this.undelivered()) this.finish(null);
-    };
-    socket.onmessage = (ev: MessageEvent) => {
-      if (this.socket !== socket) return;
-      let v: DurableFrame;
-      try {
-        v = JSON.parse(String(ev.data));
-      } catch {
-        return;
-      }
-      // Answers to ACKs and token refreshes are not frames of the stream.
-      if ("ack" in v || "warning" in v || "error" in v || v.type === "token") return;
-      if (v.action === "C" && typeof v.end_lsn === "string") {
-        if (this.reach === undefined || compareLsn(v.end_lsn, this.reach) > 0) this.reach = v.end_lsn;
-        // A transaction the application ACKed already, sent again (an edge
-        // resumes at its own position): ACKed again here.
-        if (this.acked !== undefined && compareLsn(v.end_lsn, this.acked) <= 0) this.sendAck(v.end_lsn);
-        // An ACK given before this connection sent its transaction.
-        if (this.undelivered() && this.acked !== undefined) this.sendAck(this.acked);
-      }
-      this.push(v);
-    };
-    socket.onclose = (ev: CloseEvent) => closed(ev.code, ev.reason);
-    socket.onerror = () => {
-      if (!this.opened) closed(CloseCode.Abnormal, "the websocket upgrade failed");
-    };
+    this.open(`${this.wsUrl}?${params}`);
   }
 
-  private push(frame: DurableFrame): void {
-    if (this.waiter) {
-      const w = this.waiter;
-      this.waiter = this.waiterFail = undefined;
-      w({ value: frame, done: false });
-    } else {
-      this.queue.push(frame);
+  protected opens(): void {
+    this.attempt = 0;
+    // The proxy confirmed the URL's ACK as it started.
+    const acked = this.carried;
+    if (acked !== undefined && (this.delivered === undefined || compareLsn(acked, this.delivered) > 0)) {
+      this.delivered = acked;
     }
+    if (this.closing && !this.undelivered()) this.finish(null);
+  }
+
+  protected receives(text: string): void {
+    let v: DurableFrame;
+    try {
+      v = JSON.parse(text);
+    } catch {
+      return;
+    }
+    // Answers to ACKs and token refreshes are not frames of the stream.
+    if ("ack" in v || "warning" in v || "error" in v || v.type === "token") return;
+    if (v.action === "C" && typeof v.end_lsn === "string") {
+      if (this.reach === undefined || compareLsn(v.end_lsn, this.reach) > 0) this.reach = v.end_lsn;
+      // A transaction the application ACKed already, sent again (an edge
+      // resumes at its own position): ACKed again here.
+      if (this.acked !== undefined && compareLsn(v.end_lsn, this.acked) <= 0) this.sendAck(v.end_lsn);
+      // An ACK given before this connection sent its transaction.
+      if (this.undelivered() && this.acked !== undefined) this.sendAck(this.acked);
+    }
+    this.push(v);
   }
 
   /** An interruption: frames of the old socket not yet taken are dropped; listeners hear of it. */
@@ -383,7 +338,7 @@ export class DurableStream implements AsyncIterable<DurableFrame> {
     for (const l of this.reconnectListeners) l({ closeCode: code, reason });
   }
 
-  private async onClose(code: number, reason: string): Promise<void> {
+  protected async closes(code: number, reason: string): Promise<void> {
     if (this.ended) return;
     if (code === CloseCode.Normal) {
       // The stream was deleted.
@@ -419,39 +374,17 @@ export class DurableStream implements AsyncIterable<DurableFrame> {
         // Out of reach: retry.
       }
     }
-    const wait = backoffMs(this.attempt, this.options.backoff);
-    this.attempt += 1;
+    const wait = this.nextWait();
     this.interrupted(code, reason);
     this.schedule(wait);
   }
 
-  private schedule(ms: number): void {
-    if (this.timer !== undefined) clearTimeout(this.timer);
-    this.timer = setTimeout(() => {
-      this.timer = undefined;
-      void this.connect();
-    }, ms);
-  }
-
-  private finish(error: WalcastError | null): void {
-    if (this.ended) return;
-    this.ended = true;
-    this.failure = error ?? undefined;
-    if (this.timer !== undefined) clearTimeout(this.timer);
+  protected override ends(error: WalcastError | null): void {
     if (this.closeTimer !== undefined) clearTimeout(this.closeTimer);
-    const s = this.socket;
-    this.socket = undefined;
-    detachSocket(s);
     for (const c of this.closing ?? []) {
       if (error) c.reject(error);
       else c.resolve();
     }
     this.closing = undefined;
-    if (this.waiter) {
-      const [ok, fail] = [this.waiter, this.waiterFail];
-      this.waiter = this.waiterFail = undefined;
-      if (error && fail) fail(error);
-      else ok({ value: undefined, done: true });
-    }
   }
 }

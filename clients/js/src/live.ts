@@ -62,11 +62,10 @@ export function isChange(frame: Frame): frame is Change {
   return typeof (frame as Change).action === "string" && !("type" in frame);
 }
 
+import { Connection, type Backoff } from "./connection.js";
 import {
-  backoffMs,
   CloseCode,
   ClosedError,
-  detachSocket,
   PositionGoneError,
   RefusedError,
   WalcastError,
@@ -91,7 +90,7 @@ export interface SubscribeOptions {
   /** With a token function: send a fresh token on the open socket this often (ms). */
   refreshTokenEveryMs?: number;
   /** First and longest wait between reconnects (ms); each wait is drawn between half and all of it. */
-  backoff?: { initialMs?: number; maxMs?: number };
+  backoff?: Backoff;
   /** Frames waiting for the iterator before the socket is closed, to be resumed once they are read (default 10,000). */
   maxBuffered?: number;
   /** The WebSocket implementation (default: the global one). */
@@ -128,7 +127,7 @@ export function subscribe(url: string, selection: Selection, options: SubscribeO
 }
 
 /** A live subscription: an async iterator of frames and an event emitter. */
-export class Subscription implements AsyncIterable<Frame> {
+export class Subscription extends Connection<Frame> implements AsyncIterable<Frame> {
   /** The `pos` of the last change handed to the application (save it to resume). */
   position: string | undefined;
   /** The `pos` of the last change received: where a reconnect resumes. */
@@ -137,33 +136,23 @@ export class Subscription implements AsyncIterable<Frame> {
   private openedBefore = false;
   private readonly wsUrl: string;
   private readonly httpUrl: string;
-  private readonly Ws: WebSocketConstructor;
-  private socket: WebSocket | undefined;
-  private opened = false;
-  private failure: WalcastError | undefined;
-  private ended = false;
   private paused = false;
-  private attempt = 0;
-  private timer: ReturnType<typeof setTimeout> | undefined;
   private refresher: ReturnType<typeof setInterval> | undefined;
-  private readonly queue: Frame[] = [];
   private iterating = false;
-  private waiter: ((r: IteratorResult<Frame>) => void) | undefined;
-  private waiterFail: ((e: unknown) => void) | undefined;
   private readonly listeners = new Map<keyof Events, Set<Listener>>();
 
   constructor(url: string, private readonly selection: Selection, private readonly options: SubscribeOptions) {
+    super(
+      options.WebSocket,
+      options.backoff,
+      "no WebSocket in this runtime: use Node.js 22+ (or 20 with --experimental-websocket), or pass options.WebSocket",
+    );
     if (options.after !== undefined && !POSITION.test(options.after)) {
       throw new WalcastError(`after: ${JSON.stringify(options.after)} is not a position like 0000000001A2B400:00000000`);
     }
     const base = url.replace(/\/+$/, "").replace(/\/ws$/, "");
     this.wsUrl = base.replace(/^http(s?):/, "ws$1:") + "/ws";
     this.httpUrl = base.replace(/^ws(s?):/, "http$1:") + "/ws";
-    const Ws = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
-    if (!Ws) {
-      throw new WalcastError("no WebSocket in this runtime: use Node.js 22+ (or 20 with --experimental-websocket), or pass options.WebSocket");
-    }
-    this.Ws = Ws;
     this.received = options.after;
     this.position = options.after;
     this.snapshotPending = options.snapshot === true;
@@ -189,16 +178,14 @@ export class Subscription implements AsyncIterable<Frame> {
   /** Drops the current socket and reconnects from the last position received (after a network change, say). */
   reconnect(): void {
     if (this.ended) return;
-    const s = this.socket;
-    this.socket = undefined;
-    this.detach(s);
-    this.scheduleConnect(0);
+    this.drop();
+    this.schedule(0);
   }
 
   [Symbol.asyncIterator](): AsyncIterator<Frame> {
     this.iterating = true;
     return {
-      next: () => this.next(),
+      next: () => this.take(),
       return: async () => {
         this.close();
         return { value: undefined, done: true };
@@ -206,25 +193,10 @@ export class Subscription implements AsyncIterable<Frame> {
     };
   }
 
-  private next(): Promise<IteratorResult<Frame>> {
-    const frame = this.queue.shift();
-    if (frame !== undefined) {
-      this.handedOver(frame);
-      this.maybeResume();
-      return Promise.resolve({ value: frame, done: false });
-    }
-    if (this.ended) {
-      return this.failure ? Promise.reject(this.failure) : Promise.resolve({ value: undefined, done: true });
-    }
-    return new Promise((resolve, reject) => {
-      this.waiter = resolve;
-      this.waiterFail = reject;
-    });
-  }
-
-  private handedOver(frame: Frame): void {
+  protected override handed(frame: Frame): void {
     const pos = (frame as Change).pos;
     if (typeof pos === "string") this.position = pos;
+    this.maybeResume();
   }
 
   private emit<K extends keyof Events>(event: K, value: Events[K]): void {
@@ -258,7 +230,7 @@ export class Subscription implements AsyncIterable<Frame> {
     return JSON.stringify({ subscribe: sub });
   }
 
-  private async connect(): Promise<void> {
+  protected async connect(): Promise<void> {
     if (this.ended) return;
     let token: string | undefined;
     try {
@@ -269,45 +241,24 @@ export class Subscription implements AsyncIterable<Frame> {
     }
     if (this.ended) return;
     const url = token === undefined ? this.wsUrl : `${this.wsUrl}?access_token=${encodeURIComponent(token)}`;
-    let socket: WebSocket;
     try {
-      socket = new this.Ws(url);
+      this.open(url);
     } catch (e) {
       this.finish(new WalcastError(`cannot open ${this.wsUrl}: ${String(e)}`));
-      return;
     }
-    this.socket = socket;
-    this.opened = false;
-    socket.onopen = () => {
-      if (this.socket !== socket) return;
-      this.opened = true;
-      const resync = this.options.resync === true && this.openedBefore;
-      if (resync) {
-        // A view reads its rows again rather than resuming.
-        this.snapshotPending = true;
-        this.received = undefined;
-      }
-      this.openedBefore = true;
-      socket.send(this.subscribeFrame());
-      this.emit("open", { after: this.received, resync });
-      this.startRefresh(socket);
-    };
-    socket.onmessage = (ev: MessageEvent) => {
-      if (this.socket !== socket) return;
-      this.onText(typeof ev.data === "string" ? ev.data : String(ev.data));
-    };
-    const closed = (code: number, reason: string) => {
-      if (this.socket !== socket) return;
-      this.socket = undefined;
-      this.stopRefresh();
-      void this.onClose(code, reason, this.opened);
-    };
-    socket.onclose = (ev: CloseEvent) => closed(ev.code, ev.reason);
-    socket.onerror = () => {
-      // An open socket's close event follows with the code. A refused
-      // upgrade may get no close event at all (Node.js 20).
-      if (!this.opened) closed(CloseCode.Abnormal, "the websocket upgrade failed");
-    };
+  }
+
+  protected opens(socket: WebSocket): void {
+    const resync = this.options.resync === true && this.openedBefore;
+    if (resync) {
+      // A view reads its rows again rather than resuming.
+      this.snapshotPending = true;
+      this.received = undefined;
+    }
+    this.openedBefore = true;
+    socket.send(this.subscribeFrame());
+    this.emit("open", { after: this.received, resync });
+    this.startRefresh(socket);
   }
 
   private startRefresh(socket: WebSocket): void {
@@ -329,7 +280,7 @@ export class Subscription implements AsyncIterable<Frame> {
     this.refresher = undefined;
   }
 
-  private onText(text: string): void {
+  protected receives(text: string): void {
     let v: Record<string, unknown>;
     try {
       v = JSON.parse(text);
@@ -375,25 +326,16 @@ export class Subscription implements AsyncIterable<Frame> {
     else if (frame.type === "snapshot") this.emit("snapshot", frame);
     else if (frame.type === "filter_error") this.emit("filter_error", frame);
     if (!this.iterating) {
-      this.handedOver(frame);
+      this.handed(frame);
       return;
     }
-    if (this.waiter) {
-      const w = this.waiter;
-      this.waiter = this.waiterFail = undefined;
-      this.handedOver(frame);
-      w({ value: frame, done: false });
-      return;
-    }
-    this.queue.push(frame);
+    this.push(frame);
     const max = this.options.maxBuffered ?? 10_000;
     if (this.queue.length >= max && !this.paused && this.socket) {
       // Memory stays bounded: stop reading, resume from the last frame
       // received once the application has caught up.
       this.paused = true;
-      const s = this.socket;
-      this.socket = undefined;
-      this.detach(s);
+      this.drop();
     }
   }
 
@@ -401,16 +343,17 @@ export class Subscription implements AsyncIterable<Frame> {
     const max = this.options.maxBuffered ?? 10_000;
     if (this.paused && this.queue.length <= max / 2 && !this.ended) {
       this.paused = false;
-      this.scheduleConnect(0);
+      this.schedule(0);
     }
   }
 
-  private detach(s: WebSocket | undefined): void {
+  protected override drop(): void {
     this.stopRefresh();
-    detachSocket(s);
+    super.drop();
   }
 
-  private async onClose(code: number, reason: string, opened: boolean): Promise<void> {
+  protected async closes(code: number, reason: string, opened: boolean): Promise<void> {
+    this.stopRefresh();
     if (this.ended) return;
     const refused = this.failure;
     if (refused) {
@@ -485,34 +428,12 @@ export class Subscription implements AsyncIterable<Frame> {
   }
 
   private retry(closeCode: number, reason: string): void {
-    const inMs = backoffMs(this.attempt, this.options.backoff);
-    this.attempt += 1;
+    const inMs = this.nextWait();
     this.emit("reconnect", { closeCode, reason, inMs });
-    this.scheduleConnect(inMs);
+    this.schedule(inMs);
   }
 
-  private scheduleConnect(inMs: number): void {
-    if (this.timer !== undefined) clearTimeout(this.timer);
-    this.timer = setTimeout(() => {
-      this.timer = undefined;
-      void this.connect();
-    }, inMs);
-  }
-
-  private finish(error: WalcastError | null): void {
-    if (this.ended) return;
-    this.ended = true;
-    this.failure = error ?? undefined;
-    if (this.timer !== undefined) clearTimeout(this.timer);
-    const s = this.socket;
-    this.socket = undefined;
-    this.detach(s);
+  protected override ends(error: WalcastError | null): void {
     this.emit("end", error);
-    if (this.waiter) {
-      const [ok, fail] = [this.waiter, this.waiterFail];
-      this.waiter = this.waiterFail = undefined;
-      if (error && fail) fail(error);
-      else ok({ value: undefined, done: true });
-    }
   }
 }

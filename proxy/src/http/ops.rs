@@ -29,11 +29,13 @@ const CLIENT_MODULES: &[(&str, &str)] = client_modules!(
     "index.js",
     "live.js",
     "durable.js",
+    "connection.js",
     "errors.js",
     "view.js",
     "index.d.ts",
     "live.d.ts",
     "durable.d.ts",
+    "connection.d.ts",
     "errors.d.ts",
     "view.d.ts",
 );

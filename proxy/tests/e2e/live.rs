@@ -260,6 +260,13 @@ fn health_and_metrics_report_the_stream() {
     let (s, live) = proxy.get("/client/live.js").expect("the live module");
     assert_eq!(s, 200);
     assert!(live.contains("export function subscribe"));
+    // Every module of the built client is served, so every import resolves.
+    let dist = walcast_tests::repo_root().join("clients/js/dist");
+    for f in std::fs::read_dir(&dist).expect("clients/js/dist") {
+        let name = f.expect("entry").file_name().to_string_lossy().into_owned();
+        let (s, body) = proxy.get(&format!("/client/{name}")).expect("a module");
+        assert_eq!(s, 200, "/client/{name}: {body}");
+    }
     let (s, body) = proxy.get("/client/nosuch.js").expect("unknown module");
     assert_eq!(s, 404, "{body}");
 }

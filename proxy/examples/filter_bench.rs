@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use walcast_format::Lsn;
 use walcast_proxy::change::Change;
-use walcast_proxy::filter::{FilterInstance, FilterLimits, Filters, Verdict};
+use walcast_proxy::filter::{Decision, FilterInstance, FilterLimits, Filters};
 use walcast_proxy::metrics::Metrics;
 
 /// Subscriptions each event goes through.
@@ -137,9 +137,9 @@ fn main() {
                     }
                     for v in verdicts.drain(..) {
                         match v {
-                            Verdict::Keep | Verdict::Replace(_) => kept += 1,
-                            Verdict::Drop => {}
-                            Verdict::Failed(_) | Verdict::Detached(_) => failed += 1,
+                            Decision::Keep | Decision::Replace(_) => kept += 1,
+                            Decision::Drop => {}
+                            Decision::Failed(_) | Decision::Detached(_) => failed += 1,
                         }
                     }
                 }

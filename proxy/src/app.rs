@@ -41,7 +41,11 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
     // An edge reads the relay's JetStream stream instead of a slot; NATS
     // out of reach at start is an error.
     let nats = match &args.nats.nats_url {
-        Some(url) => Some(nats::connect(url, "walcast-edge").await?),
+        Some(url) => Some(
+            nats::connect(url, "walcast-edge")
+                .await
+                .map_err(|e| e.to_string())?,
+        ),
         None => None,
     };
     let health = Arc::new(match nats {
@@ -225,7 +229,7 @@ fn tls(
     let (Some(cert), Some(key)) = (&args.listen.tls_cert, &args.listen.tls_key) else {
         return Ok(None);
     };
-    let tls = Arc::new(Tls::load(cert.clone(), key.clone())?);
+    let tls = Arc::new(Tls::load(cert.clone(), key.clone()).map_err(|e| e.to_string())?);
     let stop = shutdown.clone();
     let reload = http::tls::reload_on_sighup(tls.clone());
     tasks.spawn(async move {
@@ -306,8 +310,12 @@ pub async fn relay(args: ServeArgs) -> Result<(), String> {
         reader: args.database.reader_config(&database)?,
         nats: args.nats.settings(&url),
     };
-    let js = nats::connect(&url, "walcast-relay").await?;
-    let db = nats::relay::prepare(&cfg, &js).await?;
+    let js = nats::connect(&url, "walcast-relay")
+        .await
+        .map_err(|e| e.to_string())?;
+    let db = nats::relay::prepare(&cfg, &js)
+        .await
+        .map_err(|e| e.to_string())?;
     let metrics = Arc::new(Metrics::default());
     let health = Arc::new(Health::new(&args.database.slot));
     let listen = args.listen.listen;

@@ -6,7 +6,7 @@
 //! connects and leaves in a loop) do not each cost PostgreSQL a query.
 //! Only positive answers are kept: a table created a moment ago is found.
 
-use crate::sql::SqlPool;
+use crate::sql::{PoolError, SqlPool};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,6 +29,17 @@ macro_rules! table_named {
 
 /// A table as a query names it: `(schema, name)`, schema optional.
 type TableName = (Option<String>, String);
+
+/// Why it is not known whether a table exists.
+#[derive(Debug, thiserror::Error)]
+pub enum TableCheckError {
+    /// No connection to ask over.
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    /// The query failed.
+    #[error("checking the table failed: {0}")]
+    Query(tokio_postgres::Error),
+}
 
 /// Catalog questions, answered over the SQL pool.
 #[derive(Clone)]
@@ -115,7 +126,11 @@ impl Catalog {
     }
 
     /// Whether `schema.name` (any schema when `None`) is a table or partitioned table.
-    pub async fn table_exists(&self, schema: Option<&str>, name: &str) -> Result<bool, String> {
+    pub async fn table_exists(
+        &self,
+        schema: Option<&str>,
+        name: &str,
+    ) -> Result<bool, TableCheckError> {
         let key = (schema.map(str::to_owned), name.to_owned());
         let now = Instant::now();
         {
@@ -137,7 +152,7 @@ impl Catalog {
                 &[&name, &schema],
             )
             .await
-            .map_err(|e| format!("checking the table failed: {e}"))?;
+            .map_err(TableCheckError::Query)?;
         let exists: bool = row.get(0);
         if exists {
             {

@@ -671,7 +671,8 @@ impl AuthArgs {
             jwks: self.jwks_file.clone(),
             audience: nonempty(&self.jwt_audience),
             leeway: self.jwt_leeway,
-        })?;
+        })
+        .map_err(|e| e.to_string())?;
         Ok(Auth::new(
             nonempty(&self.token),
             nonempty(&self.filter_upload_token),

@@ -38,6 +38,49 @@ pub enum RootCerts {
     File(PathBuf),
 }
 
+/// Why the database URL cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum UrlError {
+    /// A `key=value` string with a key and no value: the key.
+    #[error("invalid connection string: {0:?} has no value")]
+    NoValue(String),
+    /// A `key=value` string with a quote that does not end.
+    #[error("invalid connection string: unterminated quote")]
+    UnterminatedQuote,
+    /// An `sslmode` libpq does not know: as written.
+    #[error("sslmode={0:?} is not one of disable, allow, prefer, require, verify-ca, verify-full")]
+    SslMode(String),
+    /// `verify-ca` or `verify-full` with neither `sslrootcert` nor `~/.postgresql/root.crt`.
+    #[error("sslmode=verify-ca and verify-full need the CA certificate: add sslrootcert=/path/to/ca.crt (or sslrootcert=system) to the URL")]
+    NoRootCert,
+    /// What tokio-postgres refuses in the rest of the URL.
+    #[error("{0}")]
+    Config(tokio_postgres::Error),
+}
+
+/// Why a TLS client cannot be set up from the URL's settings.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The `sslrootcert` file cannot be read.
+    #[error("sslrootcert {}: {error}", .path.display())]
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    /// The `sslrootcert` file is not PEM certificates.
+    #[error("sslrootcert {}: {error}", .path.display())]
+    Pem {
+        path: PathBuf,
+        error: native_tls::Error,
+    },
+    /// The `sslrootcert` file holds no certificate.
+    #[error("sslrootcert {}: no PEM certificate in it", .path.display())]
+    NoCertificate { path: PathBuf },
+    /// The TLS library refused the settings.
+    #[error("cannot set up TLS: {0}")]
+    Setup(native_tls::Error),
+}
+
 /// The TLS settings of the database URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tls {
@@ -57,7 +100,7 @@ impl Tls {
     }
 
     /// The TLS client for these settings.
-    pub fn connector(&self) -> Result<native_tls::TlsConnector, String> {
+    pub fn connector(&self) -> Result<native_tls::TlsConnector, TlsError> {
         let mut b = native_tls::TlsConnector::builder();
         match &self.roots {
             RootCerts::None => {
@@ -66,15 +109,18 @@ impl Tls {
             }
             RootCerts::System => {}
             RootCerts::File(path) => {
-                let pem = std::fs::read(path)
-                    .map_err(|e| format!("sslrootcert {}: {e}", path.display()))?;
-                let certs = native_tls::Certificate::stack_from_pem(&pem)
-                    .map_err(|e| format!("sslrootcert {}: {e}", path.display()))?;
+                let pem = std::fs::read(path).map_err(|error| TlsError::Read {
+                    path: path.clone(),
+                    error,
+                })?;
+                let certs = native_tls::Certificate::stack_from_pem(&pem).map_err(|error| {
+                    TlsError::Pem {
+                        path: path.clone(),
+                        error,
+                    }
+                })?;
                 if certs.is_empty() {
-                    return Err(format!(
-                        "sslrootcert {}: no PEM certificate in it",
-                        path.display()
-                    ));
+                    return Err(TlsError::NoCertificate { path: path.clone() });
                 }
                 b.disable_built_in_roots(true);
                 for c in certs {
@@ -85,7 +131,7 @@ impl Tls {
         if self.mode != SslMode::VerifyFull {
             b.danger_accept_invalid_hostnames(true);
         }
-        b.build().map_err(|e| format!("cannot set up TLS: {e}"))
+        b.build().map_err(TlsError::Setup)
     }
 
     /// What a failed TLS handshake means under these settings.
@@ -112,7 +158,7 @@ pub struct Database {
 
 impl Database {
     /// Parses a `postgres://` URL or a `key=value` connection string.
-    pub fn parse(url: &str) -> Result<Database, String> {
+    pub fn parse(url: &str) -> Result<Database, UrlError> {
         let (rest, mode, root) =
             if url.starts_with("postgres://") || url.starts_with("postgresql://") {
                 take_from_url(url)
@@ -126,11 +172,7 @@ impl Database {
             Some("require") => SslMode::Require,
             Some("verify-ca") => SslMode::VerifyCa,
             Some("verify-full") => SslMode::VerifyFull,
-            Some(other) => {
-                return Err(format!(
-                    "sslmode={other:?} is not one of disable, allow, prefer, require, verify-ca, verify-full"
-                ))
-            }
+            Some(other) => return Err(UrlError::SslMode(other.to_owned())),
         };
         let roots = match root.as_deref() {
             Some("system") => RootCerts::System,
@@ -142,18 +184,13 @@ impl Database {
                         .filter(|p| p.exists());
                     match default {
                         Some(p) => RootCerts::File(p),
-                        None => {
-                            return Err(
-                                "sslmode=verify-ca and verify-full need the CA certificate: add sslrootcert=/path/to/ca.crt (or sslrootcert=system) to the URL"
-                                    .into(),
-                            )
-                        }
+                        None => return Err(UrlError::NoRootCert),
                     }
                 }
                 _ => RootCerts::None,
             },
         };
-        let mut config = tokio_postgres::Config::from_str(&rest).map_err(|e| e.to_string())?;
+        let mut config = tokio_postgres::Config::from_str(&rest).map_err(UrlError::Config)?;
         config.ssl_mode(match mode {
             SslMode::Disable => tokio_postgres::config::SslMode::Disable,
             SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
@@ -194,7 +231,7 @@ fn take_from_url(url: &str) -> (String, Option<String>, Option<String>) {
 
 /// Takes `sslmode` and `sslrootcert` out of a `key=value` string (values
 /// may be single-quoted, with `\'` and `\\` inside).
-fn take_from_pairs(s: &str) -> Result<(String, Option<String>, Option<String>), String> {
+fn take_from_pairs(s: &str) -> Result<(String, Option<String>, Option<String>), UrlError> {
     let (mut mode, mut root) = (None, None);
     let mut kept = Vec::new();
     let mut chars = s.chars().peekable();
@@ -209,14 +246,14 @@ fn take_from_pairs(s: &str) -> Result<(String, Option<String>, Option<String>), 
         }
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
         if chars.next() != Some('=') {
-            return Err(format!("invalid connection string: {key:?} has no value"));
+            return Err(UrlError::NoValue(key));
         }
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
         let mut value = String::new();
         if chars.next_if_eq(&'\'').is_some() {
             loop {
                 match chars.next() {
-                    None => return Err("invalid connection string: unterminated quote".into()),
+                    None => return Err(UrlError::UnterminatedQuote),
                     Some('\'') => break,
                     Some('\\') => {
                         if let Some(c) = chars.next() {
@@ -276,7 +313,18 @@ mod tests {
             (d.tls.mode, d.tls.roots),
             (SslMode::Require, RootCerts::System)
         );
-        assert!(Database::parse("postgres://u@h/db?sslmode=bogus").is_err());
-        assert!(Database::parse("host=h sslmode='x").is_err());
+        let message = |url: &str| Database::parse(url).err().map(|e| e.to_string());
+        assert_eq!(
+            message("postgres://u@h/db?sslmode=bogus").as_deref(),
+            Some("sslmode=\"bogus\" is not one of disable, allow, prefer, require, verify-ca, verify-full")
+        );
+        assert_eq!(
+            message("host=h sslmode='x").as_deref(),
+            Some("invalid connection string: unterminated quote")
+        );
+        assert_eq!(
+            message("host=h port").as_deref(),
+            Some("invalid connection string: \"port\" has no value")
+        );
     }
 }

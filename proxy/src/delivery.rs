@@ -14,7 +14,7 @@
 
 use crate::auth::Rules;
 use crate::change::Change;
-use crate::filter::{FilterInstance, Filters, Verdict};
+use crate::filter::{Decision, FilterInstance, Filters};
 use crate::metrics::Metrics;
 use crate::query::Query;
 use crate::refusal::{Kind, Refusal};
@@ -60,8 +60,8 @@ pub fn filter_change(
     }
 }
 
-/// What the filter's verdict on `change` makes of it.
-pub fn outcome(change: &Change, verdict: Verdict, metrics: &Metrics) -> Outcome {
+/// What the filter's decision on `change` makes of it.
+pub fn outcome(change: &Change, decision: Decision, metrics: &Metrics) -> Outcome {
     metrics.filter_events.fetch_add(1, Ordering::Relaxed);
     let frame = |code: &str, message: &str| {
         serde_json::json!({
@@ -73,18 +73,18 @@ pub fn outcome(change: &Change, verdict: Verdict, metrics: &Metrics) -> Outcome 
         })
         .to_string()
     };
-    match verdict {
-        Verdict::Drop => Outcome::Skip,
-        Verdict::Keep => unfiltered(change),
-        Verdict::Replace(out) => match String::from_utf8(out) {
+    match decision {
+        Decision::Drop => Outcome::Skip,
+        Decision::Keep => unfiltered(change),
+        Decision::Replace(out) => match String::from_utf8(out) {
             Ok(s) => Outcome::Send(s.into()),
             Err(_) => Outcome::Skip,
         },
-        Verdict::Failed(e) => {
+        Decision::Failed(e) => {
             metrics.filter_errors.fetch_add(1, Ordering::Relaxed);
             Outcome::Report(frame(e.code.as_str(), &e.message))
         }
-        Verdict::Detached(e) => {
+        Decision::Detached(e) => {
             metrics.filter_errors.fetch_add(1, Ordering::Relaxed);
             metrics.filters_detached.fetch_add(1, Ordering::Relaxed);
             Outcome::Detach(frame(e.code.as_str(), &e.message), e.message)

@@ -6,7 +6,7 @@
 //! Built with the `fuzzing` feature, and in tests.
 
 use crate::change::Change;
-use crate::filter::{FilterInstance, FilterLimits, Filters, Verdict};
+use crate::filter::{Decision, FilterInstance, FilterLimits, Filters};
 use crate::live::hub::{Hub, PublishScratch, HUB_MATCH_COST};
 use crate::metrics::Metrics;
 use crate::query;
@@ -41,7 +41,7 @@ pub fn hub(data: &[u8]) {
             if let Err(e) = cursor.fill(16, &mut got) {
                 panic!("fill: {e:?}");
             }
-            if cursor.throttle().is_none() {
+            if cursor.paused_until().is_none() {
                 break;
             }
         }
@@ -199,15 +199,15 @@ pub fn filter(data: &[u8]) -> Reached {
         }
     };
     for c in &host.changes {
-        if let Verdict::Detached(_) = f.run(c) {
+        if let Decision::Detached(_) = f.run(c) {
             return Reached::Ran;
         }
     }
-    let mut verdicts = Vec::new();
-    f.run_batch(&host.changes, &mut verdicts);
-    assert!(!verdicts.is_empty() && verdicts.len() <= host.changes.len());
-    let ended = matches!(verdicts.last(), Some(Verdict::Detached(_)));
-    assert!(verdicts.len() == host.changes.len() || ended);
+    let mut decisions = Vec::new();
+    f.run_batch(&host.changes, &mut decisions);
+    assert!(!decisions.is_empty() && decisions.len() <= host.changes.len());
+    let ended = matches!(decisions.last(), Some(Decision::Detached(_)));
+    assert!(decisions.len() == host.changes.len() || ended);
     Reached::Ran
 }
 

@@ -16,6 +16,35 @@ pub struct SqlPool {
     permits: Arc<Semaphore>,
 }
 
+/// Why the pool gave no connection.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// The pool was closed.
+    #[error("the connection pool is closed")]
+    Closed,
+    /// PostgreSQL did not answer or refused the connection.
+    #[error("cannot reach PostgreSQL: {}", with_cause(.0))]
+    Unreachable(tokio_postgres::Error),
+    /// TLS could not be set up as the database URL asks.
+    #[error(transparent)]
+    Tls(#[from] crate::database::TlsError),
+}
+
+/// The message, for callers whose errors are text.
+impl From<PoolError> for String {
+    fn from(e: PoolError) -> String {
+        e.to_string()
+    }
+}
+
+/// An error followed by its cause, when it has one.
+fn with_cause(e: &tokio_postgres::Error) -> String {
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    }
+}
+
 /// A connection taken from the pool; it goes back when dropped (unless closed).
 pub struct Conn {
     client: ManuallyDrop<Client>,
@@ -65,13 +94,13 @@ impl SqlPool {
     }
 
     /// An idle connection, or a new one; waits while `max` are in use.
-    pub async fn get(&self) -> Result<Conn, String> {
+    pub async fn get(&self) -> Result<Conn, PoolError> {
         let permit = self
             .permits
             .clone()
             .acquire_owned()
             .await
-            .map_err(|_| "the connection pool is closed".to_owned())?;
+            .map_err(|_| PoolError::Closed)?;
         let reused = loop {
             let c = crate::locks::lock(&self.idle).pop();
             match c {
@@ -90,14 +119,13 @@ impl SqlPool {
         })
     }
 
-    async fn connect(&self) -> Result<Client, String> {
-        let unreachable = |e: tokio_postgres::Error| match std::error::Error::source(&e) {
-            Some(cause) => format!("cannot reach PostgreSQL: {e}: {cause}"),
-            None => format!("cannot reach PostgreSQL: {e}"),
-        };
+    async fn connect(&self) -> Result<Client, PoolError> {
         let config = &self.database.config;
         if !self.database.tls.wanted() {
-            let (client, conn) = config.connect(NoTls).await.map_err(unreachable)?;
+            let (client, conn) = config
+                .connect(NoTls)
+                .await
+                .map_err(PoolError::Unreachable)?;
             tokio::spawn(conn);
             Ok(client)
         } else {
@@ -105,7 +133,7 @@ impl SqlPool {
             let (client, conn) = config
                 .connect(MakeTlsConnector::new(tls))
                 .await
-                .map_err(unreachable)?;
+                .map_err(PoolError::Unreachable)?;
             tokio::spawn(conn);
             Ok(client)
         }

@@ -61,16 +61,68 @@ pub struct KeySources {
     pub leeway: u64,
 }
 
+/// Why the configured keys cannot be used (the proxy does not start).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum KeyError {
+    /// `--jwt-secret` is shorter than 32 bytes: its length.
+    #[error("--jwt-secret is {0} bytes: use at least 32 random bytes")]
+    ShortSecret(usize),
+    /// `--jwt-public-key` cannot be read or is not a public key.
+    #[error("--jwt-public-key {}: {reason}", .path.display())]
+    PublicKey {
+        path: std::path::PathBuf,
+        reason: String,
+    },
+    /// `--jwks-file` cannot be read or is not a usable key set.
+    #[error("--jwks-file {}: {reason}", .path.display())]
+    Jwks {
+        path: std::path::PathBuf,
+        reason: String,
+    },
+}
+
+/// Why a token was not accepted.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TokenError {
+    /// Not a JWT, or a header this proxy does not take (`alg: none` among them).
+    #[error("the token is not a JWT this proxy accepts (malformed, or an algorithm it does not take: \"none\" never is)")]
+    Malformed,
+    /// No configured key verifies the token's algorithm (and `kid`, when it names one).
+    #[error(
+        "no key on this proxy verifies {alg:?} tokens{}",
+        .kid.as_ref().map(|k| format!(" with kid {k:?}")).unwrap_or_default()
+    )]
+    NoKey { alg: Algorithm, kid: Option<String> },
+    /// Past its `exp`.
+    #[error("the token expired (exp)")]
+    Expired,
+    /// Before its `nbf`.
+    #[error("the token is not valid yet (nbf)")]
+    NotYet,
+    /// Its `aud` is none of the accepted ones.
+    #[error("the token is for another audience (aud must be one of {})", .accepted.join(", "))]
+    Audience { accepted: Vec<String> },
+    /// A claim that must be there is missing: its name.
+    #[error("the token has no {0:?} claim")]
+    MissingClaim(String),
+    /// The signature does not verify with the key (where it came from).
+    #[error("the token's signature does not verify with {0}")]
+    Signature(String),
+    /// The claims do not have the types walcast reads.
+    #[error("the token's claims are not as expected: {0}")]
+    Claims(std::sync::Arc<serde_json::Error>),
+    /// Anything else the JWT library refuses.
+    #[error("the token is invalid: {0}")]
+    Invalid(jsonwebtoken::errors::Error),
+}
+
 impl Verifier {
     /// The verifier for `sources`; `None` when no key is configured.
-    pub fn new(sources: &KeySources) -> Result<Option<Verifier>, String> {
+    pub fn new(sources: &KeySources) -> Result<Option<Verifier>, KeyError> {
         let mut keys = Vec::new();
         if let Some(secret) = &sources.secret {
             if secret.len() < 32 {
-                return Err(format!(
-                    "--jwt-secret is {} bytes: use at least 32 random bytes",
-                    secret.len()
-                ));
+                return Err(KeyError::ShortSecret(secret.len()));
             }
             keys.push(Key {
                 kid: None,
@@ -80,18 +132,20 @@ impl Verifier {
             });
         }
         if let Some(path) = &sources.public_key {
-            let pem = std::fs::read(path)
-                .map_err(|e| format!("--jwt-public-key {}: {e}", path.display()))?;
-            keys.push(
-                pem_key(&pem).map_err(|e| format!("--jwt-public-key {}: {e}", path.display()))?,
-            );
+            let public_key = |reason: String| KeyError::PublicKey {
+                path: path.clone(),
+                reason,
+            };
+            let pem = std::fs::read(path).map_err(|e| public_key(e.to_string()))?;
+            keys.push(pem_key(&pem).map_err(public_key)?);
         }
         if let Some(path) = &sources.jwks {
-            let text =
-                std::fs::read(path).map_err(|e| format!("--jwks-file {}: {e}", path.display()))?;
-            keys.extend(
-                jwks_keys(&text).map_err(|e| format!("--jwks-file {}: {e}", path.display()))?,
-            );
+            let jwks = |reason: String| KeyError::Jwks {
+                path: path.clone(),
+                reason,
+            };
+            let text = std::fs::read(path).map_err(|e| jwks(e.to_string()))?;
+            keys.extend(jwks_keys(&text).map_err(jwks)?);
         }
         if keys.is_empty() {
             return Ok(None);
@@ -109,33 +163,22 @@ impl Verifier {
     }
 
     /// The token's claims when it verifies; otherwise what is wrong with it.
-    pub fn verify(&self, token: &str) -> Result<Claims, String> {
+    pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
-            ErrorKind::Json(_) | ErrorKind::Base64(_) | ErrorKind::Utf8(_) | ErrorKind::InvalidToken => {
-                "the token is not a JWT this proxy accepts (malformed, or an algorithm it does not take: \"none\" never is)".to_owned()
-            }
-            _ => format!("the token is invalid: {e}"),
+            ErrorKind::Json(_)
+            | ErrorKind::Base64(_)
+            | ErrorKind::Utf8(_)
+            | ErrorKind::InvalidToken => TokenError::Malformed,
+            _ => TokenError::Invalid(e),
         })?;
-        let candidates: Vec<&Key> = self
+        let candidates = self
             .keys
             .iter()
             .filter(|k| k.algorithms.contains(&header.alg))
             .filter(|k| match (&header.kid, &k.kid) {
                 (Some(want), Some(have)) => want == have,
                 _ => true,
-            })
-            .collect();
-        if candidates.is_empty() {
-            return Err(format!(
-                "no key on this proxy verifies {:?} tokens{}",
-                header.alg,
-                header
-                    .kid
-                    .as_ref()
-                    .map(|k| format!(" with kid {k:?}"))
-                    .unwrap_or_default()
-            ));
-        }
+            });
         let mut validation = Validation::new(header.alg);
         validation.leeway = self.leeway;
         validation.validate_nbf = true;
@@ -146,37 +189,35 @@ impl Verifier {
             validation.set_audience(&self.audience);
             validation.required_spec_claims.insert("aud".to_owned());
         }
-        let mut last = String::new();
+        let mut last = None;
         for k in candidates {
             match jsonwebtoken::decode::<Claims>(token, &k.key, &validation) {
                 Ok(data) => return Ok(data.claims),
                 Err(e) => {
-                    last = match e.kind() {
-                        ErrorKind::ExpiredSignature => "the token expired (exp)".into(),
-                        ErrorKind::ImmatureSignature => "the token is not valid yet (nbf)".into(),
-                        ErrorKind::InvalidAudience => format!(
-                            "the token is for another audience (aud must be one of {})",
-                            self.audience.join(", ")
-                        ),
-                        ErrorKind::MissingRequiredClaim(c) => {
-                            format!("the token has no {c:?} claim")
-                        }
-                        ErrorKind::InvalidSignature => {
-                            format!("the token's signature does not verify with {}", k.source)
-                        }
-                        ErrorKind::Json(e) => {
-                            format!("the token's claims are not as expected: {e}")
-                        }
-                        _ => format!("the token is invalid: {e}"),
-                    };
                     // Claims problems are the same with any key.
-                    if !matches!(e.kind(), ErrorKind::InvalidSignature) {
+                    let next_key = matches!(e.kind(), ErrorKind::InvalidSignature);
+                    last = Some(match e.kind() {
+                        ErrorKind::ExpiredSignature => TokenError::Expired,
+                        ErrorKind::ImmatureSignature => TokenError::NotYet,
+                        ErrorKind::InvalidAudience => TokenError::Audience {
+                            accepted: self.audience.clone(),
+                        },
+                        ErrorKind::MissingRequiredClaim(c) => TokenError::MissingClaim(c.clone()),
+                        ErrorKind::InvalidSignature => TokenError::Signature(k.source.clone()),
+                        ErrorKind::Json(e) => TokenError::Claims(e.clone()),
+                        _ => TokenError::Invalid(e),
+                    });
+                    if !next_key {
                         break;
                     }
                 }
             }
         }
-        Err(last)
+        // No key was tried: none fits the token.
+        Err(last.unwrap_or(TokenError::NoKey {
+            alg: header.alg,
+            kid: header.kid,
+        }))
     }
 }
 
@@ -293,15 +334,19 @@ mod tests {
     fn hs256_tokens_are_checked_for_time_audience_and_signature() {
         let v = verifier(&[]);
         let ok = token(serde_json::json!({"sub": "ann", "exp": now() + 60, "walcast": {}}));
-        assert_eq!(v.verify(&ok).map(|c| c.sub), Ok(Some("ann".into())));
+        let message = |t: &str| v.verify(t).err().map(|e| e.to_string());
+        assert_eq!(
+            v.verify(&ok).map(|c| c.sub).map_err(|e| e.to_string()),
+            Ok(Some("ann".into()))
+        );
         let expired = token(serde_json::json!({"exp": now() - 10}));
         assert_eq!(
-            v.verify(&expired).err().as_deref(),
+            message(&expired).as_deref(),
             Some("the token expired (exp)")
         );
         let early = token(serde_json::json!({"exp": now() + 60, "nbf": now() + 30}));
         assert_eq!(
-            v.verify(&early).err().as_deref(),
+            message(&early).as_deref(),
             Some("the token is not valid yet (nbf)")
         );
         let no_exp = token(serde_json::json!({"sub": "x"}));
@@ -315,7 +360,19 @@ mod tests {
             "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{}.",
             ok.split('.').nth(1).unwrap_or_default()
         );
-        assert!(v.verify(&none).is_err());
+        assert_eq!(
+            message(&none).as_deref(),
+            Some("the token is not a JWT this proxy accepts (malformed, or an algorithm it does not take: \"none\" never is)")
+        );
+        // {"alg":"RS256","kid":"k1"}: no RSA key here.
+        let rs256 = format!(
+            "eyJhbGciOiJSUzI1NiIsImtpZCI6ImsxIn0.{}.c2ln",
+            ok.split('.').nth(1).unwrap_or_default()
+        );
+        assert_eq!(
+            message(&rs256).as_deref(),
+            Some("no key on this proxy verifies RS256 tokens with kid \"k1\"")
+        );
 
         let aud = verifier(&["walcast"]);
         let other = token(serde_json::json!({"exp": now() + 60, "aud": "other"}));
@@ -332,7 +389,13 @@ mod tests {
             secret: Some("short".into()),
             ..KeySources::default()
         };
-        assert!(Verifier::new(&short).is_err());
+        assert_eq!(
+            Verifier::new(&short)
+                .err()
+                .map(|e| e.to_string())
+                .as_deref(),
+            Some("--jwt-secret is 5 bytes: use at least 32 random bytes")
+        );
         assert!(pem_key(b"-----BEGIN PRIVATE KEY-----\n-----END PRIVATE KEY-----\n").is_err());
         assert!(jwks_keys(br#"{"keys":[]}"#).is_err());
     }

@@ -9,7 +9,7 @@
 pub mod jwt;
 pub mod rules;
 
-pub use rules::{Forbidden, Rules};
+pub use rules::{ClaimError, Forbidden, Rules};
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -165,7 +165,9 @@ impl Auth {
     }
 
     fn jwt_grant(&self, v: &jwt::Verifier, token: &str) -> Result<Grant, Denied> {
-        let claims = v.verify(token).map_err(Denied::Invalid)?;
+        let claims = v
+            .verify(token)
+            .map_err(|e| Denied::Invalid(e.to_string()))?;
         let Some(claim) = claims.walcast else {
             return Err(Denied::Invalid(
                 "the token has no \"walcast\" claim: it must state what the user may read ({} for everything; see docs/security.md)".into(),
@@ -186,16 +188,26 @@ impl Auth {
     /// A new token sent on an open websocket (`{"access_token":"..."}`):
     /// the grant that replaces `current`. It must verify and state the same
     /// rules and subject; only its expiry may differ.
-    pub fn refresh(&self, current: &Grant, token: &str) -> Result<Grant, String> {
-        let next = self.check(Some(token)).map_err(|e| e.to_string())?;
+    pub fn refresh(&self, current: &Grant, token: &str) -> Result<Grant, RefreshDenied> {
+        let next = self.check(Some(token)).map_err(RefreshDenied::Invalid)?;
         if next.rules != current.rules || next.subject != current.subject {
-            return Err(
-                "the new token's subject or walcast claim differs from the connection's: reconnect with it"
-                    .into(),
-            );
+            return Err(RefreshDenied::Changed);
         }
         Ok(next)
     }
+}
+
+/// Why a token sent on an open websocket does not replace its grant.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RefreshDenied {
+    /// The new token is not accepted.
+    #[error("{0}")]
+    Invalid(Denied),
+    /// It states another subject or other rules than the connection's.
+    #[error(
+        "the new token's subject or walcast claim differs from the connection's: reconnect with it"
+    )]
+    Changed,
 }
 
 /// Why a query was not admitted.
@@ -230,8 +242,13 @@ impl std::fmt::Display for Refused {
     }
 }
 
+/// A refresh frame whose `access_token` is not a string.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("\"access_token\" must be a string")]
+pub struct TokenFrameError;
+
 /// A client frame that carries a new token, if `text` is one.
-pub fn refresh_frame(text: &str) -> Option<Result<String, String>> {
+pub fn refresh_frame(text: &str) -> Option<Result<String, TokenFrameError>> {
     #[derive(serde::Deserialize)]
     struct Frame {
         access_token: serde_json::Value,
@@ -242,7 +259,7 @@ pub fn refresh_frame(text: &str) -> Option<Result<String, String>> {
     let frame: Frame = serde_json::from_str(text).ok()?;
     Some(match frame.access_token {
         serde_json::Value::String(t) => Ok(t),
-        _ => Err("\"access_token\" must be a string".into()),
+        _ => Err(TokenFrameError),
     })
 }
 
@@ -293,9 +310,13 @@ mod tests {
             refresh_frame(r#"{"access_token":"x"}"#),
             Some(Ok("x".into()))
         );
-        assert!(matches!(
+        assert_eq!(
             refresh_frame(r#"{"access_token":5}"#),
-            Some(Err(_))
-        ));
+            Some(Err(TokenFrameError))
+        );
+        assert_eq!(
+            TokenFrameError.to_string(),
+            "\"access_token\" must be a string"
+        );
     }
 }

@@ -83,25 +83,36 @@ impl std::fmt::Display for Forbidden {
     }
 }
 
+/// Which part of a `walcast` claim is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClaimError {
+    /// `tables` is not a list of table patterns.
+    #[error("walcast.tables: {0}")]
+    Tables(walcast_format::PatternError),
+    /// `row_filter` does not parse: the message of [`parse_row_filter`].
+    #[error("{0}")]
+    RowFilter(String),
+    /// `actions` names something that is not an action: what it names.
+    #[error("walcast.actions: {0:?} is not insert, update, delete, truncate or *")]
+    Action(String),
+}
+
 impl Rules {
     /// The rules a `walcast` claim states; an error says which part is wrong.
-    pub fn from_claim(claim: Claim) -> Result<Rules, String> {
+    pub fn from_claim(claim: Claim) -> Result<Rules, ClaimError> {
         let tables = match claim.tables {
             None => None,
             Some(t) => {
                 let mut patterns = Vec::new();
                 for item in t.items() {
-                    patterns.extend(
-                        TablePattern::parse_list(&item)
-                            .map_err(|e| format!("walcast.tables: {e}"))?,
-                    );
+                    patterns.extend(TablePattern::parse_list(&item).map_err(ClaimError::Tables)?);
                 }
                 Some(patterns)
             }
         };
         let row_filter = match &claim.row_filter {
             None => Vec::new(),
-            Some(text) => parse_row_filter(text)?,
+            Some(text) => parse_row_filter(text).map_err(ClaimError::RowFilter)?,
         };
         let actions = match claim.actions {
             None => ActionSet::ALL,
@@ -114,11 +125,7 @@ impl Rules {
                         "delete" => set.delete = true,
                         "truncate" => set.truncate = true,
                         "*" => set = ActionSet::ALL,
-                        other => {
-                            return Err(format!(
-                                "walcast.actions: {other:?} is not insert, update, delete, truncate or *"
-                            ))
-                        }
+                        other => return Err(ClaimError::Action(other.to_owned())),
                     }
                 }
                 set
@@ -342,7 +349,7 @@ mod tests {
         let bad = |v: serde_json::Value| {
             serde_json::from_value::<Claim>(v)
                 .map_err(|e| e.to_string())
-                .and_then(Rules::from_claim)
+                .and_then(|c| Rules::from_claim(c).map_err(|e| e.to_string()))
                 .is_err()
         };
         assert!(bad(serde_json::json!({"row_filters": "a.eq.1"})));
@@ -350,6 +357,14 @@ mod tests {
         assert!(bad(serde_json::json!({"actions": ["upsert"]})));
         assert!(bad(serde_json::json!({"tables": ""})));
         assert!(!bad(serde_json::json!({})));
+        let claim = serde_json::json!({"actions": ["insert", "upsert"]});
+        let e = serde_json::from_value::<Claim>(claim)
+            .map_err(|e| e.to_string())
+            .and_then(|c| Rules::from_claim(c).map_err(|e| e.to_string()));
+        assert_eq!(
+            e.err().as_deref(),
+            Some("walcast.actions: \"upsert\" is not insert, update, delete, truncate or *")
+        );
         let e = match parse_row_filter("a.eq.1:b.gt.x") {
             Err(e) => e,
             Ok(f) => panic!("parsed {f:?}"),

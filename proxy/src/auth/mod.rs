@@ -67,7 +67,7 @@ pub async fn admit_query(
         {
             Ok(true) => Ok(query),
             Ok(false) => Err(unknown()),
-            Err(e) => Err(Refused::Unavailable(e)),
+            Err(e) => Err(Refused::Unavailable(e.to_string())),
         };
     };
     let info = catalog
@@ -80,6 +80,17 @@ pub async fn admit_query(
     }
     query.table.schema = Some(info.schema);
     rules.narrow(query).map_err(|f| Refused::Forbidden(f.0))
+}
+
+/// Why a refresh frame ends the connection (1008); its text is the close reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RefreshRefused {
+    /// The frame's `access_token` is not a string.
+    #[error("{0}")]
+    Frame(TokenFrameError),
+    /// The new token does not replace the grant.
+    #[error("token refresh refused: {0}")]
+    Token(RefreshDenied),
 }
 
 /// A connection's grant while it is open: checked against the clock, and
@@ -124,10 +135,10 @@ impl Access {
     /// Handles a client text frame: `None` when it is not a refresh,
     /// `Some(Ok(reply))` when the token was replaced, `Some(Err(reason))`
     /// when the connection must close (1008).
-    pub fn on_frame(&mut self, text: &str) -> Option<Result<String, String>> {
+    pub fn on_frame(&mut self, text: &str) -> Option<Result<String, RefreshRefused>> {
         let token = match refresh_frame(text)? {
             Ok(t) => t,
-            Err(e) => return Some(Err(e)),
+            Err(e) => return Some(Err(RefreshRefused::Frame(e))),
         };
         Some(match self.auth.refresh(&self.grant, &token) {
             Ok(next) => {
@@ -135,7 +146,7 @@ impl Access {
                 self.grant = next;
                 Ok(refreshed_body(&self.grant))
             }
-            Err(e) => Err(format!("token refresh refused: {e}")),
+            Err(e) => Err(RefreshRefused::Token(e)),
         })
     }
 }

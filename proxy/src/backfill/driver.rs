@@ -383,13 +383,46 @@ fn read_event(
     Some(Entry::outside_log(Arc::new(change), pos))
 }
 
+/// Why a table cannot be backfilled.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotRefused {
+    /// A partitioned table: its rows are in its partitions (schema, name).
+    #[error(
+        "snapshot: {0}.{1} is partitioned; the stream names the partition that holds each row, \
+         so subscribe to its partitions"
+    )]
+    Partitioned(String, String),
+    /// A table without a primary key (schema, name).
+    #[error(
+        "snapshot: {0}.{1} has no primary key. Read events replace rows by key; without one a \
+         client cannot tell a row read from the same row inserted meanwhile. Give the table \
+         a primary key"
+    )]
+    NoPrimaryKey(String, String),
+}
+
+/// Why a `snapshot=1` subscription has no plan.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    /// The catalog could not be read: why.
+    #[error("{0}")]
+    Catalog(String),
+    /// The query names no table there is: its name.
+    #[error("snapshot: there is no table {0:?}")]
+    NoTable(String),
+    /// The table cannot be backfilled.
+    #[error(transparent)]
+    Refused(#[from] SnapshotRefused),
+}
+
 /// What a `snapshot=1` subscription to `query` reads: its table (the one
 /// the search path finds when the query names no schema) and its filters.
-pub async fn plan_for(catalog: &Catalog, query: &Query) -> Result<Plan, String> {
+pub async fn plan_for(catalog: &Catalog, query: &Query) -> Result<Plan, PlanError> {
     let table = catalog
         .table_info(query.table.schema.as_deref(), &query.table.name)
-        .await?
-        .ok_or_else(|| format!("snapshot: there is no table {:?}", query.table.name))?;
+        .await
+        .map_err(PlanError::Catalog)?
+        .ok_or_else(|| PlanError::NoTable(query.table.name.clone()))?;
     readable(&table)?;
     Ok(Plan {
         table,
@@ -400,21 +433,60 @@ pub async fn plan_for(catalog: &Catalog, query: &Query) -> Result<Plan, String> 
 
 /// Whether a backfill can read `table`: it needs a primary key, and not to
 /// be partitioned.
-pub fn readable(table: &TableInfo) -> Result<(), String> {
+pub fn readable(table: &TableInfo) -> Result<(), SnapshotRefused> {
     if table.partitioned {
-        return Err(format!(
-            "snapshot: {}.{} is partitioned; the stream names the partition that holds each row, \
-             so subscribe to its partitions",
-            table.schema, table.name
+        return Err(SnapshotRefused::Partitioned(
+            table.schema.clone(),
+            table.name.clone(),
         ));
     }
     if table.primary_key.is_empty() {
-        return Err(format!(
-            "snapshot: {}.{} has no primary key. Read events replace rows by key; without one a \
-             client cannot tell a row read from the same row inserted meanwhile. Give the table \
-             a primary key",
-            table.schema, table.name
+        return Err(SnapshotRefused::NoPrimaryKey(
+            table.schema.clone(),
+            table.name.clone(),
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(partitioned: bool, primary_key: Vec<usize>) -> TableInfo {
+        TableInfo {
+            oid: 1,
+            schema: "public".into(),
+            name: "t".into(),
+            columns: Vec::new(),
+            primary_key,
+            partitioned,
+        }
+    }
+
+    #[test]
+    fn tables_without_a_key_or_partitioned_are_refused_in_words() {
+        assert_eq!(readable(&table(false, vec![0])), Ok(()));
+        assert_eq!(
+            readable(&table(true, vec![0])).map_err(|e| e.to_string()),
+            Err(
+                "snapshot: public.t is partitioned; the stream names the partition that holds \
+                 each row, so subscribe to its partitions"
+                    .to_owned()
+            )
+        );
+        assert_eq!(
+            readable(&table(false, Vec::new())).map_err(|e| e.to_string()),
+            Err(
+                "snapshot: public.t has no primary key. Read events replace rows by key; \
+                 without one a client cannot tell a row read from the same row inserted \
+                 meanwhile. Give the table a primary key"
+                    .to_owned()
+            )
+        );
+        assert_eq!(
+            PlanError::NoTable("x".into()).to_string(),
+            "snapshot: there is no table \"x\""
+        );
+    }
 }

@@ -44,6 +44,26 @@ pub struct Backfills {
     metrics: Arc<Metrics>,
 }
 
+/// A backfill that gave no rows: it stopped, or none was running. Its text
+/// is the frame that tells the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", failed_frame(.table, .reason))]
+pub struct SnapshotFailed {
+    /// `schema.table` (empty when none was running).
+    pub table: String,
+    /// Why it stopped.
+    pub reason: String,
+}
+
+impl SnapshotFailed {
+    fn new(table: &str, reason: &str) -> SnapshotFailed {
+        SnapshotFailed {
+            table: table.to_owned(),
+            reason: reason.to_owned(),
+        }
+    }
+}
+
 /// The frame of a backfill that stopped.
 fn failed_frame(table: &str, reason: &str) -> String {
     serde_json::json!({
@@ -120,9 +140,9 @@ impl Backfills {
 
     /// The rows of the chunk [`Backfills::observe`] said are due, or the
     /// frame of a backfill that stopped instead.
-    pub async fn take(&mut self) -> Result<Ready, String> {
+    pub async fn take(&mut self) -> Result<Ready, SnapshotFailed> {
         let Some(r) = self.running.as_mut() else {
-            return Err(failed_frame("", "no snapshot is running"));
+            return Err(SnapshotFailed::new("", "no snapshot is running"));
         };
         let table = r.table.clone();
         let got = r.handle.events.recv().await;
@@ -131,11 +151,11 @@ impl Backfills {
             Some(Event::Ready(ready)) => Ok(ready),
             Some(Event::Failed(reason)) => {
                 self.finish();
-                Err(failed_frame(&table, &reason))
+                Err(SnapshotFailed::new(&table, &reason))
             }
             None => {
                 self.finish();
-                Err(failed_frame(&table, "the snapshot stopped"))
+                Err(SnapshotFailed::new(&table, "the snapshot stopped"))
             }
         }
     }

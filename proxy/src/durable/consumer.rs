@@ -86,7 +86,7 @@ impl Source {
     async fn send_status(&mut self) -> Result<(), String> {
         match self {
             Source::Slot(s) => s.send_status(false).await.map_err(|e| e.to_string()),
-            Source::Jet(j) => j.send_status().await,
+            Source::Jet(j) => j.send_status().await.map_err(|e| e.to_string()),
         }
     }
 
@@ -375,7 +375,7 @@ impl Consumer {
                         &change,
                     );
                 if selected && self.opts.filter.is_some() {
-                    if let Some(wait) = self.opts.filter.as_mut().and_then(|f| f.throttle()) {
+                    if let Some(wait) = self.opts.filter.as_mut().and_then(|f| f.budget_wait()) {
                         self.flush().await?;
                         tokio::time::sleep(wait).await;
                     }
@@ -464,7 +464,7 @@ impl Consumer {
                     .fetch_add(ready.rows.len() as u64 + 1, Ordering::Relaxed);
                 ready.frame
             }
-            Err(frame) => frame,
+            Err(failed) => failed.to_string(),
         };
         self.feed(frame).await
     }
@@ -530,7 +530,7 @@ impl Consumer {
         match self.opts.access.on_frame(text) {
             None => {}
             Some(Ok(reply)) => return self.send(reply).await,
-            Some(Err(reason)) => return Err(End::Close(CloseCode::Policy, reason)),
+            Some(Err(reason)) => return Err(End::Close(CloseCode::Policy, reason.to_string())),
         }
         match self.acks.judge(text) {
             AckOutcome::Accepted { lsn, reply } => {

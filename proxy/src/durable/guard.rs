@@ -26,9 +26,15 @@ pub async fn run_lag_guard(streams: Arc<Streams>, shutdown: CancellationToken) {
     }
 }
 
+/// Why the durable streams' lag could not be looked at: the streams
+/// could not be listed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}", .0.message)]
+pub struct LagCheckError(pub crate::refusal::Refusal);
+
 /// One look at every durable stream slot.
-pub async fn check_once(streams: &Streams) -> Result<(), String> {
-    let list = streams.list().await.map_err(|e| e.message)?;
+pub async fn check_once(streams: &Streams) -> Result<(), LagCheckError> {
+    let list = streams.list().await.map_err(LagCheckError)?;
     let mut lags = BTreeMap::new();
     for s in &list {
         let lag = s.lag_bytes.unwrap_or(0).max(0) as u64;
@@ -92,7 +98,7 @@ pub async fn run_heartbeat(
                 )
                 .await
                 .map_err(|e| e.to_string()),
-            Err(e) => Err(e),
+            Err(e) => Err(e.to_string()),
         };
         match result {
             Ok(_) => {

@@ -315,6 +315,11 @@ impl JetStreams {
     }
 }
 
+/// JetStream did not take a connection's acknowledgement.
+#[derive(Debug, thiserror::Error)]
+#[error("JetStream did not take the ACK: {0}")]
+pub struct AckError(async_nats::Error);
+
 /// A connection's reading of its durable stream's consumer, in the shape
 /// the slot's replication stream has (`consumer.rs`).
 pub struct JetSource {
@@ -399,7 +404,7 @@ impl JetSource {
     /// Acknowledges, on the consumer, the newest `C` at or before the
     /// confirmed position (and so everything before it), and waits for
     /// JetStream to have it.
-    pub async fn send_status(&mut self) -> Result<(), String> {
+    pub async fn send_status(&mut self) -> Result<(), AckError> {
         let mut newest = None;
         while self
             .commits
@@ -409,9 +414,7 @@ impl JetSource {
             newest = self.commits.pop_front();
         }
         if let Some((_, m)) = newest {
-            m.double_ack()
-                .await
-                .map_err(|e| format!("JetStream did not take the ACK: {e}"))?;
+            m.double_ack().await.map_err(AckError)?;
         }
         Ok(())
     }

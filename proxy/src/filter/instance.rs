@@ -7,7 +7,7 @@
 //! A module that exports `walcast_filter_batch` takes up to
 //! [`BATCH_EVENTS`] changes per call (`run_batch`): one entry into the
 //! sandbox and one fuel reset per batch instead of per change. The
-//! verdicts and failures a client sees are those of one call per change.
+//! decisions and failures a client sees are those of one call per change.
 
 use super::modules::{output_bytes, FilterModule, Filters, Host};
 use super::record::{record_len, write_record};
@@ -20,7 +20,7 @@ use wasmtime::{Engine, Memory, Store, StoreLimitsBuilder, Trap, TypedFunc};
 
 /// What the filter decided for one change.
 #[derive(Debug)]
-pub enum Verdict {
+pub enum Decision {
     Drop,
     Keep,
     /// Deliver these bytes (UTF-8 checked) instead of the change.
@@ -202,7 +202,7 @@ impl FilterInstance {
 
     /// How long to wait before the next event: the subscription used its
     /// filter budget for this second.
-    pub fn throttle(&mut self) -> Option<Duration> {
+    pub fn budget_wait(&mut self) -> Option<Duration> {
         // Under budget: no need to read the clock (this runs per batch).
         if !self.over_budget() {
             return None;
@@ -239,11 +239,11 @@ impl FilterInstance {
     /// budget per second (a stream's filter slows only its own stream): its
     /// time is not measured, since reading the clock twice would double the
     /// cost of a cheap filter. Live sessions use [`FilterInstance::run_batch`].
-    pub fn run(&mut self, change: &Change) -> Verdict {
+    pub fn run(&mut self, change: &Change) -> Decision {
         self.timed(false, |f| (f.judge(change), 1))
     }
 
-    fn judge(&mut self, change: &Change) -> Verdict {
+    fn judge(&mut self, change: &Change) -> Decision {
         match self.call(change) {
             Ok(v) => {
                 self.consecutive_errors = 0;
@@ -255,11 +255,11 @@ impl FilterInstance {
 
     /// Counts a failure: the filter goes on in a fresh instance, or is
     /// detached after `max_errors` failures in a row.
-    fn failed(&mut self, err: FilterError) -> Verdict {
+    fn failed(&mut self, err: FilterError) -> Decision {
         self.consecutive_errors += 1;
         if self.consecutive_errors >= self.limits.max_errors {
             self.live = None;
-            return Verdict::Detached(Box::new(FilterError::new(
+            return Decision::Detached(Box::new(FilterError::new(
                 err.code,
                 format!(
                     "filter detached after {} failures in a row; the last: {}",
@@ -269,23 +269,23 @@ impl FilterInstance {
         }
         // A fresh instance: whatever state the failure left is gone.
         if let Err(e) = self.instantiate() {
-            return Verdict::Detached(Box::new(FilterError::new(
+            return Decision::Detached(Box::new(FilterError::new(
                 e.code,
                 format!("filter detached: it cannot be restarted: {}", e.message),
             )));
         }
-        Verdict::Failed(Box::new(err))
+        Decision::Failed(Box::new(err))
     }
 
-    /// Runs the filter on `changes` in order, appending one verdict per
-    /// change to `verdicts` (cleared first); after a `Detached` verdict the
+    /// Runs the filter on `changes` in order, appending one decision per
+    /// change to `decisions` (cleared first); after a `Detached` decision the
     /// rest are not judged. Batches go through `walcast_filter_batch` when
     /// the module exports it, each change through `walcast_filter`
-    /// otherwise; either way the verdicts are those of one call per change.
-    pub fn run_batch<C: Borrow<Change>>(&mut self, changes: &[C], verdicts: &mut Vec<Verdict>) {
+    /// otherwise; either way the decisions are those of one call per change.
+    pub fn run_batch<C: Borrow<Change>>(&mut self, changes: &[C], decisions: &mut Vec<Decision>) {
         self.timed(true, |f| {
-            f.judge_batch(changes, verdicts);
-            ((), verdicts.len())
+            f.judge_batch(changes, decisions);
+            ((), decisions.len())
         });
     }
 
@@ -294,22 +294,22 @@ impl FilterInstance {
         self.recent_fuel_per_event > COSTLY_FUEL_PER_EVENT
     }
 
-    fn judge_batch<C: Borrow<Change>>(&mut self, changes: &[C], verdicts: &mut Vec<Verdict>) {
-        verdicts.clear();
+    fn judge_batch<C: Borrow<Change>>(&mut self, changes: &[C], decisions: &mut Vec<Decision>) {
+        decisions.clear();
         let mut rest = changes;
         while let Some(first) = rest.first() {
             let plan = self.plan(rest);
             if plan.count <= 1 {
-                if !self.run_alone(first.borrow(), verdicts) {
+                if !self.run_alone(first.borrow(), decisions) {
                     return;
                 }
                 rest = &rest[1..];
                 continue;
             }
-            let (judged, alone) = self.call_batch(&rest[..plan.count], &plan, verdicts);
-            if verdicts
+            let (judged, alone) = self.call_batch(&rest[..plan.count], &plan, decisions);
+            if decisions
                 .last()
-                .is_some_and(|v| matches!(v, Verdict::Detached(_)))
+                .is_some_and(|v| matches!(v, Decision::Detached(_)))
             {
                 return;
             }
@@ -317,7 +317,7 @@ impl FilterInstance {
             // stopped early) goes one change at a time, exactly as without
             // batches.
             for change in &rest[judged..judged + alone] {
-                if !self.run_alone(change.borrow(), verdicts) {
+                if !self.run_alone(change.borrow(), decisions) {
                     return;
                 }
             }
@@ -353,30 +353,30 @@ impl FilterInstance {
 
     /// Runs one change through `walcast_filter`; `false` once the filter
     /// is detached.
-    fn run_alone(&mut self, change: &Change, verdicts: &mut Vec<Verdict>) -> bool {
+    fn run_alone(&mut self, change: &Change, decisions: &mut Vec<Decision>) -> bool {
         let v = self.judge(change);
-        let detached = matches!(v, Verdict::Detached(_));
-        verdicts.push(v);
+        let detached = matches!(v, Decision::Detached(_));
+        decisions.push(v);
         !detached
     }
 
     /// One `walcast_filter_batch` call over `changes` (at least two).
-    /// Returns how many changes it judged (their verdicts appended) and how
+    /// Returns how many changes it judged (their decisions appended) and how
     /// many after those the caller must run one at a time. A trap judges
-    /// none and leaves them all to run alone: the call's verdicts are
+    /// none and leaves them all to run alone: the call's decisions are
     /// discarded with its instance, and each change runs again in a fresh
     /// one, so the failing change is reported as without batches. A change
-    /// the filter fails on ends the call's verdicts: the changes after it
+    /// the filter fails on ends the call's decisions: the changes after it
     /// go on in a fresh instance, as without batches.
     fn call_batch<C: Borrow<Change>>(
         &mut self,
         changes: &[C],
         plan: &Plan,
-        verdicts: &mut Vec<Verdict>,
+        decisions: &mut Vec<Decision>,
     ) -> (usize, usize) {
         if self.live.is_none() {
             if let Err(e) = self.instantiate() {
-                verdicts.push(self.failed(e));
+                decisions.push(self.failed(e));
                 return (1, 0);
             }
         }
@@ -393,7 +393,7 @@ impl FilterInstance {
         let ptr = match placed {
             Ok(ptr) => ptr,
             Err(e) => {
-                verdicts.push(self.failed(e));
+                decisions.push(self.failed(e));
                 return (1, 0);
             }
         };
@@ -420,9 +420,9 @@ impl FilterInstance {
             _ => {
                 let err = FilterError::new(
                     ErrorCode::BadReturn,
-                    format!("walcast_filter_batch returned {returned} for {count} events; expected the number of verdicts it wrote, 0 to {count}"),
+                    format!("walcast_filter_batch returned {returned} for {count} events; expected the number of decisions it wrote, 0 to {count}"),
                 );
-                verdicts.push(self.failed(err));
+                decisions.push(self.failed(err));
                 return (1, 0);
             }
         };
@@ -436,10 +436,10 @@ impl FilterInstance {
                 // Drop and keep, by far the most common, go straight in.
                 let code = data.get(slot..slot + 4).and_then(|b| b.try_into().ok());
                 match code.map(i32::from_le_bytes) {
-                    Some(0) => verdicts.push(Verdict::Drop),
-                    Some(1) => verdicts.push(Verdict::Keep),
+                    Some(0) => decisions.push(Decision::Drop),
+                    Some(1) => decisions.push(Decision::Keep),
                     _ => match read_slot(data, slot, max) {
-                        Ok(v) => verdicts.push(v),
+                        Ok(v) => decisions.push(v),
                         Err(e) => {
                             failure = Some((j, e));
                             break;
@@ -450,7 +450,7 @@ impl FilterInstance {
         }
         match failure {
             Some((j, err)) => {
-                verdicts.push(self.failed(err));
+                decisions.push(self.failed(err));
                 (j + 1, 0)
             }
             None => {
@@ -474,7 +474,7 @@ impl FilterInstance {
         self.fuel_used = self.fuel_used.saturating_add(used);
     }
 
-    fn call(&mut self, change: &Change) -> Result<Verdict, FilterError> {
+    fn call(&mut self, change: &Change) -> Result<Decision, FilterError> {
         if self.live.is_none() {
             self.instantiate()?;
         }
@@ -508,17 +508,17 @@ impl FilterInstance {
     }
 }
 
-/// A verdict code (returned by `walcast_filter`, or in a batch's slot) as
-/// a verdict; `output` gives the replacement for code 2.
+/// A decision code (returned by `walcast_filter`, or in a batch's slot) as
+/// a decision; `output` gives the replacement for code 2.
 fn decode(
     code: i32,
     what: &str,
     output: impl FnOnce() -> Result<Vec<u8>, FilterError>,
-) -> Result<Verdict, FilterError> {
+) -> Result<Decision, FilterError> {
     match code {
-        0 => Ok(Verdict::Drop),
-        1 => Ok(Verdict::Keep),
-        2 => output().map(Verdict::Replace),
+        0 => Ok(Decision::Drop),
+        1 => Ok(Decision::Keep),
+        2 => output().map(Decision::Replace),
         n if n < 0 => Err(FilterError::new(
             ErrorCode::GuestError,
             format!("{what} reported error {n}"),
@@ -534,14 +534,14 @@ fn decode(
 pub const BATCH_EVENTS: usize = 64;
 /// Most record bytes in one batch (a larger change goes alone).
 const BATCH_BYTES: usize = 16 << 10;
-/// A verdict slot: i32 code, u32 output address, u32 output length.
+/// A decision slot: i32 code, u32 output address, u32 output length.
 const SLOT_LEN: usize = 12;
 
 fn align8(n: usize) -> usize {
     (n + 7) & !7
 }
 
-/// A batch: how many changes, where its verdict slots start (after the
+/// A batch: how many changes, where its decision slots start (after the
 /// records), the fuel it may use (its changes' together).
 struct Plan {
     count: usize,
@@ -550,7 +550,7 @@ struct Plan {
 }
 
 /// Writes the records of a batch at 8-byte aligned offsets from `ptr`
-/// (its verdict slots follow at `ptr + slots`).
+/// (its decision slots follow at `ptr + slots`).
 fn write_batch<C: Borrow<Change>>(
     live: &mut Live,
     changes: &[C],
@@ -574,8 +574,8 @@ fn write_batch<C: Borrow<Change>>(
     Ok(())
 }
 
-/// The verdict in the slot at `at`.
-fn read_slot(data: &[u8], at: usize, max_output: usize) -> Result<Verdict, FilterError> {
+/// The decision in the slot at `at`.
+fn read_slot(data: &[u8], at: usize, max_output: usize) -> Result<Decision, FilterError> {
     let word = |k: usize| {
         data.get(at + 4 * k..at + 4 * k + 4)
             .and_then(|b| b.try_into().ok())
@@ -584,7 +584,7 @@ fn read_slot(data: &[u8], at: usize, max_output: usize) -> Result<Verdict, Filte
     };
     let (code, ptr, len) = (word(0) as i32, word(1), word(2));
     decode(code, "walcast_filter_batch", || {
-        output_bytes(data, ptr, len, max_output, "a batch verdict's output").map(<[u8]>::to_vec)
+        output_bytes(data, ptr, len, max_output, "a batch decision's output").map(<[u8]>::to_vec)
     })
 }
 
@@ -693,19 +693,19 @@ mod tests {
             Lsn(0),
         )
         .expect("a change");
-        let (mut runs, mut verdicts) = (0, Vec::new());
-        while f.throttle().is_none() {
-            f.run_batch(std::slice::from_ref(&change), &mut verdicts);
-            assert!(matches!(verdicts[..], [Verdict::Keep]));
+        let (mut runs, mut decisions) = (0, Vec::new());
+        while f.budget_wait().is_none() {
+            f.run_batch(std::slice::from_ref(&change), &mut decisions);
+            assert!(matches!(decisions[..], [Decision::Keep]));
             runs += 1;
             assert!(runs < most, "never throttled");
         }
-        let wait = f.throttle().expect("still throttled");
+        let wait = f.budget_wait().expect("still throttled");
         assert!(wait <= Duration::from_secs(1));
         let (fuel, time) = (f.used_in_window, f.time_in_window);
         // A second later the budget is back.
         f.window -= Duration::from_secs(2);
-        assert!(f.throttle().is_none());
+        assert!(f.budget_wait().is_none());
         assert_eq!((f.used_in_window, f.time_in_window), (0, Duration::ZERO));
         (runs, fuel, time)
     }
@@ -736,7 +736,7 @@ mod tests {
     }
 
     /// Judges by action, one way per call and another per batch, so that a
-    /// test can tell which path gave each verdict: insert keep; update
+    /// test can tell which path gave each decision: insert keep; update
     /// replace ("u1" alone, "U!" in a batch); delete trap; truncate guest
     /// error -7. In a batch, a message stops it early (the rest go alone,
     /// where a message is kept) and DDL makes it return 999.
@@ -818,23 +818,23 @@ mod tests {
         Change::parse(Bytes::from(json), Lsn(0)).expect("a change")
     }
 
-    /// The verdicts of `actions` through `run_batch`, as short strings.
+    /// The decisions of `actions` through `run_batch`, as short strings.
     fn batch(f: &mut FilterInstance, actions: &[&str]) -> Vec<String> {
         let changes: Vec<Change> = actions
             .iter()
             .enumerate()
             .map(|(i, a)| change(a, i as u32))
             .collect();
-        let mut verdicts = Vec::new();
-        f.run_batch(&changes, &mut verdicts);
-        verdicts
+        let mut decisions = Vec::new();
+        f.run_batch(&changes, &mut decisions);
+        decisions
             .into_iter()
             .map(|v| match v {
-                Verdict::Drop => "drop".to_owned(),
-                Verdict::Keep => "keep".to_owned(),
-                Verdict::Replace(out) => String::from_utf8_lossy(&out).into_owned(),
-                Verdict::Failed(e) => format!("failed {}", e.code.as_str()),
-                Verdict::Detached(e) => format!("detached {}", e.code.as_str()),
+                Decision::Drop => "drop".to_owned(),
+                Decision::Keep => "keep".to_owned(),
+                Decision::Replace(out) => String::from_utf8_lossy(&out).into_owned(),
+                Decision::Failed(e) => format!("failed {}", e.code.as_str()),
+                Decision::Detached(e) => format!("detached {}", e.code.as_str()),
             })
             .collect()
     }
@@ -842,7 +842,7 @@ mod tests {
     #[test]
     fn verdicts_are_small() {
         // Batches push one per change: three words, not five.
-        assert_eq!(std::mem::size_of::<Verdict>(), 24);
+        assert_eq!(std::mem::size_of::<Decision>(), 24);
     }
 
     #[test]
@@ -855,13 +855,13 @@ mod tests {
         );
         // One change: one call.
         assert_eq!(batch(&mut f, &["U"]), ["u1"]);
-        // A trap: the batch's verdicts are discarded and each change runs
+        // A trap: the batch's decisions are discarded and each change runs
         // alone, in a fresh instance; the trapping one fails as it would.
         assert_eq!(
             batch(&mut f, &["U", "D", "U", "I"]),
             ["u1", "failed TRAP", "u1", "keep"]
         );
-        // A guest error: the verdicts before it stand; the changes after it
+        // A guest error: the decisions before it stand; the changes after it
         // go on in a fresh instance (a batch again).
         assert_eq!(
             batch(&mut f, &["I", "T", "U", "U"]),

@@ -18,7 +18,7 @@ pub mod instance;
 pub mod modules;
 pub use walcast_core::record;
 
-pub use instance::{FilterInstance, Verdict, BATCH_EVENTS};
+pub use instance::{Decision, FilterInstance, BATCH_EVENTS};
 pub use modules::{FilterLimits, FilterModule, Filters, UploadError};
 
 /// The ABI's names (`walcast-abi`): the import module, the marker exports.

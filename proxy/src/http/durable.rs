@@ -119,7 +119,8 @@ async fn backfill_plans(
     let mut plans = Vec::with_capacity(tables.len());
     for name in tables {
         let table = snapshot::stream_table(&state.streams, slot, name, rules).await?;
-        crate::backfill::driver::readable(&table).map_err(ApiError::bad_request)?;
+        crate::backfill::driver::readable(&table)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
         let after = match after.and_then(|a| a.get(name)) {
             None | Some(serde_json::Value::Null) => None,
             Some(serde_json::Value::Array(key)) if key.len() == table.primary_key.len() => {

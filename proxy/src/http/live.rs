@@ -73,7 +73,7 @@ pub async fn websocket(
         }
         (Some(q), true) => match backfill::driver::plan_for(&state.catalog, q).await {
             Ok(p) => Some(p),
-            Err(message) => return json_error(StatusCode::BAD_REQUEST, &message, None),
+            Err(e) => return json_error(StatusCode::BAD_REQUEST, &e.to_string(), None),
         },
     };
     if after.is_some() && query.is_none() && filter.is_none() {

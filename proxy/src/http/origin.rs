@@ -26,7 +26,7 @@ pub enum Origins {
 
 /// What to do with a request, as far as its origin goes.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Verdict {
+pub enum OriginCheck {
     /// Not from a browser (no `Origin`): as usual, no CORS headers.
     NoOrigin,
     /// An allowed origin: as usual, answered with CORS headers for it.
@@ -56,9 +56,9 @@ impl Origins {
     }
 
     /// The verdict on a request's headers.
-    pub fn judge(&self, headers: &HeaderMap) -> Verdict {
+    pub fn judge(&self, headers: &HeaderMap) -> OriginCheck {
         let Some(origin) = headers.get(ORIGIN) else {
-            return Verdict::NoOrigin;
+            return OriginCheck::NoOrigin;
         };
         let text = origin.to_str().unwrap_or_default().to_ascii_lowercase();
         let same = || {
@@ -75,9 +75,9 @@ impl Origins {
             Origins::List(list) => list.contains(&text) || same(),
         };
         if allowed {
-            Verdict::Allowed(origin.clone())
+            OriginCheck::Allowed(origin.clone())
         } else {
-            Verdict::Refused(format!(
+            OriginCheck::Refused(format!(
                 "the origin {text:?} is not allowed to use this proxy (--allowed-origins)"
             ))
         }
@@ -132,32 +132,32 @@ mod tests {
     fn origins_are_judged_by_the_policy() {
         let same = Origins::new(&[], true);
         assert_eq!(same, Origins::SameOrigin);
-        assert_eq!(same.judge(&headers(None, "h:8080")), Verdict::NoOrigin);
+        assert_eq!(same.judge(&headers(None, "h:8080")), OriginCheck::NoOrigin);
         assert!(matches!(
             same.judge(&headers(Some("http://h:8080"), "h:8080")),
-            Verdict::Allowed(_)
+            OriginCheck::Allowed(_)
         ));
         assert!(matches!(
             same.judge(&headers(Some("https://H:8080"), "h:8080")),
-            Verdict::Allowed(_)
+            OriginCheck::Allowed(_)
         ));
         assert!(matches!(
             same.judge(&headers(Some("http://evil:8080"), "h:8080")),
-            Verdict::Refused(_)
+            OriginCheck::Refused(_)
         ));
         assert!(matches!(
             same.judge(&headers(Some("null"), "h:8080")),
-            Verdict::Refused(_)
+            OriginCheck::Refused(_)
         ));
         assert_eq!(Origins::new(&[], false), Origins::Any);
         let list = Origins::new(&["https://App.example.com/".into()], true);
         assert!(matches!(
             list.judge(&headers(Some("https://app.example.com"), "h")),
-            Verdict::Allowed(_)
+            OriginCheck::Allowed(_)
         ));
         assert!(matches!(
             list.judge(&headers(Some("http://app.example.com"), "h")),
-            Verdict::Refused(_)
+            OriginCheck::Refused(_)
         ));
         assert_eq!(Origins::new(&["*".into()], true), Origins::Any);
     }

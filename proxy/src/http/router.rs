@@ -113,9 +113,9 @@ async fn limit_query_string(req: Request, next: Next) -> Resp {
 /// headers added to the answer.
 async fn check_origin(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Resp {
     match state.origins.judge(req.headers()) {
-        origin::Verdict::NoOrigin => next.run(req).await,
-        origin::Verdict::Refused(why) => json_error(StatusCode::FORBIDDEN, &why, None),
-        origin::Verdict::Allowed(o) => {
+        origin::OriginCheck::NoOrigin => next.run(req).await,
+        origin::OriginCheck::Refused(why) => json_error(StatusCode::FORBIDDEN, &why, None),
+        origin::OriginCheck::Allowed(o) => {
             let is_preflight = req.method() == Method::OPTIONS
                 && req.headers().contains_key("access-control-request-method");
             if is_preflight {

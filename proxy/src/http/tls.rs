@@ -5,10 +5,31 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
-use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::pem::{self, PemObject};
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::{self, ServerConfig};
 use tokio_rustls::TlsAcceptor;
+
+/// Why the certificate files do not make a TLS server; the message says
+/// which file is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    /// `--tls-cert` cannot be read as PEM.
+    #[error("--tls-cert {}: {error}", .path.display())]
+    Cert { path: PathBuf, error: pem::Error },
+    /// `--tls-cert` holds no certificate.
+    #[error("--tls-cert {}: no PEM certificate in it", .path.display())]
+    NoCert { path: PathBuf },
+    /// `--tls-key` holds no usable private key.
+    #[error("--tls-key {}: {error}", .path.display())]
+    Key { path: PathBuf, error: pem::Error },
+    /// rustls refused its own defaults.
+    #[error("TLS setup: {0}")]
+    Setup(rustls::Error),
+    /// The key is not the certificate's, or rustls cannot use them.
+    #[error("--tls-cert and --tls-key do not make a usable pair: {0}")]
+    Pair(rustls::Error),
+}
 
 /// The certificate files and the acceptor made from them.
 pub struct Tls {
@@ -19,7 +40,7 @@ pub struct Tls {
 
 impl Tls {
     /// Reads the files; an error says which one is wrong.
-    pub fn load(cert: PathBuf, key: PathBuf) -> Result<Tls, String> {
+    pub fn load(cert: PathBuf, key: PathBuf) -> Result<Tls, CertError> {
         let acceptor = acceptor(&cert, &key)?;
         Ok(Tls {
             cert,
@@ -29,7 +50,7 @@ impl Tls {
     }
 
     /// Reads the files again; new connections use them from now on.
-    pub fn reload(&self) -> Result<(), String> {
+    pub fn reload(&self) -> Result<(), CertError> {
         let next = acceptor(&self.cert, &self.key)?;
         *crate::locks::write(&self.current) = next;
         Ok(())
@@ -41,26 +62,29 @@ impl Tls {
     }
 }
 
-fn acceptor(cert: &PathBuf, key: &PathBuf) -> Result<TlsAcceptor, String> {
+fn acceptor(cert: &PathBuf, key: &PathBuf) -> Result<TlsAcceptor, CertError> {
+    let bad_cert = |error| CertError::Cert {
+        path: cert.clone(),
+        error,
+    };
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| format!("--tls-cert {}: {e}", cert.display()))?
+        .map_err(bad_cert)?
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("--tls-cert {}: {e}", cert.display()))?;
+        .map_err(bad_cert)?;
     if chain.is_empty() {
-        return Err(format!(
-            "--tls-cert {}: no PEM certificate in it",
-            cert.display()
-        ));
+        return Err(CertError::NoCert { path: cert.clone() });
     }
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("--tls-key {}: {e}", key.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|error| CertError::Key {
+        path: key.clone(),
+        error,
+    })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS setup: {e}"))?
+        .map_err(CertError::Setup)?
         .with_no_client_auth()
         .with_single_cert(chain, key)
-        .map_err(|e| format!("--tls-cert and --tls-key do not make a usable pair: {e}"))?;
+        .map_err(CertError::Pair)?;
     // Websockets upgrade over HTTP/1.1, the only protocol served.
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))

@@ -18,7 +18,7 @@
 //! deferred because they cost too much for the hub, see
 //! [`crate::live::hub::HUB_MATCH_COST`]) runs on the client's task and is timed:
 //! at most [`SLICE`] per call, and at most the hub's match budget per
-//! second. Past the budget the client waits ([`Cursor::throttle`]), so a
+//! second. Past the budget the client waits ([`Cursor::paused_until`]), so a
 //! client with costly filters slows itself, never the hub or other clients;
 //! if it waits long enough to fall out of the log, it is closed like any
 //! client that fell behind.
@@ -214,7 +214,7 @@ impl Cursor {
     /// When the last [`Cursor::fill`] stopped because its matching time ran
     /// out: the instant to call it again (now, after a yield, when only the
     /// call's slice ran out). `None` when it stopped for another reason.
-    pub fn throttle(&self) -> Option<Instant> {
+    pub fn paused_until(&self) -> Option<Instant> {
         self.clock.stopped
     }
 

@@ -936,7 +936,7 @@ mod tests {
         let mut got = Vec::new();
         loop {
             cursor.fill(64, &mut got).expect("fill");
-            match cursor.throttle() {
+            match cursor.paused_until() {
                 None => break,
                 Some(at) => {
                     std::thread::sleep(at.saturating_duration_since(std::time::Instant::now()))
@@ -968,7 +968,7 @@ mod tests {
         let started = std::time::Instant::now();
         while got.len() < 3 {
             cursor.fill(64, &mut got).expect("fill");
-            if let Some(at) = cursor.throttle() {
+            if let Some(at) = cursor.paused_until() {
                 waits += 1;
                 std::thread::sleep(at.saturating_duration_since(std::time::Instant::now()));
             }

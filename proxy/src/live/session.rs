@@ -7,7 +7,7 @@
 use crate::auth;
 use crate::backfill::{self, Event};
 use crate::delivery::{self, outcome, unfiltered, Outcome};
-use crate::filter::{FilterInstance, Filters, Verdict, BATCH_EVENTS};
+use crate::filter::{Decision, FilterInstance, Filters, BATCH_EVENTS};
 use crate::live::cursor::{Cursor, Stop};
 use crate::live::hub::{Hub, SubscribeError};
 use crate::live::view::{Step, View};
@@ -265,8 +265,8 @@ async fn subscribe_first(
     if let (true, Some(q)) = (first.snapshot, &query) {
         match backfill::driver::plan_for(&ctx.catalog, q).await {
             Ok(p) => *plan = Some(p),
-            Err(message) => {
-                error_close(ws, Refusal::invalid(message).code("SNAPSHOT_REFUSED")).await;
+            Err(e) => {
+                error_close(ws, Refusal::invalid(e.to_string()).code("SNAPSHOT_REFUSED")).await;
                 return None;
             }
         }
@@ -336,11 +336,15 @@ struct Decide {
 }
 
 impl Decide {
-    fn judge<'a>(&'a mut self, verdicts: &'a mut Vec<Verdict>, metrics: &'a Metrics) -> Judge<'a> {
+    fn judge<'a>(
+        &'a mut self,
+        decisions: &'a mut Vec<Decision>,
+        metrics: &'a Metrics,
+    ) -> Judge<'a> {
         Judge {
             filter: self.filter.as_mut(),
             view: self.view.as_mut(),
-            verdicts,
+            decisions,
             metrics,
         }
     }
@@ -391,7 +395,7 @@ async fn serve(
     let shutdown = ctx.shutdown.clone();
     // Grown by the bursts that come, not reserved up front: idle clients
     // cost nothing.
-    let (mut burst, mut verdicts): (Vec<Entry>, Vec<Verdict>) = (Vec::new(), Vec::new());
+    let (mut burst, mut decisions): (Vec<Entry>, Vec<Decision>) = (Vec::new(), Vec::new());
     // A backfill's chunk waiting for its place in the stream.
     let mut pending: Option<backfill::Ready> = None;
     let group = cursor.group();
@@ -420,7 +424,7 @@ async fn serve(
             Placement::Upto(n) => n,
             Placement::Chunk(cut) => {
                 if let Some(ready) = pending.take() {
-                    let judge = decide.judge(&mut verdicts, metrics);
+                    let judge = decide.judge(&mut decisions, metrics);
                     let write = Box::pin(write_chunk(ws, &burst[..cut], &ready, judge, watch));
                     if let Err(e) = write.await {
                         return e;
@@ -436,7 +440,7 @@ async fn serve(
         let have = writable > 0;
         let expiry = access.deadline();
         // The cursor used its matching time: new changes cannot help until then.
-        let paused = if have { None } else { cursor.throttle() };
+        let paused = if have { None } else { cursor.paused_until() };
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => {
@@ -457,7 +461,7 @@ async fn serve(
             }
             _ = std::future::ready(()), if have => {
                 // Boxed: an idle client's task does not carry the writer's state.
-                let judge = decide.judge(&mut verdicts, metrics);
+                let judge = decide.judge(&mut decisions, metrics);
                 let write = Box::pin(write_burst(ws, &burst[..writable], judge, watch));
                 if let Err(e) = write.await {
                     return e;
@@ -517,7 +521,7 @@ async fn heard(
     match access.on_frame(text.as_str()) {
         None => Ok(()),
         Some(Ok(reply)) => within(watch, ws.send(Message::Text(reply.into()))).await,
-        Some(Err(reason)) => Err(End::Close(CloseCode::Policy, reason)),
+        Some(Err(reason)) => Err(End::Close(CloseCode::Policy, reason.to_string())),
     }
 }
 
@@ -547,7 +551,7 @@ fn fell_behind(hub: &Hub, behind_changes: u64) -> String {
 struct Judge<'a> {
     filter: Option<&'a mut FilterInstance>,
     view: Option<&'a mut View>,
-    verdicts: &'a mut Vec<Verdict>,
+    decisions: &'a mut Vec<Decision>,
     metrics: &'a Metrics,
 }
 
@@ -556,7 +560,7 @@ impl Judge<'_> {
         Judge {
             filter: self.filter.as_deref_mut(),
             view: self.view.as_deref_mut(),
-            verdicts: self.verdicts,
+            decisions: self.decisions,
             metrics: self.metrics,
         }
     }
@@ -591,7 +595,7 @@ async fn write_burst(
     let Judge {
         mut filter,
         mut view,
-        verdicts,
+        decisions,
         metrics,
     } = judge;
     let mut sent = 0u64;
@@ -599,7 +603,7 @@ async fn write_burst(
     let mut matched: Vec<Entry> = Vec::new();
     for chunk in burst.chunks(BATCH_EVENTS) {
         if let Some(f) = filter.as_deref_mut() {
-            if let Some(wait) = f.throttle() {
+            if let Some(wait) = f.budget_wait() {
                 // The filter used its CPU budget for this second.
                 metrics.filter_budget_waits.fetch_add(1, Ordering::Relaxed);
                 within(watch, ws.flush()).await?;
@@ -608,12 +612,12 @@ async fn write_burst(
             if chunk.iter().any(|e| e.unmatched) {
                 matched.clear();
                 matched.extend(chunk.iter().filter(|e| !e.unmatched).cloned());
-                f.run_batch(&matched, verdicts);
+                f.run_batch(&matched, decisions);
             } else {
-                f.run_batch(chunk, verdicts);
+                f.run_batch(chunk, decisions);
             }
         }
-        let mut judged = verdicts.drain(..);
+        let mut judged = decisions.drain(..);
         for entry in chunk {
             let change = &*entry.change;
             if entry.unmatched {

@@ -51,16 +51,29 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Publishes in flight (sent, not acknowledged) at most.
 pub const PUBLISHES_IN_FLIGHT: usize = 4096;
 
+/// Why NATS could not be reached at start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot connect to NATS at {url}: {error}")]
+pub struct ConnectError {
+    /// The URL it was asked at.
+    pub url: String,
+    /// What the client said.
+    pub error: async_nats::ConnectError,
+}
+
 /// Connects to NATS. An unreachable server at start is an error (the caller
 /// exits); once connected, the client reconnects by itself.
-pub async fn connect(url: &str, name: &str) -> Result<jetstream::Context, String> {
+pub async fn connect(url: &str, name: &str) -> Result<jetstream::Context, ConnectError> {
     let client = async_nats::ConnectOptions::new()
         .name(name)
         .connection_timeout(Duration::from_secs(5))
         .max_reconnects(None)
         .connect(url)
         .await
-        .map_err(|e| format!("cannot connect to NATS at {url}: {e}"))?;
+        .map_err(|error| ConnectError {
+            url: url.to_owned(),
+            error,
+        })?;
     Ok(jetstream::ContextBuilder::new()
         .timeout(REQUEST_TIMEOUT)
         .max_ack_inflight(PUBLISHES_IN_FLIGHT)

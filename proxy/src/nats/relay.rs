@@ -21,6 +21,7 @@ use async_nats::jetstream::context::{
     CreateStreamError, CreateStreamErrorKind, PublishAckFuture, PublishErrorKind,
 };
 use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::stream::InfoError;
 use async_nats::jetstream::{Context, ErrorCode};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -36,33 +37,67 @@ pub struct RelayConfig {
     pub nats: NatsSettings,
 }
 
-/// Why the stream could not be created, with the advice that fits the
-/// server's answer.
-fn create_error(cfg: &RelayConfig, e: &CreateStreamError) -> String {
-    let stream = &cfg.nats.stream;
-    match e.kind() {
+/// Why the relay cannot publish to its JetStream stream, with the advice
+/// that fits the server's answer.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamSetupError {
+    /// The stream reserves more than the server's JetStream storage.
+    #[error(
+        "cannot create the JetStream stream {stream}: {error}. The stream reserves \
+         --nats-max-bytes ({max_bytes} bytes) of the NATS server's JetStream storage, which is \
+         smaller (its max_file_store; by default 75% of the disk that was free when the \
+         server started): lower --nats-max-bytes, free disk space, or set max_file_store \
+         in the server's jetstream block"
+    )]
+    Storage {
+        stream: String,
+        max_bytes: u64,
+        error: CreateStreamError,
+    },
+    /// The stream could not be created or opened.
+    #[error(
+        "cannot create or open the JetStream stream {stream}: {error} (is JetStream enabled on \
+         the NATS server? nats-server -js)"
+    )]
+    Create {
+        stream: String,
+        error: CreateStreamError,
+    },
+    /// The stream's state could not be read.
+    #[error("cannot read the JetStream stream {stream}: {error}")]
+    Info { stream: String, error: InfoError },
+    /// The stream exists and does not take this database's subjects.
+    #[error(
+        "the JetStream stream {stream} exists with the subjects {subjects:?}, which do not include {wanted}: \
+         choose another --nats-stream or add that subject to the stream"
+    )]
+    Subjects {
+        stream: String,
+        subjects: Vec<String>,
+        wanted: String,
+    },
+}
+
+/// Why the stream could not be created.
+fn create_error(cfg: &RelayConfig, error: CreateStreamError) -> StreamSetupError {
+    let stream = cfg.nats.stream.clone();
+    match error.kind() {
         CreateStreamErrorKind::JetStream(js)
             if js.error_code() == ErrorCode::STORAGE_RESOURCES_EXCEEDED =>
         {
-            format!(
-                "cannot create the JetStream stream {stream}: {e}. The stream reserves \
-                 --nats-max-bytes ({} bytes) of the NATS server's JetStream storage, which is \
-                 smaller (its max_file_store; by default 75% of the disk that was free when the \
-                 server started): lower --nats-max-bytes, free disk space, or set max_file_store \
-                 in the server's jetstream block",
-                cfg.nats.max_bytes
-            )
+            StreamSetupError::Storage {
+                stream,
+                max_bytes: cfg.nats.max_bytes,
+                error,
+            }
         }
-        _ => format!(
-            "cannot create or open the JetStream stream {stream}: {e} (is JetStream enabled on \
-             the NATS server? nats-server -js)"
-        ),
+        _ => StreamSetupError::Create { stream, error },
     }
 }
 
 /// Creates the stream when missing and checks that it takes this
 /// database's subjects. Returns the database's subject token.
-pub async fn prepare(cfg: &RelayConfig, js: &Context) -> Result<String, String> {
+pub async fn prepare(cfg: &RelayConfig, js: &Context) -> Result<String, StreamSetupError> {
     let db = cfg
         .reader
         .database
@@ -75,18 +110,21 @@ pub async fn prepare(cfg: &RelayConfig, js: &Context) -> Result<String, String> 
     let mut stream = js
         .get_or_create_stream(wanted.clone())
         .await
-        .map_err(|e| create_error(cfg, &e))?;
+        .map_err(|e| create_error(cfg, e))?;
     let info = stream
         .info()
         .await
-        .map_err(|e| format!("cannot read the JetStream stream {}: {e}", cfg.nats.stream))?;
+        .map_err(|error| StreamSetupError::Info {
+            stream: cfg.nats.stream.clone(),
+            error,
+        })?;
     let ours = &wanted.subjects[0];
     if !info.config.subjects.iter().any(|s| s == ours) {
-        return Err(format!(
-            "the JetStream stream {} exists with the subjects {:?}, which do not include {ours}: \
-             choose another --nats-stream or add that subject to the stream",
-            cfg.nats.stream, info.config.subjects
-        ));
+        return Err(StreamSetupError::Subjects {
+            stream: cfg.nats.stream.clone(),
+            subjects: info.config.subjects.clone(),
+            wanted: ours.clone(),
+        });
     }
     tracing::info!(
         stream = %cfg.nats.stream,

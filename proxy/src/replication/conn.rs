@@ -375,7 +375,9 @@ async fn negotiate_tls(
         }
         return Ok(Box::new(tcp));
     }
-    let connector = tls.connector().map_err(ReplicationError::definite)?;
+    let connector = tls
+        .connector()
+        .map_err(|e| ReplicationError::definite(e.to_string()))?;
     let stream = tokio_native_tls::TlsConnector::from(connector)
         .connect(host, tcp)
         .await

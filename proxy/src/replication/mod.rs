@@ -46,18 +46,27 @@ pub struct CreatedSlot {
     pub snapshot: Option<String>,
 }
 
+/// Why a name cannot be a slot's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SlotNameError {
+    /// Empty, or longer than 63 bytes: the name.
+    #[error("slot name {0:?} must be 1 to 63 characters")]
+    Length(String),
+    /// Something other than `[a-z0-9_]` in it: the name.
+    #[error("slot name {0:?} may contain only lower case letters, digits and underscores")]
+    Characters(String),
+}
+
 /// Checks a slot name as PostgreSQL does: 1 to 63 of `[a-z0-9_]`.
-pub fn validate_slot_name(name: &str) -> Result<(), String> {
+pub fn validate_slot_name(name: &str) -> Result<(), SlotNameError> {
     if name.is_empty() || name.len() > 63 {
-        return Err(format!("slot name {name:?} must be 1 to 63 characters"));
+        return Err(SlotNameError::Length(name.to_owned()));
     }
     if !name
         .bytes()
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
     {
-        return Err(format!(
-            "slot name {name:?} may contain only lower case letters, digits and underscores"
-        ));
+        return Err(SlotNameError::Characters(name.to_owned()));
     }
     Ok(())
 }
@@ -120,7 +129,7 @@ impl ReplicationClient {
         temporary: bool,
         export_snapshot: bool,
     ) -> Result<CreatedSlot, ReplicationError> {
-        validate_slot_name(name).map_err(ReplicationError::definite)?;
+        validate_slot_name(name).map_err(|e| ReplicationError::definite(e.to_string()))?;
         let sql = format!(
             "CREATE_REPLICATION_SLOT {name}{} LOGICAL walcast {}",
             if temporary { " TEMPORARY" } else { "" },
@@ -158,7 +167,7 @@ impl ReplicationClient {
         options: &[(&str, &str)],
         interval: Duration,
     ) -> Result<ReplicationStream, ReplicationError> {
-        validate_slot_name(slot).map_err(ReplicationError::definite)?;
+        validate_slot_name(slot).map_err(|e| ReplicationError::definite(e.to_string()))?;
         let opts: Vec<String> = options
             .iter()
             .map(|(k, v)| format!("\"{}\" {}", k.replace('"', ""), quote_literal(v)))

@@ -323,43 +323,7 @@ impl Cursor {
             .log()
             .read_seqs(self.seqs.iter().map(|code| listed(*code).0), out)?;
         let read = out.len() - before;
-        // Matches the hub deferred: evaluated here, within the clock.
-        let mut consumed = read;
-        if self.seqs[..read]
-            .iter()
-            .any(|code| listed(*code).1 != Listed::Matched)
-        {
-            let mut kept = before;
-            for j in 0..read {
-                let keep = match listed(self.seqs[j]).1 {
-                    Listed::Matched => true,
-                    Listed::Unmatched => {
-                        out[before + j].unmatched = true;
-                        true
-                    }
-                    Listed::Deferred => {
-                        if !self.clock.has_time() {
-                            consumed = j;
-                            break;
-                        }
-                        let e = &mut out[before + j];
-                        let change = &e.change;
-                        let matched = self.clock.time(|| {
-                            crate::blocking::off_workers(|| change.matched_by_without_caching(q))
-                        });
-                        if !matched && may_leave(q, &e.change) {
-                            e.unmatched = true;
-                        }
-                        matched || e.unmatched
-                    }
-                };
-                if keep {
-                    out.swap(kept, before + j);
-                    kept += 1;
-                }
-            }
-            out.truncate(kept);
-        }
+        let consumed = self.judge_listed(q, out, before, read);
         if consumed == read && read == self.seqs.len() && read < room {
             // Caught up with the list.
             self.next = self.next.max(published);
@@ -370,6 +334,58 @@ impl Cursor {
             self.next = listed(self.seqs[consumed - 1]).0 + 1;
         }
         Ok(())
+    }
+
+    /// Of the `read` entries listed for the group (at `out[before..]`, as
+    /// `self.seqs` lists them): keeps the matched and unmatched, evaluates
+    /// the ones the hub deferred while the clock allows and drops those
+    /// that do not match. Returns how many listed entries were consumed
+    /// (the rest are read again on the next call).
+    fn judge_listed(
+        &mut self,
+        q: &crate::query::Query,
+        out: &mut Vec<Entry>,
+        before: usize,
+        read: usize,
+    ) -> usize {
+        let mut consumed = read;
+        if self.seqs[..read]
+            .iter()
+            .all(|code| listed(*code).1 == Listed::Matched)
+        {
+            return consumed;
+        }
+        let mut kept = before;
+        for j in 0..read {
+            let keep = match listed(self.seqs[j]).1 {
+                Listed::Matched => true,
+                Listed::Unmatched => {
+                    out[before + j].unmatched = true;
+                    true
+                }
+                Listed::Deferred => {
+                    if !self.clock.has_time() {
+                        consumed = j;
+                        break;
+                    }
+                    let e = &mut out[before + j];
+                    let change = &e.change;
+                    let matched = self.clock.time(|| {
+                        crate::blocking::off_workers(|| change.matched_by_without_caching(q))
+                    });
+                    if !matched && may_leave(q, &e.change) {
+                        e.unmatched = true;
+                    }
+                    matched || e.unmatched
+                }
+            };
+            if keep {
+                out.swap(kept, before + j);
+                kept += 1;
+            }
+        }
+        out.truncate(kept);
+        consumed
     }
 }
 

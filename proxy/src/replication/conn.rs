@@ -154,21 +154,7 @@ impl Connection {
                 }
                 Backend::Message(Message::AuthenticationSasl(body)) => {
                     let pw = password.ok_or_else(need_password)?;
-                    let mut has_scram = false;
-                    let mut mechanisms = body.mechanisms();
-                    while let Some(m) = mechanisms.next().map_err(io_err)? {
-                        has_scram |= m == SCRAM_SHA_256;
-                    }
-                    if !has_scram {
-                        return Err(ReplicationError::definite(
-                            "the server offers no SASL mechanism walcast-proxy supports (SCRAM-SHA-256)",
-                        ));
-                    }
-                    let s = ScramSha256::new(pw, ChannelBinding::unsupported());
-                    frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut self.wbuf)
-                        .map_err(io_err)?;
-                    self.flush().await?;
-                    scram = Some(s);
+                    scram = Some(self.scram_start(pw, &body).await?);
                 }
                 Backend::Message(Message::AuthenticationSaslContinue(body)) => {
                     let s = scram
@@ -180,14 +166,15 @@ impl Connection {
                     self.flush().await?;
                 }
                 Backend::Message(Message::AuthenticationSaslFinal(body)) => {
-                    let s = scram
+                    scram
                         .as_mut()
-                        .ok_or_else(|| ReplicationError::definite("unexpected SASL message"))?;
-                    s.finish(body.data()).map_err(|e| {
-                        ReplicationError::definite(format!(
-                            "the server's SCRAM signature did not verify: {e}"
-                        ))
-                    })?;
+                        .ok_or_else(|| ReplicationError::definite("unexpected SASL message"))?
+                        .finish(body.data())
+                        .map_err(|e| {
+                            ReplicationError::definite(format!(
+                                "the server's SCRAM signature did not verify: {e}"
+                            ))
+                        })?;
                 }
                 Backend::Message(Message::ReadyForQuery(_)) => return Ok(()),
                 Backend::Message(
@@ -212,6 +199,30 @@ impl Connection {
                 }
             }
         }
+    }
+
+    /// Answers the server's SASL offer with SCRAM-SHA-256 (the one
+    /// mechanism supported), or says it cannot.
+    async fn scram_start(
+        &mut self,
+        password: &[u8],
+        offer: &postgres_protocol::message::backend::AuthenticationSaslBody,
+    ) -> Result<ScramSha256, ReplicationError> {
+        let mut has_scram = false;
+        let mut mechanisms = offer.mechanisms();
+        while let Some(m) = mechanisms.next().map_err(io_err)? {
+            has_scram |= m == SCRAM_SHA_256;
+        }
+        if !has_scram {
+            return Err(ReplicationError::definite(
+                "the server offers no SASL mechanism walcast-proxy supports (SCRAM-SHA-256)",
+            ));
+        }
+        let s = ScramSha256::new(password, ChannelBinding::unsupported());
+        frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut self.wbuf)
+            .map_err(io_err)?;
+        self.flush().await?;
+        Ok(s)
     }
 
     /// Writes the buffered messages. Cancel-safe: what was written is

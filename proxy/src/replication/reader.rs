@@ -244,10 +244,16 @@ impl Reader {
         health.streaming();
         tracing::info!(slot = %cfg.slot, "streaming changes");
         let mut backlog_report = tokio::time::interval(Duration::from_secs(1));
-        let mut batch: Vec<Change> = Vec::with_capacity(BATCH);
         // Changes at or before this are in the log already (a reconnect inside
         // a transaction sends it again from its start).
-        let mut last = sink.last_position();
+        let last = sink.last_position();
+        let mut handover = Handover {
+            sink: sink.as_mut(),
+            metrics,
+            handed: position,
+            batch: Vec::with_capacity(BATCH),
+            last,
+        };
         loop {
             let next = tokio::select! {
                 _ = shutdown.cancelled() => {
@@ -270,61 +276,86 @@ impl Reader {
             // With batch-bytes a message holds several objects.
             for part in objects(&msg.data) {
                 metrics.changes_in.fetch_add(1, Ordering::Relaxed);
-                let change = match Change::parse(part, msg.wal_start) {
-                    Ok(c) => c,
+                match Change::parse(part, msg.wal_start) {
+                    Ok(change) => handover.take(change, msg.wal_start, &mut stream)?,
                     Err(e) => {
                         metrics.unparseable_messages.fetch_add(1, Ordering::Relaxed);
                         crate::limited!(error, error = %e, lsn = %msg.wal_start, "skipping a plugin message the proxy cannot parse");
-                        continue;
                     }
-                };
-                match change.action {
-                    Action::Begin => {
-                        stream.set_caught_up(false);
-                        position.in_txn = true;
-                    }
-                    Action::Commit => {
-                        sink.publish(std::mem::take(&mut batch));
-                        // Activity is noted once per transaction, not per change.
-                        metrics.activity();
-                        stream.set_caught_up(true);
-                        // Every change of the transaction is in the log now.
-                        let end = change.end_lsn().unwrap_or(msg.wal_start);
-                        stream.confirm(end);
-                        position.committed = end;
-                        position.in_txn = false;
-                        metrics.confirmed_lsn.store(end.0, Ordering::Relaxed);
-                    }
-                    // Row changes, and the watermarks of backfills.
-                    _ if change.row_action().is_some() || is_mark(&change) => {
-                        let Some(pos) = change.pos else {
-                            return Err(ReplicationError::definite(
-                                "the walcast plugin on the server wrote a change without \"pos\": \
-                             install the walcast extension of the same version as walcast-proxy",
-                            ));
-                        };
-                        if last.is_some_and(|l| pos <= l) {
-                            continue;
-                        }
-                        last = Some(pos);
-                        if change.row_action().is_some() {
-                            metrics.count_action(change.action.name());
-                        }
-                        batch.push(change);
-                        if batch.len() >= BATCH {
-                            sink.publish(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)));
-                        }
-                    }
-                    // Between transactions: nothing before a heartbeat is left to
-                    // hand over, so the slot may advance to it.
-                    _ if change.is_heartbeat() && !position.in_txn => {
-                        stream.confirm(msg.wal_start);
-                        position.committed = position.committed.max(msg.wal_start);
-                    }
-                    _ => {}
                 }
             }
         }
+    }
+}
+
+/// One connection's changes on their way to the sink: a transaction's
+/// changes in batches, handed over whole at its commit, which is then
+/// confirmed.
+struct Handover<'a> {
+    sink: &'a mut dyn Sink,
+    metrics: &'a Metrics,
+    handed: &'a mut Handed,
+    batch: Vec<Change>,
+    /// The newest position in the log: older ones come again after a
+    /// reconnect inside a transaction and are skipped.
+    last: Option<Position>,
+}
+
+impl Handover<'_> {
+    /// One change from the stream (`wal_start`: its message's position).
+    fn take(
+        &mut self,
+        change: Change,
+        wal_start: Lsn,
+        stream: &mut ReplicationStream,
+    ) -> Result<(), ReplicationError> {
+        match change.action {
+            Action::Begin => {
+                stream.set_caught_up(false);
+                self.handed.in_txn = true;
+            }
+            Action::Commit => {
+                self.sink.publish(std::mem::take(&mut self.batch));
+                // Activity is noted once per transaction, not per change.
+                self.metrics.activity();
+                stream.set_caught_up(true);
+                // Every change of the transaction is in the log now.
+                let end = change.end_lsn().unwrap_or(wal_start);
+                stream.confirm(end);
+                self.handed.committed = end;
+                self.handed.in_txn = false;
+                self.metrics.confirmed_lsn.store(end.0, Ordering::Relaxed);
+            }
+            // Row changes, and the watermarks of backfills.
+            _ if change.row_action().is_some() || is_mark(&change) => {
+                let Some(pos) = change.pos else {
+                    return Err(ReplicationError::definite(
+                        "the walcast plugin on the server wrote a change without \"pos\": \
+                     install the walcast extension of the same version as walcast-proxy",
+                    ));
+                };
+                if self.last.is_some_and(|l| pos <= l) {
+                    return Ok(());
+                }
+                self.last = Some(pos);
+                if change.row_action().is_some() {
+                    self.metrics.count_action(change.action.name());
+                }
+                self.batch.push(change);
+                if self.batch.len() >= BATCH {
+                    let full = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH));
+                    self.sink.publish(full);
+                }
+            }
+            // Between transactions: nothing before a heartbeat is left to
+            // hand over, so the slot may advance to it.
+            _ if change.is_heartbeat() && !self.handed.in_txn => {
+                stream.confirm(wal_start);
+                self.handed.committed = self.handed.committed.max(wal_start);
+            }
+            _ => {}
+        }
+        Ok(())
     }
 }
 

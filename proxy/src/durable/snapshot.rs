@@ -14,6 +14,7 @@ use crate::refusal::{Kind, Refusal};
 use futures_util::{pin_mut, TryStreamExt};
 use serde_json::Value;
 use tokio_postgres::types::ToSql;
+use tokio_postgres::Transaction;
 pub use walcast_core::requests::{parse_request, OrderBy, PageRequest, DEFAULT_LIMIT};
 
 /// One page: the JSON array, and the `after` value for the next page.
@@ -183,6 +184,29 @@ pub async fn read_page(
     let (sql, params) = build_sql(&table, req, limit, rules)?;
 
     let mut conn = streams.pool.get().await.map_err(Refusal::unavailable)?;
+    let tx = in_snapshot(&mut conn, streams, &req.slot_name, &snapshot).await?;
+    let rows = read_rows(&tx, &sql, &params, streams.cfg.page_max_bytes).await?;
+    same_file(&tx, &table).await?;
+    let _ = tx.commit().await;
+    let next_after = match rows.last {
+        Some((s, e)) if !table.primary_key.is_empty() => last_key(&table, &rows.body[s..e]),
+        _ => None,
+    };
+    Ok(Page {
+        body: rows.body,
+        rows: rows.count,
+        next_after,
+    })
+}
+
+/// A read-only `REPEATABLE READ` transaction on `conn` that sees the
+/// exported `snapshot` of stream `slot` (410 when it is no longer readable).
+async fn in_snapshot<'a>(
+    conn: &'a mut tokio_postgres::Client,
+    streams: &Streams,
+    slot: &str,
+    snapshot: &str,
+) -> Result<Transaction<'a>, Refusal> {
     let tx = conn
         .build_transaction()
         .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
@@ -198,18 +222,34 @@ pub async fn read_page(
         .await
     {
         let detail = e.as_db_error().map(|d| d.message()).unwrap_or("unknown");
-        let reason = streams.snapshot_lost(&req.slot_name, detail);
+        let reason = streams.snapshot_lost(slot, detail);
         return Err(Refusal::new(
             Kind::Gone,
-            format!(
-                "the snapshot of {} is no longer readable: {reason}",
-                req.slot_name
-            ),
+            format!("the snapshot of {slot} is no longer readable: {reason}"),
         ));
     }
+    Ok(tx)
+}
+
+/// The rows of a page as a JSON array, before the next key is known.
+struct Rows {
+    body: String,
+    count: usize,
+    /// Where the last row is in `body`.
+    last: Option<(usize, usize)>,
+}
+
+/// Runs the page's query in `tx` and joins its rows into a JSON array of
+/// at most `max_bytes` (413 past that).
+async fn read_rows(
+    tx: &Transaction<'_>,
+    sql: &str,
+    params: &[String],
+    max_bytes: u64,
+) -> Result<Rows, Refusal> {
     let binds: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
     let rows = tx
-        .query_raw(&sql, binds)
+        .query_raw(sql, binds)
         .await
         .map_err(|e| query_error(&e))?;
     pin_mut!(rows);
@@ -218,12 +258,11 @@ pub async fn read_page(
     let mut last = None;
     while let Some(row) = rows.try_next().await.map_err(|e| query_error(&e))? {
         let text: &str = row.get(0);
-        if body.len() + text.len() + 2 > streams.cfg.page_max_bytes as usize {
+        if body.len() + text.len() + 2 > max_bytes as usize {
             return Err(Refusal::new(
                 Kind::TooLarge,
                 format!(
-                    "this page would be over {} bytes after {count} rows; ask for fewer rows (limit)",
-                    streams.cfg.page_max_bytes
+                    "this page would be over {max_bytes} bytes after {count} rows; ask for fewer rows (limit)"
                 ),
             ));
         }
@@ -235,6 +274,12 @@ pub async fn read_page(
         last = Some((body.len() - text.len(), body.len()));
     }
     body.push(']');
+    Ok(Rows { body, count, last })
+}
+
+/// Refuses (409) a page of `table` if the table was truncated or rewritten
+/// after the snapshot was taken.
+async fn same_file(tx: &Transaction<'_>, table: &TableInfo) -> Result<(), Refusal> {
     // TRUNCATE and table rewrites are not MVCC-safe: a snapshot older than
     // them sees the new, empty file. The catalog row as of the snapshot
     // names the file the snapshot's rows were in; if it is no longer the
@@ -259,32 +304,23 @@ pub async fn read_page(
             ),
         ));
     }
-    let _ = tx.commit().await;
-    let next_after = match last {
-        Some((s, e)) if !table.primary_key.is_empty() => {
-            match serde_json::from_str::<serde_json::Map<String, Value>>(&body[s..e]) {
-                Ok(row) => {
-                    let keys: Vec<Value> = table
-                        .primary_key
-                        .iter()
-                        .map(|&i| {
-                            row.get(&table.columns[i].name)
-                                .cloned()
-                                .unwrap_or(Value::Null)
-                        })
-                        .collect();
-                    Some(Value::Array(keys).to_string())
-                }
-                Err(_) => None,
-            }
-        }
-        _ => None,
-    };
-    Ok(Page {
-        body,
-        rows: count,
-        next_after,
-    })
+    Ok(())
+}
+
+/// The `after` of the next page: a JSON array of the primary key values of
+/// `row`, the page's last row (`None` if it does not parse).
+fn last_key(table: &TableInfo, row: &str) -> Option<String> {
+    let row = serde_json::from_str::<serde_json::Map<String, Value>>(row).ok()?;
+    let keys: Vec<Value> = table
+        .primary_key
+        .iter()
+        .map(|&i| {
+            row.get(&table.columns[i].name)
+                .cloned()
+                .unwrap_or(Value::Null)
+        })
+        .collect();
+    Some(Value::Array(keys).to_string())
 }
 
 fn query_error(e: &tokio_postgres::Error) -> Refusal {

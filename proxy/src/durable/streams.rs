@@ -155,6 +155,44 @@ fn default_word() -> &'static str {
     WORDS[(nanos / 1000) % WORDS.len()]
 }
 
+/// The word of a new stream's name: the client's, if it is a valid one,
+/// else one of `WORDS`.
+fn stream_word(word: Option<&str>) -> Result<String, Refusal> {
+    match word {
+        Some(w) if valid_word(w) => Ok(w.to_owned()),
+        Some(w) => Err(Refusal::invalid(format!(
+            "invalid stream name {w:?}: use 1 to 40 lower case letters, with single underscores between words"
+        ))),
+        None => Ok(default_word().to_owned()),
+    }
+}
+
+/// Ends the snapshot of `slot` when `ttl` passes or `release` fires (the
+/// stream was opened), then closes `client`, the connection that held it.
+async fn release_snapshot(
+    inner: Arc<Mutex<Inner>>,
+    slot: String,
+    ttl: Duration,
+    release: oneshot::Receiver<()>,
+    client: ReplicationClient,
+) {
+    let reason = tokio::select! {
+        _ = tokio::time::sleep(ttl) => "the snapshot's time to live passed",
+        _ = release => "the stream was opened",
+    };
+    // Ended before the connection goes, so a page read from now on
+    // is told why rather than what PostgreSQL says of a snapshot it
+    // no longer has.
+    {
+        let mut i = crate::locks::lock(&inner);
+        if let Some(s @ Snapshot::Held { .. }) = i.snapshots.get_mut(&slot) {
+            *s = Snapshot::Ended { reason };
+        }
+    }
+    drop(client);
+    tracing::info!(slot = %slot, "snapshot released: {reason}");
+}
+
 /// The durable streams of one database.
 pub struct Streams {
     pub cfg: StreamsConfig,
@@ -211,26 +249,9 @@ impl Streams {
         tables: Option<&str>,
         export: bool,
     ) -> Result<Created, Refusal> {
-        let word = match word {
-            Some(w) if valid_word(w) => w.to_owned(),
-            Some(w) => {
-                return Err(Refusal::invalid(format!(
-                    "invalid stream name {w:?}: use 1 to 40 lower case letters, with single underscores between words"
-                )))
-            }
-            None => default_word().to_owned(),
-        };
+        let word = stream_word(word)?;
         if let Some(t) = tables {
-            let patterns = TablePattern::parse_list(t)
-                .map_err(|e| Refusal::invalid(format!("invalid tables: {e}")))?;
-            if patterns.is_empty() {
-                return Err(Refusal::invalid("tables is empty"));
-            }
-            if !self.metadata_table().await? {
-                return Err(Refusal::invalid(
-                    "a table allow-list per stream is kept in walcast.streams: run CREATE EXTENSION walcast in this database first",
-                ));
-            }
+            self.check_tables(t).await?;
         }
         let (client, created) = match &self.jet {
             Some(jet) => self.create_on_jetstream(jet, &word).await?,
@@ -246,26 +267,7 @@ impl Streams {
             }
         };
         if let Some(t) = tables {
-            let stored = self
-                .pool
-                .get()
-                .await
-                .map_err(Refusal::unavailable)?
-                .execute(
-                    "INSERT INTO walcast.streams (slot_name, tables) VALUES ($1, $2) \
-                     ON CONFLICT (slot_name) DO UPDATE SET tables = EXCLUDED.tables, created_at = now()",
-                    &[&created.name, &t],
-                )
-                .await;
-            if let Err(e) = stored {
-                let _ = match &self.jet {
-                    Some(jet) => jet.delete(&created.name).await,
-                    None => self.drop_slot_sql(&created.name).await,
-                };
-                return Err(Refusal::unavailable(format!(
-                    "cannot record the stream's tables in walcast.streams: {e}"
-                )));
-            }
+            self.record_tables(&created.name, t).await?;
         }
         if !export {
             drop(client);
@@ -282,45 +284,80 @@ impl Streams {
                 lsn: created.consistent_point,
             });
         }
-        let expires = SystemTime::now() + self.cfg.snapshot_ttl;
-        let (release_tx, release_rx) = oneshot::channel::<()>();
-        self.lock().snapshots.insert(
-            created.name.clone(),
-            Snapshot::Held {
-                name: snapshot.clone(),
-                expires,
-                release: Some(release_tx),
-            },
-        );
-        // The snapshot stays valid while this connection is open and idle.
-        let (inner, slot, ttl) = (
-            self.inner.clone(),
-            created.name.clone(),
-            self.cfg.snapshot_ttl,
-        );
-        tokio::spawn(async move {
-            let reason = tokio::select! {
-                _ = tokio::time::sleep(ttl) => "the snapshot's time to live passed",
-                _ = release_rx => "the stream was opened",
-            };
-            // Ended before the connection goes, so a page read from now on
-            // is told why rather than what PostgreSQL says of a snapshot it
-            // no longer has.
-            {
-                let mut i = crate::locks::lock(&inner);
-                if let Some(s @ Snapshot::Held { .. }) = i.snapshots.get_mut(&slot) {
-                    *s = Snapshot::Ended { reason };
-                }
-            }
-            drop(client);
-            tracing::info!(slot = %slot, "snapshot released: {reason}");
-        });
+        let expires = self.hold_snapshot(&created.name, snapshot.clone(), client);
         tracing::info!(slot = %created.name, lsn = %created.consistent_point, "created durable stream");
         Ok(Created {
             slot: created.name,
             snapshot: Some((snapshot, expires)),
             lsn: created.consistent_point,
         })
+    }
+
+    /// Refuses a stream's table allow-list that does not parse, is empty,
+    /// or has nowhere to be kept (no `walcast.streams` in this database).
+    async fn check_tables(&self, tables: &str) -> Result<(), Refusal> {
+        let patterns = TablePattern::parse_list(tables)
+            .map_err(|e| Refusal::invalid(format!("invalid tables: {e}")))?;
+        if patterns.is_empty() {
+            return Err(Refusal::invalid("tables is empty"));
+        }
+        if !self.metadata_table().await? {
+            return Err(Refusal::invalid(
+                "a table allow-list per stream is kept in walcast.streams: run CREATE EXTENSION walcast in this database first",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Records the table allow-list of the new stream `slot` in
+    /// `walcast.streams`; if that fails, drops the stream again.
+    async fn record_tables(&self, slot: &str, tables: &str) -> Result<(), Refusal> {
+        let stored = self
+            .pool
+            .get()
+            .await
+            .map_err(Refusal::unavailable)?
+            .execute(
+                "INSERT INTO walcast.streams (slot_name, tables) VALUES ($1, $2) \
+                 ON CONFLICT (slot_name) DO UPDATE SET tables = EXCLUDED.tables, created_at = now()",
+                &[&slot, &tables],
+            )
+            .await;
+        if let Err(e) = stored {
+            let _ = match &self.jet {
+                Some(jet) => jet.delete(slot).await,
+                None => self.drop_slot_sql(slot).await,
+            };
+            return Err(Refusal::unavailable(format!(
+                "cannot record the stream's tables in walcast.streams: {e}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Holds the exported `snapshot` of the new stream `slot` on its idle
+    /// replication connection `client` until the stream is opened or the
+    /// TTL passes; returns when it expires.
+    fn hold_snapshot(&self, slot: &str, snapshot: String, client: ReplicationClient) -> SystemTime {
+        let expires = SystemTime::now() + self.cfg.snapshot_ttl;
+        let (release_tx, release_rx) = oneshot::channel::<()>();
+        self.lock().snapshots.insert(
+            slot.to_owned(),
+            Snapshot::Held {
+                name: snapshot,
+                expires,
+                release: Some(release_tx),
+            },
+        );
+        // The snapshot stays valid while this connection is open and idle.
+        tokio::spawn(release_snapshot(
+            self.inner.clone(),
+            slot.to_owned(),
+            self.cfg.snapshot_ttl,
+            release_rx,
+            client,
+        ));
+        expires
     }
 
     /// A permanent slot `walcast_<word><n>` with an exported snapshot, and

@@ -21,6 +21,7 @@ use axum::response::IntoResponse;
 use axum::Extension;
 use hyper::header::HeaderValue;
 use hyper::StatusCode;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 use walcast_core::requests::{parse_create, Create};
@@ -335,6 +336,79 @@ async fn filtered_stream_warning(state: &AppState, q: &crate::query::Query) -> O
     ))
 }
 
+/// The warnings a stream's consumer is sent first: what its `query`
+/// misses, if anything.
+async fn stream_warnings(state: &AppState, query: Option<&crate::query::Query>) -> Vec<String> {
+    match query {
+        Some(q) => filtered_stream_warning(state, q)
+            .await
+            .into_iter()
+            .collect(),
+        None => Vec::new(),
+    }
+}
+
+/// The parameters of `GET /v1/lr/stream` besides the selection.
+struct StreamParams {
+    slot: String,
+    heartbeats: bool,
+    /// The client's last ACK, which may not have reached PostgreSQL.
+    acked: Option<walcast_format::Lsn>,
+}
+
+/// Reads `slotName`, `heartbeats` and `acked`; the 400 response when one
+/// is missing or refused.
+fn stream_params(params: &HashMap<String, String>) -> Result<StreamParams, Box<Resp>> {
+    let Some(slot) = params.get("slotName").cloned() else {
+        return Err(Box::new(json_error(
+            StatusCode::BAD_REQUEST,
+            "slotName is required: /v1/lr/stream?slotName=<slot from /v1/init>",
+            None,
+        )));
+    };
+    let heartbeats = match params.get("heartbeats").map(String::as_str) {
+        None | Some("false") | Some("0") | Some("off") => false,
+        Some("true") | Some("1") | Some("on") => true,
+        Some(other) => {
+            return Err(Box::new(json_error(
+                StatusCode::BAD_REQUEST,
+                &format!("heartbeats must be true or false (got {other:?})"),
+                None,
+            )))
+        }
+    };
+    let acked = match params.get("acked").map(|a| a.parse::<walcast_format::Lsn>()) {
+        None => None,
+        Some(Ok(l)) => Some(l),
+        Some(Err(_)) => {
+            return Err(Box::new(json_error(
+                StatusCode::BAD_REQUEST,
+                "acked must be an LSN (X/Y in hexadecimal): the end_lsn of the last transaction you ACKed",
+                None,
+            )))
+        }
+    };
+    Ok(StreamParams {
+        slot,
+        heartbeats,
+        acked,
+    })
+}
+
+/// The tables named by `snapshot=`, whose rows the stream sends first.
+fn snapshot_tables(params: &HashMap<String, String>) -> Vec<String> {
+    params
+        .get("snapshot")
+        .map(|t| {
+            t.split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// `GET /v1/lr/stream?slotName=`: the websocket of a stream's consumer.
 pub async fn lr_stream(
     State(state): State<Arc<AppState>>,
@@ -342,35 +416,13 @@ pub async fn lr_stream(
     mut req: Request,
 ) -> Resp {
     let params = query_params(req.uri());
-    let Some(slot) = params.get("slotName").cloned() else {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            "slotName is required: /v1/lr/stream?slotName=<slot from /v1/init>",
-            None,
-        );
-    };
-    let heartbeats = match params.get("heartbeats").map(String::as_str) {
-        None | Some("false") | Some("0") | Some("off") => false,
-        Some("true") | Some("1") | Some("on") => true,
-        Some(other) => {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                &format!("heartbeats must be true or false (got {other:?})"),
-                None,
-            )
-        }
-    };
-    // The client's last ACK, which may not have reached PostgreSQL.
-    let acked = match params.get("acked").map(|a| a.parse::<walcast_format::Lsn>()) {
-        None => None,
-        Some(Ok(l)) => Some(l),
-        Some(Err(_)) => {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                "acked must be an LSN (X/Y in hexadecimal): the end_lsn of the last transaction you ACKed",
-                None,
-            )
-        }
+    let StreamParams {
+        slot,
+        heartbeats,
+        acked,
+    } = match stream_params(&params) {
+        Ok(p) => p,
+        Err(r) => return *r,
     };
     let handshake = match begin(&req, &state) {
         Ok(h) => h,
@@ -380,23 +432,8 @@ pub async fn lr_stream(
         Ok(s) => s,
         Err(r) => return *r,
     };
-    let warnings = match &query {
-        Some(q) => filtered_stream_warning(&state, q)
-            .await
-            .into_iter()
-            .collect(),
-        None => Vec::new(),
-    };
-    let tables: Vec<String> = params
-        .get("snapshot")
-        .map(|t| {
-            t.split(',')
-                .map(str::trim)
-                .filter(|t| !t.is_empty())
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default();
+    let warnings = stream_warnings(&state, query.as_ref()).await;
+    let tables = snapshot_tables(&params);
     let backfills = match backfill_plans(&state, &grant, &slot, &tables, None).await {
         Ok(p) => p,
         Err(e) => return e.into_response(),

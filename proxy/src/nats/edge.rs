@@ -105,8 +105,38 @@ async fn follow(
         .map_err(|e| format!("cannot read the JetStream stream {stream_name}: {e}"))?
         .state
         .clone();
-    // `floor_from_first`: the first message read only tells the floor.
-    let (start, floor_from_first) = match at.next {
+    let (start, floor_from_first) = start_at(&state, sink, at);
+    let mut messages = read_from(&stream, stream_name, start).await?;
+    health.streaming();
+    tracing::info!(stream = %stream_name, from = start, "reading changes from JetStream");
+    let mut take = Take {
+        floor_from_first,
+        batch: Vec::with_capacity(BATCH),
+    };
+    let mut link = Link {
+        client: js.client(),
+        connected: true,
+    };
+    let mut check = tokio::time::interval(std::time::Duration::from_millis(500));
+    loop {
+        let first = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = check.tick() => {
+                link.check(health, metrics);
+                continue;
+            }
+            m = messages.next() => m,
+        };
+        let first = first.ok_or("the JetStream consumer ended")?;
+        take.ready(first, &mut messages, sink, metrics, at)
+            .map_err(|e| format!("reading the JetStream stream {stream_name}: {e}"))?;
+    }
+}
+
+/// The stream sequence to read from, and whether the first message read
+/// only tells the floor (`floor_from_first`).
+fn start_at(state: &jetstream::stream::State, sink: &mut dyn Sink, at: &mut Follow) -> (u64, bool) {
+    match at.next {
         // Messages the stream dropped meanwhile are noticed by their
         // sequence numbers when reading resumes (`Take::message`).
         Some(next) => (next, false),
@@ -129,7 +159,15 @@ async fn follow(
                 (start, false)
             }
         }
-    };
+    }
+}
+
+/// The messages of the stream from sequence `start`, by an ordered consumer.
+async fn read_from(
+    stream: &jetstream::stream::Stream,
+    stream_name: &str,
+    start: u64,
+) -> Result<pull::Ordered, String> {
     let consumer = stream
         .create_consumer(pull::OrderedConfig {
             deliver_policy: DeliverPolicy::ByStartSequence {
@@ -139,63 +177,82 @@ async fn follow(
         })
         .await
         .map_err(|e| format!("cannot read the JetStream stream {stream_name}: {e}"))?;
-    let mut messages = consumer
+    consumer
         .messages()
         .await
-        .map_err(|e| format!("cannot read the JetStream stream {stream_name}: {e}"))?;
-    health.streaming();
-    tracing::info!(stream = %stream_name, from = start, "reading changes from JetStream");
-    let mut take = Take {
-        floor_from_first,
-        batch: Vec::with_capacity(BATCH),
-    };
-    let client = js.client();
-    let mut check = tokio::time::interval(std::time::Duration::from_millis(500));
-    let mut connected = true;
-    loop {
-        let first = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            _ = check.tick() => {
-                // The client reconnects by itself and the ordered consumer
-                // picks up where it was; meanwhile /healthz says so.
-                let now = client.connection_state() == async_nats::connection::State::Connected;
-                if now != connected {
-                    connected = now;
-                    if now {
-                        tracing::info!("NATS is back");
-                        health.streaming();
-                    } else {
-                        tracing::warn!("lost the connection to NATS; clients stay connected");
-                        health.degraded("lost the connection to NATS; reconnecting");
-                        metrics.nats.reconnects.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                continue;
+        .map_err(|e| format!("cannot read the JetStream stream {stream_name}: {e}"))
+}
+
+/// The NATS connection as `/healthz` was last told.
+struct Link {
+    client: async_nats::Client,
+    connected: bool,
+}
+
+impl Link {
+    /// Tells `/healthz` when the connection is lost or back. The client
+    /// reconnects by itself and the ordered consumer picks up where it was.
+    fn check(&mut self, health: &Health, metrics: &Metrics) {
+        let now = self.client.connection_state() == async_nats::connection::State::Connected;
+        if now != self.connected {
+            self.connected = now;
+            if now {
+                tracing::info!("NATS is back");
+                health.streaming();
+            } else {
+                tracing::warn!("lost the connection to NATS; clients stay connected");
+                health.degraded("lost the connection to NATS; reconnecting");
+                metrics.nats.reconnects.fetch_add(1, Ordering::Relaxed);
             }
-            m = messages.next() => m,
-        };
-        let mut item = Some(first.ok_or("the JetStream consumer ended")?);
-        let mut failed = None;
-        let mut taken = 0;
-        // What is ready goes to the hub as one batch.
-        while let Some(m) = item.take() {
-            match m {
-                Ok(m) => take.message(&m, sink, metrics, at),
-                Err(e) => {
-                    failed = Some(format!("reading the JetStream stream {stream_name}: {e}"));
-                    break;
-                }
-            }
-            taken += 1;
-            if taken < BATCH {
-                item = messages.next().now_or_never().flatten();
-            }
-        }
-        take.flush(sink, metrics);
-        if let Some(e) = failed {
-            return Err(e);
         }
     }
+}
+
+impl Follow {
+    /// Counts the message at `sequence`. Sequence numbers have no holes but
+    /// those the stream's retention made: messages this edge will never read.
+    fn read(&mut self, sequence: u64, metrics: &Metrics) {
+        if let Some(next) = self.next {
+            self.gap += sequence.saturating_sub(next);
+        }
+        self.next = Some(sequence + 1);
+        self.received += 1;
+        metrics.nats.received.fetch_add(1, Ordering::Relaxed);
+        metrics.nats.sequence.store(sequence, Ordering::Relaxed);
+    }
+}
+
+/// Counts and logs a message of the stream that is not walcast's.
+fn foreign(m: &jetstream::Message, metrics: &Metrics, why: &str) {
+    metrics.nats.foreign.fetch_add(1, Ordering::Relaxed);
+    crate::limited!(warn, subject = %m.subject, "skipping a message of the JetStream stream: {why}");
+}
+
+/// The position and change of a message walcast published, or why it is
+/// not one.
+fn walcast_change(m: &jetstream::Message) -> Result<(Position, Change), String> {
+    let pos = m
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+        .and_then(|v| v.as_str().parse::<Position>().ok());
+    let Some(pos) = pos else {
+        return Err("no walcast position in Nats-Msg-Id".to_owned());
+    };
+    if !m.subject.starts_with(super::SUBJECT_ROOT)
+        || m.subject.as_bytes().get(super::SUBJECT_ROOT.len()) != Some(&b'.')
+    {
+        return Err("not a walcast subject".to_owned());
+    }
+    let change = Change::parse(m.payload.clone(), pos.commit).map_err(|e| e.to_string())?;
+    let own = match change.action {
+        crate::change::Action::Commit => Some(super::commit_position(change.lsn)),
+        _ => change.pos,
+    };
+    if own != Some(pos) {
+        return Err("its Nats-Msg-Id is not the change's position".to_owned());
+    }
+    Ok((pos, change))
 }
 
 /// Turns messages into the hub's batch.
@@ -213,6 +270,41 @@ impl Take {
         }
     }
 
+    /// Takes `first` and what else is ready, a batch at most, and hands
+    /// them to the hub; an error reading the stream is returned after.
+    fn ready(
+        &mut self,
+        first: Result<jetstream::Message, pull::OrderedError>,
+        messages: &mut pull::Ordered,
+        sink: &mut dyn Sink,
+        metrics: &Metrics,
+        at: &mut Follow,
+    ) -> Result<(), pull::OrderedError> {
+        let mut item = Some(first);
+        let mut failed = None;
+        let mut taken = 0;
+        // What is ready goes to the hub as one batch.
+        while let Some(m) = item.take() {
+            match m {
+                Ok(m) => self.message(&m, sink, metrics, at),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+            taken += 1;
+            if taken < BATCH {
+                item = messages.next().now_or_never().flatten();
+            }
+        }
+        self.flush(sink, metrics);
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Takes one message: a new change of walcast's goes to the batch.
     fn message(
         &mut self,
         m: &jetstream::Message,
@@ -220,53 +312,18 @@ impl Take {
         metrics: &Metrics,
         at: &mut Follow,
     ) {
-        let foreign = |why: &str| {
-            metrics.nats.foreign.fetch_add(1, Ordering::Relaxed);
-            crate::limited!(warn, subject = %m.subject, "skipping a message of the JetStream stream: {why}");
-        };
         let Ok(info) = m.info() else {
-            return foreign("no JetStream metadata");
+            return foreign(m, metrics, "no JetStream metadata");
         };
-        // Sequence numbers have no holes but those the stream's retention
-        // made: messages this edge will never read.
-        if let Some(next) = at.next {
-            at.gap += info.stream_sequence.saturating_sub(next);
-        }
-        at.next = Some(info.stream_sequence + 1);
-        at.received += 1;
-        metrics.nats.received.fetch_add(1, Ordering::Relaxed);
-        metrics
-            .nats
-            .sequence
-            .store(info.stream_sequence, Ordering::Relaxed);
+        at.read(info.stream_sequence, metrics);
         // A transaction's `B` is for other consumers of the stream.
         if super::is_begin_subject(&m.subject) {
             return;
         }
-        let pos = m
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
-            .and_then(|v| v.as_str().parse::<Position>().ok());
-        let Some(pos) = pos else {
-            return foreign("no walcast position in Nats-Msg-Id");
+        let (pos, change) = match walcast_change(m) {
+            Ok(found) => found,
+            Err(why) => return foreign(m, metrics, &why),
         };
-        if !m.subject.starts_with(super::SUBJECT_ROOT)
-            || m.subject.as_bytes().get(super::SUBJECT_ROOT.len()) != Some(&b'.')
-        {
-            return foreign("not a walcast subject");
-        }
-        let change = match Change::parse(m.payload.clone(), pos.commit) {
-            Ok(c) => c,
-            Err(e) => return foreign(&e.to_string()),
-        };
-        let own = match change.action {
-            crate::change::Action::Commit => Some(super::commit_position(change.lsn)),
-            _ => change.pos,
-        };
-        if own != Some(pos) {
-            return foreign("its Nats-Msg-Id is not the change's position");
-        }
         if self.floor_from_first {
             // The message before the first one this edge serves: every
             // change after it is to come.
@@ -276,6 +333,24 @@ impl Take {
             at.last = Some(pos);
             return;
         }
+        self.floor_or_gap(pos, sink, metrics, at);
+        // Published again by a relay after a restart, past the duplicate window.
+        if at.last.is_some_and(|l| pos <= l) {
+            return;
+        }
+        at.last = Some(pos);
+        self.keep(change, metrics);
+    }
+
+    /// Tells the hub where its log starts, before the first change at
+    /// `pos`, or what it lost, when the stream dropped messages before it.
+    fn floor_or_gap(
+        &mut self,
+        pos: Position,
+        sink: &mut dyn Sink,
+        metrics: &Metrics,
+        at: &mut Follow,
+    ) {
         if !at.floor_set {
             sink.starts_at(before(pos));
             at.floor_set = true;
@@ -298,14 +373,12 @@ impl Take {
                 ),
             );
         }
-        // Published again by a relay after a restart, past the duplicate window.
-        if at.last.is_some_and(|l| pos <= l) {
-            return;
-        }
-        at.last = Some(pos);
-        // Live clients get row changes; commits, DDL and messages are for
-        // other consumers of the stream.
-        // (and the watermarks of backfills).
+    }
+
+    /// Adds a change to the batch when it is for live clients: row changes
+    /// (and the watermarks of backfills); commits, DDL and messages are for
+    /// other consumers of the stream.
+    fn keep(&mut self, change: Change, metrics: &Metrics) {
         if walcast_core::marks::is_mark(&change) {
             self.batch.push(change);
             return;

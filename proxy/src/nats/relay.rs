@@ -16,7 +16,7 @@ use crate::change::{Action, Change};
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::replication::reader::{self, ReaderConfig};
-use crate::replication::{ErrorKind, ReplicationError};
+use crate::replication::{ErrorKind, ReplicationError, ReplicationStream, XLogData};
 use async_nats::jetstream::context::{
     CreateStreamError, CreateStreamErrorKind, PublishAckFuture, PublishErrorKind,
 };
@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use walcast_format::Lsn;
+use walcast_format::{Lsn, Position};
 
 /// What the relay needs.
 #[derive(Clone)]
@@ -207,6 +207,7 @@ enum Acked {
     Failed(String),
 }
 
+/// Relays the slot from its confirmed position until shutdown or an error.
 async fn relay_once(
     cfg: &RelayConfig,
     js: &Context,
@@ -216,127 +217,237 @@ async fn relay_once(
     slot: &mut reader::Slot,
     streamed: &mut bool,
 ) -> Result<(), ReplicationError> {
-    let Shared { metrics, health } = shared;
     // From the slot's confirmed position: everything after it is published
     // again (JetStream drops what it has by id).
-    let (mut stream, start) = reader::open(&cfg.reader, slot, Lsn(0)).await?;
-    health.streaming();
+    let (stream, start) = reader::open(&cfg.reader, slot, Lsn(0)).await?;
+    shared.health.streaming();
     *streamed = true;
     tracing::info!(slot = %cfg.reader.slot, from = %start, "relaying changes");
-    let (tx, rx) = mpsc::channel::<Pending>(PUBLISHES_IN_FLIGHT);
-    let (acked_tx, mut acked) = watch::channel(Acked::Upto(start));
-    let acker = tokio::spawn(acknowledge(rx, acked_tx, metrics.clone()));
-    // Stops the acknowledging task whichever way this returns.
-    let _acker = AbortOnDrop(acker);
-    let mut in_txn = false;
-    let mut published_in_txn = 0usize;
-    // A transaction's `B`, published before its first object with a
-    // position (whose commit LSN names it); never when it has none.
-    let mut begin: Option<Change> = None;
-    // The end of the last transaction handed to the acknowledging task.
-    let mut sent_upto = start;
+    let mut relay = Relay::start(js, db, shared, stream, start);
     let mut report = tokio::time::interval(Duration::from_secs(1));
     // Nothing in flight yet: keepalives may advance the slot.
-    stream.set_caught_up(true);
+    relay.stream.set_caught_up(true);
     loop {
         let next = tokio::select! {
             _ = shutdown.cancelled() => {
-                // Give the acknowledgements in flight a moment, confirm, end.
-                let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                    while acked.borrow().clone() != Acked::Upto(sent_upto) {
-                        if acked.changed().await.is_err() { break; }
-                    }
-                }).await;
-                if let Acked::Upto(lsn) = acked.borrow().clone() {
-                    stream.confirm(lsn);
-                }
-                let _ = tokio::time::timeout(Duration::from_secs(2), stream.close()).await;
+                relay.finish().await;
                 return Ok(());
             }
             _ = report.tick() => {
-                health.positions(stream.confirmed(), stream.received());
-                metrics.lag_bytes.store(stream.received().0.saturating_sub(stream.confirmed().0), Ordering::Relaxed);
+                relay.report();
                 continue;
             }
-            changed = acked.changed() => {
-                if changed.is_err() {
-                    return Err(ReplicationError::transient("the JetStream acknowledgement task ended"));
-                }
-                match acked.borrow_and_update().clone() {
-                    Acked::Upto(lsn) => {
-                        stream.confirm(lsn);
-                        metrics.confirmed_lsn.store(lsn.0, Ordering::Relaxed);
-                        // Keepalives may advance the slot only when nothing is in flight.
-                        stream.set_caught_up(!in_txn && lsn >= sent_upto);
-                    }
-                    Acked::Failed(e) => return Err(ReplicationError::transient(e)),
-                }
+            changed = relay.acked.changed() => {
+                relay.acknowledged(changed)?;
                 continue;
             }
-            n = stream.next() => n?,
+            n = relay.stream.next() => n?,
         };
         let Some(msg) = next else {
             return Err(ReplicationError::transient(
                 "PostgreSQL ended the replication stream",
             ));
         };
+        relay.message(&msg).await?;
+    }
+}
+
+/// One replication connection's relaying: where its transaction is, what
+/// was handed to the acknowledging task and the replication stream. Fields
+/// drop in this order: the acknowledging task is stopped before the
+/// channels and the replication stream.
+struct Relay<'a> {
+    js: &'a Context,
+    db: &'a str,
+    metrics: &'a Arc<Metrics>,
+    health: &'a Health,
+    /// A transaction's `B`, published before its first object with a
+    /// position (whose commit LSN names it); never when it has none.
+    begin: Option<Change>,
+    in_txn: bool,
+    published_in_txn: usize,
+    /// The end of the last transaction handed to the acknowledging task.
+    sent_upto: Lsn,
+    /// Stops the acknowledging task whichever way the relaying ends.
+    _acker: AbortOnDrop,
+    acked: watch::Receiver<Acked>,
+    tx: mpsc::Sender<Pending>,
+    stream: ReplicationStream,
+}
+
+impl<'a> Relay<'a> {
+    /// Starts the acknowledging task for a stream opened at `start`.
+    fn start(
+        js: &'a Context,
+        db: &'a str,
+        shared: Shared<'a>,
+        stream: ReplicationStream,
+        start: Lsn,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel::<Pending>(PUBLISHES_IN_FLIGHT);
+        let (acked_tx, acked) = watch::channel(Acked::Upto(start));
+        let acker = tokio::spawn(acknowledge(rx, acked_tx, shared.metrics.clone()));
+        Relay {
+            js,
+            db,
+            metrics: shared.metrics,
+            health: shared.health,
+            begin: None,
+            in_txn: false,
+            published_in_txn: 0,
+            sent_upto: start,
+            _acker: AbortOnDrop(acker),
+            acked,
+            tx,
+            stream,
+        }
+    }
+
+    /// Gives the acknowledgements in flight a moment, confirms, ends.
+    async fn finish(mut self) {
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while self.acked.borrow().clone() != Acked::Upto(self.sent_upto) {
+                if self.acked.changed().await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await;
+        if let Acked::Upto(lsn) = self.acked.borrow().clone() {
+            self.stream.confirm(lsn);
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.stream.close()).await;
+    }
+
+    /// Reports the slot's positions and lag.
+    fn report(&self) {
+        let stream = &self.stream;
+        self.health.positions(stream.confirmed(), stream.received());
+        self.metrics.lag_bytes.store(
+            stream.received().0.saturating_sub(stream.confirmed().0),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Confirms to the slot what the acknowledging task reports in the stream.
+    fn acknowledged(
+        &mut self,
+        changed: Result<(), watch::error::RecvError>,
+    ) -> Result<(), ReplicationError> {
+        if changed.is_err() {
+            return Err(ReplicationError::transient(
+                "the JetStream acknowledgement task ended",
+            ));
+        }
+        match self.acked.borrow_and_update().clone() {
+            Acked::Upto(lsn) => {
+                self.stream.confirm(lsn);
+                self.metrics.confirmed_lsn.store(lsn.0, Ordering::Relaxed);
+                // Keepalives may advance the slot only when nothing is in flight.
+                self.stream
+                    .set_caught_up(!self.in_txn && lsn >= self.sent_upto);
+            }
+            Acked::Failed(e) => return Err(ReplicationError::transient(e)),
+        }
+        Ok(())
+    }
+
+    /// Relays every object of one message of the plugin.
+    async fn message(&mut self, msg: &XLogData) -> Result<(), ReplicationError> {
         for part in reader::objects(&msg.data) {
-            metrics.changes_in.fetch_add(1, Ordering::Relaxed);
+            self.metrics.changes_in.fetch_add(1, Ordering::Relaxed);
             let change = match Change::parse(part, msg.wal_start) {
                 Ok(c) => c,
                 Err(e) => {
-                    metrics.unparseable_messages.fetch_add(1, Ordering::Relaxed);
+                    self.metrics
+                        .unparseable_messages
+                        .fetch_add(1, Ordering::Relaxed);
                     crate::limited!(error, error = %e, lsn = %msg.wal_start, "skipping a plugin message the relay cannot parse");
                     continue;
                 }
             };
-            let pending = match change.action {
-                Action::Begin => {
-                    in_txn = true;
-                    published_in_txn = 0;
-                    begin = Some(change);
-                    stream.set_caught_up(false);
-                    continue;
-                }
-                Action::Commit => {
-                    let end = change.end_lsn().unwrap_or(msg.wal_start);
-                    if published_in_txn > 0 {
-                        let id = commit_position(change.lsn);
-                        let ack = publish(js, db, &change, &id.to_string()).await?;
-                        send(&tx, Pending::Ack(ack)).await?;
-                    }
-                    metrics.activity();
-                    in_txn = false;
-                    begin = None;
-                    sent_upto = end;
-                    Pending::Confirm(end)
-                }
-                // Between transactions, a heartbeat lets the slot advance
-                // once what came before is acknowledged.
-                Action::Message if change.is_heartbeat() => {
-                    if in_txn {
-                        continue;
-                    }
-                    sent_upto = sent_upto.max(msg.wal_start);
-                    Pending::Confirm(msg.wal_start)
-                }
-                _ => {
-                    // Only what has a position is in the stream (not
-                    // non-transactional messages).
-                    let Some(pos) = change.pos else { continue };
-                    if let Some(b) = begin.take() {
-                        let ack = publish(js, db, &b, &begin_id(pos.commit)).await?;
-                        send(&tx, Pending::Ack(ack)).await?;
-                    }
-                    if let Some(label) = change.row_action().map(|_| change.action.name()) {
-                        metrics.count_action(label);
-                    }
-                    published_in_txn += 1;
-                    Pending::Ack(publish(js, db, &change, &pos.to_string()).await?)
-                }
-            };
-            send(&tx, pending).await?;
+            if let Some(pending) = self.pending(change, msg.wal_start).await? {
+                send(&self.tx, pending).await?;
+            }
         }
+        Ok(())
+    }
+
+    /// Publishes what of `change` goes to the stream and returns what the
+    /// acknowledging task is given for it; `None` for nothing.
+    async fn pending(
+        &mut self,
+        change: Change,
+        wal_start: Lsn,
+    ) -> Result<Option<Pending>, ReplicationError> {
+        let pending = match change.action {
+            Action::Begin => {
+                self.in_txn = true;
+                self.published_in_txn = 0;
+                self.begin = Some(change);
+                self.stream.set_caught_up(false);
+                return Ok(None);
+            }
+            Action::Commit => self.commit(&change, wal_start).await?,
+            // Between transactions, a heartbeat lets the slot advance
+            // once what came before is acknowledged.
+            Action::Message if change.is_heartbeat() => {
+                if self.in_txn {
+                    return Ok(None);
+                }
+                self.sent_upto = self.sent_upto.max(wal_start);
+                Pending::Confirm(wal_start)
+            }
+            _ => {
+                // Only what has a position is in the stream (not
+                // non-transactional messages).
+                let Some(pos) = change.pos else {
+                    return Ok(None);
+                };
+                self.object(&change, pos).await?
+            }
+        };
+        Ok(Some(pending))
+    }
+
+    /// Publishes a transaction's `C` when the transaction published
+    /// anything; the slot may advance to its end.
+    async fn commit(
+        &mut self,
+        change: &Change,
+        wal_start: Lsn,
+    ) -> Result<Pending, ReplicationError> {
+        let end = change.end_lsn().unwrap_or(wal_start);
+        if self.published_in_txn > 0 {
+            let id = commit_position(change.lsn);
+            let ack = publish(self.js, self.db, change, &id.to_string()).await?;
+            send(&self.tx, Pending::Ack(ack)).await?;
+        }
+        self.metrics.activity();
+        self.in_txn = false;
+        self.begin = None;
+        self.sent_upto = end;
+        Ok(Pending::Confirm(end))
+    }
+
+    /// Publishes an object with a position, its transaction's `B` first
+    /// when it is the transaction's first.
+    async fn object(
+        &mut self,
+        change: &Change,
+        pos: Position,
+    ) -> Result<Pending, ReplicationError> {
+        if let Some(b) = self.begin.take() {
+            let ack = publish(self.js, self.db, &b, &begin_id(pos.commit)).await?;
+            send(&self.tx, Pending::Ack(ack)).await?;
+        }
+        if let Some(label) = change.row_action().map(|_| change.action.name()) {
+            self.metrics.count_action(label);
+        }
+        self.published_in_txn += 1;
+        Ok(Pending::Ack(
+            publish(self.js, self.db, change, &pos.to_string()).await?,
+        ))
     }
 }
 

@@ -227,19 +227,7 @@ impl RelInfo {
                     }
                     first_type = false;
                     t.extend_from_slice(&key);
-                    // Built-in types by their SQL name, others schema-qualified so
-                    // the name does not depend on the session's search_path.
-                    let tname = if att.atttypid.to_u32() < pg_sys::FirstNormalObjectId {
-                        pg_sys::format_type_with_typemod(att.atttypid, att.atttypmod)
-                    } else {
-                        pg_sys::format_type_extended(
-                            att.atttypid,
-                            att.atttypmod,
-                            (pg_sys::FORMAT_TYPE_TYPEMOD_GIVEN | pg_sys::FORMAT_TYPE_FORCE_QUALIFY)
-                                as u16,
-                        )
-                    };
-                    json::write_str(t, CStr::from_ptr(tname).to_bytes());
+                    json::write_str(t, type_name(att).to_bytes());
                 }
                 columns.push(Column {
                     key,
@@ -265,6 +253,30 @@ impl RelInfo {
                 mcxt,
             }
         }
+    }
+}
+
+/// A column's type: built-in types by their SQL name, others
+/// schema-qualified so the name does not depend on the session's
+/// search_path.
+///
+/// # Safety
+/// `att` is an attribute of an open relation, in a transaction (the
+/// catalog is read); the name is allocated in the current memory context.
+unsafe fn type_name(att: &pg_sys::FormData_pg_attribute) -> &CStr {
+    // SAFETY: the caller's contract; both functions return a palloc'd,
+    // NUL-terminated string that lives as long as the memory context.
+    unsafe {
+        let name = if att.atttypid.to_u32() < pg_sys::FirstNormalObjectId {
+            pg_sys::format_type_with_typemod(att.atttypid, att.atttypmod)
+        } else {
+            pg_sys::format_type_extended(
+                att.atttypid,
+                att.atttypmod,
+                (pg_sys::FORMAT_TYPE_TYPEMOD_GIVEN | pg_sys::FORMAT_TYPE_FORCE_QUALIFY) as u16,
+            )
+        };
+        CStr::from_ptr(name)
     }
 }
 

@@ -474,7 +474,17 @@ fn the_rust_client_reads_a_durable_stream_at_least_once() {
             }
         };
         let delete = async {
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            // Once the consumer is connected: the proxy lists it as its own.
+            loop {
+                let listed = api.list().await.expect("list");
+                if listed
+                    .iter()
+                    .any(|s| s["slotName"] == slot.as_str() && s["consumerHere"] == true)
+                {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             api.delete(&slot).await
         };
         let (closed, deleted) = tokio::time::timeout(Duration::from_secs(30), async {

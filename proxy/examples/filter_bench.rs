@@ -102,7 +102,7 @@ fn main() {
     for (name, bytes, config) in cases.into_iter().filter(|c| c.0.contains(&only)) {
         let module = match rt.block_on(filters.upload(bytes)) {
             Ok(m) => m,
-            Err(e) => panic!("{name}: {} {}", e.code, e.message),
+            Err(e) => panic!("{name}: {} {}", e.code.as_str(), e.message),
         };
         // As in the proxy: every event meets every subscription's own instance.
         let mut subs: Vec<FilterInstance> = (0..SUBSCRIPTIONS)

@@ -57,9 +57,9 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
     }
     let hub = Hub::new(args.live.log_bytes());
     hub.set_match_budget(Duration::from_millis(args.live.match_budget_ms));
-    let shutdown = CancellationToken::new();
-    let tasks = TaskTracker::new();
-    let tls = tls(&args, &tasks, &shutdown)?;
+    let app = App::new();
+    let (tasks, shutdown) = (&app.tasks, &app.shutdown);
+    let tls = tls(&args, tasks, shutdown)?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     let listen = args.listen.listen;
     let listener =
@@ -75,8 +75,8 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         hub: &hub,
         metrics: &metrics,
         health: &health,
-        tasks: &tasks,
-        shutdown: &shutdown,
+        tasks,
+        shutdown,
     };
     match nats.clone() {
         Some(js) => source.edge(&args, js),
@@ -124,8 +124,41 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
     tracing::info!("shutting down: closing clients (1001) and the replication stream");
     shutdown.cancel();
     let _ = server.await;
-    finish(&tasks).await;
+    app.finish().await;
     Ok(())
+}
+
+/// What the tasks of a command share: one tracker, one shutdown. Cancelled
+/// together, then waited for.
+struct App {
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl App {
+    fn new() -> App {
+        App {
+            tasks: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    /// Waits for every task: each connection answers its request in
+    /// progress, every websocket closes with 1001, the reader confirms its
+    /// last position; a client that takes no close frame is cut off.
+    async fn finish(&self) {
+        self.shutdown.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                left = self.tasks.len(),
+                "tasks still running {SHUTDOWN_GRACE:?} after shutdown began; stopping without them"
+            );
+        }
+    }
 }
 
 /// The durable streams: slots of this database, or, on an edge, consumers
@@ -151,22 +184,6 @@ fn durable_streams(
         )),
         None => streams,
     })
-}
-
-/// Waits for every task: each connection answers its request in progress,
-/// every websocket closes with 1001, the reader confirms its last position;
-/// a client that takes no close frame is cut off.
-async fn finish(tasks: &TaskTracker) {
-    tasks.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            left = tasks.len(),
-            "tasks still running {SHUTDOWN_GRACE:?} after shutdown began; stopping without them"
-        );
-    }
 }
 
 /// The tasks a server starts beside its front door, and what they share.
@@ -324,32 +341,31 @@ pub async fn relay(args: ServeArgs) -> Result<(), String> {
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(slot = %args.database.slot, stream = %cfg.nats.stream, "relay listening on http://{local}/");
     println!("walcast-proxy relay listening on http://{local}/");
-    let shutdown = CancellationToken::new();
+    let app = App::new();
     let ops = http::ops::relay_routes(health.clone(), metrics.clone());
-    let stop_ops = shutdown.clone();
-    let server = tokio::spawn(async move {
+    let stop_ops = app.shutdown.clone();
+    app.tasks.spawn(async move {
         let _ = axum::serve(listener, ops)
             .with_graceful_shutdown(stop_ops.cancelled_owned())
             .await;
     });
-    let mut task = tokio::spawn(nats::relay::run(
+    let mut task = app.tasks.spawn(nats::relay::run(
         cfg,
         js,
         db,
         metrics,
         health,
-        shutdown.clone(),
+        app.shutdown.clone(),
     ));
     let result = tokio::select! {
         _ = wait_for_signal() => {
             tracing::info!("shutting down: confirming what JetStream acknowledged");
-            shutdown.cancel();
-            task.await
+            app.shutdown.cancel();
+            (&mut task).await
         }
         r = &mut task => r,
     };
-    shutdown.cancel();
-    let _ = server.await;
+    app.finish().await;
     result.map_err(|e| format!("the relay task failed: {e}"))?
 }
 

@@ -14,7 +14,7 @@
 
 use crate::auth::Rules;
 use crate::change::Change;
-use crate::filter::{Decision, FilterInstance, Filters};
+use crate::filter::{Decision, ErrorCode, FilterInstance, Filters};
 use crate::metrics::Metrics;
 use crate::query::Query;
 use crate::refusal::{Kind, Refusal};
@@ -108,11 +108,10 @@ pub fn open_filter(
         .code("FILTER_NOT_FOUND")
     })?;
     FilterInstance::new(filters, module, config).map_err(|e| {
-        let code = e.code.as_str();
-        let status = match code {
-            "INSTANTIATE_FAILED" => Kind::Unavailable,
+        let status = match e.code {
+            ErrorCode::Instantiate => Kind::Unavailable,
             _ => Kind::Invalid,
         };
-        Refusal::new(status, e.message).code(code)
+        Refusal::new(status, e.message).code(e.code.as_str())
     })
 }

@@ -57,14 +57,43 @@ impl Default for FilterLimits {
 /// Why an upload was refused.
 #[derive(Debug, Clone)]
 pub struct UploadError {
-    /// `MODULE_TOO_LARGE`, `INVALID_MODULE`, `IMPORT_NOT_ALLOWED`,
-    /// `MISSING_EXPORT`, `ABI_UNSUPPORTED`, `COMPILE_TIMEOUT`.
-    pub code: &'static str,
+    pub code: UploadCode,
     pub message: String,
 }
 
+/// The kinds of refused uploads, each with its code in answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UploadCode {
+    /// `MODULE_TOO_LARGE`: over `--filter-max-module-size`.
+    ModuleTooLarge,
+    /// `INVALID_MODULE`: not a module that compiles, or an empty body.
+    InvalidModule,
+    /// `IMPORT_NOT_ALLOWED`: it imports something the host does not give.
+    ImportNotAllowed,
+    /// `MISSING_EXPORT`: an export the ABI needs is missing or of the wrong type.
+    MissingExport,
+    /// `ABI_UNSUPPORTED`: a version of the filter ABI this proxy does not speak.
+    AbiUnsupported,
+    /// `COMPILE_TIMEOUT`: the compiler stopped before it finished.
+    CompileTimeout,
+}
+
+impl UploadCode {
+    /// The code as answers carry it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UploadCode::ModuleTooLarge => "MODULE_TOO_LARGE",
+            UploadCode::InvalidModule => "INVALID_MODULE",
+            UploadCode::ImportNotAllowed => "IMPORT_NOT_ALLOWED",
+            UploadCode::MissingExport => "MISSING_EXPORT",
+            UploadCode::AbiUnsupported => "ABI_UNSUPPORTED",
+            UploadCode::CompileTimeout => "COMPILE_TIMEOUT",
+        }
+    }
+}
+
 impl UploadError {
-    fn new(code: &'static str, message: impl Into<String>) -> UploadError {
+    fn new(code: UploadCode, message: impl Into<String>) -> UploadError {
         UploadError {
             code,
             message: message.into(),
@@ -216,7 +245,7 @@ impl Filters {
     ) -> Result<Arc<FilterModule>, UploadError> {
         if bytes.len() > self.limits.max_module_bytes {
             return Err(UploadError::new(
-                "MODULE_TOO_LARGE",
+                UploadCode::ModuleTooLarge,
                 format!(
                     "the module is {} bytes; the limit is {}",
                     bytes.len(),
@@ -262,18 +291,23 @@ impl Filters {
             .await
             .map_err(|_| {
                 UploadError::new(
-                    "COMPILE_TIMEOUT",
+                    UploadCode::CompileTimeout,
                     "the compiler is busy with other uploads; try again",
                 )
             })?
-            .map_err(|_| UploadError::new("COMPILE_TIMEOUT", "the compiler stopped"))?;
+            .map_err(|_| UploadError::new(UploadCode::CompileTimeout, "the compiler stopped"))?;
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
             this.compile_blocking(id, &bytes)
         })
         .await
-        .map_err(|e| UploadError::new("INVALID_MODULE", format!("compilation failed: {e}")))?
+        .map_err(|e| {
+            UploadError::new(
+                UploadCode::InvalidModule,
+                format!("compilation failed: {e}"),
+            )
+        })?
     }
 
     fn artifact_path(&self, id: &str) -> Option<PathBuf> {
@@ -300,7 +334,7 @@ impl Filters {
         self.metrics.filter_compiles.fetch_add(1, Ordering::Relaxed);
         let module = Module::new(&self.engine, bytes).map_err(|e| {
             UploadError::new(
-                "INVALID_MODULE",
+                UploadCode::InvalidModule,
                 format!("not a valid WebAssembly module: {e:#}"),
             )
         })?;
@@ -322,7 +356,7 @@ impl Filters {
                     if is_i32s(f.params(), 2) && is_i32s(f.results(), 1));
             if !ok {
                 return Err(UploadError::new(
-                    "IMPORT_NOT_ALLOWED",
+                    UploadCode::ImportNotAllowed,
                     format!(
                         "the module imports {}::{} ({}); a filter may only import {IMPORT_MODULE}::set_output(i32, i32) -> i32 (no WASI)",
                         import.module(),
@@ -338,7 +372,7 @@ impl Filters {
         if export(ABI_MARKER).is_none() {
             let other = exports.iter().find(|e| e.starts_with("walcast_abi_v"));
             return Err(UploadError::new(
-                "ABI_UNSUPPORTED",
+                UploadCode::AbiUnsupported,
                 match other {
                     Some(o) => {
                         format!("the module is built for {o}; this proxy speaks {ABI_MARKER}")
@@ -349,7 +383,7 @@ impl Filters {
         }
         if !matches!(export("memory"), Some(ExternType::Memory(_))) {
             return Err(UploadError::new(
-                "MISSING_EXPORT",
+                UploadCode::MissingExport,
                 "the module must export its linear memory as \"memory\"",
             ));
         }
@@ -357,14 +391,14 @@ impl Filters {
             match export(name) {
                 Some(ExternType::Func(f)) if is_i32s(f.params(), params) && is_i32s(f.results(), 1) => Ok(true),
                 Some(other) => Err(UploadError::new(
-                    "MISSING_EXPORT",
+                    UploadCode::MissingExport,
                     format!(
                         "{name} has the wrong type ({}); expected a function of {params} i32 returning i32",
                         describe(&other)
                     ),
                 )),
                 None if required => Err(UploadError::new(
-                    "MISSING_EXPORT",
+                    UploadCode::MissingExport,
                     format!("the module does not export {name}"),
                 )),
                 None => Ok(false),
@@ -379,7 +413,7 @@ impl Filters {
             Some(ExternType::Func(_)) => true,
             Some(other) => {
                 return Err(UploadError::new(
-                    "MISSING_EXPORT",
+                    UploadCode::MissingExport,
                     format!(
                     "{HEADER_ONLY_MARKER} must be a function (a marker, never called), not a {}",
                     describe(&other)
@@ -388,7 +422,10 @@ impl Filters {
             }
         };
         let pre = self.linker.instantiate_pre(&module).map_err(|e| {
-            UploadError::new("INVALID_MODULE", format!("cannot link the module: {e:#}"))
+            UploadError::new(
+                UploadCode::InvalidModule,
+                format!("cannot link the module: {e:#}"),
+            )
         })?;
         Ok(Arc::new(FilterModule {
             id,

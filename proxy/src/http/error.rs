@@ -6,7 +6,7 @@
 //! a websocket error frame: the same body (see [`ApiError::body`]).
 
 use super::{respond, Resp};
-use crate::filter::UploadError;
+use crate::filter::{UploadCode, UploadError};
 use crate::refusal::{Kind, Refusal};
 use axum::response::IntoResponse;
 use hyper::header::HeaderValue;
@@ -136,11 +136,11 @@ impl From<UploadError> for ApiError {
     /// other refusal 422.
     fn from(e: UploadError) -> ApiError {
         let status = match e.code {
-            "MODULE_TOO_LARGE" => StatusCode::PAYLOAD_TOO_LARGE,
-            "COMPILE_TIMEOUT" => StatusCode::SERVICE_UNAVAILABLE,
+            UploadCode::ModuleTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            UploadCode::CompileTimeout => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::UNPROCESSABLE_ENTITY,
         };
-        ApiError::new(status, e.message).code(e.code)
+        ApiError::new(status, e.message).code(e.code.as_str())
     }
 }
 

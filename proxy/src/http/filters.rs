@@ -1,6 +1,7 @@
 //! `POST /v1/filters`: the module's bytes (`application/wasm`, or any
 //! body; WebAssembly text is accepted too) -> `{"id":"sha256:...","exports":[...]}`.
 
+use crate::filter::UploadCode;
 use crate::http::{read_body, respond, ApiError, AppState, BodyError, Resp};
 use axum::extract::{Request, State};
 use axum::response::IntoResponse;
@@ -19,14 +20,14 @@ pub async fn upload(State(state): State<Arc<AppState>>, req: Request) -> Resp {
         Err(e @ BodyError::TooLarge(_)) => {
             return refused(
                 e.status(),
-                "MODULE_TOO_LARGE",
+                UploadCode::ModuleTooLarge.as_str(),
                 &format!("the module is over the limit of {cap} bytes"),
             )
         }
         Err(e) => {
             let code = match e {
                 BodyError::TimedOut(_) => "REQUEST_TIMEOUT",
-                _ => "INVALID_MODULE",
+                _ => UploadCode::InvalidModule.as_str(),
             };
             return refused(e.status(), code, &e.to_string());
         }
@@ -34,7 +35,7 @@ pub async fn upload(State(state): State<Arc<AppState>>, req: Request) -> Resp {
     if bytes.is_empty() {
         return refused(
             StatusCode::BAD_REQUEST,
-            "INVALID_MODULE",
+            UploadCode::InvalidModule.as_str(),
             "the body is empty: send the module's bytes",
         );
     }

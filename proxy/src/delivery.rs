@@ -15,6 +15,7 @@
 use crate::auth::Rules;
 use crate::change::Change;
 use crate::filter::{Decision, ErrorCode, FilterInstance, Filters};
+use crate::frames::{Frame, Typed};
 use crate::metrics::Metrics;
 use crate::query::Query;
 use crate::refusal::{Kind, Refusal};
@@ -60,18 +61,26 @@ pub fn filter_change(
     }
 }
 
+/// The pause a subscription owes when its filter used its time or fuel for
+/// the second, counted in `walcast_filter_budget_waits_total`; `None`: go
+/// on. Live sessions and durable consumers both ask here.
+pub fn budget_pause(filter: &mut FilterInstance, metrics: &Metrics) -> Option<std::time::Duration> {
+    let wait = filter.budget_wait()?;
+    metrics.filter_budget_waits.fetch_add(1, Ordering::Relaxed);
+    Some(wait)
+}
+
 /// What the filter's decision on `change` makes of it.
 pub fn outcome(change: &Change, decision: Decision, metrics: &Metrics) -> Outcome {
     metrics.filter_events.fetch_add(1, Ordering::Relaxed);
     let frame = |code: &str, message: &str| {
-        serde_json::json!({
-            "type": "filter_error",
-            "code": code,
-            "message": message,
-            "lsn": change.lsn.to_string(),
-            "pos": change.pos.map(|p| p.to_string()),
+        Frame::Typed(Typed::FilterError {
+            code,
+            message,
+            lsn: change.lsn.to_string(),
+            pos: change.pos.map(|p| p.to_string()),
         })
-        .to_string()
+        .text()
     };
     match decision {
         Decision::Drop => Outcome::Skip,

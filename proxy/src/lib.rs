@@ -69,6 +69,7 @@ pub mod descriptors;
 pub mod doctor;
 pub mod durable;
 pub mod filter;
+pub mod frames;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod health;

@@ -76,14 +76,12 @@ impl Refusal {
 /// `{"error": message}`, with `"code"` and `"position"` when set: the body
 /// of every error the proxy answers or sends.
 pub fn error_body(message: &str, code: Option<&str>, position: Option<usize>) -> serde_json::Value {
-    let mut body = serde_json::json!({ "error": message });
-    if let Some(code) = code {
-        body["code"] = code.into();
-    }
-    if let Some(p) = position {
-        body["position"] = p.into();
-    }
-    body
+    crate::frames::Frame::Error(crate::frames::Error {
+        code,
+        position,
+        ..crate::frames::Error::new(message)
+    })
+    .value()
 }
 
 impl From<walcast_core::requests::BadRequest> for Refusal {

@@ -11,6 +11,7 @@ use super::window::{ChunkRead, Spec, Verdict, Windows};
 use super::{Event, Places, Ready, Settings};
 use crate::catalog::{Catalog, TableInfo};
 use crate::change::{Action, Change};
+use crate::frames::{Frame, Progress, Snapshot, Typed};
 use crate::log::Entry;
 use crate::metrics::{Gauge, Metrics};
 use crate::query::{Filter, Query};
@@ -238,16 +239,18 @@ async fn drive(
             .rows
             .fetch_add(rows.len() as u64, Ordering::Relaxed);
         let last = read.next.is_none();
-        let frame = serde_json::json!({
-            "type": "snapshot",
-            "state": if last { "done" } else { "running" },
-            "table": reader.name,
-            "chunk": n,
-            "chunks_estimated": chunks_estimated.max(u64::from(n)),
-            "rows": total,
-            "next": read.next.clone().flatten(),
-        })
-        .to_string();
+        let frame = Frame::Typed(Typed::Snapshot(Snapshot {
+            state: if last { "done" } else { "running" },
+            table: &reader.name,
+            progress: Some(Progress {
+                chunk: n,
+                chunks_estimated: chunks_estimated.max(u64::from(n)),
+                rows: total,
+                next: read.next.clone().flatten().map(serde_json::Value::from),
+            }),
+            error: None,
+        }))
+        .text();
         let ready = Ready {
             chunk: n,
             rows,

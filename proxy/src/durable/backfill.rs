@@ -47,7 +47,7 @@ pub struct Backfills {
 /// A backfill that gave no rows: it stopped, or none was running. Its text
 /// is the frame that tells the client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{}", failed_frame(.table, .reason))]
+#[error("{}", crate::frames::snapshot_failed(.table, .reason))]
 pub struct SnapshotFailed {
     /// `schema.table` (empty when none was running).
     pub table: String,
@@ -62,17 +62,6 @@ impl SnapshotFailed {
             reason: reason.to_owned(),
         }
     }
-}
-
-/// The frame of a backfill that stopped.
-fn failed_frame(table: &str, reason: &str) -> String {
-    serde_json::json!({
-        "type": "snapshot",
-        "state": "failed",
-        "table": table,
-        "error": reason,
-    })
-    .to_string()
 }
 
 impl Backfills {
@@ -193,7 +182,7 @@ impl Backfills {
                 }
             },
             (ev, table) = ended => match ev {
-                Some(Event::Failed(reason)) => Step::Failed(failed_frame(&table, &reason)),
+                Some(Event::Failed(reason)) => Step::Failed(crate::frames::snapshot_failed(&table, &reason)),
                 // Rows only come after the session's own verdict, which it
                 // waits for in `take`; this is the driver finishing.
                 _ => Step::Ended,

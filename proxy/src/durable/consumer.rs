@@ -14,6 +14,7 @@
 use super::streams::{ConsumerGuard, Streams};
 use crate::change::{Action, Change};
 use crate::delivery::{self, filter_change, Outcome};
+use crate::frames::{self, Frame};
 use crate::liveness::{Dead, Due, KeepAlive, Watch};
 use crate::metrics::{CloseReason, Gauge, Metrics};
 use crate::query::Query;
@@ -294,7 +295,6 @@ struct Consumer {
     opts: Options,
     global_tables: Vec<Vec<TablePattern>>,
     metrics: Arc<Metrics>,
-    slot: String,
     /// Between a `B` and its `C`.
     in_txn: bool,
     /// Re-snapshots read into this stream.
@@ -350,20 +350,19 @@ impl Consumer {
         self.global_tables.iter().all(|g| allowed_by(g, c))
     }
 
-    /// Handles one plugin message: forwards it (fed, not flushed) or not.
+    /// Handles one plugin message: forwards its changes (fed, not flushed)
+    /// or not.
     async fn handle(&mut self, msg: XLogData) -> Result<(), End> {
-        self.metrics.changes_in.fetch_add(1, Ordering::Relaxed);
-        let change = match Change::parse(msg.data, msg.wal_start) {
-            Ok(c) => c,
-            Err(e) => {
-                self.metrics
-                    .unparseable_messages
-                    .fetch_add(1, Ordering::Relaxed);
-                crate::limited!(error, slot = %self.slot, error = %e, "skipping a plugin message the proxy cannot parse");
-                return Ok(());
-            }
-        };
-        let position = change.end_lsn().unwrap_or(change.lsn).max(msg.wal_start);
+        let metrics = self.metrics.clone();
+        for change in crate::replication::reader::changes(&msg, &metrics) {
+            self.change(change, msg.wal_start).await?;
+        }
+        Ok(())
+    }
+
+    /// Forwards one change (fed, not flushed) or not.
+    async fn change(&mut self, change: Change, wal_start: Lsn) -> Result<(), End> {
+        let position = change.end_lsn().unwrap_or(change.lsn).max(wal_start);
         let mut replaced = None;
         let forward = match change.action {
             Action::Begin | Action::Commit => true,
@@ -375,7 +374,13 @@ impl Consumer {
                         &change,
                     );
                 if selected && self.opts.filter.is_some() {
-                    if let Some(wait) = self.opts.filter.as_mut().and_then(|f| f.budget_wait()) {
+                    let metrics = &self.metrics;
+                    let pause = self
+                        .opts
+                        .filter
+                        .as_mut()
+                        .and_then(|f| delivery::budget_pause(f, metrics));
+                    if let Some(wait) = pause {
                         self.flush().await?;
                         tokio::time::sleep(wait).await;
                     }
@@ -494,13 +499,8 @@ impl Consumer {
                 None
             };
             if let Some(reason) = refused {
-                let frame = serde_json::json!({
-                    "type": "snapshot",
-                    "state": "failed",
-                    "table": format!("{schema}.{name}"),
-                    "error": reason,
-                });
-                self.reply(frame).await?;
+                let frame = crate::frames::snapshot_failed(&format!("{schema}.{name}"), reason);
+                self.send(frame).await?;
                 continue;
             }
             if let Some(r) = self.opts.access.grant().read_limits() {
@@ -521,8 +521,8 @@ impl Consumer {
             .set_caught_up(!self.in_txn && self.acks.last >= self.acks.sent);
     }
 
-    async fn reply(&mut self, body: serde_json::Value) -> Result<(), End> {
-        self.send(body.to_string()).await
+    async fn reply(&mut self, frame: Frame<'_>) -> Result<(), End> {
+        self.send(frame.text()).await
     }
 
     /// Handles a frame from the client (an ACK).
@@ -549,14 +549,16 @@ impl Consumer {
                     ));
                 }
                 if reply {
-                    self.reply(serde_json::json!({"ack": lsn.to_string()}))
-                        .await?;
+                    self.reply(Frame::Ack {
+                        ack: lsn.to_string(),
+                    })
+                    .await?;
                 }
                 Ok(())
             }
             AckOutcome::Unchanged => Ok(()),
-            AckOutcome::Warning(w) => self.reply(serde_json::json!({ "warning": w })).await,
-            AckOutcome::Error(e) => self.reply(serde_json::json!({ "error": e })).await,
+            AckOutcome::Warning(w) => self.reply(Frame::Warning { warning: &w }).await,
+            AckOutcome::Error(e) => self.reply(Frame::Error(frames::Error::new(&e))).await,
         }
     }
 
@@ -598,7 +600,7 @@ impl Consumer {
                         }
                     }
                     Some(Ok(Message::Binary(_))) => {
-                        if let Err(end) = self.reply(serde_json::json!({"error": "binary frames are not understood; send {\"lsn\":\"X/Y\"} as text"})).await {
+                        if let Err(end) = self.reply(Frame::Error(frames::Error::new("binary frames are not understood; send {\"lsn\":\"X/Y\"} as text"))).await {
                             return end;
                         }
                     }
@@ -711,7 +713,6 @@ pub async fn run(
         opts,
         global_tables,
         metrics: metrics.clone(),
-        slot: slot.clone(),
         in_txn: false,
         backfills,
     };
@@ -725,7 +726,7 @@ pub async fn run(
     // A client already gone is noticed by the loop.
     let warnings = std::mem::take(&mut consumer.opts.warnings);
     for n in notice.into_iter().chain(warnings) {
-        let _ = consumer.reply(serde_json::json!({ "warning": n })).await;
+        let _ = consumer.reply(Frame::Warning { warning: &n }).await;
     }
     let _ = consumer.requested(first).await;
     let end = consumer.run(&shutdown, &mut guard.stop).await;

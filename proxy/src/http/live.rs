@@ -22,7 +22,7 @@ fn subscribe_refused(e: SubscribeError) -> Resp {
         SubscribeError::Gone { oldest } => respond(
             StatusCode::GONE,
             "application/json",
-            session::gone_body(oldest),
+            crate::frames::position_gone(oldest),
         ),
         SubscribeError::NotReady => unavailable(session::NOT_READY, "1"),
         SubscribeError::Closed(reason) => {

@@ -8,6 +8,7 @@ use crate::auth;
 use crate::backfill::{self, Event};
 use crate::delivery::{self, outcome, unfiltered, Outcome};
 use crate::filter::{Decision, FilterInstance, Filters, BATCH_EVENTS};
+use crate::frames::{self, Frame};
 use crate::live::cursor::{Cursor, Stop};
 use crate::live::hub::{Hub, SubscribeError};
 use crate::live::view::{Step, View};
@@ -24,14 +25,16 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 pub use walcast_core::requests::{parse_first_frame, FirstFrame, FirstFrameError};
-use walcast_format::Position;
 
 /// Frames written before each flush when a client has a backlog.
 const MAX_BATCH: usize = 512;
 
 async fn error_frame(ws: &mut Ws, err: &query::QueryError) {
-    let body = serde_json::json!({"error": err.message, "position": err.position});
-    let _ = ws.send(Message::Text(body.to_string().into())).await;
+    let frame = Frame::Error(frames::Error {
+        position: Some(err.position),
+        ..frames::Error::new(&err.message)
+    });
+    let _ = ws.send(Message::Text(frame.text().into())).await;
 }
 
 /// Reads `{"subscribe":{"query":"...","filter":{"id":"sha256:...","config":...},"after":"..."}}`
@@ -96,7 +99,9 @@ async fn error_close(ws: &mut Ws, e: Refusal) {
 async fn refused(ws: &mut Ws, err: SubscribeError) {
     match err {
         SubscribeError::Gone { oldest } => {
-            let _ = ws.send(Message::Text(gone_body(oldest).into())).await;
+            let _ = ws
+                .send(Message::Text(frames::position_gone(oldest).into()))
+                .await;
             close(ws, CloseCode::Policy, "position no longer held: re-sync").await;
         }
         SubscribeError::NotReady => {
@@ -108,21 +113,6 @@ async fn refused(ws: &mut Ws, err: SubscribeError) {
 
 /// Why a subscription cannot start before the stream has.
 pub const NOT_READY: &str = "the change stream has not started yet; retry in a moment";
-
-/// `{"error","code":"POSITION_GONE","oldest"}`: a resume position is no
-/// longer held (the body of HTTP 410, or a first frame's error frame).
-pub fn gone_body(oldest: Option<Position>) -> String {
-    let message = match oldest {
-        Some(o) => format!("changes after this position are no longer held (the oldest held is {o}): re-sync, then subscribe without \"after\""),
-        None => "changes after this position are no longer held (this proxy started after it): re-sync, then subscribe without \"after\"".to_owned(),
-    };
-    serde_json::json!({
-        "error": message,
-        "code": "POSITION_GONE",
-        "oldest": oldest.map(|p| p.to_string()),
-    })
-    .to_string()
-}
 
 /// How a session ended.
 enum End {
@@ -603,9 +593,7 @@ async fn write_burst(
     let mut matched: Vec<Entry> = Vec::new();
     for chunk in burst.chunks(BATCH_EVENTS) {
         if let Some(f) = filter.as_deref_mut() {
-            if let Some(wait) = f.budget_wait() {
-                // The filter used its CPU budget for this second.
-                metrics.filter_budget_waits.fetch_add(1, Ordering::Relaxed);
+            if let Some(wait) = delivery::budget_pause(f, metrics) {
                 within(watch, ws.flush()).await?;
                 tokio::time::sleep(wait).await;
             }

@@ -354,18 +354,7 @@ impl<'a> Relay<'a> {
 
     /// Relays every object of one message of the plugin.
     async fn message(&mut self, msg: &XLogData) -> Result<(), ReplicationError> {
-        for part in reader::objects(&msg.data) {
-            self.metrics.changes_in.fetch_add(1, Ordering::Relaxed);
-            let change = match Change::parse(part, msg.wal_start) {
-                Ok(c) => c,
-                Err(e) => {
-                    self.metrics
-                        .unparseable_messages
-                        .fetch_add(1, Ordering::Relaxed);
-                    crate::limited!(error, error = %e, lsn = %msg.wal_start, "skipping a plugin message the relay cannot parse");
-                    continue;
-                }
-            };
+        for change in reader::changes(msg, self.metrics) {
             if let Some(pending) = self.pending(change, msg.wal_start).await? {
                 send(&self.tx, pending).await?;
             }

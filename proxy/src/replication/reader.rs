@@ -12,7 +12,7 @@ use crate::change::{Action, Change};
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::replication::{
-    ErrorKind, ReplicationClient, ReplicationError, ReplicationStream, SystemInfo,
+    ErrorKind, ReplicationClient, ReplicationError, ReplicationStream, SystemInfo, XLogData,
 };
 use crate::sink::Sink;
 use bytes::Bytes;
@@ -273,16 +273,8 @@ impl Reader {
                     "PostgreSQL ended the replication stream",
                 ));
             };
-            // With batch-bytes a message holds several objects.
-            for part in objects(&msg.data) {
-                metrics.changes_in.fetch_add(1, Ordering::Relaxed);
-                match Change::parse(part, msg.wal_start) {
-                    Ok(change) => handover.take(change, msg.wal_start, &mut stream)?,
-                    Err(e) => {
-                        metrics.unparseable_messages.fetch_add(1, Ordering::Relaxed);
-                        crate::limited!(error, error = %e, lsn = %msg.wal_start, "skipping a plugin message the proxy cannot parse");
-                    }
-                }
+            for change in changes(&msg, metrics) {
+                handover.take(change, msg.wal_start, &mut stream)?;
             }
         }
     }
@@ -406,6 +398,27 @@ pub(crate) async fn open(
         .start(&cfg.slot, from, &options, cfg.status_interval)
         .await?;
     Ok((stream, slot_start))
+}
+
+/// The changes of one message of the plugin (several with `batch-bytes`),
+/// as the reader, the relay and a durable stream's consumer read them: each
+/// counted in `walcast_changes_in_total`; one that does not parse is counted
+/// in `walcast_unparseable_messages_total`, logged and skipped.
+pub(crate) fn changes<'a>(
+    msg: &'a XLogData,
+    metrics: &'a Metrics,
+) -> impl Iterator<Item = Change> + 'a {
+    objects(&msg.data).filter_map(move |part| {
+        metrics.changes_in.fetch_add(1, Ordering::Relaxed);
+        match Change::parse(part, msg.wal_start) {
+            Ok(change) => Some(change),
+            Err(e) => {
+                metrics.unparseable_messages.fetch_add(1, Ordering::Relaxed);
+                crate::limited!(error, error = %e, lsn = %msg.wal_start, "skipping a plugin message the proxy cannot parse");
+                None
+            }
+        }
+    })
 }
 
 /// The objects of one plugin message, split at the record separator that

@@ -151,19 +151,51 @@ fn every_flag_is_documented_and_every_documented_flag_exists() {
         "flags not in docs/proxy.md",
         "documented flags walcast-proxy does not have",
     );
-    // Each variable named in the table is the flag's environment variable.
+    // Each variable named in the table is the flag's environment variable,
+    // and each default the table gives is the one --help shows.
+    let defaults = help_defaults(&help);
     for row in table_after(&md, "| flag | variable | default | meaning |") {
         let var = unquote(&row[1]);
         assert!(
             help.contains(&format!("env: {var}")),
             "{var} is not in --help"
         );
+        if let Some(default) = defaults.get(unquote(&row[0])) {
+            assert!(
+                row[2].contains(&format!("`{default}`")),
+                "docs/proxy.md gives {} the default {}, --help says {default}",
+                row[0],
+                row[2]
+            );
+        }
     }
     let doctor = Command::new(env!("CARGO_BIN_EXE_walcast-proxy"))
         .args(["doctor", "--help"])
         .output()
         .expect("walcast-proxy doctor --help");
     assert!(doctor.status.success());
+}
+
+/// Each flag of `--help` that has a default, with it.
+fn help_defaults(help: &str) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut flag: Option<String> = None;
+    for line in help.lines() {
+        let t = line.trim_start();
+        if t.starts_with("--") || t.starts_with('-') && t.contains(", --") {
+            flag = t
+                .split_whitespace()
+                .find(|w| w.starts_with("--"))
+                .map(|w| w.trim_end_matches(',').to_owned());
+        }
+        if let (Some(f), Some(at)) = (&flag, line.find("[default: ")) {
+            let rest = &line[at + "[default: ".len()..];
+            if let Some(end) = rest.find(']') {
+                out.insert(f.clone(), rest[..end].to_owned());
+            }
+        }
+    }
+    out
 }
 
 /// Asserts that the code and the docs name the same things.

@@ -50,7 +50,8 @@
 //! `descriptors.rs` (the file descriptor limit and the connections it allows),
 //! `fuzzing.rs` (the hub's and the filter host's checks for the fuzz targets
 //! and seeded tests). Shared by the layers above them: `refusal.rs` (why a
-//! request is refused; `http/` turns it into a status), `ws.rs` (a client's
+//! request is refused; `http/` turns it into a status), `frames.rs` (every frame
+//! the proxy writes itself), `ws.rs` (a client's
 //! websocket and its close), `sink.rs` (where a source hands its changes),
 //! `log.rs` (the change log), `locks.rs` (a lock whose holder panicked is
 //! taken, and said so). docs/architecture.md#layers has the rules;

@@ -30,15 +30,18 @@ macro_rules! table_named {
 /// A table as a query names it: `(schema, name)`, schema optional.
 type TableName = (Option<String>, String);
 
-/// Why it is not known whether a table exists.
+/// Why the catalog gave no answer.
 #[derive(Debug, thiserror::Error)]
-pub enum TableCheckError {
+pub enum CatalogError {
     /// No connection to ask over.
     #[error(transparent)]
     Pool(#[from] PoolError),
-    /// The query failed.
+    /// Checking that a table exists failed.
     #[error("checking the table failed: {0}")]
-    Query(tokio_postgres::Error),
+    Check(tokio_postgres::Error),
+    /// Reading a table's description failed.
+    #[error("reading the catalog failed: {0}")]
+    Read(tokio_postgres::Error),
 }
 
 /// Catalog questions, answered over the SQL pool.
@@ -130,7 +133,7 @@ impl Catalog {
         &self,
         schema: Option<&str>,
         name: &str,
-    ) -> Result<bool, TableCheckError> {
+    ) -> Result<bool, CatalogError> {
         let key = (schema.map(str::to_owned), name.to_owned());
         let now = Instant::now();
         {
@@ -152,7 +155,7 @@ impl Catalog {
                 &[&name, &schema],
             )
             .await
-            .map_err(TableCheckError::Query)?;
+            .map_err(CatalogError::Check)?;
         let exists: bool = row.get(0);
         if exists {
             {
@@ -175,7 +178,7 @@ impl Catalog {
         &self,
         schema: Option<&str>,
         name: &str,
-    ) -> Result<Option<Vec<String>>, String> {
+    ) -> Result<Option<Vec<String>>, CatalogError> {
         let client = self.pool.get().await?;
         let rows = client
             .query(
@@ -196,7 +199,7 @@ impl Catalog {
                 &[&name, &schema],
             )
             .await
-            .map_err(|e| format!("reading the catalog failed: {e}"))?;
+            .map_err(CatalogError::Read)?;
         let key: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
         Ok((!key.is_empty()).then_some(key))
     }
@@ -207,7 +210,7 @@ impl Catalog {
         &self,
         schema: Option<&str>,
         name: &str,
-    ) -> Result<Option<bool>, String> {
+    ) -> Result<Option<bool>, CatalogError> {
         let client = self.pool.get().await?;
         let row = client
             .query_opt(
@@ -220,7 +223,7 @@ impl Catalog {
                 &[&name, &schema],
             )
             .await
-            .map_err(|e| format!("reading the catalog failed: {e}"))?;
+            .map_err(CatalogError::Read)?;
         Ok(row.map(|r| r.get(0)))
     }
 
@@ -230,9 +233,8 @@ impl Catalog {
         &self,
         schema: Option<&str>,
         name: &str,
-    ) -> Result<Option<TableInfo>, String> {
+    ) -> Result<Option<TableInfo>, CatalogError> {
         let client = self.pool.get().await?;
-        let failed = |e: tokio_postgres::Error| format!("reading the catalog failed: {e}");
         let rel = client
             .query_opt(
                 concat!(
@@ -245,7 +247,7 @@ impl Catalog {
                 &[&name, &schema],
             )
             .await
-            .map_err(failed)?;
+            .map_err(CatalogError::Read)?;
         let Some(rel) = rel else { return Ok(None) };
         let oid: u32 = rel.get(0);
         let cols = client
@@ -260,7 +262,7 @@ impl Catalog {
                 &[&oid],
             )
             .await
-            .map_err(failed)?;
+            .map_err(CatalogError::Read)?;
         let mut columns = Vec::with_capacity(cols.len());
         let mut keyed: Vec<(i32, usize)> = Vec::new();
         for (i, r) in cols.iter().enumerate() {

@@ -73,7 +73,7 @@ pub async fn admit_query(
     let info = catalog
         .table_info(query.table.schema.as_deref(), &name)
         .await
-        .map_err(Refused::Unavailable)?
+        .map_err(|e| Refused::Unavailable(e.to_string()))?
         .ok_or_else(unknown)?;
     if !globally(Some(&info.schema)) {
         return Err(unknown());

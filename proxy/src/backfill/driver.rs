@@ -424,7 +424,7 @@ pub async fn plan_for(catalog: &Catalog, query: &Query) -> Result<Plan, PlanErro
     let table = catalog
         .table_info(query.table.schema.as_deref(), &query.table.name)
         .await
-        .map_err(PlanError::Catalog)?
+        .map_err(|e| PlanError::Catalog(e.to_string()))?
         .ok_or_else(|| PlanError::NoTable(query.table.name.clone()))?;
     readable(&table)?;
     Ok(Plan {

@@ -147,7 +147,7 @@ pub async fn stream_table(
         .catalog
         .table_info(schema.as_deref(), &bare)
         .await
-        .map_err(Refusal::unavailable)?
+        .map_err(|e| Refusal::unavailable(e.to_string()))?
         .ok_or_else(|| Refusal::invalid(format!("unknown table {name:?}")))?;
     let mut lists = Vec::new();
     if let Some((_, global)) = &streams.cfg.tables {

@@ -38,6 +38,18 @@ fn frame(c: &mut Client) -> serde_json::Value {
     }
 }
 
+/// The next frame that is not a transaction's `B` or `C`: an answer to
+/// the client (ACK reply, warning, error) or a message, passing over the
+/// server's own empty transactions.
+fn reply(c: &mut Client) -> serde_json::Value {
+    loop {
+        let f = frame(c);
+        if !matches!(f["action"].as_str(), Some("B" | "C")) {
+            return f;
+        }
+    }
+}
+
 /// Reads the next transaction that has changes: (B, changes, C). Empty ones
 /// are passed over: besides those the test makes, the server's own
 /// transactions in the database (autovacuum's ANALYZE of a catalog) arrive
@@ -246,7 +258,7 @@ fn acks_resume_after_the_last_ack_and_one_consumer_at_a_time() {
     let end3 = t3.2["end_lsn"].as_str().expect("end_lsn").to_owned();
 
     c.send(&format!(r#"{{"lsn":"{end1}","reply":true}}"#));
-    assert_eq!(frame(&mut c), serde_json::json!({ "ack": end1 }));
+    assert_eq!(reply(&mut c), serde_json::json!({ "ack": end1 }));
     assert_eq!(
         confirmed_flush(&mut db, &slot),
         end1,
@@ -255,22 +267,22 @@ fn acks_resume_after_the_last_ack_and_one_consumer_at_a_time() {
 
     // Bad ACKs: an error or warning frame each, and nothing changes.
     c.send(r#"{"lsn":"FF/0"}"#);
-    assert!(frame(&mut c)["error"]
+    assert!(reply(&mut c)["error"]
         .as_str()
         .unwrap_or("")
         .contains("ahead"));
     c.send(r#"{"lsn":"0/1"}"#);
-    assert!(frame(&mut c)["warning"]
+    assert!(reply(&mut c)["warning"]
         .as_str()
         .unwrap_or("")
         .contains("behind"));
     c.send(r#"{"lsn":"yesterday"}"#);
-    assert!(frame(&mut c)["error"]
+    assert!(reply(&mut c)["error"]
         .as_str()
         .unwrap_or("")
         .contains("not an LSN"));
     c.send("not json");
-    assert!(frame(&mut c)["error"].is_string());
+    assert!(reply(&mut c)["error"].is_string());
     assert_eq!(confirmed_flush(&mut db, &slot), end1);
 
     // Listed with its position.
@@ -300,7 +312,7 @@ fn acks_resume_after_the_last_ack_and_one_consumer_at_a_time() {
     let again3 = transaction(&mut c);
     assert_eq!(again3.1, t3.1);
     c.send(&format!(r#"{{"lsn":"{end3}","reply":true}}"#));
-    assert_eq!(frame(&mut c), serde_json::json!({ "ack": end3 }));
+    assert_eq!(reply(&mut c), serde_json::json!({ "ack": end3 }));
 
     // Deleting closes the consumer with a reason and drops the slot.
     let (status, body) = proxy
@@ -358,7 +370,7 @@ fn a_query_filters_the_stream_and_filtered_changes_count_as_delivered() {
         r#"{{"lsn":"{}","reply":true}}"#,
         c2["end_lsn"].as_str().unwrap_or("")
     ));
-    assert_eq!(frame(&mut c)["ack"], c2["end_lsn"]);
+    assert_eq!(reply(&mut c)["ack"], c2["end_lsn"]);
     // Bad query: 400 with a position, before any upgrade.
     let bad = format!(
         "ws://127.0.0.1:{}/v1/lr/stream?slotName={slot}&query={}",
@@ -632,7 +644,7 @@ fn heartbeats_advance_an_idle_stream_and_the_lag_guard_drops_abandoned_ones() {
             proxy.port
         ))
         .expect("stream");
-    let f = frame(&mut c);
+    let f = reply(&mut c);
     assert_eq!(f["action"], "M");
     assert_eq!(f["prefix"], "walcast.heartbeat");
 }

@@ -154,6 +154,7 @@ fn every_flag_is_documented_and_every_documented_flag_exists() {
     // Each variable named in the table is the flag's environment variable,
     // and each default the table gives is the one --help shows.
     let defaults = help_defaults(&help);
+    let mut checked = 0;
     for row in table_after(&md, "| flag | variable | default | meaning |") {
         let var = unquote(&row[1]);
         assert!(
@@ -167,8 +168,16 @@ fn every_flag_is_documented_and_every_documented_flag_exists() {
                 row[0],
                 row[2]
             );
+            checked += 1;
         }
     }
+    // Every flag --help gives a default for was compared (a --help whose
+    // defaults this reading missed fails here instead of checking nothing).
+    assert!(
+        defaults.len() > 20,
+        "defaults read from --help: {defaults:?}"
+    );
+    assert_eq!(checked, defaults.len(), "defaults: {defaults:?}");
     let doctor = Command::new(env!("CARGO_BIN_EXE_walcast-proxy"))
         .args(["doctor", "--help"])
         .output()
@@ -345,5 +354,72 @@ fn the_typescript_client_speaks_the_action_letters_of_walcast_abi() {
             Action::from_letter(&letter).is_some(),
             "durable.ts names an action walcast-abi does not: {letter:?}"
         );
+    }
+}
+
+/// The proxy's sources outside tests: (path, text before `#[cfg(test)]`).
+fn proxy_sources() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut dirs = vec![repo_root().join("proxy/src")];
+    while let Some(dir) = dirs.pop() {
+        for e in std::fs::read_dir(&dir).expect("proxy/src") {
+            let path = e.expect("entry").path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|x| x == "rs") {
+                let text = std::fs::read_to_string(&path).expect("source");
+                let text = text.split("#[cfg(test)]").next().unwrap_or("").to_owned();
+                out.push((path.display().to_string(), text));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_pieces_the_architecture_names_are_written_once() {
+    // docs/architecture.md, "What a client receives": one place each.
+    let sources = proxy_sources();
+    let places = |needle: &str| -> Vec<String> {
+        sources
+            .iter()
+            .filter(|(_, text)| text.contains(needle))
+            .map(|(path, text)| format!("{path} ({})", text.matches(needle).count()))
+            .collect()
+    };
+    for (needle, home) in [
+        // A plugin message becomes changes in replication::reader::changes.
+        (
+            "unparseable_messages.fetch_add",
+            "replication/reader.rs (1)",
+        ),
+        // A filter over its budget pauses through delivery::budget_pause.
+        ("filter_budget_waits.fetch_add", "delivery.rs (1)"),
+        (".budget_wait()", "delivery.rs (1)"),
+        // A filter's decision becomes an outcome (and its error frame) in
+        // delivery::outcome.
+        ("Typed::FilterError {", "delivery.rs (1)"),
+    ] {
+        let found = places(needle);
+        assert!(
+            found.len() == 1 && found[0].ends_with(home),
+            "{needle} is written in {found:?}, the architecture says {home}"
+        );
+    }
+    // Every frame the proxy writes itself is a frames::Frame: no JSON
+    // object with a frame's keys is built anywhere else.
+    for (path, text) in &sources {
+        if path.ends_with("frames.rs") {
+            continue;
+        }
+        for built in text.split("json!({").skip(1) {
+            let head: String = built.chars().take(40).collect();
+            for key in ["\"error\"", "\"warning\"", "\"ack\"", "\"type\""] {
+                assert!(
+                    !head.trim_start().starts_with(key),
+                    "{path} builds a frame by hand: json!({{{head}"
+                );
+            }
+        }
     }
 }

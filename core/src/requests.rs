@@ -5,6 +5,7 @@
 use crate::query::{self, Query};
 use serde::Deserialize;
 use serde_json::Value;
+use std::collections::HashMap;
 use walcast_format::{Lsn, Position};
 
 /// A request the client must correct (HTTP 400): why.
@@ -19,25 +20,53 @@ impl std::fmt::Display for BadRequest {
 
 impl std::error::Error for BadRequest {}
 
-/// What a first frame asks for.
-#[derive(Debug)]
-pub struct FirstFrame {
+/// A WASM filter a client chose: its id (from `POST /v1/filters`) and the
+/// bytes given to its `walcast_init`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilterChoice {
+    pub id: String,
+    pub config: Vec<u8>,
+}
+
+/// What a client chose to receive: a query, a WASM filter, or both. A live
+/// subscription and a durable stream's connection name it the same way.
+#[derive(Debug, Default)]
+pub struct Choice {
     pub query: Option<Query>,
-    /// The filter's id and the bytes given to its `walcast_init`.
-    pub filter: Option<(String, Vec<u8>)>,
+    pub filter: Option<FilterChoice>,
+}
+
+/// A live subscription, from a websocket URL's parameters or from the
+/// client's first frame: both forms are read by this module and checked by
+/// the same rules ([`Subscription::checked`]).
+#[derive(Debug)]
+pub struct Subscription {
+    pub choice: Choice,
+    /// Resume after this position.
     pub after: Option<Position>,
-    /// The matching rows first (`"snapshot": true`).
+    /// The matching rows first.
     pub snapshot: bool,
 }
 
-/// Why a first frame was refused.
+/// Why a subscription was refused.
 #[derive(Debug)]
-pub enum FirstFrameError {
-    /// The query does not parse: an error frame with its position, then a close.
+pub enum SubscriptionError {
+    /// The query does not parse: its message and position.
     Query(query::QueryError),
-    /// Anything else: the close reason.
+    /// Anything else: why.
     Invalid(String),
 }
+
+impl std::fmt::Display for SubscriptionError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SubscriptionError::Query(e) => write!(f, "invalid query: {e}"),
+            SubscriptionError::Invalid(reason) => f.write_str(reason),
+        }
+    }
+}
+
+impl std::error::Error for SubscriptionError {}
 
 /// The bytes given to `walcast_init`: a JSON string's content, or the
 /// compact JSON text of any other value.
@@ -49,62 +78,145 @@ pub fn config_bytes(v: &serde_json::Value) -> Vec<u8> {
     }
 }
 
-/// Parses a first frame's text.
-pub fn parse_first_frame(text: &str) -> Result<FirstFrame, FirstFrameError> {
-    use FirstFrameError::Invalid;
-    let v: serde_json::Value = serde_json::from_str(text)
-        .map_err(|e| Invalid(format!("subscription frame is not JSON: {e}")))?;
-    let sub = v.get("subscribe");
-    let q = sub.and_then(|s| s.get("query")).and_then(|q| q.as_str());
-    let filter = match sub.and_then(|s| s.get("filter")) {
-        None => None,
-        Some(f) => {
-            let id = f.get("id").and_then(|i| i.as_str()).ok_or_else(|| {
-                Invalid("the filter needs an \"id\" (from POST /v1/filters)".into())
-            })?;
-            let config = f.get("config").map(config_bytes).unwrap_or_default();
-            Some((id.to_owned(), config))
+impl Choice {
+    /// `query=`, `filter=` and `config=` of a websocket URL.
+    pub fn from_url(params: &HashMap<String, String>) -> Result<Choice, SubscriptionError> {
+        let filter = params.get("filter").map(|id| FilterChoice {
+            id: id.clone(),
+            config: params
+                .get("config")
+                .map(|c| c.as_bytes().to_vec())
+                .unwrap_or_default(),
+        });
+        if filter.is_none() && params.contains_key("config") {
+            return Err(SubscriptionError::Invalid(
+                "config= is given to a filter: it needs filter= too".into(),
+            ));
         }
-    };
-    let after = match sub.and_then(|s| s.get("after")) {
-        None | Some(serde_json::Value::Null) => None,
-        Some(serde_json::Value::String(p)) => Some(
-            p.parse::<Position>()
-                .map_err(|e| Invalid(format!("\"after\": {e}")))?,
-        ),
-        Some(_) => {
+        Choice::parsed(params.get("query").map(String::as_str), filter)
+    }
+
+    fn parsed(
+        query: Option<&str>,
+        filter: Option<FilterChoice>,
+    ) -> Result<Choice, SubscriptionError> {
+        let query = query
+            .map(query::parse)
+            .transpose()
+            .map_err(SubscriptionError::Query)?;
+        Ok(Choice { query, filter })
+    }
+
+    /// Whether nothing was chosen.
+    pub fn is_empty(&self) -> bool {
+        self.query.is_none() && self.filter.is_none()
+    }
+}
+
+impl Subscription {
+    /// A websocket URL's subscription (`query`, `filter`, `config`,
+    /// `after`, `snapshot`); `None` when it names neither a query nor a
+    /// filter (the client's first frame will).
+    pub fn from_url(
+        params: &HashMap<String, String>,
+    ) -> Result<Option<Subscription>, SubscriptionError> {
+        use SubscriptionError::Invalid;
+        let choice = Choice::from_url(params)?;
+        let after = params
+            .get("after")
+            .map(|a| {
+                a.parse::<Position>()
+                    .map_err(|e| Invalid(format!("after: {e}")))
+            })
+            .transpose()?;
+        let snapshot = match params.get("snapshot").map(String::as_str) {
+            None | Some("0" | "false") => false,
+            Some("1" | "true") => true,
+            Some(other) => {
+                return Err(Invalid(format!("snapshot must be 1 or 0 (got {other:?})")));
+            }
+        };
+        if choice.is_empty() && after.is_none() && !snapshot {
+            return Ok(None);
+        }
+        Subscription::checked(choice, after, snapshot).map(Some)
+    }
+
+    /// A first frame's text:
+    /// `{"subscribe":{"query":"...","filter":{"id":"...","config":...},"after":"...","snapshot":true}}`.
+    pub fn from_frame(text: &str) -> Result<Subscription, SubscriptionError> {
+        use serde_json::Value as V;
+        use SubscriptionError::Invalid;
+        let v: V = serde_json::from_str(text)
+            .map_err(|e| Invalid(format!("subscription frame is not JSON: {e}")))?;
+        let Some(sub) = v.get("subscribe").filter(|s| s.is_object()) else {
             return Err(Invalid(
-                "\"after\" must be a position string (the \"pos\" of a change)".into(),
-            ))
+                "subscription frame needs {\"subscribe\":{\"query\":\"...\"}} and/or a \"filter\""
+                    .into(),
+            ));
+        };
+        let query = match sub.get("query") {
+            None | Some(V::Null) => None,
+            Some(V::String(q)) => Some(q.as_str()),
+            Some(_) => return Err(Invalid("\"query\" must be a string".into())),
+        };
+        let filter = match sub.get("filter") {
+            None | Some(V::Null) => None,
+            Some(f) => {
+                let id = f.get("id").and_then(|i| i.as_str()).ok_or_else(|| {
+                    Invalid("the filter needs an \"id\" (from POST /v1/filters)".into())
+                })?;
+                let config = f.get("config").map(config_bytes).unwrap_or_default();
+                Some(FilterChoice {
+                    id: id.to_owned(),
+                    config,
+                })
+            }
+        };
+        let after = match sub.get("after") {
+            None | Some(V::Null) => None,
+            Some(V::String(p)) => Some(
+                p.parse::<Position>()
+                    .map_err(|e| Invalid(format!("after: {e}")))?,
+            ),
+            Some(_) => {
+                return Err(Invalid(
+                    "after must be a position string (the \"pos\" of a change)".into(),
+                ))
+            }
+        };
+        let snapshot = match sub.get("snapshot") {
+            None | Some(V::Null) => false,
+            Some(V::Bool(b)) => *b,
+            Some(_) => return Err(Invalid("snapshot must be true or false".into())),
+        };
+        Subscription::checked(Choice::parsed(query, filter)?, after, snapshot)
+    }
+
+    /// The rules every subscription keeps, whichever form it came in.
+    fn checked(
+        choice: Choice,
+        after: Option<Position>,
+        snapshot: bool,
+    ) -> Result<Subscription, SubscriptionError> {
+        use SubscriptionError::Invalid;
+        if snapshot && choice.query.is_none() {
+            return Err(Invalid(
+                "a snapshot needs a query naming the table to read".into(),
+            ));
         }
-    };
-    let snapshot = match sub.and_then(|s| s.get("snapshot")) {
-        None | Some(serde_json::Value::Null) => false,
-        Some(serde_json::Value::Bool(b)) => *b,
-        Some(_) => return Err(Invalid("\"snapshot\" must be true or false".into())),
-    };
-    if snapshot && q.is_none() {
-        return Err(Invalid(
-            "\"snapshot\": true needs a \"query\" naming the table to read".into(),
-        ));
+        if choice.is_empty() {
+            return Err(Invalid(
+                "a subscription needs a query or a filter (after and snapshot refer to them)"
+                    .into(),
+            ));
+        }
+        Ok(Subscription {
+            choice,
+            after,
+            snapshot,
+        })
     }
-    if q.is_none() && filter.is_none() {
-        return Err(Invalid(
-            "subscription frame needs {\"subscribe\":{\"query\":\"...\"}} and/or a \"filter\""
-                .into(),
-        ));
-    }
-    let query = match q.map(query::parse) {
-        None => None,
-        Some(Ok(q)) => Some(q),
-        Some(Err(e)) => return Err(FirstFrameError::Query(e)),
-    };
-    Ok(FirstFrame {
-        query,
-        filter,
-        after,
-        snapshot,
-    })
 }
 
 /// A client frame's verdict.
@@ -309,6 +421,87 @@ mod tests {
         assert!(matches!(a.judge(r#"{"lsn":5}"#), AckOutcome::Error(_)));
         assert!(matches!(a.judge("{}"), AckOutcome::Error(_)));
         assert!(matches!(a.judge("nope"), AckOutcome::Error(_)));
+    }
+
+    fn url(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn a_subscription_reads_the_same_from_a_url_and_a_first_frame() {
+        let from_url = Subscription::from_url(&url(&[
+            ("query", "update:users:age.gt.30"),
+            ("filter", "sha256:ab"),
+            ("config", "{\"min\":3}"),
+            ("after", "0000000001A2B400:00000002"),
+            ("snapshot", "1"),
+        ]))
+        .expect("valid")
+        .expect("a subscription");
+        let from_frame = Subscription::from_frame(
+            r#"{"subscribe":{"query":"update:users:age.gt.30","filter":{"id":"sha256:ab","config":{"min":3}},"after":"0000000001A2B400:00000002","snapshot":true}}"#,
+        )
+        .expect("valid");
+        for s in [&from_url, &from_frame] {
+            assert_eq!(
+                format!("{:?}", s.choice.query),
+                format!("{:?}", from_url.choice.query)
+            );
+            assert_eq!(s.choice.filter, from_url.choice.filter);
+            assert_eq!(s.after, from_url.after);
+            assert!(s.snapshot);
+        }
+        assert_eq!(
+            from_frame.choice.filter.map(|f| f.config),
+            Some(b"{\"min\":3}".to_vec())
+        );
+        // Nothing chosen in the URL: the first frame will say.
+        assert!(Subscription::from_url(&url(&[])).expect("valid").is_none());
+    }
+
+    #[test]
+    fn both_forms_of_a_subscription_keep_the_same_rules() {
+        let refused = |r: Result<Subscription, SubscriptionError>| match r {
+            Err(SubscriptionError::Invalid(reason)) => reason,
+            other => panic!("expected a refusal, got {other:?}"),
+        };
+        let url_refused = |pairs: &[(&str, &str)]| {
+            refused(Subscription::from_url(&url(pairs)).map(|s| s.expect("some")))
+        };
+        // A snapshot without a query.
+        assert_eq!(
+            url_refused(&[("filter", "f"), ("snapshot", "1")]),
+            refused(Subscription::from_frame(
+                r#"{"subscribe":{"filter":{"id":"f"},"snapshot":true}}"#
+            ))
+        );
+        // A position without a query or a filter.
+        assert_eq!(
+            url_refused(&[("after", "0000000001A2B400:00000002")]),
+            refused(Subscription::from_frame(
+                r#"{"subscribe":{"after":"0000000001A2B400:00000002"}}"#
+            ))
+        );
+        // A position that is not one.
+        assert_eq!(
+            url_refused(&[("query", "*:t"), ("after", "x")]),
+            refused(Subscription::from_frame(
+                r#"{"subscribe":{"query":"*:t","after":"x"}}"#
+            ))
+        );
+        // A query that does not parse: its position, in either form.
+        for r in [
+            Subscription::from_url(&url(&[("query", "*:t:a.zz.1")])).map(|s| s.expect("some")),
+            Subscription::from_frame(r#"{"subscribe":{"query":"*:t:a.zz.1"}}"#),
+        ] {
+            assert!(matches!(r, Err(SubscriptionError::Query(e)) if e.position == 6));
+        }
+        assert!(Subscription::from_url(&url(&[("config", "1")])).is_err());
+        assert!(Subscription::from_frame(r#"{"subscribe":{"query":5}}"#).is_err());
+        assert!(Subscription::from_frame("[]").is_err());
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::sync::OnceLock;
 use walcast_core::auth::{jwt, refresh_frame, rules, Auth, Rules};
 use walcast_core::marks::{Mark, Visibility};
 use walcast_core::requests::{
-    parse_create, parse_first_frame, parse_request, AckOutcome, Acks, FirstFrameError,
+    parse_create, parse_request, AckOutcome, Acks, Subscription, SubscriptionError,
 };
 use walcast_format::Lsn;
 
@@ -72,18 +72,34 @@ fn claim_sql(rules: &Rules) {
     }
 }
 
+/// A subscription, in either form, keeps the rules every one keeps.
+fn subscription(parsed: Result<Subscription, SubscriptionError>, len: usize) {
+    match parsed {
+        Ok(sub) => {
+            assert!(!sub.choice.is_empty());
+            assert!(!sub.snapshot || sub.choice.query.is_some());
+        }
+        Err(SubscriptionError::Query(e)) => assert!(e.position <= len),
+        Err(SubscriptionError::Invalid(reason)) => assert!(!reason.is_empty()),
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
     tokens(text);
-    match parse_first_frame(text) {
-        Ok(first) => {
-            assert!(first.query.is_some() || first.filter.is_some());
-            assert!(!first.snapshot || first.query.is_some());
-        }
-        Err(FirstFrameError::Query(e)) => assert!(e.position <= text.len()),
-        Err(FirstFrameError::Invalid(reason)) => assert!(!reason.is_empty()),
+    subscription(Subscription::from_frame(text), text.len());
+    // The same text as a URL's query string (`a=b&c=d`, undecoded).
+    let params = text
+        .split('&')
+        .map(|kv| kv.split_once('=').unwrap_or((kv, "")))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    match Subscription::from_url(&params) {
+        Ok(None) => assert!(!params.contains_key("query") && !params.contains_key("filter")),
+        Ok(Some(sub)) => subscription(Ok(sub), text.len()),
+        Err(e) => subscription(Err(e), text.len()),
     }
     for (last, sent) in [(0, 0), (0x100, 0x200), (0x16B3800, u64::MAX)] {
         let (last, sent) = (Lsn(last), Lsn(sent));

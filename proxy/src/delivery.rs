@@ -101,6 +101,39 @@ pub fn outcome(change: &Change, decision: Decision, metrics: &Metrics) -> Outcom
     }
 }
 
+/// A client's choice as it may have it: its query's table exists and
+/// `--tables` and the user's rules allow it (the query narrowed by the
+/// rules, `auth::admit_query`), and its filter is instantiated. Live
+/// subscriptions (URL or first frame) and durable streams' connections are
+/// admitted here.
+pub async fn admit(
+    catalog: &crate::catalog::Catalog,
+    tables: Option<&[walcast_format::TablePattern]>,
+    grant: &crate::auth::Grant,
+    filters: &Filters,
+    choice: walcast_core::requests::Choice,
+) -> Result<Admitted, Refusal> {
+    let query = match choice.query {
+        None => None,
+        Some(q) => Some(
+            crate::auth::admit_query(catalog, tables, grant, q)
+                .await
+                .map_err(|e| crate::auth::refusal(&e))?,
+        ),
+    };
+    let filter = choice
+        .filter
+        .map(|f| open_filter(filters, &f.id, f.config))
+        .transpose()?;
+    Ok(Admitted { query, filter })
+}
+
+/// An admitted choice.
+pub struct Admitted {
+    pub query: Option<Query>,
+    pub filter: Option<FilterInstance>,
+}
+
 /// Opens a filter for a subscription; the error (404 `FILTER_NOT_FOUND`,
 /// 503 `INSTANTIATE_FAILED`, else 400 with the filter's code) when the id
 /// is unknown or the module cannot start with this config.

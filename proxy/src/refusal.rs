@@ -89,3 +89,14 @@ impl From<walcast_core::requests::BadRequest> for Refusal {
         Refusal::invalid(e.0)
     }
 }
+
+impl From<walcast_core::requests::SubscriptionError> for Refusal {
+    /// A query that does not parse is refused at its position.
+    fn from(e: walcast_core::requests::SubscriptionError) -> Refusal {
+        use walcast_core::requests::SubscriptionError as E;
+        match e {
+            E::Query(q) => Refusal::invalid(q.message).at(Some(q.position)),
+            E::Invalid(reason) => Refusal::invalid(reason),
+        }
+    }
+}

@@ -11,8 +11,9 @@
 
 use crate::auth::Grant;
 use crate::backfill::driver::Plan;
+use crate::delivery::Admitted;
 use crate::durable::{consumer, snapshot};
-use crate::http::selection::{selection, Selection};
+use crate::http::selection::selection;
 use crate::http::upgrade::{accept_upgrade, begin, switching_protocols, Opened};
 use crate::http::ApiError;
 use crate::http::{json_error, query_params, read_body, respond, AppState, Resp};
@@ -428,7 +429,7 @@ pub async fn lr_stream(
         Ok(h) => h,
         Err(r) => return *r,
     };
-    let Selection { query, filter } = match selection(&state, &params, &grant).await {
+    let Admitted { query, filter } = match selection(&state, &params, &grant).await {
         Ok(s) => s,
         Err(r) => return *r,
     };

@@ -3,18 +3,17 @@
 //! committed after the client sees the 101 reaches it; without one, the
 //! client's first frame names it (`live/session.rs`).
 
-use super::selection::{selection, Selection};
+use super::selection::{refused, unparsed};
 use super::upgrade::{accept_upgrade, begin, switching_protocols};
 use super::{json_error, query_params, respond, unavailable, AppState, Resp};
 use crate::auth::{self, Grant};
-use crate::backfill;
 use crate::live::hub::SubscribeError;
-use crate::live::session;
+use crate::live::{session, subscription};
 use axum::extract::{Request, State};
 use axum::Extension;
 use hyper::StatusCode;
 use std::sync::Arc;
-use walcast_format::Position;
+use walcast_core::requests::Subscription;
 
 /// The answer when the hub refuses a subscription.
 fn subscribe_refused(e: SubscribeError) -> Resp {
@@ -42,60 +41,9 @@ pub async fn websocket(
         Ok(h) => h,
         Err(r) => return *r,
     };
-    let Selection { query, filter } = match selection(&state, &params, &grant).await {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
-    let after = match params.get("after").map(|a| a.parse::<Position>()) {
-        None => None,
-        Some(Ok(p)) => Some(p),
-        Some(Err(e)) => return json_error(StatusCode::BAD_REQUEST, &format!("after: {e}"), None),
-    };
-    let snapshot = match params.get("snapshot").map(String::as_str) {
-        None | Some("0" | "false") => false,
-        Some("1" | "true") => true,
-        Some(other) => {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                &format!("snapshot must be 1 or 0 (got {other:?})"),
-                None,
-            )
-        }
-    };
-    let plan = match (&query, snapshot) {
-        (_, false) => None,
-        (None, true) => {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                "snapshot=1 needs query= naming the table to read (or send it in the subscription frame)",
-                None,
-            )
-        }
-        (Some(q), true) => match backfill::driver::plan_for(&state.catalog, q).await {
-            Ok(p) => Some(p),
-            Err(e) => return json_error(StatusCode::BAD_REQUEST, &e.to_string(), None),
-        },
-    };
-    if after.is_some() && query.is_none() && filter.is_none() {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            "after needs query= or filter= in the URL (or send it in the subscription frame)",
-            None,
-        );
-    }
-    let upgrade = match accept_upgrade(&mut req, &state, handshake) {
-        Ok(a) => a,
-        Err(r) => return *r,
-    };
-    // Subscribe before answering, so every change committed after the client
-    // sees the upgrade reaches it.
-    let start = if query.is_none() && filter.is_none() {
-        session::Start::FirstFrame
-    } else {
-        match state.hub.subscribe(query, after) {
-            Ok(cursor) => session::Start::Ready(Box::new(cursor), filter.map(Box::new)),
-            Err(e) => return subscribe_refused(e),
-        }
+    let sub = match Subscription::from_url(&params) {
+        Ok(sub) => sub,
+        Err(e) => return *unparsed(e),
     };
     let ctx = session::Context {
         hub: state.hub.clone(),
@@ -107,6 +55,29 @@ pub async fn websocket(
         tables: state.tables.clone(),
         backfills: state.backfills.clone(),
         view_max_rows: state.view_max_rows,
+    };
+    let admitted = match sub {
+        None => None,
+        Some(sub) => match subscription::admit(&ctx, &grant, sub).await {
+            Ok(s) => Some(s),
+            Err(e) => return *refused(e),
+        },
+    };
+    let upgrade = match accept_upgrade(&mut req, &state, handshake) {
+        Ok(a) => a,
+        Err(r) => return *r,
+    };
+    // Subscribe before answering, so every change committed after the client
+    // sees the upgrade reaches it.
+    let (start, plan) = match admitted {
+        None => (session::Start::FirstFrame, None),
+        Some(s) => match state.hub.subscribe(s.query, s.after) {
+            Ok(cursor) => (
+                session::Start::Ready(Box::new(cursor), s.filter.map(Box::new)),
+                s.plan,
+            ),
+            Err(e) => return subscribe_refused(e),
+        },
     };
     let access = auth::Access::new(state.auth.clone(), grant);
     let response = switching_protocols(&upgrade.accept);

@@ -13,7 +13,8 @@
 //! ops.rs        GET /, /healthz, /metrics
 //! filters.rs    POST /v1/filters: a WASM filter's upload (crate::filter
 //!               compiles and caches it)
-//! selection.rs  what a websocket URL asks for (query, filter), checked
+//! selection.rs  a websocket URL's subscription read and admitted, or its
+//!               HTTP answer when refused
 //! upgrade.rs    the websocket upgrade: checks, 101, the socket, its close
 //! ```
 

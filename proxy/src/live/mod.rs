@@ -9,6 +9,7 @@
 //!                       cursor.rs  one client's place: next seq, its group
 //!                       session.rs one websocket: bursts from the cursor through
 //!                                  the delivery rules, pings, stalls, snapshot chunks
+//!                       subscription.rs  a subscription (URL or first frame) admitted
 //!                       view.rs    with row filters: the rows a client holds, so a
 //!                                  held row that is deleted or moves out reaches it
 //! ```
@@ -17,4 +18,5 @@ pub mod cursor;
 pub mod group;
 pub mod hub;
 pub mod session;
+pub mod subscription;
 pub mod view;

@@ -11,6 +11,7 @@ use crate::filter::{Decision, FilterInstance, Filters, BATCH_EVENTS};
 use crate::frames::{self, Frame};
 use crate::live::cursor::{Cursor, Stop};
 use crate::live::hub::{Hub, SubscribeError};
+use crate::live::subscription;
 use crate::live::view::{Step, View};
 use crate::liveness::{Dead, Due, Liveness, Watch};
 use crate::log::Entry;
@@ -24,7 +25,7 @@ use std::sync::Arc;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
-pub use walcast_core::requests::{parse_first_frame, FirstFrame, FirstFrameError};
+use walcast_core::requests::{Subscription, SubscriptionError};
 
 /// Frames written before each flush when a client has a backlog.
 const MAX_BATCH: usize = 512;
@@ -37,9 +38,9 @@ async fn error_frame(ws: &mut Ws, err: &query::QueryError) {
     let _ = ws.send(Message::Text(frame.text().into())).await;
 }
 
-/// Reads `{"subscribe":{"query":"...","filter":{"id":"sha256:...","config":...},"after":"..."}}`
-/// as the first text frame.
-async fn first_frame(ws: &mut Ws, ctx: &Context) -> Result<FirstFrame, String> {
+/// Reads the client's first text frame, its subscription
+/// (`walcast_core::requests::Subscription::from_frame`).
+async fn first_frame(ws: &mut Ws, ctx: &Context) -> Result<Subscription, String> {
     let within = ctx.liveness.handshake_timeout;
     let Ok(msg) = tokio::time::timeout(within, ws.next()).await else {
         ctx.metrics
@@ -55,13 +56,13 @@ async fn first_frame(ws: &mut Ws, ctx: &Context) -> Result<FirstFrame, String> {
         Some(Ok(Message::Text(t))) => t,
         _ => return Err("expected a text frame {\"subscribe\":{\"query\":\"...\"}}".into()),
     };
-    match parse_first_frame(text.as_str()) {
-        Ok(first) => Ok(first),
-        Err(FirstFrameError::Invalid(reason)) => Err(reason),
-        Err(FirstFrameError::Query(e)) => {
+    match Subscription::from_frame(text.as_str()) {
+        Ok(sub) => Ok(sub),
+        Err(SubscriptionError::Query(e)) => {
             error_frame(ws, &e).await;
             Err(format!("invalid query: {e}"))
         }
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -167,15 +168,12 @@ pub(crate) async fn run(
         places: _places,
         handshake,
     } = open;
-    let mut plan = plan;
-    let (cursor, filter) = match start {
-        Start::Ready(c, f) => (*c, f.map(|f| *f)),
-        Start::FirstFrame => {
-            match Box::pin(subscribe_first(&mut ws, &ctx, &access, &mut plan)).await {
-                Some(subscribed) => subscribed,
-                None => return,
-            }
-        }
+    let (cursor, filter, plan) = match start {
+        Start::Ready(c, f) => (*c, f.map(|f| *f), plan),
+        Start::FirstFrame => match Box::pin(subscribe_first(&mut ws, &ctx, &access)).await {
+            Some(subscribed) => subscribed,
+            None => return,
+        },
     };
     drop(handshake);
     let view = match Box::pin(view_for(&cursor, &ctx)).await {
@@ -213,56 +211,34 @@ pub(crate) async fn run(
     Box::pin(finish(&mut ws, end, &watch, &ctx.metrics)).await;
 }
 
-/// A subscription from the client's first frame: its filter opened, its
-/// query admitted for the user, its snapshot planned. `None` when it was
-/// refused (the client has the error and the close).
+/// A subscription from the client's first frame, admitted
+/// (`subscription.rs`) and subscribed. `None` when it was refused (the
+/// client has the error and the close).
 async fn subscribe_first(
     ws: &mut Ws,
     ctx: &Context,
     access: &auth::Access,
-    plan: &mut Option<backfill::driver::Plan>,
-) -> Option<(Cursor, Option<FilterInstance>)> {
-    let first = match first_frame(ws, ctx).await {
-        Ok(first) => first,
+) -> Option<(
+    Cursor,
+    Option<FilterInstance>,
+    Option<backfill::driver::Plan>,
+)> {
+    let sub = match first_frame(ws, ctx).await {
+        Ok(sub) => sub,
         Err(reason) => {
             close(ws, CloseCode::Policy, &reason).await;
             return None;
         }
     };
-    let filter = match first.filter {
-        None => None,
-        Some((id, config)) => match delivery::open_filter(&ctx.filters, &id, config) {
-            Ok(f) => Some(f),
-            Err(e) => {
-                error_close(ws, e).await;
-                return None;
-            }
-        },
-    };
-    let query = match first.query {
-        None => None,
-        Some(q) => {
-            let tables = ctx.tables.as_deref().map(|t| t.as_slice());
-            match auth::admit_query(&ctx.catalog, tables, access.grant(), q).await {
-                Ok(q) => Some(q),
-                Err(e) => {
-                    error_close(ws, auth::refusal(&e)).await;
-                    return None;
-                }
-            }
+    let admitted = match subscription::admit(ctx, access.grant(), sub).await {
+        Ok(s) => s,
+        Err(e) => {
+            error_close(ws, e).await;
+            return None;
         }
     };
-    if let (true, Some(q)) = (first.snapshot, &query) {
-        match backfill::driver::plan_for(&ctx.catalog, q).await {
-            Ok(p) => *plan = Some(p),
-            Err(e) => {
-                error_close(ws, Refusal::invalid(e.to_string()).code("SNAPSHOT_REFUSED")).await;
-                return None;
-            }
-        }
-    }
-    match ctx.hub.subscribe(query, first.after) {
-        Ok(c) => Some((c, filter)),
+    match ctx.hub.subscribe(admitted.query, admitted.after) {
+        Ok(c) => Some((c, admitted.filter, admitted.plan)),
         Err(e) => {
             refused(ws, e).await;
             None

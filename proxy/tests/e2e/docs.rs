@@ -399,6 +399,12 @@ fn the_pieces_the_architecture_names_are_written_once() {
         // A filter's decision becomes an outcome (and its error frame) in
         // delivery::outcome.
         ("Typed::FilterError {", "delivery.rs (1)"),
+        // A subscription is read by walcast-core's Subscription (URL and
+        // first frame) and a client's choice admitted by delivery::admit.
+        ("Subscription::from_url(", "http/live.rs (1)"),
+        ("Subscription::from_frame(", "live/session.rs (1)"),
+        ("Choice::from_url(", "http/selection.rs (1)"),
+        ("auth::admit_query(", "delivery.rs (1)"),
     ] {
         let found = places(needle);
         assert!(

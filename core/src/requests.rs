@@ -202,7 +202,7 @@ impl Subscription {
         use SubscriptionError::Invalid;
         if snapshot && choice.query.is_none() {
             return Err(Invalid(
-                "a snapshot needs a query naming the table to read".into(),
+                "a snapshot reads the table a query names: it needs query= in a URL, or the subscription frame needs a \"query\"".into(),
             ));
         }
         if choice.is_empty() {

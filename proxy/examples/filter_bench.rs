@@ -113,7 +113,7 @@ fn main() {
                 }
             })
             .collect();
-        let mut verdicts = Vec::new();
+        let (mut verdicts, mut one) = (Vec::new(), Vec::new());
         for (count, burst, batched) in SCHEDULES {
             let how = if batched { "batches" } else { "one call each" };
             if !format!("{count} x {burst} ({how})").contains(&schedule) {
@@ -130,10 +130,15 @@ fn main() {
                 let queue = &events[first..first + burst];
                 for f in subs.iter_mut() {
                     if batched {
-                        f.run_batch(queue, &mut verdicts);
+                        f.run_batch(queue, &mut verdicts, true);
                     } else {
+                        // One change at a time, untimed, as a durable
+                        // consumer runs its filter.
                         verdicts.clear();
-                        verdicts.extend(queue.iter().map(|change| f.run(change)));
+                        for change in queue {
+                            f.run_batch(std::slice::from_ref(change), &mut one, false);
+                            verdicts.append(&mut one);
+                        }
                     }
                     for v in verdicts.drain(..) {
                         match v {

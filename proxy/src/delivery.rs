@@ -3,10 +3,10 @@
 //! WASM filter makes of each selected change.
 //!
 //! ```text
-//! change -> selects()      query + the user's rules (the live hub applies
-//!                          the query part through its index, see live/hub.rs)
-//!        -> filter_change  the client's filter, if any: send, skip, an
-//!                          error frame, or detach the filter and close
+//! change -> selects()         query + the user's rules (the live hub applies
+//!                             the query part through its index, see live/hub.rs)
+//!        -> Pipeline::judge   the client's filter, if any, on a batch: send,
+//!                             skip, an error frame, or detach the filter and close
 //! ```
 //!
 //! `--tables` is applied before either, by the plugin (`add-tables`); a
@@ -19,7 +19,9 @@ use crate::frames::{Frame, Typed};
 use crate::metrics::Metrics;
 use crate::query::Query;
 use crate::refusal::{Kind, Refusal};
+use std::borrow::Borrow;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// Whether a subscription gets `change` before its filter runs: a row
@@ -45,33 +47,95 @@ pub enum Outcome {
 }
 
 /// A change for a client without a filter.
-pub fn unfiltered(change: &Change) -> Outcome {
+fn unfiltered(change: &Change) -> Outcome {
     Outcome::Send(change.text.clone())
 }
 
-/// Runs the client's filter (if any) on a change.
-pub fn filter_change(
-    filter: Option<&mut FilterInstance>,
-    change: &Change,
-    metrics: &Metrics,
-) -> Outcome {
-    match filter {
-        None => unfiltered(change),
-        Some(f) => outcome(change, f.run(change), metrics),
+/// One subscription's run of its WASM filter, the same for a live session
+/// and a durable consumer: the pause its budget owes, its decisions on a
+/// batch of selected changes in order (one `walcast_filter_batch` call
+/// where the module has it), and what each change becomes. Without a
+/// filter every change is sent as it is.
+pub struct Pipeline {
+    filter: Option<FilterInstance>,
+    /// Whether the filter's time counts against its budget per second: a
+    /// live session's filter shares the proxy with every client; a durable
+    /// stream's slows only its own stream.
+    clocked: bool,
+    /// Reused from batch to batch; empty until a filter runs.
+    decisions: Vec<Decision>,
+    metrics: Arc<Metrics>,
+}
+
+impl Pipeline {
+    /// For a live session.
+    pub fn live(filter: Option<FilterInstance>, metrics: Arc<Metrics>) -> Pipeline {
+        Pipeline {
+            filter,
+            clocked: true,
+            decisions: Vec::new(),
+            metrics,
+        }
+    }
+
+    /// For a durable stream's consumer.
+    pub fn durable(filter: Option<FilterInstance>, metrics: Arc<Metrics>) -> Pipeline {
+        Pipeline {
+            clocked: false,
+            ..Pipeline::live(filter, metrics)
+        }
+    }
+
+    /// The pause the filter owes before its next batch when it used its
+    /// time or fuel for the second, counted in
+    /// `walcast_filter_budget_waits_total`; `None`: go on.
+    pub fn pause(&mut self) -> Option<std::time::Duration> {
+        let wait = self.filter.as_mut()?.budget_wait()?;
+        let metrics = &self.metrics;
+        metrics.filter_budget_waits.fetch_add(1, Ordering::Relaxed);
+        Some(wait)
+    }
+
+    /// What each of `changes` (selected for the client, in order) becomes.
+    /// After a detach the batch ends: the changes after it get nothing.
+    pub fn judge<'a, C: Borrow<Change>>(&'a mut self, changes: &'a [C]) -> Outcomes<'a, C> {
+        let decisions = match self.filter.as_mut() {
+            None => None,
+            Some(f) => {
+                f.run_batch(changes, &mut self.decisions, self.clocked);
+                Some(self.decisions.drain(..))
+            }
+        };
+        Outcomes {
+            changes: changes.iter(),
+            decisions,
+            metrics: &self.metrics,
+        }
     }
 }
 
-/// The pause a subscription owes when its filter used its time or fuel for
-/// the second, counted in `walcast_filter_budget_waits_total`; `None`: go
-/// on. Live sessions and durable consumers both ask here.
-pub fn budget_pause(filter: &mut FilterInstance, metrics: &Metrics) -> Option<std::time::Duration> {
-    let wait = filter.budget_wait()?;
-    metrics.filter_budget_waits.fetch_add(1, Ordering::Relaxed);
-    Some(wait)
+/// What a batch's changes become, in order ([`Pipeline::judge`]).
+pub struct Outcomes<'a, C> {
+    changes: std::slice::Iter<'a, C>,
+    /// The filter's decisions; `None` without a filter.
+    decisions: Option<std::vec::Drain<'a, Decision>>,
+    metrics: &'a Metrics,
+}
+
+impl<C: Borrow<Change>> Iterator for Outcomes<'_, C> {
+    type Item = Outcome;
+
+    fn next(&mut self) -> Option<Outcome> {
+        let change = self.changes.next()?.borrow();
+        match &mut self.decisions {
+            None => Some(unfiltered(change)),
+            Some(d) => d.next().map(|v| outcome(change, v, self.metrics)),
+        }
+    }
 }
 
 /// What the filter's decision on `change` makes of it.
-pub fn outcome(change: &Change, decision: Decision, metrics: &Metrics) -> Outcome {
+fn outcome(change: &Change, decision: Decision, metrics: &Metrics) -> Outcome {
     metrics.filter_events.fetch_add(1, Ordering::Relaxed);
     let frame = |code: &str, message: &str| {
         Frame::Typed(Typed::FilterError {

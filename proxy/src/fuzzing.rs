@@ -198,13 +198,16 @@ pub fn filter(data: &[u8]) -> Reached {
             return Reached::Uploaded;
         }
     };
+    // One change at a time and untimed, as a durable consumer runs it; then
+    // in one batch, as a live session does.
+    let mut decisions = Vec::new();
     for c in &host.changes {
-        if let Decision::Detached(_) = f.run(c) {
+        f.run_batch(std::slice::from_ref(c), &mut decisions, false);
+        if let Some(Decision::Detached(_)) = decisions.last() {
             return Reached::Ran;
         }
     }
-    let mut decisions = Vec::new();
-    f.run_batch(&host.changes, &mut decisions);
+    f.run_batch(&host.changes, &mut decisions, true);
     assert!(!decisions.is_empty() && decisions.len() <= host.changes.len());
     let ended = matches!(decisions.last(), Some(Decision::Detached(_)));
     assert!(decisions.len() == host.changes.len() || ended);

@@ -13,7 +13,8 @@
 
 use super::streams::{ConsumerGuard, Streams};
 use crate::change::{Action, Change};
-use crate::delivery::{self, filter_change, Outcome};
+use crate::delivery::{self, Outcome, Pipeline};
+use crate::filter::BATCH_EVENTS;
 use crate::frames::{self, Frame};
 use crate::liveness::{Dead, Due, KeepAlive, Watch};
 use crate::metrics::{CloseReason, Gauge, Metrics};
@@ -43,7 +44,8 @@ const RELEASE_WAIT: Duration = Duration::from_secs(5);
 /// What the client asked for besides the slot.
 pub struct Options {
     pub query: Option<Query>,
-    /// A WASM filter, applied after the query.
+    /// A WASM filter, applied after the query (taken into the consumer's
+    /// delivery pipeline).
     pub filter: Option<crate::filter::FilterInstance>,
     /// Forward the proxy's heartbeat messages (`walcast.heartbeat`).
     pub heartbeats: bool,
@@ -293,6 +295,8 @@ struct Consumer {
     stream: Source,
     acks: Acks,
     opts: Options,
+    /// The client's filter, run through the delivery pipeline.
+    pipeline: Pipeline,
     global_tables: Vec<Vec<TablePattern>>,
     metrics: Arc<Metrics>,
     /// Between a `B` and its `C`.
@@ -373,30 +377,25 @@ impl Consumer {
                         self.opts.access.grant().read_limits().map(|r| &**r),
                         &change,
                     );
-                if selected && self.opts.filter.is_some() {
-                    let metrics = &self.metrics;
-                    let pause = self
-                        .opts
-                        .filter
-                        .as_mut()
-                        .and_then(|f| delivery::budget_pause(f, metrics));
-                    if let Some(wait) = pause {
+                if selected {
+                    // Through the delivery pipeline, one change at a time:
+                    // each is an ACK point, and the next may be far away.
+                    if let Some(wait) = self.pipeline.pause() {
                         self.flush().await?;
                         tokio::time::sleep(wait).await;
                     }
-                    match filter_change(self.opts.filter.as_mut(), &change, &self.metrics) {
-                        Outcome::Send(text) => replaced = Some(text),
-                        Outcome::Skip => {}
-                        Outcome::Report(frame) => replaced = Some(frame.into()),
-                        Outcome::Detach(frame, reason) => {
+                    let outcome = self.pipeline.judge(std::slice::from_ref(&change)).next();
+                    match outcome {
+                        Some(Outcome::Send(text)) => replaced = Some(text),
+                        Some(Outcome::Report(frame)) => replaced = Some(frame.into()),
+                        Some(Outcome::Detach(frame, reason)) => {
                             let _ = self.send(frame).await;
                             return Err(End::Close(CloseCode::Policy, reason));
                         }
+                        Some(Outcome::Skip) | None => {}
                     }
-                    false
-                } else {
-                    selected
                 }
+                false
             }
             Action::Message if change.is_heartbeat() => {
                 if !self.opts.heartbeats && !self.in_txn && self.acks.last >= self.acks.sent {
@@ -448,25 +447,30 @@ impl Consumer {
     async fn send_chunk(&mut self) -> Result<(), End> {
         let frame = match self.backfills.take().await {
             Ok(ready) => {
-                for entry in &ready.rows {
-                    let text = match filter_change(
-                        self.opts.filter.as_mut(),
-                        &entry.change,
-                        &self.metrics,
-                    ) {
-                        Outcome::Send(text) => text,
-                        Outcome::Skip => continue,
-                        Outcome::Report(frame) => frame.into(),
-                        Outcome::Detach(frame, reason) => {
-                            let _ = self.send(frame).await;
-                            return Err(End::Close(CloseCode::Policy, reason));
-                        }
-                    };
-                    self.feed(text).await?;
+                // Through the delivery pipeline in batches, as a live
+                // session's chunks go.
+                let mut sent = 1u64;
+                for rows in ready.rows.chunks(BATCH_EVENTS) {
+                    if let Some(wait) = self.pipeline.pause() {
+                        self.flush().await?;
+                        tokio::time::sleep(wait).await;
+                    }
+                    let outcomes: Vec<Outcome> = self.pipeline.judge(rows).collect();
+                    for outcome in outcomes {
+                        let text = match outcome {
+                            Outcome::Send(text) => text,
+                            Outcome::Skip => continue,
+                            Outcome::Report(frame) => frame.into(),
+                            Outcome::Detach(frame, reason) => {
+                                let _ = self.send(frame).await;
+                                return Err(End::Close(CloseCode::Policy, reason));
+                            }
+                        };
+                        self.feed(text).await?;
+                        sent += 1;
+                    }
                 }
-                self.metrics
-                    .frames_out
-                    .fetch_add(ready.rows.len() as u64 + 1, Ordering::Relaxed);
+                self.metrics.frames_out.fetch_add(sent, Ordering::Relaxed);
                 ready.frame
             }
             Err(failed) => failed.to_string(),
@@ -710,6 +714,7 @@ pub async fn run(
             last: start,
             sent: start,
         },
+        pipeline: Pipeline::durable(opts.filter.take(), metrics.clone()),
         opts,
         global_tables,
         metrics: metrics.clone(),

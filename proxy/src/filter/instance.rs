@@ -235,14 +235,6 @@ impl FilterInstance {
         out
     }
 
-    /// Runs the filter on one change. For durable streams, which have no
-    /// budget per second (a stream's filter slows only its own stream): its
-    /// time is not measured, since reading the clock twice would double the
-    /// cost of a cheap filter. Live sessions use [`FilterInstance::run_batch`].
-    pub fn run(&mut self, change: &Change) -> Decision {
-        self.timed(false, |f| (f.judge(change), 1))
-    }
-
     fn judge(&mut self, change: &Change) -> Decision {
         match self.call(change) {
             Ok(v) => {
@@ -282,8 +274,17 @@ impl FilterInstance {
     /// rest are not judged. Batches go through `walcast_filter_batch` when
     /// the module exports it, each change through `walcast_filter`
     /// otherwise; either way the decisions are those of one call per change.
-    pub fn run_batch<C: Borrow<Change>>(&mut self, changes: &[C], decisions: &mut Vec<Decision>) {
-        self.timed(true, |f| {
+    /// With `clocked`, the run's time counts against the budget per second
+    /// (live sessions); a durable stream's filter slows only its own stream,
+    /// and reading the clock twice would double the cost of a cheap filter
+    /// on one change.
+    pub fn run_batch<C: Borrow<Change>>(
+        &mut self,
+        changes: &[C],
+        decisions: &mut Vec<Decision>,
+        clocked: bool,
+    ) {
+        self.timed(clocked, |f| {
             f.judge_batch(changes, decisions);
             ((), decisions.len())
         });
@@ -695,7 +696,7 @@ mod tests {
         .expect("a change");
         let (mut runs, mut decisions) = (0, Vec::new());
         while f.budget_wait().is_none() {
-            f.run_batch(std::slice::from_ref(&change), &mut decisions);
+            f.run_batch(std::slice::from_ref(&change), &mut decisions, true);
             assert!(matches!(decisions[..], [Decision::Keep]));
             runs += 1;
             assert!(runs < most, "never throttled");
@@ -826,7 +827,7 @@ mod tests {
             .map(|(i, a)| change(a, i as u32))
             .collect();
         let mut decisions = Vec::new();
-        f.run_batch(&changes, &mut decisions);
+        f.run_batch(&changes, &mut decisions, true);
         decisions
             .into_iter()
             .map(|v| match v {

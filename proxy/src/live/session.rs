@@ -6,8 +6,8 @@
 
 use crate::auth;
 use crate::backfill::{self, Event};
-use crate::delivery::{self, outcome, unfiltered, Outcome};
-use crate::filter::{Decision, FilterInstance, Filters, BATCH_EVENTS};
+use crate::delivery::{self, Outcome, Pipeline};
+use crate::filter::{FilterInstance, Filters, BATCH_EVENTS};
 use crate::frames::{self, Frame};
 use crate::live::cursor::{Cursor, Stop};
 use crate::live::hub::{Hub, SubscribeError};
@@ -201,7 +201,10 @@ pub(crate) async fn run(
     let end = serve(
         &mut ws,
         cursor,
-        Decide { filter, view },
+        Decide {
+            pipeline: Pipeline::live(filter, ctx.metrics.clone()),
+            view,
+        },
         &ctx,
         &mut access,
         events,
@@ -295,22 +298,18 @@ async fn next_event(events: &mut Option<backfill::driver::Handle>) -> Option<Eve
     }
 }
 
-/// What a session decides its frames with: the client's filter and view.
+/// What a session decides its frames with: the client's filter (through
+/// the delivery pipeline) and view.
 struct Decide {
-    filter: Option<FilterInstance>,
+    pipeline: Pipeline,
     view: Option<View>,
 }
 
 impl Decide {
-    fn judge<'a>(
-        &'a mut self,
-        decisions: &'a mut Vec<Decision>,
-        metrics: &'a Metrics,
-    ) -> Judge<'a> {
+    fn judge<'a>(&'a mut self, metrics: &'a Metrics) -> Judge<'a> {
         Judge {
-            filter: self.filter.as_mut(),
+            pipeline: &mut self.pipeline,
             view: self.view.as_mut(),
-            decisions,
             metrics,
         }
     }
@@ -361,7 +360,7 @@ async fn serve(
     let shutdown = ctx.shutdown.clone();
     // Grown by the bursts that come, not reserved up front: idle clients
     // cost nothing.
-    let (mut burst, mut decisions): (Vec<Entry>, Vec<Decision>) = (Vec::new(), Vec::new());
+    let mut burst: Vec<Entry> = Vec::new();
     // A backfill's chunk waiting for its place in the stream.
     let mut pending: Option<backfill::Ready> = None;
     let group = cursor.group();
@@ -390,7 +389,7 @@ async fn serve(
             Placement::Upto(n) => n,
             Placement::Chunk(cut) => {
                 if let Some(ready) = pending.take() {
-                    let judge = decide.judge(&mut decisions, metrics);
+                    let judge = decide.judge(metrics);
                     let write = Box::pin(write_chunk(ws, &burst[..cut], &ready, judge, watch));
                     if let Err(e) = write.await {
                         return e;
@@ -427,7 +426,7 @@ async fn serve(
             }
             _ = std::future::ready(()), if have => {
                 // Boxed: an idle client's task does not carry the writer's state.
-                let judge = decide.judge(&mut decisions, metrics);
+                let judge = decide.judge(metrics);
                 let write = Box::pin(write_burst(ws, &burst[..writable], judge, watch));
                 if let Err(e) = write.await {
                     return e;
@@ -515,18 +514,16 @@ fn fell_behind(hub: &Hub, behind_changes: u64) -> String {
 /// What decides each entry's frame: the client's filter (on what its
 /// query matched) and its view (on what it did not).
 struct Judge<'a> {
-    filter: Option<&'a mut FilterInstance>,
+    pipeline: &'a mut Pipeline,
     view: Option<&'a mut View>,
-    decisions: &'a mut Vec<Decision>,
     metrics: &'a Metrics,
 }
 
 impl Judge<'_> {
     fn reborrow(&mut self) -> Judge<'_> {
         Judge {
-            filter: self.filter.as_deref_mut(),
+            pipeline: self.pipeline,
             view: self.view.as_deref_mut(),
-            decisions: self.decisions,
             metrics: self.metrics,
         }
     }
@@ -559,29 +556,25 @@ async fn write_burst(
     watch: &Watch,
 ) -> Result<(), End> {
     let Judge {
-        mut filter,
+        pipeline,
         mut view,
-        decisions,
         metrics,
     } = judge;
     let mut sent = 0u64;
     // What the filter judges: the entries the query matched.
     let mut matched: Vec<Entry> = Vec::new();
     for chunk in burst.chunks(BATCH_EVENTS) {
-        if let Some(f) = filter.as_deref_mut() {
-            if let Some(wait) = delivery::budget_pause(f, metrics) {
-                within(watch, ws.flush()).await?;
-                tokio::time::sleep(wait).await;
-            }
-            if chunk.iter().any(|e| e.unmatched) {
-                matched.clear();
-                matched.extend(chunk.iter().filter(|e| !e.unmatched).cloned());
-                f.run_batch(&matched, decisions);
-            } else {
-                f.run_batch(chunk, decisions);
-            }
+        if let Some(wait) = pipeline.pause() {
+            within(watch, ws.flush()).await?;
+            tokio::time::sleep(wait).await;
         }
-        let mut judged = decisions.drain(..);
+        let mut judged = if chunk.iter().any(|e| e.unmatched) {
+            matched.clear();
+            matched.extend(chunk.iter().filter(|e| !e.unmatched).cloned());
+            pipeline.judge(&matched)
+        } else {
+            pipeline.judge(chunk)
+        };
         for entry in chunk {
             let change = &*entry.change;
             if entry.unmatched {
@@ -596,12 +589,8 @@ async fn write_burst(
                 sent += 1;
                 continue;
             }
-            let outcome = match filter {
-                None => unfiltered(change),
-                Some(_) => match judged.next() {
-                    Some(v) => outcome(change, v, metrics),
-                    None => break,
-                },
+            let Some(outcome) = judged.next() else {
+                break;
             };
             let text = match outcome {
                 Outcome::Send(text) => {

@@ -3,7 +3,7 @@
 //! command starts is cancelled together at shutdown and then waited for.
 
 use crate::catalog::Catalog;
-use crate::config::ServeArgs;
+use crate::config::{ConfigError, ServeArgs};
 use crate::descriptors;
 use crate::durable::{self, Streams};
 use crate::filter::Filters;
@@ -26,9 +26,44 @@ use tokio_util::task::TaskTracker;
 /// How long tasks may take to finish after shutdown began.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
+/// Why a command could not start, or why the relay stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] crate::http::tls::CertError),
+    #[error(transparent)]
+    Nats(#[from] nats::ConnectError),
+    #[error(transparent)]
+    NatsStream(#[from] nats::relay::StreamSetupError),
+    #[error("WASM filters: {0}")]
+    Filters(#[from] crate::filter::HostError),
+    /// The relay stopped for good.
+    #[error(transparent)]
+    Relay(#[from] crate::replication::ReplicationError),
+    #[error("the relay task failed: {0}")]
+    RelayTask(#[from] tokio::task::JoinError),
+}
+
+/// The listening socket for `--listen`.
+fn listen(
+    addr: std::net::SocketAddr,
+) -> Result<(tokio::net::TcpListener, std::net::SocketAddr), StartError> {
+    let bound = |source| StartError::Listen { addr, source };
+    let listener = http::listener::bind(addr).map_err(bound)?;
+    let local = listener.local_addr().map_err(bound)?;
+    Ok((listener, local))
+}
+
 /// `walcast-proxy serve`: websocket streams from the proxy's slot, or, with
 /// `--nats-url`, from a relay's JetStream stream (an edge).
-pub async fn serve(args: ServeArgs) -> Result<(), String> {
+pub async fn serve(args: ServeArgs) -> Result<(), StartError> {
     let database = args.database.database()?;
     let tables = args.database.tables()?;
     let auth = Arc::new(args.auth.auth()?);
@@ -41,11 +76,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
     // An edge reads the relay's JetStream stream instead of a slot; NATS
     // out of reach at start is an error.
     let nats = match &args.nats.nats_url {
-        Some(url) => Some(
-            nats::connect(url, "walcast-edge")
-                .await
-                .map_err(|e| e.to_string())?,
-        ),
+        Some(url) => Some(nats::connect(url, "walcast-edge").await?),
         None => None,
     };
     let health = Arc::new(match nats {
@@ -61,10 +92,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
     let (tasks, shutdown) = (&app.tasks, &app.shutdown);
     let tls = tls(&args, tasks, shutdown)?;
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let listen = args.listen.listen;
-    let listener =
-        http::listener::bind(listen).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    let (listener, local) = listen(args.listen.listen)?;
     tracing::info!(
         "walcast-proxy listening on {scheme}://{local}/ (slot {})",
         args.database.slot
@@ -85,14 +113,11 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
     let pool = SqlPool::new(database.clone(), 8);
     let streams = durable_streams(&args, database, &pool, &metrics, nats, tables.clone());
     source.guard(&streams);
-    let filters = Arc::new(
-        Filters::new(
-            args.filters.limits(),
-            args.filters.filter_cache_dir.clone(),
-            metrics.clone(),
-        )
-        .map_err(|e| format!("WASM filters: {e}"))?,
-    );
+    let filters = Arc::new(Filters::new(
+        args.filters.limits(),
+        args.filters.filter_cache_dir.clone(),
+        metrics.clone(),
+    )?);
     let state = Arc::new(AppState {
         hub,
         metrics: metrics.clone(),
@@ -197,7 +222,11 @@ struct Source<'a> {
 
 impl Source<'_> {
     /// The proxy's own slot.
-    fn slot(&self, args: &ServeArgs, database: &crate::database::Database) -> Result<(), String> {
+    fn slot(
+        &self,
+        args: &ServeArgs,
+        database: &crate::database::Database,
+    ) -> Result<(), ConfigError> {
         self.tasks.spawn(reader::run(
             args.database.reader_config(database)?,
             self.hub.publisher(),
@@ -242,11 +271,11 @@ fn tls(
     args: &ServeArgs,
     tasks: &TaskTracker,
     shutdown: &CancellationToken,
-) -> Result<Option<Arc<Tls>>, String> {
+) -> Result<Option<Arc<Tls>>, StartError> {
     let (Some(cert), Some(key)) = (&args.listen.tls_cert, &args.listen.tls_key) else {
         return Ok(None);
     };
-    let tls = Arc::new(Tls::load(cert.clone(), key.clone()).map_err(|e| e.to_string())?);
+    let tls = Arc::new(Tls::load(cert.clone(), key.clone())?);
     let stop = shutdown.clone();
     let reload = http::tls::reload_on_sighup(tls.clone());
     tasks.spawn(async move {
@@ -318,27 +347,18 @@ fn front_door(args: &ServeArgs) -> FrontDoor {
 }
 
 /// `walcast-proxy relay`: the slot to JetStream, `/healthz` and `/metrics`.
-pub async fn relay(args: ServeArgs) -> Result<(), String> {
+pub async fn relay(args: ServeArgs) -> Result<(), StartError> {
     let database = args.database.database()?;
-    let url = args.nats.nats_url.clone().ok_or(
-        "the relay publishes to NATS: pass --nats-url or set WALCAST_NATS_URL (nats://host:4222)",
-    )?;
+    let url = args.nats.nats_url.clone().ok_or(ConfigError::NoNatsUrl)?;
     let cfg = RelayConfig {
         reader: args.database.reader_config(&database)?,
         nats: args.nats.settings(&url),
     };
-    let js = nats::connect(&url, "walcast-relay")
-        .await
-        .map_err(|e| e.to_string())?;
-    let db = nats::relay::prepare(&cfg, &js)
-        .await
-        .map_err(|e| e.to_string())?;
+    let js = nats::connect(&url, "walcast-relay").await?;
+    let db = nats::relay::prepare(&cfg, &js).await?;
     let metrics = Arc::new(Metrics::default());
     let health = Arc::new(Health::new(&args.database.slot));
-    let listen = args.listen.listen;
-    let listener =
-        http::listener::bind(listen).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    let (listener, local) = listen(args.listen.listen)?;
     tracing::info!(slot = %args.database.slot, stream = %cfg.nats.stream, "relay listening on http://{local}/");
     println!("walcast-proxy relay listening on http://{local}/");
     let app = App::new();
@@ -366,11 +386,11 @@ pub async fn relay(args: ServeArgs) -> Result<(), String> {
         r = &mut task => r,
     };
     app.finish().await;
-    result.map_err(|e| format!("the relay task failed: {e}"))?
+    Ok(result??)
 }
 
 /// `walcast-proxy doctor`: the report, and whether nothing must be fixed.
-pub async fn doctor(args: ServeArgs) -> Result<(String, bool), String> {
+pub async fn doctor(args: ServeArgs) -> Result<(String, bool), StartError> {
     let database = args.database.database()?;
     let mut checks = crate::doctor::run(&database).await;
     checks.push(crate::doctor::descriptors_check(

@@ -598,26 +598,48 @@ impl ServeArgs {
     }
 }
 
+/// A setting the proxy cannot start with: which, and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("no database: pass --database-url or set DATABASE_URL (postgres://user@host/db)")]
+    NoDatabase,
+    #[error("invalid --database-url: {0}")]
+    DatabaseUrl(#[from] crate::database::UrlError),
+    #[error("invalid --slot: {0}")]
+    Slot(#[from] crate::replication::SlotNameError),
+    #[error("invalid --tables: {0}")]
+    Tables(#[from] walcast_format::PatternError),
+    /// The JWT keys (`--jwt-secret`, `--jwt-public-key`, `--jwks-file`).
+    #[error(transparent)]
+    Keys(#[from] jwt::KeyError),
+    #[error(
+        "the relay publishes to NATS: pass --nats-url or set WALCAST_NATS_URL (nats://host:4222)"
+    )]
+    NoNatsUrl,
+}
+
 impl DatabaseArgs {
     /// The database to stream.
-    pub fn database(&self) -> Result<Database, String> {
-        let url = self.database_url.clone().ok_or(
-            "no database: pass --database-url or set DATABASE_URL (postgres://user@host/db)",
-        )?;
-        Database::parse(&url).map_err(|e| format!("invalid --database-url: {e}"))
+    pub fn database(&self) -> Result<Database, ConfigError> {
+        let url = self
+            .database_url
+            .as_deref()
+            .ok_or(ConfigError::NoDatabase)?;
+        Ok(Database::parse(url)?)
     }
 
     /// `--tables` read, `None` for all tables; the slot name checked too.
-    pub fn tables(&self) -> Result<Option<Vec<TablePattern>>, String> {
-        validate_slot_name(&self.slot).map_err(|e| format!("invalid --slot: {e}"))?;
-        self.tables
+    pub fn tables(&self) -> Result<Option<Vec<TablePattern>>, ConfigError> {
+        validate_slot_name(&self.slot)?;
+        Ok(self
+            .tables
             .as_deref()
-            .map(|t| TablePattern::parse_list(t).map_err(|e| format!("invalid --tables: {e}")))
-            .transpose()
+            .map(TablePattern::parse_list)
+            .transpose()?)
     }
 
     /// What the reader of the proxy's slot needs.
-    pub fn reader_config(&self, database: &Database) -> Result<ReaderConfig, String> {
+    pub fn reader_config(&self, database: &Database) -> Result<ReaderConfig, ConfigError> {
         self.tables()?;
         Ok(ReaderConfig {
             database: database.clone(),
@@ -662,7 +684,7 @@ impl ConnectionArgs {
 impl AuthArgs {
     /// The credentials: static tokens and the keys of user JWTs (empty
     /// values, as an unset variable gives, are none).
-    pub fn auth(&self) -> Result<Auth, String> {
+    pub fn auth(&self) -> Result<Auth, ConfigError> {
         let nonempty =
             |v: &[String]| -> Vec<String> { v.iter().filter(|t| !t.is_empty()).cloned().collect() };
         let verifier = jwt::Verifier::new(&jwt::KeySources {
@@ -671,8 +693,7 @@ impl AuthArgs {
             jwks: self.jwks_file.clone(),
             audience: nonempty(&self.jwt_audience),
             leeway: self.jwt_leeway,
-        })
-        .map_err(|e| e.to_string())?;
+        })?;
         Ok(Auth::new(
             nonempty(&self.token),
             nonempty(&self.filter_upload_token),

@@ -46,7 +46,7 @@ fn main() {
         },
     };
     if let Err(e) = result {
-        fail(&e);
+        fail(&e.to_string());
     }
 }
 

@@ -89,9 +89,9 @@ pub enum ClaimError {
     /// `tables` is not a list of table patterns.
     #[error("walcast.tables: {0}")]
     Tables(walcast_format::PatternError),
-    /// `row_filter` does not parse: the message of [`parse_row_filter`].
-    #[error("{0}")]
-    RowFilter(String),
+    /// `row_filter` does not parse: where and why.
+    #[error("walcast.row_filter: {0}")]
+    RowFilter(query::QueryError),
     /// `actions` names something that is not an action: what it names.
     #[error("walcast.actions: {0:?} is not insert, update, delete, truncate or *")]
     Action(String),
@@ -112,7 +112,7 @@ impl Rules {
         };
         let row_filter = match &claim.row_filter {
             None => Vec::new(),
-            Some(text) => parse_row_filter(text).map_err(ClaimError::RowFilter)?,
+            Some(text) => parse_row_filter(text)?,
         };
         let actions = match claim.actions {
             None => ActionSet::ALL,
@@ -287,17 +287,17 @@ pub fn filter_sql(f: &Filter, ty: Option<String>, params: &mut Vec<String>) -> S
     }
 }
 
-/// Parses a `row_filter` claim: filters in the query syntax, `:` between them.
-pub fn parse_row_filter(text: &str) -> Result<Vec<Filter>, String> {
+/// Parses a `row_filter` claim: filters in the query syntax, `:` between
+/// them. An error's position is in `text`.
+pub fn parse_row_filter(text: &str) -> Result<Vec<Filter>, ClaimError> {
     // Parsed as the filters of a query on any table, to share the grammar.
     const HEAD: &str = "*:t:";
     match query::parse(&format!("{HEAD}{text}")) {
         Ok(q) => Ok(q.filters),
-        Err(e) => Err(format!(
-            "walcast.row_filter: {} (at position {})",
-            e.message,
-            e.position.saturating_sub(HEAD.len())
-        )),
+        Err(e) => Err(ClaimError::RowFilter(query::QueryError {
+            position: e.position.saturating_sub(HEAD.len()),
+            ..e
+        })),
     }
 }
 
@@ -366,7 +366,7 @@ mod tests {
             Some("walcast.actions: \"upsert\" is not insert, update, delete, truncate or *")
         );
         let e = match parse_row_filter("a.eq.1:b.gt.x") {
-            Err(e) => e,
+            Err(e) => e.to_string(),
             Ok(f) => panic!("parsed {f:?}"),
         };
         assert!(e.ends_with("(at position 12)"), "{e}");

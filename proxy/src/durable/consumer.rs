@@ -67,14 +67,28 @@ pub enum Source {
     Jet(Box<super::jet::JetSource>),
 }
 
+/// Why a durable stream's source failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The slot's replication connection.
+    #[error(transparent)]
+    Slot(#[from] ReplicationError),
+    /// Reading the JetStream consumer.
+    #[error(transparent)]
+    Read(#[from] super::jet::ReadError),
+    /// JetStream did not take an acknowledgement.
+    #[error(transparent)]
+    Ack(#[from] super::jet::AckError),
+}
+
 impl Source {
     /// The next plugin message. Cancel safe as the slot's stream and a
     /// pull consumer's message stream are.
-    async fn next(&mut self) -> Result<Option<XLogData>, String> {
-        match self {
-            Source::Slot(s) => s.next().await.map_err(|e| e.to_string()),
-            Source::Jet(j) => j.next().await,
-        }
+    async fn next(&mut self) -> Result<Option<XLogData>, SourceError> {
+        Ok(match self {
+            Source::Slot(s) => s.next().await?,
+            Source::Jet(j) => j.next().await?,
+        })
     }
 
     fn confirm(&mut self, lsn: Lsn) {
@@ -86,11 +100,12 @@ impl Source {
 
     /// Makes the confirmed position durable (a status update to
     /// PostgreSQL; an acknowledgement JetStream confirms).
-    async fn send_status(&mut self) -> Result<(), String> {
+    async fn send_status(&mut self) -> Result<(), SourceError> {
         match self {
-            Source::Slot(s) => s.send_status(false).await.map_err(|e| e.to_string()),
-            Source::Jet(j) => j.send_status().await.map_err(|e| e.to_string()),
+            Source::Slot(s) => s.send_status(false).await?,
+            Source::Jet(j) => j.send_status().await?,
         }
+        Ok(())
     }
 
     fn set_caught_up(&mut self, yes: bool) {

@@ -320,6 +320,12 @@ impl JetStreams {
 #[error("JetStream did not take the ACK: {0}")]
 pub struct AckError(async_nats::Error);
 
+/// The consumer's messages could not be read (it was taken over by another
+/// connection or deleted, or NATS is out of reach).
+#[derive(Debug, thiserror::Error)]
+#[error("reading from JetStream: {0}")]
+pub struct ReadError(#[from] pull::MessagesError);
+
 /// A connection's reading of its durable stream's consumer, in the shape
 /// the slot's replication stream has (`consumer.rs`).
 pub struct JetSource {
@@ -337,12 +343,12 @@ pub struct JetSource {
 impl JetSource {
     /// The next message for the client, as plugin bytes. Errors when the
     /// consumer is gone (taken over by another connection, deleted) or NATS is.
-    pub async fn next(&mut self) -> Result<Option<XLogData>, String> {
+    pub async fn next(&mut self) -> Result<Option<XLogData>, ReadError> {
         loop {
             let Some(m) = self.messages.next().await else {
                 return Ok(None);
             };
-            let m = m.map_err(|e| format!("reading from JetStream: {e}"))?;
+            let m = m?;
             let id = m
                 .headers
                 .as_ref()

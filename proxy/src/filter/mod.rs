@@ -19,7 +19,7 @@ pub mod modules;
 pub use walcast_core::record;
 
 pub use instance::{Decision, FilterInstance, BATCH_EVENTS};
-pub use modules::{FilterLimits, FilterModule, Filters, UploadCode, UploadError};
+pub use modules::{FilterLimits, FilterModule, Filters, HostError, UploadCode, UploadError};
 
 /// The ABI's names (`walcast-abi`): the import module, the marker exports.
 pub use walcast_abi::filter::{ABI_MARKER, HEADER_ONLY_MARKER, IMPORT_MODULE};

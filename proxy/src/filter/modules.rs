@@ -181,13 +181,25 @@ fn engine(limits: &FilterLimits, reservation: u64, guard: u64) -> wasmtime::Resu
     Engine::new(&cfg)
 }
 
+/// Why the WASM filter host cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("cannot start the WASM engine: {0:#}")]
+    Engine(wasmtime::Error),
+    #[error("cannot define the host's import set_output: {0:#}")]
+    Linker(wasmtime::Error),
+    /// `--filter-cache-dir` cannot be used: why.
+    #[error("{0}")]
+    CacheDir(String),
+}
+
 impl Filters {
     /// The engine and linker for `limits`; `disk` caches compiled artifacts.
     pub fn new(
         limits: FilterLimits,
         disk: Option<PathBuf>,
         metrics: Arc<Metrics>,
-    ) -> Result<Filters, String> {
+    ) -> Result<Filters, HostError> {
         // A 4 GiB reservation per memory (address space, not memory: the
         // limit stays `max_memory_bytes`) lets compiled filters access their
         // memory without a bounds check per load, about 12% faster JSON
@@ -198,7 +210,7 @@ impl Filters {
             Err(e) => {
                 tracing::warn!(error = %e, "cannot reserve 4 GiB of address space per filter memory; filters run with bounds checks");
                 engine(&limits, limits.max_memory_bytes as u64, 64 << 10)
-                    .map_err(|e| format!("cannot start the WASM engine: {e:#}"))?
+                    .map_err(HostError::Engine)?
             }
         };
         let mut linker = Linker::new(&engine);
@@ -210,9 +222,9 @@ impl Filters {
                     set_output(&mut caller, ptr, len)
                 },
             )
-            .map_err(|e| format!("cannot define set_output: {e:#}"))?;
+            .map_err(HostError::Linker)?;
         if let Some(dir) = &disk {
-            create_private_dir(dir)?;
+            create_private_dir(dir).map_err(HostError::CacheDir)?;
         }
         Ok(Filters {
             engine,

@@ -144,7 +144,7 @@ pub async fn run(
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     shutdown: CancellationToken,
-) -> Result<(), String> {
+) -> Result<(), ReplicationError> {
     let mut backoff = reader::Backoff::default();
     let mut slot = reader::Slot::default();
     loop {
@@ -180,7 +180,7 @@ pub async fn run(
             Err(e) => {
                 tracing::error!(error = %e, "relay stopped");
                 health.failed(&e.message);
-                return Err(e.message);
+                return Err(e);
             }
         }
     }

@@ -329,3 +329,67 @@ fn a_restarted_proxy_resumes_from_its_slot() {
     let line = "walcast_changes_by_action_total{action=\"insert\"} 10\n";
     assert!(metrics.contains(line), "{metrics}");
 }
+
+#[test]
+fn settings_the_proxy_cannot_start_with_are_named_and_exit_2() {
+    // Nothing here reaches a database: each setting is refused before.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let busy = taken.local_addr().expect("addr").to_string();
+    let shared = std::env::temp_dir().join(format!("walcast-shared-cache-{}", std::process::id()));
+    std::fs::create_dir_all(&shared).expect("cache dir");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let url = "postgres://walcast@127.0.0.1:1/nothing";
+    let shared_dir = shared.display().to_string();
+    for (args, says) in [
+        (vec![], "no database: pass --database-url"),
+        (
+            vec!["--database-url", "mysql://x/y"],
+            "invalid --database-url",
+        ),
+        (
+            vec!["--database-url", url, "--slot", "Bad-Slot"],
+            "invalid --slot",
+        ),
+        (
+            vec!["--database-url", url, "--tables", "a.b.c"],
+            "invalid --tables",
+        ),
+        (
+            vec!["--database-url", url, "--listen", busy.as_str()],
+            "cannot listen on",
+        ),
+        (
+            vec![
+                "--database-url",
+                url,
+                "--listen",
+                "127.0.0.1:0",
+                "--filter-cache-dir",
+                shared_dir.as_str(),
+            ],
+            "WASM filters: the filter cache",
+        ),
+        (
+            vec!["relay", "--database-url", url],
+            "the relay publishes to NATS: pass --nats-url",
+        ),
+    ] {
+        let out = support::proxy_command(None)
+            .args(&args)
+            .env_remove("DATABASE_URL")
+            .env_remove("WALCAST_NATS_URL")
+            .output()
+            .expect("run walcast-proxy");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!("walcast-proxy: {says}")),
+            "{args:?}: {stderr}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&shared);
+    drop(taken);
+}

@@ -38,7 +38,7 @@ pub struct Choice {
 
 /// A live subscription, from a websocket URL's parameters or from the
 /// client's first frame: both forms are read by this module and checked by
-/// the same rules ([`Subscription::checked`]).
+/// the same rules.
 #[derive(Debug)]
 pub struct Subscription {
     pub choice: Choice,

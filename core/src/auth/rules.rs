@@ -11,7 +11,7 @@
 //! [`Rules::sql_condition`] to its SQL.
 
 use crate::change::Change;
-use crate::query::{self, ActionSet, Filter, Op, Operand, Query};
+use crate::query::{self, ActionSet, Op, Operand, Query, RowFilter};
 use serde::Deserialize;
 use walcast_format::TablePattern;
 
@@ -22,7 +22,7 @@ pub struct Rules {
     /// that `--tables` allows).
     pub tables: Option<Vec<TablePattern>>,
     /// Row filters ANDed to every subscription (empty: every row).
-    pub row_filter: Vec<Filter>,
+    pub row_filter: Vec<RowFilter>,
     /// The `row_filter` claim as written (for messages and comparisons).
     pub row_filter_text: Option<String>,
     /// Actions the user may receive.
@@ -239,7 +239,7 @@ impl Rules {
 }
 
 /// One filter as SQL (see [`Rules::sql_condition`]).
-pub fn filter_sql(f: &Filter, ty: Option<String>, params: &mut Vec<String>) -> String {
+pub fn filter_sql(f: &RowFilter, ty: Option<String>, params: &mut Vec<String>) -> String {
     let Some(ty) = ty else {
         return if matches!((f.op, &f.operand), (Op::Is, Operand::Null)) {
             "true".into()
@@ -289,7 +289,7 @@ pub fn filter_sql(f: &Filter, ty: Option<String>, params: &mut Vec<String>) -> S
 
 /// Parses a `row_filter` claim: filters in the query syntax, `:` between
 /// them. An error's position is in `text`.
-pub fn parse_row_filter(text: &str) -> Result<Vec<Filter>, ClaimError> {
+pub fn parse_row_filter(text: &str) -> Result<Vec<RowFilter>, ClaimError> {
     // Parsed as the filters of a query on any table, to share the grammar.
     const HEAD: &str = "*:t:";
     match query::parse(&format!("{HEAD}{text}")) {

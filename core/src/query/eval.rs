@@ -1,7 +1,7 @@
 //! Evaluation: does one change match a [`Query`]?
 
 use super::num::Num;
-use super::parser::{ActionSet, Filter, Op, Operand, Query};
+use super::parser::{ActionSet, Op, Operand, Query, RowFilter};
 use serde_json::{Map, Value};
 use std::borrow::Cow;
 use std::cmp::Ordering;
@@ -81,7 +81,7 @@ impl Query {
     }
 
     /// [`Query::matches`] within a bound on the work: filters whose
-    /// [`Filter::cost`] would take the total past `budget` are not
+    /// [`RowFilter::cost`] would take the total past `budget` are not
     /// evaluated, and the answer is `None` (undecided) when one of them
     /// was needed. A filter that fails within the budget still gives
     /// `Some(false)`. `text_bound` is the most bytes any value's text can
@@ -143,7 +143,7 @@ impl Query {
     }
 }
 
-impl Filter {
+impl RowFilter {
     /// Whether the filter holds on `row`.
     ///
     /// No row makes every filter false. A missing column or a JSON null makes
@@ -189,7 +189,7 @@ impl Filter {
         }
     }
 
-    /// An estimate of the work [`Filter::holds`] does on `row`, in bytes
+    /// An estimate of the work [`RowFilter::holds`] does on `row`, in bytes
     /// scanned (times a pattern's words of state), for the filters whose
     /// work grows with the value: `like` and `ilike` (the value's text),
     /// and `lt`, `lte`, `gt`, `gte` on a string (read as a number). Every
@@ -637,13 +637,13 @@ mod tests {
 
     #[test]
     fn mismatched_operator_and_operand_is_false() {
-        let f = Filter {
+        let f = RowFilter {
             column: "x".into(),
             op: Op::Eq,
             operand: Operand::List(vec!["1".into()]),
         };
         assert!(!f.holds(Some(&map(json!({"x": 1})))));
-        let f = Filter {
+        let f = RowFilter {
             column: "x".into(),
             op: Op::Lt,
             operand: Operand::Null,

@@ -144,7 +144,7 @@ impl Like {
         }
     }
 
-    /// Work per byte of text, for [`crate::query::Filter::cost`]: one for the
+    /// Work per byte of text, for [`crate::query::RowFilter::cost`]: one for the
     /// substring searches, plus a word of state per 64 characters of each
     /// piece with `_`, plus one for lowercasing (`ilike`).
     pub fn work_per_byte(&self) -> usize {

@@ -80,7 +80,7 @@ mod parser;
 
 pub use eval::{RowAction, RowView};
 pub use parser::{
-    parse, ActionSet, Filter, Op, Operand, Query, QueryError, QueryErrorKind, TableRef,
+    parse, ActionSet, Op, Operand, Query, QueryError, QueryErrorKind, RowFilter, TableRef,
     MAX_QUERY_LEN,
 };
 

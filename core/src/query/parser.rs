@@ -20,7 +20,7 @@ pub struct Query {
     /// The table the client wants.
     pub table: TableRef,
     /// Row filters, all of which must hold (AND); empty means every row.
-    pub filters: Vec<Filter>,
+    pub filters: Vec<RowFilter>,
 }
 
 /// A set of actions; `*` in a query sets all four.
@@ -57,7 +57,7 @@ pub struct TableRef {
 
 /// One row filter: `column.op.value`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Filter {
+pub struct RowFilter {
     /// The column name, unquoted.
     pub column: String,
     /// The comparison.
@@ -440,7 +440,7 @@ impl<'a> Parser<'a> {
         Ok(out)
     }
 
-    fn filter(&mut self) -> Result<Filter, QueryError> {
+    fn filter(&mut self) -> Result<RowFilter, QueryError> {
         if self.at_part_end() {
             return Err(syntax(
                 self.pos,
@@ -488,7 +488,7 @@ impl<'a> Parser<'a> {
             let value = self.value(op)?;
             operand(op, value, at)?
         };
-        Ok(Filter {
+        Ok(RowFilter {
             column,
             op,
             operand,
@@ -760,15 +760,15 @@ mod tests {
         Operand::Pattern(super::super::like::Like::new(p, fold_case))
     }
 
-    fn filter(column: &str, op: Op, operand: Operand) -> Filter {
-        Filter {
+    fn filter(column: &str, op: Op, operand: Operand) -> RowFilter {
+        RowFilter {
             column: column.to_owned(),
             op,
             operand,
         }
     }
 
-    fn only_filter(input: &str) -> Filter {
+    fn only_filter(input: &str) -> RowFilter {
         let mut q = ok(input);
         assert_eq!(q.filters.len(), 1, "{input:?}");
         q.filters.remove(0)

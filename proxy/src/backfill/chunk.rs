@@ -10,7 +10,7 @@ use super::marks::Visibility;
 use super::window::key_text;
 use crate::auth::rules::filter_sql;
 use crate::catalog::TableInfo;
-use crate::query::Filter;
+use crate::query::RowFilter;
 use futures_util::{pin_mut, TryStreamExt};
 use serde_json::{Map, Value};
 use tokio_postgres::types::ToSql;
@@ -66,7 +66,7 @@ pub async fn estimated_rows(client: &Client, table: &TableInfo) -> u64 {
 /// The chunk's SQL and its text parameters.
 fn build_sql(
     table: &TableInfo,
-    filters: &[Filter],
+    filters: &[RowFilter],
     from: &From,
     limit: usize,
 ) -> (String, Vec<String>) {
@@ -108,7 +108,7 @@ fn build_sql(
 pub async fn read(
     client: &mut Client,
     table: &TableInfo,
-    filters: &[Filter],
+    filters: &[RowFilter],
     from: &From,
     limit: usize,
 ) -> Result<Chunk, ReadError> {

@@ -14,7 +14,7 @@ use crate::change::{Action, Change};
 use crate::frames::{Frame, Progress, Snapshot, Typed};
 use crate::log::Entry;
 use crate::metrics::{Gauge, Metrics};
-use crate::query::{Filter, Query};
+use crate::query::{Query, RowFilter};
 use crate::sql::SqlPool;
 use bytes::Bytes;
 use serde_json::{Map, Value};
@@ -74,7 +74,7 @@ impl Shared {
 pub struct Plan {
     pub table: TableInfo,
     /// The subscription's row filters (already narrowed by the user's rules).
-    pub filters: Vec<Filter>,
+    pub filters: Vec<RowFilter>,
     /// Start after this key (resuming an interrupted backfill).
     pub after: Option<Vec<Value>>,
 }
@@ -363,7 +363,7 @@ impl Reader<'_> {
 fn read_event(
     table: &TableInfo,
     row: &str,
-    filters: &[Filter],
+    filters: &[RowFilter],
     pos: walcast_format::Position,
 ) -> Option<Entry> {
     if !filters.is_empty() {

@@ -29,7 +29,7 @@ use tokio::sync::Notify;
 use walcast_format::Position;
 
 /// Matching work the hub does for one group on one change at most, in the
-/// units of [`query::Filter::cost`] (bytes scanned): about 30 µs. A change
+/// units of [`query::RowFilter::cost`] (bytes scanned): about 30 µs. A change
 /// whose filters would take more (a `like` on a large text value) is listed
 /// as *deferred*: the group's cursors evaluate it on their own tasks,
 /// within their time budget (`cursor.rs`), and the hub goes on.

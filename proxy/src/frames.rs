@@ -1,7 +1,7 @@
 //! Every frame the proxy writes itself, in one type: errors, warnings, ACK
-//! replies, snapshot progress, a filter's error. The plugin's changes go out
-//! as the plugin wrote them and are not here; the answer to a token refresh
-//! is walcast-core's (`auth::refresh_frame`), as both ends of it are there.
+//! replies, snapshot progress, a filter's error, the answer to a token
+//! refresh. The plugin's changes go out as the plugin wrote them and are not
+//! here.
 //! Keys come out in the order written below (docs/proxy.md and
 //! docs/streams.md show them so).
 
@@ -36,6 +36,9 @@ pub enum Typed<'a> {
         lsn: String,
         pos: Option<String>,
     },
+    /// A token refresh was taken: when the new grant expires (seconds since
+    /// the epoch; `null`: never).
+    Token { expires_at: Option<u64> },
 }
 
 /// `{"type":"snapshot", "state", "table", ...}`.

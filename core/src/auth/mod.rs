@@ -263,15 +263,6 @@ pub fn refresh_frame(text: &str) -> Option<Result<String, TokenFrameError>> {
     })
 }
 
-/// `{"type":"token","exp":...}`: the answer to an accepted refresh.
-pub fn refreshed_body(g: &Grant) -> String {
-    let exp = g
-        .expires
-        .and_then(|e| e.duration_since(UNIX_EPOCH).ok())
-        .map(|d| d.as_secs());
-    serde_json::json!({"type": "token", "expires_at": exp}).to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,6 +9,7 @@
 
 pub use walcast_core::auth::*;
 
+use crate::frames::{Frame, Typed};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -144,7 +145,12 @@ impl Access {
             Ok(next) => {
                 self.deadline = deadline_of(next.expires);
                 self.grant = next;
-                Ok(refreshed_body(&self.grant))
+                let expires_at = self
+                    .grant
+                    .expires
+                    .and_then(|e| e.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map(|d| d.as_secs());
+                Ok(Frame::Typed(Typed::Token { expires_at }).text())
             }
             Err(e) => Err(RefreshRefused::Token(e)),
         })

@@ -84,6 +84,19 @@ impl Cluster {
         } else {
             None
         };
+        let mut cluster = Cluster::empty(&config, bindir, run_as)?;
+        cluster.chown_dir()?;
+        cluster.initdb()?;
+        cluster.configure_and_start(&config)?;
+        cluster.allow_walcast_plugin()?;
+        if config.create_extension {
+            cluster.psql("postgres", "CREATE EXTENSION IF NOT EXISTS walcast")?;
+        }
+        Ok(cluster)
+    }
+
+    /// A cluster value with its directory made, not yet initialised.
+    fn empty(config: &Config, bindir: PathBuf, run_as: Option<String>) -> Result<Cluster> {
         let dir = match &config.dir {
             Some(d) => d.clone(),
             None => {
@@ -105,24 +118,27 @@ impl Cluster {
         fs::create_dir_all(dir.join("sock"))
             .with_context(|| format!("creating {}", dir.display()))?;
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))?;
-        let mut cluster = Cluster {
+        Ok(Cluster {
             dir,
             bindir,
             port: 0,
             run_as,
             keep: config.keep,
             stopped: true,
-        };
-        cluster.chown_dir()?;
-        cluster.initdb()?;
+        })
+    }
+
+    /// Writes the configuration on a free port (or the fixed one) and
+    /// starts the server, trying another port when one is taken meanwhile.
+    fn configure_and_start(&mut self, config: &Config) -> Result<()> {
         let mut last_err = None;
         for _ in 0..5 {
-            cluster.port = match config.port {
+            self.port = match config.port {
                 Some(p) => p,
                 None => free_port()?,
             };
-            cluster.write_config(&config)?;
-            match cluster.pg_ctl_start() {
+            self.write_config(config)?;
+            match self.pg_ctl_start() {
                 Ok(()) => {
                     last_err = None;
                     break;
@@ -134,13 +150,81 @@ impl Cluster {
         if let Some(e) = last_err {
             return Err(e);
         }
-        cluster.stopped = false;
-        cluster.spawn_watchdog();
-        cluster.allow_walcast_plugin()?;
-        if config.create_extension {
-            cluster.psql("postgres", "CREATE EXTENSION IF NOT EXISTS walcast")?;
+        self.stopped = false;
+        self.spawn_watchdog();
+        Ok(())
+    }
+
+    /// Starts a streaming standby of `primary`, set up as failover slots
+    /// need it: a base backup through the physical slot `slot` (created on
+    /// the primary), `primary_slot_name`, `hot_standby_feedback`, a
+    /// `primary_conninfo` that names a database and, on PostgreSQL 17 and
+    /// newer, `sync_replication_slots`. Settings in `config` come after.
+    pub fn standby_of(primary: &Cluster, slot: &str, config: Config) -> Result<Cluster> {
+        let major: u32 = primary
+            .psql(
+                "postgres",
+                "SELECT current_setting('server_version_num')::int / 10000",
+            )?
+            .trim()
+            .parse()
+            .context("server_version_num")?;
+        primary.psql(
+            "postgres",
+            &format!("SELECT pg_create_physical_replication_slot('{slot}', true)"),
+        )?;
+        let run_as = primary.run_as.clone();
+        let mut standby = Cluster::empty(&config, primary.bindir.clone(), run_as)?;
+        standby.chown_dir()?;
+        let mut backup = standby.as_server_user(&standby.bin("pg_basebackup"));
+        backup
+            .arg("-D")
+            .arg(standby.data())
+            .args(["-h", "127.0.0.1", "-p", &primary.port.to_string()])
+            .args(["-U", SUPERUSER, "-X", "stream", "-c", "fast", "--no-sync"])
+            .args(["-S", slot]);
+        run(&mut backup, "pg_basebackup")?;
+        let mut settings = vec![
+            (
+                "primary_conninfo".to_owned(),
+                format!(
+                    "'host=127.0.0.1 port={} user={SUPERUSER} dbname=postgres application_name={slot}'",
+                    primary.port
+                ),
+            ),
+            ("primary_slot_name".to_owned(), format!("'{slot}'")),
+            ("hot_standby_feedback".to_owned(), "on".to_owned()),
+        ];
+        if major >= 17 {
+            settings.push(("sync_replication_slots".to_owned(), "on".to_owned()));
         }
-        Ok(cluster)
+        settings.extend(config.settings.iter().cloned());
+        fs::write(standby.data().join("standby.signal"), "").context("standby.signal")?;
+        standby.chown_dir()?;
+        standby.configure_and_start(&Config { settings, ..config })?;
+        Ok(standby)
+    }
+
+    /// Promotes a standby and waits until it takes writes.
+    pub fn promote(&self) -> Result<()> {
+        self.pg_ctl(&["promote", "-w", "-t", "60"])?;
+        Ok(())
+    }
+
+    /// Kills the server's postmaster with SIGKILL, as a crash of its
+    /// machine would end it (its backends exit when they notice).
+    pub fn kill(&mut self) -> Result<()> {
+        let pid_file = fs::read_to_string(self.data().join("postmaster.pid"))
+            .context("reading postmaster.pid")?;
+        let pid = pid_file.lines().next().unwrap_or("").trim().to_owned();
+        run(Command::new("kill").args(["-KILL", &pid]), "kill")?;
+        self.stopped = true;
+        Ok(())
+    }
+
+    /// Whether the server is in recovery (a standby).
+    pub fn in_recovery(&self) -> Result<bool> {
+        Ok(self.psql("postgres", "SELECT pg_is_in_recovery()")? == "t")
     }
 
     /// TCP port on 127.0.0.1.

@@ -97,6 +97,20 @@ pub struct DatabaseArgs {
         value_parser = clap::value_parser!(u64).range(1..)
     )]
     pub status_interval: u64,
+
+    /// Create the replication slots (the proxy's, the relay's, each durable
+    /// stream's) as failover slots on PostgreSQL 17 and newer, and make an
+    /// existing one a failover slot, so that a standby that synchronizes
+    /// slots has them after a promotion (docs/operations.md#failover).
+    #[arg(
+        long,
+        global = true,
+        env = "WALCAST_FAILOVER_SLOTS",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        value_name = "true|false"
+    )]
+    pub failover_slots: bool,
 }
 
 /// Listening.
@@ -592,6 +606,7 @@ impl ServeArgs {
             heartbeat: (d.heartbeat_interval > 0)
                 .then(|| Duration::from_secs(d.heartbeat_interval)),
             status_interval: Duration::from_secs(self.database.status_interval),
+            failover_slots: self.database.failover_slots,
             live_slot: self.database.slot.clone(),
             tables: self.database.tables.clone().zip(tables),
         }
@@ -646,6 +661,7 @@ impl DatabaseArgs {
             slot: self.slot.clone(),
             tables: self.tables.clone(),
             status_interval: Duration::from_secs(self.status_interval),
+            failover_slots: self.failover_slots,
         })
     }
 }

@@ -47,6 +47,7 @@ pub enum Outcome {
 }
 
 /// A change for a client without a filter.
+#[inline]
 fn unfiltered(change: &Change) -> Outcome {
     Outcome::Send(change.text.clone())
 }
@@ -89,6 +90,7 @@ impl Pipeline {
     /// The pause the filter owes before its next batch when it used its
     /// time or fuel for the second, counted in
     /// `walcast_filter_budget_waits_total`; `None`: go on.
+    #[inline]
     pub fn pause(&mut self) -> Option<std::time::Duration> {
         let wait = self.filter.as_mut()?.budget_wait()?;
         let metrics = &self.metrics;
@@ -98,38 +100,42 @@ impl Pipeline {
 
     /// What each of `changes` (selected for the client, in order) becomes.
     /// After a detach the batch ends: the changes after it get nothing.
+    #[inline]
     pub fn judge<'a, C: Borrow<Change>>(&'a mut self, changes: &'a [C]) -> Outcomes<'a, C> {
-        let decisions = match self.filter.as_mut() {
-            None => None,
+        match self.filter.as_mut() {
+            None => Outcomes::Unfiltered(changes.iter()),
             Some(f) => {
                 f.run_batch(changes, &mut self.decisions, self.clocked);
-                Some(self.decisions.drain(..))
+                Outcomes::Filtered {
+                    judged: self.decisions.drain(..).zip(changes.iter()),
+                    metrics: &self.metrics,
+                }
             }
-        };
-        Outcomes {
-            changes: changes.iter(),
-            decisions,
-            metrics: &self.metrics,
         }
     }
 }
 
 /// What a batch's changes become, in order ([`Pipeline::judge`]).
-pub struct Outcomes<'a, C> {
-    changes: std::slice::Iter<'a, C>,
-    /// The filter's decisions; `None` without a filter.
-    decisions: Option<std::vec::Drain<'a, Decision>>,
-    metrics: &'a Metrics,
+pub enum Outcomes<'a, C> {
+    /// No filter: each change is sent as it is.
+    Unfiltered(std::slice::Iter<'a, C>),
+    /// The filter's decision on each change.
+    Filtered {
+        judged: std::iter::Zip<std::vec::Drain<'a, Decision>, std::slice::Iter<'a, C>>,
+        metrics: &'a Metrics,
+    },
 }
 
 impl<C: Borrow<Change>> Iterator for Outcomes<'_, C> {
     type Item = Outcome;
 
+    #[inline]
     fn next(&mut self) -> Option<Outcome> {
-        let change = self.changes.next()?.borrow();
-        match &mut self.decisions {
-            None => Some(unfiltered(change)),
-            Some(d) => d.next().map(|v| outcome(change, v, self.metrics)),
+        match self {
+            Outcomes::Unfiltered(changes) => changes.next().map(|c| unfiltered(c.borrow())),
+            Outcomes::Filtered { judged, metrics } => judged
+                .next()
+                .map(|(decision, c)| outcome(c.borrow(), decision, metrics)),
         }
     }
 }

@@ -272,7 +272,7 @@ async fn plugin_check(config: &crate::database::Database) -> Check {
     let name = format!("walcast_doctor_{}", std::process::id());
     let attempt = async {
         let mut c = ReplicationClient::connect(config).await?;
-        c.create_slot(&name, true, false).await
+        c.create_slot(&name, true, false, false).await
     };
     match tokio::time::timeout(Duration::from_secs(15), attempt).await {
         Ok(Ok(_)) => check(Status::Ok, "walcast plugin", "a temporary walcast slot was created and dropped"),

@@ -230,9 +230,12 @@ pub async fn open(streams: &Streams, slot: &str, acked: Option<Lsn>) -> Result<O
         };
         Refusal::new(status, format!("cannot start streaming {slot}: {e}"))
     };
-    let client = ReplicationClient::connect(streams.database())
+    let mut client = ReplicationClient::connect(streams.database())
         .await
         .map_err(start_failed)?;
+    if streams.cfg.failover_slots {
+        client.keep_failover(slot).await.map_err(start_failed)?;
+    }
     // 0/0: PostgreSQL starts at the slot's confirmed position. Past it,
     // PostgreSQL skips every transaction whose commit ends at or before
     // `from`, as an ACK of `from` says.

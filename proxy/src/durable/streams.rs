@@ -36,6 +36,8 @@ pub struct StreamsConfig {
     pub heartbeat: Option<Duration>,
     /// Standby status update interval of consumers.
     pub status_interval: Duration,
+    /// Create stream slots as failover slots on PostgreSQL 17+.
+    pub failover_slots: bool,
     /// The proxy's live slot (never a durable stream).
     pub live_slot: String,
     /// The proxy-wide table allow-list (`--tables`), as given and parsed.
@@ -382,7 +384,10 @@ impl Streams {
                 n += 1;
                 continue;
             }
-            match client.create_slot(&name, false, export).await {
+            match client
+                .create_slot(&name, false, export, self.cfg.failover_slots)
+                .await
+            {
                 Ok(c) => break c,
                 // Someone else took the name between the check and the creation.
                 Err(e) if e.is(&SqlState::DUPLICATE_OBJECT) => n += 1,
@@ -421,7 +426,7 @@ impl Streams {
             .unwrap_or(0);
         let temporary = format!("walcast_snapshot_{:x}_{:x}", std::process::id(), nanos);
         let mut created = client
-            .create_slot(&temporary, true, true)
+            .create_slot(&temporary, true, true, false)
             .await
             .map_err(|e| Refusal::unavailable(format!("cannot create the stream: {e}")))?;
         let mut n = 1u32;

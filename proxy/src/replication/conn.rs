@@ -9,7 +9,7 @@ use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio_postgres::config::Host;
+use tokio_postgres::config::{Host, TargetSessionAttrs};
 
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
@@ -30,6 +30,8 @@ pub struct Connection {
     stream: Box<dyn Stream>,
     rbuf: BytesMut,
     wbuf: BytesMut,
+    /// The server's major version (`server_version` at startup: 15, 16, ...).
+    major: u32,
 }
 
 /// One row of a simple query's text result.
@@ -60,6 +62,9 @@ impl Connection {
             return Err(ReplicationError::definite("the database URL names no host"));
         }
         let ports = config.get_ports();
+        let attrs = config.get_target_session_attrs();
+        // Why each host was passed over, for the error when none fits.
+        let mut passed = Vec::new();
         let mut last = None;
         for (i, host) in hosts.iter().enumerate() {
             let port = ports
@@ -67,6 +72,10 @@ impl Connection {
                 .or_else(|| ports.first())
                 .copied()
                 .unwrap_or(5432);
+            let name = match host {
+                Host::Tcp(h) => format!("{h}:{port}"),
+                Host::Unix(dir) => format!("{}:{port}", dir.display()),
+            };
             let stream: Result<Box<dyn Stream>, std::io::Error> = match host {
                 Host::Tcp(h) => match tokio::net::TcpStream::connect((h.as_str(), port)).await {
                     Ok(s) => {
@@ -87,6 +96,7 @@ impl Connection {
                         stream,
                         rbuf: BytesMut::with_capacity(64 * 1024),
                         wbuf: BytesMut::new(),
+                        major: 0,
                     };
                     conn.startup(
                         &user,
@@ -96,14 +106,62 @@ impl Connection {
                         config.get_application_name(),
                     )
                     .await?;
-                    return Ok(conn);
+                    match conn.session_fits(attrs).await? {
+                        None => return Ok(conn),
+                        Some(why) => passed.push(format!("{name} {why}")),
+                    }
                 }
-                Err(e) => last = Some(e),
+                Err(e) => {
+                    passed.push(format!("{name}: {e}"));
+                    last = Some(e);
+                }
             }
         }
-        Err(last
-            .map(io_err)
-            .unwrap_or_else(|| ReplicationError::transient("no host could be reached")))
+        if hosts.len() == 1 {
+            if let Some(e) = last {
+                return Err(io_err(e));
+            }
+        }
+        // Transient: a standby being promoted becomes writable, a server
+        // coming back accepts connections.
+        Err(ReplicationError::transient(format!(
+            "no server in the database URL could be used{}: {}",
+            match attrs {
+                TargetSessionAttrs::ReadWrite => " (target_session_attrs=read-write)",
+                TargetSessionAttrs::ReadOnly => " (target_session_attrs=read-only)",
+                _ => "",
+            },
+            passed.join("; ")
+        )))
+    }
+
+    /// Whether this session is what `target_session_attrs` asks for, as
+    /// libpq judges it (`SHOW transaction_read_only`); `Some(why)` when not.
+    async fn session_fits(
+        &mut self,
+        attrs: TargetSessionAttrs,
+    ) -> Result<Option<&'static str>, ReplicationError> {
+        let wanted_read_only = match attrs {
+            TargetSessionAttrs::ReadWrite => false,
+            TargetSessionAttrs::ReadOnly => true,
+            _ => return Ok(None),
+        };
+        let rows = self.simple_query("SHOW transaction_read_only").await?;
+        let read_only = rows.first().and_then(|r| r.first().cloned().flatten());
+        Ok(
+            match (read_only.as_deref() == Some("on"), wanted_read_only) {
+                (true, false) => {
+                    Some("does not allow writes (a standby, or default_transaction_read_only)")
+                }
+                (false, true) => Some("is not read-only"),
+                _ => None,
+            },
+        )
+    }
+
+    /// The server's major version (15, 16, ...).
+    pub fn major(&self) -> u32 {
+        self.major
     }
 
     async fn startup(
@@ -177,11 +235,15 @@ impl Connection {
                         })?;
                 }
                 Backend::Message(Message::ReadyForQuery(_)) => return Ok(()),
-                Backend::Message(
-                    Message::ParameterStatus(_)
-                    | Message::BackendKeyData(_)
-                    | Message::NoticeResponse(_),
-                ) => {}
+                Backend::Message(Message::ParameterStatus(p)) => {
+                    if p.name().map_err(io_err)? == "server_version" {
+                        // "17.2", "18beta1", "16.4 (Debian 16.4-1.pgdg120+2)".
+                        let v = p.value().map_err(io_err)?;
+                        let digits: String = v.chars().take_while(char::is_ascii_digit).collect();
+                        self.major = digits.parse().unwrap_or(0);
+                    }
+                }
+                Backend::Message(Message::BackendKeyData(_) | Message::NoticeResponse(_)) => {}
                 Backend::Message(Message::ErrorResponse(body)) => return Err(server_error(&body)),
                 Backend::Message(
                     Message::AuthenticationGss

@@ -80,6 +80,9 @@ pub struct ReplicationClient {
     conn: Connection,
 }
 
+/// The first major version with failover slots.
+pub const FAILOVER_SLOTS_SINCE: u32 = 17;
+
 impl ReplicationClient {
     /// Connects in `replication=database` mode.
     pub async fn connect(config: &crate::database::Database) -> Result<Self, ReplicationError> {
@@ -122,22 +125,23 @@ impl ReplicationClient {
     }
 
     /// `CREATE_REPLICATION_SLOT name [TEMPORARY] LOGICAL walcast`, exporting a
-    /// snapshot when asked (it stays valid while this connection stays idle).
+    /// snapshot when asked (it stays valid while this connection stays
+    /// idle). With `failover`, a permanent slot on PostgreSQL 17 or newer is
+    /// a failover slot (synchronized to standbys that ask for it).
     pub async fn create_slot(
         &mut self,
         name: &str,
         temporary: bool,
         export_snapshot: bool,
+        failover: bool,
     ) -> Result<CreatedSlot, ReplicationError> {
         validate_slot_name(name).map_err(|e| ReplicationError::definite(e.to_string()))?;
+        let snapshot = if export_snapshot { "export" } else { "nothing" };
+        let failover = failover && !temporary && self.conn.major() >= FAILOVER_SLOTS_SINCE;
         let sql = format!(
-            "CREATE_REPLICATION_SLOT {name}{} LOGICAL walcast {}",
+            "CREATE_REPLICATION_SLOT {name}{} LOGICAL walcast (SNAPSHOT '{snapshot}'{})",
             if temporary { " TEMPORARY" } else { "" },
-            if export_snapshot {
-                "EXPORT_SNAPSHOT"
-            } else {
-                "NOEXPORT_SNAPSHOT"
-            }
+            if failover { ", FAILOVER true" } else { "" },
         );
         let rows = self.conn.simple_query(&sql).await?;
         let row = rows.first().ok_or_else(|| {
@@ -157,6 +161,46 @@ impl ReplicationClient {
                 .unwrap_or(Lsn::INVALID),
             snapshot: row.get(2).cloned().flatten(),
         })
+    }
+
+    /// On PostgreSQL 17 or newer, makes the slot `name` a failover slot if
+    /// it is not one yet (a slot made before failover slots were asked for,
+    /// or by an older walcast), and says so in the log. A slot that cannot
+    /// be altered is used as it is, with a warning: it is not lost on this
+    /// server, only not synchronized to standbys.
+    pub async fn keep_failover(&mut self, name: &str) -> Result<(), ReplicationError> {
+        if self.conn.major() < FAILOVER_SLOTS_SINCE {
+            return Ok(());
+        }
+        let rows = self
+            .conn
+            .simple_query(&format!(
+                "SELECT failover::text, temporary::text FROM pg_catalog.pg_replication_slots \
+                 WHERE slot_name = {}",
+                quote_literal(name)
+            ))
+            .await?;
+        let Some(row) = rows.first() else {
+            return Ok(());
+        };
+        let flag = |i: usize| row.get(i).cloned().flatten();
+        if flag(0).as_deref() != Some("false") || flag(1).as_deref() == Some("true") {
+            return Ok(());
+        }
+        validate_slot_name(name).map_err(|e| ReplicationError::definite(e.to_string()))?;
+        match self
+            .conn
+            .simple_query(&format!("ALTER_REPLICATION_SLOT {name} (FAILOVER true)"))
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(slot = %name, "made the replication slot a failover slot (--failover-slots)")
+            }
+            Err(e) => {
+                tracing::warn!(slot = %name, error = %e, "cannot make the replication slot a failover slot; it is used as it is, and not synchronized to standbys")
+            }
+        }
+        Ok(())
     }
 
     /// `START_REPLICATION SLOT name LOGICAL lsn (options)`; status updates every `interval`.

@@ -42,6 +42,8 @@ pub struct ReaderConfig {
     /// `schema.table` patterns passed to the plugin as `add-tables`.
     pub tables: Option<String>,
     pub status_interval: Duration,
+    /// Make the slot a failover slot on PostgreSQL 17+ (`--failover-slots`).
+    pub failover_slots: bool,
 }
 
 /// What has been handed to the hub, kept across reconnects so that a
@@ -366,13 +368,16 @@ pub(crate) async fn open(
     let slot_start = match client.slot(&cfg.slot).await? {
         None if slot.seen => {
             return Err(ReplicationError::definite(format!(
-            "the replication slot {} was dropped while the proxy used it; changes since its last \
-                 confirmed position are lost. Restart walcast-proxy to create a new slot",
+            "the replication slot {} is gone (dropped, or lost in a failover to a server without \
+                 it: docs/operations.md#failover); changes since its last confirmed position are \
+                 lost. Restart walcast-proxy to create a new slot",
             cfg.slot
         )))
         }
         None => {
-            let created = client.create_slot(&cfg.slot, false, false).await?;
+            let created = client
+                .create_slot(&cfg.slot, false, false, cfg.failover_slots)
+                .await?;
             tracing::info!(slot = %cfg.slot, lsn = %created.consistent_point, "created replication slot");
             created.consistent_point
         }
@@ -382,7 +387,12 @@ pub(crate) async fn open(
                 cfg.slot, info.plugin
             )))
         }
-        Some(info) => info.confirmed_flush.unwrap_or(Lsn::INVALID),
+        Some(info) => {
+            if cfg.failover_slots {
+                client.keep_failover(&cfg.slot).await?;
+            }
+            info.confirmed_flush.unwrap_or(Lsn::INVALID)
+        }
     };
     slot.seen = true;
     let mut options: Vec<(&str, &str)> = vec![

@@ -16,6 +16,7 @@ mod docs;
 mod doctor;
 mod durable;
 mod examples;
+mod failover;
 mod filters;
 mod js_client;
 mod live;

@@ -122,7 +122,7 @@ fn a_server_without_logical_wal_is_told_to_set_wal_level() {
     let e = runtime()
         .block_on(async {
             let mut c = client(&cluster.url("postgres")).await?;
-            c.create_slot("walcast_nowal1", false, false)
+            c.create_slot("walcast_nowal1", false, false, false)
                 .await
                 .map(drop)
         })
@@ -174,7 +174,7 @@ fn a_plugin_the_server_does_not_list_is_told_how_to_list_it() {
     let e = runtime()
         .block_on(async {
             let mut c = client(&cluster.url("postgres")).await?;
-            c.create_slot("walcast_unlisted1", true, false)
+            c.create_slot("walcast_unlisted1", true, false, false)
                 .await
                 .map(drop)
         })

@@ -1,0 +1,422 @@
+//! Database failover: the proxy's slots are failover slots on PostgreSQL 17
+//! and newer (synchronized to standbys that ask for them), and a database
+//! URL with several hosts is walked as libpq walks it, honouring
+//! `target_session_attrs`.
+
+use crate::support;
+
+use std::time::{Duration, Instant};
+use support::{json, Proxy};
+use walcast_cluster::{Cluster, Config};
+use walcast_tests::{cluster, TestDb};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// The server's major version.
+fn major(db: &mut TestDb) -> u32 {
+    let row = db
+        .client
+        .query_one(
+            "SELECT current_setting('server_version_num')::int / 10000",
+            &[],
+        )
+        .expect("server_version_num");
+    row.get::<_, i32>(0) as u32
+}
+
+/// Each named slot's `failover` flag (17+).
+fn failover_flags(db: &mut TestDb, slots: &[&str]) -> Vec<(String, bool)> {
+    let names: Vec<String> = slots.iter().map(|s| s.to_string()).collect();
+    db.client
+        .query(
+            "SELECT slot_name::text, failover FROM pg_replication_slots \
+             WHERE slot_name = ANY($1) ORDER BY slot_name",
+            &[&names],
+        )
+        .expect("pg_replication_slots")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+#[test]
+fn slots_are_failover_slots_on_17_and_newer_unless_turned_off() {
+    let mut db = TestDb::new("failover_slots");
+    db.exec("CREATE TABLE items (id int PRIMARY KEY)");
+    let major = major(&mut db);
+    // A slot made before: not a failover slot; the proxy makes it one.
+    let old = db.slot("old");
+    let proxy = Proxy::start(cluster(), &db.name, &old, &[]);
+    let (status, body) = proxy.get("/v1/init?name=fo").expect("init");
+    assert_eq!(status, 200, "{body}");
+    let stream = json(&body)["slotName"]
+        .as_str()
+        .expect("slotName")
+        .to_owned();
+    let off = format!("{}_off", db.name);
+    let plain = Proxy::start(cluster(), &db.name, &off, &["--failover-slots", "false"]);
+    // Each proxy streams from its slot.
+    let (mut a, mut b) = (proxy.ws("insert:items"), plain.ws("insert:items"));
+    db.exec("INSERT INTO items VALUES (1)");
+    assert_eq!(a.texts(1, WAIT).len(), 1);
+    assert_eq!(b.texts(1, WAIT).len(), 1);
+    if major < 17 {
+        // No failover slots before 17: the slots are plain ones.
+        let count: i64 = db
+            .client
+            .query_one(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = ANY($1)",
+                &[&vec![old.clone(), stream.clone(), off.clone()]],
+            )
+            .expect("slots")
+            .get(0);
+        assert_eq!(count, 3, "PostgreSQL {major}: the three slots exist");
+        return;
+    }
+    let mut want = vec![
+        (old.clone(), true),
+        (stream.clone(), true),
+        (off.clone(), false),
+    ];
+    want.sort();
+    assert_eq!(
+        failover_flags(&mut db, &[&old, &stream, &off]),
+        want,
+        "PostgreSQL {major}: failover slots unless --failover-slots false"
+    );
+}
+
+/// A second cluster whose sessions are read-only (as a standby's are), with
+/// a database named `db`.
+fn read_only_cluster(db: &str) -> Cluster {
+    let ro = Cluster::start_with(Config::default()).expect("a second cluster");
+    ro.create_database(db).expect("database");
+    ro.psql(
+        "postgres",
+        "ALTER SYSTEM SET default_transaction_read_only = on",
+    )
+    .expect("read-only sessions");
+    ro.psql("postgres", "SELECT pg_reload_conf()")
+        .expect("reload");
+    ro
+}
+
+#[test]
+fn a_multi_host_url_lands_on_the_server_that_takes_writes() {
+    let mut db = TestDb::new("multi_host");
+    db.exec("CREATE TABLE items (id int PRIMARY KEY, v text); INSERT INTO items VALUES (1, 'a')");
+    let ro = read_only_cluster(&db.name);
+    // The read-only server first, then the shared cluster.
+    let url = cluster().url(&db.name).replacen(
+        "127.0.0.1:",
+        &format!("127.0.0.1:{},127.0.0.1:", ro.port()),
+        1,
+    ) + "?target_session_attrs=read-write";
+    let slot = format!("{}_proxy", db.name);
+    let proxy = Proxy::spawn(&url, &slot, &[]);
+    proxy.wait_healthy();
+    // Live: the writable server's changes, its rows read by snapshot=1.
+    let mut c = proxy.ws_params("query=*:items&snapshot=1");
+    db.exec("INSERT INTO items VALUES (2, 'b')");
+    let mut frames = Vec::new();
+    let seen =
+        |frames: &[String], key: &str, value: &str| frames.iter().any(|f| json(f)[key] == value);
+    while !(seen(&frames, "action", "I") && seen(&frames, "state", "done")) {
+        let next = c.texts(1, WAIT);
+        assert!(!next.is_empty(), "no insert after {frames:?}");
+        frames.extend(next);
+    }
+    let mut ids: Vec<i64> = frames
+        .iter()
+        .filter_map(|f| json(f)["columns"]["id"].as_i64())
+        .collect();
+    // Applied in order (R and I both put the row), the client holds both.
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids, [1, 2], "{frames:?}");
+    // The slots are on the writable server only.
+    let (status, body) = proxy.get("/v1/init?name=mh").expect("init");
+    assert_eq!(status, 200, "{body}");
+    let on = |conninfo: &str| -> i64 {
+        let mut c = postgres::Client::connect(conninfo, postgres::NoTls).expect("connect");
+        c.query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE database = current_database()",
+            &[],
+        )
+        .expect("slots")
+        .get(0)
+    };
+    assert_eq!(
+        on(&cluster().conninfo(&db.name)),
+        2,
+        "the proxy's and the stream's slot"
+    );
+    assert_eq!(on(&ro.conninfo(&db.name)), 0);
+
+    // Only the read-only server: the proxy keeps trying, and says why.
+    let only = ro.url(&db.name) + "?target_session_attrs=read-write";
+    let waiting = Proxy::spawn(&only, &format!("{}_ro", db.name), &[]);
+    let deadline = Instant::now() + WAIT;
+    let health = loop {
+        let (_, body) = waiting.get("/healthz").expect("healthz");
+        if body.contains("does not allow writes") || Instant::now() > deadline {
+            break body;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        health.contains("target_session_attrs=read-write")
+            && health.contains("does not allow writes"),
+        "{health}"
+    );
+    assert_ne!(waiting.get("/healthz").expect("healthz").0, 200);
+}
+
+/// A primary with the database `db` (a table `items`) and a streaming
+/// standby set up for failover slots; on 17+ the primary's logical
+/// walsenders wait for the standby (`synchronized_standby_slots`), so no
+/// client gets a change the standby could lose.
+fn primary_and_standby(db: &str) -> (Cluster, Cluster, u32) {
+    let primary = Cluster::start_with(Config::default()).expect("primary");
+    primary.create_database(db).expect("database");
+    primary
+        .psql(db, "CREATE TABLE items (id int PRIMARY KEY, v int)")
+        .expect("table");
+    let major: u32 = primary
+        .psql(
+            "postgres",
+            "SELECT current_setting('server_version_num')::int / 10000",
+        )
+        .expect("version")
+        .parse()
+        .expect("a number");
+    let standby = Cluster::standby_of(&primary, "standby1", Config::default()).expect("standby");
+    if major >= 17 {
+        primary
+            .psql(
+                "postgres",
+                "ALTER SYSTEM SET synchronized_standby_slots = 'standby1'",
+            )
+            .expect("synchronized_standby_slots");
+        primary
+            .psql("postgres", "SELECT pg_reload_conf()")
+            .expect("reload");
+    }
+    (primary, standby, major)
+}
+
+/// Inserts ids `from..to`, one transaction each, through `conninfo`.
+fn insert(conninfo: &str, ids: std::ops::Range<i32>) {
+    let mut c = postgres::Client::connect(conninfo, postgres::NoTls).expect("connect");
+    for id in ids {
+        c.execute("INSERT INTO items VALUES ($1, $1)", &[&id])
+            .expect("insert");
+    }
+}
+
+/// Waits until `check` holds, for at most `within`.
+fn wait_until(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !check() {
+        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn after_a_failover_live_clients_go_on_with_the_synced_slot_or_are_told() {
+    let db = "failover_live";
+    let (mut primary, standby, major) = primary_and_standby(db);
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/{db}?target_session_attrs=read-write",
+        primary.port(),
+        standby.port()
+    );
+    let proxy = Proxy::spawn(&url, "walcast_proxy", &[]);
+    proxy.wait_healthy();
+    let mut client = proxy.ws("insert:items");
+    insert(&primary.conninfo(db), 1..101);
+    let ids = |frames: &[String]| -> Vec<i64> {
+        frames
+            .iter()
+            .filter_map(|f| json(f)["columns"]["id"].as_i64())
+            .collect()
+    };
+    let mut got = ids(&client.texts(100, WAIT));
+    assert_eq!(got, (1..101).collect::<Vec<i64>>());
+    if major >= 17 {
+        // The standby has the proxy's slot, synchronized and ready to use.
+        wait_until(
+            Duration::from_secs(60),
+            "the slot synchronized to the standby",
+            || {
+                standby
+                    .psql(
+                        "postgres",
+                        "SELECT count(*) FROM pg_replication_slots \
+                     WHERE slot_name = 'walcast_proxy' AND synced AND NOT temporary",
+                    )
+                    .map(|n| n == "1")
+                    .unwrap_or(false)
+            },
+        );
+    }
+    // The primary's machine dies; the standby is promoted.
+    primary.kill().expect("SIGKILL the primary");
+    standby.promote().expect("promote");
+    let promoted = Instant::now();
+    insert(&standby.conninfo(db), 101..201);
+    if major >= 17 {
+        // The proxy found its slot on the new primary: the client, still
+        // connected, gets every change committed there, once, in order.
+        let first = client.texts(1, Duration::from_secs(30));
+        eprintln!(
+            "first change on the new primary reached the client {:?} after the promotion",
+            promoted.elapsed()
+        );
+        got.extend(ids(&first));
+        got.extend(ids(&client.texts(99, WAIT)));
+        let table: Vec<i64> = standby
+            .psql(
+                db,
+                "SELECT string_agg(id::text, ',' ORDER BY id) FROM items",
+            )
+            .expect("rows")
+            .split(',')
+            .map(|i| i.parse().expect("id"))
+            .collect();
+        assert_eq!(
+            got, table,
+            "the client holds exactly the new primary's rows, in order"
+        );
+        assert_eq!(got, (1..201).collect::<Vec<i64>>());
+        return;
+    }
+    // PostgreSQL 15 and 16: the standby never had the slot. The proxy says
+    // so, closes its clients with the reason and makes no slot on its own.
+    let (code, reason) = client
+        .close_frame(Duration::from_secs(30))
+        .expect("the client is closed");
+    assert_eq!(code, 1011, "{reason}");
+    assert!(
+        reason.contains("is gone") && reason.contains("failover"),
+        "{reason}"
+    );
+    let (status, health) = proxy.get("/healthz").expect("healthz");
+    assert_eq!(status, 503, "{health}");
+    assert!(
+        json(&health)["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("failover"),
+        "{health}"
+    );
+    assert_eq!(
+        standby
+            .psql(
+                "postgres",
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_type = 'logical'"
+            )
+            .expect("slots"),
+        "0",
+        "no slot made without being asked"
+    );
+}
+
+#[test]
+fn after_a_failover_a_durable_stream_resumes_after_its_last_ack_on_17_and_newer() {
+    use support::durable::{frame, init, transaction};
+    let db = "failover_durable";
+    let (mut primary, standby, major) = primary_and_standby(db);
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/{db}?target_session_attrs=read-write",
+        primary.port(),
+        standby.port()
+    );
+    let proxy = Proxy::spawn(&url, "walcast_proxy", &[]);
+    proxy.wait_healthy();
+    let slot = init(&proxy, "/v1/init?name=orders")["slotName"]
+        .as_str()
+        .expect("slotName")
+        .to_owned();
+    let open = |acked: Option<&str>| {
+        let extra = acked.map(|a| format!("&acked={a}")).unwrap_or_default();
+        proxy.try_ws_url(&format!(
+            "ws://127.0.0.1:{}/v1/lr/stream?slotName={slot}{extra}",
+            proxy.port
+        ))
+    };
+    let mut c = open(None).expect("the stream");
+    insert(&primary.conninfo(db), 1..51);
+    let id = |change: &serde_json::Value| change["columns"]["id"].as_i64().unwrap_or(-1);
+    let mut last_ack = String::new();
+    for want in 1..51 {
+        let (_, changes, commit) = transaction(&mut c);
+        assert_eq!(changes.iter().map(id).collect::<Vec<_>>(), [want]);
+        last_ack = commit["end_lsn"].as_str().expect("end_lsn").to_owned();
+        c.send(&format!(r#"{{"lsn":"{last_ack}"}}"#));
+    }
+    c.send(&format!(r#"{{"lsn":"{last_ack}","reply":true}}"#));
+    loop {
+        let f = frame(&mut c);
+        if f["ack"] == last_ack.as_str() {
+            break;
+        }
+    }
+    if major >= 17 {
+        wait_until(
+            Duration::from_secs(60),
+            "the stream's slot synchronized to the standby",
+            || {
+                standby
+                    .psql(
+                        "postgres",
+                        &format!(
+                            "SELECT count(*) FROM pg_replication_slots \
+                         WHERE slot_name = '{slot}' AND synced AND NOT temporary"
+                        ),
+                    )
+                    .map(|n| n == "1")
+                    .unwrap_or(false)
+            },
+        );
+    }
+    primary.kill().expect("SIGKILL the primary");
+    // The consumer's replication connection is gone: the client is told.
+    let (code, reason) = c.close_frame(Duration::from_secs(30)).expect("closed");
+    assert_eq!(code, 1011, "{reason}");
+    standby.promote().expect("promote");
+    insert(&standby.conninfo(db), 51..101);
+    if major < 17 {
+        // No failover slots: the stream is not on the new primary, and a
+        // reconnect is refused rather than served from anywhere else.
+        match open(Some(&last_ack)) {
+            Ok(_) => panic!("a stream was served on the new primary"),
+            Err((status, body)) => assert!(status >= 400, "{status} {body}"),
+        }
+        return;
+    }
+    // The client resumes after its last ACK: the synchronized slot may lag
+    // it, `acked=` says where the client is.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut c = loop {
+        match open(Some(&last_ack)) {
+            Ok(c) => break c,
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the stream did not come back: {e:?}"
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    };
+    for want in 51..101 {
+        let (_, changes, _) = transaction(&mut c);
+        assert_eq!(
+            changes.iter().map(id).collect::<Vec<_>>(),
+            [want],
+            "every transaction after the last ACK, once, in order"
+        );
+    }
+}

@@ -46,12 +46,6 @@ pub enum Outcome {
     Detach(String, String),
 }
 
-/// A change for a client without a filter.
-#[inline]
-fn unfiltered(change: &Change) -> Outcome {
-    Outcome::Send(change.text.clone())
-}
-
 /// One subscription's run of its WASM filter, the same for a live session
 /// and a durable consumer: the pause its budget owes, its decisions on a
 /// batch of selected changes in order (one `walcast_filter_batch` call
@@ -98,32 +92,26 @@ impl Pipeline {
         Some(wait)
     }
 
-    /// What each of `changes` (selected for the client, in order) becomes.
+    /// What each of `changes` (selected for the client, in order) becomes
+    /// through the filter; `None` without a filter: every change is sent as
+    /// it is (the caller writes its text, which costs no more than that).
     /// After a detach the batch ends: the changes after it get nothing.
     #[inline]
-    pub fn judge<'a, C: Borrow<Change>>(&'a mut self, changes: &'a [C]) -> Outcomes<'a, C> {
-        match self.filter.as_mut() {
-            None => Outcomes::Unfiltered(changes.iter()),
-            Some(f) => {
-                f.run_batch(changes, &mut self.decisions, self.clocked);
-                Outcomes::Filtered {
-                    judged: self.decisions.drain(..).zip(changes.iter()),
-                    metrics: &self.metrics,
-                }
-            }
-        }
+    pub fn judge<'a, C: Borrow<Change>>(&'a mut self, changes: &'a [C]) -> Option<Outcomes<'a, C>> {
+        let f = self.filter.as_mut()?;
+        f.run_batch(changes, &mut self.decisions, self.clocked);
+        Some(Outcomes {
+            judged: self.decisions.drain(..).zip(changes.iter()),
+            metrics: &self.metrics,
+        })
     }
 }
 
-/// What a batch's changes become, in order ([`Pipeline::judge`]).
-pub enum Outcomes<'a, C> {
-    /// No filter: each change is sent as it is.
-    Unfiltered(std::slice::Iter<'a, C>),
-    /// The filter's decision on each change.
-    Filtered {
-        judged: std::iter::Zip<std::vec::Drain<'a, Decision>, std::slice::Iter<'a, C>>,
-        metrics: &'a Metrics,
-    },
+/// What a batch's changes become through the filter, in order
+/// ([`Pipeline::judge`]).
+pub struct Outcomes<'a, C> {
+    judged: std::iter::Zip<std::vec::Drain<'a, Decision>, std::slice::Iter<'a, C>>,
+    metrics: &'a Metrics,
 }
 
 impl<C: Borrow<Change>> Iterator for Outcomes<'_, C> {
@@ -131,12 +119,8 @@ impl<C: Borrow<Change>> Iterator for Outcomes<'_, C> {
 
     #[inline]
     fn next(&mut self) -> Option<Outcome> {
-        match self {
-            Outcomes::Unfiltered(changes) => changes.next().map(|c| unfiltered(c.borrow())),
-            Outcomes::Filtered { judged, metrics } => judged
-                .next()
-                .map(|(decision, c)| outcome(c.borrow(), decision, metrics)),
-        }
+        let (decision, change) = self.judged.next()?;
+        Some(outcome(change.borrow(), decision, self.metrics))
     }
 }
 
@@ -154,7 +138,7 @@ fn outcome(change: &Change, decision: Decision, metrics: &Metrics) -> Outcome {
     };
     match decision {
         Decision::Drop => Outcome::Skip,
-        Decision::Keep => unfiltered(change),
+        Decision::Keep => Outcome::Send(change.text.clone()),
         Decision::Replace(out) => match String::from_utf8(out) {
             Ok(s) => Outcome::Send(s.into()),
             Err(_) => Outcome::Skip,

@@ -402,7 +402,10 @@ impl Consumer {
                         self.flush().await?;
                         tokio::time::sleep(wait).await;
                     }
-                    let outcome = self.pipeline.judge(std::slice::from_ref(&change)).next();
+                    let outcome = match self.pipeline.judge(std::slice::from_ref(&change)) {
+                        None => Some(Outcome::Send(change.text.clone())),
+                        Some(mut judged) => judged.next(),
+                    };
                     match outcome {
                         Some(Outcome::Send(text)) => replaced = Some(text),
                         Some(Outcome::Report(frame)) => replaced = Some(frame.into()),
@@ -473,7 +476,13 @@ impl Consumer {
                         self.flush().await?;
                         tokio::time::sleep(wait).await;
                     }
-                    let outcomes: Vec<Outcome> = self.pipeline.judge(rows).collect();
+                    let outcomes: Vec<Outcome> = match self.pipeline.judge(rows) {
+                        None => rows
+                            .iter()
+                            .map(|r| Outcome::Send(r.change.text.clone()))
+                            .collect(),
+                        Some(judged) => judged.collect(),
+                    };
                     for outcome in outcomes {
                         let text = match outcome {
                             Outcome::Send(text) => text,

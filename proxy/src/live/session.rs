@@ -561,13 +561,13 @@ async fn write_burst(
         metrics,
     } = judge;
     let mut sent = 0u64;
-    // What the filter judges: the entries the query matched.
     let mut matched: Vec<Entry> = Vec::new();
     for chunk in burst.chunks(BATCH_EVENTS) {
         if let Some(wait) = pipeline.pause() {
             within(watch, ws.flush()).await?;
             tokio::time::sleep(wait).await;
         }
+        // The filter judges what the query matched (`None`: no filter).
         let mut judged = if chunk.iter().any(|e| e.unmatched) {
             matched.clear();
             matched.extend(chunk.iter().filter(|e| !e.unmatched).cloned());
@@ -589,8 +589,13 @@ async fn write_burst(
                 sent += 1;
                 continue;
             }
-            let Some(outcome) = judged.next() else {
-                break;
+            let outcome = match judged.as_mut() {
+                None => Outcome::Send(change.text.clone()),
+                Some(j) => match j.next() {
+                    Some(o) => o,
+                    // The filter was detached: nothing after it is sent.
+                    None => break,
+                },
             };
             let text = match outcome {
                 Outcome::Send(text) => {

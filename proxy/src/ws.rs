@@ -37,7 +37,7 @@ pub async fn close(ws: &mut Ws, code: CloseCode, reason: &str) {
     .await;
 }
 
-/// Places the proxy's admission gave a connection (its connection slot,
+/// Places the proxy's admission gave a connection (its connection place,
 /// its place among `--max-clients`, its handshake place): each is given
 /// back when dropped.
 pub type Held = Box<dyn Send + Sync>;
@@ -47,7 +47,7 @@ pub struct Opened {
     pub ws: Ws,
     /// The TCP socket under it, for liveness by progress.
     pub socket: Option<crate::liveness::Socket>,
-    /// Held for the websocket's life: its connection slot and its place
+    /// Held for the websocket's life: its connection place and its place
     /// among `--max-clients`.
     pub places: Held,
     /// Held until its subscription is made: its handshake place.

@@ -31,7 +31,7 @@
     (i32.eq (i32.load8_u offset=1 (local.get $ptr)) (i32.const 1)))
 
   ;; Optional: $count records in one call, each at an 8-byte aligned offset
-  ;; from $ptr; the verdict for record i goes to the 12-byte slot at
+  ;; from $ptr; the verdict for record i goes to the 12-byte decision cell at
   ;; $out + 12 * i (code; output address and length, used for code 2 only).
   ;; Returns how many verdicts it wrote.
   (func (export "walcast_filter_batch")

@@ -1,12 +1,12 @@
 //! Write walcast-proxy WASM filters in safe Rust.
 //!
 //! ```no_run
-//! use walcast_filter::{Action, Event, Verdict};
+//! use walcast_filter::{Action, Event, Decision};
 //!
-//! fn filter(e: &Event) -> Verdict {
+//! fn filter(e: &Event) -> Decision {
 //!     match (e.action(), e.table()) {
-//!         (Action::Insert, "orders") => Verdict::Keep,
-//!         _ => Verdict::Drop,
+//!         (Action::Insert, "orders") => Decision::Keep,
+//!         _ => Decision::Drop,
 //!     }
 //! }
 //! walcast_filter::export!(filter);
@@ -16,7 +16,7 @@
 //! (`crate-type = ["cdylib"]`, `panic = "abort"`) and upload the `.wasm`
 //! with `POST /v1/filters`. The ABI the macro implements is described in
 //! `filters/README.md`; this crate is `no_std` (it uses `alloc` for
-//! [`Verdict::Replace`]), needs no WASI and imports only
+//! [`Decision::Replace`]), needs no WASI and imports only
 //! `walcast_v1::set_output`.
 
 #![cfg_attr(not(test), no_std)]
@@ -63,9 +63,13 @@ impl Action {
     }
 }
 
+/// The earlier name of [`Decision`].
+#[deprecated(note = "renamed to Decision")]
+pub type Verdict = Decision;
+
 /// What to do with an event.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
+pub enum Decision {
     /// Not for this client.
     Drop,
     /// Deliver the plugin's JSON unchanged.
@@ -202,7 +206,7 @@ impl<'a> Event<'a> {
 #[doc(hidden)]
 pub mod abi {
     //! What [`export!`](crate::export) expands to call. Not for direct use.
-    use super::{Event, Verdict};
+    use super::{Decision, Event};
     use alloc::vec::Vec;
     use core::cell::UnsafeCell;
 
@@ -256,15 +260,15 @@ pub mod abi {
         }
     }
 
-    /// `walcast_filter`: runs `f` on the record and reports its verdict.
-    pub fn filter(ptr: u32, len: u32, f: fn(&Event) -> Verdict) -> i32 {
+    /// `walcast_filter`: runs `f` on the record and reports its decision.
+    pub fn filter(ptr: u32, len: u32, f: fn(&Event) -> Decision) -> i32 {
         let Some(event) = Event::parse(input(ptr, len)) else {
             return -1;
         };
         match f(&event) {
-            Verdict::Drop => 0,
-            Verdict::Keep => 1,
-            Verdict::Replace(out) => {
+            Decision::Drop => 0,
+            Decision::Keep => 1,
+            Decision::Replace(out) => {
                 // SAFETY: the host reads `out.len()` bytes at `out`'s address
                 // during the call; `out` lives until after it returns.
                 let rc = unsafe { host_set_output(out.as_ptr() as usize as u32, out.len() as u32) };
@@ -286,16 +290,16 @@ pub mod abi {
 
     static OUTPUTS: Outputs = Outputs(UnsafeCell::new(Vec::new()));
 
-    /// Size of a verdict slot: i32 code, u32 output address, u32 length.
-    const SLOT: usize = 12;
+    /// Size of a decision cell: i32 code, u32 output address, u32 length.
+    const CELL: usize = 12;
 
     /// `walcast_filter_batch`: runs `f` on `count` records at 8-byte
-    /// aligned offsets from `ptr`, writing each verdict to its slot at
-    /// `out`. Returns how many verdicts it wrote (the host runs the rest
+    /// aligned offsets from `ptr`, writing each decision to its cell at
+    /// `out`. Returns how many decisions it wrote (the host runs the rest
     /// one at a time).
-    pub fn filter_batch(ptr: u32, count: u32, out: u32, f: fn(&Event) -> Verdict) -> i32 {
+    pub fn filter_batch(ptr: u32, count: u32, out: u32, f: fn(&Event) -> Decision) -> i32 {
         // SAFETY: single-threaded guest (see `Buffer`); the host wrote the
-        // records and left the slots in the buffer `alloc` returned, and
+        // records and left the cells in the buffer `alloc` returned, and
         // no other reference to it is alive during this call.
         let buf = unsafe { &mut *INPUT.0.get() };
         // SAFETY: as above; the host reads the outputs before any other
@@ -303,30 +307,30 @@ pub mod abi {
         let outputs = unsafe { &mut *OUTPUTS.0.get() };
         outputs.clear();
         let base = buf.as_ptr() as usize as u32;
-        let slots_at = out.wrapping_sub(base) as usize;
+        let cells_at = out.wrapping_sub(base) as usize;
         let count = count as usize;
-        if ptr != base || slots_at > buf.len() || buf.len() - slots_at < count * SLOT {
+        if ptr != base || cells_at > buf.len() || buf.len() - cells_at < count * CELL {
             return 0;
         }
-        let (records, slots) = buf.split_at_mut(slots_at);
+        let (records, cells) = buf.split_at_mut(cells_at);
         let mut at = 0;
-        for (i, slot) in slots.chunks_exact_mut(SLOT).take(count).enumerate() {
+        for (i, cell) in cells.chunks_exact_mut(CELL).take(count).enumerate() {
             let Some(event) = records.get(at..).and_then(Event::parse) else {
                 // Not a record: the host runs it alone, where it fails.
                 return i as i32;
             };
             let (code, output) = match f(&event) {
-                Verdict::Drop => (0i32, (0, 0)),
-                Verdict::Keep => (1, (0, 0)),
-                Verdict::Replace(bytes) => {
+                Decision::Drop => (0i32, (0, 0)),
+                Decision::Keep => (1, (0, 0)),
+                Decision::Replace(bytes) => {
                     let o = (bytes.as_ptr() as usize as u32, bytes.len() as u32);
                     outputs.push(bytes);
                     (2, o)
                 }
             };
-            slot[..4].copy_from_slice(&code.to_le_bytes());
-            slot[4..8].copy_from_slice(&output.0.to_le_bytes());
-            slot[8..].copy_from_slice(&output.1.to_le_bytes());
+            cell[..4].copy_from_slice(&code.to_le_bytes());
+            cell[4..8].copy_from_slice(&output.0.to_le_bytes());
+            cell[8..].copy_from_slice(&output.1.to_le_bytes());
             at = (at + event.len() + 7) & !7;
         }
         count as i32
@@ -351,7 +355,7 @@ pub mod abi {
     }
 }
 
-/// Exports the ABI for a filter function `fn(&Event) -> Verdict`, and
+/// Exports the ABI for a filter function `fn(&Event) -> Decision`, and
 /// optionally an init function `fn(&[u8]) -> bool` that receives the
 /// subscription's config (return `false` to refuse it). A filter that
 /// reads only the action, schema, table, xid and LSN adds `header_only`:
@@ -505,16 +509,16 @@ mod tests {
         assert!(Event::parse(&r).is_none());
     }
 
-    fn keep_orders_upper_tables(e: &Event) -> Verdict {
+    fn keep_orders_upper_tables(e: &Event) -> Decision {
         match e.table() {
-            "orders" => Verdict::Keep,
-            "skip" => Verdict::Drop,
-            t => Verdict::Replace(t.to_uppercase().into_bytes()),
+            "orders" => Decision::Keep,
+            "skip" => Decision::Drop,
+            t => Decision::Replace(t.to_uppercase().into_bytes()),
         }
     }
 
     #[test]
-    fn a_batch_writes_one_verdict_slot_per_record() {
+    fn a_batch_writes_one_decision_cell_per_record() {
         // Records at 8-byte aligned offsets, then the slots, as the host
         // lays out a batch (proxy/src/filter/instance.rs).
         let records = [
@@ -528,13 +532,13 @@ mod tests {
             layout.extend_from_slice(r);
         }
         layout.resize((layout.len() + 7) & !7, 0);
-        let slots_at = layout.len();
-        let ptr = abi::alloc((slots_at + 12 * 3) as u32);
-        abi::with_buffers(|input, _| input[..slots_at].copy_from_slice(&layout));
-        let out = ptr + slots_at as u32;
+        let cells_at = layout.len();
+        let ptr = abi::alloc((cells_at + 12 * 3) as u32);
+        abi::with_buffers(|input, _| input[..cells_at].copy_from_slice(&layout));
+        let out = ptr + cells_at as u32;
         assert_eq!(abi::filter_batch(ptr, 3, out, keep_orders_upper_tables), 3);
         abi::with_buffers(|input, outputs| {
-            let word = |k: usize| u32_at(&input[slots_at..], 4 * k);
+            let word = |k: usize| u32_at(&input[cells_at..], 4 * k);
             assert_eq!(word(0), 1);
             assert_eq!(word(3), 0);
             assert_eq!(word(6), 2);

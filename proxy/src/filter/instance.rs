@@ -347,7 +347,7 @@ impl FilterInstance {
         }
         Plan {
             count,
-            slots: align8(records),
+            cells: align8(records),
             fuel,
         }
     }
@@ -381,15 +381,15 @@ impl FilterInstance {
                 return (1, 0);
             }
         }
-        let (slots, fuel, count) = (plan.slots, plan.fuel, changes.len());
+        let (cells, fuel, count) = (plan.cells, plan.fuel, changes.len());
         let Some(live) = self.live.as_mut() else {
             return (0, count);
         };
         let Some(batch) = live.batch.clone() else {
             return (0, count);
         };
-        let placed = ensure_buffer(live, slots + SLOT_LEN * count).and_then(|(ptr, _)| {
-            write_batch(live, changes, self.module.json, ptr, slots).map(|()| ptr)
+        let placed = ensure_buffer(live, cells + CELL_LEN * count).and_then(|(ptr, _)| {
+            write_batch(live, changes, self.module.json, ptr, cells).map(|()| ptr)
         });
         let ptr = match placed {
             Ok(ptr) => ptr,
@@ -401,9 +401,9 @@ impl FilterInstance {
         let result = live
             .store
             .set_fuel(fuel)
-            .and_then(|()| batch.call(&mut live.store, (ptr, count as u32, ptr + slots as u32)));
+            .and_then(|()| batch.call(&mut live.store, (ptr, count as u32, ptr + cells as u32)));
         let left = live.store.get_fuel().unwrap_or(0);
-        // set_output has no part in batches: the output is in the slots.
+        // set_output has no part in batches: the output is in the cells.
         let host = live.store.data_mut();
         host.output = None;
         host.output_error = None;
@@ -430,16 +430,16 @@ impl FilterInstance {
         let mut failure = None;
         if let Some(live) = self.live.as_ref() {
             let data = live.memory.data(&live.store);
-            let at = ptr as usize + slots;
+            let at = ptr as usize + cells;
             let max = self.limits.max_output_bytes;
             for j in 0..judged {
-                let slot = at + SLOT_LEN * j;
+                let cell = at + CELL_LEN * j;
                 // Drop and keep, by far the most common, go straight in.
-                let code = data.get(slot..slot + 4).and_then(|b| b.try_into().ok());
+                let code = data.get(cell..cell + 4).and_then(|b| b.try_into().ok());
                 match code.map(i32::from_le_bytes) {
                     Some(0) => decisions.push(Decision::Drop),
                     Some(1) => decisions.push(Decision::Keep),
-                    _ => match read_slot(data, slot, max) {
+                    _ => match read_cell(data, cell, max) {
                         Ok(v) => decisions.push(v),
                         Err(e) => {
                             failure = Some((j, e));
@@ -509,7 +509,7 @@ impl FilterInstance {
     }
 }
 
-/// A decision code (returned by `walcast_filter`, or in a batch's slot) as
+/// A decision code (returned by `walcast_filter`, or in a batch's cell) as
 /// a decision; `output` gives the replacement for code 2.
 fn decode(
     code: i32,
@@ -535,31 +535,31 @@ fn decode(
 pub const BATCH_EVENTS: usize = 64;
 /// Most record bytes in one batch (a larger change goes alone).
 const BATCH_BYTES: usize = 16 << 10;
-/// A decision slot: i32 code, u32 output address, u32 output length.
-const SLOT_LEN: usize = 12;
+/// A decision cell: i32 code, u32 output address, u32 output length.
+const CELL_LEN: usize = 12;
 
 fn align8(n: usize) -> usize {
     (n + 7) & !7
 }
 
-/// A batch: how many changes, where its decision slots start (after the
+/// A batch: how many changes, where its decision cells start (after the
 /// records), the fuel it may use (its changes' together).
 struct Plan {
     count: usize,
-    slots: usize,
+    cells: usize,
     fuel: u64,
 }
 
 /// Writes the records of a batch at 8-byte aligned offsets from `ptr`
-/// (its decision slots follow at `ptr + slots`).
+/// (its decision cells follow at `ptr + cells`).
 fn write_batch<C: Borrow<Change>>(
     live: &mut Live,
     changes: &[C],
     json: bool,
     ptr: u32,
-    slots: usize,
+    cells: usize,
 ) -> Result<(), FilterError> {
-    let cap = slots + SLOT_LEN * changes.len();
+    let cap = cells + CELL_LEN * changes.len();
     let data = live.memory.data_mut(&mut live.store);
     let buffer = data
         .get_mut(ptr as usize..ptr as usize + cap)
@@ -575,8 +575,8 @@ fn write_batch<C: Borrow<Change>>(
     Ok(())
 }
 
-/// The decision in the slot at `at`.
-fn read_slot(data: &[u8], at: usize, max_output: usize) -> Result<Decision, FilterError> {
+/// The decision in the cell at `at`.
+fn read_cell(data: &[u8], at: usize, max_output: usize) -> Result<Decision, FilterError> {
     let word = |k: usize| {
         data.get(at + 4 * k..at + 4 * k + 4)
             .and_then(|b| b.try_into().ok())
@@ -777,8 +777,8 @@ mod tests {
           (i32.store (local.get $out) (local.get $code))"#;
 
     /// A `walcast_filter_batch` export that runs `body` on each record
-    /// (at `$ptr`, its slot at `$out`; locals `$a` and `$code` are free),
-    /// then steps to the next record and slot.
+    /// (at `$ptr`, its cell at `$out`; locals `$a` and `$code` are free),
+    /// then steps to the next record and cell.
     fn batch_entry(body: &str) -> String {
         format!(
             r#"(func (export "walcast_filter_batch") (param $ptr i32) (param $count i32) (param $out i32) (result i32)

@@ -242,9 +242,9 @@ impl Filters {
         let mut cache = crate::locks::lock(&self.cache);
         cache.tick += 1;
         let tick = cache.tick;
-        let (slot, used) = cache.entries.get_mut(id)?;
+        let (entry, used) = cache.entries.get_mut(id)?;
         *used = tick;
-        match slot.get() {
+        match entry.get() {
             Some(Ok(m)) => Some(m.clone()),
             _ => None,
         }
@@ -266,7 +266,7 @@ impl Filters {
             ));
         }
         let id = format!("sha256:{}", hex(&Sha256::digest(&bytes)));
-        let slot = {
+        let entry = {
             let mut cache = crate::locks::lock(&self.cache);
             cache.tick += 1;
             let tick = cache.tick;
@@ -289,7 +289,8 @@ impl Filters {
             entry.0.clone()
         };
         let this = self.clone();
-        slot.get_or_init(|| async move { this.compile(id, bytes).await })
+        entry
+            .get_or_init(|| async move { this.compile(id, bytes).await })
             .await
             .clone()
     }
@@ -490,7 +491,7 @@ fn set_output(caller: &mut Caller<'_, Host>, ptr: u32, len: u32) -> i32 {
 }
 
 /// The output a filter gives at `ptr`, `len` (by `set_output` or in a
-/// batch's verdict slot; `what` names which in errors): inside the memory,
+/// batch's decision cell; `what` names which in errors): inside the memory,
 /// at most `max` bytes, UTF-8.
 pub(crate) fn output_bytes<'a>(
     data: &'a [u8],

@@ -4,8 +4,8 @@
 //! is closed at once; the cap on websocket handshakes in flight, and on
 //! how many upgrades one address may start per second.
 //!
-//! An admitted connection holds a [`Slot`] until it closes; a websocket
-//! takes a slot of its own when its connection is upgraded (the HTTP
+//! An admitted connection holds a [`Place`] until it closes; a websocket
+//! takes a place of its own when its connection is upgraded (the HTTP
 //! connection's is released as it hands the socket over).
 
 use crate::metrics::Metrics;
@@ -53,7 +53,7 @@ pub struct Connections {
 }
 
 /// One admitted connection; released when dropped.
-pub struct Slot {
+pub struct Place {
     conns: Arc<Connections>,
     addr: IpAddr,
 }
@@ -97,7 +97,7 @@ impl Connections {
     }
 
     /// Admits a connection from `addr`, or says why not (and counts it).
-    pub fn admit(self: &Arc<Self>, addr: IpAddr) -> Result<Slot, Refusal> {
+    pub fn admit(self: &Arc<Self>, addr: IpAddr) -> Result<Place, Refusal> {
         let c = &self.metrics.connections;
         let open = c.open.fetch_add(1, Ordering::Relaxed);
         if open >= self.limits.max_connections {
@@ -121,15 +121,15 @@ impl Connections {
                 return Err(Refusal::Address);
             }
         }
-        Ok(Slot {
+        Ok(Place {
             conns: self.clone(),
             addr,
         })
     }
 
-    /// A slot for a connection already admitted that changes hands (an
+    /// A place for a connection already admitted that changes hands (an
     /// upgraded websocket): counted, never refused.
-    pub fn hold(self: &Arc<Self>, addr: IpAddr) -> Slot {
+    pub fn hold(self: &Arc<Self>, addr: IpAddr) -> Place {
         self.metrics
             .connections
             .open
@@ -140,7 +140,7 @@ impl Connections {
                 *map.entry(addr).or_insert(0) += 1;
             }
         }
-        Slot {
+        Place {
             conns: self.clone(),
             addr,
         }
@@ -199,7 +199,7 @@ impl Connections {
     }
 }
 
-impl Drop for Slot {
+impl Drop for Place {
     fn drop(&mut self) {
         let conns = &self.conns;
         conns
@@ -248,14 +248,14 @@ fn out_of_resources(e: &io::Error) -> bool {
 }
 
 /// Accepts connections until `shutdown` becomes true, handing each admitted
-/// one to `serve` with its slot. Refused connections are closed at once.
+/// one to `serve` with its place. Refused connections are closed at once.
 pub async fn run<F>(
     listener: TcpListener,
     conns: Arc<Connections>,
     shutdown: CancellationToken,
     serve: F,
 ) where
-    F: Fn(TcpStream, SocketAddr, Slot),
+    F: Fn(TcpStream, SocketAddr, Place),
 {
     let metrics = conns.metrics.clone();
     let mut pause = FIRST_PAUSE;
@@ -285,7 +285,7 @@ pub async fn run<F>(
             _ = shutdown.cancelled() => return,
         };
         match conns.admit(addr.ip()) {
-            Ok(slot) => serve(stream, addr, slot),
+            Ok(place) => serve(stream, addr, place),
             Err(Refusal::Total) => {
                 crate::limited!(
                     warn,

@@ -3,7 +3,7 @@
 //! per client, answered by the router.
 
 use super::{router, AppState, ClientAddr, ClientSocket};
-use crate::http::listener::{self, Slot};
+use crate::http::listener::{self, Place};
 use axum::Router;
 use hyper::body::Incoming;
 use hyper::Request;
@@ -26,7 +26,7 @@ pub async fn serve(
     let conns = state.connections.clone();
     let app = router::router(state.clone());
     let stop = shutdown.clone();
-    listener::run(listener, conns, shutdown, move |stream, addr, slot| {
+    listener::run(listener, conns, shutdown, move |stream, addr, place| {
         let _ = stream.set_nodelay(true);
         let socket = ClientSocket(crate::liveness::Socket::of(&stream));
         let (state, app, stop) = (state.clone(), app.clone(), stop.clone());
@@ -37,7 +37,7 @@ pub async fn serve(
                     stream,
                     addr.ip(),
                     socket,
-                    slot,
+                    place,
                     state,
                     app,
                     stop,
@@ -49,7 +49,7 @@ pub async fn serve(
                     let header = state.timeouts.header;
                     match tokio::time::timeout(header, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
-                            connection(tls, addr.ip(), socket, slot, state, app, stop).await
+                            connection(tls, addr.ip(), socket, place, state, app, stop).await
                         }
                         Ok(Err(e)) => {
                             crate::limited!(debug, error = %e, "TLS handshake failed");
@@ -71,14 +71,14 @@ pub async fn serve(
 
 /// One HTTP/1.1 connection, its requests and its upgrade. A client that
 /// takes longer than the header timeout to send a request head (the first,
-/// or the next on a keep-alive connection) is disconnected. `slot` is held
+/// or the next on a keep-alive connection) is disconnected. `place` is held
 /// until the connection ends (an upgraded websocket takes its own). At
 /// shutdown the request in progress is answered, then the connection closes.
 async fn connection<S>(
     stream: S,
     addr: IpAddr,
     socket: ClientSocket,
-    slot: Slot,
+    place: Place,
     state: Arc<AppState>,
     app: Router,
     shutdown: CancellationToken,
@@ -116,5 +116,5 @@ async fn connection<S>(
                 .fetch_add(1, Ordering::Relaxed);
         }
     }
-    drop(slot);
+    drop(place);
 }

@@ -3,7 +3,7 @@
 //! answer, and the socket once hyper hands the connection over.
 
 use super::{json_error, unavailable, AppState, ClientAddr, ClientSocket, Resp};
-use crate::http::listener::{Handshake, Slot};
+use crate::http::listener::{Handshake, Place};
 use crate::metrics::Metrics;
 use axum::body::Body;
 use axum::extract::Request;
@@ -54,7 +54,7 @@ pub struct Upgrade {
     /// The `Sec-WebSocket-Accept` value of the 101 answer.
     pub accept: String,
     on_upgrade: hyper::upgrade::OnUpgrade,
-    slot: Option<Slot>,
+    place: Option<Place>,
     handshake: Handshake,
     client: OwnedSemaphorePermit,
     socket: Option<crate::liveness::Socket>,
@@ -71,7 +71,7 @@ impl Upgrade {
             Ok(Ok(upgraded)) => Some(Opened {
                 ws: server_socket(upgraded).await,
                 socket: self.socket,
-                places: Box::new((self.slot, self.client)),
+                places: Box::new((self.place, self.client)),
                 handshake: Box::new(self.handshake),
             }),
             Ok(Err(e)) => {
@@ -125,7 +125,7 @@ pub fn accept_upgrade(
     Ok(Upgrade {
         accept: derive_accept_key(key.as_bytes()),
         on_upgrade: hyper::upgrade::on(&mut *req),
-        slot: req
+        place: req
             .extensions()
             .get::<ClientAddr>()
             .map(|a| state.connections.hold(a.0)),

@@ -5,7 +5,7 @@
 //! Config (JSON, optional): `{"columns": ["email", "phone"], "mask": "***"}`.
 
 use std::sync::Mutex;
-use walcast_filter::{Event, Object, Value, Verdict};
+use walcast_filter::{Decision, Event, Object, Value};
 
 struct Config {
     columns: Vec<String>,
@@ -120,17 +120,17 @@ fn redact(json: &[u8], parts: &[Object], c: &Config, out: &mut Vec<u8>) -> bool 
     true
 }
 
-fn filter(e: &Event) -> Verdict {
+fn filter(e: &Event) -> Decision {
     let Ok(mut guard) = CONFIG.lock() else {
-        return Verdict::Drop;
+        return Decision::Drop;
     };
     let c = guard.get_or_insert_with(default_config);
     let parts: Vec<Object> = [e.columns(), e.identity()].into_iter().flatten().collect();
     let mut out = Vec::with_capacity(e.json().len());
     if redact(e.json(), &parts, c, &mut out) {
-        Verdict::Replace(out)
+        Decision::Replace(out)
     } else {
-        Verdict::Keep
+        Decision::Keep
     }
 }
 

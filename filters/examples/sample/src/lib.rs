@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use walcast_filter::{Event, Object, Verdict};
+use walcast_filter::{Decision, Event, Object};
 
 struct State {
     n: u64,
@@ -39,9 +39,9 @@ fn init(config: &[u8]) -> bool {
     }
 }
 
-fn filter(e: &Event) -> Verdict {
+fn filter(e: &Event) -> Decision {
     let Ok(mut guard) = STATE.lock() else {
-        return Verdict::Drop;
+        return Decision::Drop;
     };
     let state = guard.get_or_insert_with(|| State {
         n: 10,
@@ -52,9 +52,9 @@ fn filter(e: &Event) -> Verdict {
     let keep = *count % state.n == 0;
     *count += 1;
     if keep {
-        Verdict::Keep
+        Decision::Keep
     } else {
-        Verdict::Drop
+        Decision::Drop
     }
 }
 

@@ -6,7 +6,7 @@
 //! identity; a row without the column (or with null) is dropped.
 
 use std::sync::Mutex;
-use walcast_filter::{Event, Object, Verdict};
+use walcast_filter::{Decision, Event, Object};
 
 struct Config {
     table: String,
@@ -41,23 +41,23 @@ fn init(config: &[u8]) -> bool {
     }
 }
 
-fn filter(e: &Event) -> Verdict {
+fn filter(e: &Event) -> Decision {
     let Ok(guard) = CONFIG.lock() else {
-        return Verdict::Drop;
+        return Decision::Drop;
     };
     let Some(c) = guard.as_ref() else {
-        return Verdict::Drop;
+        return Decision::Drop;
     };
     if !e.is_table(&c.table) {
-        return Verdict::Drop;
+        return Decision::Drop;
     }
     match e
         .row()
         .and_then(|r| r.get(&c.column))
         .and_then(|v| v.as_f64())
     {
-        Some(v) if v >= c.min => Verdict::Keep,
-        _ => Verdict::Drop,
+        Some(v) if v >= c.min => Decision::Keep,
+        _ => Decision::Drop,
     }
 }
 

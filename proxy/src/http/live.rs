@@ -58,7 +58,7 @@ pub async fn websocket(
     };
     let admitted = match sub {
         None => None,
-        Some(sub) => match subscription::admit(&ctx, &grant, sub).await {
+        Some(sub) => match subscription::admit(ctx.admission(), &grant, sub).await {
             Ok(s) => Some(s),
             Err(e) => return *refused(e),
         },

@@ -90,6 +90,17 @@ pub struct Context {
     pub view_max_rows: usize,
 }
 
+impl Context {
+    /// What a subscription is admitted against.
+    pub fn admission(&self) -> subscription::Admission<'_> {
+        subscription::Admission {
+            catalog: &self.catalog,
+            tables: self.tables.as_deref().map(|t| t.as_slice()),
+            filters: &self.filters,
+        }
+    }
+}
+
 /// The error as a frame, then a close (1008) with its message.
 async fn error_close(ws: &mut Ws, e: Refusal) {
     let _ = ws.send(Message::Text(e.body().to_string().into())).await;
@@ -233,7 +244,7 @@ async fn subscribe_first(
             return None;
         }
     };
-    let admitted = match subscription::admit(ctx, access.grant(), sub).await {
+    let admitted = match subscription::admit(ctx.admission(), access.grant(), sub).await {
         Ok(s) => s,
         Err(e) => {
             error_close(ws, e).await;

@@ -6,13 +6,13 @@
 
 use crate::auth::Grant;
 use crate::backfill::driver::{plan_for, Plan, PlanError};
+use crate::catalog::Catalog;
 use crate::delivery::{self, Admitted};
-use crate::filter::FilterInstance;
-use crate::live::session::Context;
+use crate::filter::{FilterInstance, Filters};
 use crate::query::Query;
 use crate::refusal::Refusal;
 use walcast_core::requests::Subscription;
-use walcast_format::Position;
+use walcast_format::{Position, TablePattern};
 
 /// A subscription as the user may have it.
 pub struct Subscribed {
@@ -24,13 +24,24 @@ pub struct Subscribed {
     pub plan: Option<Plan>,
 }
 
+/// What a subscription is admitted against: the catalog, `--tables` and
+/// the uploaded filters.
+pub struct Admission<'a> {
+    pub catalog: &'a Catalog,
+    pub tables: Option<&'a [TablePattern]>,
+    pub filters: &'a Filters,
+}
+
 /// Admits `sub` for the user of `grant`.
-pub async fn admit(ctx: &Context, grant: &Grant, sub: Subscription) -> Result<Subscribed, Refusal> {
-    let tables = ctx.tables.as_deref().map(|t| t.as_slice());
+pub async fn admit(
+    with: Admission<'_>,
+    grant: &Grant,
+    sub: Subscription,
+) -> Result<Subscribed, Refusal> {
     let Admitted { query, filter } =
-        delivery::admit(&ctx.catalog, tables, grant, &ctx.filters, sub.choice).await?;
+        delivery::admit(with.catalog, with.tables, grant, with.filters, sub.choice).await?;
     let plan = match (&query, sub.snapshot) {
-        (Some(q), true) => Some(plan_for(&ctx.catalog, q).await.map_err(snapshot_refused)?),
+        (Some(q), true) => Some(plan_for(with.catalog, q).await.map_err(snapshot_refused)?),
         _ => None,
     };
     Ok(Subscribed {

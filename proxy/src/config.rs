@@ -749,7 +749,7 @@ impl NatsArgs {
 }
 
 /// Parses a byte count: `1048576`, `512kB`, `64MB`, `2GB` (powers of 1024).
-pub fn parse_bytes(s: &str) -> Result<u64, String> {
+fn parse_bytes(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);

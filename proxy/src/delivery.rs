@@ -191,11 +191,7 @@ pub struct Admitted {
 /// Opens a filter for a subscription; the error (404 `FILTER_NOT_FOUND`,
 /// 503 `INSTANTIATE_FAILED`, else 400 with the filter's code) when the id
 /// is unknown or the module cannot start with this config.
-pub fn open_filter(
-    filters: &Filters,
-    id: &str,
-    config: Vec<u8>,
-) -> Result<FilterInstance, Refusal> {
+fn open_filter(filters: &Filters, id: &str, config: Vec<u8>) -> Result<FilterInstance, Refusal> {
     let module = filters.get(id).ok_or_else(|| {
         Refusal::new(
             Kind::NotFound,

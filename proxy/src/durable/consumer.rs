@@ -234,7 +234,10 @@ pub async fn open(streams: &Streams, slot: &str, acked: Option<Lsn>) -> Result<O
         .await
         .map_err(start_failed)?;
     if streams.cfg.failover_slots {
-        client.keep_failover(slot).await.map_err(start_failed)?;
+        client
+            .keep_failover(slot, None)
+            .await
+            .map_err(start_failed)?;
     }
     // 0/0: PostgreSQL starts at the slot's confirmed position. Past it,
     // PostgreSQL skips every transaction whose commit ends at or before

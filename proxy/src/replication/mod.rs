@@ -36,6 +36,9 @@ pub struct SlotInfo {
     pub database: Option<String>,
     pub active: bool,
     pub confirmed_flush: Option<Lsn>,
+    /// Whether it is a failover slot (`None` before PostgreSQL 17, and for
+    /// a temporary slot, which cannot be one).
+    pub failover: Option<bool>,
 }
 
 /// A slot just created.
@@ -111,8 +114,13 @@ impl ReplicationClient {
         let rows = self
             .conn
             .simple_query(&format!(
-                "SELECT plugin, database, active::text, confirmed_flush_lsn::text \
+                "SELECT plugin, database, active::text, confirmed_flush_lsn::text, {} \
                  FROM pg_catalog.pg_replication_slots WHERE slot_name = {}",
+                if self.conn.major() >= FAILOVER_SLOTS_SINCE {
+                    "(CASE WHEN temporary THEN NULL ELSE failover END)::text"
+                } else {
+                    "NULL"
+                },
                 quote_literal(name)
             ))
             .await?;
@@ -121,6 +129,7 @@ impl ReplicationClient {
             database: r.get(1).cloned().flatten(),
             active: r.get(2).cloned().flatten().as_deref() == Some("true"),
             confirmed_flush: r.get(3).cloned().flatten().and_then(|l| l.parse().ok()),
+            failover: r.get(4).cloned().flatten().map(|f| f == "true"),
         }))
     }
 
@@ -165,26 +174,30 @@ impl ReplicationClient {
 
     /// On PostgreSQL 17 or newer, makes the slot `name` a failover slot if
     /// it is not one yet (a slot made before failover slots were asked for,
-    /// or by an older walcast), and says so in the log. A slot that cannot
-    /// be altered is used as it is, with a warning: it is not lost on this
-    /// server, only not synchronized to standbys.
-    pub async fn keep_failover(&mut self, name: &str) -> Result<(), ReplicationError> {
+    /// or by an older walcast), and says so in the log. `info` is what
+    /// [`ReplicationClient::slot`] found, when the caller read it already.
+    /// A slot that cannot be altered is used as it is, with a warning: it
+    /// is not lost on this server, only not synchronized to standbys.
+    pub async fn keep_failover(
+        &mut self,
+        name: &str,
+        info: Option<&SlotInfo>,
+    ) -> Result<(), ReplicationError> {
         if self.conn.major() < FAILOVER_SLOTS_SINCE {
             return Ok(());
         }
-        let rows = self
-            .conn
-            .simple_query(&format!(
-                "SELECT failover::text, temporary::text FROM pg_catalog.pg_replication_slots \
-                 WHERE slot_name = {}",
-                quote_literal(name)
-            ))
-            .await?;
-        let Some(row) = rows.first() else {
-            return Ok(());
+        let read;
+        let info = match info {
+            Some(i) => i,
+            None => match self.slot(name).await? {
+                Some(i) => {
+                    read = i;
+                    &read
+                }
+                None => return Ok(()),
+            },
         };
-        let flag = |i: usize| row.get(i).cloned().flatten();
-        if flag(0).as_deref() != Some("false") || flag(1).as_deref() == Some("true") {
+        if info.failover != Some(false) {
             return Ok(());
         }
         validate_slot_name(name).map_err(|e| ReplicationError::definite(e.to_string()))?;

@@ -389,7 +389,7 @@ pub(crate) async fn open(
         }
         Some(info) => {
             if cfg.failover_slots {
-                client.keep_failover(&cfg.slot).await?;
+                client.keep_failover(&cfg.slot, Some(&info)).await?;
             }
             info.confirmed_flush.unwrap_or(Lsn::INVALID)
         }

@@ -377,14 +377,12 @@ fn settings_the_proxy_cannot_start_with_are_named_and_exit_2() {
             "the relay publishes to NATS: pass --nats-url",
         ),
     ] {
-        let out = support::proxy_command(None)
-            .args(&args)
-            .env_remove("DATABASE_URL")
-            .env_remove("WALCAST_NATS_URL")
-            .output()
-            .expect("run walcast-proxy");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        let stderr = support::refused_start(
+            support::proxy_command(None)
+                .args(&args)
+                .env_remove("DATABASE_URL")
+                .env_remove("WALCAST_NATS_URL"),
+        );
         assert!(
             stderr.contains(&format!("walcast-proxy: {says}")),
             "{args:?}: {stderr}"

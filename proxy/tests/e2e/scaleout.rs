@@ -220,27 +220,24 @@ fn unreachable_nats_at_start_is_a_clear_error() {
     };
     let url = format!("nats://127.0.0.1:{port}");
     for extra in [vec!["relay", "--nats-url", &url], vec!["--nats-url", &url]] {
-        let out = support::proxy_command(None)
-            .args(["--database-url", &cluster().url(&db.name)])
-            .args(["--listen", "127.0.0.1:0"])
-            .args(&extra)
-            .output()
-            .expect("run walcast-proxy");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{extra:?}: {stderr}");
+        let stderr = support::refused_start(
+            support::proxy_command(None)
+                .args(["--database-url", &cluster().url(&db.name)])
+                .args(["--listen", "127.0.0.1:0"])
+                .args(&extra),
+        );
         assert!(
             stderr.contains(&format!("cannot connect to NATS at {url}")),
             "{extra:?}: {stderr}"
         );
     }
     // And a relay without --nats-url says what it needs.
-    let out = support::proxy_command(None)
-        .args(["relay", "--database-url", &cluster().url(&db.name)])
-        .env_remove("WALCAST_NATS_URL")
-        .output()
-        .expect("run walcast-proxy relay");
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--nats-url"));
+    let stderr = support::refused_start(
+        support::proxy_command(None)
+            .args(["relay", "--database-url", &cluster().url(&db.name)])
+            .env_remove("WALCAST_NATS_URL"),
+    );
+    assert!(stderr.contains("--nats-url"), "{stderr}");
 }
 
 #[test]
@@ -251,14 +248,12 @@ fn a_stream_larger_than_the_servers_storage_is_a_clear_error() {
         ..NatsConfig::default()
     })
     .expect("a private nats-server with 64 MB of JetStream storage");
-    let out = support::proxy_command(None)
-        .args(["relay", "--database-url", &cluster().url(&db.name)])
-        .args(["--listen", "127.0.0.1:0", "--nats-url", &nats.url()])
-        .args(["--nats-max-bytes", "1GB"])
-        .output()
-        .expect("run walcast-proxy relay");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let stderr = support::refused_start(
+        support::proxy_command(None)
+            .args(["relay", "--database-url", &cluster().url(&db.name)])
+            .args(["--listen", "127.0.0.1:0", "--nats-url", &nats.url()])
+            .args(["--nats-max-bytes", "1GB"]),
+    );
     assert!(
         stderr.contains("cannot create the JetStream stream WALCAST")
             && stderr.contains("--nats-max-bytes (1073741824 bytes)")

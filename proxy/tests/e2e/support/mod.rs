@@ -31,6 +31,15 @@ pub fn proxy_command(nofile: Option<u64>) -> Command {
     }
 }
 
+/// Runs `walcast-proxy` as `command` says, which must refuse to start:
+/// exit status 2. Its standard error.
+pub fn refused_start(command: &mut Command) -> String {
+    let out = command.output().expect("run walcast-proxy");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{command:?}: {stderr}");
+    stderr
+}
+
 /// An example WASM filter's module as `scripts/build-filters.sh` builds it
 /// (`walcast_filter_<name>.wasm`).
 pub fn example_filter_path(name: &str) -> std::path::PathBuf {

@@ -6,7 +6,8 @@
 use crate::support;
 
 use std::time::{Duration, Instant};
-use support::{json, Proxy};
+use support::{json, Launch, Proxy};
+use walcast_cluster::nats::NatsServer;
 use walcast_cluster::{Cluster, Config};
 use walcast_tests::{cluster, TestDb};
 
@@ -55,35 +56,58 @@ fn slots_are_failover_slots_on_17_and_newer_unless_turned_off() {
         .to_owned();
     let off = format!("{}_off", db.name);
     let plain = Proxy::start(cluster(), &db.name, &off, &["--failover-slots", "false"]);
+    // A relay makes its slot the same way.
+    let nats = NatsServer::start().expect("a private nats-server (./scripts/setup.sh installs it)");
+    let relay_slot = format!("{}_relay", db.name);
+    let relay = Proxy::launch(
+        &cluster().url(&db.name),
+        &relay_slot,
+        &["relay", "--nats-url", &nats.url()],
+        Launch::default(),
+    );
+    relay.wait_healthy();
     // Each proxy streams from its slot.
     let (mut a, mut b) = (proxy.ws("insert:items"), plain.ws("insert:items"));
     db.exec("INSERT INTO items VALUES (1)");
     assert_eq!(a.texts(1, WAIT).len(), 1);
     assert_eq!(b.texts(1, WAIT).len(), 1);
-    if major < 17 {
-        // No failover slots before 17: the slots are plain ones.
+    let slots = [old.as_str(), &stream, &off, &relay_slot];
+    if major >= 17 {
+        let mut want = vec![
+            (old.clone(), true),
+            (stream.clone(), true),
+            (off.clone(), false),
+            (relay_slot.clone(), true),
+        ];
+        want.sort();
+        assert_eq!(
+            failover_flags(&mut db, &slots),
+            want,
+            "PostgreSQL {major}: failover slots unless --failover-slots false"
+        );
+    } else {
+        // Before 17 there are no failover slots: the server has no such
+        // column, and the four slots are plain ones.
+        let e = db
+            .client
+            .query("SELECT failover FROM pg_replication_slots", &[])
+            .expect_err("no failover column before 17");
+        let message = e.as_db_error().map(|d| d.message().to_owned());
+        assert!(
+            message.as_deref().is_some_and(|m| m.contains("failover")),
+            "{message:?}"
+        );
+        let names: Vec<String> = slots.iter().map(|s| s.to_string()).collect();
         let count: i64 = db
             .client
             .query_one(
                 "SELECT count(*) FROM pg_replication_slots WHERE slot_name = ANY($1)",
-                &[&vec![old.clone(), stream.clone(), off.clone()]],
+                &[&names],
             )
             .expect("slots")
             .get(0);
-        assert_eq!(count, 3, "PostgreSQL {major}: the three slots exist");
-        return;
+        assert_eq!(count, 4, "PostgreSQL {major}: the four slots exist");
     }
-    let mut want = vec![
-        (old.clone(), true),
-        (stream.clone(), true),
-        (off.clone(), false),
-    ];
-    want.sort();
-    assert_eq!(
-        failover_flags(&mut db, &[&old, &stream, &off]),
-        want,
-        "PostgreSQL {major}: failover slots unless --failover-slots false"
-    );
 }
 
 /// A second cluster whose sessions are read-only (as a standby's are), with
@@ -223,6 +247,34 @@ fn wait_until(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
+/// Waits until the standby has `slot`, synchronized and ready to use.
+fn wait_synced(standby: &Cluster, slot: &str) {
+    wait_until(
+        Duration::from_secs(60),
+        &format!("the slot {slot} synchronized to the standby"),
+        || {
+            standby
+                .psql(
+                    "postgres",
+                    &format!(
+                        "SELECT count(*) FROM pg_replication_slots \
+                         WHERE slot_name = '{slot}' AND synced AND NOT temporary"
+                    ),
+                )
+                .map(|n| n == "1")
+                .unwrap_or(false)
+        },
+    );
+}
+
+/// The ids of the row frames among `frames`, in order.
+fn ids(frames: &[String]) -> Vec<i64> {
+    frames
+        .iter()
+        .filter_map(|f| json(f)["columns"]["id"].as_i64())
+        .collect()
+}
+
 #[test]
 fn after_a_failover_live_clients_go_on_with_the_synced_slot_or_are_told() {
     let db = "failover_live";
@@ -234,41 +286,35 @@ fn after_a_failover_live_clients_go_on_with_the_synced_slot_or_are_told() {
     );
     let proxy = Proxy::spawn(&url, "walcast_proxy", &[]);
     proxy.wait_healthy();
+    // Every insert; a filtered query (v = id); and one that leaves before
+    // the failover and resumes after it with `after=`.
     let mut client = proxy.ws("insert:items");
+    let mut filtered = proxy.ws("insert:items:v.gt.50");
+    let mut leaving = proxy.ws("insert:items");
     insert(&primary.conninfo(db), 1..101);
-    let ids = |frames: &[String]| -> Vec<i64> {
-        frames
-            .iter()
-            .filter_map(|f| json(f)["columns"]["id"].as_i64())
-            .collect()
-    };
     let mut got = ids(&client.texts(100, WAIT));
     assert_eq!(got, (1..101).collect::<Vec<i64>>());
+    let mut got_filtered = ids(&filtered.texts(50, WAIT));
+    assert_eq!(got_filtered, (51..101).collect::<Vec<i64>>());
+    let seen = leaving.texts(80, WAIT);
+    assert_eq!(ids(&seen), (1..81).collect::<Vec<i64>>());
+    let after = json(&seen[79])["pos"].as_str().expect("pos").to_owned();
+    drop(leaving);
     if major >= 17 {
-        // The standby has the proxy's slot, synchronized and ready to use.
-        wait_until(
-            Duration::from_secs(60),
-            "the slot synchronized to the standby",
-            || {
-                standby
-                    .psql(
-                        "postgres",
-                        "SELECT count(*) FROM pg_replication_slots \
-                     WHERE slot_name = 'walcast_proxy' AND synced AND NOT temporary",
-                    )
-                    .map(|n| n == "1")
-                    .unwrap_or(false)
-            },
-        );
+        wait_synced(&standby, "walcast_proxy");
     }
     // The primary's machine dies; the standby is promoted.
     primary.kill().expect("SIGKILL the primary");
     standby.promote().expect("promote");
     let promoted = Instant::now();
     insert(&standby.conninfo(db), 101..201);
+    let resume = format!(
+        "ws://127.0.0.1:{}/ws?query=insert:items&after={after}",
+        proxy.port
+    );
     if major >= 17 {
-        // The proxy found its slot on the new primary: the client, still
-        // connected, gets every change committed there, once, in order.
+        // The proxy found its slot on the new primary: the clients, still
+        // connected, get every change committed there, once, in order.
         let first = client.texts(1, Duration::from_secs(30));
         eprintln!(
             "first change on the new primary reached the client {:?} after the promotion",
@@ -290,41 +336,64 @@ fn after_a_failover_live_clients_go_on_with_the_synced_slot_or_are_told() {
             "the client holds exactly the new primary's rows, in order"
         );
         assert_eq!(got, (1..201).collect::<Vec<i64>>());
-        return;
+        got_filtered.extend(ids(&filtered.texts(100, WAIT)));
+        assert_eq!(
+            got_filtered,
+            (51..201).collect::<Vec<i64>>(),
+            "the filtered client"
+        );
+        // The client that left resumes after its last position.
+        let mut back = proxy.ws_url(&resume);
+        assert_eq!(
+            ids(&back.texts(120, WAIT)),
+            (81..201).collect::<Vec<i64>>(),
+            "the resumed client: each change after its position, once"
+        );
+    } else {
+        // PostgreSQL 15 and 16: the standby never had the slot. The proxy
+        // says so, closes its clients with the reason, refuses to resume
+        // and makes no slot on its own.
+        for c in [&mut client, &mut filtered] {
+            let (code, reason) = c
+                .close_frame(Duration::from_secs(30))
+                .expect("the client is closed");
+            assert_eq!(code, 1011, "{reason}");
+            assert!(
+                reason.contains("is gone") && reason.contains("failover"),
+                "{reason}"
+            );
+        }
+        let (status, health) = proxy.get("/healthz").expect("healthz");
+        assert_eq!(status, 503, "{health}");
+        assert!(
+            json(&health)["last_error"]
+                .as_str()
+                .unwrap_or("")
+                .contains("failover"),
+            "{health}"
+        );
+        match proxy.try_ws_url(&resume) {
+            Ok(_) => panic!("a client resumed on a proxy that lost its slot"),
+            Err((status, body)) => {
+                assert_eq!(status, 503, "{body}");
+                assert!(body.contains("failover"), "{body}");
+            }
+        }
+        assert_eq!(
+            standby
+                .psql(
+                    "postgres",
+                    "SELECT count(*) FROM pg_replication_slots WHERE slot_type = 'logical'"
+                )
+                .expect("slots"),
+            "0",
+            "no slot made without being asked"
+        );
     }
-    // PostgreSQL 15 and 16: the standby never had the slot. The proxy says
-    // so, closes its clients with the reason and makes no slot on its own.
-    let (code, reason) = client
-        .close_frame(Duration::from_secs(30))
-        .expect("the client is closed");
-    assert_eq!(code, 1011, "{reason}");
-    assert!(
-        reason.contains("is gone") && reason.contains("failover"),
-        "{reason}"
-    );
-    let (status, health) = proxy.get("/healthz").expect("healthz");
-    assert_eq!(status, 503, "{health}");
-    assert!(
-        json(&health)["last_error"]
-            .as_str()
-            .unwrap_or("")
-            .contains("failover"),
-        "{health}"
-    );
-    assert_eq!(
-        standby
-            .psql(
-                "postgres",
-                "SELECT count(*) FROM pg_replication_slots WHERE slot_type = 'logical'"
-            )
-            .expect("slots"),
-        "0",
-        "no slot made without being asked"
-    );
 }
 
 #[test]
-fn after_a_failover_a_durable_stream_resumes_after_its_last_ack_on_17_and_newer() {
+fn after_a_failover_a_durable_stream_resumes_after_its_last_ack_or_is_refused() {
     use support::durable::{frame, init, transaction};
     let db = "failover_durable";
     let (mut primary, standby, major) = primary_and_standby(db);
@@ -364,22 +433,7 @@ fn after_a_failover_a_durable_stream_resumes_after_its_last_ack_on_17_and_newer(
         }
     }
     if major >= 17 {
-        wait_until(
-            Duration::from_secs(60),
-            "the stream's slot synchronized to the standby",
-            || {
-                standby
-                    .psql(
-                        "postgres",
-                        &format!(
-                            "SELECT count(*) FROM pg_replication_slots \
-                         WHERE slot_name = '{slot}' AND synced AND NOT temporary"
-                        ),
-                    )
-                    .map(|n| n == "1")
-                    .unwrap_or(false)
-            },
-        );
+        wait_synced(&standby, &slot);
     }
     primary.kill().expect("SIGKILL the primary");
     // The consumer's replication connection is gone: the client is told.
@@ -387,36 +441,37 @@ fn after_a_failover_a_durable_stream_resumes_after_its_last_ack_on_17_and_newer(
     assert_eq!(code, 1011, "{reason}");
     standby.promote().expect("promote");
     insert(&standby.conninfo(db), 51..101);
-    if major < 17 {
+    if major >= 17 {
+        // The client resumes after its last ACK: the synchronized slot may
+        // lag it, `acked=` says where the client is.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut c = loop {
+            match open(Some(&last_ack)) {
+                Ok(c) => break c,
+                Err(e) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "the stream did not come back: {e:?}"
+                    );
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        };
+        for want in 51..101 {
+            let (_, changes, _) = transaction(&mut c);
+            assert_eq!(
+                changes.iter().map(id).collect::<Vec<_>>(),
+                [want],
+                "every transaction after the last ACK, once, in order"
+            );
+        }
+    } else {
         // No failover slots: the stream is not on the new primary, and a
-        // reconnect is refused rather than served from anywhere else.
+        // reconnect is refused (404, docs/operations.md#failover) rather
+        // than served from anywhere else.
         match open(Some(&last_ack)) {
             Ok(_) => panic!("a stream was served on the new primary"),
-            Err((status, body)) => assert!(status >= 400, "{status} {body}"),
+            Err((status, body)) => assert_eq!(status, 404, "{body}"),
         }
-        return;
-    }
-    // The client resumes after its last ACK: the synchronized slot may lag
-    // it, `acked=` says where the client is.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut c = loop {
-        match open(Some(&last_ack)) {
-            Ok(c) => break c,
-            Err(e) => {
-                assert!(
-                    Instant::now() < deadline,
-                    "the stream did not come back: {e:?}"
-                );
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        }
-    };
-    for want in 51..101 {
-        let (_, changes, _) = transaction(&mut c);
-        assert_eq!(
-            changes.iter().map(id).collect::<Vec<_>>(),
-            [want],
-            "every transaction after the last ACK, once, in order"
-        );
     }
 }

@@ -22,6 +22,25 @@ fn confirmed_flush(db: &mut TestDb, slot: &str) -> String {
         .get(0)
 }
 
+/// Waits until the slot's confirmed position reaches `at` and returns it.
+/// The proxy's ACK reply means PostgreSQL has been sent the position; the
+/// walsender records it in the slot as it reads it, a moment later.
+fn confirmed_reaching(db: &mut TestDb, slot: &str, at: &str) -> walcast_format::Lsn {
+    let at: walcast_format::Lsn = at.parse().expect("an LSN");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let now: walcast_format::Lsn = confirmed_flush(db, slot).parse().expect("an LSN");
+        if now >= at {
+            return now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the slot {slot} stayed confirmed at {now}, behind {at}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn setup(name: &str, extra: &[&str]) -> (TestDb, Proxy) {
     let mut db = TestDb::new(name);
     db.exec(
@@ -192,9 +211,9 @@ fn acks_resume_after_the_last_ack_and_one_consumer_at_a_time() {
     c.send(&format!(r#"{{"lsn":"{end1}","reply":true}}"#));
     assert_eq!(reply(&mut c), serde_json::json!({ "ack": end1 }));
     assert_eq!(
-        confirmed_flush(&mut db, &slot),
+        confirmed_reaching(&mut db, &slot, &end1).to_string(),
         end1,
-        "the ACK reached PostgreSQL"
+        "the ACK reached PostgreSQL, and nothing past it"
     );
 
     // Bad ACKs: an error or warning frame each, and nothing changes.
@@ -700,13 +719,7 @@ fn a_slow_consumer_gets_every_change_and_a_frozen_one_is_closed() {
     assert_eq!(ids, rows);
     // At the ACK, or past it over WAL with nothing for this stream (an
     // idle stream's slot advances).
-    let confirmed: walcast_format::Lsn = confirmed_flush(&mut db, &slow_slot)
-        .parse()
-        .expect("an LSN");
-    assert!(
-        confirmed >= end.parse().expect("an LSN"),
-        "{confirmed} is behind the ACK {end}"
-    );
+    confirmed_reaching(&mut db, &slow_slot, &end);
     assert_eq!(closes(&proxy), 1, "only the frozen consumer was closed");
     // The frozen consumer's place is free again: it resumes from the start.
     drop(frozen);
@@ -755,19 +768,7 @@ fn acked_resumes_after_an_ack_that_never_reached_the_proxy() {
         rows[0]["columns"]["id"], 3,
         "transactions up to the ACK are skipped"
     );
-    let deadline = Instant::now() + WAIT;
-    let acked: walcast_format::Lsn = ends[1].parse().expect("an LSN");
-    while confirmed_flush(&mut db, &slot)
-        .parse::<walcast_format::Lsn>()
-        .ok()
-        < Some(acked)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the slot was not confirmed at the acked position"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    confirmed_reaching(&mut db, &slot, &ends[1]);
     drop(c);
     // An older acked changes nothing; a malformed one or one past the end
     // of WAL is refused before the upgrade.

@@ -106,15 +106,10 @@ unsafe extern "C-unwind" fn begin(
             (*txn).final_lsn,
         )
     };
-    d.wrote_in_txn = false;
     // A transaction is decoded once it committed: final_lsn is its commit record.
     d.begin_positions(Some(commit_lsn));
     d.set_batching(true);
-    if d.options.include_transaction {
-        d.begin(xid, first_lsn);
-        // SAFETY: ctx is the running callback's context.
-        unsafe { d.flush(ctx) };
-    }
+    d.start_transaction(xid, first_lsn);
 }
 
 #[pg_guard]
@@ -126,12 +121,13 @@ unsafe extern "C-unwind" fn commit(
     // SAFETY: valid ctx and txn from PostgreSQL.
     let d = unsafe { decoder(ctx) };
     // SAFETY: as above.
-    let skipped = !d.wrote_in_txn && !d.options.include_transaction;
+    let own_only = unsafe { d.end_transaction(ctx) };
+    let skipped = own_only || (!d.wrote_in_txn && !d.options.include_transaction);
     // SAFETY: as above.
     unsafe { update_progress(ctx, skipped) };
     // The transaction's objects still waiting go out now, together with its C.
     d.set_batching(false);
-    if d.options.include_transaction {
+    if d.options.include_transaction && !own_only {
         // SAFETY: as above.
         unsafe {
             d.commit(
@@ -164,6 +160,11 @@ unsafe fn row_change(
     unsafe {
         let d = decoder(ctx);
         d.next_position(true);
+        if d.in_change_context(|d| d.own_table(relation)) {
+            d.count_change(ctx);
+            return;
+        }
+        d.write_pending_begin(ctx);
         let tp = (*change).data.tp;
         let c = RowChange {
             action: (*change).action,
@@ -229,6 +230,12 @@ unsafe fn truncate_change(
         let t = (*change).data.truncate;
         let lsn = (*change).lsn;
         let n = usize::try_from(nrelations).unwrap_or(0);
+        let own =
+            d.in_change_context(|d| (0..n).filter(|&i| d.own_table(*relations.add(i))).count());
+        if own == n {
+            return;
+        }
+        d.write_pending_begin(ctx);
         if d.in_change_context(|d| {
             d.truncate(relations, n, lsn, xid, ts, t.cascade, t.restart_seqs)
         }) {
@@ -270,6 +277,9 @@ unsafe fn message_change(
     unsafe {
         let d = decoder(ctx);
         d.next_position(txn.is_some());
+        if txn.is_some() {
+            d.write_pending_begin(ctx);
+        }
         let prefix = CStr::from_ptr(prefix).to_bytes();
         let content: &[u8] = if size == 0 {
             &[]

@@ -41,6 +41,12 @@ pub struct Decoder {
     changes_since_progress: u32,
     /// Whether anything was written for the current transaction.
     pub wrote_in_txn: bool,
+    /// With `include-transaction`: the `B` of the transaction being decoded
+    /// (its xid and first LSN) until its first change is written.
+    pending_begin: Option<(u32, u64)>,
+    /// Whether the transaction being decoded changed the extension's own
+    /// table.
+    own_touched: bool,
     /// The last commit timestamp written and its JSON text: every change of a
     /// transaction carries the same one.
     ts_cache: (i64, Vec<u8>),
@@ -98,6 +104,8 @@ impl Decoder {
             unchanged: Vec::new(),
             changes_since_progress: 0,
             wrote_in_txn: false,
+            pending_begin: None,
+            own_touched: false,
             ts_cache: (i64::MIN, Vec::new()),
             txn_pos: None,
             current_pos: None,
@@ -496,8 +504,59 @@ impl Decoder {
         true
     }
 
+    /// A transaction starts: its `B` (with `include-transaction`) waits for
+    /// its first change, so that a transaction that changed only the
+    /// extension's own table writes nothing at all.
+    pub fn start_transaction(&mut self, xid: u32, first_lsn: u64) {
+        self.wrote_in_txn = false;
+        self.own_touched = false;
+        self.pending_begin = self.options.include_transaction.then_some((xid, first_lsn));
+    }
+
+    /// Writes the transaction's `B` if it still waits.
+    ///
+    /// # Safety
+    /// `ctx` must be the decoding context of the running callback.
+    pub unsafe fn write_pending_begin(&mut self, ctx: *mut pg_sys::LogicalDecodingContext) {
+        if let Some((xid, first_lsn)) = self.pending_begin.take() {
+            self.begin(xid, first_lsn);
+            // SAFETY: ctx is valid per the contract.
+            unsafe { self.flush(ctx) };
+        }
+    }
+
+    /// At the commit: true when the transaction changed only the extension's
+    /// own table, so that neither its `B` nor its `C` is written. Otherwise
+    /// the `B` is written if it still waits (a transaction without changes,
+    /// or whose changes were all filtered out, is an empty `B`/`C` pair).
+    ///
+    /// # Safety
+    /// `ctx` must be the decoding context of the running callback.
+    pub unsafe fn end_transaction(&mut self, ctx: *mut pg_sys::LogicalDecodingContext) -> bool {
+        if self.own_touched && self.pending_begin.is_some() {
+            self.pending_begin = None;
+            return true;
+        }
+        // SAFETY: ctx is valid per the contract.
+        unsafe { self.write_pending_begin(ctx) };
+        false
+    }
+
+    /// Whether `rel` is the extension's own table (noted for the commit).
+    ///
+    /// # Safety
+    /// `rel` must be a valid open relation; catalog access must be possible.
+    pub unsafe fn own_table(&mut self, rel: pg_sys::Relation) -> bool {
+        let mut rels = std::mem::replace(&mut self.rels, RelCache::placeholder());
+        // SAFETY: rel is valid per the contract.
+        let own = unsafe { rels.get(rel, &self.options) }.own;
+        self.rels = rels;
+        self.own_touched |= own;
+        own
+    }
+
     /// `{"action":"B",...}` (with `include-transaction`).
-    pub fn begin(&mut self, xid: u32, first_lsn: u64) {
+    fn begin(&mut self, xid: u32, first_lsn: u64) {
         self.begin_object(Action::Begin.letter().as_bytes());
         self.put_xid(xid);
         self.put_lsn(b",\"lsn\":", first_lsn);

@@ -25,8 +25,11 @@ pub struct Column {
 
 /// What the plugin knows about one relation.
 pub struct RelInfo {
-    /// Whether the options' table filters let this relation through.
+    /// Whether this relation's changes are written: the options' table
+    /// filters let it through and it is not the extension's own table.
     pub allowed: bool,
+    /// The extension's own bookkeeping table ([`is_own_table`]).
+    pub own: bool,
     /// `,"schema":"s","table":"t"`
     pub names: Vec<u8>,
     /// `schema.table` with identifiers quoted where needed, as a JSON string.
@@ -144,6 +147,15 @@ impl RelCache {
     }
 }
 
+/// The extension's own bookkeeping table (`walcast.streams`, written by
+/// walcast-proxy when it creates a stream). Its changes are never written:
+/// they are no one's data, and a stream's creation must not reach the others
+/// (a transaction that changed nothing else gives no `B`/`C` either).
+/// The extension is not relocatable, so its schema is always `walcast`.
+fn is_own_table(schema: &str, table: &str) -> bool {
+    schema == "walcast" && table == "streams"
+}
+
 /// `schema.table`, each part quoted only when PostgreSQL would need it.
 ///
 /// # Safety
@@ -176,7 +188,8 @@ impl RelInfo {
             };
             let schema_s = schema.to_string_lossy();
             let table_s = table.to_string_lossy();
-            let allowed = options.table_allowed(&schema_s, &table_s);
+            let own = is_own_table(&schema_s, &table_s);
+            let allowed = !own && options.table_allowed(&schema_s, &table_s);
 
             let mut names = Vec::with_capacity(32 + schema_s.len() + table_s.len());
             names.extend_from_slice(b",\"schema\":");
@@ -245,6 +258,7 @@ impl RelInfo {
 
             RelInfo {
                 allowed,
+                own,
                 names,
                 qualified,
                 replident: form.relreplident as u8,

@@ -52,6 +52,64 @@ fn not_found(slot: &str) -> Refusal {
     )
 }
 
+/// Why a recorded stream can no longer be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lost {
+    /// `walcast.streams` records it, and this server has no slot of that
+    /// name: lost in a failover to a server without it, or dropped outside
+    /// walcast.
+    NoSlot,
+    /// Its slot is still there but PostgreSQL invalidated it
+    /// (`wal_status = 'lost'`: WAL it needed was removed).
+    Invalidated,
+}
+
+impl Lost {
+    /// What happened, for the 410 body, the listing and the log.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Lost::NoSlot => "its replication slot is not on this server (lost in a failover to a server without it, or dropped outside walcast: docs/operations.md#failover)",
+            Lost::Invalidated => "PostgreSQL invalidated its replication slot (WAL it still needed was removed: max_slot_wal_keep_size)",
+        }
+    }
+
+    /// The word `GET /v1/streams` shows.
+    pub fn word(self) -> &'static str {
+        match self {
+            Lost::NoSlot => "no_slot",
+            Lost::Invalidated => "invalidated",
+        }
+    }
+}
+
+/// Refuses a stream's table allow-list that does not parse, is empty, or
+/// has nowhere to be kept (`recorded`: the database has `walcast.streams`).
+fn check_tables(tables: &str, recorded: bool) -> Result<(), Refusal> {
+    let patterns = TablePattern::parse_list(tables)
+        .map_err(|e| Refusal::invalid(format!("invalid tables: {e}")))?;
+    if patterns.is_empty() {
+        return Err(Refusal::invalid("tables is empty"));
+    }
+    if !recorded {
+        return Err(Refusal::invalid(
+            "a table allow-list per stream is kept in walcast.streams: run CREATE EXTENSION walcast in this database first",
+        ));
+    }
+    Ok(())
+}
+
+/// 410 `STREAM_LOST` for a stream that is recorded but cannot be read.
+fn lost(slot: &str, why: Lost) -> Refusal {
+    Refusal::new(
+        Kind::Gone,
+        format!(
+            "durable stream {slot} is lost: {}; the changes after its last ACK cannot be read. Delete it (DELETE /v1/streams/{slot}) and create a new stream with POST /v1/init (a new snapshot)",
+            why.reason()
+        ),
+    )
+    .code("STREAM_LOST")
+}
+
 /// The state of a stream's exported snapshot.
 enum Snapshot {
     Held {
@@ -106,6 +164,8 @@ pub struct StreamInfo {
     pub snapshot: String,
     pub snapshot_expires: Option<SystemTime>,
     pub tables: Option<String>,
+    /// Set when the stream is recorded but cannot be read.
+    pub lost: Option<Lost>,
 }
 
 /// The consumer slot a `/v1/lr/stream` connection holds; released on drop.
@@ -252,12 +312,16 @@ impl Streams {
         export: bool,
     ) -> Result<Created, Refusal> {
         let word = stream_word(word)?;
+        let recorded = self.metadata_table().await?;
         if let Some(t) = tables {
-            self.check_tables(t).await?;
+            check_tables(t, recorded)?;
         }
         let (client, created) = match &self.jet {
             Some(jet) => self.create_on_jetstream(jet, &word).await?,
-            None => self.create_slot(&word, export).await?,
+            None => {
+                self.create_slot(&word, export, recorded.then_some(tables))
+                    .await?
+            }
         };
         let snapshot = match created.snapshot.clone() {
             Some(s) => s,
@@ -268,7 +332,7 @@ impl Streams {
                 ))
             }
         };
-        if let Some(t) = tables {
+        if let (Some(t), Some(_)) = (tables, &self.jet) {
             self.record_tables(&created.name, t).await?;
         }
         if !export {
@@ -295,23 +359,7 @@ impl Streams {
         })
     }
 
-    /// Refuses a stream's table allow-list that does not parse, is empty,
-    /// or has nowhere to be kept (no `walcast.streams` in this database).
-    async fn check_tables(&self, tables: &str) -> Result<(), Refusal> {
-        let patterns = TablePattern::parse_list(tables)
-            .map_err(|e| Refusal::invalid(format!("invalid tables: {e}")))?;
-        if patterns.is_empty() {
-            return Err(Refusal::invalid("tables is empty"));
-        }
-        if !self.metadata_table().await? {
-            return Err(Refusal::invalid(
-                "a table allow-list per stream is kept in walcast.streams: run CREATE EXTENSION walcast in this database first",
-            ));
-        }
-        Ok(())
-    }
-
-    /// Records the table allow-list of the new stream `slot` in
+    /// Records the table allow-list of the new JetStream stream `slot` in
     /// `walcast.streams`; if that fails, drops the stream again.
     async fn record_tables(&self, slot: &str, tables: &str) -> Result<(), Refusal> {
         let stored = self
@@ -363,11 +411,17 @@ impl Streams {
     }
 
     /// A permanent slot `walcast_<word><n>` with an exported snapshot, and
-    /// the replication connection that holds the snapshot.
+    /// the replication connection that holds the snapshot. With `record`
+    /// (the database has `walcast.streams`), the name is first recorded
+    /// there with the stream's table list: a name recorded before, even
+    /// with its slot gone, is never taken again (that stream is told it
+    /// was lost, not silently replaced), and the record follows the data
+    /// to a standby, so a failover that loses the slot is noticed there.
     async fn create_slot(
         &self,
         word: &str,
         export: bool,
+        record: Option<Option<&str>>,
     ) -> Result<(ReplicationClient, crate::replication::CreatedSlot), Refusal> {
         let mut client = ReplicationClient::connect(&self.database)
             .await
@@ -375,35 +429,81 @@ impl Streams {
         let mut n = 1u32;
         let created = loop {
             let name = format!("walcast_{word}{n}");
+            if n > 10_000 {
+                return Err(Refusal::unavailable(
+                    "no free stream name; drop unused streams",
+                ));
+            }
+            n += 1;
             if client
                 .slot(&name)
                 .await
                 .map_err(|e| Refusal::unavailable(e.message))?
                 .is_some()
             {
-                n += 1;
                 continue;
+            }
+            if let Some(tables) = record {
+                if !self.reserve(&name, tables).await? {
+                    continue;
+                }
             }
             match client
                 .create_slot(&name, false, export, self.cfg.failover_slots)
                 .await
             {
                 Ok(c) => break c,
-                // Someone else took the name between the check and the creation.
-                Err(e) if e.is(&SqlState::DUPLICATE_OBJECT) => n += 1,
                 Err(e) => {
+                    if record.is_some() {
+                        self.forget(&name).await;
+                    }
+                    // Someone else took the name between the check and the creation.
+                    if e.is(&SqlState::DUPLICATE_OBJECT) {
+                        continue;
+                    }
                     return Err(Refusal::unavailable(format!(
                         "cannot create the stream: {e}"
-                    )))
+                    )));
                 }
-            }
-            if n > 10_000 {
-                return Err(Refusal::unavailable(
-                    "no free stream name; drop unused streams",
-                ));
             }
         };
         Ok((client, created))
+    }
+
+    /// Records the name `slot` (with its table list) in `walcast.streams`
+    /// before its slot is created; false when the name is recorded already.
+    async fn reserve(&self, slot: &str, tables: Option<&str>) -> Result<bool, Refusal> {
+        let inserted = self
+            .pool
+            .get()
+            .await
+            .map_err(Refusal::unavailable)?
+            .execute(
+                "INSERT INTO walcast.streams (slot_name, tables) VALUES ($1, $2) \
+                 ON CONFLICT (slot_name) DO NOTHING",
+                &[&slot, &tables],
+            )
+            .await
+            .map_err(|e| {
+                Refusal::unavailable(format!("cannot record the stream in walcast.streams: {e}"))
+            })?;
+        Ok(inserted == 1)
+    }
+
+    /// Removes the record of `slot` from `walcast.streams` (logged when
+    /// that fails: the stream would then be reported lost).
+    async fn forget(&self, slot: &str) {
+        let removed = match self.pool.get().await {
+            Ok(c) => c
+                .execute("DELETE FROM walcast.streams WHERE slot_name = $1", &[&slot])
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(error) = removed {
+            tracing::warn!(slot, %error, "could not remove the stream's record from walcast.streams");
+        }
     }
 
     /// On an edge: a temporary slot exports the snapshot (and goes with its
@@ -674,20 +774,23 @@ impl Streams {
                     snapshot,
                     snapshot_expires: expires,
                     tables: tables.get(&j.name).cloned().flatten(),
+                    lost: None,
                     slot: j.name,
                 }
             })
             .collect())
     }
 
-    /// The stream slots of this database (only `only`, when given). The
-    /// table lists are read for a full listing only.
+    /// The stream slots of this database (only `only`, when given), and
+    /// the streams `walcast.streams` records whose slot is gone. The table
+    /// lists are read for a full listing, or when `only` has no slot.
     async fn slots(&self, only: Option<&str>) -> Result<Vec<StreamInfo>, Refusal> {
         let c = self.pool.get().await.map_err(Refusal::unavailable)?;
         let rows = c
             .query(
                 "SELECT slot_name::text, active, active_pid, confirmed_flush_lsn::text, \
-                 (pg_catalog.pg_current_wal_lsn() - confirmed_flush_lsn)::int8 \
+                 (pg_catalog.pg_current_wal_lsn() - confirmed_flush_lsn)::int8, \
+                 wal_status IS NOT DISTINCT FROM 'lost' \
                  FROM pg_catalog.pg_replication_slots \
                  WHERE slot_type = 'logical' AND plugin = 'walcast' \
                  AND database = pg_catalog.current_database() \
@@ -697,7 +800,9 @@ impl Streams {
             .await
             .map_err(|e| Refusal::unavailable(format!("listing slots failed: {e}")))?;
         drop(c);
-        let tables = self.recorded_tables(only.is_none()).await?;
+        let mut tables = self
+            .recorded_tables(only.is_none() || rows.is_empty())
+            .await?;
         let inner = self.lock();
         let mut out = Vec::new();
         for r in rows {
@@ -713,17 +818,39 @@ impl Streams {
                 lag_bytes: r.get(4),
                 snapshot,
                 snapshot_expires: expires,
-                tables: tables.get(&slot).cloned().flatten(),
+                tables: tables.remove(&slot).flatten(),
+                lost: r.get::<_, bool>(5).then_some(Lost::Invalidated),
                 slot,
             });
         }
+        // What is left is recorded without a slot here.
+        let mut gone: Vec<(String, Option<String>)> = tables
+            .into_iter()
+            .filter(|(slot, _)| {
+                is_stream_slot_name(slot)
+                    && *slot != self.cfg.live_slot
+                    && only.is_none_or(|o| o == slot.as_str())
+            })
+            .collect();
+        gone.sort();
+        out.extend(gone.into_iter().map(|(slot, tables)| StreamInfo {
+            active: false,
+            active_pid: None,
+            confirmed_lsn: None,
+            lag_bytes: None,
+            snapshot: "none".to_owned(),
+            snapshot_expires: None,
+            tables,
+            lost: Some(Lost::NoSlot),
+            slot,
+        }));
         Ok(out)
     }
 
-    /// The stream `slot` (404 when it is not a durable stream of this
-    /// database); one query, so `tables` is not filled in (see
+    /// The stream `slot`, lost or not (404 when it is not a durable stream
+    /// of this database); `tables` is filled in only for a lost one (see
     /// [`Streams::stream_tables`]).
-    pub async fn require(&self, slot: &str) -> Result<StreamInfo, Refusal> {
+    async fn find(&self, slot: &str) -> Result<StreamInfo, Refusal> {
         if !is_stream_slot_name(slot) || slot == self.cfg.live_slot {
             return Err(not_found(slot));
         }
@@ -735,6 +862,16 @@ impl Streams {
             .into_iter()
             .find(|s| s.slot == slot)
             .ok_or_else(|| not_found(slot))
+    }
+
+    /// The stream `slot`, readable: 404 when it is not a durable stream of
+    /// this database, 410 `STREAM_LOST` when it is recorded but lost.
+    pub async fn require(&self, slot: &str) -> Result<StreamInfo, Refusal> {
+        let info = self.find(slot).await?;
+        match info.lost {
+            Some(why) => Err(lost(slot, why)),
+            None => Ok(info),
+        }
     }
 
     async fn drop_slot_sql(&self, slot: &str) -> Result<(), Refusal> {
@@ -761,7 +898,12 @@ impl Streams {
     /// its slot and its record are removed. 409 while another connection
     /// (not this proxy) streams from the slot.
     pub async fn delete(&self, slot: &str, reason: &str) -> Result<(), Refusal> {
-        let info = self.require(slot).await?;
+        let info = self.find(slot).await?;
+        if info.lost == Some(Lost::NoSlot) {
+            self.forget(slot).await;
+            tracing::info!(slot, "forgot lost durable stream: {reason}");
+            return Ok(());
+        }
         let ours = {
             let mut inner = self.lock();
             if let Some(Snapshot::Held { release, .. }) = inner.snapshots.get_mut(slot) {
@@ -805,14 +947,7 @@ impl Streams {
             inner.snapshots.remove(slot);
         }
         if self.metadata_table().await.unwrap_or(false) {
-            if let Ok(c) = self.pool.get().await {
-                if let Err(e) = c
-                    .execute("DELETE FROM walcast.streams WHERE slot_name = $1", &[&slot])
-                    .await
-                {
-                    tracing::warn!(slot, error = %e, "could not remove the stream's record from walcast.streams");
-                }
-            }
+            self.forget(slot).await;
         }
         tracing::info!(slot, "dropped durable stream: {reason}");
         Ok(())

@@ -291,6 +291,8 @@ pub async fn list(State(state): State<Arc<AppState>>) -> Result<Resp, ApiError> 
                 "snapshot": s.snapshot,
                 "snapshotExpiresAt": s.snapshot_expires.map(unix_seconds),
                 "tables": s.tables,
+                "lost": s.lost.map(|l| l.word()),
+                "lostReason": s.lost.map(|l| l.reason()),
             })
         })
         .collect();

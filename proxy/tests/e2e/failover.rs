@@ -434,6 +434,21 @@ fn after_a_failover_a_durable_stream_resumes_after_its_last_ack_or_is_refused() 
     }
     if major >= 17 {
         wait_synced(&standby, &slot);
+    } else {
+        // The stream's record is ordinary data: the standby has it.
+        wait_until(
+            Duration::from_secs(30),
+            "the standby replayed the stream's record",
+            || {
+                standby
+                    .psql(
+                        db,
+                        &format!("SELECT count(*) FROM walcast.streams WHERE slot_name = '{slot}'"),
+                    )
+                    .map(|n| n == "1")
+                    .unwrap_or(false)
+            },
+        );
     }
     primary.kill().expect("SIGKILL the primary");
     // The consumer's replication connection is gone: the client is told.
@@ -466,11 +481,42 @@ fn after_a_failover_a_durable_stream_resumes_after_its_last_ack_or_is_refused() 
             );
         }
     } else {
-        // No failover slots: the stream is not on the new primary, and a
-        // reconnect is refused (404, docs/operations.md#failover) rather
-        // than served from anywhere else.
-        match open(Some(&last_ack)) {
-            Ok(_) => panic!("a stream was served on the new primary"),
+        // No failover slots: the stream's slot is not on the new primary.
+        // The stream is told it is lost (410 STREAM_LOST,
+        // docs/streams.md#lost-streams) rather than served from anywhere
+        // else or called unknown.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let (status, body) = loop {
+            match open(Some(&last_ack)) {
+                Ok(_) => panic!("a stream was served on the new primary"),
+                Err((503, _)) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(200))
+                }
+                Err(refused) => break refused,
+            }
+        };
+        assert_eq!(status, 410, "{body}");
+        assert_eq!(json(&body)["code"], "STREAM_LOST", "{body}");
+        assert!(body.contains("failover"), "{body}");
+        let listed = json(&proxy.get("/v1/streams").expect("list").1);
+        let me = listed["streams"]
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["slotName"] == slot.as_str()).cloned())
+            .unwrap_or_else(|| panic!("{slot} not listed: {listed}"));
+        assert_eq!(me["lost"], "no_slot", "{me}");
+        // Its name is not given to a new stream, and no slot is made for it.
+        let again = init(&proxy, "/v1/init?name=orders")["slotName"]
+            .as_str()
+            .expect("slotName")
+            .to_owned();
+        assert_ne!(again, slot);
+        // DELETE forgets it.
+        let (status, body) = proxy
+            .delete(&format!("/v1/streams/{slot}"))
+            .expect("delete");
+        assert_eq!(status, 200, "{body}");
+        match open(None) {
+            Ok(_) => panic!("a deleted stream was served"),
             Err((status, body)) => assert_eq!(status, 404, "{body}"),
         }
     }

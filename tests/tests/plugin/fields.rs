@@ -85,3 +85,41 @@ fn include_options_leave_fields_out() {
         vec![r#"{"action":"I","schema":"public","table":"t","columns":{"id":1}}"#.to_owned()]
     );
 }
+
+#[test]
+fn the_extensions_own_table_is_never_written() {
+    let mut db = TestDb::new("own_table");
+    db.exec("CREATE TABLE t (id int PRIMARY KEY)");
+    let slot = db.slot("s");
+    db.exec(
+        "BEGIN; INSERT INTO walcast.streams (slot_name, tables) VALUES ('walcast_x1', 'public.t'); \
+         INSERT INTO t VALUES (1); COMMIT; \
+         UPDATE walcast.streams SET tables = NULL; DELETE FROM walcast.streams; \
+         INSERT INTO walcast.streams (slot_name) VALUES ('walcast_x2'); TRUNCATE walcast.streams",
+    );
+    let lines = db.changes(&slot, &[("include-transaction", "on")]);
+    let v: Vec<serde_json::Value> = lines.iter().map(|l| json(l)).collect();
+    let tables: Vec<&str> = v
+        .iter()
+        .filter_map(|c| c["table"].as_str().or(c["tables"][0].as_str()))
+        .collect();
+    assert_eq!(tables, ["t"], "only public.t: {lines:?}");
+    // The transaction that changed only walcast.streams (the statements
+    // after COMMIT run as one) writes nothing at all, not even B and C;
+    // one whose changes were all filtered out is an empty pair.
+    let actions: String = v.iter().filter_map(|c| c["action"].as_str()).collect();
+    assert_eq!(actions, "BIC", "{lines:?}");
+    db.exec(
+        "BEGIN; INSERT INTO walcast.streams (slot_name) VALUES ('walcast_x3'); \
+         INSERT INTO t VALUES (2); COMMIT",
+    );
+    let only_streams = db.changes(
+        &slot,
+        &[("include-transaction", "on"), ("filter-tables", "public.t")],
+    );
+    let actions: String = only_streams
+        .iter()
+        .filter_map(|l| json(l)["action"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(actions, "BC", "{only_streams:?}");
+}

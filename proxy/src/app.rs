@@ -350,6 +350,9 @@ fn front_door(args: &ServeArgs) -> FrontDoor {
 pub async fn relay(args: ServeArgs) -> Result<(), StartError> {
     let database = args.database.database()?;
     let url = args.nats.nats_url.clone().ok_or(ConfigError::NoNatsUrl)?;
+    if args.database.recreate_lost_slot {
+        return Err(ConfigError::RelayRecreate.into());
+    }
     let cfg = RelayConfig {
         reader: args.database.reader_config(&database)?,
         nats: args.nats.settings(&url),

@@ -111,6 +111,26 @@ pub struct DatabaseArgs {
         value_name = "true|false"
     )]
     pub failover_slots: bool,
+
+    /// When the proxy's slot is lost (gone from the server while in use, or
+    /// recorded in walcast.streams and not on the server it starts on: a
+    /// failover to a server without it), make a new one at the server's
+    /// current position and go on. The changes in between are missing:
+    /// they are counted and logged, connected clients are closed and a
+    /// resume from before answers 410 with the reason. Without it the proxy
+    /// stops streaming and says why (docs/operations.md#failover). Not for
+    /// the relay, whose edges' clients could not be told.
+    #[arg(
+        long,
+        global = true,
+        env = "WALCAST_RECREATE_LOST_SLOT",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_name = "true|false"
+    )]
+    pub recreate_lost_slot: bool,
 }
 
 /// Listening.
@@ -631,6 +651,8 @@ pub enum ConfigError {
         "the relay publishes to NATS: pass --nats-url or set WALCAST_NATS_URL (nats://host:4222)"
     )]
     NoNatsUrl,
+    #[error("--recreate-lost-slot is not for the relay: the clients of its edges could not be told which changes are missing (docs/operations.md#failover)")]
+    RelayRecreate,
 }
 
 impl DatabaseArgs {
@@ -662,6 +684,7 @@ impl DatabaseArgs {
             tables: self.tables.clone(),
             status_interval: Duration::from_secs(self.status_interval),
             failover_slots: self.failover_slots,
+            recreate_lost_slot: self.recreate_lost_slot,
         })
     }
 }

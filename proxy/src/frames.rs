@@ -117,11 +117,13 @@ pub fn snapshot_failed(table: &str, error: &str) -> String {
 }
 
 /// `{"error","code":"POSITION_GONE","oldest"}`: a resume position is no
-/// longer held (the body of HTTP 410, or a first frame's error frame).
-pub fn position_gone(oldest: Option<Position>) -> String {
-    let message = match oldest {
-        Some(o) => format!("changes after this position are no longer held (the oldest held is {o}): re-sync, then subscribe without \"after\""),
-        None => "changes after this position are no longer held (this proxy started after it): re-sync, then subscribe without \"after\"".to_owned(),
+/// longer held (the body of HTTP 410, or a first frame's error frame);
+/// `lost`: why, when the stream lost the changes for good.
+pub fn position_gone(oldest: Option<Position>, lost: Option<&str>) -> String {
+    let message = match (lost, oldest) {
+        (Some(why), _) => format!("changes after this position will not come ({why}): re-sync, then subscribe without \"after\""),
+        (None, Some(o)) => format!("changes after this position are no longer held (the oldest held is {o}): re-sync, then subscribe without \"after\""),
+        (None, None) => "changes after this position are no longer held (this proxy started after it): re-sync, then subscribe without \"after\"".to_owned(),
     };
     Frame::Error(Error {
         code: Some("POSITION_GONE"),
@@ -157,7 +159,7 @@ mod tests {
             r#"{"type":"snapshot","state":"failed","table":"public.t","error":"no"}"#
         );
         assert_eq!(
-            position_gone(None),
+            position_gone(None, None),
             r#"{"error":"changes after this position are no longer held (this proxy started after it): re-sync, then subscribe without \"after\"","code":"POSITION_GONE","oldest":null}"#
         );
         let e = Frame::Error(Error {

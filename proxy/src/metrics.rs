@@ -47,6 +47,11 @@ pub struct Metrics {
     pub view_rows: std::sync::Arc<AtomicI64>,
     pub unparseable_messages: AtomicU64,
     pub replication_reconnects: AtomicU64,
+    /// The proxy's slot found lost (gone from the server, or recorded in
+    /// `walcast.streams` and not there).
+    pub slots_lost: AtomicU64,
+    /// New slots made in place of lost ones (`--recreate-lost-slot`).
+    pub slots_recreated: AtomicU64,
     pub lag_bytes: AtomicU64,
     pub confirmed_lsn: AtomicU64,
     /// Durable stream consumers connected (`/v1/lr/stream`).
@@ -294,6 +299,16 @@ impl Metrics {
                 "walcast_replication_reconnects_total",
                 "Reconnections of the replication stream after transient errors.",
                 load(&self.replication_reconnects),
+            ),
+            counter(
+                "walcast_slots_lost_total",
+                "Times the proxy's replication slot was found lost (a failover to a server without it, or dropped): changes since its last confirmed position are missing.",
+                load(&self.slots_lost),
+            ),
+            counter(
+                "walcast_slots_recreated_total",
+                "New replication slots made in place of lost ones (--recreate-lost-slot).",
+                load(&self.slots_recreated),
             ),
             gauge(
                 "walcast_replication_lag_bytes",

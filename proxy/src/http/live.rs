@@ -18,10 +18,10 @@ use walcast_core::requests::Subscription;
 /// The answer when the hub refuses a subscription.
 fn subscribe_refused(e: SubscribeError) -> Resp {
     match e {
-        SubscribeError::Gone { oldest } => respond(
+        SubscribeError::Gone { oldest, reason } => respond(
             StatusCode::GONE,
             "application/json",
-            crate::frames::position_gone(oldest),
+            crate::frames::position_gone(oldest, reason.as_deref()),
         ),
         SubscribeError::NotReady => unavailable(session::NOT_READY, "1"),
         SubscribeError::Closed(reason) => {

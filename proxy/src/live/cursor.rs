@@ -232,11 +232,13 @@ impl Cursor {
     /// Appends up to `max` entries for this client to `out` (none when it
     /// is caught up).
     pub fn fill(&mut self, max: usize, out: &mut Vec<Entry>) -> Result<(), Stop> {
-        if let Some(reason) = self.hub.closed_reason() {
-            return Err(Stop::Closed(reason));
-        }
+        // Lost changes first: a stream that lost them and then stopped
+        // tells its clients what they miss, not only that it stopped.
         if let Some(reason) = self.hub.lost_for(self.id) {
             return Err(Stop::Lost(reason));
+        }
+        if let Some(reason) = self.hub.closed_reason() {
+            return Err(Stop::Closed(reason));
         }
         let start = out.len();
         self.clock.start_call();

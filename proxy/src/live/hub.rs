@@ -276,12 +276,25 @@ impl Index {
 /// Why a subscription could not start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SubscribeError {
-    /// Changes after the requested position are no longer held.
-    Gone { oldest: Option<Position> },
+    /// Changes after the requested position are no longer held (`reason`:
+    /// why, when they will never be: the stream lost them).
+    Gone {
+        oldest: Option<Position>,
+        reason: Option<String>,
+    },
     /// The stream has not started yet: the log cannot tell what it holds.
     NotReady,
     /// The stream stopped for good.
     Closed(String),
+}
+
+/// Changes the source lost (see [`Hub::lost`]).
+struct Gap {
+    /// Cursors from this id on were opened after it.
+    first_after: u64,
+    /// Positions before this one cannot be resumed from.
+    floor: Position,
+    reason: String,
 }
 
 struct Inner {
@@ -298,7 +311,7 @@ struct Inner {
     closed: Mutex<Option<String>>,
     /// Changes the source lost: cursors made before it (ids below the
     /// first) are stopped with the reason; resumes from before are gone.
-    gap: Mutex<Option<(u64, String)>>,
+    gap: Mutex<Option<Gap>>,
     /// Whether `gap` is set: read on every cursor read without the lock.
     has_gap: AtomicBool,
     /// Whether `closed` is set: read on every cursor read without the lock.
@@ -567,7 +580,15 @@ impl Hub {
         after: Option<Position>,
     ) -> Result<Cursor, SubscribeError> {
         if let Some(reason) = self.closed_reason() {
-            return Err(SubscribeError::Closed(reason));
+            // A stream that stopped because it lost changes will never
+            // serve a resume: say so, rather than "try again".
+            return Err(match after.and_then(|a| self.lost_before(a)) {
+                Some(lost) => SubscribeError::Gone {
+                    oldest: None,
+                    reason: Some(lost),
+                },
+                None => SubscribeError::Closed(reason),
+            });
         }
         let mut index = crate::locks::write(&self.inner.index);
         // No batch is being published while the index is held for writing.
@@ -576,7 +597,12 @@ impl Hub {
             None => head,
             Some(p) => match self.inner.log.resume(p) {
                 Resume::From(seq) => seq,
-                Resume::Gone { oldest } => return Err(SubscribeError::Gone { oldest }),
+                Resume::Gone { oldest } => {
+                    return Err(SubscribeError::Gone {
+                        oldest,
+                        reason: self.lost_before(p),
+                    })
+                }
                 Resume::NotReady => return Err(SubscribeError::NotReady),
             },
         };
@@ -662,7 +688,11 @@ impl Hub {
         let first_after = self.inner.next_cursor.load(Ordering::Acquire);
         {
             let mut g = crate::locks::lock(&self.inner.gap);
-            *g = Some((first_after, reason.to_owned()));
+            *g = Some(Gap {
+                first_after,
+                floor,
+                reason: reason.to_owned(),
+            });
         }
         self.inner.has_gap.store(true, Ordering::Release);
         self.inner.all.notify.notify_waiters();
@@ -674,6 +704,18 @@ impl Hub {
         }
     }
 
+    /// Why a resume from `after` cannot be served, when the source lost the
+    /// changes after it.
+    fn lost_before(&self, after: Position) -> Option<String> {
+        if !self.inner.has_gap.load(Ordering::Acquire) {
+            return None;
+        }
+        let g = crate::locks::lock(&self.inner.gap);
+        g.as_ref()
+            .filter(|gap| after < gap.floor)
+            .map(|gap| gap.reason.clone())
+    }
+
     /// Why the cursor `id` must stop: it was open when the source lost changes.
     pub(crate) fn lost_for(&self, id: u64) -> Option<String> {
         if !self.inner.has_gap.load(Ordering::Acquire) {
@@ -681,8 +723,8 @@ impl Hub {
         }
         let g = crate::locks::lock(&self.inner.gap);
         g.as_ref()
-            .filter(|(first_after, _)| id < *first_after)
-            .map(|(_, reason)| reason.clone())
+            .filter(|gap| id < gap.first_after)
+            .map(|gap| gap.reason.clone())
     }
 
     /// Why the stream stopped for everyone, once it did.
@@ -851,6 +893,48 @@ mod tests {
                 assert_eq!(got.len(), usize::from(want), "query {q:?} on row {row}");
             }
         }
+    }
+
+    #[test]
+    fn changes_the_source_lost_are_told_to_clients_and_to_resumes_from_before() {
+        let hub = Hub::new(1 << 20);
+        hub.stream_starts_at(Position::default());
+        let mut scratch = PublishScratch::default();
+        hub.publish(vec![change(1, r#"{"a":1}"#)], &mut scratch);
+        let mut open = hub.subscribe(None, None).expect("subscribe");
+        let floor = Position::new(Lsn(100), 0);
+        hub.lost(floor, "slot lost");
+        let mut got = Vec::new();
+        match open.fill(8, &mut got) {
+            Err(crate::live::cursor::Stop::Lost(reason)) => assert_eq!(reason, "slot lost"),
+            other => panic!("an open client must be told: {other:?}"),
+        }
+        // A resume from before the gap is gone, with the reason; after it,
+        // fine; a new client is not affected.
+        match hub.subscribe(None, Some(Position::new(Lsn(2), 0))) {
+            Err(SubscribeError::Gone { reason, .. }) => {
+                assert_eq!(reason.as_deref(), Some("slot lost"))
+            }
+            other => panic!("expected gone: {:?}", other.err()),
+        }
+        assert!(hub.subscribe(None, Some(floor)).is_ok());
+        let mut fresh = hub.subscribe(None, None).expect("subscribe");
+        assert!(fresh.fill(8, &mut got).is_ok());
+        // Stopped for good after the loss: a resume is gone (410), a new
+        // subscription is refused as closed (503).
+        hub.lost(Position::new(Lsn(u64::MAX), 0), "stopped: slot lost");
+        hub.close_all("stopped: slot lost");
+        assert!(matches!(
+            hub.subscribe(None, Some(floor)),
+            Err(SubscribeError::Gone {
+                reason: Some(_),
+                ..
+            })
+        ));
+        assert!(matches!(
+            hub.subscribe(None, None),
+            Err(SubscribeError::Closed(_))
+        ));
     }
 
     fn row_change(n: u32, action: &str, body: &str) -> Change {

@@ -110,9 +110,11 @@ async fn error_close(ws: &mut Ws, e: Refusal) {
 /// The error frame and close of a subscription the hub refused.
 async fn refused(ws: &mut Ws, err: SubscribeError) {
     match err {
-        SubscribeError::Gone { oldest } => {
+        SubscribeError::Gone { oldest, reason } => {
             let _ = ws
-                .send(Message::Text(frames::position_gone(oldest).into()))
+                .send(Message::Text(
+                    frames::position_gone(oldest, reason.as_deref()).into(),
+                ))
                 .await;
             close(ws, CloseCode::Policy, "position no longer held: re-sync").await;
         }

@@ -9,9 +9,13 @@ pub enum ErrorKind {
     /// The connection or the server went away: reconnect with backoff and
     /// resume from the last confirmed LSN.
     Transient,
-    /// Retrying cannot help (slot gone, plugin missing, wal_level wrong,
+    /// Retrying cannot help (plugin missing, wal_level wrong,
     /// authentication refused): stop and report.
     Definite,
+    /// The slot is lost (gone from the server, or it would have to be made
+    /// again): the changes since its confirmed position cannot be read.
+    /// Stop, and tell every client that resumes that they are gone.
+    SlotLost,
 }
 
 /// A replication error with an actionable message.
@@ -60,7 +64,8 @@ fn advice(e: &ServerError, state: &SqlState) -> Option<&'static str> {
     } else if *state == SqlState::UNDEFINED_FILE {
         "install the walcast extension on the database server (walcast.so must be in its lib directory)"
     } else if *state == SqlState::UNDEFINED_OBJECT {
-        "the replication slot is gone (dropped by an administrator?); recreate it to stream again"
+        "the replication slot is gone (dropped, or lost in a failover to a server without it: \
+         docs/operations.md#failover); the changes since its last confirmed position cannot be read"
     } else if *state == SqlState::OBJECT_IN_USE {
         "another client is reading this slot; a slot has one reader at a time"
     } else if *state == SqlState::INVALID_PASSWORD
@@ -128,9 +133,15 @@ impl ReplicationError {
             text.push_str("; ");
             text.push_str(a);
         }
+        // The slot is missing. (An invalidated slot shares its SQLSTATE
+        // and routine with a slot of another database or a physical one:
+        // it stays a definite error, whose advice names both.)
+        let slot_lost = state == SqlState::UNDEFINED_OBJECT;
         ReplicationError {
             kind: if retryable(&state) {
                 ErrorKind::Transient
+            } else if slot_lost {
+                ErrorKind::SlotLost
             } else {
                 ErrorKind::Definite
             },
@@ -190,6 +201,12 @@ mod tests {
         for e in [&wal, &lost, &unlisted, &role] {
             assert_eq!(e.kind, ErrorKind::Definite, "{e}");
         }
+        let missing = server(
+            "42704",
+            "Replikations-Slot existiert nicht",
+            "SearchNamedReplicationSlot",
+        );
+        assert_eq!(missing.kind, ErrorKind::SlotLost, "{missing}");
     }
 
     #[test]
@@ -197,7 +214,7 @@ mod tests {
         for code in ["57P01", "57P02", "57P03", "08006", "08P01", "53300"] {
             assert_eq!(server(code, "x", "r").kind, ErrorKind::Transient, "{code}");
         }
-        for code in ["42704", "55006", "42501", "28P01", "58P01", "XX000"] {
+        for code in ["55006", "42501", "28P01", "58P01", "XX000"] {
             assert_eq!(server(code, "x", "r").kind, ErrorKind::Definite, "{code}");
         }
     }

@@ -216,6 +216,55 @@ impl ReplicationClient {
         Ok(())
     }
 
+    /// Whether `walcast.streams` records the slot `name` (`None`: the
+    /// database has no such table, `CREATE EXTENSION walcast` was not run,
+    /// or this role may not read and write it).
+    pub async fn recorded(&mut self, name: &str) -> Result<Option<bool>, ReplicationError> {
+        // Asked first, by OID: naming a table in a schema the role may not
+        // use is an error, not an answer.
+        let usable = self
+            .conn
+            .simple_query(
+                "SELECT count(*)::text FROM pg_catalog.pg_class c \
+                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = 'walcast' AND c.relname = 'streams' \
+                 AND pg_catalog.has_schema_privilege(n.oid, 'USAGE') \
+                 AND pg_catalog.has_table_privilege(c.oid, 'SELECT') \
+                 AND pg_catalog.has_table_privilege(c.oid, 'INSERT')",
+            )
+            .await?;
+        if usable.first().and_then(|r| r.first().cloned().flatten()) != Some("1".to_owned()) {
+            return Ok(None);
+        }
+        let rows = self
+            .conn
+            .simple_query(&format!(
+                "SELECT count(*)::text FROM walcast.streams WHERE slot_name = {}",
+                quote_literal(name)
+            ))
+            .await?;
+        Ok(Some(
+            rows.first().and_then(|r| r.first().cloned().flatten()) == Some("1".to_owned()),
+        ))
+    }
+
+    /// Records the slot `name` in `walcast.streams` (kept if it is there),
+    /// so that its loss is told from a first start on this server and on
+    /// every standby, which replicate the record. A server where it cannot
+    /// be written (a standby) is told in the log.
+    pub async fn record(&mut self, name: &str) {
+        let done = self
+            .conn
+            .simple_query(&format!(
+                "INSERT INTO walcast.streams (slot_name) VALUES ({}) ON CONFLICT (slot_name) DO NOTHING",
+                quote_literal(name)
+            ))
+            .await;
+        if let Err(e) = done {
+            tracing::warn!(slot = %name, error = %e, "cannot record the slot in walcast.streams: its loss in a failover would look like a first start");
+        }
+    }
+
     /// `START_REPLICATION SLOT name LOGICAL lsn (options)`; status updates every `interval`.
     pub async fn start(
         mut self,

@@ -44,6 +44,9 @@ pub struct ReaderConfig {
     pub status_interval: Duration,
     /// Make the slot a failover slot on PostgreSQL 17+ (`--failover-slots`).
     pub failover_slots: bool,
+    /// Make a new slot in place of a lost one and go on
+    /// (`--recreate-lost-slot`); otherwise a lost slot stops streaming.
+    pub recreate_lost_slot: bool,
 }
 
 /// What has been handed to the hub, kept across reconnects so that a
@@ -65,6 +68,30 @@ pub struct Slot {
     seen: bool,
     /// The database system and timeline of the last connection.
     system: Option<SystemInfo>,
+    /// Set when [`open`] made a new slot in place of a lost one: where the
+    /// new one starts (the changes before it since the lost slot's last
+    /// confirmed position are missing).
+    replaced: Option<Lsn>,
+}
+
+/// Why a slot is lost: `seen` (this process used it) or only recorded.
+fn lost_slot(name: &str, seen: bool) -> ReplicationError {
+    let what = if seen {
+        "is gone from the server while this proxy used it"
+    } else {
+        "is recorded in walcast.streams but not on this server"
+    };
+    ReplicationError {
+        kind: ErrorKind::SlotLost,
+        message: format!(
+            "the replication slot {name} {what} (lost in a failover to a server without it, or \
+             dropped outside walcast: docs/operations.md#failover); the changes committed since \
+             its last confirmed position cannot be read. Start walcast-proxy with \
+             --recreate-lost-slot to go on from a new slot (clients resuming from before it are \
+             told the changes are gone)"
+        ),
+        sqlstate: None,
+    }
 }
 
 impl Slot {
@@ -152,8 +179,14 @@ impl Reader {
                 Err(e) => {
                     tracing::error!(error = %e, "replication stopped");
                     self.health.failed(&e.message);
-                    self.sink
-                        .close_all(&format!("replication stopped: {}", e.message));
+                    let reason = format!("replication stopped: {}", e.message);
+                    if e.kind == ErrorKind::SlotLost {
+                        // Nothing after what the log holds will come:
+                        // resuming from anywhere is answered with why.
+                        self.sink.lost(Position::new(Lsn(u64::MAX), 0), &reason);
+                        self.metrics.slots_lost.fetch_add(1, Ordering::Relaxed);
+                    }
+                    self.sink.close_all(&reason);
                     return;
                 }
             }
@@ -238,6 +271,17 @@ impl Reader {
             handed: position,
         } = self;
         let (mut stream, slot_start) = open(cfg, slot, position.committed).await?;
+        if let Some(start) = slot.replaced.take() {
+            // A new slot in place of a lost one: what the clients connected
+            // now were reading is gone, and so is resuming from before it.
+            let reason = format!(
+                "the replication slot {} was lost and made again at {start} (--recreate-lost-slot): changes committed before it since the lost slot's last confirmed position are missing; re-sync",
+                cfg.slot
+            );
+            sink.lost(Position::new(start, 0), &reason);
+            metrics.slots_lost.fetch_add(1, Ordering::Relaxed);
+            metrics.slots_recreated.fetch_add(1, Ordering::Relaxed);
+        }
         // Every transaction committed from here on will come (PostgreSQL
         // decodes those whose commit is at or after the start).
         sink.starts_at(Position::new(position.committed.max(slot_start), 0));
@@ -366,19 +410,28 @@ pub(crate) async fn open(
     let mut client = ReplicationClient::connect(&cfg.database).await?;
     slot.identified(&cfg.slot, client.identify_system().await?)?;
     let slot_start = match client.slot(&cfg.slot).await? {
-        None if slot.seen => {
-            return Err(ReplicationError::definite(format!(
-            "the replication slot {} is gone (dropped, or lost in a failover to a server without \
-                 it: docs/operations.md#failover); changes since its last confirmed position are \
-                 lost. Restart walcast-proxy to create a new slot",
-            cfg.slot
-        )))
-        }
         None => {
+            let recorded = client.recorded(&cfg.slot).await?;
+            let lost = slot.seen || recorded == Some(true);
+            if lost && !cfg.recreate_lost_slot {
+                return Err(lost_slot(&cfg.slot, slot.seen));
+            }
+            match recorded {
+                Some(false) => client.record(&cfg.slot).await,
+                None => {
+                    tracing::warn!(slot = %cfg.slot, "no walcast.streams this role can read and write in this database (CREATE EXTENSION walcast; GRANT USAGE ON SCHEMA walcast, SELECT, INSERT ON walcast.streams): a slot lost in a failover cannot be told from a first start, and a new one would be made")
+                }
+                Some(true) => {}
+            }
             let created = client
                 .create_slot(&cfg.slot, false, false, cfg.failover_slots)
                 .await?;
-            tracing::info!(slot = %cfg.slot, lsn = %created.consistent_point, "created replication slot");
+            if lost {
+                tracing::warn!(slot = %cfg.slot, lsn = %created.consistent_point, "made a new replication slot in place of the lost one (--recreate-lost-slot): the changes committed after the lost slot's last confirmed position and before this one are missing");
+                slot.replaced = Some(created.consistent_point);
+            } else {
+                tracing::info!(slot = %cfg.slot, lsn = %created.consistent_point, "created replication slot");
+            }
             created.consistent_point
         }
         Some(info) if info.plugin.as_deref() != Some("walcast") => {
@@ -390,6 +443,10 @@ pub(crate) async fn open(
         Some(info) => {
             if cfg.failover_slots {
                 client.keep_failover(&cfg.slot, Some(&info)).await?;
+            }
+            // A slot made before slots were recorded is recorded now.
+            if !slot.seen && client.recorded(&cfg.slot).await? == Some(false) {
+                client.record(&cfg.slot).await;
             }
             info.confirmed_flush.unwrap_or(Lsn::INVALID)
         }

@@ -302,16 +302,17 @@ fn after_a_failover_live_clients_go_on_with_the_synced_slot_or_are_told() {
     drop(leaving);
     if major >= 17 {
         wait_synced(&standby, "walcast_proxy");
+    } else {
+        wait_recorded(&standby, db, "walcast_proxy");
     }
     // The primary's machine dies; the standby is promoted.
     primary.kill().expect("SIGKILL the primary");
     standby.promote().expect("promote");
     let promoted = Instant::now();
     insert(&standby.conninfo(db), 101..201);
-    let resume = format!(
-        "ws://127.0.0.1:{}/ws?query=insert:items&after={after}",
-        proxy.port
-    );
+    let resume_on =
+        |port: u16| format!("ws://127.0.0.1:{port}/ws?query=insert:items&after={after}");
+    let resume = resume_on(proxy.port);
     if major >= 17 {
         // The proxy found its slot on the new primary: the clients, still
         // connected, get every change committed there, once, in order.
@@ -352,14 +353,14 @@ fn after_a_failover_live_clients_go_on_with_the_synced_slot_or_are_told() {
     } else {
         // PostgreSQL 15 and 16: the standby never had the slot. The proxy
         // says so, closes its clients with the reason, refuses to resume
-        // and makes no slot on its own.
+        // (410: the changes will not come) and makes no slot on its own.
         for c in [&mut client, &mut filtered] {
             let (code, reason) = c
                 .close_frame(Duration::from_secs(30))
                 .expect("the client is closed");
-            assert_eq!(code, 1011, "{reason}");
+            assert_eq!(code, 1013, "{reason}");
             assert!(
-                reason.contains("is gone") && reason.contains("failover"),
+                reason.contains("walcast_proxy is gone from the server"),
                 "{reason}"
             );
         }
@@ -375,21 +376,90 @@ fn after_a_failover_live_clients_go_on_with_the_synced_slot_or_are_told() {
         match proxy.try_ws_url(&resume) {
             Ok(_) => panic!("a client resumed on a proxy that lost its slot"),
             Err((status, body)) => {
-                assert_eq!(status, 503, "{body}");
+                assert_eq!(status, 410, "{body}");
+                assert_eq!(json(&body)["code"], "POSITION_GONE", "{body}");
                 assert!(body.contains("failover"), "{body}");
             }
         }
-        assert_eq!(
+        assert!(
+            proxy
+                .get("/metrics")
+                .expect("metrics")
+                .1
+                .contains("walcast_slots_lost_total 1"),
+            "counted"
+        );
+        let logical_slots = || {
             standby
                 .psql(
                     "postgres",
-                    "SELECT count(*) FROM pg_replication_slots WHERE slot_type = 'logical'"
+                    "SELECT count(*) FROM pg_replication_slots WHERE slot_type = 'logical'",
                 )
-                .expect("slots"),
-            "0",
-            "no slot made without being asked"
+                .expect("slots")
+        };
+        assert_eq!(logical_slots(), "0", "no slot made without being asked");
+        drop(proxy);
+        // Started again on the new primary, the proxy knows from
+        // walcast.streams (which the standby replicated) that its slot was
+        // lost, rather than taking it for a first start.
+        let again = Proxy::spawn(&url, "walcast_proxy", &[]);
+        wait_until(
+            Duration::from_secs(30),
+            "/healthz says the slot is lost",
+            || {
+                again
+                    .get("/healthz")
+                    .map(|(status, body)| {
+                        status == 503 && body.contains("recorded in walcast.streams")
+                    })
+                    .unwrap_or(false)
+            },
+        );
+        assert_eq!(logical_slots(), "0", "no slot made on a restart either");
+        drop(again);
+        // Asked to, it makes a new slot and goes on; a resume from before
+        // is told the changes in between are missing.
+        let recreated = Proxy::spawn(&url, "walcast_proxy", &["--recreate-lost-slot"]);
+        recreated.wait_healthy();
+        assert_eq!(logical_slots(), "1");
+        match recreated.try_ws_url(&resume_on(recreated.port)) {
+            Ok(_) => panic!("a client resumed across the lost changes"),
+            Err((status, body)) => {
+                assert_eq!(status, 410, "{body}");
+                assert_eq!(json(&body)["code"], "POSITION_GONE", "{body}");
+                assert!(body.contains("was lost and made again"), "{body}");
+            }
+        }
+        let mut fresh = recreated.ws("insert:items");
+        insert(&standby.conninfo(db), 201..211);
+        assert_eq!(
+            ids(&fresh.texts(10, WAIT)),
+            (201..211).collect::<Vec<i64>>()
+        );
+        let metrics = recreated.get("/metrics").expect("metrics").1;
+        assert!(
+            metrics.contains("walcast_slots_recreated_total 1"),
+            "{metrics}"
         );
     }
+}
+
+/// Waits until the standby has replayed the record of `slot` in
+/// `walcast.streams` (ordinary data, replicated as any row).
+fn wait_recorded(standby: &Cluster, db: &str, slot: &str) {
+    wait_until(
+        Duration::from_secs(30),
+        &format!("the standby replayed the record of {slot}"),
+        || {
+            standby
+                .psql(
+                    db,
+                    &format!("SELECT count(*) FROM walcast.streams WHERE slot_name = '{slot}'"),
+                )
+                .map(|n| n == "1")
+                .unwrap_or(false)
+        },
+    );
 }
 
 #[test]
@@ -435,20 +505,7 @@ fn after_a_failover_a_durable_stream_resumes_after_its_last_ack_or_is_refused() 
     if major >= 17 {
         wait_synced(&standby, &slot);
     } else {
-        // The stream's record is ordinary data: the standby has it.
-        wait_until(
-            Duration::from_secs(30),
-            "the standby replayed the stream's record",
-            || {
-                standby
-                    .psql(
-                        db,
-                        &format!("SELECT count(*) FROM walcast.streams WHERE slot_name = '{slot}'"),
-                    )
-                    .map(|n| n == "1")
-                    .unwrap_or(false)
-            },
-        );
+        wait_recorded(&standby, db, &slot);
     }
     primary.kill().expect("SIGKILL the primary");
     // The consumer's replication connection is gone: the client is told.

@@ -376,6 +376,17 @@ fn settings_the_proxy_cannot_start_with_are_named_and_exit_2() {
             vec!["relay", "--database-url", url],
             "the relay publishes to NATS: pass --nats-url",
         ),
+        (
+            vec![
+                "relay",
+                "--database-url",
+                url,
+                "--nats-url",
+                "nats://127.0.0.1:1",
+                "--recreate-lost-slot",
+            ],
+            "--recreate-lost-slot is not for the relay",
+        ),
     ] {
         let stderr = support::refused_start(
             support::proxy_command(None)

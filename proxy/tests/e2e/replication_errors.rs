@@ -31,7 +31,12 @@ async fn start(url: &str, slot: &str) -> Result<(), ReplicationError> {
 
 /// Asserts a definite error with this SQLSTATE whose message says `advice`.
 fn assert_definite(e: &ReplicationError, state: &SqlState, advice: &str) {
-    assert_eq!(e.kind, ErrorKind::Definite, "{e}");
+    assert_refused(e, ErrorKind::Definite, state, advice)
+}
+
+/// Asserts an error of `kind` with this SQLSTATE whose message says `advice`.
+fn assert_refused(e: &ReplicationError, kind: ErrorKind, state: &SqlState, advice: &str) {
+    assert_eq!(e.kind, kind, "{e}");
     assert!(e.is(state), "{:?} instead of {state:?}: {e}", e.sqlstate);
     assert!(e.message.contains(advice), "no {advice:?} in: {e}");
 }
@@ -59,7 +64,13 @@ fn refusals_are_classified_by_sqlstate_with_the_advice_for_their_cause() {
         let e = start(&url, "walcast_missing1")
             .await
             .expect_err("no such slot");
-        assert_definite(&e, &SqlState::UNDEFINED_OBJECT, "recreate it");
+        // A slot that is not there is lost: its changes cannot be read.
+        assert_refused(
+            &e,
+            ErrorKind::SlotLost,
+            &SqlState::UNDEFINED_OBJECT,
+            "lost in a failover",
+        );
 
         // A slot another client reads.
         let first = client(&url).await.expect("connect");

@@ -70,6 +70,40 @@ BEGIN
         RETURN NEXT;
     END LOOP;
 
+    -- Recorded by walcast-proxy before it made the slot, replicated with the
+    -- data: a record without its slot is a slot lost in a failover (or
+    -- dropped outside walcast).
+    -- (Read by roles that may: the table is walcast-proxy's.)
+    IF has_table_privilege('@extschema@.streams', 'SELECT') THEN
+        FOR item, current_value IN
+            SELECT format('slot %s', r.slot_name), 'recorded in walcast.streams, not on this server'
+              FROM @extschema@.streams r
+             WHERE NOT EXISTS (SELECT FROM pg_replication_slots s WHERE s.slot_name = r.slot_name)
+        LOOP
+            ok := false;
+            advice := 'lost (a failover to a server without it, or dropped outside walcast): its changes since its last confirmed position cannot be read; walcast-proxy does not make it again on its own (--recreate-lost-slot for the proxy''s slot, DELETE /v1/streams/<name> for a durable stream)';
+            RETURN NEXT;
+        END LOOP;
+    END IF;
+
+    IF current_setting('server_version_num')::int >= 170000 THEN
+        -- The failover column exists from PostgreSQL 17 on.
+        EXECUTE 'SELECT count(*) FILTER (WHERE failover), count(*) FROM pg_replication_slots '
+                'WHERE plugin = ''walcast'' AND NOT temporary' INTO n, m;
+        item := 'failover slots'; current_value := format('%s of %s walcast slots', n, m); ok := (n = m);
+        advice := CASE WHEN ok THEN 'fine: a standby that synchronizes slots keeps them across a failover'
+            ELSE 'walcast-proxy makes its slots failover slots when it starts (--failover-slots true); others: ALTER_REPLICATION_SLOT name (FAILOVER true) on a replication connection' END;
+        RETURN NEXT;
+
+        v := current_setting('synchronized_standby_slots');
+        SELECT count(*) INTO n FROM pg_replication_slots WHERE slot_type = 'physical';
+        item := 'synchronized_standby_slots'; current_value := v; ok := (v <> '' OR n = 0);
+        advice := CASE WHEN v <> '' THEN 'fine: clients get a change only once these standbys have it'
+            WHEN n = 0 THEN 'fine: no standby streams from a physical slot here'
+            ELSE 'empty: a client may get a change no standby has yet, and after a failover the change never happened; ALTER SYSTEM SET synchronized_standby_slots = ''<the standbys'' physical slots>''; SELECT pg_reload_conf();' END;
+        RETURN NEXT;
+    END IF;
+
     SELECT count(*) INTO n FROM pg_event_trigger
      WHERE evtname IN ('walcast_ddl_capture', 'walcast_ddl_capture_drop') AND evtenabled <> 'D';
     item := 'ddl capture'; current_value := format('%s of 2 event triggers enabled', n); ok := (n = 2);

@@ -203,6 +203,61 @@ impl Database {
     }
 }
 
+impl Database {
+    /// Each server the URL names, as `host:port` and a database of that
+    /// server alone (same user, password, database and TLS).
+    pub fn each_host(&self) -> Vec<(String, Database)> {
+        use tokio_postgres::config::Host;
+        let c = &self.config;
+        let ports = c.get_ports();
+        c.get_hosts()
+            .iter()
+            .enumerate()
+            .map(|(i, host)| {
+                let port = ports
+                    .get(i)
+                    .or_else(|| ports.first())
+                    .copied()
+                    .unwrap_or(5432);
+                let mut one = tokio_postgres::Config::new();
+                let name = match host {
+                    Host::Tcp(h) => {
+                        one.host(h);
+                        format!("{h}:{port}")
+                    }
+                    Host::Unix(dir) => {
+                        one.host_path(dir);
+                        format!("{}:{port}", dir.display())
+                    }
+                };
+                one.port(port).ssl_mode(c.get_ssl_mode());
+                if let Some(u) = c.get_user() {
+                    one.user(u);
+                }
+                if let Some(p) = c.get_password() {
+                    one.password(p);
+                }
+                if let Some(d) = c.get_dbname() {
+                    one.dbname(d);
+                }
+                if let Some(a) = c.get_application_name() {
+                    one.application_name(a);
+                }
+                if let Some(t) = c.get_connect_timeout() {
+                    one.connect_timeout(*t);
+                }
+                (
+                    name,
+                    Database {
+                        config: one,
+                        tls: self.tls.clone(),
+                    },
+                )
+            })
+            .collect()
+    }
+}
+
 /// Takes `sslmode` and `sslrootcert` out of a URL's query string.
 fn take_from_url(url: &str) -> (String, Option<String>, Option<String>) {
     let Some((base, query)) = url.split_once('?') else {

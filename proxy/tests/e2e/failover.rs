@@ -578,3 +578,61 @@ fn after_a_failover_a_durable_stream_resumes_after_its_last_ack_or_is_refused() 
         }
     }
 }
+
+#[test]
+fn doctor_checks_failover_readiness_on_every_server_of_the_url() {
+    let db = "failover_doctor";
+    let (primary, standby, major) = primary_and_standby(db);
+    primary
+        .psql(
+            db,
+            "INSERT INTO walcast.streams (slot_name) VALUES ('walcast_gone1')",
+        )
+        .expect("a record without its slot");
+    if major >= 17 {
+        primary
+            .psql(
+                db,
+                "SELECT pg_create_logical_replication_slot('walcast_plain1', 'walcast', false, false, false)",
+            )
+            .expect("a slot that is not a failover slot");
+    }
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/{db}?target_session_attrs=read-write",
+        primary.port(),
+        standby.port()
+    );
+    let out = support::proxy_command(None)
+        .args(["doctor", "--database-url", &url])
+        .env_remove("DATABASE_URL")
+        .output()
+        .expect("walcast-proxy doctor");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains(
+            "warn  slot walcast_gone1: recorded in walcast.streams but not on this server"
+        ),
+        "{text}"
+    );
+    if major >= 17 {
+        for line in [
+            "warn  failover slots: not failover slots: walcast_plain1",
+            "ok    synchronized_standby_slots: standby1",
+            &format!(
+                "ok    standby 127.0.0.1:{}: synchronizes slots",
+                standby.port()
+            ),
+        ] {
+            assert!(text.contains(line), "missing {line:?} in:\n{text}");
+        }
+    } else {
+        assert!(
+            text.contains(&format!(
+                "warn  failover: PostgreSQL {major} has no failover slots"
+            )),
+            "{text}"
+        );
+    }
+    // Warnings, nothing that stops streaming.
+    assert_eq!(out.status.code(), Some(0), "{text}");
+}

@@ -50,6 +50,29 @@ fn doctor_reports_a_ready_cluster_and_what_to_improve() {
         (false, None) => {}
         (has, row) => panic!("setting present: {has}, doctor row: {row:?}"),
     }
+    // A slot recorded by walcast-proxy and missing here is reported lost.
+    db.exec("INSERT INTO walcast.streams (slot_name) VALUES ('walcast_gone1')");
+    let rows = doctor(&mut db);
+    let gone = find(&rows, "slot walcast_gone1");
+    assert!(!gone.1 && gone.3.starts_with("lost"), "{gone:?}");
+    // From PostgreSQL 17 on: the failover flag and synchronized_standby_slots.
+    let major: i32 = db
+        .client
+        .query_one(
+            "SELECT current_setting('server_version_num')::int / 10000",
+            &[],
+        )
+        .expect("version")
+        .get(0);
+    let failover = rows.iter().find(|r| r.0 == "failover slots");
+    let standby = rows.iter().find(|r| r.0 == "synchronized_standby_slots");
+    if major >= 17 {
+        let failover = failover.expect("a failover slots row");
+        assert!(failover.2.ends_with("walcast slots"), "{failover:?}");
+        assert!(standby.is_some(), "{rows:?}");
+    } else {
+        assert!(failover.is_none() && standby.is_none(), "{rows:?}");
+    }
     // The private clusters keep WAL for slots without limit: doctor says so.
     let keep = find(&rows, "max_slot_wal_keep_size");
     assert!(

@@ -1,6 +1,8 @@
 //! `walcast-proxy doctor`: checks that a database can be streamed
 //! (wal_level, privileges, free slots and senders, the plugin installed and
-//! allowed, the extension) and says what to fix.
+//! allowed, the extension, failover readiness) and says what to fix.
+
+mod failover;
 
 use crate::replication::ReplicationClient;
 use crate::sql::SqlPool;
@@ -72,6 +74,7 @@ pub async fn run(config: &crate::database::Database) -> Vec<Check> {
     out.push(extension(&client).await);
     out.push(keep_size(&client).await);
     out.extend(slots(&client).await);
+    out.extend(failover::checks(&client, config).await);
     out
 }
 

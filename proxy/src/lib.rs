@@ -46,9 +46,9 @@
 //! work moved off the async workers), `throttle.rs` (log lines a client can
 //! repeat, written once per interval), `database.rs` (the database URL, TLS
 //! as `sslmode` says), `sql.rs` (a pool of ordinary connections),
-//! `catalog.rs` (table lookups over it), `doctor.rs` (`walcast-proxy doctor`),
-//! `descriptors.rs` (the file descriptor limit and the connections it allows),
-//! `fuzzing.rs` (the hub's and the filter host's checks for the fuzz targets
+//! `catalog.rs` (table lookups over it), `doctor/` (`walcast-proxy doctor`;
+//! `failover.rs` its failover checks), `descriptors.rs` (the file
+//! descriptor limit and the connections it allows), `fuzzing.rs` (the hub's and the filter host's checks for the fuzz targets
 //! and seeded tests). Shared by the layers above them: `refusal.rs` (why a
 //! request is refused; `http/` turns it into a status), `frames.rs` (every frame
 //! the proxy writes itself), `ws.rs` (a client's

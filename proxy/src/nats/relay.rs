@@ -219,7 +219,9 @@ async fn relay_once(
 ) -> Result<(), ReplicationError> {
     // From the slot's confirmed position: everything after it is published
     // again (JetStream drops what it has by id).
-    let (stream, start) = reader::open(&cfg.reader, slot, Lsn(0)).await?;
+    // (What the relay published is in JetStream, not here: it does not
+    // check it against a new timeline's history.)
+    let (stream, start) = reader::open(&cfg.reader, slot, Lsn(0), None).await?;
     shared.health.streaming();
     *streamed = true;
     tracing::info!(slot = %cfg.reader.slot, from = %start, "relaying changes");

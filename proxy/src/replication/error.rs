@@ -16,6 +16,10 @@ pub enum ErrorKind {
     /// again): the changes since its confirmed position cannot be read.
     /// Stop, and tell every client that resumes that they are gone.
     SlotLost,
+    /// The promoted server's history does not hold changes already handed
+    /// on (the old primary had them and its standby did not): they never
+    /// happened there. Stop, and tell every client.
+    Diverged,
 }
 
 /// A replication error with an actionable message.

@@ -78,6 +78,35 @@ fn quote_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
+/// A timeline history file's text: the `content` column as the server sends
+/// it (bytea, in hex when it is `\x...`).
+fn history_text(content: &str) -> String {
+    let Some(hex) = content.strip_prefix("\\x") else {
+        return content.to_owned();
+    };
+    let bytes: Vec<u8> = hex
+        .as_bytes()
+        .chunks(2)
+        .filter_map(|p| {
+            std::str::from_utf8(p)
+                .ok()
+                .and_then(|p| u8::from_str_radix(p, 16).ok())
+        })
+        .collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// The switch point of `timeline` in a history file: its lines are
+/// `parent-timeline <tab> switch-point <tab> reason`.
+fn switch_point_in(history: &str, timeline: u32) -> Option<Lsn> {
+    history.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let tli: u32 = fields.next()?.parse().ok()?;
+        let lsn: Lsn = fields.next()?.parse().ok()?;
+        (tli == timeline).then_some(lsn)
+    })
+}
+
 /// A replication connection before streaming.
 pub struct ReplicationClient {
     conn: Connection,
@@ -216,6 +245,26 @@ impl ReplicationClient {
         Ok(())
     }
 
+    /// Where the server's history left `timeline` (`TIMELINE_HISTORY` of a
+    /// later timeline `now`): the first position that is not on the old
+    /// timeline's history any more. `None` when the history does not name
+    /// it.
+    pub async fn switch_point(
+        &mut self,
+        now: u32,
+        timeline: u32,
+    ) -> Result<Option<Lsn>, ReplicationError> {
+        let rows = self
+            .conn
+            .simple_query(&format!("TIMELINE_HISTORY {now}"))
+            .await?;
+        let content = rows
+            .first()
+            .and_then(|r| r.get(1).cloned().flatten())
+            .unwrap_or_default();
+        Ok(switch_point_in(&history_text(&content), timeline))
+    }
+
     /// Whether `walcast.streams` records the slot `name` (`None`: the
     /// database has no such table, `CREATE EXTENSION walcast` was not run,
     /// or this role may not read and write it).
@@ -284,5 +333,23 @@ impl ReplicationClient {
         }
         self.conn.start_copy_both(&sql).await?;
         Ok(ReplicationStream::new(self.conn, start, interval))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_switch_point_of_a_timeline_is_read_from_its_history() {
+        // `TIMELINE_HISTORY 3` as a server sends it (bytea in hex).
+        let text = "1\t0/3000148\tno recovery target specified\n\n2\t0/5000A28\tno recovery target specified\n";
+        let hex: String = text.bytes().map(|b| format!("{b:02x}")).collect();
+        let history = history_text(&format!("\\x{hex}"));
+        assert_eq!(history, text);
+        assert_eq!(switch_point_in(&history, 1), "0/3000148".parse().ok());
+        assert_eq!(switch_point_in(&history, 2), "0/5000A28".parse().ok());
+        assert_eq!(switch_point_in(&history, 3), None);
+        assert_eq!(history_text(text), text, "plain text is taken as it is");
     }
 }

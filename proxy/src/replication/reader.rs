@@ -68,10 +68,28 @@ pub struct Slot {
     seen: bool,
     /// The database system and timeline of the last connection.
     system: Option<SystemInfo>,
+    /// The timeline the last connection was on and the one this one is on,
+    /// when they differ (a standby was promoted in between).
+    switched: Option<(u32, u32)>,
     /// Set when [`open`] made a new slot in place of a lost one: where the
     /// new one starts (the changes before it since the lost slot's last
     /// confirmed position are missing).
     replaced: Option<Lsn>,
+}
+
+/// Changes handed on, the last one committed at `last`, that the promoted
+/// server's history, which left the old timeline at `switch`, does not hold.
+fn diverged(switch: Lsn, last: Lsn) -> ReplicationError {
+    ReplicationError {
+        kind: ErrorKind::Diverged,
+        message: format!(
+            "the promoted server's history left the old timeline at {switch}, but changes \
+             committed up to {last} were already delivered from the old primary: those from \
+             {switch} on never happened on this server (a failover without synchronized_standby_slots: \
+             docs/operations.md#failover). Clients must re-sync; restart walcast-proxy to go on"
+        ),
+        sqlstate: None,
+    }
 }
 
 /// Why a slot is lost: `seen` (this process used it) or only recorded.
@@ -116,6 +134,7 @@ impl Slot {
                     to = now.timeline,
                     "the server is on a new timeline (a standby was promoted); going on from the slot's confirmed position"
                 );
+                self.switched = Some((before.timeline, now.timeline));
             }
         }
         self.system = Some(now);
@@ -180,10 +199,13 @@ impl Reader {
                     tracing::error!(error = %e, "replication stopped");
                     self.health.failed(&e.message);
                     let reason = format!("replication stopped: {}", e.message);
-                    if e.kind == ErrorKind::SlotLost {
-                        // Nothing after what the log holds will come:
-                        // resuming from anywhere is answered with why.
+                    if matches!(e.kind, ErrorKind::SlotLost | ErrorKind::Diverged) {
+                        // Nothing after what the log holds will come, or
+                        // some of it never happened: resuming from anywhere
+                        // is answered with why.
                         self.sink.lost(Position::new(Lsn(u64::MAX), 0), &reason);
+                    }
+                    if e.kind == ErrorKind::SlotLost {
                         self.metrics.slots_lost.fetch_add(1, Ordering::Relaxed);
                     }
                     self.sink.close_all(&reason);
@@ -270,7 +292,8 @@ impl Reader {
             slot,
             handed: position,
         } = self;
-        let (mut stream, slot_start) = open(cfg, slot, position.committed).await?;
+        let delivered = sink.last_position().map(|p| p.commit);
+        let (mut stream, slot_start) = open(cfg, slot, position.committed, delivered).await?;
         if let Some(start) = slot.replaced.take() {
             // A new slot in place of a lost one: what the clients connected
             // now were reading is gone, and so is resuming from before it.
@@ -401,14 +424,28 @@ impl Handover<'_> {
 /// plugin's) and starts streaming from `from` (0/0: the slot's confirmed
 /// position) with the options every reader of the slot uses. Returns the
 /// stream and the slot's confirmed position when it started. `slot`
-/// remembers what the last connection saw (see [`Slot`]).
+/// remembers what the last connection saw (see [`Slot`]); after a switch to
+/// a new timeline, `delivered` (the commit LSN of the last change handed
+/// on) must lie before the switch point, or the error is
+/// [`ErrorKind::Diverged`].
 pub(crate) async fn open(
     cfg: &ReaderConfig,
     slot: &mut Slot,
     from: Lsn,
+    delivered: Option<Lsn>,
 ) -> Result<(ReplicationStream, Lsn), ReplicationError> {
     let mut client = ReplicationClient::connect(&cfg.database).await?;
     slot.identified(&cfg.slot, client.identify_system().await?)?;
+    if let (Some((old, new)), Some(last)) = (slot.switched.take(), delivered) {
+        // The changes handed on must be on the new history. The switch
+        // point is a record boundary: a commit record at or after it is
+        // not on the new timeline.
+        if let Some(switch) = client.switch_point(new, old).await? {
+            if last >= switch {
+                return Err(diverged(switch, last));
+            }
+        }
+    }
     let slot_start = match client.slot(&cfg.slot).await? {
         None => {
             let recorded = client.recorded(&cfg.slot).await?;

@@ -229,6 +229,16 @@ fn primary_and_standby(db: &str) -> (Cluster, Cluster, u32) {
     (primary, standby, major)
 }
 
+/// The URL of the database `db` on the primary, then the standby, for the
+/// server that takes writes.
+fn both(primary: &Cluster, standby: &Cluster, db: &str) -> String {
+    format!(
+        "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/{db}?target_session_attrs=read-write",
+        primary.port(),
+        standby.port()
+    )
+}
+
 /// Inserts ids `from..to`, one transaction each, through `conninfo`.
 fn insert(conninfo: &str, ids: std::ops::Range<i32>) {
     let mut c = postgres::Client::connect(conninfo, postgres::NoTls).expect("connect");
@@ -279,11 +289,7 @@ fn ids(frames: &[String]) -> Vec<i64> {
 fn after_a_failover_live_clients_go_on_with_the_synced_slot_or_are_told() {
     let db = "failover_live";
     let (mut primary, standby, major) = primary_and_standby(db);
-    let url = format!(
-        "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/{db}?target_session_attrs=read-write",
-        primary.port(),
-        standby.port()
-    );
+    let url = both(&primary, &standby, db);
     let proxy = Proxy::spawn(&url, "walcast_proxy", &[]);
     proxy.wait_healthy();
     // Every insert; a filtered query (v = id); and one that leaves before
@@ -467,11 +473,7 @@ fn after_a_failover_a_durable_stream_resumes_after_its_last_ack_or_is_refused() 
     use support::durable::{frame, init, transaction};
     let db = "failover_durable";
     let (mut primary, standby, major) = primary_and_standby(db);
-    let url = format!(
-        "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/{db}?target_session_attrs=read-write",
-        primary.port(),
-        standby.port()
-    );
+    let url = both(&primary, &standby, db);
     let proxy = Proxy::spawn(&url, "walcast_proxy", &[]);
     proxy.wait_healthy();
     let slot = init(&proxy, "/v1/init?name=orders")["slotName"]
@@ -597,11 +599,7 @@ fn doctor_checks_failover_readiness_on_every_server_of_the_url() {
             )
             .expect("a slot that is not a failover slot");
     }
-    let url = format!(
-        "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/{db}?target_session_attrs=read-write",
-        primary.port(),
-        standby.port()
-    );
+    let url = both(&primary, &standby, db);
     let out = support::proxy_command(None)
         .args(["doctor", "--database-url", &url])
         .env_remove("DATABASE_URL")
@@ -635,4 +633,86 @@ fn doctor_checks_failover_readiness_on_every_server_of_the_url() {
     }
     // Warnings, nothing that stops streaming.
     assert_eq!(out.status.code(), Some(0), "{text}");
+}
+
+#[test]
+fn changes_delivered_but_lost_in_the_failover_are_told_never_left_standing() {
+    let db = "failover_phantom";
+    let (mut primary, standby, major) = primary_and_standby(db);
+    if major >= 17 {
+        // The setting that makes this impossible, off: the primary's
+        // walsenders no longer wait for the standby.
+        for sql in [
+            "ALTER SYSTEM RESET synchronized_standby_slots",
+            "SELECT pg_reload_conf()",
+        ] {
+            primary.psql("postgres", sql).expect(sql);
+        }
+    }
+    let url = both(&primary, &standby, db);
+    let proxy = Proxy::spawn(&url, "walcast_proxy", &[]);
+    proxy.wait_healthy();
+    let mut client = proxy.ws("insert:items");
+    insert(&primary.conninfo(db), 1..11);
+    let seen = client.texts(10, WAIT);
+    assert_eq!(ids(&seen), (1..11).collect::<Vec<i64>>());
+    let after = json(&seen[4])["pos"].as_str().expect("pos").to_owned();
+    wait_until(
+        Duration::from_secs(30),
+        "the standby has rows 1 to 10",
+        || {
+            standby
+                .psql(db, "SELECT count(*) FROM items")
+                .map(|n| n == "10")
+                .unwrap_or(false)
+        },
+    );
+    // The standby stops receiving WAL; the primary goes on alone and the
+    // client gets rows the standby never will.
+    for sql in [
+        "ALTER SYSTEM SET primary_conninfo = ''",
+        "SELECT pg_reload_conf()",
+    ] {
+        standby.psql("postgres", sql).expect(sql);
+    }
+    wait_until(Duration::from_secs(30), "the standby disconnected", || {
+        primary
+            .psql(
+                "postgres",
+                "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'standby1'",
+            )
+            .map(|n| n == "0")
+            .unwrap_or(false)
+    });
+    insert(&primary.conninfo(db), 11..21);
+    assert_eq!(ids(&client.texts(10, WAIT)), (11..21).collect::<Vec<i64>>());
+    primary.kill().expect("SIGKILL the primary");
+    standby.promote().expect("promote");
+    assert_eq!(
+        standby
+            .psql(db, "SELECT count(*) FROM items")
+            .expect("rows"),
+        "10",
+        "rows 11 to 20 never happened on the new primary"
+    );
+    // The proxy notices that it delivered changes the new history lacks:
+    // the client is told, and nobody resumes as if they had happened.
+    let (code, reason) = client
+        .close_frame(Duration::from_secs(30))
+        .expect("the client is closed");
+    assert_eq!(code, 1013, "{reason}");
+    assert!(reason.contains("history left the old timeline"), "{reason}");
+    let (status, health) = proxy.get("/healthz").expect("healthz");
+    assert_eq!(status, 503, "{health}");
+    assert!(health.contains("never happened on this server"), "{health}");
+    match proxy.try_ws_url(&format!(
+        "ws://127.0.0.1:{}/ws?query=insert:items&after={after}",
+        proxy.port
+    )) {
+        Ok(_) => panic!("a client resumed across changes that never happened"),
+        Err((status, body)) => {
+            assert_eq!(status, 410, "{body}");
+            assert!(body.contains("never happened"), "{body}");
+        }
+    }
 }

@@ -672,6 +672,7 @@ impl Consumer {
                                 handled += 1;
                             }
                             Ok(None) => return End::Close(CloseCode::Error, "the stream ended (PostgreSQL ended replication, or another connection took the stream over); reconnect to resume from your last ACK".into()),
+                            Err(SourceError::Read(super::jet::ReadError::Lost(why))) => return End::Close(CloseCode::Again, format!("the relay stopped: {why}; the stream cannot go on")),
                             Err(e) => return End::Close(CloseCode::Error, format!("replication interrupted: {e}; reconnect to resume from your last ACK")),
                         }
                         if handled < MAX_BATCH {

@@ -20,7 +20,7 @@
 //!   generations, and the newest wins.
 
 use crate::change::{Action, Change};
-use crate::nats::{begin_id, is_begin_subject};
+use crate::nats::{begin_id, is_begin_subject, is_lost_subject};
 use crate::refusal::{Kind, Refusal};
 use crate::replication::XLogData;
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
@@ -320,11 +320,18 @@ impl JetStreams {
 #[error("JetStream did not take the ACK: {0}")]
 pub struct AckError(async_nats::Error);
 
-/// The consumer's messages could not be read (it was taken over by another
-/// connection or deleted, or NATS is out of reach).
+/// Why the consumer's messages end.
 #[derive(Debug, thiserror::Error)]
-#[error("reading from JetStream: {0}")]
-pub struct ReadError(#[from] pull::MessagesError);
+pub enum ReadError {
+    /// They could not be read (the consumer was taken over by another
+    /// connection or deleted, or NATS is out of reach).
+    #[error("reading from JetStream: {0}")]
+    Messages(#[from] pull::MessagesError),
+    /// The relay lost its slot (`walcast.<db>.lost`): the reason. Nothing
+    /// after it continues the stream.
+    #[error("the relay stopped: {0}")]
+    Lost(String),
+}
 
 /// A connection's reading of its durable stream's consumer, in the shape
 /// the slot's replication stream has (`consumer.rs`).
@@ -349,6 +356,11 @@ impl JetSource {
                 return Ok(None);
             };
             let m = m?;
+            if is_lost_subject(&m.subject) {
+                return Err(ReadError::Lost(
+                    String::from_utf8_lossy(&m.payload).into_owned(),
+                ));
+            }
             let id = m
                 .headers
                 .as_ref()

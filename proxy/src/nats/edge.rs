@@ -316,6 +316,15 @@ impl Take {
             return foreign(m, metrics, "no JetStream metadata");
         };
         at.read(info.stream_sequence, metrics);
+        if super::is_lost_subject(&m.subject) {
+            // The relay lost its slot: what came before is all there is.
+            self.flush(sink, metrics);
+            let reason = format!("the relay stopped: {}", String::from_utf8_lossy(&m.payload));
+            tracing::error!("{reason}");
+            sink.lost(Position::new(walcast_format::Lsn(u64::MAX), 0), &reason);
+            sink.close_all(&reason);
+            return;
+        }
         // A transaction's `B` is for other consumers of the stream.
         if super::is_begin_subject(&m.subject) {
             return;

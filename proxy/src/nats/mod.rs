@@ -18,6 +18,8 @@
 //!   `walcast.<db>.message.<prefix>`, `walcast.<db>.begin` and
 //!   `walcast.<db>.commit`. Names are
 //!   made subject-safe by [`token`].
+//! - `walcast.<db>.lost` ([`LOST`]): the relay's slot was lost; the body is
+//!   the reason. Nothing after it continues what came before.
 
 pub mod edge;
 pub mod relay;
@@ -141,6 +143,19 @@ pub fn begin_id(commit: walcast_format::Lsn) -> String {
     format!("{:016X}:BEGIN", commit.0)
 }
 
+/// The last token of the message a relay publishes when its slot is lost.
+pub const LOST: &str = "lost";
+
+/// The subject of the message that says the relay of `db` lost its slot.
+pub fn lost_subject(db: &str) -> String {
+    format!("{SUBJECT_ROOT}.{db}.{LOST}")
+}
+
+/// Whether `subject` says a relay lost its slot (`walcast.<db>.lost`).
+pub fn is_lost_subject(subject: &str) -> bool {
+    subject.strip_suffix(LOST).is_some_and(|s| s.ends_with('.')) && subject.split('.').count() == 3
+}
+
 /// Whether `subject` is a `B`'s (`walcast.<db>.begin`: three tokens).
 pub fn is_begin_subject(subject: &str) -> bool {
     subject.ends_with(".begin") && subject.split('.').count() == 3
@@ -185,6 +200,15 @@ mod tests {
             assert!(!t.contains(['.', '*', '>', ' ', '\t']), "{t}");
             assert!(t.is_ascii());
         }
+    }
+
+    #[test]
+    fn the_lost_subject_is_told_from_a_table_named_lost() {
+        assert_eq!(lost_subject("shop"), "walcast.shop.lost");
+        assert!(is_lost_subject(&lost_subject("shop")));
+        assert!(!is_lost_subject("walcast.shop.public.lost.insert"));
+        assert!(!is_lost_subject("walcast.shop.notlost"));
+        assert!(!is_lost_subject("walcast.shop.commit"));
     }
 
     #[test]

@@ -180,6 +180,10 @@ pub async fn run(
             Err(e) => {
                 tracing::error!(error = %e, "relay stopped");
                 health.failed(&e.message);
+                if e.kind == ErrorKind::SlotLost {
+                    metrics.slots_lost.fetch_add(1, Ordering::Relaxed);
+                    tell_lost(&js, &db, &e.message).await;
+                }
                 return Err(e);
             }
         }
@@ -439,6 +443,29 @@ impl<'a> Relay<'a> {
         Ok(Pending::Ack(
             publish(self.js, self.db, change, &pos.to_string()).await?,
         ))
+    }
+}
+
+/// Publishes that the slot is lost (`walcast.<db>.lost`, the reason as its
+/// body), so that the edges close their clients with the reason instead of
+/// leaving them waiting for changes that will not come.
+async fn tell_lost(js: &Context, db: &str, reason: &str) {
+    let id = format!(
+        "lost:{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    );
+    let message = PublishMessage::build()
+        .payload(bytes::Bytes::from(reason.to_owned()))
+        .message_id(&id);
+    let sent = match js.send_publish(super::lost_subject(db), message).await {
+        Ok(ack) => ack.await.map(drop).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(error) = sent {
+        tracing::error!(%error, "could not tell the edges that the slot is lost");
     }
 }
 

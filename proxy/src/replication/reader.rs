@@ -104,9 +104,9 @@ fn lost_slot(name: &str, seen: bool) -> ReplicationError {
         message: format!(
             "the replication slot {name} {what} (lost in a failover to a server without it, or \
              dropped outside walcast: docs/operations.md#failover); the changes committed since \
-             its last confirmed position cannot be read. Start walcast-proxy with \
-             --recreate-lost-slot to go on from a new slot (clients resuming from before it are \
-             told the changes are gone)"
+             its last confirmed position cannot be read. To go on from a new slot: \
+             --recreate-lost-slot (clients resuming from before it are told the changes are \
+             gone); for the relay, docs/scale-out.md#failures"
         ),
         sqlstate: None,
     }

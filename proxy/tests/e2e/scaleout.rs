@@ -753,3 +753,51 @@ fn snapshots_on_edges_take_their_watermarks_from_the_jetstream_stream() {
         assert_eq!(e.metric("walcast_backfills_done_total"), 1);
     }
 }
+
+#[test]
+fn a_relay_that_loses_its_slot_tells_the_edges_clients() {
+    let mut db = setup("scale_lost");
+    let nats = nats();
+    let relay = relay(&db, &nats);
+    let edge = edge(&db, &nats);
+    let mut live = edge.ws("insert:items");
+    db.exec("INSERT INTO items SELECT g, 'x' FROM generate_series(1, 5) g");
+    assert_eq!(
+        frames(&mut live, 5)
+            .iter()
+            .map(|f| id(f))
+            .collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5]
+    );
+    // The relay's slot goes (as in a failover to a server without it).
+    let slot = format!("{}_relay", db.name);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        db.exec(&format!(
+            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
+             WHERE slot_name = '{slot}' AND active_pid IS NOT NULL"
+        ));
+        let dropped = db
+            .client
+            .batch_execute(&format!("SELECT pg_drop_replication_slot('{slot}')"));
+        if dropped.is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "could not drop the relay's slot");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // The relay says so in the stream; the edge closes its clients with
+    // the reason instead of leaving them waiting.
+    let (code, reason) = live.close_frame(WAIT).expect("the edge's client is told");
+    assert_eq!(code, 1013, "{reason}");
+    assert!(reason.contains("the relay stopped"), "{reason}");
+    // (The relay itself exits with the reason: a lost slot stops it.)
+    drop(relay);
+    match edge.try_ws_url(&format!(
+        "ws://127.0.0.1:{}/ws?query=insert:items",
+        edge.port
+    )) {
+        Ok(_) => panic!("the edge took a client for a stream that ended"),
+        Err((status, body)) => assert_eq!(status, 503, "{body}"),
+    }
+}

@@ -160,11 +160,6 @@ unsafe fn row_change(
     unsafe {
         let d = decoder(ctx);
         d.next_position(true);
-        if d.in_change_context(|d| d.own_table(relation)) {
-            d.count_change(ctx);
-            return;
-        }
-        d.write_pending_begin(ctx);
         let tp = (*change).data.tp;
         let c = RowChange {
             action: (*change).action,
@@ -174,7 +169,7 @@ unsafe fn row_change(
             old: heap_tuple(tp.oldtuple),
             new: heap_tuple(tp.newtuple),
         };
-        if d.in_change_context(|d| d.row_change(relation, &c)) {
+        if d.in_change_context(|d| d.row_change(ctx, relation, &c)) {
             d.flush(ctx);
         }
         d.count_change(ctx);
@@ -230,14 +225,8 @@ unsafe fn truncate_change(
         let t = (*change).data.truncate;
         let lsn = (*change).lsn;
         let n = usize::try_from(nrelations).unwrap_or(0);
-        let own =
-            d.in_change_context(|d| (0..n).filter(|&i| d.own_table(*relations.add(i))).count());
-        if own == n {
-            return;
-        }
-        d.write_pending_begin(ctx);
         if d.in_change_context(|d| {
-            d.truncate(relations, n, lsn, xid, ts, t.cascade, t.restart_seqs)
+            d.truncate(ctx, relations, n, lsn, xid, ts, t.cascade, t.restart_seqs)
         }) {
             d.flush(ctx);
         }
@@ -277,16 +266,13 @@ unsafe fn message_change(
     unsafe {
         let d = decoder(ctx);
         d.next_position(txn.is_some());
-        if txn.is_some() {
-            d.write_pending_begin(ctx);
-        }
         let prefix = CStr::from_ptr(prefix).to_bytes();
         let content: &[u8] = if size == 0 {
             &[]
         } else {
             std::slice::from_raw_parts(content as *const u8, size)
         };
-        if d.in_change_context(|d| d.message(lsn, txn, prefix, content)) {
+        if d.in_change_context(|d| d.message(ctx, lsn, txn, prefix, content)) {
             d.flush(ctx);
         }
     }

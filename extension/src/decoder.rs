@@ -45,8 +45,10 @@ pub struct Decoder {
     /// (its xid and first LSN) until its first change is written.
     pending_begin: Option<(u32, u64)>,
     /// Whether the transaction being decoded changed the extension's own
-    /// table.
+    /// table, and whether it had anything else (a change of another table,
+    /// written or filtered out, or a transactional message).
     own_touched: bool,
+    other_touched: bool,
     /// The last commit timestamp written and its JSON text: every change of a
     /// transaction carries the same one.
     ts_cache: (i64, Vec<u8>),
@@ -106,6 +108,7 @@ impl Decoder {
             wrote_in_txn: false,
             pending_begin: None,
             own_touched: false,
+            other_touched: false,
             ts_cache: (i64::MIN, Vec::new()),
             txn_pos: None,
             current_pos: None,
@@ -280,11 +283,18 @@ impl Decoder {
         self.put_position();
     }
 
-    /// Writes an INSERT, UPDATE or DELETE. Returns false when filtered out.
+    /// Writes an INSERT, UPDATE or DELETE (after its transaction's `B`, if
+    /// that still waits). Returns false when filtered out.
     ///
     /// # Safety
-    /// `rel` must be the change's open relation and the tuples valid or NULL.
-    pub unsafe fn row_change(&mut self, rel: pg_sys::Relation, c: &RowChange) -> bool {
+    /// `ctx` must be the decoding context of the running callback; `rel`
+    /// the change's open relation and the tuples valid or NULL.
+    pub unsafe fn row_change(
+        &mut self,
+        ctx: *mut pg_sys::LogicalDecodingContext,
+        rel: pg_sys::Relation,
+        c: &RowChange,
+    ) -> bool {
         use pg_sys::ReorderBufferChangeType::*;
         let (code, wanted): (&[u8], bool) = match c.action {
             REORDER_BUFFER_CHANGE_INSERT => (
@@ -301,16 +311,18 @@ impl Decoder {
             ),
             _ => return false,
         };
-        if !wanted {
-            return false;
-        }
         // The relation cache is borrowed while writing; take it out of self.
         let mut rels = std::mem::replace(&mut self.rels, RelCache::placeholder());
         // SAFETY: rel is valid per the contract.
         let info = unsafe { rels.get(rel, &self.options) };
-        let written = info.allowed && {
-            // SAFETY: rel and the tuples are valid per the contract.
-            unsafe { self.write_row(rel, info, code, c) };
+        self.own_touched |= info.own;
+        self.other_touched |= !info.own;
+        let written = wanted && info.allowed && {
+            // SAFETY: ctx is valid per the contract; rel and the tuples too.
+            unsafe {
+                self.write_pending_begin(ctx);
+                self.write_row(rel, info, code, c)
+            };
             true
         };
         self.rels = rels;
@@ -391,14 +403,17 @@ impl Decoder {
         self.out.push(b'}');
     }
 
-    /// Writes a TRUNCATE of the allowed relations among `rels`. Returns false
-    /// when none is allowed.
+    /// Writes a TRUNCATE of the allowed relations among `rels` (after its
+    /// transaction's `B`, if that still waits). Returns false when none is
+    /// allowed.
     ///
     /// # Safety
+    /// `ctx` must be the decoding context of the running callback;
     /// `relations` must hold `n` valid open relations.
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn truncate(
         &mut self,
+        ctx: *mut pg_sys::LogicalDecodingContext,
         relations: *mut pg_sys::Relation,
         n: usize,
         lsn: u64,
@@ -407,9 +422,6 @@ impl Decoder {
         cascade: bool,
         restart_seqs: bool,
     ) -> bool {
-        if !self.options.actions.truncate {
-            return false;
-        }
         let mut names: Vec<Vec<u8>> = Vec::with_capacity(n);
         let mut rels = std::mem::replace(&mut self.rels, RelCache::placeholder());
         for i in 0..n {
@@ -417,14 +429,18 @@ impl Decoder {
             let rel = unsafe { *relations.add(i) };
             // SAFETY: rel is a valid open relation.
             let info = unsafe { rels.get(rel, &self.options) };
+            self.own_touched |= info.own;
+            self.other_touched |= !info.own;
             if info.allowed {
                 names.push(info.qualified.clone());
             }
         }
         self.rels = rels;
-        if names.is_empty() {
+        if names.is_empty() || !self.options.actions.truncate {
             return false;
         }
+        // SAFETY: ctx is valid per the contract.
+        unsafe { self.write_pending_begin(ctx) };
         self.change_header(Action::Truncate.letter().as_bytes(), lsn, xid, ts);
         self.out.extend_from_slice(b",\"tables\":[");
         for (i, name) in names.iter().enumerate() {
@@ -444,19 +460,27 @@ impl Decoder {
     }
 
     /// Writes a logical message, or the DDL object for walcast's own DDL
-    /// messages. Returns false when filtered out.
-    pub fn message(
+    /// messages (a transactional one after its transaction's `B`, if that
+    /// still waits). Returns false when filtered out.
+    ///
+    /// # Safety
+    /// `ctx` must be the decoding context of the running callback.
+    pub unsafe fn message(
         &mut self,
+        ctx: *mut pg_sys::LogicalDecodingContext,
         lsn: u64,
         txn: Option<(u32, Ts)>,
         prefix: &[u8],
         content: &[u8],
     ) -> bool {
+        self.other_touched |= txn.is_some();
         if prefix == DDL_PREFIX.as_bytes() {
             if let (Some((xid, ts)), Some(ddl)) = (txn, Ddl::parse(content)) {
                 if !self.options.actions.ddl {
                     return false;
                 }
+                // SAFETY: ctx is valid per the contract.
+                unsafe { self.write_pending_begin(ctx) };
                 self.change_header(Action::Ddl.letter().as_bytes(), lsn, xid, ts);
                 self.out.extend_from_slice(b",\"tag\":");
                 json::write_str(&mut self.out, ddl.tag.as_bytes());
@@ -474,6 +498,10 @@ impl Decoder {
         let prefix_str = String::from_utf8_lossy(prefix);
         if !self.options.actions.message || !self.options.message_allowed(&prefix_str) {
             return false;
+        }
+        if txn.is_some() {
+            // SAFETY: ctx is valid per the contract.
+            unsafe { self.write_pending_begin(ctx) };
         }
         self.begin_object(Action::Message.letter().as_bytes());
         self.put_lsn(b",\"lsn\":", lsn);
@@ -510,6 +538,7 @@ impl Decoder {
     pub fn start_transaction(&mut self, xid: u32, first_lsn: u64) {
         self.wrote_in_txn = false;
         self.own_touched = false;
+        self.other_touched = false;
         self.pending_begin = self.options.include_transaction.then_some((xid, first_lsn));
     }
 
@@ -517,7 +546,7 @@ impl Decoder {
     ///
     /// # Safety
     /// `ctx` must be the decoding context of the running callback.
-    pub unsafe fn write_pending_begin(&mut self, ctx: *mut pg_sys::LogicalDecodingContext) {
+    unsafe fn write_pending_begin(&mut self, ctx: *mut pg_sys::LogicalDecodingContext) {
         if let Some((xid, first_lsn)) = self.pending_begin.take() {
             self.begin(xid, first_lsn);
             // SAFETY: ctx is valid per the contract.
@@ -533,26 +562,13 @@ impl Decoder {
     /// # Safety
     /// `ctx` must be the decoding context of the running callback.
     pub unsafe fn end_transaction(&mut self, ctx: *mut pg_sys::LogicalDecodingContext) -> bool {
-        if self.own_touched && self.pending_begin.is_some() {
+        if self.own_touched && !self.other_touched && self.pending_begin.is_some() {
             self.pending_begin = None;
             return true;
         }
         // SAFETY: ctx is valid per the contract.
         unsafe { self.write_pending_begin(ctx) };
         false
-    }
-
-    /// Whether `rel` is the extension's own table (noted for the commit).
-    ///
-    /// # Safety
-    /// `rel` must be a valid open relation; catalog access must be possible.
-    pub unsafe fn own_table(&mut self, rel: pg_sys::Relation) -> bool {
-        let mut rels = std::mem::replace(&mut self.rels, RelCache::placeholder());
-        // SAFETY: rel is valid per the contract.
-        let own = unsafe { rels.get(rel, &self.options) }.own;
-        self.rels = rels;
-        self.own_touched |= own;
-        own
     }
 
     /// `{"action":"B",...}` (with `include-transaction`).

@@ -203,14 +203,22 @@ impl Database {
     }
 }
 
+/// One server a URL names: its host, its port (the one at the same place
+/// in the port list, else the first, else 5432) and `host:port` for people.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub host: tokio_postgres::config::Host,
+    pub port: u16,
+    pub name: String,
+}
+
 impl Database {
-    /// Each server the URL names, as `host:port` and a database of that
-    /// server alone (same user, password, database and TLS).
-    pub fn each_host(&self) -> Vec<(String, Database)> {
+    /// The servers the URL names, in its order.
+    pub fn endpoints(&self) -> Vec<Endpoint> {
         use tokio_postgres::config::Host;
-        let c = &self.config;
-        let ports = c.get_ports();
-        c.get_hosts()
+        let ports = self.config.get_ports();
+        self.config
+            .get_hosts()
             .iter()
             .enumerate()
             .map(|(i, host)| {
@@ -219,16 +227,31 @@ impl Database {
                     .or_else(|| ports.first())
                     .copied()
                     .unwrap_or(5432);
-                let mut one = tokio_postgres::Config::new();
                 let name = match host {
-                    Host::Tcp(h) => {
-                        one.host(h);
-                        format!("{h}:{port}")
-                    }
-                    Host::Unix(dir) => {
-                        one.host_path(dir);
-                        format!("{}:{port}", dir.display())
-                    }
+                    Host::Tcp(h) => format!("{h}:{port}"),
+                    Host::Unix(dir) => format!("{}:{port}", dir.display()),
+                };
+                Endpoint {
+                    host: host.clone(),
+                    port,
+                    name,
+                }
+            })
+            .collect()
+    }
+
+    /// Each server the URL names, as `host:port` and a database of that
+    /// server alone (same user, password, database and TLS).
+    pub fn each_host(&self) -> Vec<(String, Database)> {
+        use tokio_postgres::config::Host;
+        let c = &self.config;
+        self.endpoints()
+            .into_iter()
+            .map(|Endpoint { host, port, name }| {
+                let mut one = tokio_postgres::Config::new();
+                match &host {
+                    Host::Tcp(h) => one.host(h),
+                    Host::Unix(dir) => one.host_path(dir),
                 };
                 one.port(port).ssl_mode(c.get_ssl_mode());
                 if let Some(u) = c.get_user() {

@@ -3,7 +3,7 @@
 //! know nothing else of the live path.
 
 use crate::change::Change;
-use walcast_format::Position;
+use walcast_format::{Lsn, Position};
 
 /// What a source tells the changes' destination.
 pub trait Sink: Send {
@@ -20,4 +20,12 @@ pub trait Sink: Send {
     fn close_all(&self, reason: &str);
     /// The most bytes of changes the sink holds.
     fn max_bytes(&self) -> usize;
+    /// The source stopped for good and changes are lost (nothing after
+    /// what the sink holds will come, or some of it never happened): every
+    /// client is closed with `reason`, and a resume from anywhere is
+    /// answered with it.
+    fn lost_for_good(&self, reason: &str) {
+        self.lost(Position::new(Lsn(u64::MAX), 0), reason);
+        self.close_all(reason);
+    }
 }

@@ -332,8 +332,8 @@ impl Streams {
                 ))
             }
         };
-        if let (Some(t), Some(_)) = (tables, &self.jet) {
-            self.record_tables(&created.name, t).await?;
+        if let (Some(t), Some(jet)) = (tables, &self.jet) {
+            self.record_tables(jet, &created.name, t).await?;
         }
         if !export {
             drop(client);
@@ -361,28 +361,45 @@ impl Streams {
 
     /// Records the table allow-list of the new JetStream stream `slot` in
     /// `walcast.streams`; if that fails, drops the stream again.
-    async fn record_tables(&self, slot: &str, tables: &str) -> Result<(), Refusal> {
-        let stored = self
+    async fn record_tables(
+        &self,
+        jet: &super::jet::JetStreams,
+        slot: &str,
+        tables: &str,
+    ) -> Result<(), Refusal> {
+        if let Err(e) = self.insert_record(slot, Some(tables), true).await {
+            let _ = jet.delete(slot).await;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Writes the record of `slot` in `walcast.streams`: replacing one that
+    /// is there, or not (`replace` false); whether a row was written.
+    async fn insert_record(
+        &self,
+        slot: &str,
+        tables: Option<&str>,
+        replace: bool,
+    ) -> Result<bool, Refusal> {
+        let sql = if replace {
+            "INSERT INTO walcast.streams (slot_name, tables) VALUES ($1, $2) \
+             ON CONFLICT (slot_name) DO UPDATE SET tables = EXCLUDED.tables, created_at = now()"
+        } else {
+            "INSERT INTO walcast.streams (slot_name, tables) VALUES ($1, $2) \
+             ON CONFLICT (slot_name) DO NOTHING"
+        };
+        let written = self
             .pool
             .get()
             .await
             .map_err(Refusal::unavailable)?
-            .execute(
-                "INSERT INTO walcast.streams (slot_name, tables) VALUES ($1, $2) \
-                 ON CONFLICT (slot_name) DO UPDATE SET tables = EXCLUDED.tables, created_at = now()",
-                &[&slot, &tables],
-            )
-            .await;
-        if let Err(e) = stored {
-            let _ = match &self.jet {
-                Some(jet) => jet.delete(slot).await,
-                None => self.drop_slot_sql(slot).await,
-            };
-            return Err(Refusal::unavailable(format!(
-                "cannot record the stream's tables in walcast.streams: {e}"
-            )));
-        }
-        Ok(())
+            .execute(sql, &[&slot, &tables])
+            .await
+            .map_err(|e| {
+                Refusal::unavailable(format!("cannot record the stream in walcast.streams: {e}"))
+            })?;
+        Ok(written == 1)
     }
 
     /// Holds the exported `snapshot` of the new stream `slot` on its idle
@@ -473,21 +490,7 @@ impl Streams {
     /// Records the name `slot` (with its table list) in `walcast.streams`
     /// before its slot is created; false when the name is recorded already.
     async fn reserve(&self, slot: &str, tables: Option<&str>) -> Result<bool, Refusal> {
-        let inserted = self
-            .pool
-            .get()
-            .await
-            .map_err(Refusal::unavailable)?
-            .execute(
-                "INSERT INTO walcast.streams (slot_name, tables) VALUES ($1, $2) \
-                 ON CONFLICT (slot_name) DO NOTHING",
-                &[&slot, &tables],
-            )
-            .await
-            .map_err(|e| {
-                Refusal::unavailable(format!("cannot record the stream in walcast.streams: {e}"))
-            })?;
-        Ok(inserted == 1)
+        self.insert_record(slot, tables, false).await
     }
 
     /// Removes the record of `slot` from `walcast.streams` (logged when

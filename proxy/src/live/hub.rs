@@ -707,23 +707,22 @@ impl Hub {
     /// Why a resume from `after` cannot be served, when the source lost the
     /// changes after it.
     fn lost_before(&self, after: Position) -> Option<String> {
-        if !self.inner.has_gap.load(Ordering::Acquire) {
-            return None;
-        }
-        let g = crate::locks::lock(&self.inner.gap);
-        g.as_ref()
-            .filter(|gap| after < gap.floor)
-            .map(|gap| gap.reason.clone())
+        self.gap_reason(|gap| after < gap.floor)
     }
 
     /// Why the cursor `id` must stop: it was open when the source lost changes.
     pub(crate) fn lost_for(&self, id: u64) -> Option<String> {
+        self.gap_reason(|gap| id < gap.first_after)
+    }
+
+    /// The reason of the source's gap, when there is one and `applies`.
+    fn gap_reason(&self, applies: impl Fn(&Gap) -> bool) -> Option<String> {
         if !self.inner.has_gap.load(Ordering::Acquire) {
             return None;
         }
         let g = crate::locks::lock(&self.inner.gap);
         g.as_ref()
-            .filter(|gap| id < gap.first_after)
+            .filter(|gap| applies(gap))
             .map(|gap| gap.reason.clone())
     }
 

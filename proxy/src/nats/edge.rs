@@ -321,8 +321,7 @@ impl Take {
             self.flush(sink, metrics);
             let reason = format!("the relay stopped: {}", String::from_utf8_lossy(&m.payload));
             tracing::error!("{reason}");
-            sink.lost(Position::new(walcast_format::Lsn(u64::MAX), 0), &reason);
-            sink.close_all(&reason);
+            sink.lost_for_good(&reason);
             return;
         }
         // A transaction's `B` is for other consumers of the stream.

@@ -3,6 +3,7 @@
 //! SCRAM-SHA-256), simple queries, and CopyBoth for `START_REPLICATION`.
 
 use super::error::{ReplicationError, ServerError};
+use crate::database::Endpoint;
 use bytes::{Buf, Bytes, BytesMut};
 use fallible_iterator::FallibleIterator;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
@@ -57,25 +58,16 @@ impl Connection {
             })?
             .to_owned();
         let dbname = config.get_dbname().unwrap_or(&user).to_owned();
-        let hosts = config.get_hosts();
-        if hosts.is_empty() {
+        let endpoints = database.endpoints();
+        if endpoints.is_empty() {
             return Err(ReplicationError::definite("the database URL names no host"));
         }
-        let ports = config.get_ports();
         let attrs = config.get_target_session_attrs();
         // Why each host was passed over, for the error when none fits.
         let mut passed = Vec::new();
         let mut last = None;
-        for (i, host) in hosts.iter().enumerate() {
-            let port = ports
-                .get(i)
-                .or_else(|| ports.first())
-                .copied()
-                .unwrap_or(5432);
-            let name = match host {
-                Host::Tcp(h) => format!("{h}:{port}"),
-                Host::Unix(dir) => format!("{}:{port}", dir.display()),
-            };
+        for Endpoint { host, port, name } in &endpoints {
+            let port = *port;
             let stream: Result<Box<dyn Stream>, std::io::Error> = match host {
                 Host::Tcp(h) => match tokio::net::TcpStream::connect((h.as_str(), port)).await {
                     Ok(s) => {
@@ -117,7 +109,7 @@ impl Connection {
                 }
             }
         }
-        if hosts.len() == 1 {
+        if endpoints.len() == 1 {
             if let Some(e) = last {
                 return Err(io_err(e));
             }

@@ -199,16 +199,15 @@ impl Reader {
                     tracing::error!(error = %e, "replication stopped");
                     self.health.failed(&e.message);
                     let reason = format!("replication stopped: {}", e.message);
-                    if matches!(e.kind, ErrorKind::SlotLost | ErrorKind::Diverged) {
-                        // Nothing after what the log holds will come, or
-                        // some of it never happened: resuming from anywhere
-                        // is answered with why.
-                        self.sink.lost(Position::new(Lsn(u64::MAX), 0), &reason);
-                    }
                     if e.kind == ErrorKind::SlotLost {
                         self.metrics.slots_lost.fetch_add(1, Ordering::Relaxed);
                     }
-                    self.sink.close_all(&reason);
+                    match e.kind {
+                        ErrorKind::SlotLost | ErrorKind::Diverged => {
+                            self.sink.lost_for_good(&reason)
+                        }
+                        _ => self.sink.close_all(&reason),
+                    }
                     return;
                 }
             }

@@ -198,6 +198,10 @@ fn acks_resume_after_the_last_ack_and_one_consumer_at_a_time() {
     let t1 = transaction(&mut c);
     let t2 = transaction(&mut c);
     let t3 = transaction(&mut c);
+    // Creating another stream (recorded in walcast.streams) sends this one
+    // nothing.
+    init(&proxy, "/v1/init?name=another");
+    c.expect_silence(Duration::from_millis(500));
     for (t, id) in [(&t1, 1), (&t2, 2), (&t3, 3)] {
         assert_eq!(t.1.len(), 1, "only the allowed table: {:?}", t.1);
         assert_eq!(t.1[0]["columns"]["id"], id);
@@ -848,4 +852,71 @@ fn creating_a_stream_of_a_table_without_full_identity_warns() {
     db.exec("ALTER TABLE items REPLICA IDENTITY FULL");
     let created = init(&proxy, "/v1/init?name=unwarned&tables=public.items");
     assert!(created.get("warnings").is_none(), "{created}");
+}
+
+#[test]
+fn a_stream_whose_slot_postgres_invalidated_is_lost() {
+    use walcast_cluster::{Cluster, Config};
+    // A slot more than 1 MB behind is invalidated at the next checkpoint.
+    let cluster = Cluster::start_with(Config {
+        settings: vec![("max_slot_wal_keep_size".into(), "'1MB'".into())],
+        ..Config::default()
+    })
+    .expect("cluster");
+    let db = cluster.create_database("invalidated").expect("database");
+    cluster
+        .psql(&db, "CREATE TABLE filler (payload text)")
+        .expect("table");
+    let proxy = Proxy::start(&cluster, &db, "invalidated_proxy", &[]);
+    let slot = init(&proxy, "/v1/init?name=behind&export_snapshot=false")["slotName"]
+        .as_str()
+        .expect("slotName")
+        .to_owned();
+    for _ in 0..3 {
+        for sql in [
+            "INSERT INTO filler SELECT repeat('x', 1000) FROM generate_series(1, 3000)",
+            "SELECT pg_switch_wal()",
+        ] {
+            cluster.psql(&db, sql).expect(sql);
+        }
+    }
+    cluster.psql(&db, "CHECKPOINT").expect("checkpoint");
+    let status = cluster
+        .psql(
+            &db,
+            &format!("SELECT wal_status FROM pg_replication_slots WHERE slot_name = '{slot}'"),
+        )
+        .expect("slot status");
+    assert_eq!(status.trim(), "lost", "the slot was not invalidated");
+    match proxy.try_ws_url(&format!(
+        "ws://127.0.0.1:{}/v1/lr/stream?slotName={slot}",
+        proxy.port
+    )) {
+        Ok(_) => panic!("an invalidated stream was served"),
+        Err((status, body)) => {
+            assert_eq!(status, 410, "{body}");
+            assert_eq!(json(&body)["code"], "STREAM_LOST", "{body}");
+            assert!(body.contains("invalidated"), "{body}");
+        }
+    }
+    let listed = json(&proxy.get("/v1/streams").expect("list").1);
+    let me = listed["streams"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["slotName"] == slot.as_str()).cloned())
+        .unwrap_or_else(|| panic!("{slot} not listed: {listed}"));
+    assert_eq!(me["lost"], "invalidated", "{me}");
+    // DELETE drops the invalidated slot and its record.
+    let (status, body) = proxy
+        .delete(&format!("/v1/streams/{slot}"))
+        .expect("delete");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        cluster
+            .psql(
+                &db,
+                &format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}'"),
+            )
+            .expect("slots"),
+        "0"
+    );
 }

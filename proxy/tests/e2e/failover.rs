@@ -563,6 +563,15 @@ fn after_a_failover_a_durable_stream_resumes_after_its_last_ack_or_is_refused() 
             .and_then(|a| a.iter().find(|s| s["slotName"] == slot.as_str()).cloned())
             .unwrap_or_else(|| panic!("{slot} not listed: {listed}"));
         assert_eq!(me["lost"], "no_slot", "{me}");
+        // A re-snapshot is refused the same way.
+        let (status, body) = proxy
+            .post(
+                &format!("/v1/streams/{slot}/snapshot"),
+                r#"{"tables":["public.items"]}"#,
+            )
+            .expect("re-snapshot");
+        assert_eq!(status, 410, "{body}");
+        assert_eq!(json(&body)["code"], "STREAM_LOST", "{body}");
         // Its name is not given to a new stream, and no slot is made for it.
         let again = init(&proxy, "/v1/init?name=orders")["slotName"]
             .as_str()

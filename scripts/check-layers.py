@@ -18,7 +18,7 @@ import sys
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "proxy", "src")
 # Above the domain: the front door and what starts it.
-FRONT = {"http", "main", "app", "config", "doctor", "fuzzing"}
+FRONT = {"http", "main", "app", "config", "doctor", "probe", "fuzzing"}
 # Re-exported from walcast-core: leaves here.
 CORE = {"query", "change"}
 

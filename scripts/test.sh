@@ -4,7 +4,9 @@
 # unit tests and the end-to-end tests against private PostgreSQL clusters
 # (they include the example filters and the client examples), on PostgreSQL
 # 15; then the plugin's end-to-end tests on 16, 17 and 18, and the proxy's on
-# 18; then the parsers' fuzz targets for 30 s each (scripts/fuzz.sh). Fails
+# 18; then the parsers' fuzz targets for 30 s each (scripts/fuzz.sh); then
+# the images, built with podman and run as docker-compose.yml runs them
+# (scripts/test-images.sh). Fails
 # when any of them fails. Prints how long each phase took, and the total,
 # when it ends (docs/testing.md keeps a table of a fresh clone's run).
 set -euo pipefail
@@ -80,4 +82,6 @@ for major in 16 17 18; do
 done
 phase "fuzzing: the parsers' targets for 30 s each"
 ./scripts/fuzz.sh parsers 30
+phase "the images: Dockerfile.postgres, Dockerfile.proxy and compose, with podman"
+./scripts/test-images.sh
 phase ""

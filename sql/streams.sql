@@ -1,7 +1,9 @@
--- walcast.streams: what walcast-proxy remembers about each durable stream
--- beyond its replication slot (the table allow-list given when it was
--- created). Rows are written and removed by walcast-proxy; a row whose slot
--- no longer exists is ignored and replaced when the name is used again.
+-- walcast.streams: what walcast-proxy remembers about each slot it makes
+-- (each durable stream's, with the table allow-list given when it was
+-- created, and its own), written before the slot is made. Rows are written
+-- and removed by walcast-proxy; a row whose slot no longer exists (a
+-- failover to a server without it, a slot dropped outside walcast) marks the
+-- stream lost, and walcast-proxy says so instead of starting afresh.
 
 CREATE TABLE @extschema@.streams (
     slot_name name PRIMARY KEY,

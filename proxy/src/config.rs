@@ -40,6 +40,10 @@ pub enum Command {
     /// slots and senders, the walcast plugin installed and allowed, the
     /// extension) and print what to fix. Exit status 1 when something must be fixed.
     Doctor,
+    /// Ask the server listening on --listen for /healthz (a container
+    /// healthcheck): exit status 0 when it answers 200, 1 otherwise, with
+    /// the answer or the reason printed.
+    Health,
 }
 
 /// Settings of the server, in groups (each its own heading in `--help`).

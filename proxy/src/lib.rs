@@ -47,7 +47,8 @@
 //! repeat, written once per interval), `database.rs` (the database URL, TLS
 //! as `sslmode` says), `sql.rs` (a pool of ordinary connections),
 //! `catalog.rs` (table lookups over it), `doctor/` (`walcast-proxy doctor`;
-//! `failover.rs` its failover checks), `descriptors.rs` (the file
+//! `failover.rs` its failover checks), `probe.rs` (`walcast-proxy
+//! health`: a container healthcheck), `descriptors.rs` (the file
 //! descriptor limit and the connections it allows), `fuzzing.rs` (the hub's and the filter host's checks for the fuzz targets
 //! and seeded tests). Shared by the layers above them: `refusal.rs` (why a
 //! request is refused; `http/` turns it into a status), `frames.rs` (every frame
@@ -81,6 +82,7 @@ pub mod locks;
 pub mod log;
 pub mod metrics;
 pub mod nats;
+pub mod probe;
 pub use walcast_core::query;
 pub mod refusal;
 pub mod replication;

@@ -44,6 +44,11 @@ fn main() {
             }
             Err(e) => Err(e),
         },
+        Some(Command::Health) => {
+            let probe = walcast_proxy::probe::check(&cli.serve.listen);
+            println!("{}", probe.report);
+            std::process::exit(if probe.healthy { 0 } else { 1 })
+        }
     };
     if let Err(e) = result {
         fail(&e.to_string());

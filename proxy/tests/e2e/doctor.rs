@@ -1,6 +1,7 @@
 //! `walcast-proxy doctor` against real databases: a ready one, a role that
 //! may not stream, and a server that is not there; and the descriptor limit
-//! against `--max-clients`.
+//! against `--max-clients`. `walcast-proxy health` (the container
+//! healthcheck) against a proxy that streams, one that does not, and none.
 
 use crate::support;
 
@@ -90,5 +91,53 @@ fn the_descriptor_limit_is_checked_against_max_clients() {
     assert!(
         text.contains("warn  descriptor limit: the descriptor limit (1024 open files) leaves room for 896 connections, fewer than --max-clients (10000): raise it to at least 11024"),
         "{text}"
+    );
+}
+
+/// Runs `walcast-proxy health` against a server listening on `port`.
+fn health(port: u16, extra: &[&str]) -> (i32, String) {
+    let listen = format!("127.0.0.1:{port}");
+    let out = support::proxy_command(None)
+        .args(["health", "--listen", &listen])
+        .args(extra)
+        .env_remove("DATABASE_URL")
+        .output()
+        .expect("walcast-proxy health");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn health_says_what_healthz_says() {
+    let mut db = TestDb::new("health");
+    db.exec("CREATE TABLE t (id int PRIMARY KEY)");
+    let proxy = support::Proxy::start(cluster(), &db.name, "health_proxy", &[]);
+    let (code, out) = health(proxy.port, &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains(r#""slot":"health_proxy""#), "{out}");
+
+    // A proxy whose database is not there answers 503: unhealthy.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let gone = format!(
+        "postgres://postgres@127.0.0.1:{}/nothing",
+        closed.local_addr().expect("addr").port()
+    );
+    drop(closed);
+    let down = support::Proxy::spawn(&gone, "health_down", &[]);
+    let (code, out) = health(down.port, &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.starts_with("HTTP/1.1 503"), "{out}");
+
+    // No server at all: unhealthy, with the reason.
+    let port = down.port;
+    drop(down);
+    let (code, out) = health(port, &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.starts_with(&format!("no answer from 127.0.0.1:{port}")),
+        "{out}"
     );
 }

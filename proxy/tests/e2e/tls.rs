@@ -332,6 +332,17 @@ fn https_and_wss_are_served_and_the_certificate_reloads_on_sighup() {
     }
     // Plain HTTP on the TLS port gets no answer.
     assert!(proxy.get("/healthz").map(|(c, _)| c != 200).unwrap_or(true));
+    // The container healthcheck speaks TLS when the server does.
+    let health = support::proxy_command(None)
+        .args(["health", "--listen", &format!("127.0.0.1:{}", proxy.port)])
+        .args(["--tls-cert", &cert.to_string_lossy()])
+        .args(["--tls-key", &key.to_string_lossy()])
+        .env_remove("DATABASE_URL")
+        .output()
+        .expect("walcast-proxy health");
+    let said = String::from_utf8_lossy(&health.stdout);
+    assert_eq!(health.status.code(), Some(0), "{said}");
+    assert!(said.starts_with("HTTP/1.1 200"), "{said}");
 
     let stream = tls_connect(proxy.port, &ca);
     let (mut ws, _) = tungstenite::client(

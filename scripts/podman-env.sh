@@ -1,8 +1,8 @@
 # Podman for the image tests (sourced, not run): installs podman, buildah and
 # what they run with from Debian's packages when missing, and points them at
-# a private configuration and storage under WALCAST_CONTAINERS_DIR (default
-# /var/lib/walcast/containers), so the machine's own container settings are
-# neither used nor changed. Idempotent.
+# a private configuration, storage and build cache under WALCAST_CONTAINERS_DIR
+# (default /var/lib/walcast/containers), so the machine's own container
+# settings are neither used nor changed. Idempotent.
 #
 #   source scripts/podman-env.sh && podman_setup
 #
@@ -49,6 +49,10 @@ CONF
 unqualified-search-registries = ["docker.io"]
 short-name-mode = "permissive"
 CONF
+  # Build caches (`RUN --mount=type=cache`) and temporary files of builds
+  # go under TMPDIR: here, beside the storage, not in /var/tmp.
+  $sudo install -d "$dir/tmp"
+  export TMPDIR="$dir/tmp"
   export CONTAINERS_CONF="$dir/conf/containers.conf"
   export CONTAINERS_STORAGE_CONF="$dir/conf/storage.conf"
   export CONTAINERS_REGISTRIES_CONF="$dir/conf/registries.conf"

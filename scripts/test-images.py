@@ -9,6 +9,8 @@ network of their own where each is found by its service name. Host ports
 are free ones picked here instead of 5432 and 8080.
 
 Then, end to end:
+- the host's CA certificates of its own (given to the builds as a secret)
+  are in neither image;
 - the extension is installed and wal_level is logical;
 - the proxy runs as its own user and its image's healthcheck passes;
 - /healthz, the demo page and the JS client module are served;
@@ -239,7 +241,40 @@ def main():
     log("all checks passed")
 
 
+PEM = re.compile(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", re.S)
+
+
+def certificates(text):
+    return {"".join(b.split()) for b in PEM.findall(text)}
+
+
+def host_only_certificates():
+    """The host's CA certificates that Debian's ca-certificates does not
+    carry (a proxy's that re-signs HTTPS): the builds get them as a secret."""
+    try:
+        host = certificates(open("/etc/ssl/certs/ca-certificates.crt").read())
+    except OSError:
+        return set()
+    debian = set()
+    for root, _, files in os.walk("/usr/share/ca-certificates"):
+        for f in files:
+            debian |= certificates(open(os.path.join(root, f)).read())
+    return host - debian
+
+
+def check_no_host_ca(images):
+    extra = host_only_certificates()
+    for image in images:
+        done = podman("run", "--rm", "--entrypoint", "sh", image, "-c",
+                      "cat /etc/ssl/certs/*.crt /etc/ssl/certs/*.pem 2>/dev/null || true")
+        leaked = extra & certificates(done.stdout)
+        expect(not leaked, f"{image} holds {len(leaked)} of the host's own CA certificates")
+    log(f"the host's {len(extra)} CA certificate(s) of its own are in no image "
+        f"({', '.join(images)})")
+
+
 def check(project):
+    check_no_host_ca([project.services[n].spec["image"] for n in ("postgres", "proxy")])
     pg = project.up("postgres")
     pg.wait_healthy()
     psql = ["psql", "-XAtq", "-v", "ON_ERROR_STOP=1", "-U", "postgres", "-d", "app", "-c"]

@@ -78,6 +78,19 @@ pub struct DatabaseArgs {
     #[arg(long, global = true, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
+    /// PostgreSQL URL of the primary, when --database-url is a standby to
+    /// decode on (PostgreSQL 16+): what must be written (the watermarks of
+    /// snapshot=1, heartbeats, records of slots in walcast.streams) goes
+    /// there, and snapshot=1 reads its rows there. Default: the server of
+    /// --database-url that takes writes (docs/operations.md#decoding-on-a-standby).
+    #[arg(
+        long,
+        global = true,
+        env = "WALCAST_PRIMARY_URL",
+        hide_env_values = true
+    )]
+    pub primary_url: Option<String>,
+
     /// Name of the proxy's permanent replication slot; a restart resumes from it.
     #[arg(
         long,
@@ -644,6 +657,8 @@ pub enum ConfigError {
     NoDatabase,
     #[error("invalid --database-url: {0}")]
     DatabaseUrl(#[from] crate::database::UrlError),
+    #[error("invalid --primary-url: {0}")]
+    PrimaryUrl(crate::database::UrlError),
     #[error("invalid --slot: {0}")]
     Slot(#[from] crate::replication::SlotNameError),
     #[error("invalid --tables: {0}")]
@@ -666,7 +681,13 @@ impl DatabaseArgs {
             .database_url
             .as_deref()
             .ok_or(ConfigError::NoDatabase)?;
-        Ok(Database::parse(url)?)
+        let database = Database::parse(url)?;
+        Ok(match self.primary_url.as_deref() {
+            Some(primary) => {
+                database.with_primary(Database::parse(primary).map_err(ConfigError::PrimaryUrl)?)
+            }
+            None => database,
+        })
     }
 
     /// `--tables` read, `None` for all tables; the slot name checked too.

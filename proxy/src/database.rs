@@ -149,11 +149,15 @@ impl Tls {
     }
 }
 
-/// The database to stream: its connection settings and TLS.
+/// The database to stream: its connection settings and TLS, and where what
+/// must be written goes.
 #[derive(Debug, Clone)]
 pub struct Database {
     pub config: tokio_postgres::Config,
     pub tls: Tls,
+    /// `--primary-url`: the server that takes writes, when the URL names a
+    /// standby to decode on.
+    pub primary: Option<Box<Database>>,
 }
 
 impl Database {
@@ -199,7 +203,37 @@ impl Database {
         Ok(Database {
             config,
             tls: Tls { mode, roots },
+            primary: None,
         })
+    }
+
+    /// The same database, whose writes go to `primary`.
+    pub fn with_primary(self, primary: Database) -> Database {
+        Database {
+            primary: Some(Box::new(primary)),
+            ..self
+        }
+    }
+
+    /// Where what must be written goes (the watermarks of `snapshot=1`,
+    /// heartbeats, records in `walcast.streams`): `--primary-url` when
+    /// given, else the server of the URL that takes writes
+    /// (`target_session_attrs=read-write` over its hosts). A URL of one
+    /// standby and no `--primary-url` has none: writes fail there, with
+    /// PostgreSQL's reason.
+    pub fn writes(&self) -> Database {
+        match &self.primary {
+            Some(p) => (**p).clone(),
+            None => {
+                let mut config = self.config.clone();
+                config.target_session_attrs(tokio_postgres::config::TargetSessionAttrs::ReadWrite);
+                Database {
+                    config,
+                    tls: self.tls.clone(),
+                    primary: None,
+                }
+            }
+        }
     }
 }
 
@@ -274,6 +308,7 @@ impl Database {
                     Database {
                         config: one,
                         tls: self.tls.clone(),
+                        primary: self.primary.clone(),
                     },
                 )
             })

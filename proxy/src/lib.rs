@@ -45,7 +45,8 @@
 //! `metrics.rs` (what `/healthz` and `/metrics` report), `blocking.rs` (long
 //! work moved off the async workers), `throttle.rs` (log lines a client can
 //! repeat, written once per interval), `database.rs` (the database URL, TLS
-//! as `sslmode` says), `sql.rs` (a pool of ordinary connections),
+//! as `sslmode` says), `sql.rs` (a pool of ordinary connections, and the one for
+//! writes when decoding on a standby),
 //! `catalog.rs` (table lookups over it), `doctor/` (`walcast-proxy doctor`;
 //! `failover.rs` its failover checks), `probe.rs` (`walcast-proxy
 //! health`: a container healthcheck), `descriptors.rs` (the file

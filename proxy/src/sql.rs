@@ -14,7 +14,12 @@ pub struct SqlPool {
     database: crate::database::Database,
     idle: Arc<Mutex<Vec<Client>>>,
     permits: Arc<Semaphore>,
+    /// Where writes go when that is another server (a standby's primary).
+    writes: Option<Arc<SqlPool>>,
 }
+
+/// Connections of the pool for writes, beside a pool on a standby.
+const WRITE_CONNECTIONS: usize = 4;
 
 /// Why the pool gave no connection.
 #[derive(Debug, thiserror::Error)]
@@ -81,11 +86,41 @@ impl Drop for Conn {
 impl SqlPool {
     /// A pool of up to `max` connections to `database`.
     pub fn new(database: crate::database::Database, max: usize) -> SqlPool {
+        let writes = Self::other_writer(&database)
+            .map(|w| Arc::new(Self::with_writes(w, WRITE_CONNECTIONS, None)));
+        Self::with_writes(database, max, writes)
+    }
+
+    fn with_writes(
+        database: crate::database::Database,
+        max: usize,
+        writes: Option<Arc<SqlPool>>,
+    ) -> SqlPool {
         SqlPool {
             database,
             idle: Arc::new(Mutex::new(Vec::new())),
             permits: Arc::new(Semaphore::new(max.max(1))),
+            writes,
         }
+    }
+
+    /// The database writes go to, when the URL's own choice of server may
+    /// not take them: `--primary-url`, or several hosts without
+    /// `target_session_attrs=read-write`.
+    fn other_writer(database: &crate::database::Database) -> Option<crate::database::Database> {
+        use tokio_postgres::config::TargetSessionAttrs;
+        let chooses_writer =
+            database.config.get_target_session_attrs() == TargetSessionAttrs::ReadWrite;
+        (database.primary.is_some() || (database.endpoints().len() > 1 && !chooses_writer))
+            .then(|| database.writes())
+    }
+
+    /// The pool for what must be written, and for reads that must see the
+    /// server where it is written (`snapshot=1` chunks between their
+    /// watermarks): this pool unless the database is a standby with its
+    /// primary elsewhere (`Database::writes`).
+    pub fn writes(&self) -> &SqlPool {
+        self.writes.as_deref().unwrap_or(self)
     }
 
     /// The connection settings.

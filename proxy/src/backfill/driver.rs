@@ -116,7 +116,10 @@ impl Drop for Handle {
     }
 }
 
-/// Starts a backfill of `plan` judged by `judge`.
+/// Starts a backfill of `plan` judged by `judge`. Its watermarks and its
+/// chunks go to the server that takes writes (`SqlPool::writes`): a chunk's
+/// snapshot must come from the server whose transactions the watermarks
+/// bracket, and a standby's snapshots do not list running transactions.
 pub fn spawn(
     judge: Judge,
     pool: SqlPool,
@@ -126,6 +129,7 @@ pub fn spawn(
 ) -> Handle {
     let (tx, events) = mpsc::channel(AHEAD);
     let places = Arc::new(Places::default());
+    let pool = pool.writes().clone();
     let task = tokio::spawn(run(judge, pool, shared, plan, places.clone(), tx, metrics));
     Handle {
         events,

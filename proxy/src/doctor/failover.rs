@@ -32,7 +32,7 @@ pub async fn checks(client: &Client, config: &Database) -> Vec<Check> {
         out.push(check(
             Status::Warn,
             "failover",
-            "the server the URL led to is a standby: add target_session_attrs=read-write to the URL so that walcast always lands on the primary",
+            "the server the URL led to is a standby: to decode on the primary, add target_session_attrs=read-write to the URL; to decode on this standby (PostgreSQL 16+), give --primary-url for what must be written on the primary (docs/operations.md#decoding-on-a-standby)",
         ));
     }
     if major < FAILOVER_SLOTS_SINCE {

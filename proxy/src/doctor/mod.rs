@@ -242,10 +242,12 @@ async fn keep_size(client: &Client) -> Check {
 async fn slots(client: &Client) -> Vec<Check> {
     let Ok(rows) = client
         .query(
-            "SELECT slot_name::text, active, \
-             pg_size_pretty(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)), \
-             pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn) > 1073741824 \
-             FROM pg_replication_slots WHERE plugin = 'walcast' AND restart_lsn IS NOT NULL \
+            "WITH here AS (SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() \
+             ELSE pg_current_wal_lsn() END AS lsn) \
+             SELECT slot_name::text, active, \
+             pg_size_pretty(pg_wal_lsn_diff(here.lsn, restart_lsn)), \
+             pg_wal_lsn_diff(here.lsn, restart_lsn) > 1073741824 \
+             FROM pg_replication_slots, here WHERE plugin = 'walcast' AND restart_lsn IS NOT NULL \
              ORDER BY slot_name",
             &[],
         )

@@ -90,7 +90,7 @@ pub async fn run_heartbeat(
         if idle_ms < interval.as_millis() as u64 {
             continue;
         }
-        let result = match streams.pool.get().await {
+        let result = match streams.pool.writes().get().await {
             Ok(c) => c
                 .execute(
                     "SELECT pg_catalog.pg_logical_emit_message(false, $1, pg_catalog.now()::text)",

@@ -132,6 +132,10 @@ struct Consumer {
 /// Re-snapshot requests a consumer takes at once, at most.
 const BACKFILL_REQUESTS: usize = 16;
 
+/// How long a stream's record written on the primary may take to reach the
+/// standby the stream is made on.
+const RECORD_REPLAY_WAIT: Duration = Duration::from_secs(30);
+
 #[derive(Default)]
 struct Inner {
     snapshots: HashMap<String, Snapshot>,
@@ -391,6 +395,7 @@ impl Streams {
         };
         let written = self
             .pool
+            .writes()
             .get()
             .await
             .map_err(Refusal::unavailable)?
@@ -399,7 +404,45 @@ impl Streams {
             .map_err(|e| {
                 Refusal::unavailable(format!("cannot record the stream in walcast.streams: {e}"))
             })?;
+        if written == 1 {
+            self.wait_record_replayed(slot, tables).await?;
+        }
         Ok(written == 1)
+    }
+
+    /// When the record was written on the primary of a standby the streams
+    /// are read from: waits until the standby has it, so that the stream's
+    /// table list is never read before it arrives (a stream without one
+    /// streams every table).
+    async fn wait_record_replayed(&self, slot: &str, tables: Option<&str>) -> Result<(), Refusal> {
+        if std::ptr::eq(self.pool.writes(), &self.pool) {
+            return Ok(());
+        }
+        let deadline = tokio::time::Instant::now() + RECORD_REPLAY_WAIT;
+        loop {
+            let c = self.pool.get().await.map_err(Refusal::unavailable)?;
+            let here = c
+                .query_opt(
+                    "SELECT tables FROM walcast.streams WHERE slot_name = $1",
+                    &[&slot],
+                )
+                .await
+                .map_err(|e| {
+                    Refusal::unavailable(format!("reading walcast.streams failed: {e}"))
+                })?;
+            if let Some(row) = here {
+                if row.get::<_, Option<String>>(0).as_deref() == tables {
+                    return Ok(());
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Refusal::unavailable(format!(
+                    "the record of {slot} written on the primary did not reach the standby within {} s",
+                    RECORD_REPLAY_WAIT.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Holds the exported `snapshot` of the new stream `slot` on its idle
@@ -496,7 +539,7 @@ impl Streams {
     /// Removes the record of `slot` from `walcast.streams` (logged when
     /// that fails: the stream would then be reported lost).
     async fn forget(&self, slot: &str) {
-        let removed = match self.pool.get().await {
+        let removed = match self.pool.writes().get().await {
             Ok(c) => c
                 .execute("DELETE FROM walcast.streams WHERE slot_name = $1", &[&slot])
                 .await
@@ -792,7 +835,8 @@ impl Streams {
         let rows = c
             .query(
                 "SELECT slot_name::text, active, active_pid, confirmed_flush_lsn::text, \
-                 (pg_catalog.pg_current_wal_lsn() - confirmed_flush_lsn)::int8, \
+                 ((CASE WHEN pg_catalog.pg_is_in_recovery() THEN pg_catalog.pg_last_wal_replay_lsn() \
+                   ELSE pg_catalog.pg_current_wal_lsn() END) - confirmed_flush_lsn)::int8, \
                  wal_status IS NOT DISTINCT FROM 'lost' \
                  FROM pg_catalog.pg_replication_slots \
                  WHERE slot_type = 'logical' AND plugin = 'walcast' \

@@ -97,6 +97,32 @@ fn history_text(content: &str) -> String {
 }
 
 /// The switch point of `timeline` in a history file: its lines are
+/// While a slot is made on a standby: asks the primary every second to log
+/// its running transactions (`pg_log_standby_snapshot`, 16+), so that the
+/// slot is ready at once rather than at the primary's next such log. A
+/// primary that refuses (the function is for superusers unless granted) is
+/// told once in the log; the slot then waits for the primary's own log.
+fn nudge_primary(primary: crate::database::Database, slot: String) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let pool = crate::sql::SqlPool::new(primary, 1);
+        loop {
+            let asked = match pool.get().await {
+                Ok(c) => c
+                    .simple_query("SELECT pg_catalog.pg_log_standby_snapshot()")
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(error) = asked {
+                tracing::warn!(%slot, %error, "making a slot on a standby waits for the primary to log its running transactions (every 15 s while it writes); grant EXECUTE ON FUNCTION pg_log_standby_snapshot() to this role on the primary, or give --primary-url, to have it at once");
+                return;
+            }
+            tokio::time::sleep(STANDBY_SNAPSHOT_EVERY).await;
+        }
+    })
+}
+
 /// `parent-timeline <tab> switch-point <tab> reason`.
 fn switch_point_in(history: &str, timeline: u32) -> Option<Lsn> {
     history.lines().find_map(|line| {
@@ -110,17 +136,42 @@ fn switch_point_in(history: &str, timeline: u32) -> Option<Lsn> {
 /// A replication connection before streaming.
 pub struct ReplicationClient {
     conn: Connection,
+    /// Where it was made to: for what must be written on the primary when
+    /// the server is a standby (`Database::writes`).
+    database: crate::database::Database,
 }
+
+/// How often the primary is asked to log its running transactions while a
+/// slot is being made on a standby (`pg_log_standby_snapshot`).
+const STANDBY_SNAPSHOT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The first major version with failover slots.
 pub const FAILOVER_SLOTS_SINCE: u32 = 17;
+
+/// The first major version that decodes on a standby.
+pub const STANDBY_DECODING_SINCE: u32 = 16;
 
 impl ReplicationClient {
     /// Connects in `replication=database` mode.
     pub async fn connect(config: &crate::database::Database) -> Result<Self, ReplicationError> {
         Ok(ReplicationClient {
             conn: Connection::connect(config, true).await?,
+            database: config.clone(),
         })
+    }
+
+    /// The server's major version.
+    pub fn major(&self) -> u32 {
+        self.conn.major()
+    }
+
+    /// Whether the server is a standby (in recovery).
+    pub async fn in_recovery(&mut self) -> Result<bool, ReplicationError> {
+        let rows = self
+            .conn
+            .simple_query("SELECT pg_catalog.pg_is_in_recovery()::text")
+            .await?;
+        Ok(rows.first().and_then(|r| r.first().cloned().flatten()) == Some("true".to_owned()))
     }
 
     /// `IDENTIFY_SYSTEM`.
@@ -175,13 +226,29 @@ impl ReplicationClient {
     ) -> Result<CreatedSlot, ReplicationError> {
         validate_slot_name(name).map_err(|e| ReplicationError::definite(e.to_string()))?;
         let snapshot = if export_snapshot { "export" } else { "nothing" };
-        let failover = failover && !temporary && self.conn.major() >= FAILOVER_SLOTS_SINCE;
+        let mut failover = failover && !temporary && self.conn.major() >= FAILOVER_SLOTS_SINCE;
+        let standby = self.in_recovery().await?;
+        if failover && standby {
+            tracing::info!(slot = %name, "the server is a standby: a slot made on a standby cannot be a failover slot");
+            failover = false;
+        }
         let sql = format!(
             "CREATE_REPLICATION_SLOT {name}{} LOGICAL walcast (SNAPSHOT '{snapshot}'{})",
             if temporary { " TEMPORARY" } else { "" },
             if failover { ", FAILOVER true" } else { "" },
         );
-        let rows = self.conn.simple_query(&sql).await?;
+        let rows = if standby {
+            // A slot on a standby is ready once the standby replays a log of
+            // the primary's running transactions made after the slot began;
+            // the primary writes one by itself only every 15 s, and only when
+            // it is busy.
+            let nudge = nudge_primary(self.database.writes(), name.to_owned());
+            let rows = self.conn.simple_query(&sql).await;
+            nudge.abort();
+            rows?
+        } else {
+            self.conn.simple_query(&sql).await?
+        };
         let row = rows.first().ok_or_else(|| {
             ReplicationError::transient("CREATE_REPLICATION_SLOT returned no row")
         })?;
@@ -212,7 +279,7 @@ impl ReplicationClient {
         name: &str,
         info: Option<&SlotInfo>,
     ) -> Result<(), ReplicationError> {
-        if self.conn.major() < FAILOVER_SLOTS_SINCE {
+        if self.conn.major() < FAILOVER_SLOTS_SINCE || self.in_recovery().await? {
             return Ok(());
         }
         let read;
@@ -299,16 +366,34 @@ impl ReplicationClient {
 
     /// Records the slot `name` in `walcast.streams` (kept if it is there),
     /// so that its loss is told from a first start on this server and on
-    /// every standby, which replicate the record. A server where it cannot
-    /// be written (a standby) is told in the log.
+    /// every standby, which replicate the record. On a standby the record
+    /// is written on the primary (`Database::writes`). A record that cannot
+    /// be written is told in the log.
     pub async fn record(&mut self, name: &str) {
-        let done = self
-            .conn
-            .simple_query(&format!(
-                "INSERT INTO walcast.streams (slot_name) VALUES ({}) ON CONFLICT (slot_name) DO NOTHING",
-                quote_literal(name)
-            ))
-            .await;
+        let sql = format!(
+            "INSERT INTO walcast.streams (slot_name) VALUES ({}) ON CONFLICT (slot_name) DO NOTHING",
+            quote_literal(name)
+        );
+        let done = match self.in_recovery().await {
+            Ok(true) => {
+                let primary = crate::sql::SqlPool::new(self.database.writes(), 1);
+                match primary.get().await {
+                    Ok(c) => c
+                        .simple_query(&sql)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            Ok(false) => self
+                .conn
+                .simple_query(&sql)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
         if let Err(e) = done {
             tracing::warn!(slot = %name, error = %e, "cannot record the slot in walcast.streams: its loss in a failover would look like a first start");
         }

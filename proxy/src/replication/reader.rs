@@ -445,6 +445,12 @@ pub(crate) async fn open(
             }
         }
     }
+    if client.major() < super::STANDBY_DECODING_SINCE && client.in_recovery().await? {
+        return Err(ReplicationError::definite(format!(
+            "the server is a standby, and PostgreSQL {} cannot decode on a standby (16 and newer can): point --database-url at the primary (docs/operations.md#decoding-on-a-standby)",
+            client.major()
+        )));
+    }
     let slot_start = match client.slot(&cfg.slot).await? {
         None => {
             let recorded = client.recorded(&cfg.slot).await?;

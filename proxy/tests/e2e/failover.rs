@@ -277,6 +277,19 @@ fn wait_synced(standby: &Cluster, slot: &str) {
     );
 }
 
+/// The ids in the table `items` of `db` on `server`, in order.
+fn table_ids(server: &Cluster, db: &str) -> Vec<i64> {
+    server
+        .psql(
+            db,
+            "SELECT string_agg(id::text, ',' ORDER BY id) FROM items",
+        )
+        .expect("rows")
+        .split(',')
+        .map(|i| i.parse().expect("id"))
+        .collect()
+}
+
 /// The ids of the row frames among `frames`, in order.
 fn ids(frames: &[String]) -> Vec<i64> {
     frames
@@ -329,15 +342,7 @@ fn after_a_failover_live_clients_go_on_with_the_synced_slot_or_are_told() {
         );
         got.extend(ids(&first));
         got.extend(ids(&client.texts(99, WAIT)));
-        let table: Vec<i64> = standby
-            .psql(
-                db,
-                "SELECT string_agg(id::text, ',' ORDER BY id) FROM items",
-            )
-            .expect("rows")
-            .split(',')
-            .map(|i| i.parse().expect("id"))
-            .collect();
+        let table = table_ids(&standby, db);
         assert_eq!(
             got, table,
             "the client holds exactly the new primary's rows, in order"
@@ -722,6 +727,198 @@ fn changes_delivered_but_lost_in_the_failover_are_told_never_left_standing() {
         Err((status, body)) => {
             assert_eq!(status, 410, "{body}");
             assert!(body.contains("never happened"), "{body}");
+        }
+    }
+}
+
+/// The slots named `walcast_%` on `server`, by name.
+fn walcast_slots(server: &Cluster) -> String {
+    server
+        .psql(
+            "postgres",
+            "SELECT coalesce(string_agg(slot_name, ',' ORDER BY slot_name), '') \
+             FROM pg_replication_slots WHERE slot_name LIKE 'walcast%'",
+        )
+        .expect("pg_replication_slots")
+}
+
+#[test]
+fn a_standby_decodes_while_the_primary_takes_the_writes() {
+    let db = "standby_decoding";
+    let (primary, standby, major) = primary_and_standby(db);
+    insert(&primary.conninfo(db), 1..4);
+    let proxy = Proxy::spawn(
+        &standby.url(db),
+        "walcast_standby",
+        &["--primary-url", &primary.url(db)],
+    );
+    if major < 16 {
+        // PostgreSQL 15 cannot decode on a standby: the proxy says so.
+        let deadline = Instant::now() + WAIT;
+        let health = loop {
+            let (_, body) = proxy.get("/healthz").expect("healthz");
+            if body.contains("cannot decode") || Instant::now() > deadline {
+                break body;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert!(
+            health.contains("cannot decode on a standby") && health.contains("failed"),
+            "{health}"
+        );
+        assert_eq!(walcast_slots(&standby), "");
+        // Nothing recorded for a slot that was never made.
+        assert_eq!(
+            primary
+                .psql(db, "SELECT count(*) FROM walcast.streams")
+                .expect("walcast.streams"),
+            "0"
+        );
+        return;
+    }
+    proxy.wait_healthy();
+    // The slot is on the standby; its record was written on the primary.
+    assert_eq!(walcast_slots(&standby), "walcast_standby");
+    assert_eq!(walcast_slots(&primary), "");
+    assert_eq!(
+        primary
+            .psql(db, "SELECT string_agg(slot_name, ',') FROM walcast.streams")
+            .expect("walcast.streams"),
+        "walcast_standby"
+    );
+
+    // Live: the primary's writes, decoded on the standby.
+    let mut live = proxy.ws("insert:items");
+    insert(&primary.conninfo(db), 4..9);
+    let frames = live.texts(5, WAIT);
+    assert_eq!(ids(&frames), [4, 5, 6, 7, 8], "{frames:?}");
+
+    // snapshot=1: the rows read on the primary between watermarks written
+    // there, while it takes writes; the client ends with the table's rows.
+    let mut snap = proxy.ws_params("query=*:items&snapshot=1");
+    let writer = {
+        let conninfo = primary.conninfo(db);
+        std::thread::spawn(move || insert(&conninfo, 9..41))
+    };
+    let mut rows = std::collections::BTreeSet::new();
+    let mut done = false;
+    while !(done && rows.len() == 40) {
+        let next = snap.texts(1, WAIT);
+        assert!(
+            !next.is_empty(),
+            "stalled with {} rows, done: {done}",
+            rows.len()
+        );
+        let f = json(&next[0]);
+        if f["state"] == "done" {
+            done = true;
+        }
+        if let Some(id) = f["columns"]["id"].as_i64() {
+            rows.insert(id);
+        }
+    }
+    writer.join().expect("writer");
+    assert_eq!(rows, (1..41).collect(), "the table's rows");
+
+    // A durable stream: its slot and exported snapshot on the standby, its
+    // record on the primary, its changes the primary's.
+    let created = support::durable::init(&proxy, "/v1/init?name=on_standby");
+    let slot = created["slotName"].as_str().expect("slotName").to_owned();
+    assert_eq!(
+        walcast_slots(&standby),
+        format!("{slot},walcast_standby"),
+        "the stream's slot is on the standby"
+    );
+    assert_eq!(walcast_slots(&primary), "");
+    let (status, body) = proxy
+        .post(
+            "/v1/snapshot/data",
+            &format!(r#"{{"slotName":"{slot}","table":"items","limit":1000}}"#),
+        )
+        .expect("snapshot page");
+    assert_eq!(status, 200, "{body}");
+    let page: Vec<i64> = json(&body)
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter_map(|r| r["id"].as_i64())
+        .collect();
+    assert_eq!(page, (1..41).collect::<Vec<_>>(), "the snapshot's rows");
+    let mut stream = support::durable::stream(&proxy, &slot);
+    insert(&primary.conninfo(db), 41..43);
+    let mut streamed = Vec::new();
+    let mut last_end = String::new();
+    while streamed.len() < 2 {
+        let (_, changes, c) = support::durable::transaction(&mut stream);
+        streamed.extend(changes.iter().filter_map(|f| f["columns"]["id"].as_i64()));
+        last_end = c["end_lsn"].as_str().expect("end_lsn").to_owned();
+    }
+    assert_eq!(streamed, [41, 42]);
+    stream.send(&format!(r#"{{"lsn":"{last_end}","reply":true}}"#));
+    assert_eq!(
+        support::durable::reply(&mut stream)["ack"],
+        last_end.as_str()
+    );
+}
+
+#[test]
+fn after_a_failover_the_relay_goes_on_or_its_edges_clients_are_told() {
+    let db = "failover_relay";
+    let (mut primary, standby, major) = primary_and_standby(db);
+    let url = both(&primary, &standby, db);
+    let nats = NatsServer::start().expect("a private nats-server (./scripts/setup.sh installs it)");
+    let relay = Proxy::launch(
+        &url,
+        "walcast_relay",
+        &["relay", "--nats-url", &nats.url()],
+        Launch::default(),
+    );
+    relay.wait_healthy();
+    let edge = Proxy::launch(
+        &url,
+        "walcast_edge",
+        &["--nats-url", &nats.url()],
+        Launch::default(),
+    );
+    edge.wait_healthy();
+    let mut client = edge.ws("insert:items");
+    insert(&primary.conninfo(db), 1..51);
+    let mut got = ids(&client.texts(50, WAIT));
+    assert_eq!(got, (1..51).collect::<Vec<i64>>());
+    if major >= 17 {
+        wait_synced(&standby, "walcast_relay");
+    } else {
+        wait_recorded(&standby, db, "walcast_relay");
+    }
+    primary.kill().expect("SIGKILL the primary");
+    standby.promote().expect("promote");
+    insert(&standby.conninfo(db), 51..101);
+    if major >= 17 {
+        // The relay found its slot on the new primary: the edge's client,
+        // still connected, gets every change committed there, once, in order.
+        got.extend(ids(&client.texts(50, Duration::from_secs(30))));
+        let table = table_ids(&standby, db);
+        assert_eq!(
+            got, table,
+            "the edge's client holds exactly the new primary's rows"
+        );
+        assert_eq!(got, (1..101).collect::<Vec<i64>>());
+        client.expect_silence(Duration::from_millis(500));
+    } else {
+        // PostgreSQL 15 and 16: the relay's slot is not on the promoted
+        // server. The relay publishes that it is lost; the edge closes its
+        // client with the reason and refuses new ones.
+        let (code, reason) = client
+            .close_frame(Duration::from_secs(30))
+            .expect("the edge's client is told");
+        assert_eq!(code, 1013, "{reason}");
+        assert!(reason.contains("the relay stopped"), "{reason}");
+        match edge.try_ws_url(&format!(
+            "ws://127.0.0.1:{}/ws?query=insert:items",
+            edge.port
+        )) {
+            Ok(_) => panic!("the edge took a client for a stream that ended"),
+            Err((status, body)) => assert_eq!(status, 503, "{body}"),
         }
     }
 }

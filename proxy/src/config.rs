@@ -129,9 +129,10 @@ pub struct DatabaseArgs {
     )]
     pub failover_slots: bool,
 
-    /// When the proxy's slot is lost (gone from the server while in use, or
+    /// When the proxy's slot is lost (gone from the server while in use,
     /// recorded in walcast.streams and not on the server it starts on: a
-    /// failover to a server without it), make a new one at the server's
+    /// failover to a server without it; or invalidated by PostgreSQL, which
+    /// is then dropped), make a new one at the server's
     /// current position and go on. The changes in between are missing:
     /// they are counted and logged, connected clients are closed and a
     /// resume from before answers 410 with the reason. Without it the proxy

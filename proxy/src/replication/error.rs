@@ -139,7 +139,9 @@ impl ReplicationError {
         }
         // The slot is missing. (An invalidated slot shares its SQLSTATE
         // and routine with a slot of another database or a physical one:
-        // it stays a definite error, whose advice names both.)
+        // here a definite error, whose advice names both; the reader asks
+        // pg_replication_slots before it starts and reports an invalidated
+        // slot lost.)
         let slot_lost = state == SqlState::UNDEFINED_OBJECT;
         ReplicationError {
             kind: if retryable(&state) {

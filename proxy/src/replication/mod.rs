@@ -39,6 +39,10 @@ pub struct SlotInfo {
     /// Whether it is a failover slot (`None` before PostgreSQL 17, and for
     /// a temporary slot, which cannot be one).
     pub failover: Option<bool>,
+    /// Invalidated by PostgreSQL (`wal_status` `lost`: it fell behind
+    /// `max_slot_wal_keep_size`; on 16+ also a standby's slot whose rows
+    /// the primary removed): it exists and can never be read again.
+    pub invalidated: bool,
 }
 
 /// A slot just created.
@@ -165,6 +169,15 @@ impl ReplicationClient {
         self.conn.major()
     }
 
+    /// `DROP_REPLICATION_SLOT name`.
+    pub async fn drop_slot(&mut self, name: &str) -> Result<(), ReplicationError> {
+        validate_slot_name(name).map_err(|e| ReplicationError::definite(e.to_string()))?;
+        self.conn
+            .simple_query(&format!("DROP_REPLICATION_SLOT {name}"))
+            .await?;
+        Ok(())
+    }
+
     /// Whether the server is a standby (in recovery).
     pub async fn in_recovery(&mut self) -> Result<bool, ReplicationError> {
         let rows = self
@@ -194,12 +207,19 @@ impl ReplicationClient {
         let rows = self
             .conn
             .simple_query(&format!(
-                "SELECT plugin, database, active::text, confirmed_flush_lsn::text, {} \
+                "SELECT plugin, database, active::text, confirmed_flush_lsn::text, {}, ({})::text \
                  FROM pg_catalog.pg_replication_slots WHERE slot_name = {}",
                 if self.conn.major() >= FAILOVER_SLOTS_SINCE {
                     "(CASE WHEN temporary THEN NULL ELSE failover END)::text"
                 } else {
                     "NULL"
+                },
+                if self.conn.major() >= FAILOVER_SLOTS_SINCE {
+                    "invalidation_reason IS NOT NULL"
+                } else if self.conn.major() >= STANDBY_DECODING_SINCE {
+                    "wal_status IS NOT DISTINCT FROM 'lost' OR coalesce(conflicting, false)"
+                } else {
+                    "wal_status IS NOT DISTINCT FROM 'lost'"
                 },
                 quote_literal(name)
             ))
@@ -210,6 +230,7 @@ impl ReplicationClient {
             active: r.get(2).cloned().flatten().as_deref() == Some("true"),
             confirmed_flush: r.get(3).cloned().flatten().and_then(|l| l.parse().ok()),
             failover: r.get(4).cloned().flatten().map(|f| f == "true"),
+            invalidated: r.get(5).cloned().flatten().as_deref() == Some("true"),
         }))
     }
 

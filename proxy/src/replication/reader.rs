@@ -112,6 +112,22 @@ fn lost_slot(name: &str, seen: bool) -> ReplicationError {
     }
 }
 
+/// The slot exists, but PostgreSQL invalidated it.
+fn invalidated_slot(name: &str) -> ReplicationError {
+    ReplicationError {
+        kind: ErrorKind::SlotLost,
+        message: format!(
+            "the replication slot {name} was invalidated by PostgreSQL (it fell behind \
+             max_slot_wal_keep_size, or, on a standby, the primary removed rows it needed: \
+             pg_replication_slots says why); the changes committed since its last confirmed \
+             position cannot be read. To go on from a new slot: --recreate-lost-slot (clients \
+             resuming from before it are told the changes are gone); for the relay, \
+             docs/scale-out.md#failures"
+        ),
+        sqlstate: None,
+    }
+}
+
 impl Slot {
     /// Checks a new connection's `IDENTIFY_SYSTEM` against the last one's.
     /// Another system is a definite error: the URL now leads to another
@@ -451,10 +467,23 @@ pub(crate) async fn open(
             client.major()
         )));
     }
-    let slot_start = match client.slot(&cfg.slot).await? {
+    let mut found = client.slot(&cfg.slot).await?;
+    let invalidated = found
+        .as_ref()
+        .is_some_and(|i| i.invalidated && i.plugin.as_deref() == Some("walcast"));
+    if invalidated {
+        if !cfg.recreate_lost_slot {
+            return Err(invalidated_slot(&cfg.slot));
+        }
+        // It exists, and will never be read again: made anew below.
+        client.drop_slot(&cfg.slot).await?;
+        tracing::warn!(slot = %cfg.slot, "dropped the replication slot PostgreSQL invalidated (--recreate-lost-slot)");
+        found = None;
+    }
+    let slot_start = match found {
         None => {
             let recorded = client.recorded(&cfg.slot).await?;
-            let lost = slot.seen || recorded == Some(true);
+            let lost = invalidated || slot.seen || recorded == Some(true);
             if lost && !cfg.recreate_lost_slot {
                 return Err(lost_slot(&cfg.slot, slot.seen));
             }

@@ -922,3 +922,93 @@ fn after_a_failover_the_relay_goes_on_or_its_edges_clients_are_told() {
         }
     }
 }
+
+#[test]
+fn a_proxy_slot_postgres_invalidated_is_lost_and_made_again_only_when_asked() {
+    // A slot more than 1 MB behind is invalidated at the next checkpoint.
+    let cluster = Cluster::start_with(Config {
+        settings: vec![("max_slot_wal_keep_size".into(), "'1MB'".into())],
+        ..Config::default()
+    })
+    .expect("cluster");
+    let db = cluster
+        .create_database("invalidated_slot")
+        .expect("database");
+    cluster
+        .psql(
+            &db,
+            "CREATE TABLE filler (payload text); CREATE TABLE items (id int PRIMARY KEY, v int)",
+        )
+        .expect("tables");
+    let slot = "walcast_behind";
+    let url = cluster.url(&db);
+    let proxy = Proxy::start(&cluster, &db, slot, &[]);
+    let mut client = proxy.ws("insert:items");
+    insert(&cluster.conninfo(&db), 1..3);
+    let seen = client.texts(2, WAIT);
+    assert_eq!(ids(&seen), [1, 2]);
+    let after = json(&seen[1])["pos"].as_str().expect("pos").to_owned();
+    drop(client);
+    drop(proxy);
+    // Nobody reads the slot while the WAL grows past the limit.
+    for _ in 0..3 {
+        for sql in [
+            "INSERT INTO filler SELECT repeat('x', 1000) FROM generate_series(1, 3000)",
+            "SELECT pg_switch_wal()",
+        ] {
+            cluster.psql(&db, sql).expect(sql);
+        }
+    }
+    cluster.psql(&db, "CHECKPOINT").expect("checkpoint");
+    let status = || {
+        cluster
+            .psql(
+                "postgres",
+                &format!("SELECT wal_status FROM pg_replication_slots WHERE slot_name = '{slot}'"),
+            )
+            .expect("slot status")
+    };
+    assert_eq!(status(), "lost", "the slot was not invalidated");
+
+    // Started again, the proxy reports the slot lost, and keeps it.
+    let again = Proxy::spawn(&url, slot, &[]);
+    wait_until(WAIT, "/healthz says the slot was invalidated", || {
+        again
+            .get("/healthz")
+            .map(|(code, body)| code == 503 && body.contains("was invalidated by PostgreSQL"))
+            .unwrap_or(false)
+    });
+    assert!(again
+        .get("/metrics")
+        .expect("metrics")
+        .1
+        .contains("walcast_slots_lost_total 1"));
+    assert_eq!(status(), "lost", "the slot is left as it is");
+    drop(again);
+
+    // Asked to, it drops the invalidated slot, makes a new one and goes
+    // on; a resume from before is told the changes in between are missing.
+    let recreated = Proxy::spawn(&url, slot, &["--recreate-lost-slot"]);
+    recreated.wait_healthy();
+    assert_ne!(status(), "lost", "a new slot");
+    let resume = format!(
+        "ws://127.0.0.1:{}/ws?query=insert:items&after={after}",
+        recreated.port
+    );
+    match recreated.try_ws_url(&resume) {
+        Ok(_) => panic!("a client resumed across the lost changes"),
+        Err((code, body)) => {
+            assert_eq!(code, 410, "{body}");
+            assert_eq!(json(&body)["code"], "POSITION_GONE", "{body}");
+            assert!(body.contains("was lost and made again"), "{body}");
+        }
+    }
+    let mut fresh = recreated.ws("insert:items");
+    insert(&cluster.conninfo(&db), 3..5);
+    assert_eq!(ids(&fresh.texts(2, WAIT)), [3, 4]);
+    assert!(recreated
+        .get("/metrics")
+        .expect("metrics")
+        .1
+        .contains("walcast_slots_recreated_total 1"));
+}

@@ -56,6 +56,17 @@ impl Default for Config {
     }
 }
 
+impl Config {
+    /// A cluster whose logical slots PostgreSQL invalidates once they fall
+    /// 1 MB behind (`max_slot_wal_keep_size`): see `Cluster::outrun_slots`.
+    pub fn small_slot_limit() -> Config {
+        Config {
+            settings: vec![("max_slot_wal_keep_size".into(), "'1MB'".into())],
+            ..Config::default()
+        }
+    }
+}
+
 /// A running private PostgreSQL cluster.
 #[derive(Debug)]
 pub struct Cluster {
@@ -270,6 +281,22 @@ impl Cluster {
                 self.dir.join("sock").display().to_string(),
             ),
         ]
+    }
+
+    /// Writes about 9 MB of WAL in `db` (rows of a table `filler`, made if
+    /// missing, and three WAL switches), then a checkpoint: on a cluster of
+    /// `Config::small_slot_limit`, every slot nobody reads is invalidated.
+    pub fn outrun_slots(&self, db: &str) -> Result<()> {
+        self.psql(db, "CREATE TABLE IF NOT EXISTS filler (payload text)")?;
+        for _ in 0..3 {
+            self.psql(
+                db,
+                "INSERT INTO filler SELECT repeat('x', 1000) FROM generate_series(1, 3000)",
+            )?;
+            self.psql(db, "SELECT pg_switch_wal()")?;
+        }
+        self.psql(db, "CHECKPOINT")?;
+        Ok(())
     }
 
     /// Runs SQL through `psql` (unaligned, tuples only) and returns its output.

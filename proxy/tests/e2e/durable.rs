@@ -858,11 +858,7 @@ fn creating_a_stream_of_a_table_without_full_identity_warns() {
 fn a_stream_whose_slot_postgres_invalidated_is_lost() {
     use walcast_cluster::{Cluster, Config};
     // A slot more than 1 MB behind is invalidated at the next checkpoint.
-    let cluster = Cluster::start_with(Config {
-        settings: vec![("max_slot_wal_keep_size".into(), "'1MB'".into())],
-        ..Config::default()
-    })
-    .expect("cluster");
+    let cluster = Cluster::start_with(Config::small_slot_limit()).expect("cluster");
     let db = cluster.create_database("invalidated").expect("database");
     cluster
         .psql(&db, "CREATE TABLE filler (payload text)")
@@ -872,15 +868,9 @@ fn a_stream_whose_slot_postgres_invalidated_is_lost() {
         .as_str()
         .expect("slotName")
         .to_owned();
-    for _ in 0..3 {
-        for sql in [
-            "INSERT INTO filler SELECT repeat('x', 1000) FROM generate_series(1, 3000)",
-            "SELECT pg_switch_wal()",
-        ] {
-            cluster.psql(&db, sql).expect(sql);
-        }
-    }
-    cluster.psql(&db, "CHECKPOINT").expect("checkpoint");
+    cluster
+        .outrun_slots(&db)
+        .expect("WAL past the slots' limit");
     let status = cluster
         .psql(
             &db,

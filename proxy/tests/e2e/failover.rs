@@ -926,11 +926,7 @@ fn after_a_failover_the_relay_goes_on_or_its_edges_clients_are_told() {
 #[test]
 fn a_proxy_slot_postgres_invalidated_is_lost_and_made_again_only_when_asked() {
     // A slot more than 1 MB behind is invalidated at the next checkpoint.
-    let cluster = Cluster::start_with(Config {
-        settings: vec![("max_slot_wal_keep_size".into(), "'1MB'".into())],
-        ..Config::default()
-    })
-    .expect("cluster");
+    let cluster = Cluster::start_with(Config::small_slot_limit()).expect("cluster");
     let db = cluster
         .create_database("invalidated_slot")
         .expect("database");
@@ -950,16 +946,9 @@ fn a_proxy_slot_postgres_invalidated_is_lost_and_made_again_only_when_asked() {
     let after = json(&seen[1])["pos"].as_str().expect("pos").to_owned();
     drop(client);
     drop(proxy);
-    // Nobody reads the slot while the WAL grows past the limit.
-    for _ in 0..3 {
-        for sql in [
-            "INSERT INTO filler SELECT repeat('x', 1000) FROM generate_series(1, 3000)",
-            "SELECT pg_switch_wal()",
-        ] {
-            cluster.psql(&db, sql).expect(sql);
-        }
-    }
-    cluster.psql(&db, "CHECKPOINT").expect("checkpoint");
+    cluster
+        .outrun_slots(&db)
+        .expect("WAL past the slots' limit");
     let status = || {
         cluster
             .psql(

@@ -43,12 +43,8 @@ fn assert_refused(e: &ReplicationError, kind: ErrorKind, state: &SqlState, advic
 
 #[test]
 fn refusals_are_classified_by_sqlstate_with_the_advice_for_their_cause() {
-    let cluster = Cluster::start_with(Config {
-        // A slot more than 1 MB behind is invalidated at the next checkpoint.
-        settings: vec![("max_slot_wal_keep_size".into(), "'1MB'".into())],
-        ..Config::default()
-    })
-    .expect("cluster");
+    // A slot more than 1 MB behind is invalidated at the next checkpoint.
+    let cluster = Cluster::start_with(Config::small_slot_limit()).expect("cluster");
     let url = cluster.url("postgres");
     for sql in [
         "SELECT pg_create_logical_replication_slot('walcast_busy1', 'walcast')",
@@ -92,16 +88,9 @@ fn refusals_are_classified_by_sqlstate_with_the_advice_for_their_cause() {
         );
     });
 
-    // A slot that fell more than max_slot_wal_keep_size behind.
-    for _ in 0..3 {
-        for sql in [
-            "INSERT INTO filler SELECT repeat('x', 1000) FROM generate_series(1, 3000)",
-            "SELECT pg_switch_wal()",
-        ] {
-            cluster.psql("postgres", sql).expect(sql);
-        }
-    }
-    cluster.psql("postgres", "CHECKPOINT").expect("checkpoint");
+    cluster
+        .outrun_slots("postgres")
+        .expect("WAL past the slots' limit");
     let status = cluster
         .psql(
             "postgres",

@@ -420,18 +420,8 @@ impl Streams {
         }
         let deadline = tokio::time::Instant::now() + RECORD_REPLAY_WAIT;
         loop {
-            let c = self.pool.get().await.map_err(Refusal::unavailable)?;
-            let here = c
-                .query_opt(
-                    "SELECT tables FROM walcast.streams WHERE slot_name = $1",
-                    &[&slot],
-                )
-                .await
-                .map_err(|e| {
-                    Refusal::unavailable(format!("reading walcast.streams failed: {e}"))
-                })?;
-            if let Some(row) = here {
-                if row.get::<_, Option<String>>(0).as_deref() == tables {
+            if let Some(here) = self.record_of(slot).await? {
+                if here.as_deref() == tables {
                     return Ok(());
                 }
             }
@@ -746,6 +736,12 @@ impl Streams {
         if !self.metadata_table().await? {
             return Ok(None);
         }
+        Ok(self.record_of(slot).await?.flatten())
+    }
+
+    /// The record of `slot` in `walcast.streams` on the server streams are
+    /// read from: `None` when there is none, else its table list.
+    async fn record_of(&self, slot: &str) -> Result<Option<Option<String>>, Refusal> {
         let c = self.pool.get().await.map_err(Refusal::unavailable)?;
         let row = c
             .query_opt(
@@ -754,7 +750,7 @@ impl Streams {
             )
             .await
             .map_err(|e| Refusal::unavailable(format!("reading walcast.streams failed: {e}")))?;
-        Ok(row.and_then(|r| r.get(0)))
+        Ok(row.map(|r| r.get(0)))
     }
 
     /// The table lists recorded in `walcast.streams`, by stream (none

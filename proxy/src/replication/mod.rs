@@ -143,6 +143,8 @@ pub struct ReplicationClient {
     /// Where it was made to: for what must be written on the primary when
     /// the server is a standby (`Database::writes`).
     database: crate::database::Database,
+    /// Whether the server is a standby, once asked.
+    standby: Option<bool>,
 }
 
 /// How often the primary is asked to log its running transactions while a
@@ -161,6 +163,7 @@ impl ReplicationClient {
         Ok(ReplicationClient {
             conn: Connection::connect(config, true).await?,
             database: config.clone(),
+            standby: None,
         })
     }
 
@@ -178,13 +181,19 @@ impl ReplicationClient {
         Ok(())
     }
 
-    /// Whether the server is a standby (in recovery).
+    /// Whether the server is a standby (in recovery); asked once per connection.
     pub async fn in_recovery(&mut self) -> Result<bool, ReplicationError> {
+        if let Some(standby) = self.standby {
+            return Ok(standby);
+        }
         let rows = self
             .conn
             .simple_query("SELECT pg_catalog.pg_is_in_recovery()::text")
             .await?;
-        Ok(rows.first().and_then(|r| r.first().cloned().flatten()) == Some("true".to_owned()))
+        let standby =
+            rows.first().and_then(|r| r.first().cloned().flatten()) == Some("true".to_owned());
+        self.standby = Some(standby);
+        Ok(standby)
     }
 
     /// `IDENTIFY_SYSTEM`.

@@ -821,8 +821,11 @@ fn a_standby_decodes_while_the_primary_takes_the_writes() {
     assert_eq!(rows, (1..41).collect(), "the table's rows");
 
     // A durable stream: its slot and exported snapshot on the standby, its
-    // record on the primary, its changes the primary's.
-    let created = support::durable::init(&proxy, "/v1/init?name=on_standby");
+    // record (with its table list) on the primary, its changes the primary's.
+    primary
+        .psql(db, "CREATE TABLE others (id int PRIMARY KEY)")
+        .expect("table");
+    let created = support::durable::init(&proxy, "/v1/init?name=on_standby&tables=public.items");
     let slot = created["slotName"].as_str().expect("slotName").to_owned();
     assert_eq!(
         walcast_slots(&standby),
@@ -845,6 +848,10 @@ fn a_standby_decodes_while_the_primary_takes_the_writes() {
         .collect();
     assert_eq!(page, (1..41).collect::<Vec<_>>(), "the snapshot's rows");
     let mut stream = support::durable::stream(&proxy, &slot);
+    // Outside the stream's tables: never sent.
+    primary
+        .psql(db, "INSERT INTO others VALUES (1000)")
+        .expect("insert");
     insert(&primary.conninfo(db), 41..43);
     let mut streamed = Vec::new();
     let mut last_end = String::new();

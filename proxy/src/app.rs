@@ -358,7 +358,7 @@ pub async fn relay(args: ServeArgs) -> Result<(), StartError> {
         nats: args.nats.settings(&url),
     };
     let js = nats::connect(&url, "walcast-relay").await?;
-    let db = nats::relay::prepare(&cfg, &js).await?;
+    let prepared = nats::relay::prepare(&cfg, &js).await?;
     let metrics = Arc::new(Metrics::default());
     let health = Arc::new(Health::new(&args.database.slot));
     let (listener, local) = listen(args.listen.listen)?;
@@ -375,7 +375,7 @@ pub async fn relay(args: ServeArgs) -> Result<(), StartError> {
     let mut task = app.tasks.spawn(nats::relay::run(
         cfg,
         js,
-        db,
+        prepared,
         metrics,
         health,
         app.shutdown.clone(),

@@ -10,7 +10,8 @@
 //!   something). The body is the plugin's JSON, unchanged.
 //! - The header `Nats-Msg-Id` is the object's position (`pos`); a `C` gets
 //!   its commit LSN with index `FFFFFFFF`, after every change of its
-//!   transaction; a `B` gets `<commit LSN>:BEGIN` ([`begin_id`]). JetStream drops a message published again with the same
+//!   transaction; a `B` gets `<commit LSN>:BEGIN` ([`begin_id`]). The header
+//!   `Walcast-Timeline` ([`TIMELINE_HEADER`]) is the timeline it was read on. JetStream drops a message published again with the same
 //!   id (within the duplicate window), and edges drop any message positioned
 //!   at or before the last one they have.
 //! - Subjects: `walcast.<db>.<schema>.<table>.<insert|update|delete>` for
@@ -143,6 +144,24 @@ pub fn begin_id(commit: walcast_format::Lsn) -> String {
     format!("{:016X}:BEGIN", commit.0)
 }
 
+/// The commit LSN of the transaction a message id names: a position's, a
+/// commit's or a `B`'s ([`begin_id`]); `None` for any other id.
+pub fn commit_of_id(id: &str) -> Option<walcast_format::Lsn> {
+    if let Ok(p) = id.parse::<Position>() {
+        return Some(p.commit);
+    }
+    let commit = id.strip_suffix(":BEGIN")?;
+    (commit.len() == 16)
+        .then(|| u64::from_str_radix(commit, 16).ok())
+        .flatten()
+        .map(walcast_format::Lsn)
+}
+
+/// The header of every published change: the timeline of the server it
+/// was read from. A relay started again checks the last one against the
+/// server's history after a promotion.
+pub const TIMELINE_HEADER: &str = "Walcast-Timeline";
+
 /// The last token of the message a relay publishes when its slot is lost.
 pub const LOST: &str = "lost";
 
@@ -262,5 +281,19 @@ mod tests {
             commit_position(Lsn(0x16B3800)).to_string(),
             "00000000016B3800:FFFFFFFF"
         );
+    }
+
+    #[test]
+    fn every_message_id_names_its_transaction() {
+        let commit = Lsn(0x16B3800);
+        for id in [
+            begin_id(commit),
+            Position::new(commit, 3).to_string(),
+            commit_position(commit).to_string(),
+        ] {
+            assert_eq!(commit_of_id(&id), Some(commit), "{id}");
+        }
+        assert_eq!(commit_of_id("lost:1733400000"), None);
+        assert_eq!(commit_of_id("16B3800:BEGIN"), None);
     }
 }

@@ -11,7 +11,9 @@
 //! message id, within the duplicate window) or, later, by the edges (same
 //! position).
 
-use super::{begin_id, commit_position, subject, token, NatsSettings, PUBLISHES_IN_FLIGHT};
+use super::{
+    begin_id, commit_position, subject, token, NatsSettings, PUBLISHES_IN_FLIGHT, TIMELINE_HEADER,
+};
 use crate::change::{Action, Change};
 use crate::health::Health;
 use crate::metrics::Metrics;
@@ -21,7 +23,7 @@ use async_nats::jetstream::context::{
     CreateStreamError, CreateStreamErrorKind, PublishAckFuture, PublishErrorKind,
 };
 use async_nats::jetstream::message::PublishMessage;
-use async_nats::jetstream::stream::InfoError;
+use async_nats::jetstream::stream::{InfoError, LastRawMessageError, LastRawMessageErrorKind};
 use async_nats::jetstream::{Context, ErrorCode};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -66,6 +68,20 @@ pub enum StreamSetupError {
     /// The stream's state could not be read.
     #[error("cannot read the JetStream stream {stream}: {error}")]
     Info { stream: String, error: InfoError },
+    /// The stream ends with a relay's notice that its slot was lost (or
+    /// its history left the server's): nothing may continue it.
+    #[error(
+        "the JetStream stream {stream} ends with a relay's notice that what it holds cannot be \
+         continued ({reason}): give the relay a new --nats-stream and restart it and the edges \
+         (docs/scale-out.md#failures)"
+    )]
+    Ended { stream: String, reason: String },
+    /// The stream's last message of this database could not be read.
+    #[error("cannot read the last message of the JetStream stream {stream}: {error}")]
+    Last {
+        stream: String,
+        error: LastRawMessageError,
+    },
     /// The stream exists and does not take this database's subjects.
     #[error(
         "the JetStream stream {stream} exists with the subjects {subjects:?}, which do not include {wanted}: \
@@ -95,9 +111,19 @@ fn create_error(cfg: &RelayConfig, error: CreateStreamError) -> StreamSetupError
     }
 }
 
-/// Creates the stream when missing and checks that it takes this
-/// database's subjects. Returns the database's subject token.
-pub async fn prepare(cfg: &RelayConfig, js: &Context) -> Result<String, StreamSetupError> {
+/// What the relay knows before it connects to PostgreSQL.
+pub struct Prepared {
+    /// The database's subject token.
+    pub db: String,
+    /// The position of the last message of this database in the stream
+    /// (what the edges have), and the timeline it was read on when the
+    /// message says it.
+    last: Option<(Lsn, Option<u32>)>,
+}
+
+/// Creates the stream when missing, checks that it takes this database's
+/// subjects and reads what was last published to it.
+pub async fn prepare(cfg: &RelayConfig, js: &Context) -> Result<Prepared, StreamSetupError> {
     let db = cfg
         .reader
         .database
@@ -126,13 +152,43 @@ pub async fn prepare(cfg: &RelayConfig, js: &Context) -> Result<String, StreamSe
             wanted: ours.clone(),
         });
     }
+    let messages = info.state.messages;
+    let last = match stream.get_last_raw_message_by_subject(ours).await {
+        Ok(m) if super::is_lost_subject(&m.subject) => {
+            return Err(StreamSetupError::Ended {
+                stream: cfg.nats.stream.clone(),
+                reason: String::from_utf8_lossy(&m.payload).into_owned(),
+            })
+        }
+        Ok(m) => last_published(&m),
+        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => None,
+        Err(error) => {
+            return Err(StreamSetupError::Last {
+                stream: cfg.nats.stream.clone(),
+                error,
+            })
+        }
+    };
     tracing::info!(
         stream = %cfg.nats.stream,
         subjects = %ours,
-        messages = info.state.messages,
+        messages,
         "publishing to JetStream"
     );
-    Ok(db)
+    Ok(Prepared { db, last })
+}
+
+/// The commit LSN of a message the relay published (its `Nats-Msg-Id`) and
+/// the timeline it was read on (its [`TIMELINE_HEADER`]); `None` for a
+/// message without a position.
+fn last_published(m: &async_nats::jetstream::message::StreamMessage) -> Option<(Lsn, Option<u32>)> {
+    let id = m.headers.get(async_nats::header::NATS_MESSAGE_ID)?;
+    let commit = super::commit_of_id(id.as_str())?;
+    let timeline = m
+        .headers
+        .get(TIMELINE_HEADER)
+        .and_then(|t| t.as_str().parse::<u32>().ok());
+    Some((commit, timeline))
 }
 
 /// Runs until `shutdown` becomes true or a definite error stops it (returned).
@@ -140,13 +196,20 @@ pub async fn prepare(cfg: &RelayConfig, js: &Context) -> Result<String, StreamSe
 pub async fn run(
     cfg: RelayConfig,
     js: Context,
-    db: String,
+    prepared: Prepared,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     shutdown: CancellationToken,
 ) -> Result<(), ReplicationError> {
+    let db = prepared.db;
     let mut backoff = reader::Backoff::default();
-    let mut slot = reader::Slot::default();
+    // What the edges have: it must be on the history of the server the
+    // slot is read on (checked after a promotion).
+    let mut published = prepared.last.map(|(commit, _)| commit);
+    let mut slot = match prepared.last {
+        Some((_, Some(timeline))) => reader::Slot::read_earlier_on(timeline),
+        _ => reader::Slot::default(),
+    };
     loop {
         if shutdown.is_cancelled() {
             return Ok(());
@@ -162,6 +225,7 @@ pub async fn run(
             },
             &shutdown,
             &mut slot,
+            &mut published,
             &mut streamed,
         )
         .await;
@@ -182,6 +246,10 @@ pub async fn run(
                 health.failed(&e.message);
                 if e.kind == ErrorKind::SlotLost {
                     metrics.slots_lost.fetch_add(1, Ordering::Relaxed);
+                }
+                // The edges' clients are told; nothing published after it
+                // continues the stream.
+                if matches!(e.kind, ErrorKind::SlotLost | ErrorKind::Diverged) {
                     tell_lost(&js, &db, &e.message).await;
                 }
                 return Err(e);
@@ -219,17 +287,18 @@ async fn relay_once(
     shared: Shared<'_>,
     shutdown: &CancellationToken,
     slot: &mut reader::Slot,
+    published: &mut Option<Lsn>,
     streamed: &mut bool,
 ) -> Result<(), ReplicationError> {
     // From the slot's confirmed position: everything after it is published
-    // again (JetStream drops what it has by id).
-    // (What the relay published is in JetStream, not here: it does not
-    // check it against a new timeline's history.)
-    let (stream, start) = reader::open(&cfg.reader, slot, Lsn(0), None).await?;
+    // again (JetStream drops what it has by id). After a promotion, what
+    // was published must be on the new history.
+    let (stream, start) = reader::open(&cfg.reader, slot, Lsn(0), *published).await?;
     shared.health.streaming();
     *streamed = true;
     tracing::info!(slot = %cfg.reader.slot, from = %start, "relaying changes");
-    let mut relay = Relay::start(js, db, shared, stream, start);
+    let timeline = slot.timeline().map(|t| t.to_string()).unwrap_or_default();
+    let mut relay = Relay::start(js, db, shared, stream, start, timeline);
     let mut report = tokio::time::interval(Duration::from_secs(1));
     // Nothing in flight yet: keepalives may advance the slot.
     relay.stream.set_caught_up(true);
@@ -254,7 +323,9 @@ async fn relay_once(
                 "PostgreSQL ended the replication stream",
             ));
         };
-        relay.message(&msg).await?;
+        let result = relay.message(&msg).await;
+        *published = relay.published.or(*published);
+        result?;
     }
 }
 
@@ -274,6 +345,11 @@ struct Relay<'a> {
     published_in_txn: usize,
     /// The end of the last transaction handed to the acknowledging task.
     sent_upto: Lsn,
+    /// The commit LSN of the last message published.
+    published: Option<Lsn>,
+    /// The replication connection's timeline, sent with every message
+    /// ([`TIMELINE_HEADER`]).
+    timeline: String,
     /// Stops the acknowledging task whichever way the relaying ends.
     _acker: AbortOnDrop,
     acked: watch::Receiver<Acked>,
@@ -289,6 +365,7 @@ impl<'a> Relay<'a> {
         shared: Shared<'a>,
         stream: ReplicationStream,
         start: Lsn,
+        timeline: String,
     ) -> Self {
         let (tx, rx) = mpsc::channel::<Pending>(PUBLISHES_IN_FLIGHT);
         let (acked_tx, acked) = watch::channel(Acked::Upto(start));
@@ -302,6 +379,8 @@ impl<'a> Relay<'a> {
             in_txn: false,
             published_in_txn: 0,
             sent_upto: start,
+            published: None,
+            timeline,
             _acker: AbortOnDrop(acker),
             acked,
             tx,
@@ -415,7 +494,7 @@ impl<'a> Relay<'a> {
         let end = change.end_lsn().unwrap_or(wal_start);
         if self.published_in_txn > 0 {
             let id = commit_position(change.lsn);
-            let ack = publish(self.js, self.db, change, &id.to_string()).await?;
+            let ack = self.publish(change, &id.to_string(), change.lsn).await?;
             send(&self.tx, Pending::Ack(ack)).await?;
         }
         self.metrics.activity();
@@ -433,7 +512,7 @@ impl<'a> Relay<'a> {
         pos: Position,
     ) -> Result<Pending, ReplicationError> {
         if let Some(b) = self.begin.take() {
-            let ack = publish(self.js, self.db, &b, &begin_id(pos.commit)).await?;
+            let ack = self.publish(&b, &begin_id(pos.commit), pos.commit).await?;
             send(&self.tx, Pending::Ack(ack)).await?;
         }
         if let Some(label) = change.row_action().map(|_| change.action.name()) {
@@ -441,8 +520,21 @@ impl<'a> Relay<'a> {
         }
         self.published_in_txn += 1;
         Ok(Pending::Ack(
-            publish(self.js, self.db, change, &pos.to_string()).await?,
+            self.publish(change, &pos.to_string(), pos.commit).await?,
         ))
+    }
+
+    /// Publishes one object of the transaction committed at `commit`, with
+    /// its id and the timeline it was read on.
+    async fn publish(
+        &mut self,
+        change: &Change,
+        id: &str,
+        commit: Lsn,
+    ) -> Result<PublishAckFuture, ReplicationError> {
+        let ack = publish(self.js, self.db, change, id, &self.timeline).await?;
+        self.published = Some(commit);
+        Ok(ack)
     }
 }
 
@@ -475,6 +567,7 @@ async fn publish(
     db: &str,
     change: &Change,
     id: &str,
+    timeline: &str,
 ) -> Result<PublishAckFuture, ReplicationError> {
     let Some(subject) = subject(db, change) else {
         return Err(ReplicationError::definite(format!(
@@ -484,7 +577,8 @@ async fn publish(
     };
     let message = PublishMessage::build()
         .payload(change.bytes())
-        .message_id(id);
+        .message_id(id)
+        .header(TIMELINE_HEADER, timeline);
     js.send_publish(subject, message).await.map_err(|e| {
         if e.kind() == PublishErrorKind::MaxPayloadExceeded {
             ReplicationError::definite(format!(

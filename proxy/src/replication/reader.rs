@@ -75,6 +75,10 @@ pub struct Slot {
     /// new one starts (the changes before it since the lost slot's last
     /// confirmed position are missing).
     replaced: Option<Lsn>,
+    /// Before the first connection: the timeline what was handed on was
+    /// read on, when an earlier process says it (the relay's last message
+    /// in JetStream).
+    earlier_timeline: Option<u32>,
 }
 
 /// Changes handed on, the last one committed at `last`, that the promoted
@@ -85,8 +89,8 @@ fn diverged(switch: Lsn, last: Lsn) -> ReplicationError {
         message: format!(
             "the promoted server's history left the old timeline at {switch}, but changes \
              committed up to {last} were already delivered from the old primary: those from \
-             {switch} on never happened on this server (a failover without synchronized_standby_slots: \
-             docs/operations.md#failover). Clients must re-sync; restart walcast-proxy to go on"
+             {switch} on never happened on this server (a failover without synchronized_standby_slots). \
+             Clients must re-sync; docs/operations.md#failover says how to go on"
         ),
         sqlstate: None,
     }
@@ -129,6 +133,21 @@ fn invalidated_slot(name: &str) -> ReplicationError {
 }
 
 impl Slot {
+    /// A slot whose changes, up to the `delivered` given to [`open`], were
+    /// read on `timeline` by an earlier process: the first connection is
+    /// checked against that timeline as a reconnect is against the last.
+    pub(crate) fn read_earlier_on(timeline: u32) -> Slot {
+        Slot {
+            earlier_timeline: Some(timeline),
+            ..Slot::default()
+        }
+    }
+
+    /// The timeline of the last connection.
+    pub(crate) fn timeline(&self) -> Option<u32> {
+        self.system.as_ref().map(|s| s.timeline)
+    }
+
     /// Checks a new connection's `IDENTIFY_SYSTEM` against the last one's.
     /// Another system is a definite error: the URL now leads to another
     /// cluster, which cannot have this slot's history. A new timeline (a
@@ -144,14 +163,15 @@ impl Slot {
                     now.system_id, before.system_id
                 )));
             }
-            if before.timeline != now.timeline {
-                tracing::warn!(
-                    from = before.timeline,
-                    to = now.timeline,
-                    "the server is on a new timeline (a standby was promoted); going on from the slot's confirmed position"
-                );
-                self.switched = Some((before.timeline, now.timeline));
-            }
+        }
+        let before = self.timeline().or(self.earlier_timeline.take());
+        if let Some(before) = before.filter(|b| *b != now.timeline) {
+            tracing::warn!(
+                from = before,
+                to = now.timeline,
+                "the server is on a new timeline (a standby was promoted); going on from the slot's confirmed position"
+            );
+            self.switched = Some((before, now.timeline));
         }
         self.system = Some(now);
         Ok(())

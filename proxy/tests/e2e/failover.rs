@@ -649,13 +649,12 @@ fn doctor_checks_failover_readiness_on_every_server_of_the_url() {
     assert_eq!(out.status.code(), Some(0), "{text}");
 }
 
-#[test]
-fn changes_delivered_but_lost_in_the_failover_are_told_never_left_standing() {
-    let db = "failover_phantom";
-    let (mut primary, standby, major) = primary_and_standby(db);
+/// A primary and its standby where changes can be lost in a failover: on
+/// 17+ the setting that prevents it is off (the primary's walsenders no
+/// longer wait for the standby).
+fn losing_primary_and_standby(db: &str) -> (Cluster, Cluster) {
+    let (primary, standby, major) = primary_and_standby(db);
     if major >= 17 {
-        // The setting that makes this impossible, off: the primary's
-        // walsenders no longer wait for the standby.
         for sql in [
             "ALTER SYSTEM RESET synchronized_standby_slots",
             "SELECT pg_reload_conf()",
@@ -663,26 +662,22 @@ fn changes_delivered_but_lost_in_the_failover_are_told_never_left_standing() {
             primary.psql("postgres", sql).expect(sql);
         }
     }
-    let url = both(&primary, &standby, db);
-    let proxy = Proxy::spawn(&url, "walcast_proxy", &[]);
-    proxy.wait_healthy();
-    let mut client = proxy.ws("insert:items");
-    insert(&primary.conninfo(db), 1..11);
-    let seen = client.texts(10, WAIT);
-    assert_eq!(ids(&seen), (1..11).collect::<Vec<i64>>());
-    let after = json(&seen[4])["pos"].as_str().expect("pos").to_owned();
+    (primary, standby)
+}
+
+/// Once the standby has `rows` rows in `items`, it stops receiving WAL:
+/// what the primary commits next is on the primary's history alone.
+fn cut_off(primary: &Cluster, standby: &Cluster, db: &str, rows: usize) {
     wait_until(
         Duration::from_secs(30),
-        "the standby has rows 1 to 10",
+        &format!("the standby has {rows} rows"),
         || {
             standby
                 .psql(db, "SELECT count(*) FROM items")
-                .map(|n| n == "10")
+                .map(|n| n == rows.to_string())
                 .unwrap_or(false)
         },
     );
-    // The standby stops receiving WAL; the primary goes on alone and the
-    // client gets rows the standby never will.
     for sql in [
         "ALTER SYSTEM SET primary_conninfo = ''",
         "SELECT pg_reload_conf()",
@@ -698,17 +693,39 @@ fn changes_delivered_but_lost_in_the_failover_are_told_never_left_standing() {
             .map(|n| n == "0")
             .unwrap_or(false)
     });
-    insert(&primary.conninfo(db), 11..21);
-    assert_eq!(ids(&client.texts(10, WAIT)), (11..21).collect::<Vec<i64>>());
+}
+
+/// Kills the primary and promotes the standby cut off at `rows` rows: what
+/// the primary committed after those never happened on the new primary.
+fn fail_over_losing(primary: &mut Cluster, standby: &Cluster, db: &str, rows: usize) {
     primary.kill().expect("SIGKILL the primary");
     standby.promote().expect("promote");
     assert_eq!(
         standby
             .psql(db, "SELECT count(*) FROM items")
             .expect("rows"),
-        "10",
-        "rows 11 to 20 never happened on the new primary"
+        rows.to_string(),
+        "the rows committed after the cut never happened on the new primary"
     );
+}
+
+#[test]
+fn changes_delivered_but_lost_in_the_failover_are_told_never_left_standing() {
+    let db = "failover_phantom";
+    let (mut primary, standby) = losing_primary_and_standby(db);
+    let url = both(&primary, &standby, db);
+    let proxy = Proxy::spawn(&url, "walcast_proxy", &[]);
+    proxy.wait_healthy();
+    let mut client = proxy.ws("insert:items");
+    insert(&primary.conninfo(db), 1..11);
+    let seen = client.texts(10, WAIT);
+    assert_eq!(ids(&seen), (1..11).collect::<Vec<i64>>());
+    let after = json(&seen[4])["pos"].as_str().expect("pos").to_owned();
+    // The client gets rows the standby never will.
+    cut_off(&primary, &standby, db, 10);
+    insert(&primary.conninfo(db), 11..21);
+    assert_eq!(ids(&client.texts(10, WAIT)), (11..21).collect::<Vec<i64>>());
+    fail_over_losing(&mut primary, &standby, db, 10);
     // The proxy notices that it delivered changes the new history lacks:
     // the client is told, and nobody resumes as if they had happened.
     let (code, reason) = client
@@ -729,6 +746,60 @@ fn changes_delivered_but_lost_in_the_failover_are_told_never_left_standing() {
             assert!(body.contains("never happened"), "{body}");
         }
     }
+}
+
+#[test]
+fn changes_a_relay_published_but_lost_in_the_failover_end_its_stream() {
+    let db = "failover_relay_phantom";
+    let (mut primary, standby) = losing_primary_and_standby(db);
+    let url = both(&primary, &standby, db);
+    let nats = NatsServer::start().expect("a private nats-server (./scripts/setup.sh installs it)");
+    let relay_args = ["relay", "--nats-url", &nats.url()];
+    let relay = Proxy::launch(&url, "walcast_relay", &relay_args, Launch::default());
+    relay.wait_healthy();
+    let edge = Proxy::launch(
+        &url,
+        "walcast_edge",
+        &["--nats-url", &nats.url()],
+        Launch::default(),
+    );
+    edge.wait_healthy();
+    let mut client = edge.ws("insert:items");
+    insert(&primary.conninfo(db), 1..11);
+    assert_eq!(ids(&client.texts(10, WAIT)), (1..11).collect::<Vec<i64>>());
+    // The edge's client gets rows the standby never will.
+    cut_off(&primary, &standby, db, 10);
+    insert(&primary.conninfo(db), 11..21);
+    assert_eq!(ids(&client.texts(10, WAIT)), (11..21).collect::<Vec<i64>>());
+    // The relay is gone through the failover: what it published is known
+    // again from the stream's last message when it starts.
+    drop(relay);
+    fail_over_losing(&mut primary, &standby, db, 10);
+    insert(&standby.conninfo(db), 11..31);
+    let relay = Proxy::launch(&url, "walcast_relay", &relay_args, Launch::default());
+    let (code, reason) = client
+        .close_frame(Duration::from_secs(30))
+        .expect("the edge's client is told");
+    assert_eq!(code, 1013, "{reason}");
+    assert!(reason.contains("the relay stopped"), "{reason}");
+    assert!(reason.contains("history left the old timeline"), "{reason}");
+    // The new primary's rows 11 to 30 never reached the stream as if they
+    // followed what the edge has.
+    match edge.try_ws_url(&format!(
+        "ws://127.0.0.1:{}/ws?query=insert:items",
+        edge.port
+    )) {
+        Ok(_) => panic!("the edge took a client for a stream that ended"),
+        Err((status, body)) => assert_eq!(status, 503, "{body}"),
+    }
+    drop(relay);
+    // The stream ends there: a relay started on it again refuses.
+    let mut again = support::proxy_command(None);
+    again.args(["--database-url", &url, "--listen", "127.0.0.1:0"]);
+    again.args(["--slot", "walcast_relay"]).args(relay_args);
+    let stderr = support::refused_start(&mut again);
+    assert!(stderr.contains("ends with a relay's notice"), "{stderr}");
+    assert!(stderr.contains("--nats-stream"), "{stderr}");
 }
 
 /// The slots named `walcast_%` on `server`, by name.

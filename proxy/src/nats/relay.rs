@@ -203,12 +203,12 @@ pub async fn run(
 ) -> Result<(), ReplicationError> {
     let db = prepared.db;
     let mut backoff = reader::Backoff::default();
-    // What the edges have: it must be on the history of the server the
-    // slot is read on (checked after a promotion).
-    let mut published = prepared.last.map(|(commit, _)| commit);
-    let mut slot = match prepared.last {
-        Some((_, Some(timeline))) => reader::Slot::read_earlier_on(timeline),
-        _ => reader::Slot::default(),
+    let mut known = Known {
+        slot: match prepared.last {
+            Some((_, Some(timeline))) => reader::Slot::read_earlier_on(timeline),
+            _ => reader::Slot::default(),
+        },
+        published: prepared.last.map(|(commit, _)| commit),
     };
     loop {
         if shutdown.is_cancelled() {
@@ -224,8 +224,7 @@ pub async fn run(
                 health: &health,
             },
             &shutdown,
-            &mut slot,
-            &mut published,
+            &mut known,
             &mut streamed,
         )
         .await;
@@ -258,6 +257,15 @@ pub async fn run(
     }
 }
 
+/// What the relay knows across reconnects.
+struct Known {
+    slot: reader::Slot,
+    /// The commit LSN of the last message in the stream (what the edges
+    /// have): it must be on the history of the server the slot is read
+    /// on (checked after a promotion).
+    published: Option<Lsn>,
+}
+
 #[derive(Clone, Copy)]
 struct Shared<'a> {
     metrics: &'a Arc<Metrics>,
@@ -286,18 +294,22 @@ async fn relay_once(
     db: &str,
     shared: Shared<'_>,
     shutdown: &CancellationToken,
-    slot: &mut reader::Slot,
-    published: &mut Option<Lsn>,
+    known: &mut Known,
     streamed: &mut bool,
 ) -> Result<(), ReplicationError> {
     // From the slot's confirmed position: everything after it is published
     // again (JetStream drops what it has by id). After a promotion, what
     // was published must be on the new history.
-    let (stream, start) = reader::open(&cfg.reader, slot, Lsn(0), *published).await?;
+    let (stream, start) =
+        reader::open(&cfg.reader, &mut known.slot, Lsn(0), known.published).await?;
     shared.health.streaming();
     *streamed = true;
     tracing::info!(slot = %cfg.reader.slot, from = %start, "relaying changes");
-    let timeline = slot.timeline().map(|t| t.to_string()).unwrap_or_default();
+    let timeline = known
+        .slot
+        .timeline()
+        .map(|t| t.to_string())
+        .unwrap_or_default();
     let mut relay = Relay::start(js, db, shared, stream, start, timeline);
     let mut report = tokio::time::interval(Duration::from_secs(1));
     // Nothing in flight yet: keepalives may advance the slot.
@@ -324,7 +336,7 @@ async fn relay_once(
             ));
         };
         let result = relay.message(&msg).await;
-        *published = relay.published.or(*published);
+        known.published = relay.published.or(known.published);
         result?;
     }
 }

@@ -145,6 +145,8 @@ impl KeepAlive for Source {
 pub struct Opened {
     slot: String,
     stream: Source,
+    /// The replication connection's timeline (none on an edge).
+    timeline: Option<u32>,
     /// Where streaming starts: the slot's confirmed position, or the
     /// client's last ACK (`acked=`) when that is further.
     start: Lsn,
@@ -185,6 +187,74 @@ pub fn resume_point(
     Ok(acked)
 }
 
+/// Where a stream's client is when it connects, for [`diverged`].
+struct Where {
+    /// The server's timeline.
+    timeline: u32,
+    /// The slot's confirmed position.
+    confirmed: Lsn,
+    /// The client's `acked=`.
+    acked: Option<Lsn>,
+    /// What this proxy last sent the stream's consumer, and the timeline it
+    /// was read on ([`Streams::sent_of`]).
+    sent: Option<(Lsn, u32)>,
+}
+
+/// After a promotion (the server's history left earlier timelines at the
+/// `switches`): 410 `STREAM_DIVERGED` when the stream's client may hold
+/// transactions the old primary sent that are not on this server's
+/// history, so that going on would leave them standing or skip the new
+/// primary's transactions at the same positions.
+///
+/// - This proxy sent transactions read on an earlier timeline past the
+///   point where the history left it: they never happened here.
+/// - The client ACKed a position past a switch point that the slot never
+///   confirmed: it cannot be told whether that position is the old
+///   primary's (never happened) or this one's (an ACK that did not reach
+///   PostgreSQL before the connection dropped), unless this proxy sent it
+///   on this timeline. Refused rather than guessed.
+fn diverged(slot: &str, switches: &[(u32, Lsn)], at: &Where) -> Option<Refusal> {
+    let left = |tli: u32| switches.iter().find(|(t, _)| *t == tli).map(|(_, s)| *s);
+    let refuse = |why: String| {
+        Refusal::new(
+            Kind::Gone,
+            format!(
+                "durable stream {slot}: {why}; the transactions from there on were sent by the old \
+                 primary and never happened on this server (a failover without \
+                 synchronized_standby_slots: docs/operations.md#failover). The client's data must be \
+                 read again: create a new stream with POST /v1/init (a new snapshot) and delete this \
+                 one (DELETE /v1/streams/{slot})"
+            ),
+        )
+        .code("STREAM_DIVERGED")
+    };
+    if let Some((end, tli)) = at.sent.filter(|(_, t)| *t != at.timeline) {
+        if let Some(switch) = left(tli).filter(|s| end > *s) {
+            return Some(refuse(format!(
+                "its consumer was sent transactions up to {end} on timeline {tli}, and the promoted \
+                 server's history left that timeline at {switch}"
+            )));
+        }
+    }
+    let acked = at.acked.filter(|a| *a > at.confirmed)?;
+    let sent_here = at
+        .sent
+        .is_some_and(|(end, t)| t == at.timeline && end >= acked);
+    if sent_here {
+        return None;
+    }
+    switches
+        .iter()
+        .find(|(_, s)| at.confirmed <= *s && *s < acked)
+        .map(|(tli, switch)| {
+            refuse(format!(
+                "acked={acked} is past {switch}, where the promoted server's history left timeline \
+                 {tli}, and the stream's slot confirmed only {}",
+                at.confirmed
+            ))
+        })
+}
+
 /// Claims the consumer place of `slot` and starts streaming from it, or
 /// from `acked` (see [`resume_point`]).
 pub async fn open(streams: &Streams, slot: &str, acked: Option<Lsn>) -> Result<Opened, Refusal> {
@@ -210,7 +280,6 @@ pub async fn open(streams: &Streams, slot: &str, acked: Option<Lsn>) -> Result<O
         ));
     }
     let confirmed = info.confirmed_lsn.unwrap_or(Lsn::INVALID);
-    let from = resume_point(confirmed, info.lag_bytes, acked)?;
     let own = streams.stream_tables(slot).await?;
     let (tables, global_tables) = match (&own, &streams.cfg.tables) {
         (Some(own), Some((_, global))) => (Some(own.clone()), vec![global.clone()]),
@@ -233,6 +302,25 @@ pub async fn open(streams: &Streams, slot: &str, acked: Option<Lsn>) -> Result<O
     let mut client = ReplicationClient::connect(streams.database())
         .await
         .map_err(start_failed)?;
+    // After a promotion: where the client is must be on the server's
+    // history (before the ACK's check against the end of WAL, which a
+    // position that never happened here may also fail).
+    let timeline = client
+        .identify_system()
+        .await
+        .map_err(start_failed)?
+        .timeline;
+    let switches = client.switch_points(timeline).await.map_err(start_failed)?;
+    let at = Where {
+        timeline,
+        confirmed,
+        acked,
+        sent: streams.sent_of(slot),
+    };
+    if let Some(refusal) = diverged(slot, &switches, &at) {
+        return Err(refusal);
+    }
+    let from = resume_point(confirmed, info.lag_bytes, acked)?;
     if streams.cfg.failover_slots {
         client
             .keep_failover(slot, None)
@@ -251,6 +339,7 @@ pub async fn open(streams: &Streams, slot: &str, acked: Option<Lsn>) -> Result<O
     Ok(Opened {
         slot: slot.to_owned(),
         stream: Source::Slot(stream),
+        timeline: Some(timeline),
         start: from,
         confirm_start,
         notice: None,
@@ -287,6 +376,7 @@ async fn open_on_jetstream(
     Ok(Opened {
         slot: slot.to_owned(),
         stream: Source::Jet(Box::new(source)),
+        timeline: None,
         start,
         confirm_start: false,
         notice,
@@ -724,6 +814,7 @@ pub async fn run(
     let Opened {
         slot,
         stream,
+        timeline,
         start,
         confirm_start,
         notice,
@@ -774,9 +865,62 @@ pub async fn run(
     } = consumer;
     // Confirm the last ACK and end the copy before the slot is released.
     stream.close().await;
+    if let Some(timeline) = timeline {
+        guard.sent(acks.sent, timeline);
+    }
     if let End::Close(code, reason) = &end {
         close(&mut ws, *code, reason).await;
     }
     crate::limited!(info, slot = %slot, last_ack = %acks.last, "durable stream consumer left");
     drop(guard);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Lsn = Lsn(0x5000);
+
+    fn at(confirmed: u64, acked: Option<u64>, sent: Option<(u64, u32)>) -> Where {
+        Where {
+            timeline: 2,
+            confirmed: Lsn(confirmed),
+            acked: acked.map(Lsn),
+            sent: sent.map(|(e, t)| (Lsn(e), t)),
+        }
+    }
+
+    fn code(w: &Where) -> Option<String> {
+        diverged("walcast_s1", &[(1, S)], w).map(|r| {
+            assert_eq!(r.kind, Kind::Gone, "{r:?}");
+            r.code.unwrap_or_default().to_owned()
+        })
+    }
+
+    #[test]
+    fn a_client_past_the_switch_point_of_the_old_timeline_is_refused() {
+        let refused = Some("STREAM_DIVERGED".to_owned());
+        // Sent on the old timeline past the point where the history left it.
+        assert_eq!(code(&at(0x4000, None, Some((0x5100, 1)))), refused);
+        // ACKed past it, and neither the slot nor this proxy says where.
+        assert_eq!(code(&at(0x4000, Some(0x5100), None)), refused);
+        assert_eq!(code(&at(0x5000, Some(0x5100), None)), refused);
+    }
+
+    #[test]
+    fn a_client_on_the_shared_history_or_known_on_this_timeline_goes_on() {
+        // Everything before the switch point is on the new history.
+        assert_eq!(code(&at(0x4000, Some(0x5000), Some((0x5000, 1)))), None);
+        assert_eq!(code(&at(0x4000, Some(0x4800), None)), None);
+        // The slot confirmed past the switch point: on this timeline.
+        assert_eq!(code(&at(0x5200, Some(0x5100), None)), None);
+        assert_eq!(code(&at(0x5100, Some(0x5300), None)), None);
+        // An ACK this proxy sent on this timeline, not yet confirmed.
+        assert_eq!(code(&at(0x4000, Some(0x5100), Some((0x5200, 2)))), None);
+        // No promotion.
+        assert_eq!(
+            diverged("walcast_s1", &[], &at(0, Some(0x9000), None)),
+            None
+        );
+    }
 }

@@ -140,6 +140,10 @@ const RECORD_REPLAY_WAIT: Duration = Duration::from_secs(30);
 struct Inner {
     snapshots: HashMap<String, Snapshot>,
     consumers: HashMap<String, Consumer>,
+    /// Per stream, what its last consumer here was sent: the end of the
+    /// last transaction and the timeline it was read on (checked against
+    /// the server's history after a promotion).
+    sent: HashMap<String, (Lsn, u32)>,
     next_id: u64,
 }
 
@@ -182,6 +186,16 @@ pub struct ConsumerGuard {
     pub stop: watch::Receiver<Option<String>>,
     /// Re-snapshots asked for with `POST /v1/streams/{slot}/snapshot`.
     pub backfills: Option<mpsc::Receiver<Vec<Plan>>>,
+}
+
+impl ConsumerGuard {
+    /// Remembers that the stream's consumer was sent transactions up to
+    /// `end`, read on `timeline`.
+    pub fn sent(&self, end: Lsn, timeline: u32) {
+        crate::locks::lock(&self.inner)
+            .sent
+            .insert(self.slot.clone(), (end, timeline));
+    }
 }
 
 impl Drop for ConsumerGuard {
@@ -305,6 +319,12 @@ impl Streams {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         crate::locks::lock(&self.inner)
+    }
+
+    /// What the last consumer of `slot` here was sent (see
+    /// [`ConsumerGuard::sent`]).
+    pub fn sent_of(&self, slot: &str) -> Option<(Lsn, u32)> {
+        self.lock().sent.get(slot).copied()
     }
 
     /// Creates a stream: a permanent slot `walcast_<word><n>` with an
@@ -988,6 +1008,7 @@ impl Streams {
         {
             let mut inner = crate::locks::lock(&self.inner);
             inner.snapshots.remove(slot);
+            inner.sent.remove(slot);
         }
         if self.metadata_table().await.unwrap_or(false) {
             self.forget(slot).await;

@@ -100,7 +100,6 @@ fn history_text(content: &str) -> String {
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
-/// The switch point of `timeline` in a history file: its lines are
 /// While a slot is made on a standby: asks the primary every second to log
 /// its running transactions (`pg_log_standby_snapshot`, 16+), so that the
 /// slot is ready at once rather than at the primary's next such log. A
@@ -127,14 +126,18 @@ fn nudge_primary(primary: crate::database::Database, slot: String) -> tokio::tas
     })
 }
 
-/// `parent-timeline <tab> switch-point <tab> reason`.
-fn switch_point_in(history: &str, timeline: u32) -> Option<Lsn> {
-    history.lines().find_map(|line| {
-        let mut fields = line.split_whitespace();
-        let tli: u32 = fields.next()?.parse().ok()?;
-        let lsn: Lsn = fields.next()?.parse().ok()?;
-        (tli == timeline).then_some(lsn)
-    })
+/// The switch points of a history file, one per earlier timeline: its
+/// lines are `parent-timeline <tab> switch-point <tab> reason`.
+fn switch_points_in(history: &str) -> Vec<(u32, Lsn)> {
+    history
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let tli: u32 = fields.next()?.parse().ok()?;
+            let lsn: Lsn = fields.next()?.parse().ok()?;
+            Some((tli, lsn))
+        })
+        .collect()
 }
 
 /// A replication connection before streaming.
@@ -342,15 +345,13 @@ impl ReplicationClient {
         Ok(())
     }
 
-    /// Where the server's history left `timeline` (`TIMELINE_HISTORY` of a
-    /// later timeline `now`): the first position that is not on the old
-    /// timeline's history any more. `None` when the history does not name
-    /// it.
-    pub async fn switch_point(
-        &mut self,
-        now: u32,
-        timeline: u32,
-    ) -> Result<Option<Lsn>, ReplicationError> {
+    /// Where the server's history left each earlier timeline: the first
+    /// position of that timeline that is not on the history of `now` (the
+    /// server's timeline, `TIMELINE_HISTORY now`). Empty on timeline 1.
+    pub async fn switch_points(&mut self, now: u32) -> Result<Vec<(u32, Lsn)>, ReplicationError> {
+        if now <= 1 {
+            return Ok(Vec::new());
+        }
         let rows = self
             .conn
             .simple_query(&format!("TIMELINE_HISTORY {now}"))
@@ -359,7 +360,7 @@ impl ReplicationClient {
             .first()
             .and_then(|r| r.get(1).cloned().flatten())
             .unwrap_or_default();
-        Ok(switch_point_in(&history_text(&content), timeline))
+        Ok(switch_points_in(&history_text(&content)))
     }
 
     /// Whether `walcast.streams` records the slot `name` (`None`: the
@@ -462,9 +463,11 @@ mod tests {
         let hex: String = text.bytes().map(|b| format!("{b:02x}")).collect();
         let history = history_text(&format!("\\x{hex}"));
         assert_eq!(history, text);
-        assert_eq!(switch_point_in(&history, 1), "0/3000148".parse().ok());
-        assert_eq!(switch_point_in(&history, 2), "0/5000A28".parse().ok());
-        assert_eq!(switch_point_in(&history, 3), None);
+        let lsn = |s: &str| s.parse::<Lsn>().expect("an LSN");
+        assert_eq!(
+            switch_points_in(&history),
+            vec![(1, lsn("0/3000148")), (2, lsn("0/5000A28"))]
+        );
         assert_eq!(history_text(text), text, "plain text is taken as it is");
     }
 }

@@ -475,7 +475,8 @@ pub(crate) async fn open(
         // The changes handed on must be on the new history. The switch
         // point is a record boundary: a commit record at or after it is
         // not on the new timeline.
-        if let Some(switch) = client.switch_point(new, old).await? {
+        let switches = client.switch_points(new).await?;
+        if let Some(&(_, switch)) = switches.iter().find(|(tli, _)| *tli == old) {
             if last >= switch {
                 return Err(diverged(switch, last));
             }

@@ -652,7 +652,7 @@ fn doctor_checks_failover_readiness_on_every_server_of_the_url() {
 /// A primary and its standby where changes can be lost in a failover: on
 /// 17+ the setting that prevents it is off (the primary's walsenders no
 /// longer wait for the standby).
-fn losing_primary_and_standby(db: &str) -> (Cluster, Cluster) {
+fn losing_primary_and_standby(db: &str) -> (Cluster, Cluster, u32) {
     let (primary, standby, major) = primary_and_standby(db);
     if major >= 17 {
         for sql in [
@@ -662,7 +662,7 @@ fn losing_primary_and_standby(db: &str) -> (Cluster, Cluster) {
             primary.psql("postgres", sql).expect(sql);
         }
     }
-    (primary, standby)
+    (primary, standby, major)
 }
 
 /// Once the standby has `rows` rows in `items`, it stops receiving WAL:
@@ -712,7 +712,7 @@ fn fail_over_losing(primary: &mut Cluster, standby: &Cluster, db: &str, rows: us
 #[test]
 fn changes_delivered_but_lost_in_the_failover_are_told_never_left_standing() {
     let db = "failover_phantom";
-    let (mut primary, standby) = losing_primary_and_standby(db);
+    let (mut primary, standby, _) = losing_primary_and_standby(db);
     let url = both(&primary, &standby, db);
     let proxy = Proxy::spawn(&url, "walcast_proxy", &[]);
     proxy.wait_healthy();
@@ -751,7 +751,7 @@ fn changes_delivered_but_lost_in_the_failover_are_told_never_left_standing() {
 #[test]
 fn changes_a_relay_published_but_lost_in_the_failover_end_its_stream() {
     let db = "failover_relay_phantom";
-    let (mut primary, standby) = losing_primary_and_standby(db);
+    let (mut primary, standby, _) = losing_primary_and_standby(db);
     let url = both(&primary, &standby, db);
     let nats = NatsServer::start().expect("a private nats-server (./scripts/setup.sh installs it)");
     let relay_args = ["relay", "--nats-url", &nats.url()];
@@ -800,6 +800,88 @@ fn changes_a_relay_published_but_lost_in_the_failover_end_its_stream() {
     let stderr = support::refused_start(&mut again);
     assert!(stderr.contains("ends with a relay's notice"), "{stderr}");
     assert!(stderr.contains("--nats-stream"), "{stderr}");
+}
+
+#[test]
+fn transactions_a_durable_stream_sent_but_lost_in_the_failover_are_refused_on_resume() {
+    use support::durable::{frame, init, transaction};
+    let db = "failover_durable_phantom";
+    let (mut primary, standby, major) = losing_primary_and_standby(db);
+    let url = both(&primary, &standby, db);
+    let mut proxy = Proxy::spawn(&url, "walcast_proxy", &[]);
+    proxy.wait_healthy();
+    let slot = init(&proxy, "/v1/init?name=orders")["slotName"]
+        .as_str()
+        .expect("slotName")
+        .to_owned();
+    let open = |proxy: &Proxy, acked: &str| {
+        proxy.try_ws_url(&format!(
+            "ws://127.0.0.1:{}/v1/lr/stream?slotName={slot}&acked={acked}",
+            proxy.port
+        ))
+    };
+    let mut c = support::durable::stream(&proxy, &slot);
+    let id = |change: &serde_json::Value| change["columns"]["id"].as_i64().unwrap_or(-1);
+    // Reads and ACKs the transactions of ids `ids`; the last ACK.
+    let read_and_ack = |c: &mut support::Client, ids: std::ops::Range<i64>| {
+        let mut last = String::new();
+        for want in ids {
+            let (_, changes, commit) = transaction(c);
+            assert_eq!(changes.iter().map(id).collect::<Vec<_>>(), [want]);
+            last = commit["end_lsn"].as_str().expect("end_lsn").to_owned();
+            c.send(&format!(r#"{{"lsn":"{last}"}}"#));
+        }
+        // The last ACK is confirmed once its reply comes.
+        c.send(&format!(r#"{{"lsn":"{last}","reply":true}}"#));
+        while frame(c)["ack"] != last.as_str() {}
+        last
+    };
+    insert(&primary.conninfo(db), 1..11);
+    read_and_ack(&mut c, 1..11);
+    if major >= 17 {
+        wait_synced(&standby, &slot);
+    } else {
+        wait_recorded(&standby, db, &slot);
+    }
+    // The client gets and ACKs transactions the standby never will.
+    cut_off(&primary, &standby, db, 10);
+    insert(&primary.conninfo(db), 11..21);
+    let phantom = read_and_ack(&mut c, 11..21);
+    fail_over_losing(&mut primary, &standby, db, 10);
+    let (code, reason) = c.close_frame(Duration::from_secs(30)).expect("closed");
+    assert_eq!(code, 1011, "{reason}");
+    insert(&standby.conninfo(db), 11..31);
+    let refused = |proxy: &Proxy| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match open(proxy, &phantom) {
+                Ok(_) => panic!("the stream went on past transactions that never happened"),
+                Err((503, _)) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(200))
+                }
+                Err(refused) => break refused,
+            }
+        }
+    };
+    let (status, body) = refused(&proxy);
+    assert_eq!(status, 410, "{body}");
+    if major < 17 {
+        // No failover slots: the stream's slot is not on the new primary.
+        assert_eq!(json(&body)["code"], "STREAM_LOST", "{body}");
+        return;
+    }
+    // This proxy sent them on the old timeline, past the switch point.
+    assert_eq!(json(&body)["code"], "STREAM_DIVERGED", "{body}");
+    assert!(body.contains("was sent transactions up to"), "{body}");
+    // A proxy started again knows only the client's acked=, past the
+    // switch point and not confirmed by the slot: refused as well.
+    drop(proxy);
+    proxy = Proxy::spawn(&url, "walcast_proxy", &[]);
+    proxy.wait_healthy();
+    let (status, body) = refused(&proxy);
+    assert_eq!(status, 410, "{body}");
+    assert_eq!(json(&body)["code"], "STREAM_DIVERGED", "{body}");
+    assert!(body.contains(&format!("acked={phantom} is past")), "{body}");
 }
 
 /// The slots named `walcast_%` on `server`, by name.

@@ -20,6 +20,17 @@
 //! reconnect), the durable stream never gets a transaction at or before a
 //! confirmed ACK again, and both models end equal to the table.
 //!
+//! Failover is a fault too: a primary and a streaming standby, a proxy
+//! given both, a live client applying `*:sim` (resuming with `after=`) and
+//! a durable stream's consumer (resuming with `acked=`). At random steps the
+//! primary is killed (SIGKILL) and the standby promoted, and a new standby
+//! of the new primary takes the old one's port. On 17+ (failover slots,
+//! `synchronized_standby_slots`) both clients end equal to the surviving
+//! history's table, every live change once and in order, no transaction at
+//! or before a confirmed ACK again. On 15 and 16 the first failover must be
+//! told: the live client closed and its resume refused with 410, the
+//! durable stream answering 410 `STREAM_LOST`, `/healthz` failed.
+//!
 //! The seed is printed; `WALCAST_SEED=<seed>` replays the same operations.
 //! This binary has its own cluster, because it restarts it.
 
@@ -59,6 +70,20 @@ struct Workload {
 }
 
 impl Workload {
+    /// Connects to `conninfo` and creates the table `sim`, empty.
+    fn on(conninfo: &str) -> Workload {
+        let mut sql = postgres::Client::connect(conninfo, postgres::NoTls).expect("connect");
+        sql.batch_execute("CREATE TABLE sim (id int PRIMARY KEY, v text, n int)")
+            .expect("table");
+        Workload {
+            sql,
+            conninfo: conninfo.to_owned(),
+            model: Rows::new(),
+            next_id: 1,
+            transactions: 0,
+        }
+    }
+
     fn reconnect(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -206,9 +231,44 @@ struct Consumer {
     connected_after_restart: bool,
     /// What happened, for failure messages.
     events: Vec<String>,
+    /// Reconnect with `acked=<the last confirmed ACK>`, as the walcast
+    /// clients do: then nothing at or before it may come again.
+    send_acked: bool,
 }
 
 impl Consumer {
+    fn new(slot: &str, send_acked: bool) -> Consumer {
+        Consumer {
+            slot: slot.to_owned(),
+            client: None,
+            model: Model::default(),
+            applied: 0,
+            acked: 0,
+            floor: 0,
+            last_on_connection: 0,
+            pending: None,
+            duplicates: 0,
+            reconnects: 0,
+            restarted_since_ack: false,
+            connected_after_restart: false,
+            events: Vec::new(),
+            send_acked,
+        }
+    }
+
+    /// ACKs the last transaction applied, if it was not.
+    fn ack_applied(&mut self) {
+        if self.applied <= self.acked {
+            return;
+        }
+        let ack = format!(r#"{{"lsn":"{}","reply":true}}"#, fmt_lsn(self.applied));
+        if let Some(c) = self.client.as_mut() {
+            if c.ws.send(tungstenite::Message::Text(ack.into())).is_err() {
+                self.client = None;
+            }
+        }
+    }
+
     fn recent(&self) -> String {
         self.events[self.events.len().saturating_sub(12)..].join("\n  ")
     }
@@ -217,10 +277,13 @@ impl Consumer {
         if self.client.is_some() {
             return;
         }
-        let url = format!(
+        let mut url = format!(
             "ws://127.0.0.1:{}/v1/lr/stream?slotName={}",
             proxy.port, self.slot
         );
+        if self.send_acked && self.acked > 0 {
+            url.push_str(&format!("&acked={}", fmt_lsn(self.acked)));
+        }
         match proxy.try_ws_url(&url) {
             Ok(c) => {
                 self.client = Some(c);
@@ -228,7 +291,9 @@ impl Consumer {
                 self.reconnects += 1;
                 self.last_on_connection = 0;
                 self.pending = None;
-                self.floor = if self.restarted_since_ack {
+                self.floor = if self.send_acked || !self.restarted_since_ack {
+                    self.acked
+                } else {
                     // What PostgreSQL kept: never after the ACK (checked below).
                     let kept: String = sql
                         .query_one(
@@ -238,8 +303,6 @@ impl Consumer {
                         .map(|r| r.get(0))
                         .unwrap_or_else(|_| "0/0".into());
                     lsn(&kept).min(self.acked)
-                } else {
-                    self.acked
                 };
                 self.events.push(format!(
                     "connected: acked {}, floor {}, applied {}",
@@ -339,65 +402,25 @@ impl Consumer {
     }
 }
 
-#[test]
-fn random_transactions_survive_kills_and_restarts_without_loss() {
-    let seed = seed();
-    println!("simulation seed {seed} (replay: WALCAST_SEED={seed})");
-    eprintln!("simulation seed {seed} (replay: WALCAST_SEED={seed})");
-    let mut rng = Rng(seed);
-    let steps: u64 = std::env::var("WALCAST_SIM_STEPS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(300);
-
-    let mut cluster = Cluster::start_with(Config::default()).expect("cluster");
-    cluster.create_database("sim").expect("database");
-    let conninfo = cluster.conninfo("sim");
-    let sql = postgres::Client::connect(&conninfo, postgres::NoTls).expect("connect");
-    let mut work = Workload {
-        sql,
-        conninfo,
-        model: Rows::new(),
-        next_id: 1,
-        transactions: 0,
-    };
-    work.sql
-        .batch_execute("CREATE TABLE sim (id int PRIMARY KEY, v text, n int)")
-        .expect("table");
-    for _ in 0..5 {
-        work.transaction(&mut rng);
-    }
-
-    let start_proxy = |cluster: &Cluster| {
-        Proxy::start(cluster, "sim", "sim_proxy", &["--heartbeat-interval", "1"])
-    };
-    let mut proxy = start_proxy(&cluster);
+/// A new durable stream and its consumer, whose model holds the stream's
+/// snapshot (read in pages of 250 rows) after `writes` more transactions:
+/// those belong to the stream. (Not TRUNCATE: it is not MVCC-safe, and a
+/// snapshot read after it is refused with 409, see durable.rs.)
+fn new_stream(
+    proxy: &Proxy,
+    work: &mut Workload,
+    rng: &mut Rng,
+    writes: usize,
+    send_acked: bool,
+) -> Consumer {
     let (status, body) = proxy.get("/v1/init").expect("init");
     assert_eq!(status, 200, "{body}");
     let slot = json(&body)["slotName"].as_str().expect("slot").to_owned();
-
-    // Writes while the snapshot is read belong to the stream. (Not TRUNCATE:
-    // it is not MVCC-safe, and a snapshot read after it is refused with 409,
-    // see durable.rs.)
     let before_snapshot = work.model.clone();
-    for _ in 0..5 {
-        work.transaction_with(&mut rng, false);
+    for _ in 0..writes {
+        work.transaction_with(rng, false);
     }
-    let mut consumer = Consumer {
-        slot: slot.clone(),
-        client: None,
-        model: Model::default(),
-        applied: 0,
-        acked: 0,
-        floor: 0,
-        last_on_connection: 0,
-        pending: None,
-        duplicates: 0,
-        reconnects: 0,
-        restarted_since_ack: false,
-        connected_after_restart: false,
-        events: Vec::new(),
-    };
+    let mut consumer = Consumer::new(&slot, send_acked);
     let mut after: Option<String> = None;
     loop {
         let body = match &after {
@@ -418,6 +441,38 @@ fn random_transactions_survive_kills_and_restarts_without_loss() {
         before_snapshot,
         "the snapshot is the table as of the slot's creation"
     );
+    consumer
+}
+
+/// A run's seed (printed; `WALCAST_SEED` replays it), its generator and
+/// its length (`WALCAST_SIM_STEPS`, else `steps`).
+fn start_run(what: &str, steps: u64) -> (u64, Rng, u64) {
+    let seed = seed();
+    println!("{what}seed {seed} (replay: WALCAST_SEED={seed})");
+    eprintln!("{what}seed {seed} (replay: WALCAST_SEED={seed})");
+    let steps = std::env::var("WALCAST_SIM_STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(steps);
+    (seed, Rng(seed), steps)
+}
+
+#[test]
+fn random_transactions_survive_kills_and_restarts_without_loss() {
+    let (seed, mut rng, steps) = start_run("simulation ", 300);
+
+    let mut cluster = Cluster::start_with(Config::default()).expect("cluster");
+    cluster.create_database("sim").expect("database");
+    let mut work = Workload::on(&cluster.conninfo("sim"));
+    for _ in 0..5 {
+        work.transaction(&mut rng);
+    }
+
+    let start_proxy = |cluster: &Cluster| {
+        Proxy::start(cluster, "sim", "sim_proxy", &["--heartbeat-interval", "1"])
+    };
+    let mut proxy = start_proxy(&cluster);
+    let mut consumer = new_stream(&proxy, &mut work, &mut rng, 5, false);
 
     let mut log = Vec::new();
     let (mut kills, mut proxy_kills, mut pg_restarts) = (0, 0, 0);
@@ -529,6 +584,23 @@ struct LiveClient {
 }
 
 impl LiveClient {
+    fn recent(&self) -> String {
+        self.events[self.events.len().saturating_sub(12)..].join("\n  ")
+    }
+
+    fn new() -> LiveClient {
+        LiveClient {
+            client: None,
+            model: Model::default(),
+            last: None,
+            edge: 0,
+            changes: 0,
+            reconnects: 0,
+            events: Vec::new(),
+            refused_since: None,
+        }
+    }
+
     fn connect(&mut self, edges: &[Proxy]) {
         if self.client.is_some() {
             return;
@@ -595,6 +667,49 @@ impl LiveClient {
                 None => {}
             }
         }
+    }
+}
+
+/// Checks that the table `sim`, the workload's model and the models of the
+/// live client and of the durable stream's client are equal; the table.
+fn agree(seed: u64, work: &mut Workload, live: &Model, durable: &Model) -> Rows {
+    let table = Model::read_table(&mut work.sql, "sim");
+    assert_eq!(
+        table, work.model,
+        "seed {seed}: PostgreSQL and the workload model differ"
+    );
+    assert_eq!(
+        live.rows("sim"),
+        table,
+        "seed {seed}: the live client's model differs"
+    );
+    assert_eq!(
+        durable.rows("sim"),
+        table,
+        "seed {seed}: the durable stream's model differs"
+    );
+    table
+}
+
+/// Runs `step` (a pump of the live client and of a durable stream's
+/// client) until both models equal `want`, for at most two minutes; `step`
+/// answers each client's model and recent events, the live client first.
+fn catch_up(seed: u64, want: &Rows, log: &[String], mut step: impl FnMut() -> [(Rows, String); 2]) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let [(live, live_recent), (durable, durable_recent)] = step();
+        if live == *want && durable == *want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "seed {seed}: the clients never caught up (live {} rows, durable {} rows, table {}); \
+             last steps: {:?}; live:\n  {live_recent}\ndurable:\n  {durable_recent}",
+            live.len(),
+            durable.len(),
+            want.len(),
+            &log[log.len().saturating_sub(10)..],
+        );
     }
 }
 
@@ -728,30 +843,12 @@ impl DurableEdgeClient {
 fn random_transactions_reach_live_clients_exactly_once_through_relay_edge_and_nats_faults() {
     use support::Launch;
     use walcast_cluster::nats::NatsServer;
-    let seed = seed();
-    println!("scale-out simulation seed {seed} (replay: WALCAST_SEED={seed})");
-    eprintln!("scale-out simulation seed {seed} (replay: WALCAST_SEED={seed})");
-    let mut rng = Rng(seed);
-    let steps: u64 = std::env::var("WALCAST_SIM_STEPS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(200);
+    let (seed, mut rng, steps) = start_run("scale-out simulation ", 200);
 
     let mut cluster = Cluster::start_with(Config::default()).expect("cluster");
     cluster.create_database("simx").expect("database");
-    let conninfo = cluster.conninfo("simx");
     let url = cluster.url("simx");
-    let sql = postgres::Client::connect(&conninfo, postgres::NoTls).expect("connect");
-    let mut work = Workload {
-        sql,
-        conninfo,
-        model: Rows::new(),
-        next_id: 1,
-        transactions: 0,
-    };
-    work.sql
-        .batch_execute("CREATE TABLE sim (id int PRIMARY KEY, v text, n int)")
-        .expect("table");
+    let mut work = Workload::on(&cluster.conninfo("simx"));
     let mut nats = NatsServer::start().expect("nats-server (./scripts/setup.sh installs it)");
     let start = |extra: &[&str], slot: &str| {
         let p = Proxy::launch(&url, slot, extra, Launch::default());
@@ -763,16 +860,7 @@ fn random_transactions_reach_live_clients_exactly_once_through_relay_edge_and_na
     let edge_args = ["--nats-url", nats_url.as_str()];
     let mut relay = start(&relay_args, "simx_relay");
     let mut edges = vec![start(&edge_args, "simx_e"), start(&edge_args, "simx_e")];
-    let mut live = LiveClient {
-        client: None,
-        model: Model::default(),
-        last: None,
-        edge: 0,
-        changes: 0,
-        reconnects: 0,
-        events: Vec::new(),
-        refused_since: None,
-    };
+    let mut live = LiveClient::new();
     live.connect(&edges);
     assert!(live.client.is_some(), "the first connection");
     // A durable stream on the edges: a snapshot of what is there, then the stream.
@@ -884,29 +972,17 @@ fn random_transactions_reach_live_clients_exactly_once_through_relay_edge_and_na
         durable.pump(&mut rng, budget);
     }
 
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while live.model.rows("sim") != work.model {
-        assert!(
-            Instant::now() < deadline,
-            "seed {seed}: the live client never caught up ({} rows vs {}); last steps: {:?}; recent:\n  {}",
-            live.model.rows("sim").len(),
-            work.model.len(),
-            &log[log.len().saturating_sub(10)..],
-            live.events[live.events.len().saturating_sub(12)..].join("\n  ")
-        );
+    catch_up(seed, &work.model, &log, || {
         live.connect(&edges);
-        live.pump(Duration::from_millis(200));
-    }
-    let table = Model::read_table(&mut work.sql, "sim");
-    assert_eq!(
-        table, work.model,
-        "seed {seed}: PostgreSQL and the workload model differ"
-    );
-    assert_eq!(
-        live.model.rows("sim"),
-        table,
-        "seed {seed}: the live client's model differs"
-    );
+        live.pump(Duration::from_millis(100));
+        durable.connect(&edges);
+        durable.pump(&mut rng, Duration::from_millis(100));
+        [
+            (live.model.rows("sim"), live.recent()),
+            (durable.model.rows("sim"), durable.recent()),
+        ]
+    });
+    let table = agree(seed, &mut work, &live.model, &durable.model);
     println!(
         "seed {seed}: {} transactions, {} rows, {} changes delivered once each; {drops} connection \
          drops, {relay_kills} relay kills, {edge_kills} edge kills, {nats_restarts} nats-server \
@@ -922,4 +998,264 @@ fn random_transactions_reach_live_clients_exactly_once_through_relay_edge_and_na
         live.reconnects > 1,
         "seed {seed}: the run never reconnected"
     );
+}
+
+/// The server's major version.
+fn major_of(server: &Cluster) -> u32 {
+    server
+        .psql(
+            "postgres",
+            "SELECT current_setting('server_version_num')::int / 10000",
+        )
+        .expect("version")
+        .parse()
+        .expect("a number")
+}
+
+/// Waits until `check` holds, for at most a minute.
+fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !check() {
+        assert!(Instant::now() < deadline, "not within a minute: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A standby of `primary` (on `port` when given), through the physical
+/// slot `standby<n>`, set up to take over without a gap: on 17+ the
+/// primary's logical walsenders wait for it (`synchronized_standby_slots`),
+/// and it has replayed everything written before that took effect.
+fn standby_for(primary: &Cluster, n: u32, port: Option<u16>, major: u32) -> Cluster {
+    let name = format!("standby{n}");
+    let config = Config {
+        port,
+        ..Config::default()
+    };
+    let standby = Cluster::standby_of(primary, &name, config).expect("a standby");
+    if major >= 17 {
+        let set = format!("ALTER SYSTEM SET synchronized_standby_slots = '{name}'");
+        for sql in [set.as_str(), "SELECT pg_reload_conf()"] {
+            primary.psql("postgres", sql).expect(sql);
+        }
+    }
+    let written = primary
+        .psql("postgres", "SELECT pg_current_wal_lsn()")
+        .expect("pg_current_wal_lsn");
+    wait_for("the new standby replayed the primary's WAL", || {
+        standby
+            .psql(
+                "postgres",
+                &format!("SELECT pg_last_wal_replay_lsn() >= '{written}'"),
+            )
+            .map(|t| t == "t")
+            .unwrap_or(false)
+    });
+    standby
+}
+
+/// Whether the standby has every slot of `slots` synchronized and usable:
+/// only then can it take over without a gap.
+fn synced(standby: &Cluster, slots: &[&str]) -> bool {
+    let names = slots
+        .iter()
+        .map(|s| format!("'{s}'"))
+        .collect::<Vec<_>>()
+        .join(",");
+    standby
+        .psql(
+            "postgres",
+            &format!(
+                "SELECT count(*) FROM pg_replication_slots \
+                 WHERE slot_name IN ({names}) AND synced AND NOT temporary"
+            ),
+        )
+        .map(|n| n == slots.len().to_string())
+        .unwrap_or(false)
+}
+
+/// Without failover slots (15, 16), after a failover: the proxy reports
+/// its slot lost (or changes that never happened on the promoted server),
+/// the live client is closed with the reason and its resume answered 410,
+/// and the durable stream answers 410.
+fn told_of_the_failover(proxy: &Proxy, live: &mut LiveClient, consumer: &Consumer) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    if let Some(c) = live.client.as_mut() {
+        let (code, why) = loop {
+            match c.next() {
+                Some(Got::Closed(code, why)) => break (code, why),
+                Some(Got::Text(_)) => {}
+                None => assert!(Instant::now() < deadline, "the live client was never told"),
+            }
+        };
+        assert_eq!(code, 1013, "{why}");
+    }
+    let (status, health) = proxy.get("/healthz").expect("healthz");
+    assert_eq!(status, 503, "{health}");
+    let after = live.last.as_deref().expect("the live client got changes");
+    match proxy.try_ws_url(&format!(
+        "ws://127.0.0.1:{}/ws?query=*:sim&after={after}",
+        proxy.port
+    )) {
+        Ok(_) => panic!("a live client resumed across the failover"),
+        Err((status, body)) => assert_eq!(status, 410, "{body}"),
+    }
+    let durable = format!(
+        "ws://127.0.0.1:{}/v1/lr/stream?slotName={}&acked={}",
+        proxy.port,
+        consumer.slot,
+        fmt_lsn(consumer.acked)
+    );
+    let (status, body) = loop {
+        match proxy.try_ws_url(&durable) {
+            Ok(_) => panic!("the durable stream went on across the failover"),
+            Err((409 | 503 | 0, _)) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(200))
+            }
+            Err(refused) => break refused,
+        }
+    };
+    assert_eq!(status, 410, "{body}");
+    assert_eq!(json(&body)["code"], "STREAM_LOST", "{body}");
+}
+
+#[test]
+fn random_transactions_through_failovers_reach_every_client_exactly_once_or_are_told() {
+    let (seed, mut rng, steps) = start_run("failover simulation ", 200);
+
+    let mut primary = Cluster::start_with(Config::default()).expect("primary");
+    primary.create_database("sim").expect("database");
+    let major = major_of(&primary);
+    let mut work = Workload::on(&primary.conninfo("sim"));
+    let mut standby = standby_for(&primary, 1, None, major);
+    // The proxy is given both servers for the one that takes writes: after
+    // each failover a new standby takes the old primary's port.
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/sim?target_session_attrs=read-write",
+        primary.port(),
+        standby.port()
+    );
+    let proxy = Proxy::spawn(&url, "sim_proxy", &["--heartbeat-interval", "1"]);
+    proxy.wait_healthy();
+    let proxies = std::slice::from_ref(&proxy);
+    let mut live = LiveClient::new();
+    live.connect(proxies);
+    assert!(live.client.is_some(), "the first connection");
+    for _ in 0..3 {
+        work.transaction_with(&mut rng, false);
+    }
+    let mut consumer = new_stream(&proxy, &mut work, &mut rng, 3, true);
+    let slot = consumer.slot.clone();
+
+    let mut log = Vec::new();
+    let (mut drops, mut failovers, mut lossy) = (0, 0, 0);
+    let (mut syncing, mut rebuilding) = (Duration::ZERO, Duration::ZERO);
+    for step in 0..steps {
+        let roll = rng.below(100);
+        // At least one failover, half way through.
+        let fail_over = (90..=91).contains(&roll) || (step == steps / 2 && failovers == 0);
+        match roll {
+            _ if fail_over => {
+                if major >= 17 {
+                    // A slot is synchronized once its position on the
+                    // primary passes the standby's start: the clients go on
+                    // reading and ACKing, and the primary logs its running
+                    // transactions, which let a slot's restart point advance.
+                    let began = Instant::now();
+                    let deadline = began + Duration::from_secs(60);
+                    while !synced(&standby, &["sim_proxy", &slot]) {
+                        assert!(
+                            Instant::now() < deadline,
+                            "seed {seed}: the slots were not synchronized to the standby within a minute"
+                        );
+                        primary
+                            .psql("postgres", "SELECT pg_log_standby_snapshot()")
+                            .expect("pg_log_standby_snapshot");
+                        consumer.ack_applied();
+                        live.connect(proxies);
+                        live.pump(Duration::from_millis(50));
+                        consumer.connect(&proxy, &mut work.sql);
+                        consumer.pump(&mut rng, Duration::from_millis(50));
+                    }
+                    syncing += began.elapsed();
+                }
+                let port = primary.port();
+                primary.kill().expect("SIGKILL the primary");
+                standby.promote().expect("promote");
+                failovers += 1;
+                log.push(format!("{step}: failover"));
+                live.events.push(format!("{step}: failover"));
+                consumer.events.push(format!("{step}: failover"));
+                // Transactions the standby had not received when the
+                // primary died are lost with it: the surviving history is
+                // the promoted server's.
+                work.conninfo = standby.conninfo("sim");
+                work.reconnect();
+                let table = Model::read_table(&mut work.sql, "sim");
+                if table != work.model {
+                    lossy += 1;
+                    work.model = table;
+                }
+                if major < 17 {
+                    // No failover slots: the loud path, then the run ends.
+                    told_of_the_failover(&proxy, &mut live, &consumer);
+                    println!(
+                        "seed {seed}: PostgreSQL {major} has no failover slots: after {} \
+                         transactions and {drops} connection drops, the failover at step {step} \
+                         was told to the live and the durable client",
+                        work.transactions
+                    );
+                    return;
+                }
+                // The old primary's port comes back as a standby of the new one.
+                drop(std::mem::replace(&mut primary, standby));
+                let began = Instant::now();
+                standby = standby_for(&primary, failovers + 1, Some(port), major);
+                rebuilding += began.elapsed();
+            }
+            0..=71 => {
+                let d = work.transaction(&mut rng);
+                log.push(format!("{step}: {d}"));
+            }
+            72..=79 if live.client.take().is_some() => {
+                drops += 1;
+                live.events.push(format!("{step}: connection dropped"));
+            }
+            80..=84 if consumer.client.take().is_some() => {
+                drops += 1;
+                consumer.events.push(format!("{step}: connection dropped"));
+            }
+            _ => {}
+        }
+        live.connect(proxies);
+        live.pump(Duration::from_millis(rng.below(120) + 10));
+        consumer.connect(&proxy, &mut work.sql);
+        let budget = Duration::from_millis(rng.below(60) + 10);
+        consumer.pump(&mut rng, budget);
+    }
+
+    let want = work.model.clone();
+    catch_up(seed, &want, &log, || {
+        live.connect(proxies);
+        live.pump(Duration::from_millis(100));
+        consumer.connect(&proxy, &mut work.sql);
+        consumer.pump(&mut rng, Duration::from_millis(100));
+        [
+            (live.model.rows("sim"), live.recent()),
+            (consumer.model.rows("sim"), consumer.recent()),
+        ]
+    });
+    let table = agree(seed, &mut work, &live.model, &consumer.model);
+    println!(
+        "seed {seed}: {} transactions, {} rows; {failovers} failovers ({lossy} of them lost \
+         transactions the standby had not received), {drops} connection drops; the live client got {} changes \
+         once each over {} connections; the durable stream got {} transactions again after a \
+         reconnect (none at or before a confirmed ACK); {syncing:?} waiting for slots to be \
+         synchronized, {rebuilding:?} making standbys",
+        work.transactions,
+        table.len(),
+        live.changes,
+        live.reconnects,
+        consumer.duplicates
+    );
+    assert!(failovers > 0, "seed {seed}: the run never failed over");
 }

@@ -73,6 +73,19 @@ pub enum Resume {
     NotReady,
 }
 
+/// Whether the log holds a change at a position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Held {
+    /// A change at exactly that position.
+    Exactly,
+    /// No change there, though the log holds every change around it.
+    Missing,
+    /// Before the oldest position the log is complete from.
+    Before,
+    /// After the newest change (or the log has not started).
+    Ahead,
+}
+
 /// What a cursor gets when it asks for `seq`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Missing {
@@ -243,6 +256,22 @@ impl ChangeLog {
         Resume::From(s.first_seq + i as u64)
     }
 
+    /// Whether the log holds a change at exactly `pos`.
+    pub fn holds(&self, pos: Position) -> Held {
+        let s = crate::locks::read(&self.state);
+        match (s.floor, s.last) {
+            (None, _) => Held::Ahead,
+            (Some(floor), _) if pos < floor => Held::Before,
+            (_, Some(last)) if pos <= last => {
+                match s.entries.binary_search_by(|e| e.pos.cmp(&pos)) {
+                    Ok(_) => Held::Exactly,
+                    Err(_) => Held::Missing,
+                }
+            }
+            _ => Held::Ahead,
+        }
+    }
+
     /// Sizes and positions.
     pub fn stats(&self) -> LogStats {
         let s = crate::locks::read(&self.state);
@@ -354,5 +383,19 @@ mod tests {
         log.read_seqs([1, 2, 7].into_iter(), &mut out)
             .expect("read");
         assert_eq!(out.len(), 1, "seq 2 is not appended yet");
+    }
+
+    #[test]
+    fn the_log_tells_whether_it_holds_a_change_at_a_position() {
+        let log = ChangeLog::new(1 << 20);
+        assert_eq!(log.holds(Position::new(Lsn(101), 0)), Held::Ahead);
+        log.set_floor(Position::new(Lsn(100), 0));
+        log.append([1, 3].into_iter().map(|i| change(i, 10)));
+        assert_eq!(log.holds(Position::new(Lsn(99), 0)), Held::Before);
+        assert_eq!(log.holds(Position::new(Lsn(101), 0)), Held::Exactly);
+        assert_eq!(log.holds(Position::new(Lsn(103), 0)), Held::Exactly);
+        assert_eq!(log.holds(Position::new(Lsn(102), 0)), Held::Missing);
+        assert_eq!(log.holds(Position::new(Lsn(101), 1)), Held::Missing);
+        assert_eq!(log.holds(Position::new(Lsn(103), 1)), Held::Ahead);
     }
 }

@@ -20,6 +20,13 @@ pub trait Sink: Send {
     fn close_all(&self, reason: &str);
     /// The most bytes of changes the sink holds.
     fn max_bytes(&self) -> usize;
+    /// The server was promoted: its history left an earlier timeline at
+    /// `switch` (the earliest such point). A position from there on that
+    /// the sink does not hold may be of a change the old primary delivered
+    /// that never happened on this server.
+    fn history_left_at(&self, switch: Lsn) {
+        let _ = switch;
+    }
     /// The source stopped for good and changes are lost (nothing after
     /// what the sink holds will come, or some of it never happened): every
     /// client is closed with `reason`, and a resume from anywhere is

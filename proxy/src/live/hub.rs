@@ -19,14 +19,14 @@ use crate::change::Change;
 use crate::live::cursor::{Cursor, CursorShared, Source};
 use crate::live::group::{leaves, listed, may_leave, Group, Listed, Matches};
 
-use crate::log::{ChangeLog, Resume};
+use crate::log::{ChangeLog, Held, Resume};
 use crate::metrics::LogReport;
 use crate::query::{self, Query};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::Notify;
-use walcast_format::Position;
+use walcast_format::{Lsn, Position};
 
 /// Matching work the hub does for one group on one change at most, in the
 /// units of [`query::RowFilter::cost`] (bytes scanned): about 30 µs. A change
@@ -323,6 +323,10 @@ struct Inner {
     match_budget_ns: AtomicU64,
     /// Backfills' watermark windows and the recent commits.
     windows: Arc<Mutex<Windows>>,
+    /// Where the server's history left an earlier timeline (the earliest
+    /// such point, `u64::MAX`: none): a resume from there on must name a
+    /// change the log holds ([`Hub::history_left_at`]).
+    history_left: AtomicU64,
 }
 
 /// The default of [`Hub::set_match_budget`]: 50 ms per second (5% of a core).
@@ -415,6 +419,7 @@ impl Hub {
                 counters: Arc::default(),
                 match_budget_ns: AtomicU64::new(DEFAULT_MATCH_BUDGET.as_nanos() as u64),
                 windows: Arc::default(),
+                history_left: AtomicU64::new(u64::MAX),
             }),
         }
     }
@@ -593,6 +598,9 @@ impl Hub {
         let mut index = crate::locks::write(&self.inner.index);
         // No batch is being published while the index is held for writing.
         let head = self.inner.log.next_seq();
+        if let Some(p) = after {
+            self.on_history(p)?;
+        }
         let start = match after {
             None => head,
             Some(p) => match self.inner.log.resume(p) {
@@ -704,6 +712,42 @@ impl Hub {
         }
     }
 
+    /// The server was promoted: its history left an earlier timeline at
+    /// `switch`. A client resuming from a position at or after it may hold
+    /// changes the old primary delivered past that point, which never
+    /// happened on this server; a position this log holds is of a change
+    /// on its history (positions of changes that never happened would only
+    /// match by chance).
+    pub fn history_left_at(&self, switch: Lsn) {
+        self.inner
+            .history_left
+            .fetch_min(switch.0, Ordering::AcqRel);
+    }
+
+    /// Whether a resume from `after` is on the server's history (see
+    /// [`Hub::history_left_at`]): the log must hold a change there, or
+    /// tell later (503) when it has not read that far yet.
+    fn on_history(&self, after: Position) -> Result<(), SubscribeError> {
+        let switch = self.inner.history_left.load(Ordering::Acquire);
+        if after.commit.0 < switch {
+            return Ok(());
+        }
+        match self.inner.log.holds(after) {
+            Held::Exactly | Held::Before => Ok(()),
+            Held::Ahead => Err(SubscribeError::NotReady),
+            Held::Missing => Err(SubscribeError::Gone {
+                oldest: None,
+                reason: Some(format!(
+                    "no change at {after} on this server: it was promoted, its history left an \
+                     earlier timeline at {}, and a change delivered from the old primary after \
+                     that point never happened here (a failover without \
+                     synchronized_standby_slots: docs/operations.md#failover); re-sync",
+                    Lsn(switch)
+                )),
+            }),
+        }
+    }
+
     /// Why a resume from `after` cannot be served, when the source lost the
     /// changes after it.
     fn lost_before(&self, after: Position) -> Option<String> {
@@ -805,6 +849,10 @@ impl crate::sink::Sink for Publisher {
 
     fn max_bytes(&self) -> usize {
         self.hub.log().max_bytes()
+    }
+
+    fn history_left_at(&self, switch: Lsn) {
+        self.hub.history_left_at(switch);
     }
 }
 

@@ -79,6 +79,10 @@ pub struct Slot {
     /// read on, when an earlier process says it (the relay's last message
     /// in JetStream).
     earlier_timeline: Option<u32>,
+    /// Where the server's history left its earliest earlier timeline, when
+    /// it was promoted: positions from there on may be of changes an old
+    /// primary delivered that never happened on it.
+    history_left: Option<Lsn>,
 }
 
 /// Changes handed on, the last one committed at `last`, that the promoted
@@ -340,6 +344,9 @@ impl Reader {
             metrics.slots_lost.fetch_add(1, Ordering::Relaxed);
             metrics.slots_recreated.fetch_add(1, Ordering::Relaxed);
         }
+        if let Some(switch) = slot.history_left {
+            sink.history_left_at(switch);
+        }
         // Every transaction committed from here on will come (PostgreSQL
         // decodes those whose commit is at or after the start).
         sink.starts_at(Position::new(position.committed.max(slot_start), 0));
@@ -470,12 +477,14 @@ pub(crate) async fn open(
     delivered: Option<Lsn>,
 ) -> Result<(ReplicationStream, Lsn), ReplicationError> {
     let mut client = ReplicationClient::connect(&cfg.database).await?;
-    slot.identified(&cfg.slot, client.identify_system().await?)?;
-    if let (Some((old, new)), Some(last)) = (slot.switched.take(), delivered) {
+    let system = client.identify_system().await?;
+    let switches = client.switch_points(system.timeline).await?;
+    slot.identified(&cfg.slot, system)?;
+    slot.history_left = switches.iter().map(|(_, s)| *s).min();
+    if let (Some((old, _)), Some(last)) = (slot.switched.take(), delivered) {
         // The changes handed on must be on the new history. The switch
         // point is a record boundary: a commit record at or after it is
         // not on the new timeline.
-        let switches = client.switch_points(new).await?;
         if let Some(&(_, switch)) = switches.iter().find(|(tli, _)| *tli == old) {
             if last >= switch {
                 return Err(diverged(switch, last));

@@ -6,6 +6,7 @@ use postgres_native_tls::MakeTlsConnector;
 use std::mem::ManuallyDrop;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
 
 /// A pool of at most `max` connections, opened on demand.
@@ -39,6 +40,35 @@ pub enum PoolError {
 impl From<PoolError> for String {
     fn from(e: PoolError) -> String {
         e.to_string()
+    }
+}
+
+/// Whether retrying can help: the connection or the server went away, or
+/// the server is starting, stopping or full. Configuration, permissions,
+/// missing objects and a busy slot are not retried (a busy slot: another
+/// consumer holds it; report instead of fighting).
+pub fn retryable(state: &SqlState) -> bool {
+    state.code().starts_with("08")
+        || [
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::CRASH_SHUTDOWN,
+            SqlState::CANNOT_CONNECT_NOW,
+            SqlState::TOO_MANY_CONNECTIONS,
+            SqlState::T_R_SERIALIZATION_FAILURE,
+        ]
+        .contains(state)
+}
+
+/// Whether a statement failed because the server went away (its
+/// connection closed or broke, or the server said it is stopping): the
+/// same statement may succeed on a new connection, to it when it is back
+/// or to the server that took over.
+pub fn went_away(e: &tokio_postgres::Error) -> bool {
+    match e.as_db_error() {
+        Some(db) => retryable(db.code()),
+        None => {
+            e.is_closed() || std::error::Error::source(e).is_some_and(|c| c.is::<std::io::Error>())
+        }
     }
 }
 

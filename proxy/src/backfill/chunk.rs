@@ -39,9 +39,16 @@ pub enum ReadError {
     Value(String),
     #[error("reading the table failed: {0}")]
     Failed(String),
+    /// The server went away while the chunk was read (a restart, a
+    /// failover): it may be read again.
+    #[error("the connection to PostgreSQL was lost: {0}")]
+    Gone(String),
 }
 
 fn failed(e: tokio_postgres::Error) -> ReadError {
+    if crate::sql::went_away(&e) {
+        return ReadError::Gone(e.to_string());
+    }
     match e.as_db_error() {
         // 22xxx: data exceptions (a filter value of the wrong type).
         Some(d) if d.code().code().starts_with("22") => ReadError::Value(d.message().to_owned()),

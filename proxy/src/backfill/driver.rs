@@ -165,14 +165,47 @@ async fn run(
     }
 }
 
-async fn emit(pool: &SqlPool, mark: Mark) -> Result<(), String> {
+/// Why an attempt at a chunk did not get as far as its verdict.
+enum Fault {
+    /// PostgreSQL went away (a restart, a failover): the chunk is read
+    /// again once it is back, for at most [`OUTAGE`].
+    Gone(String),
+    /// Anything else ends the backfill.
+    Failed(String),
+}
+
+impl std::convert::From<crate::sql::PoolError> for Fault {
+    fn from(e: crate::sql::PoolError) -> Fault {
+        match e {
+            crate::sql::PoolError::Unreachable(_) => Fault::Gone(e.to_string()),
+            _ => Fault::Failed(e.to_string()),
+        }
+    }
+}
+
+/// The first and the longest wait between attempts while PostgreSQL is away.
+const AWAY_FIRST: Duration = Duration::from_millis(100);
+const AWAY_MAX: Duration = Duration::from_secs(2);
+
+/// How long a backfill waits for PostgreSQL to come back (or for the
+/// server that took over) before it fails.
+const OUTAGE: Duration = Duration::from_secs(60);
+
+async fn emit(pool: &SqlPool, mark: Mark) -> Result<(), Fault> {
     let conn = pool.get().await?;
     conn.execute(
         "SELECT pg_catalog.pg_logical_emit_message(true, $1, $2)",
         &[&PREFIX, &mark.content()],
     )
     .await
-    .map_err(|e| format!("writing a watermark failed: {e}"))?;
+    .map_err(|e| {
+        let what = format!("writing a watermark failed: {e}");
+        if crate::sql::went_away(&e) {
+            Fault::Gone(what)
+        } else {
+            Fault::Failed(what)
+        }
+    })?;
     Ok(())
 }
 
@@ -292,36 +325,38 @@ impl Reader<'_> {
         n: u32,
         from: &From,
     ) -> Result<(chunk::Chunk, Vec<usize>, walcast_format::Position), String> {
-        let (id, table) = (self.watch.id, &self.plan.table);
         let mut attempt = 0u32;
+        let mut retries = 0u32;
+        // Since when PostgreSQL has been away, and the next wait for it.
+        let mut away: Option<(tokio::time::Instant, Duration)> = None;
         loop {
-            self.shared.pace(table.oid, self.limit).await;
-            judged(&self.watch.judge, |w| w.expect(id, n, attempt));
-            let mark = |edge| Mark {
-                id,
-                chunk: n,
-                attempt,
-                edge,
+            let read = match self.attempt(n, attempt, from).await {
+                Ok(read) => read,
+                Err(Fault::Failed(reason)) => return Err(reason),
+                Err(Fault::Gone(reason)) => {
+                    let (since, wait) =
+                        away.get_or_insert((tokio::time::Instant::now(), AWAY_FIRST));
+                    if since.elapsed() >= OUTAGE {
+                        return Err(format!(
+                            "PostgreSQL was away for more than {} s while chunk {n} of {} was read: {reason}",
+                            OUTAGE.as_secs(),
+                            self.name
+                        ));
+                    }
+                    tracing::debug!(
+                        chunk = n,
+                        attempt,
+                        "reading a chunk again once PostgreSQL is back: {reason}"
+                    );
+                    tokio::time::sleep(*wait).await;
+                    *wait = (*wait * 2).min(AWAY_MAX);
+                    // A watermark of this attempt may be in the stream: the
+                    // next attempt's marks are told from it.
+                    attempt += 1;
+                    continue;
+                }
             };
-            emit(self.pool, mark(Edge::Low)).await?;
-            let read = {
-                let mut conn = self.pool.get().await?;
-                chunk::read(&mut conn, table, &self.plan.filters, from, self.limit)
-                    .await
-                    .map_err(|e| match e {
-                        ReadError::Value(m) => {
-                            format!("a value of the query does not fit its column: {m}")
-                        }
-                        ReadError::Failed(m) => format!("reading {} failed: {m}", self.name),
-                    })?
-            };
-            let keys = ChunkRead {
-                visibility: read.visibility.clone(),
-                keys: read.keys.clone(),
-                rows: read.rows.len(),
-            };
-            judged(&self.watch.judge, |w| w.read(id, n, attempt, keys));
-            emit(self.pool, mark(Edge::High)).await?;
+            away = None;
             match self.verdict(n, attempt).await? {
                 Verdict::Rows { keep, pos, .. } => return Ok((read, keep, pos)),
                 Verdict::Retry { reason, .. } => {
@@ -330,17 +365,55 @@ impl Reader<'_> {
                         .retries
                         .fetch_add(1, Ordering::Relaxed);
                     attempt += 1;
-                    if attempt >= MAX_ATTEMPTS {
+                    retries += 1;
+                    if retries >= MAX_ATTEMPTS {
                         return Err(format!(
                             "chunk {n} of {} could not be read consistently in {MAX_ATTEMPTS} attempts: {reason}",
                             self.name
                         ));
                     }
                     tracing::debug!(chunk = n, attempt, "reading a chunk again: {reason}");
-                    tokio::time::sleep(Duration::from_millis(5 * u64::from(attempt))).await;
+                    tokio::time::sleep(Duration::from_millis(5 * u64::from(retries))).await;
                 }
             }
         }
+    }
+
+    /// One attempt at chunk `n`: its low watermark, its read and its high
+    /// watermark.
+    async fn attempt(&mut self, n: u32, attempt: u32, from: &From) -> Result<chunk::Chunk, Fault> {
+        let (id, table) = (self.watch.id, &self.plan.table);
+        self.shared.pace(table.oid, self.limit).await;
+        judged(&self.watch.judge, |w| w.expect(id, n, attempt));
+        let mark = |edge| Mark {
+            id,
+            chunk: n,
+            attempt,
+            edge,
+        };
+        emit(self.pool, mark(Edge::Low)).await?;
+        let read = {
+            let mut conn = self.pool.get().await?;
+            chunk::read(&mut conn, table, &self.plan.filters, from, self.limit)
+                .await
+                .map_err(|e| match e {
+                    ReadError::Value(m) => {
+                        Fault::Failed(format!("a value of the query does not fit its column: {m}"))
+                    }
+                    ReadError::Failed(m) => {
+                        Fault::Failed(format!("reading {} failed: {m}", self.name))
+                    }
+                    ReadError::Gone(m) => Fault::Gone(format!("reading {}: {m}", self.name)),
+                })?
+        };
+        let keys = ChunkRead {
+            visibility: read.visibility.clone(),
+            keys: read.keys.clone(),
+            rows: read.rows.len(),
+        };
+        judged(&self.watch.judge, |w| w.read(id, n, attempt, keys));
+        emit(self.pool, mark(Edge::High)).await?;
+        Ok(read)
     }
 
     /// The verdict on attempt `attempt` of chunk `n` (older ones are stale).

@@ -337,6 +337,28 @@ impl Windows {
         }
     }
 
+    /// The stream started again (a reconnect, or a failover to a server
+    /// whose history may lack a watermark already written): every chunk
+    /// waiting for its watermarks is read again.
+    pub fn restarted(&mut self, out: &mut Vec<(mpsc::UnboundedSender<Verdict>, Verdict)>) {
+        for w in self.watches.values_mut() {
+            let Some((chunk, attempt)) = w.expect.take() else {
+                continue;
+            };
+            w.window = Window::default();
+            w.read = None;
+            let reason = "the change stream started again (a reconnect or a failover)".to_owned();
+            out.push((
+                w.tx.clone(),
+                Verdict::Retry {
+                    chunk,
+                    attempt,
+                    reason,
+                },
+            ));
+        }
+    }
+
     /// A watermark at `pos`; the next change stored gets `seq`. A verdict
     /// to send goes to `out`.
     pub fn mark(
@@ -519,6 +541,35 @@ mod tests {
             }
             other => panic!("expected rows, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_chunk_waiting_for_its_watermarks_is_read_again_when_the_stream_restarts() {
+        let mut ws = Windows::default();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        ws.add(9, spec(), tx, Arc::default());
+        let mut out = Vec::new();
+        // Nothing waits: nothing to say.
+        ws.restarted(&mut out);
+        assert!(out.is_empty());
+        ws.expect(9, 1, 0);
+        ws.mark(&mark(edge(Edge::Low), 1000), 0, &mut out);
+        ws.restarted(&mut out);
+        assert_eq!(out.len(), 1);
+        for (tx, v) in out.drain(..) {
+            let _ = tx.send(v);
+        }
+        assert!(matches!(
+            rx.try_recv(),
+            Ok(Verdict::Retry {
+                chunk: 1,
+                attempt: 0,
+                ..
+            })
+        ));
+        // The attempt's high watermark, if it comes after all, is stale.
+        ws.mark(&mark(edge(Edge::High), 2000), 42, &mut out);
+        assert!(out.is_empty());
     }
 
     #[test]

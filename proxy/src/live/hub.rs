@@ -454,6 +454,12 @@ impl Hub {
     /// The stream starts at `floor` (see [`ChangeLog::set_floor`]).
     pub fn stream_starts_at(&self, floor: Position) {
         self.inner.log.set_floor(floor);
+        // A backfill's watermark written before may never come.
+        let mut verdicts = Vec::new();
+        crate::locks::lock(&self.inner.windows).restarted(&mut verdicts);
+        for (tx, verdict) in verdicts {
+            let _ = tx.send(verdict);
+        }
     }
 
     /// The newest position in the log.

@@ -90,22 +90,6 @@ fn advice(e: &ServerError, state: &SqlState) -> Option<&'static str> {
     })
 }
 
-/// Whether retrying can help: the connection or the server went away, or
-/// the server is starting, stopping or full. Configuration, permissions,
-/// missing objects and a busy slot are not retried (a busy slot: another
-/// consumer holds it; report instead of fighting).
-fn retryable(state: &SqlState) -> bool {
-    state.code().starts_with("08")
-        || [
-            SqlState::ADMIN_SHUTDOWN,
-            SqlState::CRASH_SHUTDOWN,
-            SqlState::CANNOT_CONNECT_NOW,
-            SqlState::TOO_MANY_CONNECTIONS,
-            SqlState::T_R_SERIALIZATION_FAILURE,
-        ]
-        .contains(state)
-}
-
 impl ReplicationError {
     /// A transient error.
     pub fn transient(message: impl Into<String>) -> Self {
@@ -144,7 +128,7 @@ impl ReplicationError {
         // slot lost.)
         let slot_lost = state == SqlState::UNDEFINED_OBJECT;
         ReplicationError {
-            kind: if retryable(&state) {
+            kind: if crate::sql::retryable(&state) {
                 ErrorKind::Transient
             } else if slot_lost {
                 ErrorKind::SlotLost

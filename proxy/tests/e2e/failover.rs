@@ -925,6 +925,114 @@ fn transactions_a_durable_stream_sent_but_lost_in_the_failover_are_refused_on_re
     assert!(body.contains(&format!("acked={phantom} is past")), "{body}");
 }
 
+#[test]
+fn a_snapshot_read_through_a_failover_ends_with_the_new_primary_rows() {
+    let db = "failover_snapshot";
+    let (mut primary, standby, major) = primary_and_standby(db);
+    primary
+        .psql(
+            db,
+            "INSERT INTO items SELECT g, g FROM generate_series(1, 5000) g",
+        )
+        .expect("rows");
+    let url = both(&primary, &standby, db);
+    // Chunks of 100 rows at 1,000 rows a second: the failover comes while
+    // the snapshot is read.
+    let proxy = Proxy::spawn(
+        &url,
+        "walcast_proxy",
+        &[
+            "--snapshot-chunk-rows",
+            "100",
+            "--snapshot-rows-per-second",
+            "1000",
+        ],
+    );
+    proxy.wait_healthy();
+    if major >= 17 {
+        wait_synced(&standby, "walcast_proxy");
+    } else {
+        wait_recorded(&standby, db, "walcast_proxy");
+    }
+    let mut c = proxy.ws_params("query=*:items&snapshot=1");
+    let mut seen = Snapshotting::default();
+    assert_eq!(seen.read(&mut c, |s| s.chunks >= 2), None);
+    assert!(!seen.done, "the snapshot is still being read");
+    primary.kill().expect("SIGKILL the primary");
+    standby.promote().expect("promote");
+    // The new primary takes writes while the snapshot goes on.
+    let mut sql =
+        postgres::Client::connect(&standby.conninfo(db), postgres::NoTls).expect("connect");
+    sql.batch_execute(
+        "UPDATE items SET v = -v WHERE id % 7 = 0; \
+         INSERT INTO items SELECT g, g FROM generate_series(5001, 5200) g; \
+         DELETE FROM items WHERE id % 11 = 0; \
+         INSERT INTO items VALUES (100000, 0)",
+    )
+    .expect("writes");
+    let closed = seen.read(&mut c, |s| s.done && s.marker);
+    if major < 17 {
+        // No failover slots: the client is told, not left with half a snapshot.
+        let (code, why) = closed.expect("the client is closed");
+        assert_eq!(code, 1013, "{why}");
+        return;
+    }
+    assert_eq!(closed, None, "the client stays connected");
+    assert_eq!(
+        seen.model.rows("items"),
+        support::model::Model::read_table(&mut sql, "items"),
+        "the snapshot and the changes give the new primary's rows"
+    );
+}
+
+/// What a `snapshot=1` client of `items` has seen.
+#[derive(Default)]
+struct Snapshotting {
+    model: support::model::Model,
+    /// Snapshot progress frames.
+    chunks: u32,
+    done: bool,
+    /// The insert of id 100000.
+    marker: bool,
+}
+
+impl Snapshotting {
+    /// Applies frames until `until` holds (`None`) or the client is closed
+    /// (its code and reason), for at most a minute.
+    fn read(
+        &mut self,
+        c: &mut support::Client,
+        until: impl Fn(&Snapshotting) -> bool,
+    ) -> Option<(u16, String)> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !until(self) {
+            assert!(
+                Instant::now() < deadline,
+                "{} chunks, done {}, marker {}",
+                self.chunks,
+                self.done,
+                self.marker
+            );
+            match c.next() {
+                Some(support::Got::Text(t)) => {
+                    let f = json(&t);
+                    assert!(f["error"].is_null(), "{f}");
+                    if f["type"] == "snapshot" {
+                        assert_ne!(f["state"], "failed", "{f}");
+                        self.chunks += 1;
+                        self.done |= f["state"] == "done";
+                    }
+                    self.marker |= f["action"] == "I" && f["columns"]["id"] == 100_000;
+                    self.model.apply(&f);
+                }
+                Some(support::Got::Closed(code, why)) => return Some((code, why)),
+                None => {}
+            }
+        }
+        None
+    }
+}
+
 /// The slots named `walcast_%` on `server`, by name.
 fn walcast_slots(server: &Cluster) -> String {
     server

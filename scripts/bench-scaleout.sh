@@ -51,7 +51,11 @@ nats_up() {
 drop_slot() {
   for _ in $(seq 1 100); do
     psql -XqAt -c "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '$1' AND NOT active" >/dev/null 2>&1 || true
-    [ -z "$(psql -XqAt -c "SELECT 1 FROM pg_replication_slots WHERE slot_name = '$1'")" ] && return 0
+    if [ -z "$(psql -XqAt -c "SELECT 1 FROM pg_replication_slots WHERE slot_name = '$1'")" ]; then
+      # Its record too: a slot recorded in walcast.streams and missing is a lost one.
+      psql -XqAt -c "DELETE FROM walcast.streams WHERE slot_name = '$1'" >/dev/null 2>&1 || true
+      return 0
+    fi
     sleep 0.1
   done
 }

@@ -10,8 +10,9 @@
 //!   something). The body is the plugin's JSON, unchanged.
 //! - The header `Nats-Msg-Id` is the object's position (`pos`); a `C` gets
 //!   its commit LSN with index `FFFFFFFF`, after every change of its
-//!   transaction; a `B` gets `<commit LSN>:BEGIN` ([`begin_id`]). The header
-//!   `Walcast-Timeline` ([`TIMELINE_HEADER`]) is the timeline it was read on. JetStream drops a message published again with the same
+//!   transaction; a `B` gets `<commit LSN>:BEGIN` ([`begin_id`]), and the
+//!   header `Walcast-Timeline` ([`TIMELINE_HEADER`]): the timeline its
+//!   transaction was read on. JetStream drops a message published again with the same
 //!   id (within the duplicate window), and edges drop any message positioned
 //!   at or before the last one they have.
 //! - Subjects: `walcast.<db>.<schema>.<table>.<insert|update|delete>` for
@@ -157,9 +158,9 @@ pub fn commit_of_id(id: &str) -> Option<walcast_format::Lsn> {
         .map(walcast_format::Lsn)
 }
 
-/// The header of every published change: the timeline of the server it
-/// was read from. A relay started again checks the last one against the
-/// server's history after a promotion.
+/// The header of every published `B`: the timeline of the server its
+/// transaction was read from. A relay started again checks the last one
+/// against the server's history after a promotion.
 pub const TIMELINE_HEADER: &str = "Walcast-Timeline";
 
 /// The last token of the message a relay publishes when its slot is lost.

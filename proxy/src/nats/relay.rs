@@ -12,7 +12,8 @@
 //! position).
 
 use super::{
-    begin_id, commit_position, subject, token, NatsSettings, PUBLISHES_IN_FLIGHT, TIMELINE_HEADER,
+    begin_id, commit_position, subject, token, NatsSettings, PUBLISHES_IN_FLIGHT, SUBJECT_ROOT,
+    TIMELINE_HEADER,
 };
 use crate::change::{Action, Change};
 use crate::health::Health;
@@ -115,9 +116,9 @@ fn create_error(cfg: &RelayConfig, error: CreateStreamError) -> StreamSetupError
 pub struct Prepared {
     /// The database's subject token.
     pub db: String,
-    /// The position of the last message of this database in the stream
-    /// (what the edges have), and the timeline it was read on when the
-    /// message says it.
+    /// The commit LSN of the latest transaction of this database in the
+    /// stream (what the edges have; its `B`'s), and the timeline it was
+    /// read on when the `B` says it.
     last: Option<(Lsn, Option<u32>)>,
 }
 
@@ -153,22 +154,21 @@ pub async fn prepare(cfg: &RelayConfig, js: &Context) -> Result<Prepared, Stream
         });
     }
     let messages = info.state.messages;
-    let last = match stream.get_last_raw_message_by_subject(ours).await {
-        Ok(m) if super::is_lost_subject(&m.subject) => {
+    let name = &cfg.nats.stream;
+    if let Some(m) = last_message(&stream, name, ours).await? {
+        if super::is_lost_subject(&m.subject) {
             return Err(StreamSetupError::Ended {
-                stream: cfg.nats.stream.clone(),
+                stream: name.clone(),
                 reason: String::from_utf8_lossy(&m.payload).into_owned(),
-            })
+            });
         }
-        Ok(m) => last_published(&m),
-        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => None,
-        Err(error) => {
-            return Err(StreamSetupError::Last {
-                stream: cfg.nats.stream.clone(),
-                error,
-            })
-        }
-    };
+    }
+    // A transaction's `B` goes before its first message: the last `B` names
+    // the latest transaction in the stream, and carries its timeline.
+    let begins = format!("{SUBJECT_ROOT}.{db}.begin");
+    let last = last_message(&stream, name, &begins)
+        .await?
+        .and_then(|m| last_published(&m));
     tracing::info!(
         stream = %cfg.nats.stream,
         subjects = %ours,
@@ -178,9 +178,24 @@ pub async fn prepare(cfg: &RelayConfig, js: &Context) -> Result<Prepared, Stream
     Ok(Prepared { db, last })
 }
 
-/// The commit LSN of a message the relay published (its `Nats-Msg-Id`) and
-/// the timeline it was read on (its [`TIMELINE_HEADER`]); `None` for a
-/// message without a position.
+/// The last message of the JetStream stream `name` on `subject`.
+async fn last_message(
+    stream: &async_nats::jetstream::stream::Stream,
+    name: &str,
+    subject: &str,
+) -> Result<Option<async_nats::jetstream::message::StreamMessage>, StreamSetupError> {
+    match stream.get_last_raw_message_by_subject(subject).await {
+        Ok(m) => Ok(Some(m)),
+        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(error) => Err(StreamSetupError::Last {
+            stream: name.to_owned(),
+            error,
+        }),
+    }
+}
+
+/// The commit LSN of a `B` the relay published (its `Nats-Msg-Id`) and the
+/// timeline it was read on (its [`TIMELINE_HEADER`]).
 fn last_published(m: &async_nats::jetstream::message::StreamMessage) -> Option<(Lsn, Option<u32>)> {
     let id = m.headers.get(async_nats::header::NATS_MESSAGE_ID)?;
     let commit = super::commit_of_id(id.as_str())?;
@@ -260,9 +275,9 @@ pub async fn run(
 /// What the relay knows across reconnects.
 struct Known {
     slot: reader::Slot,
-    /// The commit LSN of the last message in the stream (what the edges
-    /// have): it must be on the history of the server the slot is read
-    /// on (checked after a promotion).
+    /// The commit LSN of the latest transaction in the stream (what the
+    /// edges have): it must be on the history of the server the slot is
+    /// read on (checked after a promotion).
     published: Option<Lsn>,
 }
 
@@ -359,7 +374,7 @@ struct Relay<'a> {
     sent_upto: Lsn,
     /// The commit LSN of the last message published.
     published: Option<Lsn>,
-    /// The replication connection's timeline, sent with every message
+    /// The replication connection's timeline, sent with every `B`
     /// ([`TIMELINE_HEADER`]).
     timeline: String,
     /// Stops the acknowledging task whichever way the relaying ends.
@@ -536,15 +551,16 @@ impl<'a> Relay<'a> {
         ))
     }
 
-    /// Publishes one object of the transaction committed at `commit`, with
-    /// its id and the timeline it was read on.
+    /// Publishes one object of the transaction committed at `commit` with
+    /// its id; a `B` with the timeline it was read on.
     async fn publish(
         &mut self,
         change: &Change,
         id: &str,
         commit: Lsn,
     ) -> Result<PublishAckFuture, ReplicationError> {
-        let ack = publish(self.js, self.db, change, id, &self.timeline).await?;
+        let timeline = (change.action == Action::Begin).then_some(self.timeline.as_str());
+        let ack = publish(self.js, self.db, change, id, timeline).await?;
         self.published = Some(commit);
         Ok(ack)
     }
@@ -579,7 +595,7 @@ async fn publish(
     db: &str,
     change: &Change,
     id: &str,
-    timeline: &str,
+    timeline: Option<&str>,
 ) -> Result<PublishAckFuture, ReplicationError> {
     let Some(subject) = subject(db, change) else {
         return Err(ReplicationError::definite(format!(
@@ -587,10 +603,12 @@ async fn publish(
             change.action
         )));
     };
-    let message = PublishMessage::build()
+    let mut message = PublishMessage::build()
         .payload(change.bytes())
-        .message_id(id)
-        .header(TIMELINE_HEADER, timeline);
+        .message_id(id);
+    if let Some(timeline) = timeline {
+        message = message.header(TIMELINE_HEADER, timeline);
+    }
     js.send_publish(subject, message).await.map_err(|e| {
         if e.kind() == PublishErrorKind::MaxPayloadExceeded {
             ReplicationError::definite(format!(

@@ -794,17 +794,8 @@ fn changes_a_relay_published_but_lost_in_the_failover_end_its_stream() {
     let db = "failover_relay_phantom";
     let (mut primary, standby, _) = losing_primary_and_standby(db);
     let url = both(&primary, &standby, db);
-    let nats = NatsServer::start().expect("a private nats-server (./scripts/setup.sh installs it)");
+    let (nats, relay, edge) = relay_and_edge(&url);
     let relay_args = ["relay", "--nats-url", &nats.url()];
-    let relay = Proxy::launch(&url, "walcast_relay", &relay_args, Launch::default());
-    relay.wait_healthy();
-    let edge = Proxy::launch(
-        &url,
-        "walcast_edge",
-        &["--nats-url", &nats.url()],
-        Launch::default(),
-    );
-    edge.wait_healthy();
     let mut client = edge.ws("insert:items");
     insert(&primary.conninfo(db), 1..11);
     assert_eq!(ids(&client.texts(10, WAIT)), (1..11).collect::<Vec<i64>>());
@@ -1135,16 +1126,7 @@ fn a_standby_decodes_while_the_primary_takes_the_writes() {
         "the stream's slot is on the standby"
     );
     assert_eq!(walcast_slots(&primary), "");
-    let (status, body) = proxy
-        .post(
-            "/v1/snapshot/data",
-            &format!(r#"{{"slotName":"{slot}","table":"items","limit":1000}}"#),
-        )
-        .expect("snapshot page");
-    assert_eq!(status, 200, "{body}");
-    let page: Vec<i64> = json(&body)
-        .as_array()
-        .expect("rows")
+    let page: Vec<i64> = support::durable::page(&proxy, &slot, "items")
         .iter()
         .filter_map(|r| r["id"].as_i64())
         .collect();
@@ -1168,6 +1150,46 @@ fn a_standby_decodes_while_the_primary_takes_the_writes() {
         support::durable::reply(&mut stream)["ack"],
         last_end.as_str()
     );
+
+    // Records are shared by the cluster: a proxy decoding on the primary
+    // lists the standby's stream as lost (its slot is not on the primary).
+    let beside = Proxy::spawn(&primary.url(db), "walcast_primary_side", &[]);
+    beside.wait_healthy();
+    let listed = json(&beside.get("/v1/streams").expect("list").1);
+    let theirs = listed["streams"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["slotName"] == slot.as_str()).cloned())
+        .unwrap_or_else(|| panic!("{slot} not listed: {listed}"));
+    assert_eq!(theirs["lost"], "no_slot", "{theirs}");
+
+    // The standby's URL alone, without --primary-url: a write fails with
+    // PostgreSQL's reason. (Its own slot waits for the idle primary to log
+    // its running transactions.)
+    let alone = Proxy::spawn(&standby.url(db), "walcast_alone", &[]);
+    let (status, body) = alone.get("/v1/init?name=alone").expect("init");
+    assert_ne!(status, 200, "{body}");
+    assert!(body.contains("read-only transaction"), "{body}");
+}
+
+/// A private nats-server, a relay (slot `walcast_relay`) and an edge for
+/// the database URL `url`, both streaming.
+fn relay_and_edge(url: &str) -> (NatsServer, Proxy, Proxy) {
+    let nats = NatsServer::start().expect("a private nats-server (./scripts/setup.sh installs it)");
+    let relay = Proxy::launch(
+        url,
+        "walcast_relay",
+        &["relay", "--nats-url", &nats.url()],
+        Launch::default(),
+    );
+    relay.wait_healthy();
+    let edge = Proxy::launch(
+        url,
+        "walcast_edge",
+        &["--nats-url", &nats.url()],
+        Launch::default(),
+    );
+    edge.wait_healthy();
+    (nats, relay, edge)
 }
 
 #[test]
@@ -1175,21 +1197,7 @@ fn after_a_failover_the_relay_goes_on_or_its_edges_clients_are_told() {
     let db = "failover_relay";
     let (mut primary, standby, major) = primary_and_standby(db);
     let url = both(&primary, &standby, db);
-    let nats = NatsServer::start().expect("a private nats-server (./scripts/setup.sh installs it)");
-    let relay = Proxy::launch(
-        &url,
-        "walcast_relay",
-        &["relay", "--nats-url", &nats.url()],
-        Launch::default(),
-    );
-    relay.wait_healthy();
-    let edge = Proxy::launch(
-        &url,
-        "walcast_edge",
-        &["--nats-url", &nats.url()],
-        Launch::default(),
-    );
-    edge.wait_healthy();
+    let (_nats, _relay, edge) = relay_and_edge(&url);
     let mut client = edge.ws("insert:items");
     insert(&primary.conninfo(db), 1..51);
     let mut got = ids(&client.texts(50, WAIT));

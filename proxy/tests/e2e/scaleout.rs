@@ -419,15 +419,8 @@ fn durable_streams_on_jetstream_cost_no_slot_and_resume_on_another_edge() {
     db.exec("INSERT INTO items SELECT g, 'after' FROM generate_series(21, 30) g");
     db.exec("UPDATE items SET v = 'changed' WHERE id = 1");
     db.exec("DELETE FROM items WHERE id = 2");
-    let (status, text) = e1
-        .post(
-            "/v1/snapshot/data",
-            &format!(r#"{{"slotName":"{slot}","table":"items","limit":1000}}"#),
-        )
-        .expect("snapshot");
-    assert_eq!(status, 200, "{text}");
     let mut model = Model::default();
-    let page: Vec<serde_json::Value> = serde_json::from_str(&text).expect("page");
+    let page = support::durable::page(&e1, &slot, "items");
     assert_eq!(page.len(), 20, "the snapshot is the table at creation");
     for r in page {
         model.put("items", r);

@@ -24,6 +24,19 @@ pub fn stream(proxy: &Proxy, slot: &str) -> Client {
         .unwrap_or_else(|e| panic!("opening the stream {slot}: {e:?}"))
 }
 
+/// The first page (at most 1000 rows) of the stream `slot`'s snapshot of
+/// `table` (fails unless 200).
+pub fn page(proxy: &Proxy, slot: &str, table: &str) -> Vec<serde_json::Value> {
+    let (status, body) = proxy
+        .post(
+            "/v1/snapshot/data",
+            &format!(r#"{{"slotName":"{slot}","table":"{table}","limit":1000}}"#),
+        )
+        .expect("snapshot page");
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).expect("a page of rows")
+}
+
 /// The next frame as JSON (panics on close or timeout).
 pub fn frame(c: &mut Client) -> serde_json::Value {
     let deadline = Instant::now() + WAIT;

@@ -24,9 +24,7 @@ pub trait Sink: Send {
     /// `switch` (the earliest such point). A position from there on that
     /// the sink does not hold may be of a change the old primary delivered
     /// that never happened on this server.
-    fn history_left_at(&self, switch: Lsn) {
-        let _ = switch;
-    }
+    fn history_left_at(&self, switch: Lsn);
     /// The source stopped for good and changes are lost (nothing after
     /// what the sink holds will come, or some of it never happened): every
     /// client is closed with `reason`, and a resume from anywhere is

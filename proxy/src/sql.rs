@@ -36,6 +36,18 @@ pub enum PoolError {
     Tls(#[from] crate::database::TlsError),
 }
 
+impl PoolError {
+    /// Whether a later connection may succeed: the server did not answer,
+    /// refused connections for now, or does not take writes (yet: a
+    /// standby being promoted). Not a refused login or a missing database.
+    pub fn may_pass(&self) -> bool {
+        match self {
+            PoolError::Unreachable(e) => e.as_db_error().is_none_or(|d| retryable(d.code())),
+            _ => false,
+        }
+    }
+}
+
 /// The message, for callers whose errors are text.
 impl From<PoolError> for String {
     fn from(e: PoolError) -> String {
@@ -43,10 +55,11 @@ impl From<PoolError> for String {
     }
 }
 
-/// Whether retrying can help: the connection or the server went away, or
-/// the server is starting, stopping or full. Configuration, permissions,
-/// missing objects and a busy slot are not retried (a busy slot: another
-/// consumer holds it; report instead of fighting).
+/// Whether retrying can help: the connection or the server went away, the
+/// server is starting, stopping or full, or it cancelled the statement
+/// for a conflict. Configuration, permissions, missing objects and objects
+/// in use (a slot another consumer holds: report it rather than fight) are
+/// not retried.
 pub fn retryable(state: &SqlState) -> bool {
     state.code().starts_with("08")
         || [
@@ -59,11 +72,11 @@ pub fn retryable(state: &SqlState) -> bool {
         .contains(state)
 }
 
-/// Whether a statement failed because the server went away (its
-/// connection closed or broke, or the server said it is stopping): the
-/// same statement may succeed on a new connection, to it when it is back
-/// or to the server that took over.
-pub fn went_away(e: &tokio_postgres::Error) -> bool {
+/// Whether a statement may succeed if tried again on a new connection (to
+/// the server when it is back, or to the one that took over): its
+/// connection closed or broke, or the server answered with a
+/// [`retryable`] state.
+pub fn may_pass(e: &tokio_postgres::Error) -> bool {
     match e.as_db_error() {
         Some(db) => retryable(db.code()),
         None => {
@@ -73,7 +86,7 @@ pub fn went_away(e: &tokio_postgres::Error) -> bool {
 }
 
 /// An error followed by its cause, when it has one.
-fn with_cause(e: &tokio_postgres::Error) -> String {
+pub fn with_cause(e: &tokio_postgres::Error) -> String {
     match std::error::Error::source(e) {
         Some(cause) => format!("{e}: {cause}"),
         None => e.to_string(),

@@ -39,14 +39,15 @@ pub enum ReadError {
     Value(String),
     #[error("reading the table failed: {0}")]
     Failed(String),
-    /// The server went away while the chunk was read (a restart, a
-    /// failover): it may be read again.
-    #[error("the connection to PostgreSQL was lost: {0}")]
+    /// PostgreSQL could not run the read now (its connection broke, it
+    /// restarts or fails over: [`crate::sql::may_pass`]): it may be read
+    /// again.
+    #[error("PostgreSQL could not read it now: {0}")]
     Gone(String),
 }
 
 fn failed(e: tokio_postgres::Error) -> ReadError {
-    if crate::sql::went_away(&e) {
+    if crate::sql::may_pass(&e) {
         return ReadError::Gone(e.to_string());
     }
     match e.as_db_error() {

@@ -15,6 +15,7 @@ use crate::frames::{Frame, Progress, Snapshot, Typed};
 use crate::log::Entry;
 use crate::metrics::{Gauge, Metrics};
 use crate::query::{Query, RowFilter};
+use crate::replication::reader::Backoff;
 use crate::sql::SqlPool;
 use bytes::Bytes;
 use serde_json::{Map, Value};
@@ -176,16 +177,13 @@ enum Fault {
 
 impl std::convert::From<crate::sql::PoolError> for Fault {
     fn from(e: crate::sql::PoolError) -> Fault {
-        match e {
-            crate::sql::PoolError::Unreachable(_) => Fault::Gone(e.to_string()),
-            _ => Fault::Failed(e.to_string()),
+        if e.may_pass() {
+            Fault::Gone(e.to_string())
+        } else {
+            Fault::Failed(e.to_string())
         }
     }
 }
-
-/// The first and the longest wait between attempts while PostgreSQL is away.
-const AWAY_FIRST: Duration = Duration::from_millis(100);
-const AWAY_MAX: Duration = Duration::from_secs(2);
 
 /// How long a backfill waits for PostgreSQL to come back (or for the
 /// server that took over) before it fails.
@@ -199,8 +197,8 @@ async fn emit(pool: &SqlPool, mark: Mark) -> Result<(), Fault> {
     )
     .await
     .map_err(|e| {
-        let what = format!("writing a watermark failed: {e}");
-        if crate::sql::went_away(&e) {
+        let what = format!("writing a watermark failed: {}", crate::sql::with_cause(&e));
+        if crate::sql::may_pass(&e) {
             Fault::Gone(what)
         } else {
             Fault::Failed(what)
@@ -327,15 +325,15 @@ impl Reader<'_> {
     ) -> Result<(chunk::Chunk, Vec<usize>, walcast_format::Position), String> {
         let mut attempt = 0u32;
         let mut retries = 0u32;
-        // Since when PostgreSQL has been away, and the next wait for it.
-        let mut away: Option<(tokio::time::Instant, Duration)> = None;
+        // Since when PostgreSQL has been away, and the waits for it.
+        let mut away: Option<(tokio::time::Instant, Backoff)> = None;
         loop {
             let read = match self.attempt(n, attempt, from).await {
                 Ok(read) => read,
                 Err(Fault::Failed(reason)) => return Err(reason),
                 Err(Fault::Gone(reason)) => {
-                    let (since, wait) =
-                        away.get_or_insert((tokio::time::Instant::now(), AWAY_FIRST));
+                    let (since, backoff) = away
+                        .get_or_insert_with(|| (tokio::time::Instant::now(), Backoff::default()));
                     if since.elapsed() >= OUTAGE {
                         return Err(format!(
                             "PostgreSQL was away for more than {} s while chunk {n} of {} was read: {reason}",
@@ -348,8 +346,7 @@ impl Reader<'_> {
                         attempt,
                         "reading a chunk again once PostgreSQL is back: {reason}"
                     );
-                    tokio::time::sleep(*wait).await;
-                    *wait = (*wait * 2).min(AWAY_MAX);
+                    tokio::time::sleep(backoff.wait()).await;
                     // A watermark of this attempt may be in the stream: the
                     // next attempt's marks are told from it.
                     attempt += 1;

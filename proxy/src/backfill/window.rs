@@ -134,6 +134,13 @@ struct Watch {
 }
 
 impl Watch {
+    /// Waits for the watermarks of `expect` (none: nothing), afresh.
+    fn reset(&mut self, expect: Option<(u32, u32)>) {
+        self.expect = expect;
+        self.window = Window::default();
+        self.read = None;
+    }
+
     fn note(&mut self, change: &Change) {
         let w = &mut self.window;
         let xid = change.xid.unwrap_or(0);
@@ -271,9 +278,7 @@ impl Windows {
     /// The next watermarks of `id` are for this chunk and attempt.
     pub fn expect(&mut self, id: u64, chunk: u32, attempt: u32) {
         if let Some(w) = self.watches.get_mut(&id) {
-            w.expect = Some((chunk, attempt));
-            w.window = Window::default();
-            w.read = None;
+            w.reset(Some((chunk, attempt)));
         }
     }
 
@@ -342,11 +347,10 @@ impl Windows {
     /// waiting for its watermarks is read again.
     pub fn restarted(&mut self, out: &mut Vec<(mpsc::UnboundedSender<Verdict>, Verdict)>) {
         for w in self.watches.values_mut() {
-            let Some((chunk, attempt)) = w.expect.take() else {
+            let Some((chunk, attempt)) = w.expect else {
                 continue;
             };
-            w.window = Window::default();
-            w.read = None;
+            w.reset(None);
             let reason = "the change stream started again (a reconnect or a failover)".to_owned();
             out.push((
                 w.tx.clone(),
@@ -389,9 +393,7 @@ impl Windows {
                         pos: *pos,
                     });
                 }
-                w.expect = None;
-                w.window = Window::default();
-                w.read = None;
+                w.reset(None);
                 out.push((w.tx.clone(), verdict));
             }
         }

@@ -412,6 +412,9 @@ struct Consumer {
     metrics: Arc<Metrics>,
     /// Between a `B` and its `C`.
     in_txn: bool,
+    /// The position of the last frame of the stream sent to the client
+    /// (what it may hold; [`ConsumerGuard::sent`]).
+    forwarded: Lsn,
     /// Re-snapshots read into this stream.
     backfills: super::backfill::Backfills,
 }
@@ -546,9 +549,11 @@ impl Consumer {
         if let Some(text) = replaced {
             self.feed(text).await?;
             self.metrics.frames_out.fetch_add(1, Ordering::Relaxed);
+            self.forwarded = position;
         } else if forward {
             self.feed(change.text.clone()).await?;
             self.metrics.frames_out.fetch_add(1, Ordering::Relaxed);
+            self.forwarded = position;
         }
         if due {
             self.send_chunk().await?;
@@ -841,6 +846,7 @@ pub async fn run(
         global_tables,
         metrics: metrics.clone(),
         in_txn: false,
+        forwarded: start,
         backfills,
     };
     consumer.update_caught_up();
@@ -861,12 +867,13 @@ pub async fn run(
         mut ws,
         stream,
         acks,
+        forwarded,
         ..
     } = consumer;
     // Confirm the last ACK and end the copy before the slot is released.
     stream.close().await;
     if let Some(timeline) = timeline {
-        guard.sent(acks.sent, timeline);
+        guard.sent(forwarded, timeline);
     }
     if let End::Close(code, reason) = &end {
         close(&mut ws, *code, reason).await;

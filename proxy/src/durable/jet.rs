@@ -20,7 +20,7 @@
 //!   generations, and the newest wins.
 
 use crate::change::{Action, Change};
-use crate::nats::{begin_id, is_begin_subject, is_lost_subject};
+use crate::nats::{begin_commit, is_begin_subject, is_lost_subject};
 use crate::refusal::{Kind, Refusal};
 use crate::replication::XLogData;
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
@@ -369,10 +369,8 @@ impl JetSource {
                 .unwrap_or_default();
             // Where the message sits: a `B` by its transaction's commit.
             let pos = if is_begin_subject(&m.subject) {
-                id.strip_suffix(":BEGIN")
-                    .and_then(|c| u64::from_str_radix(c, 16).ok())
-                    .filter(|c| begin_id(Lsn(*c)) == id)
-                    .map(|c| Position::new(Lsn(c), 0))
+                begin_commit(&id)
+                    .map(|c| Position::new(c, 0))
                     .map(|p| (p, true))
             } else {
                 id.parse::<Position>().ok().map(|p| (p, false))

@@ -140,9 +140,9 @@ const RECORD_REPLAY_WAIT: Duration = Duration::from_secs(30);
 struct Inner {
     snapshots: HashMap<String, Snapshot>,
     consumers: HashMap<String, Consumer>,
-    /// Per stream, what its last consumer here was sent: the end of the
-    /// last transaction and the timeline it was read on (checked against
-    /// the server's history after a promotion).
+    /// Per stream, what its last consumer here was sent: the position of
+    /// its last frame and the timeline it was read on (checked against the
+    /// server's history after a promotion).
     sent: HashMap<String, (Lsn, u32)>,
     next_id: u64,
 }
@@ -189,8 +189,8 @@ pub struct ConsumerGuard {
 }
 
 impl ConsumerGuard {
-    /// Remembers that the stream's consumer was sent transactions up to
-    /// `end`, read on `timeline`.
+    /// Remembers that the stream's consumer was sent frames up to `end`,
+    /// read on `timeline`.
     pub fn sent(&self, end: Lsn, timeline: u32) {
         crate::locks::lock(&self.inner)
             .sent
@@ -359,6 +359,8 @@ impl Streams {
         if let (Some(t), Some(jet)) = (tables, &self.jet) {
             self.record_tables(jet, &created.name, t).await?;
         }
+        // A name used before begins with nothing sent.
+        self.lock().sent.remove(&created.name);
         if !export {
             drop(client);
             self.lock().snapshots.insert(
@@ -422,7 +424,10 @@ impl Streams {
             .execute(sql, &[&slot, &tables])
             .await
             .map_err(|e| {
-                Refusal::unavailable(format!("cannot record the stream in walcast.streams: {e}"))
+                Refusal::unavailable(format!(
+                    "cannot record the stream in walcast.streams: {}",
+                    crate::sql::with_cause(&e)
+                ))
             })?;
         if written == 1 {
             self.wait_record_replayed(slot, tables).await?;

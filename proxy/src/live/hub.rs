@@ -451,7 +451,9 @@ impl Hub {
         self.inner.published.load(Ordering::Acquire)
     }
 
-    /// The stream starts at `floor` (see [`ChangeLog::set_floor`]).
+    /// The stream starts at `floor` (see [`ChangeLog::set_floor`]), on a
+    /// new connection: every backfill chunk waiting for its watermarks is
+    /// read again.
     pub fn stream_starts_at(&self, floor: Position) {
         self.inner.log.set_floor(floor);
         // A backfill's watermark written before may never come.
@@ -601,12 +603,12 @@ impl Hub {
                 None => SubscribeError::Closed(reason),
             });
         }
-        let mut index = crate::locks::write(&self.inner.index);
-        // No batch is being published while the index is held for writing.
-        let head = self.inner.log.next_seq();
         if let Some(p) = after {
             self.on_history(p)?;
         }
+        let mut index = crate::locks::write(&self.inner.index);
+        // No batch is being published while the index is held for writing.
+        let head = self.inner.log.next_seq();
         let start = match after {
             None => head,
             Some(p) => match self.inner.log.resume(p) {

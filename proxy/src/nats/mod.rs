@@ -132,7 +132,7 @@ pub fn subject(db: &str, change: &Change) -> Option<String> {
         Action::Truncate => "truncate".to_owned(),
         Action::Ddl => "ddl".to_owned(),
         Action::Message => format!("message.{}", token(change.prefix().unwrap_or(""))),
-        Action::Begin => "begin".to_owned(),
+        Action::Begin => return Some(begin_subject(db)),
         Action::Commit => "commit".to_owned(),
         _ => return None,
     };
@@ -145,17 +145,18 @@ pub fn begin_id(commit: walcast_format::Lsn) -> String {
     format!("{:016X}:BEGIN", commit.0)
 }
 
-/// The commit LSN of the transaction a message id names: a position's, a
-/// commit's or a `B`'s ([`begin_id`]); `None` for any other id.
-pub fn commit_of_id(id: &str) -> Option<walcast_format::Lsn> {
-    if let Ok(p) = id.parse::<Position>() {
-        return Some(p.commit);
-    }
-    let commit = id.strip_suffix(":BEGIN")?;
-    (commit.len() == 16)
-        .then(|| u64::from_str_radix(commit, 16).ok())
-        .flatten()
+/// The commit LSN a `B`'s message id names ([`begin_id`]); `None` for any
+/// other id.
+pub fn begin_commit(id: &str) -> Option<walcast_format::Lsn> {
+    id.strip_suffix(":BEGIN")
+        .and_then(|c| u64::from_str_radix(c, 16).ok())
         .map(walcast_format::Lsn)
+        .filter(|c| begin_id(*c) == id)
+}
+
+/// The subject of the `B`s of database `db`.
+pub fn begin_subject(db: &str) -> String {
+    format!("{SUBJECT_ROOT}.{db}.begin")
 }
 
 /// The header of every published `B`: the timeline of the server its
@@ -163,20 +164,23 @@ pub fn commit_of_id(id: &str) -> Option<walcast_format::Lsn> {
 /// against the server's history after a promotion.
 pub const TIMELINE_HEADER: &str = "Walcast-Timeline";
 
-/// The last token of the message a relay publishes when its slot is lost.
+/// The last token of the message a relay publishes when the stream cannot
+/// go on: its slot is lost, or what it published never happened on the
+/// promoted server.
 pub const LOST: &str = "lost";
 
-/// The subject of the message that says the relay of `db` lost its slot.
+/// The subject of the message that says the stream of the relay of `db`
+/// cannot go on ([`LOST`]).
 pub fn lost_subject(db: &str) -> String {
     format!("{SUBJECT_ROOT}.{db}.{LOST}")
 }
 
-/// Whether `subject` says a relay lost its slot (`walcast.<db>.lost`).
+/// Whether `subject` says a relay's stream cannot go on (`walcast.<db>.lost`).
 pub fn is_lost_subject(subject: &str) -> bool {
     subject.strip_suffix(LOST).is_some_and(|s| s.ends_with('.')) && subject.split('.').count() == 3
 }
 
-/// Whether `subject` is a `B`'s (`walcast.<db>.begin`: three tokens).
+/// Whether `subject` is a `B`'s ([`begin_subject`]: three tokens).
 pub fn is_begin_subject(subject: &str) -> bool {
     subject.ends_with(".begin") && subject.split('.').count() == 3
 }
@@ -285,16 +289,11 @@ mod tests {
     }
 
     #[test]
-    fn every_message_id_names_its_transaction() {
+    fn a_begins_id_names_its_transaction() {
         let commit = Lsn(0x16B3800);
-        for id in [
-            begin_id(commit),
-            Position::new(commit, 3).to_string(),
-            commit_position(commit).to_string(),
-        ] {
-            assert_eq!(commit_of_id(&id), Some(commit), "{id}");
-        }
-        assert_eq!(commit_of_id("lost:1733400000"), None);
-        assert_eq!(commit_of_id("16B3800:BEGIN"), None);
+        assert_eq!(begin_commit(&begin_id(commit)), Some(commit));
+        assert_eq!(begin_commit(&Position::new(commit, 3).to_string()), None);
+        assert_eq!(begin_commit("lost:1733400000"), None);
+        assert_eq!(begin_commit("16B3800:BEGIN"), None);
     }
 }

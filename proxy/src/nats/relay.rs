@@ -12,8 +12,7 @@
 //! position).
 
 use super::{
-    begin_id, commit_position, subject, token, NatsSettings, PUBLISHES_IN_FLIGHT, SUBJECT_ROOT,
-    TIMELINE_HEADER,
+    begin_id, commit_position, subject, token, NatsSettings, PUBLISHES_IN_FLIGHT, TIMELINE_HEADER,
 };
 use crate::change::{Action, Change};
 use crate::health::Health;
@@ -165,8 +164,7 @@ pub async fn prepare(cfg: &RelayConfig, js: &Context) -> Result<Prepared, Stream
     }
     // A transaction's `B` goes before its first message: the last `B` names
     // the latest transaction in the stream, and carries its timeline.
-    let begins = format!("{SUBJECT_ROOT}.{db}.begin");
-    let last = last_message(&stream, name, &begins)
+    let last = last_message(&stream, name, &super::begin_subject(&db))
         .await?
         .and_then(|m| last_published(&m));
     tracing::info!(
@@ -198,7 +196,7 @@ async fn last_message(
 /// timeline it was read on (its [`TIMELINE_HEADER`]).
 fn last_published(m: &async_nats::jetstream::message::StreamMessage) -> Option<(Lsn, Option<u32>)> {
     let id = m.headers.get(async_nats::header::NATS_MESSAGE_ID)?;
-    let commit = super::commit_of_id(id.as_str())?;
+    let commit = super::begin_commit(id.as_str())?;
     let timeline = m
         .headers
         .get(TIMELINE_HEADER)
@@ -275,9 +273,10 @@ pub async fn run(
 /// What the relay knows across reconnects.
 struct Known {
     slot: reader::Slot,
-    /// The commit LSN of the latest transaction in the stream (what the
-    /// edges have): it must be on the history of the server the slot is
-    /// read on (checked after a promotion).
+    /// The commit LSN of the latest transaction published to the stream
+    /// (sent, perhaps not yet acknowledged: the check errs only toward
+    /// telling): it must be on the history of the server the slot is read
+    /// on (checked after a promotion).
     published: Option<Lsn>,
 }
 
@@ -325,7 +324,14 @@ async fn relay_once(
         .timeline()
         .map(|t| t.to_string())
         .unwrap_or_default();
-    let mut relay = Relay::start(js, db, shared, stream, start, timeline);
+    let mut relay = Relay::start(
+        js,
+        db,
+        shared,
+        (stream, start),
+        timeline,
+        &mut known.published,
+    );
     let mut report = tokio::time::interval(Duration::from_secs(1));
     // Nothing in flight yet: keepalives may advance the slot.
     relay.stream.set_caught_up(true);
@@ -350,9 +356,7 @@ async fn relay_once(
                 "PostgreSQL ended the replication stream",
             ));
         };
-        let result = relay.message(&msg).await;
-        known.published = relay.published.or(known.published);
-        result?;
+        relay.message(&msg).await?;
     }
 }
 
@@ -372,8 +376,8 @@ struct Relay<'a> {
     published_in_txn: usize,
     /// The end of the last transaction handed to the acknowledging task.
     sent_upto: Lsn,
-    /// The commit LSN of the last message published.
-    published: Option<Lsn>,
+    /// The commit LSN of the latest transaction published ([`Known`]).
+    published: &'a mut Option<Lsn>,
     /// The replication connection's timeline, sent with every `B`
     /// ([`TIMELINE_HEADER`]).
     timeline: String,
@@ -390,9 +394,9 @@ impl<'a> Relay<'a> {
         js: &'a Context,
         db: &'a str,
         shared: Shared<'a>,
-        stream: ReplicationStream,
-        start: Lsn,
+        (stream, start): (ReplicationStream, Lsn),
         timeline: String,
+        published: &'a mut Option<Lsn>,
     ) -> Self {
         let (tx, rx) = mpsc::channel::<Pending>(PUBLISHES_IN_FLIGHT);
         let (acked_tx, acked) = watch::channel(Acked::Upto(start));
@@ -406,7 +410,7 @@ impl<'a> Relay<'a> {
             in_txn: false,
             published_in_txn: 0,
             sent_upto: start,
-            published: None,
+            published,
             timeline,
             _acker: AbortOnDrop(acker),
             acked,
@@ -521,7 +525,7 @@ impl<'a> Relay<'a> {
         let end = change.end_lsn().unwrap_or(wal_start);
         if self.published_in_txn > 0 {
             let id = commit_position(change.lsn);
-            let ack = self.publish(change, &id.to_string(), change.lsn).await?;
+            let ack = self.publish(change, &id.to_string()).await?;
             send(&self.tx, Pending::Ack(ack)).await?;
         }
         self.metrics.activity();
@@ -539,36 +543,33 @@ impl<'a> Relay<'a> {
         pos: Position,
     ) -> Result<Pending, ReplicationError> {
         if let Some(b) = self.begin.take() {
-            let ack = self.publish(&b, &begin_id(pos.commit), pos.commit).await?;
+            let ack = self.publish(&b, &begin_id(pos.commit)).await?;
+            *self.published = Some(pos.commit);
             send(&self.tx, Pending::Ack(ack)).await?;
         }
         if let Some(label) = change.row_action().map(|_| change.action.name()) {
             self.metrics.count_action(label);
         }
         self.published_in_txn += 1;
-        Ok(Pending::Ack(
-            self.publish(change, &pos.to_string(), pos.commit).await?,
-        ))
+        Ok(Pending::Ack(self.publish(change, &pos.to_string()).await?))
     }
 
-    /// Publishes one object of the transaction committed at `commit` with
-    /// its id; a `B` with the timeline it was read on.
+    /// Publishes one object with its id; a `B` with the timeline it was
+    /// read on.
     async fn publish(
         &mut self,
         change: &Change,
         id: &str,
-        commit: Lsn,
     ) -> Result<PublishAckFuture, ReplicationError> {
         let timeline = (change.action == Action::Begin).then_some(self.timeline.as_str());
-        let ack = publish(self.js, self.db, change, id, timeline).await?;
-        self.published = Some(commit);
-        Ok(ack)
+        publish(self.js, self.db, change, id, timeline).await
     }
 }
 
-/// Publishes that the slot is lost (`walcast.<db>.lost`, the reason as its
-/// body), so that the edges close their clients with the reason instead of
-/// leaving them waiting for changes that will not come.
+/// Publishes that the stream cannot go on (`walcast.<db>.lost`, the reason
+/// as its body: the slot is lost, or what was published never happened on
+/// the promoted server), so that the edges close their clients with the
+/// reason instead of leaving them waiting or serving what never happened.
 async fn tell_lost(js: &Context, db: &str, reason: &str) {
     let id = format!(
         "lost:{}",

@@ -68,9 +68,6 @@ pub struct Slot {
     seen: bool,
     /// The database system and timeline of the last connection.
     system: Option<SystemInfo>,
-    /// The timeline the last connection was on and the one this one is on,
-    /// when they differ (a standby was promoted in between).
-    switched: Option<(u32, u32)>,
     /// Set when [`open`] made a new slot in place of a lost one: where the
     /// new one starts (the changes before it since the lost slot's last
     /// confirmed position are missing).
@@ -79,10 +76,9 @@ pub struct Slot {
     /// read on, when an earlier process says it (the relay's last message
     /// in JetStream).
     earlier_timeline: Option<u32>,
-    /// Where the server's history left its earliest earlier timeline, when
-    /// it was promoted: positions from there on may be of changes an old
-    /// primary delivered that never happened on it.
-    history_left: Option<Lsn>,
+    /// The server's timeline and where its history left each earlier one
+    /// (`TIMELINE_HISTORY`, read once per timeline).
+    history: Option<(u32, Vec<(u32, Lsn)>)>,
 }
 
 /// Changes handed on, the last one committed at `last`, that the promoted
@@ -152,12 +148,43 @@ impl Slot {
         self.system.as_ref().map(|s| s.timeline)
     }
 
+    /// Where the server's history left its earliest earlier timeline, when
+    /// it was promoted: positions from there on may be of changes an old
+    /// primary delivered that never happened on it.
+    fn history_left(&self) -> Option<Lsn> {
+        let (_, switches) = self.history.as_ref()?;
+        switches.iter().map(|(_, s)| *s).min()
+    }
+
+    /// Reads the history of the server on `timeline` through `client`,
+    /// unless it is known already.
+    async fn learn_history(
+        &mut self,
+        client: &mut ReplicationClient,
+        timeline: u32,
+    ) -> Result<(), ReplicationError> {
+        if self.history.as_ref().map(|(t, _)| *t) != Some(timeline) {
+            self.history = Some((timeline, client.switch_points(timeline).await?));
+        }
+        Ok(())
+    }
+
+    /// Where the server's history left the timeline `earlier`.
+    fn switch_point(&self, earlier: u32) -> Option<Lsn> {
+        let (_, switches) = self.history.as_ref()?;
+        switches
+            .iter()
+            .find(|(t, _)| *t == earlier)
+            .map(|(_, s)| *s)
+    }
+
     /// Checks a new connection's `IDENTIFY_SYSTEM` against the last one's.
     /// Another system is a definite error: the URL now leads to another
     /// cluster, which cannot have this slot's history. A new timeline (a
-    /// standby promoted) is reported; the slot, if the promoted server has
-    /// it, goes on from its confirmed position.
-    fn identified(&mut self, slot: &str, now: SystemInfo) -> Result<(), ReplicationError> {
+    /// standby promoted) is reported and returned (the earlier timeline);
+    /// the slot, if the promoted server has it, goes on from its confirmed
+    /// position.
+    fn identified(&mut self, slot: &str, now: SystemInfo) -> Result<Option<u32>, ReplicationError> {
         if let Some(before) = &self.system {
             if before.system_id != now.system_id {
                 return Err(ReplicationError::definite(format!(
@@ -169,16 +196,16 @@ impl Slot {
             }
         }
         let before = self.timeline().or(self.earlier_timeline.take());
-        if let Some(before) = before.filter(|b| *b != now.timeline) {
+        let switched = before.filter(|b| *b != now.timeline);
+        if let Some(before) = switched {
             tracing::warn!(
                 from = before,
                 to = now.timeline,
                 "the server is on a new timeline (a standby was promoted); going on from the slot's confirmed position"
             );
-            self.switched = Some((before, now.timeline));
         }
         self.system = Some(now);
-        Ok(())
+        Ok(switched)
     }
 }
 
@@ -344,7 +371,7 @@ impl Reader {
             metrics.slots_lost.fetch_add(1, Ordering::Relaxed);
             metrics.slots_recreated.fetch_add(1, Ordering::Relaxed);
         }
-        if let Some(switch) = slot.history_left {
+        if let Some(switch) = slot.history_left() {
             sink.history_left_at(switch);
         }
         // Every transaction committed from here on will come (PostgreSQL
@@ -478,14 +505,14 @@ pub(crate) async fn open(
 ) -> Result<(ReplicationStream, Lsn), ReplicationError> {
     let mut client = ReplicationClient::connect(&cfg.database).await?;
     let system = client.identify_system().await?;
-    let switches = client.switch_points(system.timeline).await?;
-    slot.identified(&cfg.slot, system)?;
-    slot.history_left = switches.iter().map(|(_, s)| *s).min();
-    if let (Some((old, _)), Some(last)) = (slot.switched.take(), delivered) {
+    let timeline = system.timeline;
+    let switched = slot.identified(&cfg.slot, system)?;
+    slot.learn_history(&mut client, timeline).await?;
+    if let (Some(old), Some(last)) = (switched, delivered) {
         // The changes handed on must be on the new history. The switch
         // point is a record boundary: a commit record at or after it is
         // not on the new timeline.
-        if let Some(&(_, switch)) = switches.iter().find(|(tli, _)| *tli == old) {
+        if let Some(switch) = slot.switch_point(old) {
             if last >= switch {
                 return Err(diverged(switch, last));
             }
